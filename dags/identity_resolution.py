@@ -1,0 +1,55 @@
+"""identity_resolution: regional sources -> bronze (and, as issues land, silver, gold)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+from airflow.providers.standard.operators.bash import BashOperator
+from airflow.sdk import DAG, Param
+
+PROJECT = Path(os.environ.get("IDRES_HOME", Path(__file__).resolve().parents[1]))
+JOBS = PROJECT / "jobs"
+
+DOC = """
+### identity_resolution
+Pulls the regional customer extracts, maps them to one canonical schema and lands them in the
+bronze Delta table; malformed rows go to the quarantine table with a reason code.
+
+Each stage is a Spark application submitted through the `spark_default` connection (`local[*]`
+by default): point that connection at a cluster and the same jobs run there.
+
+Params: `demo_people`, the size of the bundled demo data to (re)generate first; 0 leaves the
+landing zone as it is.
+"""
+
+with DAG(
+    dag_id="identity_resolution",
+    doc_md=DOC,
+    schedule="@daily",
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    tags=["idres", "identity-resolution", "gdpr"],
+    default_args={"retries": 2, "retry_delay": timedelta(seconds=30), "owner": "data-engineering"},
+    params={"demo_people": Param(2000, type="integer", minimum=0, description="demo people; 0 = none")},
+) as dag:
+    demo_data = BashOperator(
+        task_id="demo_data",
+        bash_command=f"'{sys.executable}' -m jobs.demo_data --people {{{{ params.demo_people }}}}",
+        cwd=str(PROJECT),
+        retries=0,
+    )
+
+    ingest = SparkSubmitOperator(
+        task_id="ingest",
+        application=str(JOBS / "ingest.py"),
+        name="idres-ingest",
+        conn_id="spark_default",
+        application_args=["--run-id", "{{ run_id }}"],
+    )
+
+    demo_data >> ingest

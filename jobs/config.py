@@ -1,0 +1,327 @@
+"""Typed pipeline configuration, loaded from the YAML files in conf/.
+
+One loader, `load_config`, reads every file, checks every key, and raises a single
+`ConfigError` that lists all problems at once, each naming its file and key.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from jobs.canonical import CANONICAL_COLUMNS
+from jobs.errors import ConfigError
+
+SourceFormat = Literal["csv", "jsonl", "parquet"]
+SOURCE_FORMATS: tuple[str, ...] = ("csv", "jsonl", "parquet")
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONF_DIR = PROJECT_ROOT / "conf"
+
+
+@dataclass(frozen=True)
+class ConsentFeedConfig:
+    """Where a region's consent events land, and how its columns map to the ledger."""
+
+    path: Path
+    format: SourceFormat
+    columns: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """One regional source system and how its columns map to the canonical raw schema."""
+
+    name: str
+    region: str
+    system: str
+    format: SourceFormat
+    path: Path
+    columns: Mapping[str, str]  # canonical column -> source column
+    date_format: str  # Spark datetime pattern for date_of_birth
+    timestamp_format: str  # Spark datetime pattern for updated_at
+    default_country: str  # ISO 3166-1 alpha-2
+    encoding: str = "UTF-8"
+    delimiter: str = ","
+    consent_feed: ConsentFeedConfig | None = None
+
+
+@dataclass(frozen=True)
+class SparkConfig:
+    """How the one Spark session is built."""
+
+    master: str = "local[*]"
+    shuffle_partitions: int = 8
+    conf: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TablePaths:
+    """Every Delta table of the lakehouse, derived from its root."""
+
+    root: Path
+
+    @property
+    def bronze(self) -> Path:
+        return self.root / "bronze" / "customers"
+
+    @property
+    def quarantine(self) -> Path:
+        return self.root / "bronze" / "quarantine"
+
+    @property
+    def ingest_runs(self) -> Path:
+        return self.root / "audit" / "ingest_runs"
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Everything a job needs: where data lives, the sources, and the Spark settings."""
+
+    conf_dir: Path
+    lakehouse: Path
+    landing: Path
+    ground_truth: Path
+    sources: tuple[SourceConfig, ...]
+    spark: SparkConfig
+
+    @property
+    def tables(self) -> TablePaths:
+        return TablePaths(self.lakehouse)
+
+    def source(self, name: str) -> SourceConfig:
+        for s in self.sources:
+            if s.name == name:
+                return s
+        raise ConfigError([f"sources.yaml: no source named '{name}'"])
+
+    def with_paths(
+        self,
+        *,
+        lakehouse: Path | str | None = None,
+        landing: Path | str | None = None,
+        ground_truth: Path | str | None = None,
+    ) -> PipelineConfig:
+        """A copy rooted elsewhere (tests, benchmarks); source paths follow the landing root."""
+        new_landing = Path(landing) if landing is not None else self.landing
+        sources = tuple(_rebase_source(s, self.landing, new_landing) for s in self.sources)
+        return replace(
+            self,
+            lakehouse=Path(lakehouse) if lakehouse is not None else self.lakehouse,
+            landing=new_landing,
+            ground_truth=Path(ground_truth) if ground_truth is not None else self.ground_truth,
+            sources=sources,
+        )
+
+
+def _rebase_source(s: SourceConfig, old: Path, new: Path) -> SourceConfig:
+    feed = s.consent_feed
+    if feed is not None:
+        feed = replace(feed, path=new / feed.path.relative_to(old))
+    return replace(s, path=new / s.path.relative_to(old), consent_feed=feed)
+
+
+class _Problems:
+    """Collects problems so the loader can report all of them in one error."""
+
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    def add(self, file: str, key: str, message: str) -> None:
+        self.items.append(f"{file}: {key}: {message}")
+
+    def require(self, file: str, key: str, mapping: Mapping[str, Any], name: str, kind: type) -> Any:
+        value = mapping.get(name)
+        if value is None:
+            self.add(file, f"{key}.{name}" if key else name, "is required")
+            return None
+        if not isinstance(value, kind):
+            self.add(file, f"{key}.{name}" if key else name, f"must be a {kind.__name__}, got {type(value).__name__}")
+            return None
+        return value
+
+
+def _read_yaml(path: Path, problems: _Problems) -> dict[str, Any]:
+    if not path.is_file():
+        problems.add(path.name, "<file>", f"not found in {path.parent}")
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else "<file>"
+        problems.add(path.name, where, f"invalid YAML ({getattr(exc, 'problem', exc)})")
+        return {}
+    if not isinstance(data, dict):
+        problems.add(path.name, "<file>", "must be a mapping at the top level")
+        return {}
+    return data
+
+
+def _resolve(base: Path, value: str) -> Path:
+    p = Path(os.path.expandvars(value)).expanduser()
+    return p if p.is_absolute() else (base / p)
+
+
+def _columns(
+    file: str, key: str, raw: Any, allowed: tuple[str, ...], required: tuple[str, ...], problems: _Problems
+) -> dict[str, str]:
+    if not isinstance(raw, dict) or not raw:
+        problems.add(file, key, "must be a non-empty mapping of canonical column -> source column")
+        return {}
+    out: dict[str, str] = {}
+    for canonical, source_col in raw.items():
+        if canonical not in allowed:
+            problems.add(file, f"{key}.{canonical}", f"is not a known column (allowed: {', '.join(allowed)})")
+        elif not isinstance(source_col, str) or not source_col:
+            problems.add(file, f"{key}.{canonical}", "must name a source column")
+        else:
+            out[canonical] = source_col
+    for req in required:
+        if req not in raw:
+            problems.add(file, f"{key}.{req}", "is required")
+    return out
+
+
+CONSENT_FEED_COLUMNS: tuple[str, ...] = (
+    "source_record_id",
+    "purpose",
+    "lawful_basis",
+    "status",
+    "event_time",
+    "recorded_at",
+    "collection_method",
+    "notice_version",
+    "expires_at",
+    "event_id",
+)
+
+
+def _load_source(i: int, raw: Any, landing: Path, names: set[str], problems: _Problems) -> SourceConfig | None:
+    file, key = "sources.yaml", f"sources[{i}]"
+    if not isinstance(raw, dict):
+        problems.add(file, key, "must be a mapping")
+        return None
+    name = problems.require(file, key, raw, "name", str)
+    if name is not None:
+        key = f"sources[{i}] ({name})"
+        if name in names:
+            problems.add(file, f"{key}.name", "is used by another source")
+        names.add(name)
+    region = problems.require(file, key, raw, "region", str)
+    system = problems.require(file, key, raw, "system", str)
+    fmt = problems.require(file, key, raw, "format", str)
+    if fmt is not None and fmt not in SOURCE_FORMATS:
+        problems.add(file, f"{key}.format", f"must be one of {', '.join(SOURCE_FORMATS)}, got '{fmt}'")
+    path = problems.require(file, key, raw, "path", str)
+    date_format = problems.require(file, key, raw, "date_format", str)
+    timestamp_format = problems.require(file, key, raw, "timestamp_format", str)
+    country = problems.require(file, key, raw, "default_country", str)
+    if country is not None and (len(country) != 2 or not country.isalpha() or not country.isupper()):
+        problems.add(file, f"{key}.default_country", f"must be an ISO 3166-1 alpha-2 code, got '{country}'")
+    columns = _columns(file, f"{key}.columns", raw.get("columns"), CANONICAL_COLUMNS, ("source_record_id",), problems)
+    feed = None
+    raw_feed = raw.get("consent_feed")
+    if raw_feed is not None:
+        fkey = f"{key}.consent_feed"
+        if not isinstance(raw_feed, dict):
+            problems.add(file, fkey, "must be a mapping")
+        else:
+            fpath = problems.require(file, fkey, raw_feed, "path", str)
+            ffmt = problems.require(file, fkey, raw_feed, "format", str)
+            if ffmt is not None and ffmt not in SOURCE_FORMATS:
+                problems.add(file, f"{fkey}.format", f"must be one of {', '.join(SOURCE_FORMATS)}")
+            fcols = _columns(
+                file,
+                f"{fkey}.columns",
+                raw_feed.get("columns"),
+                CONSENT_FEED_COLUMNS,
+                ("source_record_id", "purpose", "lawful_basis", "status", "event_time"),
+                problems,
+            )
+            if fpath and ffmt:
+                feed = ConsentFeedConfig(path=_resolve(landing, fpath), format=ffmt, columns=fcols)
+    if None in (name, region, system, fmt, path, date_format, timestamp_format, country):
+        return None
+    return SourceConfig(
+        name=name,
+        region=region,
+        system=system,
+        format=fmt,
+        path=_resolve(landing, path),
+        columns=columns,
+        date_format=date_format,
+        timestamp_format=timestamp_format,
+        default_country=country,
+        encoding=str(raw.get("encoding", "UTF-8")),
+        delimiter=str(raw.get("delimiter", ",")),
+        consent_feed=feed,
+    )
+
+
+def load_config(conf_dir: Path | str | None = None) -> PipelineConfig:
+    """Load and check conf/pipeline.yaml and conf/sources.yaml; raise ConfigError listing every problem.
+
+    Paths are relative to the project root. IDRES_LAKEHOUSE and IDRES_LANDING override the roots,
+    IDRES_SPARK_MASTER the Spark master.
+    """
+    conf = Path(conf_dir or os.environ.get("IDRES_CONF") or DEFAULT_CONF_DIR).resolve()
+    root = conf.parent
+    problems = _Problems()
+
+    pipeline = _read_yaml(conf / "pipeline.yaml", problems)
+    paths = pipeline.get("paths") or {}
+    if not isinstance(paths, dict):
+        problems.add("pipeline.yaml", "paths", "must be a mapping")
+        paths = {}
+    lakehouse = _resolve(root, os.environ.get("IDRES_LAKEHOUSE") or str(paths.get("lakehouse", "lakehouse")))
+    landing = _resolve(root, os.environ.get("IDRES_LANDING") or str(paths.get("landing", "data/landing")))
+    ground_truth = _resolve(
+        root, os.environ.get("IDRES_GROUND_TRUTH") or str(paths.get("ground_truth", "data/ground_truth"))
+    )
+
+    spark_raw = pipeline.get("spark") or {}
+    spark = SparkConfig()
+    if not isinstance(spark_raw, dict):
+        problems.add("pipeline.yaml", "spark", "must be a mapping")
+    else:
+        partitions = spark_raw.get("shuffle_partitions", spark.shuffle_partitions)
+        if not isinstance(partitions, int) or partitions < 1:
+            problems.add("pipeline.yaml", "spark.shuffle_partitions", "must be a positive integer")
+            partitions = spark.shuffle_partitions
+        extra = spark_raw.get("conf") or {}
+        if not isinstance(extra, dict):
+            problems.add("pipeline.yaml", "spark.conf", "must be a mapping of Spark property -> value")
+            extra = {}
+        spark = SparkConfig(
+            master=os.environ.get("IDRES_SPARK_MASTER") or str(spark_raw.get("master", spark.master)),
+            shuffle_partitions=partitions,
+            conf={str(k): str(v) for k, v in extra.items()},
+        )
+
+    sources_raw = _read_yaml(conf / "sources.yaml", problems).get("sources")
+    sources: list[SourceConfig] = []
+    if not isinstance(sources_raw, list) or not sources_raw:
+        problems.add("sources.yaml", "sources", "must be a non-empty list")
+    else:
+        names: set[str] = set()
+        for i, raw in enumerate(sources_raw):
+            src = _load_source(i, raw, landing, names, problems)
+            if src is not None:
+                sources.append(src)
+
+    if problems.items:
+        raise ConfigError(problems.items)
+    return PipelineConfig(
+        conf_dir=conf,
+        lakehouse=lakehouse,
+        landing=landing,
+        ground_truth=ground_truth,
+        sources=tuple(sources),
+        spark=spark,
+    )

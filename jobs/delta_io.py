@@ -1,0 +1,121 @@
+"""All Delta Lake I/O, through delta-rs (`deltalake`), exchanging Arrow with Spark.
+
+Spark here has no Delta jars (Maven Central is out of reach), so tables are written and merged by
+delta-rs and read by Spark from the Parquet files of the table's current (or a given) version.
+A delta-spark backend for clusters that have the jars replaces this module only.
+
+Reads avoid `DeltaTable.to_pyarrow_table()` / pyarrow datasets: with deltalake 1.6 they can abort
+the interpreter at exit ("terminate called without an active exception", delta-rs#2184), which
+would fail a spark-submit that had succeeded. delta-rs' own QueryBuilder does not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+from deltalake import CommitProperties, DeltaTable, QueryBuilder, write_deltalake
+from pyspark.sql import DataFrame, SparkSession
+
+
+def table_exists(path: Path | str) -> bool:
+    """True when a Delta table (a `_delta_log`) exists at path."""
+    return DeltaTable.is_deltatable(str(path))
+
+
+def table_version(path: Path | str) -> int | None:
+    """The table's current version, or None when there is no table."""
+    return DeltaTable(str(path)).version() if table_exists(path) else None
+
+
+def history(path: Path | str) -> list[dict[str, Any]]:
+    """Commit history, newest first, including each commit's custom metadata (run_id, job)."""
+    return DeltaTable(str(path)).history()
+
+
+def _commit_properties(run_id: str, job: str) -> CommitProperties:
+    return CommitProperties(custom_metadata={"run_id": run_id, "job": job})
+
+
+def _nullable_arrow(df: DataFrame) -> pa.Table:
+    """Spark -> Arrow with every field nullable, so the Delta schema does not depend on one batch."""
+    table = df.toArrow()
+    schema = pa.schema([f.with_nullable(True) for f in table.schema])
+    return table.cast(schema)
+
+
+def read_delta(spark: SparkSession, path: Path | str, version: int | None = None) -> DataFrame:
+    """A Spark DataFrame of the table at its current version (or `version`)."""
+    dt = DeltaTable(str(path), version=version)
+    empty = pa.schema(dt.schema().to_arrow()).empty_table()
+    spark_schema = spark.createDataFrame(empty).schema
+    files = dt.file_uris()
+    if not files:
+        return spark.createDataFrame([], spark_schema)
+    return spark.read.schema(spark_schema).parquet(*files)
+
+
+def query_delta(sql: str, **tables: Path | str) -> pa.Table:
+    """Run SQL over Delta tables with delta-rs' engine, outside Spark (summaries, CLI queries)."""
+    qb = QueryBuilder()
+    for name, path in tables.items():
+        qb = qb.register(name, DeltaTable(str(path)))
+    return pa.table(qb.execute(sql).read_all())
+
+
+def overwrite_delta(df: DataFrame, path: Path | str, *, run_id: str, job: str) -> None:
+    """Replace the table's contents in one commit (creating the table if needed)."""
+    write_deltalake(
+        str(path),
+        _nullable_arrow(df),
+        mode="overwrite",
+        schema_mode="overwrite",
+        commit_properties=_commit_properties(run_id, job),
+    )
+
+
+def append_delta(df: DataFrame, path: Path | str, *, run_id: str, job: str) -> None:
+    """Append rows in one commit (creating the table if needed)."""
+    write_deltalake(str(path), _nullable_arrow(df), mode="append", commit_properties=_commit_properties(run_id, job))
+
+
+def merge_delta(
+    df: DataFrame,
+    path: Path | str,
+    *,
+    keys: Sequence[str],
+    run_id: str,
+    job: str,
+    update_changed: bool = False,
+    delete_missing: bool = False,
+) -> dict[str, int]:
+    """Upsert df into the table on `keys`; a merge that changes nothing leaves the version as it was.
+
+    - rows whose key is new are inserted;
+    - with update_changed, matched rows are rewritten only when some column differs;
+    - with delete_missing, target rows absent from df are deleted.
+    The source must hold each key once (delta-rs#2407). Returns delta-rs' merge metrics.
+    """
+    source = _nullable_arrow(df)
+    if not table_exists(path):
+        write_deltalake(str(path), source, mode="append", commit_properties=_commit_properties(run_id, job))
+        return {"num_target_rows_inserted": source.num_rows, "num_target_rows_updated": 0, "num_target_rows_deleted": 0}
+    predicate = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
+    merger = DeltaTable(str(path)).merge(
+        source,
+        predicate=predicate,
+        source_alias="s",
+        target_alias="t",
+        commit_properties=_commit_properties(run_id, job),
+    )
+    if update_changed:
+        others = [c for c in source.column_names if c not in keys]
+        if others:
+            changed = " OR ".join(f"(t.`{c}` IS DISTINCT FROM s.`{c}`)" for c in others)
+            merger = merger.when_matched_update_all(predicate=changed)
+    merger = merger.when_not_matched_insert_all()
+    if delete_missing:
+        merger = merger.when_not_matched_by_source_delete()
+    return merger.execute()

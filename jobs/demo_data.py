@@ -1,0 +1,558 @@
+"""Deterministic demo data: the same people scattered over three regional source systems.
+
+Each region is simulated as the external system it is, with its own layout, file format, date
+format and script: a Ukrainian CRM (CSV, Cyrillic, dd.mm.yyyy), a Romanian web shop (JSON lines,
+diacritics) and an EU loyalty programme (Parquet, Latin). People recur across regions and within
+one, with realistic noise. Consent event feeds are written per region, and the ground truth
+(record -> person) is written apart from the landing zone: the pipeline never reads it.
+
+    python -m jobs.demo_data --people 2000 --seed 42 [--corrupt]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import random
+import unicodedata
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta, timezone
+from pathlib import Path
+
+import iuliia
+import phonenumbers
+import pyarrow as pa
+import pyarrow.parquet as pq
+import translitua
+from anyascii import anyascii
+from faker import Faker
+
+from jobs.config import PipelineConfig, load_config
+
+ORIGINS: dict[str, dict] = {
+    # origin: faker locale, home country, share of the population, presence probability per source
+    "ua": {
+        "locale": "uk_UA",
+        "country": "UA",
+        "share": 0.30,
+        "presence": {"ua_crm": 0.95, "eu_loyalty": 0.45, "ro_shop": 0.12},
+    },
+    "ru": {
+        "locale": "ru_RU",
+        "country": "UA",
+        "share": 0.10,
+        "presence": {"ua_crm": 0.95, "eu_loyalty": 0.35, "ro_shop": 0.05},
+    },
+    "ro": {
+        "locale": "ro_RO",
+        "country": "RO",
+        "share": 0.30,
+        "presence": {"ro_shop": 0.95, "eu_loyalty": 0.45, "ua_crm": 0.03},
+    },
+    "gb": {"locale": "en_GB", "country": "GB", "share": 0.15, "presence": {"eu_loyalty": 0.95, "ro_shop": 0.15}},
+    "de": {"locale": "de_DE", "country": "DE", "share": 0.15, "presence": {"eu_loyalty": 0.95, "ro_shop": 0.15}},
+}
+
+EMAIL_DOMAINS = {
+    "UA": ["ukr.net", "gmail.com", "i.ua", "meta.ua"],
+    "RO": ["yahoo.ro", "gmail.com", "yahoo.com"],
+    "GB": ["gmail.com", "outlook.com", "btinternet.com"],
+    "DE": ["web.de", "gmx.de", "gmail.com"],
+}
+
+MOBILE_PREFIXES = {
+    "UA": ["+38050", "+38063", "+38066", "+38067", "+38068", "+38073", "+38093", "+38097"],
+    "RO": ["+4072", "+4073", "+4074", "+4075", "+4076", "+4078"],
+    "GB": ["+4474", "+4475", "+4477", "+4478", "+4479"],
+    "DE": ["+49151", "+49152", "+49160", "+49170", "+49176"],
+}
+
+# Everyday short forms, used only to make noisy demo records.
+NICKNAMES = {
+    "Олександр": "Сашко",
+    "Володимир": "Вова",
+    "Дмитро": "Діма",
+    "Катерина": "Катя",
+    "Анастасія": "Настя",
+    "Михайло": "Міша",
+    "Олена": "Льона",
+    "Андрій": "Андрійко",
+    "Александр": "Саша",
+    "Дмитрий": "Дима",
+    "Екатерина": "Катя",
+    "Михаил": "Миша",
+    "Владимир": "Вова",
+    "Ioan": "Ionel",
+    "Gheorghe": "George",
+    "Elena": "Ela",
+    "Alexandru": "Alex",
+    "Constantin": "Costel",
+    "William": "Bill",
+    "Robert": "Bob",
+    "Elizabeth": "Liz",
+    "Katherine": "Kate",
+    "Thomas": "Tom",
+    "Johannes": "Hans",
+    "Katharina": "Kathi",
+    "Alexander": "Alex",
+    "Margarete": "Grete",
+}
+
+# Latin spellings of Cyrillic names across conventions: the CRM exports and the EU staff use many.
+UKRAINIAN_CONVENTIONS: list[Callable[[str], str]] = [
+    lambda s: translitua.translit(s),  # KMU 2010, the national standard
+    lambda s: translitua.translit(s, translitua.UkrainianBritish),
+    lambda s: translitua.translit(s, translitua.UkrainianGerman),
+    lambda s: translitua.translit(s, translitua.UkrainianBGN),
+    lambda s: translitua.translit(s, translitua.UkrainianISO9),
+    lambda s: translitua.translit(s, translitua.UkrainianPassport2004Alt),
+    anyascii,
+]
+RUSSIAN_CONVENTIONS: list[Callable[[str], str]] = [
+    iuliia.WIKIPEDIA.translate,
+    iuliia.MOSMETRO.translate,
+    iuliia.ICAO_DOC_9303.translate,
+    iuliia.BGN_PCGN.translate,
+    iuliia.GOST_779.translate,
+    iuliia.SCIENTIFIC.translate,
+    anyascii,
+]
+
+START_OF_EVENTS = datetime(2023, 1, 1, tzinfo=UTC)
+PURPOSES = ("profile_unification", "marketing_email", "marketing_sms", "analytics")
+
+
+@dataclass(frozen=True)
+class Person:
+    person_id: str
+    origin: str
+    first_name: str
+    middle_name: str | None
+    last_name: str
+    gender: str
+    date_of_birth: date
+    email: str
+    phone: str  # E.164
+    street: str
+    city: str
+    postcode: str
+    country: str
+    national_id: str
+
+
+@dataclass
+class DemoSummary:
+    people: int
+    records: dict[str, int]
+    consent_events: dict[str, int]
+    corrupt_rows: dict[str, int]
+
+
+def _strip_diacritics(s: str) -> str:
+    return "".join(c for c in unicodedata.normalize("NFKD", s) if not unicodedata.combining(c))
+
+
+def _latin(text: str, origin: str, rng: random.Random) -> str:
+    conventions = UKRAINIAN_CONVENTIONS if origin == "ua" else RUSSIAN_CONVENTIONS
+    return rng.choice(conventions)(text)
+
+
+def _mobile(country: str, rng: random.Random) -> str:
+    while True:
+        prefix = rng.choice(MOBILE_PREFIXES[country])
+        digits = {"UA": 12, "RO": 11, "GB": 12, "DE": 13}[country] - (len(prefix) - 1)
+        candidate = prefix + "".join(rng.choice("0123456789") for _ in range(digits))
+        parsed = phonenumbers.parse(candidate)
+        if phonenumbers.is_valid_number(parsed):
+            return candidate
+
+
+def _render_phone(e164: str, rng: random.Random) -> str:
+    parsed = phonenumbers.parse(e164)
+    fmt = rng.choice(
+        [
+            phonenumbers.PhoneNumberFormat.NATIONAL,
+            phonenumbers.PhoneNumberFormat.INTERNATIONAL,
+            phonenumbers.PhoneNumberFormat.E164,
+        ]
+    )
+    return phonenumbers.format_number(parsed, fmt)
+
+
+def _email_for(first: str, last: str, origin: str, country: str, rng: random.Random) -> str:
+    latin_first = _strip_diacritics(_latin(first, origin, rng) if origin in ("ua", "ru") else first)
+    latin_last = _strip_diacritics(_latin(last, origin, rng) if origin in ("ua", "ru") else last)
+    user = rng.choice(
+        [f"{latin_first}.{latin_last}", f"{latin_first[0]}{latin_last}", f"{latin_last}{rng.randint(1, 99)}"]
+    )
+    user = "".join(c for c in user.lower() if c.isalnum() or c == ".")
+    return f"{user}@{rng.choice(EMAIL_DOMAINS[country])}"
+
+
+def _national_id(country: str, dob: date, rng: random.Random) -> str:
+    if country == "RO":
+        return f"{rng.choice('12')}{dob:%y%m%d}{rng.randint(1, 52):02d}{rng.randint(0, 9999):04d}"
+    return "".join(rng.choice("0123456789") for _ in range(10))
+
+
+def make_people(n: int, seed: int) -> list[Person]:
+    """n people with stable ids, names in their native script, and home contact data."""
+    rng = random.Random(seed)
+    fakers = {o: Faker(spec["locale"]) for o, spec in ORIGINS.items()}
+    for i, f in enumerate(fakers.values()):
+        f.seed_instance(seed + i)
+    origins = list(ORIGINS)
+    weights = [ORIGINS[o]["share"] for o in origins]
+    people = []
+    for i in range(n):
+        origin = rng.choices(origins, weights)[0]
+        fake, country = fakers[origin], ORIGINS[origin]["country"]
+        gender = rng.choice("FM")
+        if gender == "F":
+            first, last = fake.first_name_female(), fake.last_name_female()
+            middle = fake.middle_name_female() if origin in ("ua", "ru") else None
+        else:
+            first, last = fake.first_name_male(), fake.last_name_male()
+            middle = fake.middle_name_male() if origin in ("ua", "ru") else None
+        dob = date(1950, 1, 1) + timedelta(days=rng.randint(0, 365 * 55))
+        people.append(
+            Person(
+                person_id=f"P{i:07d}",
+                origin=origin,
+                first_name=first,
+                middle_name=middle,
+                last_name=last,
+                gender=gender,
+                date_of_birth=dob,
+                email=_email_for(first, last, origin, country, rng),
+                phone=_mobile(country, rng),
+                street=fake.street_address(),
+                city=fake.city(),
+                postcode=fake.postcode(),
+                country=country,
+                national_id=_national_id(country, dob, rng),
+            )
+        )
+    return people
+
+
+def _typo(s: str, rng: random.Random) -> str:
+    if len(s) < 4:
+        return s
+    i = rng.randrange(1, len(s) - 1)
+    op = rng.choice(("swap", "drop", "double"))
+    if op == "swap":
+        return s[:i] + s[i + 1] + s[i] + s[i + 2 :]
+    if op == "drop":
+        return s[:i] + s[i + 1 :]
+    return s[:i] + s[i] + s[i:]
+
+
+@dataclass
+class Appearance:
+    """One source's view of a person, before it is written in that system's layout."""
+
+    person: Person
+    first_name: str
+    middle_name: str | None
+    last_name: str
+    email: str | None
+    phone: str | None
+    street: str | None
+    city: str | None
+    postcode: str | None
+    country: str
+    date_of_birth: date | None
+    updated_at: datetime
+
+
+def _appearance(
+    p: Person, source: str, latin: bool, rng: random.Random, fakers: dict[str, Faker], availability: dict[str, float]
+) -> Appearance:
+    first, middle, last = p.first_name, p.middle_name, p.last_name
+    if rng.random() < 0.10 and first in NICKNAMES:
+        first = NICKNAMES[first]
+    if latin and p.origin in ("ua", "ru"):
+        first, last = _latin(first, p.origin, rng), _latin(last, p.origin, rng)
+        middle = None
+    if latin and p.origin == "ro" and rng.random() < 0.6:
+        first, last = _strip_diacritics(first), _strip_diacritics(last)
+    if source == "ro_shop" and rng.random() < 0.25:  # legacy cedilla letters instead of comma-below
+        first, last = (s.replace("ș", "ş").replace("ț", "ţ").replace("Ș", "Ş").replace("Ț", "Ţ") for s in (first, last))
+    if rng.random() < 0.08:
+        first = _typo(first, rng)
+    if rng.random() < 0.08:
+        last = _typo(last, rng)
+    if rng.random() < 0.04:
+        first, last = last, first
+    if rng.random() < 0.03:
+        first, last = first.upper(), last.upper()
+    email = p.email if rng.random() >= 0.15 else _email_for(p.first_name, p.last_name, p.origin, p.country, rng)
+    phone = p.phone if rng.random() >= 0.10 else _mobile(p.country, rng)
+    street, city, postcode, country = p.street, p.city, p.postcode, p.country
+    if rng.random() < 0.12 or (source == "eu_loyalty" and p.country in ("UA", "RO") and rng.random() < 0.5):
+        mover = rng.choice(["de", "gb"]) if source == "eu_loyalty" else p.origin
+        f = fakers[mover]
+        street, city, postcode, country = f.street_address(), f.city(), f.postcode(), ORIGINS[mover]["country"]
+    if latin and p.origin in ("ua", "ru") and country == p.country:
+        street, city = _latin(street, p.origin, rng), _latin(city, p.origin, rng)
+
+    def keep(field: str, value):
+        return value if rng.random() < availability[field] else None
+
+    updated = START_OF_EVENTS + timedelta(seconds=rng.randint(0, 3 * 365 * 86400))
+    return Appearance(
+        person=p,
+        first_name=first,
+        middle_name=middle,
+        last_name=last,
+        email=keep("email", email),
+        phone=keep("phone", phone),
+        street=keep("address", street),
+        city=keep("address", city),
+        postcode=keep("address", postcode),
+        country=country,
+        date_of_birth=keep("dob", p.date_of_birth),
+        updated_at=updated,
+    )
+
+
+AVAILABILITY = {
+    "ua_crm": {"email": 0.40, "phone": 0.95, "address": 0.80, "dob": 0.92},
+    "ro_shop": {"email": 0.98, "phone": 0.80, "address": 0.90, "dob": 0.70},
+    "eu_loyalty": {"email": 0.95, "phone": 0.60, "address": 0.70, "dob": 0.85},
+}
+
+
+def _ua_row(rid: str, a: Appearance, rng: random.Random) -> dict[str, str]:
+    return {
+        "kod_kliienta": rid,
+        "prizvyshche": a.last_name,
+        "imia": a.first_name,
+        "po_batkovi": a.middle_name or "",
+        "data_narodzhennia": a.date_of_birth.strftime("%d.%m.%Y") if a.date_of_birth else "",
+        "stat": {"F": "ж", "M": "ч"}[a.person.gender],
+        "telefon": _render_phone(a.phone, rng) if a.phone else "",
+        "email": a.email or "",
+        "adresa": a.street or "",
+        "misto": a.city or "",
+        "indeks": a.postcode or "",
+        "ipn": a.person.national_id if a.person.country == "UA" else "",
+        "onovleno": a.updated_at.strftime("%d.%m.%Y %H:%M"),
+    }
+
+
+def _ro_row(rid: str, a: Appearance, rng: random.Random) -> dict:
+    row = {
+        "id_client": rid,
+        "nume": a.last_name,
+        "prenume": a.first_name,
+        "data_nasterii": a.date_of_birth.isoformat() if a.date_of_birth else None,
+        "sex": a.person.gender,
+        "email": a.email,
+        "telefon": _render_phone(a.phone, rng) if a.phone else None,
+        "adresa": a.street,
+        "oras": a.city,
+        "cod_postal": a.postcode,
+        "tara": a.country,
+        "cnp": a.person.national_id if a.person.country == "RO" else None,
+        "actualizat_la": a.updated_at.astimezone(timezone(timedelta(hours=2))).isoformat(timespec="seconds"),
+    }
+    return {k: v for k, v in row.items() if v is not None}
+
+
+def _eu_row(rid: str, a: Appearance, rng: random.Random) -> dict:
+    return {
+        "member_no": rid,
+        "given_name": a.first_name,
+        "family_name": a.last_name,
+        "birth_date": a.date_of_birth.strftime("%d/%m/%Y") if a.date_of_birth else None,
+        "email_address": a.email,
+        "mobile": _render_phone(a.phone, rng) if a.phone else None,
+        "street": a.street,
+        "town": a.city,
+        "post_code": a.postcode,
+        "country_code": a.country,
+        "dietary_health_notes": rng.choice(["lactose intolerant", "diabetic", "coeliac"])
+        if rng.random() < 0.05
+        else None,
+        "last_modified": a.updated_at.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
+SOURCE_LAYOUTS: dict[str, dict] = {
+    "ua_crm": {"latin": False, "row": _ua_row, "id": lambda i: f"UA-{1000000 + i}"},
+    "ro_shop": {"latin": False, "row": _ro_row, "id": lambda i: str(200000 + i * 7)},
+    "eu_loyalty": {"latin": True, "row": _eu_row, "id": lambda i: f"LM{30000000 + i * 13}"},
+}
+
+
+def _consent_events(source: str, rid: str, rng: random.Random, counter: list[int]) -> list[dict]:
+    """Consent and lawful-basis events of one source record, as the region's consent platform logs them."""
+    tz = timezone(timedelta(hours={"ua_crm": 2, "ro_shop": 2, "eu_loyalty": 1}[source]))
+    events: list[dict] = []
+
+    def event(purpose: str, basis: str, status: str, at: datetime, expires: datetime | None = None) -> None:
+        counter[0] += 1
+        events.append(
+            {
+                "event_id": f"{source}-ev-{counter[0]}",
+                "subject_id": rid,
+                "purpose": purpose,
+                "lawful_basis": basis,
+                "status": status,
+                "event_time": at.astimezone(tz).isoformat(timespec="seconds"),
+                "recorded_at": (at + timedelta(seconds=rng.randint(1, 3600)))
+                .astimezone(UTC)
+                .isoformat(timespec="seconds"),
+                "method": rng.choice(["web_form", "mobile_app", "in_store", "call_centre"]),
+                "notice_version": rng.choice(["v3.1", "v4.0"]),
+                "expires_at": expires.astimezone(UTC).isoformat(timespec="seconds") if expires else None,
+            }
+        )
+
+    t0 = START_OF_EVENTS + timedelta(seconds=rng.randint(0, 2 * 365 * 86400))
+    u = rng.random()
+    if u < 0.60:
+        expires = t0 + timedelta(days=365) if rng.random() < 0.04 else None
+        event("profile_unification", "consent", "granted", t0, expires)
+        if rng.random() < 0.05:
+            event("profile_unification", "consent", "withdrawn", t0 + timedelta(days=rng.randint(1, 300)))
+    elif u < 0.90:
+        event("profile_unification", "contract", "granted", t0)
+    elif u < 0.95:
+        event("profile_unification", "consent", "denied", t0)
+    m = rng.random()
+    if m < 0.45:
+        event("marketing_email", "consent", "granted", t0 + timedelta(minutes=1))
+        if rng.random() < 0.06:
+            event("marketing_email", "consent", "withdrawn", t0 + timedelta(days=rng.randint(1, 300)))
+    elif m < 0.65:
+        event("marketing_email", "consent", "denied", t0 + timedelta(minutes=1))
+    if rng.random() < 0.25:
+        event("marketing_sms", "consent", "granted", t0 + timedelta(minutes=2))
+    if rng.random() < 0.50:
+        event("analytics", "legitimate_interest", "granted", t0)
+    if events and rng.random() < 0.02:  # the consent platform replays an event
+        events.append(dict(events[0]))
+    return events
+
+
+def _write_csv(path: Path, rows: Sequence[dict[str, str]], delimiter: str) -> None:
+    with path.open("w", encoding="utf-8", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]), delimiter=delimiter)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _write_jsonl(path: Path, rows: Sequence[dict]) -> None:
+    with path.open("w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
+
+
+def _write_parquet(path: Path, rows: Sequence[dict]) -> None:
+    columns = list(rows[0])
+    table = pa.table({c: pa.array([r.get(c) for r in rows], pa.string()) for c in columns})
+    pq.write_table(table, path)
+
+
+def _corrupt(source: str, rows: list[dict]) -> tuple[list[dict], list[str], list[bytes]]:
+    """Bad rows a real extract carries, one kind each. Returns rows, kinds, and raw lines to append."""
+    if source == "ua_crm":
+        good = rows[0]
+        wrong_count = ";".join([*list(good.values()), "unexpected", "fields"]).encode("utf-8")
+        bad_encoding = ";".join(v if k != "prizvyshche" else "Ковал" for k, v in good.items())
+        bad_encoding = bad_encoding.replace(good["kod_kliienta"], "UA-9999990").encode("utf-8")
+        bad_encoding = bad_encoding.replace("Ковал".encode(), b"\xca\xee\xe2\xe0\xeb\xfc")  # cp1251 bytes
+        return rows, ["wrong_field_count", "bad_encoding"], [wrong_count, bad_encoding]
+    if source == "ro_shop":
+        bad_date = {**rows[1], "id_client": "9999991", "data_nasterii": "1990-02-30"}
+        return [*rows, bad_date], ["malformed_record", "unparseable_date"], [b'{"id_client": "9999992", "nume": ']
+    bad_id = {**rows[2], "member_no": None}
+    bad_type = {**rows[3], "member_no": "LM99999993", "last_modified": "yesterday afternoon"}
+    return [*rows, bad_id, bad_type], ["missing_source_id", "invalid_type"], []
+
+
+def generate(cfg: PipelineConfig, people: int, seed: int = 42, corrupt: bool = False) -> DemoSummary:
+    """Write the demo sources, consent feeds and ground truth where the config says they land."""
+    rng = random.Random(seed + 1)
+    population = make_people(people, seed)
+    fakers = {o: Faker(spec["locale"]) for o, spec in ORIGINS.items()}
+    for i, f in enumerate(fakers.values()):
+        f.seed_instance(seed + 100 + i)
+
+    per_source: dict[str, list[tuple[Appearance, str]]] = {s: [] for s in SOURCE_LAYOUTS}
+    for p in population:
+        presence = ORIGINS[p.origin]["presence"]
+        chosen = [s for s, prob in presence.items() if rng.random() < prob] or [max(presence, key=presence.get)]
+        for source in chosen:
+            copies = 2 if rng.random() < 0.06 else 1
+            for _ in range(copies):
+                a = _appearance(p, source, SOURCE_LAYOUTS[source]["latin"], rng, fakers, AVAILABILITY[source])
+                per_source[source].append((a, p.person_id))
+
+    truth: list[tuple[str, str, str]] = []
+    summary = DemoSummary(people=people, records={}, consent_events={}, corrupt_rows={})
+    for source, appearances in per_source.items():
+        layout = SOURCE_LAYOUTS[source]
+        src_cfg = cfg.source(source)
+        rng.shuffle(appearances)
+        rows, events, counter = [], [], [0]
+        for i, (a, person_id) in enumerate(appearances):
+            rid = layout["id"](i)
+            rows.append(layout["row"](rid, a, rng))
+            events.extend(_consent_events(source, rid, rng, counter))
+            truth.append((source, rid, person_id))
+        kinds: list[str] = []
+        raw_lines: list[bytes] = []
+        if corrupt:
+            rows, kinds, raw_lines = _corrupt(source, rows)
+        src_cfg.path.parent.mkdir(parents=True, exist_ok=True)
+        if src_cfg.format == "csv":
+            _write_csv(src_cfg.path, rows, src_cfg.delimiter)
+        elif src_cfg.format == "jsonl":
+            _write_jsonl(src_cfg.path, rows)
+        else:
+            _write_parquet(src_cfg.path, rows)
+        if raw_lines:
+            with src_cfg.path.open("ab") as fh:
+                for line in raw_lines:
+                    fh.write(line + b"\n")
+        if src_cfg.consent_feed is not None:
+            src_cfg.consent_feed.path.parent.mkdir(parents=True, exist_ok=True)
+            _write_jsonl(src_cfg.consent_feed.path, events)
+        summary.records[source] = len(appearances)
+        summary.consent_events[source] = len(events)
+        summary.corrupt_rows[source] = len(kinds)
+
+    cfg.ground_truth.mkdir(parents=True, exist_ok=True)
+    with (cfg.ground_truth / "records.csv").open("w", encoding="utf-8", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["source_system", "source_record_id", "person_id"])
+        writer.writerows(sorted(truth))
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> DemoSummary | None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--conf", help="config directory (default: conf/ of the project)")
+    parser.add_argument("--people", type=int, default=2000, help="number of distinct people")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--corrupt", action="store_true", help="append known-bad rows to every source")
+    parser.add_argument("--landing", help="write the sources under this folder instead of the configured one")
+    parser.add_argument("--ground-truth", help="write the ground truth under this folder")
+    args = parser.parse_args(argv)
+    if args.people == 0:
+        print("demo data: skipped (--people 0); the landing zone is left as it is")
+        return None
+    cfg = load_config(args.conf).with_paths(landing=args.landing, ground_truth=args.ground_truth)
+    summary = generate(cfg, people=args.people, seed=args.seed, corrupt=args.corrupt)
+    print(f"demo data: {summary.people} people -> " + ", ".join(f"{s}={n}" for s, n in summary.records.items()))
+    return summary
+
+
+if __name__ == "__main__":
+    main()

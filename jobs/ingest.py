@@ -1,0 +1,283 @@
+"""Ingest: read every configured source, map it to the canonical raw schema, land it in bronze.
+
+Rows that cannot be trusted go to the quarantine table with a reason code, never nowhere:
+for every source, read = landed + quarantined. Bronze is merged on (source, id, record hash),
+so rerunning the same batch adds nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import reduce
+
+from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from jobs import delta_io
+from jobs.canonical import BRONZE_COLUMNS, CANONICAL_COLUMNS, CANONICAL_FIELDS
+from jobs.config import PipelineConfig, SourceConfig
+from jobs.errors import SourceSchemaError
+from jobs.runner import run_job
+
+log = logging.getLogger("idres.ingest")
+
+CORRUPT = "_corrupt_record"
+SOURCE_FILE = "_source_file"
+REASON = "quarantine_reason"
+
+# Reason codes, in the order they are checked: a row gets the first that applies.
+WRONG_FIELD_COUNT = "wrong_field_count"
+MALFORMED_RECORD = "malformed_record"
+BAD_ENCODING = "bad_encoding"
+MISSING_SOURCE_ID = "missing_source_id"
+UNPARSEABLE_DATE = "unparseable_date"
+INVALID_TYPE = "invalid_type"
+DUPLICATE_SOURCE_ID = "duplicate_source_id"
+
+QUARANTINE_COLUMNS = (
+    "source_system",
+    "region",
+    "source_file",
+    "source_record_id",
+    "reason",
+    "raw_record",
+    "raw_hash",
+    "run_id",
+    "quarantined_at",
+)
+
+
+@dataclass
+class SourceCounts:
+    source_system: str
+    region: str
+    read: int = 0
+    landed: int = 0
+    quarantined: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class IngestResult:
+    run_id: str
+    sources: list[SourceCounts]
+    bronze_inserted: int
+
+    @property
+    def reconciled(self) -> bool:
+        return all(s.read == s.landed + s.quarantined for s in self.sources)
+
+
+def read_source(spark: SparkSession, source: SourceConfig) -> DataFrame:
+    """The source's rows with every mapped column as a string, plus the corrupt-row and file columns.
+
+    Fails before anything is written when the file is missing or lacks a mapped column.
+    """
+    if not source.path.exists():
+        raise SourceSchemaError(source.name, f"file not found at {source.path}")
+    path = str(source.path)
+    if source.format == "csv":
+        options = {"header": "true", "sep": source.delimiter, "encoding": source.encoding}
+        header = spark.read.options(**options).csv(path).columns
+        schema = T.StructType(
+            [T.StructField(c, T.StringType()) for c in header] + [T.StructField(CORRUPT, T.StringType())]
+        )
+        raw = (
+            spark.read.schema(schema).options(**options, mode="PERMISSIVE", columnNameOfCorruptRecord=CORRUPT).csv(path)
+        )
+    elif source.format == "jsonl":
+        schema = T.StructType(
+            [T.StructField(c, T.StringType()) for c in source.columns.values()]
+            + [T.StructField(CORRUPT, T.StringType())]
+        )
+        raw = (
+            spark.read.schema(schema)
+            .options(mode="PERMISSIVE", columnNameOfCorruptRecord=CORRUPT, encoding=source.encoding)
+            .json(path)
+        )
+    else:
+        raw = spark.read.parquet(path).withColumn(CORRUPT, F.lit(None).cast("string"))
+    missing = sorted(set(source.columns.values()) - set(raw.columns))
+    if missing:
+        raise SourceSchemaError(source.name, f"mapped column(s) missing from the file: {', '.join(missing)}")
+    return raw.withColumn(SOURCE_FILE, F.col("_metadata.file_path"))
+
+
+def map_to_canonical(raw: DataFrame, source: SourceConfig) -> DataFrame:
+    """Rename the source's columns to the canonical ones, as trimmed strings; blanks become null."""
+
+    def canonical(c: str) -> Column:
+        if c not in source.columns:
+            return F.lit(None).cast("string").alias(c)
+        value = F.trim(F.col(f"`{source.columns[c]}`").cast("string"))
+        return F.when(value != "", value).alias(c)
+
+    return raw.select(
+        F.lit(source.name).alias("source_system"),
+        F.lit(source.region).alias("region"),
+        *[canonical(c) for c in CANONICAL_COLUMNS],
+        F.col(CORRUPT),
+        F.col(SOURCE_FILE),
+    )
+
+
+def _parse_typed(column: str, source: SourceConfig) -> Column:
+    dtype = CANONICAL_FIELDS[column]
+    if isinstance(dtype, T.DateType):
+        return F.try_to_date(F.col(column), source.date_format)
+    return F.try_to_timestamp(F.col(column), F.lit(source.timestamp_format))
+
+
+def assign_quarantine_reasons(mapped: DataFrame, source: SourceConfig) -> DataFrame:
+    """Add `quarantine_reason` (null for a good row) and parse the typed canonical columns.
+
+    The raw text of typed columns is kept in `_raw_<column>` for the quarantine record.
+    """
+    typed = [c for c in CANONICAL_COLUMNS if not isinstance(CANONICAL_FIELDS[c], T.StringType)]
+    strings = [c for c in CANONICAL_COLUMNS if c not in typed]
+    df = mapped
+    for c in typed:
+        df = df.withColumn(f"_raw_{c}", F.col(c)).withColumn(c, _parse_typed(c, source))
+    corrupt_reason = WRONG_FIELD_COUNT if source.format == "csv" else MALFORMED_RECORD
+    any_text = F.concat_ws("\u0001", *[F.col(c) for c in strings], *[F.col(f"_raw_{c}") for c in typed])
+    failed_parse = {c: F.col(f"_raw_{c}").isNotNull() & F.col(c).isNull() for c in typed}
+    reason = (
+        F.when(F.col(CORRUPT).isNotNull(), F.lit(corrupt_reason))
+        .when(any_text.contains("\ufffd"), F.lit(BAD_ENCODING))
+        .when(F.col("source_record_id").isNull(), F.lit(MISSING_SOURCE_ID))
+        .when(failed_parse["date_of_birth"], F.lit(UNPARSEABLE_DATE))
+        .when(
+            reduce(lambda a, b: a | b, [v for k, v in failed_parse.items() if k != "date_of_birth"]),
+            F.lit(INVALID_TYPE),
+        )
+    )
+    df = df.withColumn(REASON, reason)
+    # An id that occurs more than once among otherwise good rows cannot be trusted in either row.
+    per_id = Window.partitionBy("source_system", "source_record_id")
+    clean_count = F.sum(F.when(F.col(REASON).isNull(), 1).otherwise(0)).over(per_id)
+    return df.withColumn(
+        REASON, F.when(F.col(REASON).isNull() & (clean_count > 1), F.lit(DUPLICATE_SOURCE_ID)).otherwise(F.col(REASON))
+    )
+
+
+def record_hash(columns: Sequence[str]) -> Column:
+    """SHA-256 over the canonical values; nulls and empty strings hash differently."""
+    return F.sha2(F.to_json(F.struct(*[F.col(c) for c in columns])), 256)
+
+
+def to_bronze(validated: DataFrame, run_id: str, ingested_at: datetime) -> DataFrame:
+    """The good rows in the bronze layout, with lineage columns."""
+    return (
+        validated.where(F.col(REASON).isNull())
+        .withColumn("source_file", F.col(SOURCE_FILE))
+        .withColumn("run_id", F.lit(run_id))
+        .withColumn("ingested_at", F.lit(ingested_at).cast("timestamp"))
+        .withColumn("record_hash", record_hash(["source_system", *CANONICAL_COLUMNS]))
+        .select(*BRONZE_COLUMNS)
+    )
+
+
+def to_quarantine(validated: DataFrame, run_id: str, ingested_at: datetime) -> DataFrame:
+    """The bad rows with their reason and raw content, so none is lost."""
+    typed = [c for c in CANONICAL_COLUMNS if not isinstance(CANONICAL_FIELDS[c], T.StringType)]
+    raw_values = F.to_json(
+        F.struct(*[F.col(f"_raw_{c}").alias(c) if c in typed else F.col(c) for c in CANONICAL_COLUMNS])
+    )
+    raw = F.coalesce(F.col(CORRUPT), raw_values)
+    return (
+        validated.where(F.col(REASON).isNotNull())
+        .select(
+            "source_system",
+            "region",
+            F.col(SOURCE_FILE).alias("source_file"),
+            "source_record_id",
+            F.col(REASON).alias("reason"),
+            raw.alias("raw_record"),
+            F.sha2(raw, 256).alias("raw_hash"),
+            F.lit(run_id).alias("run_id"),
+            F.lit(ingested_at).cast("timestamp").alias("quarantined_at"),
+        )
+        .dropDuplicates(["source_system", "raw_hash", "reason"])
+    )
+
+
+def validated_sources(spark: SparkSession, cfg: PipelineConfig) -> DataFrame:
+    """All sources read, mapped and checked, as one DataFrame with a reason column."""
+    frames = [
+        read_source(spark, s).transform(map_to_canonical, s).transform(assign_quarantine_reasons, s)
+        for s in cfg.sources
+    ]
+    return reduce(lambda a, b: a.unionByName(b), frames)
+
+
+def _count(validated: DataFrame, cfg: PipelineConfig) -> list[SourceCounts]:
+    rows = validated.groupBy("source_system", REASON).count().collect()
+    counts = {s.name: SourceCounts(s.name, s.region) for s in cfg.sources}
+    for row in rows:
+        c = counts[row["source_system"]]
+        c.read += row["count"]
+        if row[REASON] is None:
+            c.landed += row["count"]
+        else:
+            c.quarantined += row["count"]
+            c.reasons[row[REASON]] = row["count"]
+    return list(counts.values())
+
+
+def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> IngestResult:
+    """Land all configured sources in bronze and their bad rows in quarantine; record the counts."""
+    ingested_at = datetime.now(UTC).replace(microsecond=0)
+    validated = validated_sources(spark, cfg).persist()
+    try:
+        counts = _count(validated, cfg)
+        bronze = to_bronze(validated, run_id, ingested_at)
+        metrics = delta_io.merge_delta(
+            bronze,
+            cfg.tables.bronze,
+            keys=("source_system", "source_record_id", "record_hash"),
+            run_id=run_id,
+            job="ingest",
+        )
+        quarantine = to_quarantine(validated, run_id, ingested_at)
+        delta_io.merge_delta(
+            quarantine, cfg.tables.quarantine, keys=("source_system", "raw_hash", "reason"), run_id=run_id, job="ingest"
+        )
+    finally:
+        validated.unpersist()
+    audit = spark.createDataFrame(
+        [(run_id, c.source_system, c.region, c.read, c.landed, c.quarantined, ingested_at) for c in counts],
+        "run_id string, source_system string, region string, rows_read long, rows_landed long, "
+        "rows_quarantined long, ingested_at timestamp",
+    )
+    delta_io.merge_delta(
+        audit,
+        cfg.tables.ingest_runs,
+        keys=("run_id", "source_system"),
+        run_id=run_id,
+        job="ingest",
+        update_changed=True,
+    )
+    result = IngestResult(run_id=run_id, sources=counts, bronze_inserted=int(metrics["num_target_rows_inserted"]))
+    for c in counts:
+        log.info(
+            "ingest %s: read=%d landed=%d quarantined=%d %s",
+            c.source_system,
+            c.read,
+            c.landed,
+            c.quarantined,
+            c.reasons or "",
+        )
+    log.info("ingest: %d new bronze rows; reconciled=%s", result.bronze_inserted, result.reconciled)
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> IngestResult:
+    return run_job("ingest", run, argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""The one place a SparkSession is built."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Mapping
+
+from pyspark.sql import SparkSession
+
+from jobs.config import SparkConfig
+
+
+def splink_similarity_jar() -> str:
+    """Path of Splink's bundled Spark similarity UDF jar (Jaro-Winkler and friends)."""
+    from splink.backends.spark import similarity_jar_location
+
+    return similarity_jar_location()
+
+
+def build_spark_session(
+    settings: SparkConfig, app_name: str, extra_conf: Mapping[str, str] | None = None, checkpoint_dir: str | None = None
+) -> SparkSession:
+    """Build (or join) the Spark session: master from config, Splink's jar, a checkpoint dir, quiet logs.
+
+    Under spark-submit the driver JVM already exists, so `spark.jars` set here no longer reaches the
+    driver's class loader; `ADD JAR` puts Splink's UDFs on it in both cases.
+    """
+    jar = splink_similarity_jar()
+    conf: dict[str, str] = {
+        "spark.sql.session.timeZone": "UTC",
+        "spark.sql.shuffle.partitions": str(settings.shuffle_partitions),
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        "spark.ui.showConsoleProgress": "false",
+        "spark.jars": jar,
+        **settings.conf,
+        **(extra_conf or {}),
+    }
+    builder = SparkSession.builder.master(settings.master).appName(app_name)
+    for key, value in conf.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("WARN")
+    spark.sql(f"ADD JAR '{jar}'")
+    spark.sparkContext.setCheckpointDir(checkpoint_dir or tempfile.mkdtemp(prefix="idres-checkpoints-"))
+    return spark

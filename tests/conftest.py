@@ -1,0 +1,43 @@
+"""One Spark session for the whole suite, and small configs rooted in temporary folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pyspark.sql import SparkSession
+
+from jobs import demo_data
+from jobs.config import PipelineConfig, SparkConfig, load_config
+from jobs.spark_session import build_spark_session
+
+TEST_SPARK = SparkConfig(
+    master="local[2]",
+    shuffle_partitions=2,
+    conf={"spark.ui.enabled": "false", "spark.sql.session.timeZone": "UTC", "spark.driver.memory": "2g"},
+)
+
+
+@pytest.fixture(scope="session")
+def spark(tmp_path_factory: pytest.TempPathFactory) -> SparkSession:
+    session = build_spark_session(TEST_SPARK, "idres-tests", checkpoint_dir=str(tmp_path_factory.mktemp("checkpoints")))
+    yield session
+    session.stop()
+
+
+def config_in(root: Path) -> PipelineConfig:
+    """The project's config with lakehouse, landing and ground truth under root."""
+    return load_config().with_paths(lakehouse=root / "lakehouse", landing=root / "landing", ground_truth=root / "truth")
+
+
+@pytest.fixture
+def cfg(tmp_path: Path) -> PipelineConfig:
+    return config_in(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def corrupt_demo_cfg(tmp_path_factory: pytest.TempPathFactory) -> PipelineConfig:
+    """60 demo people with known bad rows appended to every source (generated once)."""
+    cfg = config_in(tmp_path_factory.mktemp("corrupt-demo"))
+    demo_data.generate(cfg, people=60, seed=7, corrupt=True)
+    return cfg

@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from jobs.config import DEFAULT_CONF_DIR, load_config
+from jobs.errors import ConfigError
+
+
+def test_the_project_config_loads():
+    cfg = load_config()
+    assert [s.name for s in cfg.sources] == ["ua_crm", "ro_shop", "eu_loyalty"]
+    assert {s.format for s in cfg.sources} == {"csv", "jsonl", "parquet"}
+    assert cfg.source("ua_crm").columns["source_record_id"] == "kod_kliienta"
+
+
+def _broken_conf(tmp_path: Path) -> Path:
+    conf = tmp_path / "conf"
+    shutil.copytree(DEFAULT_CONF_DIR, conf)
+    data = yaml.safe_load((conf / "sources.yaml").read_text(encoding="utf-8"))
+    data["sources"][0]["format"] = "xml"
+    data["sources"][1]["columns"]["shoe_size"] = "marime"
+    del data["sources"][2]["date_format"]
+    data["sources"][2]["default_country"] = "Germany"
+    (conf / "sources.yaml").write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+    (conf / "pipeline.yaml").write_text("spark:\n  shuffle_partitions: -3\n", encoding="utf-8")
+    return conf
+
+
+def test_every_problem_is_reported_at_once_naming_file_and_key(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_config(_broken_conf(tmp_path))
+    assert sorted(err.value.problems) == sorted(
+        [
+            "sources.yaml: sources[0] (ua_crm).format: must be one of csv, jsonl, parquet, got 'xml'",
+            "sources.yaml: sources[1] (ro_shop).columns.shoe_size: is not a known column (allowed: "
+            "source_record_id, first_name, middle_name, last_name, date_of_birth, gender, email, phone, street, city, "
+            "postcode, country, national_id, health_note, updated_at)",
+            "sources.yaml: sources[2] (eu_loyalty).date_format: is required",
+            "sources.yaml: sources[2] (eu_loyalty).default_country: must be an ISO 3166-1 alpha-2 code, got 'Germany'",
+            "pipeline.yaml: spark.shuffle_partitions: must be a positive integer",
+        ]
+    )
+    assert isinstance(err.value, ValueError)
+
+
+def test_a_missing_file_is_named(tmp_path):
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    with pytest.raises(ConfigError, match=r"pipeline\.yaml: <file>: not found.*\n.*sources\.yaml: <file>: not found"):
+        load_config(conf)
+
+
+def test_adding_a_region_is_a_config_change(tmp_path):
+    conf = tmp_path / "conf"
+    shutil.copytree(DEFAULT_CONF_DIR, conf)
+    data = yaml.safe_load((conf / "sources.yaml").read_text(encoding="utf-8"))
+    data["sources"].append(
+        {
+            "name": "pl_store",
+            "region": "PL",
+            "system": "Polish store",
+            "format": "csv",
+            "path": "pl/clients.csv",
+            "date_format": "yyyy-MM-dd",
+            "timestamp_format": "yyyy-MM-dd HH:mm:ss",
+            "default_country": "PL",
+            "columns": {"source_record_id": "id", "last_name": "nazwisko", "first_name": "imie"},
+        }
+    )
+    (conf / "sources.yaml").write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+    cfg = load_config(conf)
+    assert cfg.source("pl_store").path == cfg.landing / "pl" / "clients.csv"

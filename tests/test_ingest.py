@@ -1,0 +1,223 @@
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from pathlib import Path
+
+import pytest
+from chispa import assert_df_equality
+from pyspark.sql import functions as F
+
+from jobs import delta_io, ingest
+from jobs.config import PipelineConfig
+from jobs.errors import SourceSchemaError
+
+CSV_HEADER = ";".join(
+    [
+        "kod_kliienta",
+        "prizvyshche",
+        "imia",
+        "po_batkovi",
+        "data_narodzhennia",
+        "stat",
+        "telefon",
+        "email",
+        "adresa",
+        "misto",
+        "indeks",
+        "ipn",
+        "onovleno",
+    ]
+)
+
+
+@pytest.fixture
+def tiny_ua_source(cfg: PipelineConfig, tmp_path: Path):
+    path = tmp_path / "ua.csv"
+    path.write_text(
+        "\n".join(
+            [
+                CSV_HEADER,
+                "UA-1;Шевченко;Олександр;Петрович;24.08.1991;ч;067 123 45 67;;вул. Хрещатик, 1;Київ;01001;1234567890;"
+                "01.03.2025 10:15",
+                "UA-2; Коваль ;Ірина;;31.02.1990;ж;;iryna@ukr.net;;;;;01.03.2025 10:16",
+                ";Бондар;Анна;;01.01.1980;ж;;;;;;;01.03.2025 10:17",
+            ]
+        )
+        + "\n",
+        encoding="utf-8",
+    )
+    return dataclasses.replace(cfg.source("ua_crm"), path=path)
+
+
+def test_ingest_maps_source_columns_to_the_canonical_schema(spark, tiny_ua_source):
+    mapped = ingest.read_source(spark, tiny_ua_source).transform(ingest.map_to_canonical, tiny_ua_source)
+    actual = mapped.select(
+        "source_system",
+        "region",
+        "source_record_id",
+        "last_name",
+        "first_name",
+        "middle_name",
+        "date_of_birth",
+        "phone",
+        "email",
+        "city",
+        "national_id",
+        "country",
+        "updated_at",
+    )
+    expected = spark.createDataFrame(
+        [
+            (
+                "ua_crm",
+                "UA",
+                "UA-1",
+                "Шевченко",
+                "Олександр",
+                "Петрович",
+                "24.08.1991",
+                "067 123 45 67",
+                None,
+                "Київ",
+                "1234567890",
+                None,
+                "01.03.2025 10:15",
+            ),
+            (
+                "ua_crm",
+                "UA",
+                "UA-2",
+                "Коваль",
+                "Ірина",
+                None,
+                "31.02.1990",
+                None,
+                "iryna@ukr.net",
+                None,
+                None,
+                None,
+                "01.03.2025 10:16",
+            ),
+            (
+                "ua_crm",
+                "UA",
+                None,
+                "Бондар",
+                "Анна",
+                None,
+                "01.01.1980",
+                None,
+                None,
+                None,
+                None,
+                None,
+                "01.03.2025 10:17",
+            ),
+        ],
+        actual.schema,
+    )
+    assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
+
+
+def test_typed_columns_are_parsed_with_the_source_format_and_bad_rows_get_a_reason(spark, tiny_ua_source):
+    validated = (
+        ingest.read_source(spark, tiny_ua_source)
+        .transform(ingest.map_to_canonical, tiny_ua_source)
+        .transform(ingest.assign_quarantine_reasons, tiny_ua_source)
+    )
+    actual = validated.select("source_record_id", "date_of_birth", "updated_at", ingest.REASON)
+    expected = spark.createDataFrame(
+        [
+            ("UA-1", dt.date(1991, 8, 24), dt.datetime(2025, 3, 1, 10, 15), None),
+            ("UA-2", None, dt.datetime(2025, 3, 1, 10, 16), "unparseable_date"),
+            (None, dt.date(1980, 1, 1), dt.datetime(2025, 3, 1, 10, 17), "missing_source_id"),
+        ],
+        actual.schema,
+    )
+    assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
+
+
+def test_a_repeated_source_id_quarantines_every_copy(spark, cfg, tmp_path):
+    path = tmp_path / "dup.csv"
+    path.write_text(CSV_HEADER + "\nUA-7;A;B;;;;;;;;;;\nUA-7;C;D;;;;;;;;;;\nUA-8;E;F;;;;;;;;;;\n", encoding="utf-8")
+    source = dataclasses.replace(cfg.source("ua_crm"), path=path)
+    validated = (
+        ingest.read_source(spark, source)
+        .transform(ingest.map_to_canonical, source)
+        .transform(ingest.assign_quarantine_reasons, source)
+    )
+    actual = validated.select("source_record_id", "last_name", ingest.REASON)
+    expected = spark.createDataFrame(
+        [("UA-7", "A", "duplicate_source_id"), ("UA-7", "C", "duplicate_source_id"), ("UA-8", "E", None)],
+        actual.schema,
+    )
+    assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
+
+
+def test_a_missing_mapped_column_fails_before_anything_is_written(spark, cfg, tmp_path):
+    path = tmp_path / "drift.csv"
+    path.write_text(CSV_HEADER.replace("prizvyshche", "surname") + "\n", encoding="utf-8")
+    source = dataclasses.replace(cfg.source("ua_crm"), path=path)
+    with pytest.raises(SourceSchemaError, match=r"ua_crm.*prizvyshche"):
+        ingest.read_source(spark, source)
+
+
+@pytest.fixture(scope="module")
+def ingested(spark, corrupt_demo_cfg):
+    return corrupt_demo_cfg, ingest.run(spark, corrupt_demo_cfg, run_id="run-1")
+
+
+def test_every_bad_row_is_quarantined_with_its_reason(spark, ingested):
+    cfg, _ = ingested
+    actual = delta_io.read_delta(spark, cfg.tables.quarantine).select("source_system", "source_record_id", "reason")
+    expected = spark.createDataFrame(
+        [
+            ("ua_crm", "UA-1000000", "wrong_field_count"),  # a copy of the first record with extra fields
+            ("ua_crm", "UA-9999990", "bad_encoding"),
+            ("ro_shop", None, "malformed_record"),
+            ("ro_shop", "9999991", "unparseable_date"),
+            ("eu_loyalty", None, "missing_source_id"),
+            ("eu_loyalty", "LM99999993", "invalid_type"),
+        ],
+        actual.schema,
+    )
+    assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
+
+
+def test_counts_reconcile_read_equals_landed_plus_quarantined(spark, ingested):
+    cfg, result = ingested
+    bronze = delta_io.read_delta(spark, cfg.tables.bronze)
+    truth_rows = sum(1 for _ in (cfg.ground_truth / "records.csv").open()) - 1
+    assert result.reconciled
+    assert bronze.count() == truth_rows  # every generated good record landed once
+    assert sum(s.quarantined for s in result.sources) == 6
+    assert sum(s.read for s in result.sources) == truth_rows + 6
+    audit = delta_io.read_delta(spark, cfg.tables.ingest_runs)
+    assert audit.where("rows_read <> rows_landed + rows_quarantined").count() == 0
+
+
+def test_bronze_carries_lineage_and_commits_are_tagged_with_the_run_id(spark, ingested):
+    cfg, _ = ingested
+    bronze = delta_io.read_delta(spark, cfg.tables.bronze)
+    lineage = bronze.select(
+        F.count(F.when(F.col("run_id") == "run-1", 1)).alias("tagged"),
+        F.count(F.when(F.length("record_hash") == 64, 1)).alias("hashed"),
+        F.count(F.when(F.col("source_file").rlike(r"/(customers\.csv|customers\.jsonl|members\.parquet)$"), 1)).alias(
+            "with_file"
+        ),
+        F.count("*").alias("rows"),
+    ).first()
+    assert lineage["tagged"] == lineage["hashed"] == lineage["with_file"] == lineage["rows"] > 0
+    for table in (cfg.tables.bronze, cfg.tables.quarantine, cfg.tables.ingest_runs):
+        assert delta_io.history(table)[-1]["run_id"] == "run-1"
+
+
+def test_rerunning_the_same_batch_adds_nothing(spark, ingested):
+    cfg, _ = ingested
+    before = {t: delta_io.table_version(t) for t in (cfg.tables.bronze, cfg.tables.quarantine)}
+    rows_before = delta_io.read_delta(spark, cfg.tables.bronze).count()
+    result = ingest.run(spark, cfg, run_id="run-2")
+    assert result.bronze_inserted == 0
+    assert {t: delta_io.table_version(t) for t in before} == before
+    assert delta_io.read_delta(spark, cfg.tables.bronze).count() == rows_before
