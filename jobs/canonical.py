@@ -43,3 +43,34 @@ BRONZE_COLUMNS: tuple[str, ...] = (
     *CANONICAL_COLUMNS,
     *(c for c in LINEAGE_FIELDS if c not in ("source_system", "region")),
 )
+
+# Silver attribute -> (the canonical columns it is derived from, the silver columns that hold it).
+# The consent gate suppresses an attribute by nulling all of its columns; an attribute derived
+# from a sensitive canonical column is never written to silver at all.
+SILVER_ATTRIBUTES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "first_name": (("first_name",), ("first_name_native", "first_name", "first_name_key")),
+    "middle_name": (("middle_name",), ("middle_name_native", "middle_name")),
+    "last_name": (("last_name",), ("last_name_native", "last_name", "last_name_key", "last_name_phonetic")),
+    "date_of_birth": (("date_of_birth",), ("date_of_birth",)),
+    "gender": (("gender",), ("gender",)),
+    "email": (("email",), ("email", "email_valid")),
+    "phone": (("phone", "country"), ("phone",)),
+    "street": (("street",), ("street",)),
+    "city": (("city",), ("city",)),
+    "postcode": (("postcode",), ("postcode",)),
+    "country": (("country",), ("country",)),
+    "marketing_email": (("email",), ("marketing_email",)),
+    "marketing_phone": (("phone", "country"), ("marketing_phone",)),
+}
+
+SILVER_KEY_COLUMNS: tuple[str, ...] = ("source_system", "region", "source_record_id", "record_hash", "updated_at")
+
+LAWFUL_BASES: tuple[str, ...] = (
+    "consent",
+    "contract",
+    "legal_obligation",
+    "vital_interest",
+    "public_task",
+    "legitimate_interest",
+)
+CONSENT_STATUSES: tuple[str, ...] = ("granted", "withdrawn", "denied")

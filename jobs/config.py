@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import yaml
 
-from jobs.canonical import CANONICAL_COLUMNS
+from jobs.canonical import CANONICAL_COLUMNS, LAWFUL_BASES, SILVER_ATTRIBUTES
 from jobs.errors import ConfigError
 
 SourceFormat = Literal["csv", "jsonl", "parquet"]
@@ -52,6 +52,21 @@ class SourceConfig:
 
 
 @dataclass(frozen=True)
+class PurposePolicy:
+    """Which purposes and lawful bases admit a record, which attributes each purpose covers, what is sensitive."""
+
+    version: str
+    unification_purpose: str
+    purpose_bases: Mapping[str, tuple[str, ...]]  # purpose -> lawful bases that can justify it
+    attribute_purposes: Mapping[str, tuple[str, ...]]  # silver attribute -> purposes that justify holding it
+    sensitive: tuple[str, ...]  # canonical columns that never leave bronze
+
+    @property
+    def purposes(self) -> tuple[str, ...]:
+        return tuple(self.purpose_bases)
+
+
+@dataclass(frozen=True)
 class SparkConfig:
     """How the one Spark session is built."""
 
@@ -78,6 +93,30 @@ class TablePaths:
     def ingest_runs(self) -> Path:
         return self.root / "audit" / "ingest_runs"
 
+    @property
+    def silver(self) -> Path:
+        return self.root / "silver" / "customers"
+
+    @property
+    def consent_ledger(self) -> Path:
+        return self.root / "silver" / "consent_ledger"
+
+    @property
+    def consent_quarantine(self) -> Path:
+        return self.root / "bronze" / "consent_quarantine"
+
+    @property
+    def effective_consent(self) -> Path:
+        return self.root / "silver" / "effective_consent"
+
+    @property
+    def admitted(self) -> Path:
+        return self.root / "silver" / "admitted_customers"
+
+    @property
+    def consent_audit(self) -> Path:
+        return self.root / "audit" / "consent_decisions"
+
 
 @dataclass(frozen=True)
 class PipelineConfig:
@@ -89,6 +128,7 @@ class PipelineConfig:
     ground_truth: Path
     sources: tuple[SourceConfig, ...]
     spark: SparkConfig
+    policy: PurposePolicy
 
     @property
     def tables(self) -> TablePaths:
@@ -264,8 +304,62 @@ def _load_source(i: int, raw: Any, landing: Path, names: set[str], problems: _Pr
     )
 
 
+def _load_policy(raw: dict[str, Any], problems: _Problems) -> PurposePolicy | None:
+    file = "policy.yaml"
+    version = problems.require(file, "", raw, "version", str)
+    unification = problems.require(file, "", raw, "unification_purpose", str)
+    purposes_raw = problems.require(file, "", raw, "purposes", dict) or {}
+    purpose_bases: dict[str, tuple[str, ...]] = {}
+    for purpose, spec in purposes_raw.items():
+        bases = spec.get("lawful_bases") if isinstance(spec, dict) else None
+        if not isinstance(bases, list) or not bases:
+            problems.add(file, f"purposes.{purpose}.lawful_bases", "must be a non-empty list")
+            continue
+        for b in bases:
+            if b not in LAWFUL_BASES:
+                problems.add(
+                    file,
+                    f"purposes.{purpose}.lawful_bases",
+                    f"'{b}' is not a GDPR Art. 6 lawful basis ({', '.join(LAWFUL_BASES)})",
+                )
+        purpose_bases[purpose] = tuple(bases)
+    if unification is not None and purposes_raw and unification not in purpose_bases:
+        problems.add(file, "unification_purpose", f"'{unification}' is not listed under purposes")
+    sensitive = raw.get("sensitive") or []
+    if not isinstance(sensitive, list):
+        problems.add(file, "sensitive", "must be a list of canonical columns")
+        sensitive = []
+    for col in sensitive:
+        if col not in CANONICAL_COLUMNS or col == "source_record_id":
+            problems.add(file, f"sensitive.{col}", "is not a canonical attribute column")
+    attributes_raw = problems.require(file, "", raw, "attributes", dict) or {}
+    attribute_purposes: dict[str, tuple[str, ...]] = {}
+    for attr, purposes in attributes_raw.items():
+        if attr not in SILVER_ATTRIBUTES:
+            problems.add(file, f"attributes.{attr}", f"is not a silver attribute ({', '.join(SILVER_ATTRIBUTES)})")
+        elif not isinstance(purposes, list) or not purposes:
+            problems.add(file, f"attributes.{attr}", "must be a non-empty list of purposes")
+        else:
+            for p in purposes:
+                if purposes_raw and p not in purpose_bases:
+                    problems.add(file, f"attributes.{attr}", f"purpose '{p}' is not listed under purposes")
+            attribute_purposes[attr] = tuple(purposes)
+    for attr, (derived_from, _) in SILVER_ATTRIBUTES.items():
+        if attr not in attributes_raw and not set(derived_from) & set(sensitive):
+            problems.add(file, f"attributes.{attr}", "is missing: every silver attribute needs its purposes")
+    if version is None or unification is None:
+        return None
+    return PurposePolicy(
+        version=version,
+        unification_purpose=unification,
+        purpose_bases=purpose_bases,
+        attribute_purposes=attribute_purposes,
+        sensitive=tuple(sensitive),
+    )
+
+
 def load_config(conf_dir: Path | str | None = None) -> PipelineConfig:
-    """Load and check conf/pipeline.yaml and conf/sources.yaml; raise ConfigError listing every problem.
+    """Load and check conf/pipeline.yaml, sources.yaml and policy.yaml; raise ConfigError listing every problem.
 
     Paths are relative to the project root. IDRES_LAKEHOUSE and IDRES_LANDING override the roots,
     IDRES_SPARK_MASTER the Spark master.
@@ -315,6 +409,8 @@ def load_config(conf_dir: Path | str | None = None) -> PipelineConfig:
             if src is not None:
                 sources.append(src)
 
+    policy = _load_policy(_read_yaml(conf / "policy.yaml", problems), problems)
+
     if problems.items:
         raise ConfigError(problems.items)
     return PipelineConfig(
@@ -324,4 +420,5 @@ def load_config(conf_dir: Path | str | None = None) -> PipelineConfig:
         ground_truth=ground_truth,
         sources=tuple(sources),
         spark=spark,
+        policy=policy,
     )

@@ -8,17 +8,18 @@ so rerunning the same batch adds nothing.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import reduce
+from pathlib import Path
 
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from jobs import delta_io
-from jobs.canonical import BRONZE_COLUMNS, CANONICAL_COLUMNS, CANONICAL_FIELDS
+from jobs.canonical import BRONZE_COLUMNS, CANONICAL_COLUMNS, CANONICAL_FIELDS, TYPED_COLUMNS
 from jobs.config import PipelineConfig, SourceConfig
 from jobs.errors import SourceSchemaError
 from jobs.runner import run_job
@@ -37,18 +38,6 @@ MISSING_SOURCE_ID = "missing_source_id"
 UNPARSEABLE_DATE = "unparseable_date"
 INVALID_TYPE = "invalid_type"
 DUPLICATE_SOURCE_ID = "duplicate_source_id"
-
-QUARANTINE_COLUMNS = (
-    "source_system",
-    "region",
-    "source_file",
-    "source_record_id",
-    "reason",
-    "raw_record",
-    "raw_hash",
-    "run_id",
-    "quarantined_at",
-)
 
 
 @dataclass
@@ -72,54 +61,66 @@ class IngestResult:
         return all(s.read == s.landed + s.quarantined for s in self.sources)
 
 
-def read_source(spark: SparkSession, source: SourceConfig) -> DataFrame:
-    """The source's rows with every mapped column as a string, plus the corrupt-row and file columns.
+def read_feed(
+    spark: SparkSession,
+    name: str,
+    path: Path,
+    fmt: str,
+    columns: Iterable[str],
+    encoding: str = "UTF-8",
+    delimiter: str = ",",
+) -> DataFrame:
+    """A feed's rows with the named columns as strings, plus the corrupt-row and source-file columns.
 
-    Fails before anything is written when the file is missing or lacks a mapped column.
+    Fails before anything is written when the file is missing or lacks one of the columns.
     """
-    if not source.path.exists():
-        raise SourceSchemaError(source.name, f"file not found at {source.path}")
-    path = str(source.path)
-    if source.format == "csv":
-        options = {"header": "true", "sep": source.delimiter, "encoding": source.encoding}
-        header = spark.read.options(**options).csv(path).columns
-        schema = T.StructType(
-            [T.StructField(c, T.StringType()) for c in header] + [T.StructField(CORRUPT, T.StringType())]
-        )
-        raw = (
-            spark.read.schema(schema).options(**options, mode="PERMISSIVE", columnNameOfCorruptRecord=CORRUPT).csv(path)
-        )
-    elif source.format == "jsonl":
-        schema = T.StructType(
-            [T.StructField(c, T.StringType()) for c in source.columns.values()]
-            + [T.StructField(CORRUPT, T.StringType())]
-        )
-        raw = (
-            spark.read.schema(schema)
-            .options(mode="PERMISSIVE", columnNameOfCorruptRecord=CORRUPT, encoding=source.encoding)
-            .json(path)
-        )
+    if not path.exists():
+        raise SourceSchemaError(name, f"file not found at {path}")
+    location = str(path)
+    corrupt = T.StructField(CORRUPT, T.StringType())
+    if fmt == "csv":
+        options = {"header": "true", "sep": delimiter, "encoding": encoding}
+        header = spark.read.options(**options).csv(location).columns
+        schema = T.StructType([T.StructField(c, T.StringType()) for c in header] + [corrupt])
+        raw = spark.read.schema(schema).options(**options, mode="PERMISSIVE", columnNameOfCorruptRecord=CORRUPT)
+        raw = raw.csv(location)
+    elif fmt == "jsonl":
+        schema = T.StructType([T.StructField(c, T.StringType()) for c in columns] + [corrupt])
+        raw = spark.read.schema(schema).options(mode="PERMISSIVE", columnNameOfCorruptRecord=CORRUPT, encoding=encoding)
+        raw = raw.json(location)
     else:
-        raw = spark.read.parquet(path).withColumn(CORRUPT, F.lit(None).cast("string"))
-    missing = sorted(set(source.columns.values()) - set(raw.columns))
+        raw = spark.read.parquet(location).withColumn(CORRUPT, F.lit(None).cast("string"))
+    missing = sorted(set(columns) - set(raw.columns))
     if missing:
-        raise SourceSchemaError(source.name, f"mapped column(s) missing from the file: {', '.join(missing)}")
+        raise SourceSchemaError(name, f"mapped column(s) missing from the file: {', '.join(missing)}")
     return raw.withColumn(SOURCE_FILE, F.col("_metadata.file_path"))
+
+
+def read_source(spark: SparkSession, source: SourceConfig) -> DataFrame:
+    """A customer source's rows, every mapped column as a string (see read_feed)."""
+    return read_feed(
+        spark, source.name, source.path, source.format, source.columns.values(), source.encoding, source.delimiter
+    )
+
+
+def mapped_strings(columns: Mapping[str, str], wanted: Iterable[str]) -> list[Column]:
+    """Each wanted column from its mapped source column as a trimmed string (blank -> null), else null."""
+
+    def one(c: str) -> Column:
+        if c not in columns:
+            return F.lit(None).cast("string").alias(c)
+        value = F.trim(F.col(f"`{columns[c]}`").cast("string"))
+        return F.when(value != "", value).alias(c)
+
+    return [one(c) for c in wanted]
 
 
 def map_to_canonical(raw: DataFrame, source: SourceConfig) -> DataFrame:
     """Rename the source's columns to the canonical ones, as trimmed strings; blanks become null."""
-
-    def canonical(c: str) -> Column:
-        if c not in source.columns:
-            return F.lit(None).cast("string").alias(c)
-        value = F.trim(F.col(f"`{source.columns[c]}`").cast("string"))
-        return F.when(value != "", value).alias(c)
-
     return raw.select(
         F.lit(source.name).alias("source_system"),
         F.lit(source.region).alias("region"),
-        *[canonical(c) for c in CANONICAL_COLUMNS],
+        *mapped_strings(source.columns, CANONICAL_COLUMNS),
         F.col(CORRUPT),
         F.col(SOURCE_FILE),
     )
@@ -137,7 +138,7 @@ def assign_quarantine_reasons(mapped: DataFrame, source: SourceConfig) -> DataFr
 
     The raw text of typed columns is kept in `_raw_<column>` for the quarantine record.
     """
-    typed = [c for c in CANONICAL_COLUMNS if not isinstance(CANONICAL_FIELDS[c], T.StringType)]
+    typed = TYPED_COLUMNS
     strings = [c for c in CANONICAL_COLUMNS if c not in typed]
     df = mapped
     for c in typed:
@@ -181,12 +182,8 @@ def to_bronze(validated: DataFrame, run_id: str, ingested_at: datetime) -> DataF
     )
 
 
-def to_quarantine(validated: DataFrame, run_id: str, ingested_at: datetime) -> DataFrame:
-    """The bad rows with their reason and raw content, so none is lost."""
-    typed = [c for c in CANONICAL_COLUMNS if not isinstance(CANONICAL_FIELDS[c], T.StringType)]
-    raw_values = F.to_json(
-        F.struct(*[F.col(f"_raw_{c}").alias(c) if c in typed else F.col(c) for c in CANONICAL_COLUMNS])
-    )
+def to_quarantine(validated: DataFrame, raw_values: Column, run_id: str, at: datetime) -> DataFrame:
+    """The rows that have a reason, with their raw content, so none is lost; one row per distinct content."""
     raw = F.coalesce(F.col(CORRUPT), raw_values)
     return (
         validated.where(F.col(REASON).isNotNull())
@@ -199,9 +196,16 @@ def to_quarantine(validated: DataFrame, run_id: str, ingested_at: datetime) -> D
             raw.alias("raw_record"),
             F.sha2(raw, 256).alias("raw_hash"),
             F.lit(run_id).alias("run_id"),
-            F.lit(ingested_at).cast("timestamp").alias("quarantined_at"),
+            F.lit(at).cast("timestamp").alias("quarantined_at"),
         )
         .dropDuplicates(["source_system", "raw_hash", "reason"])
+    )
+
+
+def raw_canonical_values() -> Column:
+    """The canonical columns as the source wrote them (typed ones before parsing), as JSON."""
+    return F.to_json(
+        F.struct(*[F.col(f"_raw_{c}").alias(c) if c in TYPED_COLUMNS else F.col(c) for c in CANONICAL_COLUMNS])
     )
 
 
@@ -242,7 +246,7 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> IngestResult:
             run_id=run_id,
             job="ingest",
         )
-        quarantine = to_quarantine(validated, run_id, ingested_at)
+        quarantine = to_quarantine(validated, raw_canonical_values(), run_id, ingested_at)
         delta_io.merge_delta(
             quarantine, cfg.tables.quarantine, keys=("source_system", "raw_hash", "reason"), run_id=run_id, job="ingest"
         )
@@ -280,4 +284,7 @@ def main(argv: Sequence[str] | None = None) -> IngestResult:
 
 
 if __name__ == "__main__":
-    main()
+    # Call through the package module, so Spark pickles its functions by reference, not as __main__'s.
+    from jobs.ingest import main as job_main
+
+    job_main()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import tempfile
 from collections.abc import Mapping
 
@@ -35,6 +37,9 @@ def build_spark_session(
         **settings.conf,
         **(extra_conf or {}),
     }
+    # Python workers use the driver's interpreter (and so its packages) unless told otherwise;
+    # SparkContext reads this from the environment, not from the conf.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = SparkSession.builder.master(settings.master).appName(app_name)
     for key, value in conf.items():
         builder = builder.config(key, value)

@@ -1,0 +1,333 @@
+"""Standardize: bronze -> silver. Comparable names, emails, phones, dates, addresses and countries.
+
+Standards and libraries:
+- names: Unicode NFKC (UAX #15) + casefold; Cyrillic romanized with Ukraine's national system
+  (KMU 2010, `translitua`), other scripts folded to ASCII with `anyascii`; a convention-tolerant
+  key folds the differences between romanization systems; Metaphone (`jellyfish`) for sound-alikes;
+- emails: RFC 5322 / 6531 syntax via `email-validator` (no DNS look-ups), lowercased;
+- phones: E.164 via `phonenumbers` (libphonenumber), parsed with the record's or source's country;
+- dates: ISO 8601 (Spark DateType);
+- countries: ISO 3166-1 alpha-2 via `pycountry`;
+- postcodes: upper-case alphanumerics; streets and cities: NFKC, casefold, romanized, punctuation
+  stripped. (libpostal would parse addresses better, but needs model data this build cannot fetch.)
+
+Sensitive canonical columns named by the purpose policy are never selected into silver.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import unicodedata
+from collections.abc import Sequence
+from functools import lru_cache
+
+import jellyfish
+import pandas as pd
+import phonenumbers
+import pycountry
+import translitua
+from anyascii import anyascii
+from email_validator import EmailNotValidError, validate_email
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from jobs import delta_io
+from jobs.canonical import SILVER_ATTRIBUTES, SILVER_KEY_COLUMNS
+from jobs.config import PipelineConfig, PurposePolicy, SourceConfig
+from jobs.runner import run_job
+
+log = logging.getLogger("idres.standardize")
+
+# Honorifics that precede names in the source systems' languages (matched after casefolding).
+TITLES = frozenset(
+    {
+        "mr",
+        "mrs",
+        "ms",
+        "miss",
+        "dr",
+        "prof",
+        "sir",
+        "herr",
+        "frau",
+        "domnul",
+        "doamna",
+        "dl",
+        "dna",
+        "пан",
+        "пані",
+        "панi",
+        "г-н",
+        "г-жа",
+        "гн",
+        "проф",
+        "др",
+    }
+)
+# Romanian legacy cedilla letters -> the comma-below letters of the Romanian standard (SR 13011).
+ROMANIAN_COMMA_BELOW = str.maketrans({"ş": "ș", "ţ": "ț", "Ş": "Ș", "Ţ": "Ț"})
+CYRILLIC = re.compile(r"[\u0400-\u04ff]")
+
+# Romanization systems disagree on a few letters: fold each group to one spelling, longest first.
+# (щ shch/sch/sc, ш sh/sch/ch/s, ч ch/tsch/tch/c, ц ts/tz/c/z, ж zh/j/z, х kh/ch/h, г h/g,
+#  я/ю/є ya/ia/ja, yu/iu/ju/u, ye/ie/je/e, й/и/і y/i/j, w/v.)
+FOLDS: tuple[tuple[str, str], ...] = (
+    ("shch", "s"),
+    ("tsch", "c"),
+    ("sch", "s"),
+    ("tch", "c"),
+    ("sh", "s"),
+    ("zh", "z"),
+    ("kh", "h"),
+    ("ch", "c"),
+    ("ts", "c"),
+    ("tz", "c"),
+    ("cz", "c"),
+    ("ya", "a"),
+    ("ia", "a"),
+    ("ja", "a"),
+    ("yu", "u"),
+    ("iu", "u"),
+    ("ju", "u"),
+    ("ou", "u"),
+    ("ye", "e"),
+    ("ie", "e"),
+    ("je", "e"),
+    ("yi", "i"),
+    ("ji", "i"),
+    ("y", "i"),
+    ("j", "i"),
+    ("w", "v"),
+    ("g", "h"),
+    ("x", "ks"),
+    ("q", "k"),
+    ("ck", "k"),
+)
+GENDERS = {"f": "F", "female": "F", "ж": "F", "жін": "F", "m": "M", "male": "M", "ч": "M", "чол": "M"}
+
+
+def clean_text(raw: str | None) -> str | None:
+    """NFKC, casefold, legacy letters fixed, punctuation and symbols to spaces, whitespace collapsed."""
+    if raw is None:
+        return None
+    text = unicodedata.normalize("NFKC", raw).translate(ROMANIAN_COMMA_BELOW).casefold()
+    text = "".join(" " if unicodedata.category(ch)[0] in "PSZC" and ch != "'" else ch for ch in text)
+    text = " ".join(text.replace("'", "").split())
+    return text or None
+
+
+def to_latin(text: str | None, keep_digits: bool = False) -> str | None:
+    """Romanize: Cyrillic by Ukraine's KMU 2010 system, everything else to ASCII; lower-case letters
+    (and digits, for addresses) only."""
+    if text is None:
+        return None
+    latin = translitua.translit(text) if CYRILLIC.search(text) else text
+    latin = anyascii(latin).lower()
+    latin = " ".join(re.sub(r"[^a-z0-9 ]+" if keep_digits else r"[^a-z ]+", "", latin).split())
+    return latin or None
+
+
+def fold_key(latin: str | None) -> str | None:
+    """A key on which one name agrees across romanization conventions (Shevchenko ~ Schewtschenko ~ Sevcenko)."""
+    if latin is None:
+        return None
+    key = latin.replace(" ", "")
+    for src, dst in FOLDS:
+        key = key.replace(src, dst)
+    key = re.sub(r"(.)\1+", r"\1", key)
+    return key or None
+
+
+@lru_cache(maxsize=200_000)
+def standardize_name(raw: str | None) -> tuple[str | None, str | None, str | None, str | None]:
+    """(native, latin, key, phonetic) of one name; titles dropped. Null in, nulls out."""
+    native = clean_text(raw)
+    if native is not None:
+        native = " ".join(t for t in native.split() if t.rstrip(".") not in TITLES) or None
+    latin = to_latin(native)
+    key = fold_key(latin)
+    return native, latin, key, (jellyfish.metaphone(key) or None) if key else None
+
+
+@lru_cache(maxsize=200_000)
+def standardize_email(raw: str | None) -> tuple[str | None, bool | None]:
+    """(lower-cased address, is it syntactically valid)."""
+    if raw is None or not raw.strip():
+        return None, None
+    email = raw.strip().lower()
+    try:
+        return validate_email(email, check_deliverability=False).normalized.lower(), True
+    except EmailNotValidError:
+        return email, False
+
+
+@lru_cache(maxsize=200_000)
+def standardize_phone(raw: str | None, country: str | None) -> str | None:
+    """E.164, or None when the number is not a valid number for its country."""
+    if raw is None or not raw.strip():
+        return None
+    try:
+        parsed = phonenumbers.parse(raw, country)
+    except phonenumbers.NumberParseException:
+        return None
+    return (
+        phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+        if phonenumbers.is_valid_number(parsed)
+        else None
+    )
+
+
+@lru_cache(maxsize=10_000)
+def standardize_country(raw: str | None) -> str | None:
+    """ISO 3166-1 alpha-2 from a code or an English name; None when unknown."""
+    if raw is None or not raw.strip():
+        return None
+    try:
+        return pycountry.countries.lookup(raw.strip()).alpha_2
+    except LookupError:
+        return None
+
+
+NAME_SCHEMA = T.StructType([T.StructField(f, T.StringType()) for f in ("native", "latin", "key", "phonetic")])
+EMAIL_SCHEMA = T.StructType([T.StructField("email", T.StringType()), T.StructField("valid", T.BooleanType())])
+
+
+@F.pandas_udf(NAME_SCHEMA)
+def _name_udf(names: pd.Series) -> pd.DataFrame:
+    return pd.DataFrame([standardize_name(n) for n in names], columns=["native", "latin", "key", "phonetic"])
+
+
+@F.pandas_udf(EMAIL_SCHEMA)
+def _email_udf(emails: pd.Series) -> pd.DataFrame:
+    return pd.DataFrame([standardize_email(e) for e in emails], columns=["email", "valid"])
+
+
+@F.pandas_udf(T.StringType())
+def _phone_udf(phones: pd.Series, countries: pd.Series) -> pd.Series:
+    return pd.Series([standardize_phone(p, c) for p, c in zip(phones, countries, strict=True)], dtype=object)
+
+
+@F.pandas_udf(T.StringType())
+def _country_udf(countries: pd.Series) -> pd.Series:
+    return pd.Series([standardize_country(c) for c in countries], dtype=object)
+
+
+@F.pandas_udf(T.StringType())
+def _latin_address_udf(texts: pd.Series) -> pd.Series:
+    return pd.Series([to_latin(clean_text(t), keep_digits=True) for t in texts], dtype=object)
+
+
+def latest_bronze_records(bronze: DataFrame) -> DataFrame:
+    """The current version of each source record: bronze keeps every version ever landed."""
+    newest = Window.partitionBy("source_system", "source_record_id").orderBy(
+        F.col("updated_at").desc_nulls_last(), F.col("ingested_at").desc(), F.col("record_hash")
+    )
+    return bronze.withColumn("_rank", F.row_number().over(newest)).where("_rank = 1").drop("_rank")
+
+
+def standardize_names(df: DataFrame) -> DataFrame:
+    """Native, Latin, key (and, for the last name, phonetic) forms of each name."""
+    out = df
+    for name in ("first_name", "middle_name", "last_name"):
+        out = out.withColumn(f"_{name}_parts", _name_udf(F.col(name)))
+        out = out.withColumn(f"{name}_native", F.col(f"_{name}_parts.native"))
+    return (
+        out.withColumn("first_name", F.col("_first_name_parts.latin"))
+        .withColumn("first_name_key", F.col("_first_name_parts.key"))
+        .withColumn("middle_name", F.col("_middle_name_parts.latin"))
+        .withColumn("last_name", F.col("_last_name_parts.latin"))
+        .withColumn("last_name_key", F.col("_last_name_parts.key"))
+        .withColumn("last_name_phonetic", F.col("_last_name_parts.phonetic"))
+        .drop("_first_name_parts", "_middle_name_parts", "_last_name_parts")
+    )
+
+
+def standardize_country_column(df: DataFrame, default_countries: dict[str, str]) -> DataFrame:
+    """ISO 3166 alpha-2 country; a record without one takes its source's default country."""
+    default = F.create_map(*[F.lit(x) for kv in default_countries.items() for x in kv])[F.col("source_system")]
+    return df.withColumn(
+        "country", F.when(F.col("country").isNull(), default).otherwise(_country_udf(F.col("country")))
+    )
+
+
+def standardize_contacts(df: DataFrame) -> DataFrame:
+    """Lower-cased, validated email; E.164 phone parsed with the record's country; marketing channels."""
+    email = _email_udf(F.col("email"))
+    return (
+        df.withColumn("_email", email)
+        .withColumn("email", F.col("_email.email"))
+        .withColumn("email_valid", F.col("_email.valid"))
+        .withColumn("phone", _phone_udf(F.col("phone"), F.col("country")))
+        .withColumn("marketing_email", F.when(F.col("email_valid"), F.col("email")))
+        .withColumn("marketing_phone", F.col("phone"))
+        .drop("_email")
+    )
+
+
+def standardize_address(df: DataFrame) -> DataFrame:
+    """Romanized, folded street and city; postcode as upper-case alphanumerics."""
+    return (
+        df.withColumn("street", _latin_address_udf(F.col("street")))
+        .withColumn("city", _latin_address_udf(F.col("city")))
+        .withColumn("postcode", F.nullif(F.regexp_replace(F.upper(F.col("postcode")), r"[^0-9A-Z]", ""), F.lit("")))
+    )
+
+
+def standardize_gender(df: DataFrame) -> DataFrame:
+    """F or M (or null) from the sources' many spellings."""
+    mapping = F.create_map(*[F.lit(x) for kv in GENDERS.items() for x in kv])
+    return df.withColumn("gender", mapping[F.lower(F.trim(F.col("gender")))])
+
+
+def silver_columns(policy: PurposePolicy) -> list[str]:
+    """Silver's columns: keys plus every attribute not derived from a sensitive column."""
+    columns = list(SILVER_KEY_COLUMNS)
+    for derived_from, attribute_columns in SILVER_ATTRIBUTES.values():
+        if not set(derived_from) & set(policy.sensitive):
+            columns.extend(c for c in attribute_columns if c not in columns)
+    return columns
+
+
+def standardize(bronze: DataFrame, sources: Sequence[SourceConfig], policy: PurposePolicy) -> DataFrame:
+    """Bronze rows -> silver rows: the current version of each record, standardized, minimized."""
+    return (
+        bronze.transform(latest_bronze_records)
+        .transform(standardize_names)
+        .transform(standardize_country_column, {s.name: s.default_country for s in sources})
+        .transform(standardize_contacts)
+        .transform(standardize_address)
+        .transform(standardize_gender)
+        .select(*silver_columns(policy))
+    )
+
+
+def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> dict[str, int]:
+    """Rebuild silver from bronze; unchanged records are not rewritten and a rerun commits nothing."""
+    silver = standardize(delta_io.read_delta(spark, cfg.tables.bronze), cfg.sources, cfg.policy)
+    metrics = delta_io.merge_delta(
+        silver,
+        cfg.tables.silver,
+        keys=("source_system", "source_record_id"),
+        run_id=run_id,
+        job="standardize",
+        update_changed=True,
+        delete_missing=True,
+    )
+    counts = {
+        k.removeprefix("num_target_rows_"): int(v) for k, v in metrics.items() if k.startswith("num_target_rows_")
+    }
+    log.info("standardize: silver %s", counts)
+    return counts
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, int]:
+    return run_job("standardize", run, argv)
+
+
+if __name__ == "__main__":
+    # Call through the package module, so Spark pickles its functions by reference, not as __main__'s.
+    from jobs.standardize import main as job_main
+
+    job_main()
