@@ -522,6 +522,11 @@ def generate(cfg: PipelineConfig, people: int, seed: int = 42, corrupt: bool = F
                 for line in raw_lines:
                     fh.write(line + b"\n")
         if src_cfg.consent_feed is not None:
+            if corrupt:  # a purpose the policy does not know, and an event time without a zone
+                events += [
+                    {**events[0], "event_id": f"{source}-bad-1", "purpose": "newsletter"},
+                    {**events[0], "event_id": f"{source}-bad-2", "event_time": "2024-05-01T10:00:00"},
+                ]
             src_cfg.consent_feed.path.parent.mkdir(parents=True, exist_ok=True)
             _write_jsonl(src_cfg.consent_feed.path, events)
         summary.records[source] = len(appearances)

@@ -18,47 +18,84 @@ def _table(title: str, table: pa.Table) -> str:
     return title + "\n" + "\n".join("  " + line for line in body.splitlines())
 
 
+LATEST_RUN = "run_id = (SELECT run_id FROM {t} ORDER BY {at} DESC LIMIT 1)"
+
+# (title, table alias -> TablePaths attribute, SQL). A section shows once its tables exist.
+SECTIONS: tuple[tuple[str, dict[str, str], str], ...] = (
+    (
+        "Bronze rows per region and source:",
+        {"b": "bronze"},
+        "SELECT region, source_system, count(*) AS rows FROM b GROUP BY 1, 2 ORDER BY 1, 2",
+    ),
+    (
+        "Quarantined rows by reason:",
+        {"q": "quarantine"},
+        "SELECT source_system, reason, count(*) AS rows FROM q GROUP BY 1, 2 ORDER BY 1, 2",
+    ),
+    (
+        "Last ingest run (read = landed + quarantined):",
+        {"r": "ingest_runs"},
+        "SELECT run_id, source_system, rows_read, rows_landed, rows_quarantined, "
+        "rows_read = rows_landed + rows_quarantined AS reconciled FROM r "
+        "WHERE " + LATEST_RUN.format(t="r", at="ingested_at") + " ORDER BY source_system",
+    ),
+    (
+        "Consent gate, last run: records admitted and excluded by reason:",
+        {"a": "consent_audit"},
+        "SELECT policy_version, decision, reason, count(*) AS records FROM a WHERE attribute = '*' AND "
+        + LATEST_RUN.format(t="a", at="decided_at")
+        + " GROUP BY 1, 2, 3 ORDER BY 2, 3",
+    ),
+    (
+        "Consent gate, last run: attributes suppressed (no permitted purpose):",
+        {"a": "consent_audit"},
+        "SELECT attribute, purpose, count(*) AS records FROM a WHERE decision = 'suppressed' AND "
+        + LATEST_RUN.format(t="a", at="decided_at")
+        + " GROUP BY 1, 2 ORDER BY 1",
+    ),
+    (
+        "Consent gate reconciliation (silver records = admitted + excluded):",
+        {"s": "silver", "a": "consent_audit"},
+        "SELECT (SELECT count(*) FROM s) AS silver_records, "
+        "sum(CASE WHEN decision = 'admitted' THEN 1 ELSE 0 END) AS admitted, "
+        "sum(CASE WHEN decision = 'excluded' THEN 1 ELSE 0 END) AS excluded FROM a WHERE attribute = '*' AND "
+        + LATEST_RUN.format(t="a", at="decided_at"),
+    ),
+    (
+        "Consent events quarantined by reason:",
+        {"q": "consent_quarantine"},
+        "SELECT source_system, reason, count(*) AS events FROM q GROUP BY 1, 2 ORDER BY 1, 2",
+    ),
+)
+TABLES = (
+    "bronze",
+    "quarantine",
+    "ingest_runs",
+    "silver",
+    "consent_ledger",
+    "consent_quarantine",
+    "effective_consent",
+    "admitted",
+    "consent_audit",
+)
+
+
 def summary_sections(cfg: PipelineConfig) -> list[str]:
     """Each section of the run summary, as text."""
     t = cfg.tables
+    located = [(name, getattr(t, name)) for name in TABLES]
     sections = [
         "Delta tables:\n"
         + "\n".join(
-            f"  {name:<12} {path}  (version {delta_io.table_version(path)})"
-            for name, path in (("bronze", t.bronze), ("quarantine", t.quarantine), ("ingest_runs", t.ingest_runs))
+            f"  {name:<20} {path}  (version {delta_io.table_version(path)})"
+            for name, path in located
             if delta_io.table_exists(path)
         )
     ]
-    if delta_io.table_exists(t.bronze):
-        sections.append(
-            _table(
-                "Bronze rows per region and source:",
-                delta_io.query_delta(
-                    "SELECT region, source_system, count(*) AS rows FROM b GROUP BY 1, 2 ORDER BY 1, 2", b=t.bronze
-                ),
-            )
-        )
-    if delta_io.table_exists(t.quarantine):
-        sections.append(
-            _table(
-                "Quarantined rows by reason:",
-                delta_io.query_delta(
-                    "SELECT source_system, reason, count(*) AS rows FROM q GROUP BY 1, 2 ORDER BY 1, 2", q=t.quarantine
-                ),
-            )
-        )
-    if delta_io.table_exists(t.ingest_runs):
-        sections.append(
-            _table(
-                "Last ingest run (read = landed + quarantined):",
-                delta_io.query_delta(
-                    "SELECT run_id, source_system, rows_read, rows_landed, rows_quarantined, "
-                    "rows_read = rows_landed + rows_quarantined AS reconciled FROM r "
-                    "WHERE ingested_at = (SELECT max(ingested_at) FROM r) ORDER BY source_system",
-                    r=t.ingest_runs,
-                ),
-            )
-        )
+    for title, aliases, sql in SECTIONS:
+        paths = {alias: getattr(t, attr) for alias, attr in aliases.items()}
+        if all(delta_io.table_exists(p) for p in paths.values()):
+            sections.append(_table(title, delta_io.query_delta(sql, **paths)))
     return sections
 
 

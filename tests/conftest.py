@@ -41,3 +41,24 @@ def corrupt_demo_cfg(tmp_path_factory: pytest.TempPathFactory) -> PipelineConfig
     cfg = config_in(tmp_path_factory.mktemp("corrupt-demo"))
     demo_data.generate(cfg, people=60, seed=7, corrupt=True)
     return cfg
+
+
+def write_ua_crm(cfg: PipelineConfig, rows: list[dict[str, str]]) -> None:
+    """Write rows (canonical column -> value) as the Ukrainian CRM's CSV extract."""
+    import csv
+
+    source = cfg.source("ua_crm")
+    header = list(source.columns.values())
+    source.path.parent.mkdir(parents=True, exist_ok=True)
+    with source.path.open("w", encoding="utf-8", newline="") as fh:
+        writer = csv.writer(fh, delimiter=source.delimiter)
+        writer.writerow(header)
+        for row in rows:
+            writer.writerow([row.get(canonical, "") for canonical in source.columns])
+
+
+def write_consent_feed(cfg: PipelineConfig, source: str, lines: list[str]) -> None:
+    """Write a region's consent feed, one JSON line (or deliberately broken line) each."""
+    path = cfg.source(source).consent_feed.path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")

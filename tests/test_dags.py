@@ -59,7 +59,12 @@ def test_dags_load_without_errors_and_carry_docs_tags_and_retries(airflow_env):
         assert dag.doc_md and dag.tags, dag_id
         for task in dag.tasks:
             assert task.retries >= 1 or task.task_id == "demo_data", (dag_id, task.task_id)
-    assert [t.task_id for t in bag.dags["identity_resolution"].topological_sort()] == ["demo_data", "ingest"]
+    assert [t.task_id for t in bag.dags["identity_resolution"].topological_sort()] == [
+        "demo_data",
+        "ingest",
+        "standardize",
+        "consent_gate",
+    ]
 
 
 def _airflow(env: dict[str, str], *args: str) -> None:
@@ -68,18 +73,23 @@ def _airflow(env: dict[str, str], *args: str) -> None:
 
 
 @pytest.mark.slow
-def test_running_the_dag_twice_lands_the_demo_once(airflow_env):
+def test_running_the_dag_twice_changes_nothing_the_second_time(airflow_env):
     _airflow(airflow_env, "db", "migrate")
     _airflow(airflow_env, "dags", "test", "identity_resolution", "2026-01-01", "-c", '{"demo_people": 40}')
-    bronze = Path(airflow_env["IDRES_LAKEHOUSE"]) / "bronze" / "customers"
+    lakehouse = Path(airflow_env["IDRES_LAKEHOUSE"])
+    bronze = lakehouse / "bronze" / "customers"
+    gated = [lakehouse / "silver" / t for t in ("customers", "effective_consent", "admitted_customers")]
     truth = Path(airflow_env["IDRES_GROUND_TRUTH"]) / "records.csv"
     expected_rows = sum(1 for _ in truth.open(encoding="utf-8")) - 1
     count_sql = "SELECT count(*) AS n FROM b"
     assert delta_io.query_delta(count_sql, b=bronze).column("n")[0].as_py() == expected_rows
     version = delta_io.table_version(bronze)
+    gated_versions = [delta_io.table_version(t) for t in gated]
+    assert None not in gated_versions
     assert delta_io.history(bronze)[0]["run_id"].startswith("manual__")  # Airflow's run_id
 
     _airflow(airflow_env, "dags", "test", "identity_resolution", "2026-01-02", "-c", '{"demo_people": 40}')
     assert delta_io.query_delta(count_sql, b=bronze).column("n")[0].as_py() == expected_rows
     assert delta_io.table_version(bronze) == version
+    assert [delta_io.table_version(t) for t in gated] == gated_versions  # nothing changed, nothing committed
     assert load_config().sources  # the project config was untouched by the run

@@ -1,0 +1,440 @@
+"""Consent gate: the consent ledger, effective consent as of the run's cutoff, and the gate itself.
+
+Only records with a granted, unexpired lawful basis for profile unification go on to identity
+resolution; the others are not even used for matching. Admitted records keep only the
+attributes their granted purposes allow. Every decision (admitted, excluded, attribute
+suppressed) is written to an audit table that holds references, reason codes and the policy
+version, never a personal value.
+
+Effective consent, per subject (source system + source record id) and purpose, is the latest
+event by event_time at or before the cutoff. Ties on event_time are broken so that withdrawal
+wins: withdrawn, then denied, then granted; then the later recorded_at, then event_id, then a
+hash of the event. A grant whose expires_at is at or before the cutoff counts as `expired`, not
+granted. Exact duplicate events count once, so the result does not depend on the order or
+repetition of events.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import reduce
+
+from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+
+from jobs import delta_io
+from jobs.canonical import CONSENT_STATUSES, LAWFUL_BASES, SILVER_ATTRIBUTES
+from jobs.config import CONSENT_FEED_COLUMNS, PipelineConfig, PurposePolicy, SourceConfig
+from jobs.errors import IdresError
+from jobs.ingest import (
+    BAD_ENCODING,
+    CORRUPT,
+    MALFORMED_RECORD,
+    REASON,
+    SOURCE_FILE,
+    mapped_strings,
+    read_feed,
+    to_quarantine,
+)
+from jobs.runner import job_arg_parser, run_job
+
+log = logging.getLogger("idres.consent")
+
+SUBJECT = ("source_system", "source_record_id")
+EVENT_CONTENT = tuple(c for c in CONSENT_FEED_COLUMNS if c not in ("event_id", "source_record_id"))
+TIMESTAMP_FIELDS = ("event_time", "recorded_at", "expires_at")
+TZ_SUFFIX = r"(Z|[+-]\d{2}:?\d{2})$"
+STATUS_PRECEDENCE = {"withdrawn": 0, "denied": 1, "granted": 2}
+ALL_ATTRIBUTES = "*"
+
+# Consent-feed quarantine reasons (besides malformed_record and bad_encoding).
+MISSING_SUBJECT = "missing_subject"
+UNKNOWN_PURPOSE = "unknown_purpose"
+INVALID_LAWFUL_BASIS = "invalid_lawful_basis"
+INVALID_STATUS = "invalid_status"
+UNPARSEABLE_TIMESTAMP = "unparseable_timestamp"
+TIMESTAMP_WITHOUT_ZONE = "timestamp_without_time_zone"
+CONFLICTING_EVENT_ID = "conflicting_event_id"
+
+# Gate decision reasons.
+ADMITTED = "basis_granted"
+NO_BASIS = "no_lawful_basis_recorded"
+WITHDRAWN = "consent_withdrawn"
+DENIED = "consent_denied"
+EXPIRED = "consent_expired"
+BASIS_NOT_PERMITTED = "basis_not_permitted_for_purpose"
+PURPOSE_NOT_PERMITTED = "purpose_not_permitted"
+
+LEDGER_COLUMNS = (
+    "source_system",
+    "region",
+    "event_id",
+    "source_record_id",
+    *EVENT_CONTENT,
+    "source_file",
+    "run_id",
+    "landed_at",
+)
+
+
+@dataclass
+class GateResult:
+    run_id: str
+    policy_version: str
+    records: int = 0
+    admitted: int = 0
+    excluded: dict[str, int] = field(default_factory=dict)
+    suppressed: dict[str, int] = field(default_factory=dict)
+    events_read: int = 0
+    events_quarantined: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def reconciled(self) -> bool:
+        return self.records == self.admitted + sum(self.excluded.values())
+
+
+def map_consent_events(raw: DataFrame, source: SourceConfig) -> DataFrame:
+    """A feed's rows in the ledger's column names, as trimmed strings."""
+    assert source.consent_feed is not None
+    return raw.select(
+        F.lit(source.name).alias("source_system"),
+        F.lit(source.region).alias("region"),
+        *mapped_strings(source.consent_feed.columns, CONSENT_FEED_COLUMNS),
+        F.col(CORRUPT),
+        F.col(SOURCE_FILE),
+    )
+
+
+def _in(column: str, allowed: Sequence[str]) -> Column:
+    return F.col(column).isin(*allowed)
+
+
+def assign_consent_reasons(events: DataFrame, policy: PurposePolicy) -> DataFrame:
+    """Parse timestamps (time-zone aware, to UTC) and give each unusable event a quarantine reason."""
+    df = events
+    for c in TIMESTAMP_FIELDS:
+        df = df.withColumn(f"_raw_{c}", F.col(c)).withColumn(c, F.try_to_timestamp(F.col(c)))
+    text = F.concat_ws(
+        "\u0001",
+        *[
+            F.col(c)
+            for c in (
+                "event_id",
+                "source_record_id",
+                "purpose",
+                "lawful_basis",
+                "status",
+                "collection_method",
+                "notice_version",
+            )
+        ],
+    )
+    bad_time = reduce(
+        lambda a, b: a | b, [F.col(f"_raw_{c}").isNotNull() & F.col(c).isNull() for c in TIMESTAMP_FIELDS]
+    )
+    no_zone = reduce(
+        lambda a, b: a | b,
+        [F.col(f"_raw_{c}").isNotNull() & ~F.col(f"_raw_{c}").rlike(TZ_SUFFIX) for c in TIMESTAMP_FIELDS],
+    )
+    reason = (
+        F.when(F.col(CORRUPT).isNotNull(), F.lit(MALFORMED_RECORD))
+        .when(text.contains("\ufffd"), F.lit(BAD_ENCODING))
+        .when(F.col("source_record_id").isNull(), F.lit(MISSING_SUBJECT))
+        .when(~F.coalesce(_in("purpose", policy.purposes), F.lit(False)), F.lit(UNKNOWN_PURPOSE))
+        .when(~F.coalesce(_in("lawful_basis", LAWFUL_BASES), F.lit(False)), F.lit(INVALID_LAWFUL_BASIS))
+        .when(~F.coalesce(_in("status", CONSENT_STATUSES), F.lit(False)), F.lit(INVALID_STATUS))
+        .when(F.col("_raw_event_time").isNull() | bad_time, F.lit(UNPARSEABLE_TIMESTAMP))
+        .when(no_zone, F.lit(TIMESTAMP_WITHOUT_ZONE))
+    )
+    content_hash = F.sha2(F.to_json(F.struct(*[F.col(c) for c in (*SUBJECT, *EVENT_CONTENT)])), 256)
+    df = (
+        df.withColumn(REASON, reason)
+        .withColumn("_content_hash", content_hash)
+        .withColumn("event_id", F.coalesce(F.col("event_id"), F.concat(F.lit("h:"), F.col("_content_hash"))))
+    )
+    # One event id carrying two different events cannot be trusted; exact replays are the same event.
+    per_id = Window.partitionBy("source_system", "event_id")
+    variants = F.size(F.collect_set(F.when(F.col(REASON).isNull(), F.col("_content_hash"))).over(per_id))
+    return df.withColumn(
+        REASON, F.when(F.col(REASON).isNull() & (variants > 1), F.lit(CONFLICTING_EVENT_ID)).otherwise(F.col(REASON))
+    )
+
+
+def raw_event_values() -> Column:
+    """A consent event as the feed wrote it, as JSON, for the quarantine record."""
+    return F.to_json(
+        F.struct(*[F.col(f"_raw_{c}").alias(c) if c in TIMESTAMP_FIELDS else F.col(c) for c in CONSENT_FEED_COLUMNS])
+    )
+
+
+def effective_consent(ledger: DataFrame, cutoff: datetime) -> DataFrame:
+    """Per subject and purpose: the deciding event as of cutoff, its status, and whether it grants."""
+    precedence = F.create_map(*[F.lit(x) for kv in STATUS_PRECEDENCE.items() for x in kv])
+    events = (
+        ledger.where(F.col("event_time") <= F.lit(cutoff))
+        .select(*SUBJECT, "event_id", *EVENT_CONTENT)
+        .dropDuplicates()
+        .withColumn("_hash", F.sha2(F.to_json(F.struct(*[F.col(c) for c in ("event_id", *EVENT_CONTENT)])), 256))
+    )
+    latest_first = Window.partitionBy(*SUBJECT, "purpose").orderBy(
+        F.col("event_time").desc(),
+        precedence[F.col("status")].asc(),
+        F.col("recorded_at").desc_nulls_last(),
+        F.col("event_id").asc(),
+        F.col("_hash").asc(),
+    )
+    expired = (F.col("status") == "granted") & F.col("expires_at").isNotNull() & (F.col("expires_at") <= F.lit(cutoff))
+    return (
+        events.withColumn("_rank", F.row_number().over(latest_first))
+        .where("_rank = 1")
+        .select(
+            *SUBJECT,
+            "purpose",
+            "lawful_basis",
+            F.when(expired, F.lit("expired")).otherwise(F.col("status")).alias("effective_status"),
+            ((F.col("status") == "granted") & ~expired).alias("is_granted"),
+            F.col("event_id").alias("deciding_event_id"),
+            "event_time",
+            "expires_at",
+        )
+    )
+
+
+def _lookup(mapping: dict[str, object]) -> Column:
+    return F.create_map(*[F.lit(x) for kv in mapping.items() for x in kv])
+
+
+def permitted_purposes(effective: DataFrame, policy: PurposePolicy) -> DataFrame:
+    """Per subject, the purposes granted on a lawful basis the policy accepts for that purpose."""
+    allowed = F.create_map(
+        *[x for purpose, bases in policy.purpose_bases.items() for x in (F.lit(purpose), F.array(*map(F.lit, bases)))]
+    )
+    return (
+        effective.where(F.col("is_granted") & F.array_contains(allowed[F.col("purpose")], F.col("lawful_basis")))
+        .groupBy(*SUBJECT)
+        .agg(F.array_sort(F.collect_set("purpose")).alias("_permitted"))
+    )
+
+
+def admission_decisions(silver: DataFrame, effective: DataFrame, policy: PurposePolicy) -> DataFrame:
+    """Silver plus `admitted`, `decision_reason` and the unification basis and deciding event."""
+    unification = effective.where(F.col("purpose") == policy.unification_purpose).select(
+        *SUBJECT,
+        F.col("effective_status").alias("_status"),
+        F.col("is_granted").alias("_granted"),
+        F.col("lawful_basis").alias("unification_basis"),
+        F.col("deciding_event_id").alias("unification_event_id"),
+    )
+    bases = list(policy.purpose_bases[policy.unification_purpose])
+    reason = (
+        F.when(F.col("_status").isNull(), F.lit(NO_BASIS))
+        .when(F.col("_status") == "withdrawn", F.lit(WITHDRAWN))
+        .when(F.col("_status") == "denied", F.lit(DENIED))
+        .when(F.col("_status") == "expired", F.lit(EXPIRED))
+        .when(~F.col("unification_basis").isin(*bases), F.lit(BASIS_NOT_PERMITTED))
+        .otherwise(F.lit(ADMITTED))
+    )
+    return (
+        silver.join(unification, list(SUBJECT), "left")
+        .withColumn("decision_reason", reason)
+        .withColumn("admitted", F.col("decision_reason") == ADMITTED)
+        .drop("_status", "_granted")
+    )
+
+
+def apply_attribute_policy(decided: DataFrame, permitted: DataFrame, policy: PurposePolicy) -> DataFrame:
+    """Null every attribute whose purposes are not granted; `_suppressed` lists the non-null ones nulled."""
+    df = decided.join(permitted, list(SUBJECT), "left").withColumn(
+        "_permitted", F.coalesce(F.col("_permitted"), F.array().cast("array<string>"))
+    )
+    rules = []
+    for attribute, purposes in policy.attribute_purposes.items():
+        columns = [c for c in SILVER_ATTRIBUTES[attribute][1] if c in df.columns]
+        if columns:
+            rules.append((attribute, columns, F.arrays_overlap(F.col("_permitted"), F.array(*map(F.lit, purposes)))))
+    # Decide what is suppressed while the values are still there, then null them.
+    suppressed = [
+        F.when(~allowed & reduce(lambda a, b: a | b, [F.col(c).isNotNull() for c in columns]), F.lit(attribute))
+        for attribute, columns, allowed in rules
+    ]
+    df = df.withColumn("_suppressed", F.filter(F.array(*suppressed), lambda x: x.isNotNull()))
+    for _, columns, allowed in rules:
+        for c in columns:
+            df = df.withColumn(c, F.when(allowed, F.col(c)))
+    return df.withColumn("permitted_purposes", F.array_join(F.col("_permitted"), ","))
+
+
+def gate(silver: DataFrame, effective: DataFrame, policy: PurposePolicy) -> DataFrame:
+    """Every silver record with its admission decision; admitted ones minimized to their purposes."""
+    return admission_decisions(silver, effective, policy).transform(
+        apply_attribute_policy, permitted_purposes(effective, policy), policy
+    )
+
+
+def admitted_records(gated: DataFrame, silver_columns: Sequence[str], policy: PurposePolicy) -> DataFrame:
+    """The input of identity resolution: admitted records, minimized, with their basis."""
+    return gated.where("admitted").select(
+        *silver_columns,
+        "unification_basis",
+        "unification_event_id",
+        "permitted_purposes",
+        F.lit(policy.version).alias("policy_version"),
+    )
+
+
+def decision_audit(gated: DataFrame, policy: PurposePolicy, run_id: str, decided_at: datetime) -> DataFrame:
+    """One row per record decision and per suppressed attribute: references and codes, no values."""
+    attribute_purposes = {a: ",".join(p) for a, p in policy.attribute_purposes.items()}
+    records = gated.select(
+        *SUBJECT,
+        F.lit(policy.unification_purpose).alias("purpose"),
+        F.lit(ALL_ATTRIBUTES).alias("attribute"),
+        F.when(F.col("admitted"), F.lit("admitted")).otherwise(F.lit("excluded")).alias("decision"),
+        F.col("decision_reason").alias("reason"),
+        F.col("unification_event_id").alias("deciding_event_id"),
+    )
+    attributes = (
+        gated.where("admitted")
+        .select(*SUBJECT, F.explode("_suppressed").alias("attribute"))
+        .select(
+            *SUBJECT,
+            _lookup(attribute_purposes)[F.col("attribute")].alias("purpose"),
+            "attribute",
+            F.lit("suppressed").alias("decision"),
+            F.lit(PURPOSE_NOT_PERMITTED).alias("reason"),
+            F.lit(None).cast("string").alias("deciding_event_id"),
+        )
+    )
+    return records.unionByName(attributes).select(
+        F.lit(run_id).alias("run_id"),
+        F.lit(policy.version).alias("policy_version"),
+        "*",
+        F.lit(decided_at).cast("timestamp").alias("decided_at"),
+    )
+
+
+def land_consent_events(spark: SparkSession, cfg: PipelineConfig, run_id: str, at: datetime) -> tuple[int, dict]:
+    """Land every configured consent feed in the ledger; bad events go to the consent quarantine."""
+    sources = [s for s in cfg.sources if s.consent_feed is not None]
+    frames = [
+        read_feed(
+            spark, f"{s.name} consent feed", s.consent_feed.path, s.consent_feed.format, s.consent_feed.columns.values()
+        )
+        .transform(map_consent_events, s)
+        .transform(assign_consent_reasons, cfg.policy)
+        for s in sources
+    ]
+    if not frames:
+        return 0, {}
+    events = reduce(lambda a, b: a.unionByName(b), frames).persist()
+    try:
+        counts = {r[REASON]: r["count"] for r in events.groupBy(REASON).count().collect()}
+        ledger = (
+            events.where(F.col(REASON).isNull())
+            .dropDuplicates(["source_system", "event_id"])
+            .withColumn("source_file", F.col(SOURCE_FILE))
+            .withColumn("run_id", F.lit(run_id))
+            .withColumn("landed_at", F.lit(at).cast("timestamp"))
+            .select(*LEDGER_COLUMNS)
+        )
+        delta_io.merge_delta(
+            ledger, cfg.tables.consent_ledger, keys=("source_system", "event_id"), run_id=run_id, job="consent_gate"
+        )
+        quarantine = to_quarantine(events, raw_event_values(), run_id, at)
+        delta_io.merge_delta(
+            quarantine,
+            cfg.tables.consent_quarantine,
+            keys=("source_system", "raw_hash", "reason"),
+            run_id=run_id,
+            job="consent_gate",
+        )
+    finally:
+        events.unpersist()
+    read = sum(counts.values())
+    return read, {k: v for k, v in counts.items() if k is not None}
+
+
+def run(spark: SparkSession, cfg: PipelineConfig, run_id: str, cutoff: str | None = None) -> GateResult:
+    """Land consent events, compute effective consent as of cutoff, and gate silver into admitted records."""
+    as_of = datetime.fromisoformat(cutoff) if cutoff else datetime.now(UTC)
+    if as_of.tzinfo is None:
+        raise IdresError("--cutoff must carry a time zone, e.g. 2026-11-22T00:00:00+00:00")
+    now = datetime.now(UTC).replace(microsecond=0)
+    policy = cfg.policy
+    events_read, events_quarantined = land_consent_events(spark, cfg, run_id, now)
+
+    effective = effective_consent(delta_io.read_delta(spark, cfg.tables.consent_ledger), as_of)
+    delta_io.merge_delta(
+        effective,
+        cfg.tables.effective_consent,
+        keys=(*SUBJECT, "purpose"),
+        run_id=run_id,
+        job="consent_gate",
+        update_changed=True,
+        delete_missing=True,
+    )
+    effective = delta_io.read_delta(spark, cfg.tables.effective_consent)
+
+    silver = delta_io.read_delta(spark, cfg.tables.silver)
+    gated = gate(silver, effective, policy).persist()
+    try:
+        delta_io.merge_delta(
+            admitted_records(gated, silver.columns, policy),
+            cfg.tables.admitted,
+            keys=SUBJECT,
+            run_id=run_id,
+            job="consent_gate",
+            update_changed=True,
+            delete_missing=True,
+        )
+        audit = decision_audit(gated, policy, run_id, now)
+        delta_io.merge_delta(
+            audit,
+            cfg.tables.consent_audit,
+            keys=("run_id", *SUBJECT, "purpose", "attribute"),
+            run_id=run_id,
+            job="consent_gate",
+        )
+        tallies = audit.groupBy("decision", "reason", "attribute").count().collect()
+    finally:
+        gated.unpersist()
+
+    result = GateResult(
+        run_id=run_id, policy_version=policy.version, events_read=events_read, events_quarantined=events_quarantined
+    )
+    for row in tallies:
+        if row["decision"] == "admitted":
+            result.admitted += row["count"]
+        elif row["decision"] == "excluded":
+            result.excluded[row["reason"]] = row["count"]
+        else:
+            result.suppressed[row["attribute"]] = row["count"]
+    result.records = silver.count()
+    log.info(
+        "consent gate (policy %s): %d records, %d admitted, excluded %s, suppressed %s; events read %d, quarantined %s",
+        policy.version,
+        result.records,
+        result.admitted,
+        result.excluded,
+        result.suppressed,
+        events_read,
+        events_quarantined,
+    )
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> GateResult:
+    parser: argparse.ArgumentParser = job_arg_parser("idres consent gate job")
+    parser.add_argument("--cutoff", help="effective-consent cutoff, ISO 8601 with zone (default: now)")
+    return run_job("consent_gate", run, argv, parser)
+
+
+if __name__ == "__main__":
+    # Call through the package module, so Spark pickles its functions by reference, not as __main__'s.
+    from jobs.consent import main as job_main
+
+    job_main()

@@ -1,0 +1,302 @@
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import random
+
+import pytest
+from chispa import assert_df_equality
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pyspark.sql import functions as F
+
+from jobs import consent, delta_io, ingest, standardize
+from tests.conftest import write_consent_feed, write_ua_crm
+
+UTC = dt.UTC
+CUTOFF = "2026-06-01T00:00:00+00:00"
+LEDGER_SCHEMA = (
+    "source_system string, source_record_id string, event_id string, purpose string, lawful_basis string, "
+    "status string, event_time timestamp, recorded_at timestamp, collection_method string, notice_version string, "
+    "expires_at timestamp"
+)
+
+
+def ts(day: str, hour: int = 10) -> dt.datetime:
+    return dt.datetime.fromisoformat(day).replace(hour=hour, tzinfo=UTC)
+
+
+def ledger_row(subject, event_id, purpose, basis, status, event_time, recorded=None, expires=None):
+    return ("s", subject, event_id, purpose, basis, status, event_time, recorded or event_time, "web", "v1", expires)
+
+
+def test_effective_consent_takes_the_latest_event_and_withdrawal_wins_ties(spark):
+    rows = [
+        ledger_row("1", "a", "profile_unification", "consent", "granted", ts("2025-01-01")),
+        ledger_row("1", "b", "profile_unification", "consent", "withdrawn", ts("2025-02-01")),
+        ledger_row("2", "c", "profile_unification", "consent", "granted", ts("2025-01-01")),
+        ledger_row("2", "d", "profile_unification", "consent", "withdrawn", ts("2025-01-01")),  # same instant
+        ledger_row("3", "e", "profile_unification", "consent", "granted", ts("2025-01-01"), expires=ts("2026-01-01")),
+        ledger_row("4", "f", "marketing_email", "consent", "denied", ts("2025-01-01")),
+        ledger_row("4", "g", "marketing_email", "consent", "granted", ts("2025-03-01")),
+        ledger_row("5", "h", "profile_unification", "contract", "granted", ts("2025-01-01")),
+        ledger_row("5", "i", "profile_unification", "contract", "withdrawn", ts("2027-01-01")),  # after cutoff
+    ]
+    ledger = spark.createDataFrame(rows, LEDGER_SCHEMA)
+    actual = consent.effective_consent(ledger, dt.datetime.fromisoformat(CUTOFF)).select(
+        "source_record_id", "purpose", "lawful_basis", "effective_status", "is_granted", "deciding_event_id"
+    )
+    expected = spark.createDataFrame(
+        [
+            ("1", "profile_unification", "consent", "withdrawn", False, "b"),
+            ("2", "profile_unification", "consent", "withdrawn", False, "d"),
+            ("3", "profile_unification", "consent", "expired", False, "e"),
+            ("4", "marketing_email", "consent", "granted", True, "g"),
+            ("5", "profile_unification", "contract", "granted", True, "h"),
+        ],
+        actual.schema,
+    )
+    assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
+
+
+event_strategy = st.tuples(
+    st.sampled_from(["1", "2", "3"]),
+    st.sampled_from(["profile_unification", "marketing_email"]),
+    st.sampled_from(["consent", "contract"]),
+    st.sampled_from(["granted", "withdrawn", "denied"]),
+    st.integers(min_value=0, max_value=4),  # few distinct days, so ties are common
+    st.integers(min_value=0, max_value=2),
+    st.booleans(),
+)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(events=st.lists(event_strategy, min_size=1, max_size=12), seed=st.integers(0, 10_000))
+def test_effective_consent_ignores_event_order_and_duplication(spark, events, seed):
+    rows = [
+        ledger_row(
+            s,
+            f"ev{i}",
+            p,
+            b,
+            status,
+            ts("2025-01-01") + dt.timedelta(days=d),
+            recorded=ts("2025-01-01") + dt.timedelta(days=d, hours=r),
+            expires=ts("2025-01-03") if expiring else None,
+        )
+        for i, (s, p, b, status, d, r, expiring) in enumerate(events)
+    ]
+    rng = random.Random(seed)
+    shuffled = rows + rng.sample(rows, k=len(rows) // 2 + 1)
+    rng.shuffle(shuffled)
+    cutoff = dt.datetime.fromisoformat(CUTOFF)
+    original = consent.effective_consent(spark.createDataFrame(rows, LEDGER_SCHEMA), cutoff)
+    replayed = consent.effective_consent(spark.createDataFrame(shuffled, LEDGER_SCHEMA), cutoff)
+    assert_df_equality(original, replayed, ignore_row_order=True)
+
+
+# ---- the gate, end to end on a hand-made Ukrainian CRM extract -------------------------------------------------
+
+CANARIES = ("Qzxcanaryfirst", "Qzxcanarylast", "qzx.canary@example.org", "Qzxcanary street 9", "+380671112233")
+
+
+def person(rid: str, email: str | None = None) -> dict[str, str]:
+    return {
+        "source_record_id": rid,
+        "first_name": CANARIES[0],
+        "last_name": CANARIES[1],
+        "email": email or CANARIES[2],
+        "phone": CANARIES[4],
+        "street": CANARIES[3],
+        "city": "Київ",
+        "date_of_birth": "01.02.1990",
+        "national_id": "1234567890",
+        "updated_at": "01.03.2025 10:00",
+    }
+
+
+def event(rid: str, purpose: str, basis: str, status: str, at: str, expires: str | None = None, eid: str = "") -> str:
+    return json.dumps(
+        {
+            "event_id": eid or f"{rid}-{purpose}-{status}-{at}",
+            "subject_id": rid,
+            "purpose": purpose,
+            "lawful_basis": basis,
+            "status": status,
+            "event_time": at,
+            "recorded_at": at,
+            "method": "web_form",
+            "notice_version": "v4.0",
+            "expires_at": expires,
+        }
+    )
+
+
+GOOD_EVENTS = [
+    event("UA-1", "profile_unification", "consent", "granted", "2025-01-01T10:00:00+02:00"),
+    event("UA-1", "profile_unification", "consent", "withdrawn", "2025-06-01T10:00:00+02:00"),
+    event("UA-2", "profile_unification", "contract", "granted", "2025-01-01T10:00:00+02:00"),
+    event("UA-2", "marketing_email", "consent", "denied", "2025-01-01T10:01:00+02:00"),
+    event("UA-3", "profile_unification", "consent", "granted", "2025-01-01T10:00:00+02:00", "2026-01-01T00:00:00Z"),
+    event("UA-5", "profile_unification", "consent", "granted", "2025-01-01T10:00:00+02:00"),
+    event("UA-5", "marketing_email", "consent", "granted", "2025-01-01T10:00:00+02:00"),
+    event("UA-5", "marketing_sms", "consent", "granted", "2025-01-01T10:00:00+02:00"),
+    event("UA-6", "profile_unification", "legitimate_interest", "granted", "2025-01-01T10:00:00+02:00"),
+]
+BAD_EVENTS = [
+    event("UA-5", "newsletter", "consent", "granted", "2025-01-01T10:00:00+02:00"),
+    event("UA-5", "analytics", "because", "granted", "2025-01-01T10:00:00+02:00"),
+    event("UA-5", "analytics", "consent", "maybe", "2025-01-01T10:00:00+02:00"),
+    event("UA-5", "analytics", "consent", "granted", "2025-01-01T10:00:00"),
+    event("UA-5", "analytics", "consent", "granted", "2025-02-30T10:00:00Z"),
+    '{"event_id": "broken", "subject_id": ',
+]
+LATE_EVENT = event("UA-4", "profile_unification", "consent", "granted", "2025-02-01T09:00:00+02:00")
+
+
+@pytest.fixture(scope="module")
+def gate_world(spark, tmp_path_factory):
+    from tests.conftest import config_in
+
+    cfg = config_in(tmp_path_factory.mktemp("gate"))
+    cfg = dataclasses.replace(cfg, sources=(cfg.source("ua_crm"),))
+    write_ua_crm(
+        cfg,
+        [
+            person("UA-1"),
+            person("UA-2"),
+            person("UA-3"),
+            person("UA-4"),
+            person("UA-5"),
+            person("UA-6", email="not an email"),
+        ],
+    )
+    write_consent_feed(cfg, "ua_crm", GOOD_EVENTS + BAD_EVENTS)
+    ingest.run(spark, cfg, run_id="r1")
+    standardize.run(spark, cfg, run_id="r1")
+    first = consent.run(spark, cfg, run_id="r1", cutoff=CUTOFF)
+    snapshot = {
+        "admitted": delta_io.read_delta(spark, cfg.tables.admitted).toPandas(),
+        "audit": delta_io.read_delta(spark, cfg.tables.consent_audit).toPandas(),
+    }
+    return cfg, first, snapshot
+
+
+def test_only_records_with_a_permitted_granted_basis_are_admitted(spark, gate_world):
+    _cfg, _, snapshot = gate_world
+    actual = (
+        spark.createDataFrame(snapshot["audit"])
+        .where("attribute = '*'")
+        .select("source_record_id", "decision", "reason", "policy_version")
+    )
+    expected = spark.createDataFrame(
+        [
+            ("UA-1", "excluded", "consent_withdrawn", "2026-11-01.1"),
+            ("UA-2", "admitted", "basis_granted", "2026-11-01.1"),
+            ("UA-3", "excluded", "consent_expired", "2026-11-01.1"),
+            ("UA-4", "excluded", "no_lawful_basis_recorded", "2026-11-01.1"),
+            ("UA-5", "admitted", "basis_granted", "2026-11-01.1"),
+            ("UA-6", "excluded", "basis_not_permitted_for_purpose", "2026-11-01.1"),
+        ],
+        actual.schema,
+    )
+    assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
+
+
+def test_admitted_records_keep_only_the_attributes_their_purposes_allow(spark, gate_world):
+    _, _, snapshot = gate_world
+    actual = spark.createDataFrame(snapshot["admitted"]).select(
+        "source_record_id",
+        "email",
+        "marketing_email",
+        "phone",
+        "marketing_phone",
+        "unification_basis",
+        "permitted_purposes",
+    )
+    expected = spark.createDataFrame(
+        [
+            ("UA-2", CANARIES[2], None, CANARIES[4], None, "contract", "profile_unification"),
+            (
+                "UA-5",
+                CANARIES[2],
+                CANARIES[2],
+                CANARIES[4],
+                CANARIES[4],
+                "consent",
+                "marketing_email,marketing_sms,profile_unification",
+            ),
+        ],
+        actual.schema,
+    )
+    assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
+    suppressed = (
+        spark.createDataFrame(snapshot["audit"])
+        .where("decision = 'suppressed'")
+        .select("source_record_id", "attribute", "purpose", "reason")
+    )
+    assert_df_equality(
+        suppressed,
+        spark.createDataFrame(
+            [
+                ("UA-2", "marketing_email", "marketing_email", "purpose_not_permitted"),
+                ("UA-2", "marketing_phone", "marketing_sms", "purpose_not_permitted"),
+            ],
+            suppressed.schema,
+        ),
+        ignore_row_order=True,
+        ignore_nullable=True,
+    )
+
+
+def test_counts_reconcile_bronze_equals_admitted_plus_excluded(spark, gate_world):
+    cfg, first, _ = gate_world
+    assert first.records == delta_io.read_delta(spark, cfg.tables.bronze).count() == 6
+    assert first.admitted == 2
+    assert sum(first.excluded.values()) == 4
+    assert first.reconciled
+
+
+def test_invalid_consent_events_are_quarantined_with_reasons(spark, gate_world):
+    cfg, first, _ = gate_world
+    actual = delta_io.read_delta(spark, cfg.tables.consent_quarantine).select("source_record_id", "reason")
+    expected = spark.createDataFrame(
+        [
+            ("UA-5", "unknown_purpose"),
+            ("UA-5", "invalid_lawful_basis"),
+            ("UA-5", "invalid_status"),
+            ("UA-5", "timestamp_without_time_zone"),
+            ("UA-5", "unparseable_timestamp"),
+            (None, "malformed_record"),
+        ],
+        actual.schema,
+    )
+    assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
+    assert first.events_read == len(GOOD_EVENTS) + len(BAD_EVENTS)
+    assert delta_io.read_delta(spark, cfg.tables.consent_ledger).count() == len(GOOD_EVENTS)
+
+
+def test_audit_tables_hold_no_personal_values(spark, gate_world):
+    cfg, _, _ = gate_world
+    for table in (cfg.tables.consent_audit, cfg.tables.ingest_runs):
+        df = delta_io.read_delta(spark, table)
+        text_columns = [c for c, t in df.dtypes if t == "string"]
+        blob = " ".join(str(v) for row in df.select(*text_columns).collect() for v in row)
+        assert not [c for c in CANARIES if c.lower() in blob.lower()], table
+        for path in table.rglob("*.parquet"):
+            data = path.read_bytes()
+            assert not [c for c in CANARIES if c.encode() in data], path
+    # The canaries are really in the data tables, so the scan above could have found them.
+    silver = delta_io.read_delta(spark, cfg.tables.admitted)
+    assert silver.where(F.col("email") == CANARIES[2]).count() == 2
+
+
+def test_a_consent_event_arriving_in_a_later_run_admits_the_record(spark, gate_world):
+    cfg, first, _ = gate_world
+    assert first.excluded["no_lawful_basis_recorded"] == 1  # UA-4 has no event yet
+    write_consent_feed(cfg, "ua_crm", [*GOOD_EVENTS, *BAD_EVENTS, LATE_EVENT])
+    second = consent.run(spark, cfg, run_id="r2", cutoff=CUTOFF)
+    assert second.admitted == 3 and "no_lawful_basis_recorded" not in second.excluded
+    admitted = delta_io.read_delta(spark, cfg.tables.admitted)
+    assert admitted.where("source_record_id = 'UA-4'").select("unification_basis").first()[0] == "consent"
