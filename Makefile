@@ -19,12 +19,13 @@ export PYSPARK_DRIVER_PYTHON := $(BIN)/python
 export IDRES_HOME := $(CURDIR)
 export PATH := $(BIN):$(PATH)
 
-.PHONY: help install check-java run test lint clean
+.PHONY: help install check-java run test lint clean bench-accuracy
 
 help:
 	@echo "make run    run the identity_resolution DAG on the demo data and print a summary"
 	@echo "make test   run the test suite"
 	@echo "make lint   ruff"
+	@echo "make bench-accuracy   FEBRL3/4 and demo accuracy, project vs bare Splink-DuckDB"
 
 check-java:
 	@v=$$(java -version 2>&1 | awk -F'"' '/version/ {print $$2; exit}'); \
@@ -50,6 +51,10 @@ run: install
 	  -c '{"demo_people": $(PEOPLE)}' >$(AIRFLOW_HOME)/last_dag_run.log 2>&1 \
 	  || { tail -n 60 $(AIRFLOW_HOME)/last_dag_run.log; echo "DAG run failed; full log: $(AIRFLOW_HOME)/last_dag_run.log" >&2; exit 1; }
 	@$(BIN)/python -m jobs.summary
+
+bench-accuracy: install
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]' >$(VENV)/install-bench.log 2>&1
+	PYTHONPATH=$(CURDIR) $(BIN)/python benchmarks/accuracy.py
 
 test: install
 	$(BIN)/python -m pytest

@@ -67,6 +67,23 @@ class PurposePolicy:
 
 
 @dataclass(frozen=True)
+class LinkageConfig:
+    """Splink settings and training plan (conf/splink.yaml)."""
+
+    link_type: str
+    unique_id_column: str
+    comparisons: tuple[Mapping[str, Any], ...]
+    blocking_rules: tuple[tuple[str, ...] | str, ...]
+    deterministic_rules: tuple[tuple[str, ...] | str, ...]
+    recall: float
+    u_max_pairs: int
+    seed: int
+    em_blocking_rules: tuple[tuple[str, ...] | str, ...]
+    match_probability: float
+    cluster_probability: float
+
+
+@dataclass(frozen=True)
 class SparkConfig:
     """How the one Spark session is built."""
 
@@ -117,6 +134,22 @@ class TablePaths:
     def consent_audit(self) -> Path:
         return self.root / "audit" / "consent_decisions"
 
+    @property
+    def pairwise_matches(self) -> Path:
+        return self.root / "gold" / "pairwise_matches"
+
+    @property
+    def record_profiles(self) -> Path:
+        return self.root / "gold" / "record_profiles"
+
+    @property
+    def profile_registry(self) -> Path:
+        return self.root / "gold" / "profile_registry"
+
+    @property
+    def identity_events(self) -> Path:
+        return self.root / "audit" / "identity_events"
+
 
 @dataclass(frozen=True)
 class PipelineConfig:
@@ -129,6 +162,9 @@ class PipelineConfig:
     sources: tuple[SourceConfig, ...]
     spark: SparkConfig
     policy: PurposePolicy
+    linkage: LinkageConfig
+    models: Path
+    reports: Path
 
     @property
     def tables(self) -> TablePaths:
@@ -146,6 +182,8 @@ class PipelineConfig:
         lakehouse: Path | str | None = None,
         landing: Path | str | None = None,
         ground_truth: Path | str | None = None,
+        models: Path | str | None = None,
+        reports: Path | str | None = None,
     ) -> PipelineConfig:
         """A copy rooted elsewhere (tests, benchmarks); source paths follow the landing root."""
         new_landing = Path(landing) if landing is not None else self.landing
@@ -155,6 +193,8 @@ class PipelineConfig:
             lakehouse=Path(lakehouse) if lakehouse is not None else self.lakehouse,
             landing=new_landing,
             ground_truth=Path(ground_truth) if ground_truth is not None else self.ground_truth,
+            models=Path(models) if models is not None else self.models,
+            reports=Path(reports) if reports is not None else self.reports,
             sources=sources,
         )
 
@@ -358,10 +398,98 @@ def _load_policy(raw: dict[str, Any], problems: _Problems) -> PurposePolicy | No
     )
 
 
-def load_config(conf_dir: Path | str | None = None) -> PipelineConfig:
-    """Load and check conf/pipeline.yaml, sources.yaml and policy.yaml; raise ConfigError listing every problem.
+def _rules(file: str, key: str, raw: Any, problems: _Problems, minimum: int = 1) -> tuple:
+    if not isinstance(raw, list) or len(raw) < minimum:
+        problems.add(file, key, f"must be a list of at least {minimum} blocking rule(s)")
+        return ()
+    rules: list[tuple[str, ...] | str] = []
+    for i, rule in enumerate(raw):
+        if isinstance(rule, str) and rule.strip():
+            rules.append(rule)
+        elif isinstance(rule, list) and rule and all(isinstance(c, str) for c in rule):
+            rules.append(tuple(rule))
+        else:
+            problems.add(file, f"{key}[{i}]", "must be a list of column names or a SQL string")
+    return tuple(rules)
 
-    Paths are relative to the project root. IDRES_LAKEHOUSE and IDRES_LANDING override the roots,
+
+def _check_splink_entry(file: str, key: str, entry: Any, module: Any, problems: _Problems) -> None:
+    if not isinstance(entry, dict) or not isinstance(entry.get("function"), str):
+        problems.add(file, key, "must be a mapping with a 'function'")
+    elif not hasattr(module, entry["function"]):
+        problems.add(file, f"{key}.function", f"'{entry['function']}' is not in {module.__name__}")
+    elif not isinstance(entry.get("args", {}), dict) or not isinstance(entry.get("configure", {}), dict):
+        problems.add(file, key, "'args' and 'configure' must be mappings")
+
+
+def _probability(file: str, key: str, value: Any, problems: _Problems) -> float:
+    if not isinstance(value, int | float) or not 0 < value < 1:
+        problems.add(file, key, "must be a probability strictly between 0 and 1")
+        return 0.5
+    return float(value)
+
+
+def _load_linkage(raw: dict[str, Any], problems: _Problems) -> LinkageConfig | None:
+    import splink.comparison_level_library as cll
+    import splink.comparison_library as cl
+
+    file = "splink.yaml"
+    link_type = problems.require(file, "", raw, "link_type", str)
+    if link_type is not None and link_type not in ("dedupe_only", "link_and_dedupe"):
+        problems.add(file, "link_type", "must be dedupe_only or link_and_dedupe")
+    unique_id = problems.require(file, "", raw, "unique_id_column", str)
+    comparisons = problems.require(file, "", raw, "comparisons", list) or []
+    for i, comp in enumerate(comparisons):
+        if isinstance(comp, dict) and "levels" in comp:
+            if not isinstance(comp.get("name"), str):
+                problems.add(file, f"comparisons[{i}].name", "is required for a comparison given as levels")
+            levels = comp["levels"] if isinstance(comp["levels"], list) else []
+            if len(levels) < 2:
+                problems.add(file, f"comparisons[{i}].levels", "must list at least two comparison levels")
+            for j, level in enumerate(levels):
+                _check_splink_entry(file, f"comparisons[{i}].levels[{j}]", level, cll, problems)
+        else:
+            _check_splink_entry(file, f"comparisons[{i}]", comp, cl, problems)
+    blocking = _rules(
+        file, "blocking_rules_to_generate_predictions", raw.get("blocking_rules_to_generate_predictions"), problems
+    )
+    training = raw.get("training") if isinstance(raw.get("training"), dict) else {}
+    if not training:
+        problems.add(file, "training", "is required")
+    deterministic = _rules(file, "training.deterministic_rules", training.get("deterministic_rules"), problems)
+    em_rules = _rules(file, "training.em_blocking_rules", training.get("em_blocking_rules"), problems, minimum=2)
+    recall = _probability(file, "training.recall", training.get("recall"), problems)
+    u_max_pairs = training.get("u_max_pairs", 1_000_000)
+    if not isinstance(u_max_pairs, int) or u_max_pairs < 1000:
+        problems.add(file, "training.u_max_pairs", "must be an integer of at least 1000")
+        u_max_pairs = 1_000_000
+    thresholds = raw.get("thresholds") if isinstance(raw.get("thresholds"), dict) else {}
+    match_p = _probability(file, "thresholds.match_probability", thresholds.get("match_probability"), problems)
+    cluster_p = _probability(file, "thresholds.cluster_probability", thresholds.get("cluster_probability"), problems)
+    if cluster_p < match_p:
+        problems.add(file, "thresholds.cluster_probability", "must not be below thresholds.match_probability")
+    if link_type is None or unique_id is None:
+        return None
+    return LinkageConfig(
+        link_type=link_type,
+        unique_id_column=unique_id,
+        comparisons=tuple(comparisons),
+        blocking_rules=blocking,
+        deterministic_rules=deterministic,
+        recall=recall,
+        u_max_pairs=u_max_pairs,
+        seed=int(training.get("seed", 42)),
+        em_blocking_rules=em_rules,
+        match_probability=match_p,
+        cluster_probability=cluster_p,
+    )
+
+
+def load_config(conf_dir: Path | str | None = None) -> PipelineConfig:
+    """Load and check conf/pipeline.yaml, sources.yaml, policy.yaml and splink.yaml.
+
+    Raises one ConfigError listing every problem. Paths are relative to the project root.
+    IDRES_LAKEHOUSE, IDRES_LANDING, IDRES_GROUND_TRUTH, IDRES_MODELS and IDRES_REPORTS override the roots,
     IDRES_SPARK_MASTER the Spark master.
     """
     conf = Path(conf_dir or os.environ.get("IDRES_CONF") or DEFAULT_CONF_DIR).resolve()
@@ -410,6 +538,9 @@ def load_config(conf_dir: Path | str | None = None) -> PipelineConfig:
                 sources.append(src)
 
     policy = _load_policy(_read_yaml(conf / "policy.yaml", problems), problems)
+    linkage = _load_linkage(_read_yaml(conf / "splink.yaml", problems), problems)
+    models = _resolve(root, os.environ.get("IDRES_MODELS") or str(paths.get("models", "models")))
+    reports = _resolve(root, os.environ.get("IDRES_REPORTS") or str(paths.get("reports", "reports")))
 
     if problems.items:
         raise ConfigError(problems.items)
@@ -421,4 +552,7 @@ def load_config(conf_dir: Path | str | None = None) -> PipelineConfig:
         sources=tuple(sources),
         spark=spark,
         policy=policy,
+        linkage=linkage,
+        models=models,
+        reports=reports,
     )

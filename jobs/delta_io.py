@@ -102,17 +102,22 @@ def merge_delta(
     if not table_exists(path):
         write_deltalake(str(path), source, mode="append", commit_properties=_commit_properties(run_id, job))
         return {"num_target_rows_inserted": source.num_rows, "num_target_rows_updated": 0, "num_target_rows_deleted": 0}
+    target = DeltaTable(str(path))
+    target_columns = {f.name for f in target.schema().fields}
     predicate = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
-    merger = DeltaTable(str(path)).merge(
+    merger = target.merge(
         source,
         predicate=predicate,
         source_alias="s",
         target_alias="t",
+        merge_schema=True,  # additive schema evolution, e.g. a new comparison's gamma column
         commit_properties=_commit_properties(run_id, job),
     )
     if update_changed:
         others = [c for c in source.column_names if c not in keys]
-        if others:
+        if set(others) - target_columns:
+            merger = merger.when_matched_update_all()  # new columns: every matched row changes
+        elif others:
             changed = " OR ".join(f"(t.`{c}` IS DISTINCT FROM s.`{c}`)" for c in others)
             merger = merger.when_matched_update_all(predicate=changed)
     merger = merger.when_not_matched_insert_all()

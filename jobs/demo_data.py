@@ -169,15 +169,13 @@ def _mobile(country: str, rng: random.Random) -> str:
             return candidate
 
 
-def _render_phone(e164: str, rng: random.Random) -> str:
+def _render_phone(e164: str, rng: random.Random, record_country: str) -> str:
+    """The number as a clerk types it: national format only for a number of the record's own country."""
     parsed = phonenumbers.parse(e164)
-    fmt = rng.choice(
-        [
-            phonenumbers.PhoneNumberFormat.NATIONAL,
-            phonenumbers.PhoneNumberFormat.INTERNATIONAL,
-            phonenumbers.PhoneNumberFormat.E164,
-        ]
-    )
+    formats = [phonenumbers.PhoneNumberFormat.INTERNATIONAL, phonenumbers.PhoneNumberFormat.E164]
+    if phonenumbers.region_code_for_number(parsed) == record_country:
+        formats.append(phonenumbers.PhoneNumberFormat.NATIONAL)
+    fmt = rng.choice(formats)
     return phonenumbers.format_number(parsed, fmt)
 
 
@@ -334,7 +332,7 @@ def _ua_row(rid: str, a: Appearance, rng: random.Random) -> dict[str, str]:
         "po_batkovi": a.middle_name or "",
         "data_narodzhennia": a.date_of_birth.strftime("%d.%m.%Y") if a.date_of_birth else "",
         "stat": {"F": "ж", "M": "ч"}[a.person.gender],
-        "telefon": _render_phone(a.phone, rng) if a.phone else "",
+        "telefon": _render_phone(a.phone, rng, "UA") if a.phone else "",
         "email": a.email or "",
         "adresa": a.street or "",
         "misto": a.city or "",
@@ -352,7 +350,7 @@ def _ro_row(rid: str, a: Appearance, rng: random.Random) -> dict:
         "data_nasterii": a.date_of_birth.isoformat() if a.date_of_birth else None,
         "sex": a.person.gender,
         "email": a.email,
-        "telefon": _render_phone(a.phone, rng) if a.phone else None,
+        "telefon": _render_phone(a.phone, rng, a.country) if a.phone else None,
         "adresa": a.street,
         "oras": a.city,
         "cod_postal": a.postcode,
@@ -370,7 +368,7 @@ def _eu_row(rid: str, a: Appearance, rng: random.Random) -> dict:
         "family_name": a.last_name,
         "birth_date": a.date_of_birth.strftime("%d/%m/%Y") if a.date_of_birth else None,
         "email_address": a.email,
-        "mobile": _render_phone(a.phone, rng) if a.phone else None,
+        "mobile": _render_phone(a.phone, rng, a.country) if a.phone else None,
         "street": a.street,
         "town": a.city,
         "post_code": a.postcode,

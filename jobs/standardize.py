@@ -70,11 +70,14 @@ TITLES = frozenset(
 ROMANIAN_COMMA_BELOW = str.maketrans({"ş": "ș", "ţ": "ț", "Ş": "Ș", "Ţ": "Ț"})
 CYRILLIC = re.compile(r"[\u0400-\u04ff]")
 
-# Romanization systems disagree on a few letters: fold each group to one spelling, longest first.
-# (щ shch/sch/sc, ш sh/sch/ch/s, ч ch/tsch/tch/c, ц ts/tz/c/z, ж zh/j/z, х kh/ch/h, г h/g,
-#  я/ю/є ya/ia/ja, yu/iu/ju/u, ye/ie/je/e, й/и/і y/i/j, w/v.)
-FOLDS: tuple[tuple[str, str], ...] = (
+# Romanization systems disagree on a few letters: fold each group to one spelling. Consonant
+# clusters first (щ shch/schtsch/shh/šč, ш sh/sch/š, ч ch/tsch/tch/č, ц ts/tz/c/z, ж zh/ž, з z/s (German), х kh/ch/h,
+# г h/g, w/v), then the semivowels y/j -> i (я ya/ia/ja, ю yu/iu/ju, й/и/і), then ie/ye/je -> e,
+# and finally doubled letters collapse (mariia ~ mariya ~ marija ~ maria).
+CONSONANT_FOLDS: tuple[tuple[str, str], ...] = (
+    ("schtsch", "s"),
     ("shch", "s"),
+    ("shh", "s"),
     ("tsch", "c"),
     ("sch", "s"),
     ("tch", "c"),
@@ -85,26 +88,15 @@ FOLDS: tuple[tuple[str, str], ...] = (
     ("ts", "c"),
     ("tz", "c"),
     ("cz", "c"),
-    ("ya", "a"),
-    ("ia", "a"),
-    ("ja", "a"),
-    ("yu", "u"),
-    ("iu", "u"),
-    ("ju", "u"),
-    ("ou", "u"),
-    ("ye", "e"),
-    ("ie", "e"),
-    ("je", "e"),
-    ("yi", "i"),
-    ("ji", "i"),
-    ("y", "i"),
-    ("j", "i"),
+    ("ck", "k"),
     ("w", "v"),
     ("g", "h"),
     ("x", "ks"),
     ("q", "k"),
-    ("ck", "k"),
+    ("sc", "s"),
+    ("z", "s"),
 )
+VOWEL_FOLDS: tuple[tuple[str, str], ...] = (("y", "i"), ("j", "i"), ("ie", "e"), ("ou", "u"))
 GENDERS = {"f": "F", "female": "F", "ж": "F", "жін": "F", "m": "M", "male": "M", "ч": "M", "чол": "M"}
 
 
@@ -134,7 +126,7 @@ def fold_key(latin: str | None) -> str | None:
     if latin is None:
         return None
     key = latin.replace(" ", "")
-    for src, dst in FOLDS:
+    for src, dst in CONSONANT_FOLDS + VOWEL_FOLDS:
         key = key.replace(src, dst)
     key = re.sub(r"(.)\1+", r"\1", key)
     return key or None

@@ -66,6 +66,18 @@ SECTIONS: tuple[tuple[str, dict[str, str], str], ...] = (
         {"q": "consent_quarantine"},
         "SELECT source_system, reason, count(*) AS events FROM q GROUP BY 1, 2 ORDER BY 1, 2",
     ),
+    (
+        "Identity resolution: pairwise matches (p >= match threshold), records and profiles:",
+        {"m": "pairwise_matches", "r": "record_profiles"},
+        "SELECT (SELECT count(*) FROM m) AS pairs, count(*) AS records, count(DISTINCT profile_id) AS profiles FROM r",
+    ),
+    (
+        "Identity events of the latest run that changed profiles:",
+        {"e": "identity_events"},
+        "SELECT run_id, event_type, count(*) AS profiles FROM e WHERE "
+        + LATEST_RUN.format(t="e", at="event_at")
+        + " GROUP BY 1, 2 ORDER BY 2",
+    ),
 )
 TABLES = (
     "bronze",
@@ -77,6 +89,10 @@ TABLES = (
     "effective_consent",
     "admitted",
     "consent_audit",
+    "pairwise_matches",
+    "record_profiles",
+    "profile_registry",
+    "identity_events",
 )
 
 

@@ -1,0 +1,29 @@
+"""linkage_model_training: retrain the Splink model on the currently admitted records."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from airflow.sdk import DAG
+from idres_common import DEFAULT_ARGS, spark_job
+
+DOC = """
+### linkage_model_training
+Trains a new Splink model version on the records the consent gate currently admits: lambda from
+deterministic rules, u by random sampling, m by expectation maximisation on two blocking rules
+(`conf/splink.yaml`). The model JSON is versioned by time and content hash under `models/`, with
+its charts (match weights, m/u parameters, unlinkables) under `reports/models/<version>/`.
+The daily `identity_resolution` run uses the newest model. Triggered manually.
+"""
+
+with DAG(
+    dag_id="linkage_model_training",
+    doc_md=DOC,
+    schedule=None,
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    tags=["idres", "splink", "training"],
+    default_args=DEFAULT_ARGS,
+) as dag:
+    spark_job("train", "train")

@@ -1,0 +1,139 @@
+"""Resolve: admitted records -> pairwise matches -> clusters -> stable profile ids.
+
+Uses the latest trained Splink model and trains one only when none exists. Only admitted
+records (see jobs.consent) are resolved. Writes, all by MERGE so a rerun commits nothing:
+- gold/pairwise_matches: both record ids, match weight and probability, and each comparison's
+  level (gamma_*) to explain the match;
+- gold/record_profiles: record -> profile_id;
+- gold/profile_registry: every profile id ever issued, active or merged/retired, and its successor;
+- audit/identity_events: profiles created, merged, split and retired, with the run id.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from jobs import delta_io
+from jobs.config import PipelineConfig
+from jobs.linkage import ModelVersion, latest_model, linkage_input
+from jobs.profile_ids import REGISTRY_SCHEMA, assign_stable_profile_ids
+from jobs.runner import run_job
+from jobs.train import spark_linker, train_and_save
+
+log = logging.getLogger("idres.resolve")
+
+
+@dataclass
+class ResolveResult:
+    run_id: str
+    model_version: str
+    records: int = 0
+    pairs: int = 0
+    profiles: int = 0
+    events: dict[str, int] = field(default_factory=dict)
+
+
+def predict_and_cluster(
+    spark: SparkSession, records: DataFrame, model: ModelVersion, match_probability: float, cluster_probability: float
+) -> tuple[DataFrame, DataFrame]:
+    """Splink predictions above match_probability, and clusters (record_id, cluster_key) at cluster_probability."""
+    linker = spark_linker(spark, records, str(model.path))
+    predictions = linker.inference.predict(threshold_match_probability=match_probability)
+    clusters = linker.clustering.cluster_pairwise_predictions_at_threshold(
+        predictions, threshold_match_probability=cluster_probability
+    )
+    pairs = predictions.as_spark_dataframe()
+    gammas = sorted(c for c in pairs.columns if c.startswith("gamma_"))
+    pairs = pairs.select("record_id_l", "record_id_r", "match_weight", "match_probability", *gammas).withColumn(
+        "model_version", F.lit(model.version)
+    )
+    clustered = clusters.as_spark_dataframe().select(
+        "record_id", F.col("cluster_id").cast("string").alias("cluster_key")
+    )
+    return pairs, clustered
+
+
+def _read_or_empty(spark: SparkSession, path, schema: str) -> DataFrame:
+    return delta_io.read_delta(spark, path) if delta_io.table_exists(path) else spark.createDataFrame([], schema)
+
+
+def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> ResolveResult:
+    """Resolve the admitted records into profiles with stable ids."""
+    t = cfg.tables
+    now = datetime.now(UTC).replace(microsecond=0)
+    admitted = delta_io.read_delta(spark, t.admitted)
+    model = latest_model(cfg.models) or train_and_save(spark, cfg, admitted)
+    records = linkage_input(admitted, cfg.linkage).persist()
+    result = ResolveResult(run_id=run_id, model_version=model.version, records=records.count())
+    try:
+        if result.records:
+            pairs, clusters = predict_and_cluster(
+                spark, records, model, cfg.linkage.match_probability, cfg.linkage.cluster_probability
+            )
+        else:
+            pairs = spark.createDataFrame(
+                [],
+                "record_id_l string, record_id_r string, match_weight double, "
+                "match_probability double, model_version string",
+            )
+            clusters = spark.createDataFrame([], "record_id string, cluster_key string")
+        pairs, clusters = pairs.persist(), clusters.persist()
+        previous = _read_or_empty(spark, t.record_profiles, "record_id string, profile_id string")
+        previous = previous.select("record_id", "profile_id").persist()
+        registry = _read_or_empty(spark, t.profile_registry, REGISTRY_SCHEMA).persist()
+        previous.count(), registry.count()  # pinned before this run rewrites the tables they come from
+
+        ids = assign_stable_profile_ids(clusters, previous, registry, run_id, now)
+        record_profiles = ids.assignments.join(records.select("record_id", "source_system"), "record_id").withColumn(
+            "source_record_id", F.expr("substring(record_id, length(source_system) + 2)")
+        )
+        events = ids.events.withColumn(
+            "event_id", F.sha2(F.concat_ws("|", "run_id", "event_type", "profile_id", "related_profile_id"), 256)
+        ).persist()
+
+        job = {"run_id": run_id, "job": "resolve"}
+        delta_io.merge_delta(
+            pairs,
+            t.pairwise_matches,
+            keys=("record_id_l", "record_id_r"),
+            update_changed=True,
+            delete_missing=True,
+            **job,
+        )
+        delta_io.merge_delta(
+            record_profiles, t.record_profiles, keys=("record_id",), update_changed=True, delete_missing=True, **job
+        )
+        delta_io.merge_delta(ids.registry, t.profile_registry, keys=("profile_id",), update_changed=True, **job)
+        delta_io.merge_delta(events, t.identity_events, keys=("event_id",), **job)
+
+        result.pairs = pairs.count()
+        result.profiles = record_profiles.select("profile_id").distinct().count()
+        result.events = {r["event_type"]: r["count"] for r in events.groupBy("event_type").count().collect()}
+    finally:
+        records.unpersist()
+    log.info(
+        "resolve (model %s): %d records, %d pairs, %d profiles, events %s",
+        model.version,
+        result.records,
+        result.pairs,
+        result.profiles,
+        result.events,
+    )
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> ResolveResult:
+    return run_job("resolve", run, argv)
+
+
+if __name__ == "__main__":
+    # Call through the package module, so Spark pickles its functions by reference, not as __main__'s.
+    from jobs.resolve import main as job_main
+
+    job_main()

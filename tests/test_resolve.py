@@ -1,0 +1,232 @@
+"""Identity resolution with real Splink on Spark, using a model trained once on a small demo."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from pyspark.sql import functions as F
+
+from jobs import consent, delta_io, demo_data, ingest, resolve, standardize
+from jobs.canonical import CANONICAL_COLUMNS
+from jobs.linkage import latest_model
+from jobs.train import train_and_save
+from tests.conftest import config_in
+
+BRONZE_EXTRA = {"source_file": "test", "run_id": "t", "ingested_at": dt.datetime(2026, 1, 1), "record_hash": "h"}
+
+
+@pytest.fixture(scope="module")
+def trained(spark, tmp_path_factory):
+    """A config whose models folder holds a model trained on 400 demo people."""
+    cfg = config_in(tmp_path_factory.mktemp("resolve"))
+    demo_data.generate(cfg, people=400, seed=11)
+    ingest.run(spark, cfg, run_id="demo")
+    standardize.run(spark, cfg, run_id="demo")
+    consent.run(spark, cfg, run_id="demo", cutoff="2026-11-01T00:00:00+00:00")
+    model = train_and_save(spark, cfg, delta_io.read_delta(spark, cfg.tables.admitted))
+    assert latest_model(cfg.models) == model
+    assert {p.name for p in (cfg.reports / "models" / model.version).iterdir()} == {
+        "match_weights.html",
+        "m_u_parameters.html",
+        "unlinkables.html",
+    }
+    return cfg
+
+
+def silver_rows(spark, cfg, rows: list[dict]):
+    """Hand-written source rows (canonical columns) standardized exactly as the pipeline does."""
+    full = [
+        {**{c: None for c in CANONICAL_COLUMNS}, **BRONZE_EXTRA, "region": r["source_system"][:2].upper(), **r}
+        for r in rows
+    ]
+    schema = (
+        "source_system string, region string, source_record_id string, first_name string, middle_name string, "
+        "last_name string, date_of_birth date, gender string, email string, phone string, street string, "
+        "city string, postcode string, country string, national_id string, health_note string, "
+        "updated_at timestamp, source_file string, run_id string, ingested_at timestamp, record_hash string"
+    )
+    names = [f.split()[0] for f in schema.split(", ")]
+    bronze = spark.createDataFrame([tuple(r.get(n) for n in names) for r in full], schema)
+    return standardize.standardize(bronze, cfg.sources, cfg.policy)
+
+
+D = dt.date
+PEOPLE = [
+    # one person, in both scripts and two regions
+    {
+        "source_system": "ua_crm",
+        "source_record_id": "UA-1",
+        "first_name": "Олександр",
+        "last_name": "Шевченко",
+        "date_of_birth": D(1991, 8, 24),
+        "phone": "067 123 45 67",
+        "city": "Київ",
+        "postcode": "01001",
+    },
+    {
+        "source_system": "eu_loyalty",
+        "source_record_id": "LM-1",
+        "first_name": "Oleksandr",
+        "last_name": "Shevchenko",
+        "date_of_birth": D(1991, 8, 24),
+        "phone": "+380 67 123 4567",
+        "email": "o.shevchenko@gmail.com",
+        "country": "DE",
+        "city": "Berlin",
+    },
+    # two different people who share a surname and a city
+    {
+        "source_system": "ua_crm",
+        "source_record_id": "UA-2",
+        "first_name": "Іван",
+        "last_name": "Коваленко",
+        "date_of_birth": D(1980, 1, 1),
+        "phone": "050 111 22 33",
+        "city": "Львів",
+        "postcode": "79000",
+    },
+    {
+        "source_system": "ua_crm",
+        "source_record_id": "UA-3",
+        "first_name": "Петро",
+        "last_name": "Коваленко",
+        "date_of_birth": D(1975, 5, 5),
+        "phone": "050 444 55 66",
+        "city": "Львів",
+        "postcode": "79000",
+    },
+]
+
+
+def with_population(spark, cfg, rows):
+    """Hand-made rows among the demo's admitted records: term frequencies need a real population."""
+    demo = delta_io.read_delta(spark, cfg.tables.admitted).select(*standardize.silver_columns(cfg.policy))
+    return demo.unionByName(silver_rows(spark, cfg, rows))
+
+
+def clusters_of(spark, cfg, rows):
+    from jobs.linkage import linkage_input
+
+    records = linkage_input(with_population(spark, cfg, rows), cfg.linkage)
+    _, clusters = resolve.predict_and_cluster(
+        spark, records, latest_model(cfg.models), 0.5, cfg.linkage.cluster_probability
+    )
+    wanted = {f"{r['source_system']}:{r['source_record_id']}" for r in rows}
+    groups: dict[str, set[str]] = {}
+    for r in clusters.where(F.col("record_id").isin(*wanted)).collect():
+        groups.setdefault(r["cluster_key"], set()).add(r["record_id"])
+    return sorted(sorted(g) for g in groups.values())
+
+
+def test_one_person_in_two_scripts_is_one_profile_and_namesakes_are_two(spark, trained):
+    assert clusters_of(spark, trained, PEOPLE) == [
+        ["eu_loyalty:LM-1", "ua_crm:UA-1"],
+        ["ua_crm:UA-2"],
+        ["ua_crm:UA-3"],
+    ]
+
+
+# Iryna appears once with name, birth date and email, once with only a first name and a phone: alone
+# they are not enough to link, but a record holding all of it bridges them.
+IRYNA = [
+    {
+        "source_system": "ro_shop",
+        "source_record_id": "R-1",
+        "first_name": "Iryna",
+        "last_name": "Melnyk",
+        "date_of_birth": D(1985, 3, 3),
+        "email": "iryna.melnyk@ukr.net",
+        "city": "Suceava",
+    },
+    {
+        "source_system": "eu_loyalty",
+        "source_record_id": "LM-9",
+        "first_name": "Iryna",
+        "phone": "+40 722 123 456",
+        "country": "RO",
+    },
+]
+BRIDGE = {
+    "source_system": "ua_crm",
+    "source_record_id": "UA-9",
+    "first_name": "Ірина",
+    "last_name": "Мельник",
+    "date_of_birth": D(1985, 3, 3),
+    "email": "iryna.melnyk@ukr.net",
+    "phone": "+40 722 123 456",
+    "city": "Suceava",
+}
+
+
+def resolve_admitted(spark, population, cfg, rows, run_id):
+    delta_io.overwrite_delta(
+        population.unionByName(silver_rows(spark, cfg, rows)), cfg.tables.admitted, run_id=run_id, job="test"
+    )
+    return resolve.run(spark, cfg, run_id=run_id)
+
+
+HAND_IDS = {f"{r['source_system']}:{r['source_record_id']}" for r in [*PEOPLE, *IRYNA, BRIDGE]}
+
+
+def profiles(spark, cfg) -> dict[str, str]:
+    df = delta_io.read_delta(spark, cfg.tables.record_profiles).where(F.col("record_id").isin(*HAND_IDS))
+    return {r["record_id"]: r["profile_id"] for r in df.collect()}
+
+
+def test_profile_ids_are_stable_and_bridges_merge_and_split_them(spark, trained, tmp_path):
+    import dataclasses
+
+    population = (
+        delta_io.read_delta(spark, trained.tables.admitted).select(*standardize.silver_columns(trained.policy)).cache()
+    )
+    cfg = dataclasses.replace(trained.with_paths(lakehouse=tmp_path / "lake"), models=trained.models)
+    first = resolve_admitted(spark, population, cfg, PEOPLE + IRYNA, "run-1")
+    ids1 = profiles(spark, cfg)
+    assert set(first.events) == {"created"}
+    assert ids1["ua_crm:UA-1"] == ids1["eu_loyalty:LM-1"]
+    assert ids1["ro_shop:R-1"] != ids1["eu_loyalty:LM-9"]
+
+    versions = [
+        delta_io.table_version(t)
+        for t in (
+            cfg.tables.record_profiles,
+            cfg.tables.profile_registry,
+            cfg.tables.pairwise_matches,
+            cfg.tables.identity_events,
+        )
+    ]
+    again = resolve_admitted(spark, population, cfg, PEOPLE + IRYNA, "run-2")
+    assert profiles(spark, cfg) == ids1 and again.events == {}
+    assert [
+        delta_io.table_version(t)
+        for t in (
+            cfg.tables.record_profiles,
+            cfg.tables.profile_registry,
+            cfg.tables.pairwise_matches,
+            cfg.tables.identity_events,
+        )
+    ] == versions
+
+    bridged = resolve_admitted(spark, population, cfg, [*PEOPLE, *IRYNA, BRIDGE], "run-3")
+    ids3 = profiles(spark, cfg)
+    assert bridged.events == {"merged": 1}
+    assert ids3["ro_shop:R-1"] == ids3["eu_loyalty:LM-9"] == ids3["ua_crm:UA-9"]
+    survivor = ids3["ro_shop:R-1"]
+    # equal overlap (one record each): the older id survives, and on equal age the smaller id
+    assert survivor == min(ids1["ro_shop:R-1"], ids1["eu_loyalty:LM-9"])
+    merged_event = delta_io.read_delta(spark, cfg.tables.identity_events).where("run_id = 'run-3'").first()
+    assert (merged_event["event_type"], merged_event["related_profile_id"]) == ("merged", survivor)
+
+    split = resolve_admitted(spark, population, cfg, PEOPLE + IRYNA, "run-4")
+    ids4 = profiles(spark, cfg)
+    assert split.events == {"split": 1}
+    assert ids4["ro_shop:R-1"] != ids4["eu_loyalty:LM-9"]
+    assert survivor in (ids4["ro_shop:R-1"], ids4["eu_loyalty:LM-9"])
+    assert {ids4[k] for k in ("ua_crm:UA-1", "ua_crm:UA-2", "ua_crm:UA-3")} == {
+        ids1[k] for k in ("ua_crm:UA-1", "ua_crm:UA-2", "ua_crm:UA-3")
+    }
+    pairs = delta_io.read_delta(spark, cfg.tables.pairwise_matches)
+    assert {"record_id_l", "record_id_r", "match_weight", "match_probability", "gamma_first_name"} <= set(pairs.columns)
+    assert not [c for c in pairs.columns if c.endswith(("_l", "_r")) and c not in ("record_id_l", "record_id_r")]
+    assert pairs.where(F.col("match_probability") < 0.5).count() == 0
