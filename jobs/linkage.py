@@ -38,6 +38,7 @@ LINKAGE_COLUMNS = (
     "phone",
     "postcode",
     "city",
+    "street",
 )
 MODEL_PREFIX = "splink-model-"
 

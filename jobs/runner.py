@@ -40,6 +40,7 @@ def run_job(
     the offending source, column or key and never a data value.
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("splink").setLevel(logging.WARNING)  # Splink narrates every step at INFO
     parser = parser or job_arg_parser(f"idres {name} job")
     args = vars(parser.parse_args(argv))
     conf_dir = args.pop("conf")

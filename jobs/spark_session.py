@@ -45,6 +45,8 @@ def build_spark_session(
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
+    # Listed jars are not necessarily on the driver's class loader (spark-submit), so always add it;
+    # in a plain local session this only logs that the jar was added already.
     spark.sql(f"ADD JAR '{jar}'")
     spark.sparkContext.setCheckpointDir(checkpoint_dir or tempfile.mkdtemp(prefix="idres-checkpoints-"))
     return spark

@@ -71,9 +71,9 @@ ROMANIAN_COMMA_BELOW = str.maketrans({"ş": "ș", "ţ": "ț", "Ş": "Ș", "Ţ": 
 CYRILLIC = re.compile(r"[\u0400-\u04ff]")
 
 # Romanization systems disagree on a few letters: fold each group to one spelling. Consonant
-# clusters first (щ shch/schtsch/shh/šč, ш sh/sch/š, ч ch/tsch/tch/č, ц ts/tz/c/z, ж zh/ž, з z/s (German), х kh/ch/h,
-# г h/g, w/v), then the semivowels y/j -> i (я ya/ia/ja, ю yu/iu/ju, й/и/і), then ie/ye/je -> e,
-# and finally doubled letters collapse (mariia ~ mariya ~ marija ~ maria).
+# clusters first (щ shch/schtsch/shh, ш sh/sch/š, ч ch/tsch/tch/č, ц ts/tz/c/z, ж zh/ž,
+# з z/s (German), х kh/ch/h, г h/g, w/v), then the semivowels y/j -> i (я ya/ia/ja, ю yu/iu/ju,
+# й/и/і), then ie/ye/je -> e, and finally doubled letters collapse (mariia ~ mariya ~ maria).
 CONSONANT_FOLDS: tuple[tuple[str, str], ...] = (
     ("schtsch", "s"),
     ("shch", "s"),
@@ -93,7 +93,6 @@ CONSONANT_FOLDS: tuple[tuple[str, str], ...] = (
     ("g", "h"),
     ("x", "ks"),
     ("q", "k"),
-    ("sc", "s"),
     ("z", "s"),
 )
 VOWEL_FOLDS: tuple[tuple[str, str], ...] = (("y", "i"), ("j", "i"), ("ie", "e"), ("ou", "u"))
@@ -115,6 +114,8 @@ def to_latin(text: str | None, keep_digits: bool = False) -> str | None:
     (and digits, for addresses) only."""
     if text is None:
         return None
+    # щ in scholarly romanization (šč) before anyascii, which would leave an ordinary "sc".
+    text = text.replace("šč", "shch")
     latin = translitua.translit(text) if CYRILLIC.search(text) else text
     latin = anyascii(latin).lower()
     latin = " ".join(re.sub(r"[^a-z0-9 ]+" if keep_digits else r"[^a-z ]+", "", latin).split())
