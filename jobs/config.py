@@ -501,11 +501,14 @@ def load_config(conf_dir: Path | str | None = None) -> PipelineConfig:
     if not isinstance(paths, dict):
         problems.add("pipeline.yaml", "paths", "must be a mapping")
         paths = {}
-    lakehouse = _resolve(root, os.environ.get("IDRES_LAKEHOUSE") or str(paths.get("lakehouse", "lakehouse")))
-    landing = _resolve(root, os.environ.get("IDRES_LANDING") or str(paths.get("landing", "data/landing")))
-    ground_truth = _resolve(
-        root, os.environ.get("IDRES_GROUND_TRUTH") or str(paths.get("ground_truth", "data/ground_truth"))
-    )
+
+    def data_root(key: str, default: str) -> Path:
+        """A data folder: IDRES_<KEY> if set, else pipeline.yaml paths.<key>, else the default."""
+        return _resolve(root, os.environ.get(f"IDRES_{key.upper()}") or str(paths.get(key, default)))
+
+    lakehouse = data_root("lakehouse", "lakehouse")
+    landing = data_root("landing", "data/landing")
+    ground_truth = data_root("ground_truth", "data/ground_truth")
 
     spark_raw = pipeline.get("spark") or {}
     spark = SparkConfig()
@@ -539,8 +542,8 @@ def load_config(conf_dir: Path | str | None = None) -> PipelineConfig:
 
     policy = _load_policy(_read_yaml(conf / "policy.yaml", problems), problems)
     linkage = _load_linkage(_read_yaml(conf / "splink.yaml", problems), problems)
-    models = _resolve(root, os.environ.get("IDRES_MODELS") or str(paths.get("models", "models")))
-    reports = _resolve(root, os.environ.get("IDRES_REPORTS") or str(paths.get("reports", "reports")))
+    models = data_root("models", "models")
+    reports = data_root("reports", "reports")
 
     if problems.items:
         raise ConfigError(problems.items)
