@@ -83,6 +83,35 @@ class LinkageConfig:
     cluster_probability: float
 
 
+SURVIVORSHIP_STRATEGIES: tuple[str, ...] = ("source_priority", "most_recent", "most_frequent", "most_complete")
+
+
+@dataclass(frozen=True)
+class SurvivorshipRule:
+    """How one profile attribute (a group of silver columns) picks the record that supplies it."""
+
+    attribute: str
+    columns: tuple[str, ...]  # the first is the attribute's value; the others travel with it
+    strategy: str
+    tie_breakers: tuple[str, ...]
+
+    @property
+    def order(self) -> tuple[str, ...]:
+        return (self.strategy, *self.tie_breakers)
+
+
+@dataclass(frozen=True)
+class SurvivorshipConfig:
+    """Golden-profile survivorship (conf/survivorship.yaml)."""
+
+    source_priority: tuple[str, ...]
+    rules: tuple[SurvivorshipRule, ...]
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return tuple(c for r in self.rules for c in r.columns)
+
+
 @dataclass(frozen=True)
 class SparkConfig:
     """How the one Spark session is built."""
@@ -150,6 +179,35 @@ class TablePaths:
     def identity_events(self) -> Path:
         return self.root / "audit" / "identity_events"
 
+    @property
+    def profiles(self) -> Path:
+        return self.root / "gold" / "profiles"
+
+    @property
+    def profile_sources(self) -> Path:
+        return self.root / "gold" / "profile_sources"
+
+    @property
+    def profile_lineage(self) -> Path:
+        return self.root / "gold" / "profile_lineage"
+
+    @property
+    def profile_permissions(self) -> Path:
+        return self.root / "gold" / "profile_permissions"
+
+    @property
+    def unify_runs(self) -> Path:
+        return self.root / "audit" / "unify_runs"
+
+    @property
+    def erasure_register(self) -> Path:
+        return self.root / "audit" / "erasure_register"
+
+    def all(self) -> dict[str, Path]:
+        """Every table by name."""
+        names = [n for n, v in vars(type(self)).items() if isinstance(v, property)]
+        return {n: getattr(self, n) for n in names}
+
 
 @dataclass(frozen=True)
 class PipelineConfig:
@@ -163,6 +221,7 @@ class PipelineConfig:
     spark: SparkConfig
     policy: PurposePolicy
     linkage: LinkageConfig
+    survivorship: SurvivorshipConfig
     models: Path
     reports: Path
 
@@ -485,8 +544,49 @@ def _load_linkage(raw: dict[str, Any], problems: _Problems) -> LinkageConfig | N
     )
 
 
+def _load_survivorship(raw: dict[str, Any], source_names: set[str], problems: _Problems) -> SurvivorshipConfig:
+    file = "survivorship.yaml"
+    allowed = {c for _, columns in SILVER_ATTRIBUTES.values() for c in columns}
+    priority = raw.get("source_priority") or []
+    if not isinstance(priority, list) or not all(isinstance(x, str) for x in priority):
+        problems.add(file, "source_priority", "must be a list of source names")
+        priority = []
+    for name in priority:
+        if source_names and name not in source_names:
+            problems.add(file, "source_priority", f"'{name}' is not a source in sources.yaml")
+    attributes = problems.require(file, "", raw, "attributes", dict) or {}
+    rules: list[SurvivorshipRule] = []
+    seen: dict[str, str] = {}
+    for attribute, spec in attributes.items():
+        key = f"attributes.{attribute}"
+        if not isinstance(spec, dict):
+            problems.add(file, key, "must be a mapping with a strategy")
+            continue
+        columns = spec.get("columns", [attribute])
+        if not isinstance(columns, list) or not columns:
+            problems.add(file, f"{key}.columns", "must be a non-empty list of silver columns")
+            continue
+        for c in columns:
+            if c not in allowed:
+                problems.add(file, f"{key}.columns", f"'{c}' is not a silver attribute column")
+            elif c in seen:
+                problems.add(file, f"{key}.columns", f"'{c}' is already supplied by attribute '{seen[c]}'")
+            else:
+                seen[c] = attribute
+        strategy = spec.get("strategy")
+        tie_breakers = spec.get("tie_breakers", [])
+        if not isinstance(tie_breakers, list):
+            problems.add(file, f"{key}.tie_breakers", "must be a list of strategies")
+            tie_breakers = []
+        for where, s in [("strategy", strategy), *(("tie_breakers", t) for t in tie_breakers)]:
+            if s not in SURVIVORSHIP_STRATEGIES:
+                problems.add(file, f"{key}.{where}", f"'{s}' is not one of {', '.join(SURVIVORSHIP_STRATEGIES)}")
+        rules.append(SurvivorshipRule(attribute, tuple(columns), str(strategy), tuple(tie_breakers)))
+    return SurvivorshipConfig(source_priority=tuple(priority), rules=tuple(rules))
+
+
 def load_config(conf_dir: Path | str | None = None) -> PipelineConfig:
-    """Load and check conf/pipeline.yaml, sources.yaml, policy.yaml and splink.yaml.
+    """Load and check conf/pipeline.yaml, sources.yaml, policy.yaml, splink.yaml and survivorship.yaml.
 
     Raises one ConfigError listing every problem. Paths are relative to the project root.
     IDRES_LAKEHOUSE, IDRES_LANDING, IDRES_GROUND_TRUTH, IDRES_MODELS and IDRES_REPORTS override the roots,
@@ -542,6 +642,9 @@ def load_config(conf_dir: Path | str | None = None) -> PipelineConfig:
 
     policy = _load_policy(_read_yaml(conf / "policy.yaml", problems), problems)
     linkage = _load_linkage(_read_yaml(conf / "splink.yaml", problems), problems)
+    survivorship = _load_survivorship(
+        _read_yaml(conf / "survivorship.yaml", problems), {s.name for s in sources}, problems
+    )
     models = data_root("models", "models")
     reports = data_root("reports", "reports")
 
@@ -556,6 +659,7 @@ def load_config(conf_dir: Path | str | None = None) -> PipelineConfig:
         spark=spark,
         policy=policy,
         linkage=linkage,
+        survivorship=survivorship,
         models=models,
         reports=reports,
     )

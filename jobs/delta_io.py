@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-from deltalake import CommitProperties, DeltaTable, QueryBuilder, write_deltalake
+from deltalake import CommitProperties, DeltaTable, QueryBuilder, Transaction, write_deltalake
 from pyspark.sql import DataFrame, SparkSession
 
 
@@ -35,8 +35,19 @@ def history(path: Path | str) -> list[dict[str, Any]]:
     return DeltaTable(str(path)).history()
 
 
-def _commit_properties(run_id: str, job: str) -> CommitProperties:
-    return CommitProperties(custom_metadata={"run_id": run_id, "job": job})
+def run_transaction_id(job: str, run_id: str) -> str:
+    """The Delta app-transaction id that marks a table as written by this job in this run."""
+    return f"idres:{job}:{run_id}"
+
+
+def _commit_properties(run_id: str, job: str, once_per_run: bool = False) -> CommitProperties:
+    transactions = [Transaction(run_transaction_id(job, run_id), 1)] if once_per_run else None
+    return CommitProperties(custom_metadata={"run_id": run_id, "job": job}, app_transactions=transactions)
+
+
+def committed_in_run(path: Path | str, job: str, run_id: str) -> bool:
+    """True when this job already committed to the table in this run (its app transaction is in the log)."""
+    return table_exists(path) and DeltaTable(str(path)).transaction_version(run_transaction_id(job, run_id)) is not None
 
 
 def _nullable_arrow(df: DataFrame) -> pa.Table:
@@ -90,17 +101,25 @@ def merge_delta(
     job: str,
     update_changed: bool = False,
     delete_missing: bool = False,
-) -> dict[str, int]:
+    once_per_run: bool = False,
+) -> dict[str, int] | None:
     """Upsert df into the table on `keys`; a merge that changes nothing leaves the version as it was.
 
     - rows whose key is new are inserted;
     - with update_changed, matched rows are rewritten only when some column differs;
     - with delete_missing, target rows absent from df are deleted.
-    The source must hold each key once (delta-rs#2407). Returns delta-rs' merge metrics.
+    - with once_per_run, the commit records an app transaction for (job, run_id), and a table that
+      already holds it is left alone: rerunning a run, or resuming one that died between tables,
+      does not write twice.
+    The source must hold each key once (delta-rs#2407). Returns delta-rs' merge metrics, or None
+    when skipped because this run already committed.
     """
+    if once_per_run and committed_in_run(path, job, run_id):
+        return None
+    commit = _commit_properties(run_id, job, once_per_run)
     source = _nullable_arrow(df)
     if not table_exists(path):
-        write_deltalake(str(path), source, mode="append", commit_properties=_commit_properties(run_id, job))
+        write_deltalake(str(path), source, mode="append", commit_properties=commit)
         return {"num_target_rows_inserted": source.num_rows, "num_target_rows_updated": 0, "num_target_rows_deleted": 0}
     target = DeltaTable(str(path))
     target_columns = {f.name for f in target.schema().fields}
@@ -111,7 +130,7 @@ def merge_delta(
         source_alias="s",
         target_alias="t",
         merge_schema=True,  # additive schema evolution, e.g. a new comparison's gamma column
-        commit_properties=_commit_properties(run_id, job),
+        commit_properties=commit,
     )
     if update_changed:
         others = [c for c in source.column_names if c not in keys]

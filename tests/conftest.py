@@ -7,9 +7,11 @@ from pathlib import Path
 import pytest
 from pyspark.sql import SparkSession
 
-from jobs import demo_data
+from jobs import consent, delta_io, demo_data, ingest, standardize
 from jobs.config import PipelineConfig, SparkConfig, load_config
+from jobs.linkage import latest_model
 from jobs.spark_session import build_spark_session
+from jobs.train import train_and_save
 
 TEST_SPARK = SparkConfig(
     master="local[2]",
@@ -68,3 +70,21 @@ def write_consent_feed(cfg: PipelineConfig, source: str, lines: list[str]) -> No
     path = cfg.source(source).consent_feed.path
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+
+
+@pytest.fixture(scope="session")
+def trained(spark, tmp_path_factory):
+    """A config whose models folder holds a model trained on 400 demo people."""
+    cfg = config_in(tmp_path_factory.mktemp("resolve"))
+    demo_data.generate(cfg, people=400, seed=11)
+    ingest.run(spark, cfg, run_id="demo")
+    standardize.run(spark, cfg, run_id="demo")
+    consent.run(spark, cfg, run_id="demo", cutoff="2026-11-01T00:00:00+00:00")
+    model = train_and_save(spark, cfg, delta_io.read_delta(spark, cfg.tables.admitted))
+    assert latest_model(cfg.models) == model
+    assert {p.name for p in (cfg.reports / "models" / model.version).iterdir()} == {
+        "match_weights.html",
+        "m_u_parameters.html",
+        "unlinkables.html",
+    }
+    return cfg

@@ -4,34 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 
-import pytest
 from pyspark.sql import functions as F
 
-from jobs import consent, delta_io, demo_data, ingest, resolve, standardize
+from jobs import delta_io, resolve, standardize
 from jobs.canonical import CANONICAL_COLUMNS
 from jobs.linkage import latest_model
-from jobs.train import train_and_save
-from tests.conftest import config_in
 
 BRONZE_EXTRA = {"source_file": "test", "run_id": "t", "ingested_at": dt.datetime(2026, 1, 1), "record_hash": "h"}
-
-
-@pytest.fixture(scope="module")
-def trained(spark, tmp_path_factory):
-    """A config whose models folder holds a model trained on 400 demo people."""
-    cfg = config_in(tmp_path_factory.mktemp("resolve"))
-    demo_data.generate(cfg, people=400, seed=11)
-    ingest.run(spark, cfg, run_id="demo")
-    standardize.run(spark, cfg, run_id="demo")
-    consent.run(spark, cfg, run_id="demo", cutoff="2026-11-01T00:00:00+00:00")
-    model = train_and_save(spark, cfg, delta_io.read_delta(spark, cfg.tables.admitted))
-    assert latest_model(cfg.models) == model
-    assert {p.name for p in (cfg.reports / "models" / model.version).iterdir()} == {
-        "match_weights.html",
-        "m_u_parameters.html",
-        "unlinkables.html",
-    }
-    return cfg
 
 
 def silver_rows(spark, cfg, rows: list[dict]):

@@ -1,0 +1,383 @@
+"""Unify: resolved records -> golden profiles, with cell-level lineage and per-purpose permissions.
+
+Reads the admitted records (the consent gate's output), their profile ids (jobs.resolve), the
+pairwise matches and effective consent. Writes, by delta-rs MERGE, so unchanged rows are not
+rewritten and a profile with no admitted record left is deleted:
+- gold/profiles: one row per profile, each attribute chosen by conf/survivorship.yaml;
+- gold/profile_sources: profile <-> source records, with the match evidence that joins them;
+- gold/profile_lineage: per non-null profile cell, the record that supplied it, the rule that chose
+  it, and the purpose, lawful basis and consent event that allow holding it;
+- gold/profile_permissions: per profile and purpose, whether the profile may be used for it, and why.
+
+A profile may be used for a purpose when the latest consent decision for that purpose across its
+records grants it on a basis the policy accepts: a withdrawal in one region is not outweighed by an
+older grant in another. A profile value is kept only when a purpose permitted both for its record and
+for the profile covers its attribute, so no profile cell lacks a lawful basis.
+Each table is committed at most once per run id (a Delta app transaction), so rerunning a run is a no-op.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import reduce
+
+from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+
+from jobs import delta_io
+from jobs.canonical import SILVER_ATTRIBUTES
+from jobs.config import PipelineConfig, PurposePolicy, SurvivorshipConfig, SurvivorshipRule
+from jobs.consent import STATUS_PRECEDENCE, SUBJECT
+from jobs.errors import IdresError
+from jobs.runner import run_job
+
+log = logging.getLogger("idres.unify")
+
+NONE_RECORDED = "none_recorded"
+JOB = "unify"
+
+# Silver column -> the policy attribute it belongs to (whose purposes justify holding it).
+COLUMN_ATTRIBUTE: dict[str, str] = {c: a for a, (_, columns) in SILVER_ATTRIBUTES.items() for c in columns}
+
+
+@dataclass
+class UnifyResult:
+    run_id: str
+    profiles: int = 0
+    inserted: int = 0
+    updated: int = 0
+    retired: int = 0
+    lineage_rows: int = 0
+    skipped_tables: list[str] = field(default_factory=list)
+
+
+def _map(mapping: dict) -> Column:
+    return F.create_map(*[F.lit(x) for kv in mapping.items() for x in kv])
+
+
+def contributing_records(record_profiles: DataFrame, admitted: DataFrame) -> DataFrame:
+    """Admitted records with their profile id; records without a profile id do not contribute."""
+    return record_profiles.select("profile_id", "record_id", *SUBJECT).join(admitted, list(SUBJECT))
+
+
+def profile_permissions(contributors: DataFrame, effective: DataFrame, policy: PurposePolicy) -> DataFrame:
+    """Per profile and policy purpose: allowed or not, decided by the latest consent event of its records."""
+    precedence = F.coalesce(_map(STATUS_PRECEDENCE)[F.col("effective_status")], F.lit(STATUS_PRECEDENCE["granted"]))
+    allowed_bases = F.create_map(
+        *[x for purpose, bases in policy.purpose_bases.items() for x in (F.lit(purpose), F.array(*map(F.lit, bases)))]
+    )
+    # An expired grant is no decision of the customer's: it yields to any live decision, however old.
+    latest_first = Window.partitionBy("profile_id", "purpose").orderBy(
+        (F.col("effective_status") == "expired").asc(),
+        F.col("event_time").desc(),
+        precedence.asc(),
+        "deciding_event_id",
+        *SUBJECT,
+    )
+    events = (
+        contributors.select("profile_id", *SUBJECT)
+        .join(effective, list(SUBJECT))
+        .withColumn("_rank", F.row_number().over(latest_first))
+        .where("_rank = 1")
+    )
+    purposes = (
+        contributors.select("profile_id")
+        .distinct()
+        .crossJoin(contributors.sparkSession.createDataFrame([(p,) for p in policy.purposes], "purpose string"))
+    )
+    return purposes.join(events, ["profile_id", "purpose"], "left").select(
+        "profile_id",
+        "purpose",
+        F.coalesce(
+            F.col("is_granted") & F.array_contains(allowed_bases[F.col("purpose")], F.col("lawful_basis")), F.lit(False)
+        ).alias("allowed"),
+        "lawful_basis",
+        F.coalesce(F.col("effective_status"), F.lit(NONE_RECORDED)).alias("status"),
+        F.col("source_system").alias("deciding_source_system"),
+        F.col("source_record_id").alias("deciding_source_record_id"),
+        "deciding_event_id",
+        F.col("event_time").alias("decided_at"),
+        "expires_at",
+        F.lit(policy.version).alias("policy_version"),
+    )
+
+
+def _order(strategy: str, rule: SurvivorshipRule, source_priority: Sequence[str]) -> Column:
+    if strategy == "source_priority":
+        rank = _map({s: i for i, s in enumerate(source_priority)})
+        return F.coalesce(rank[F.col("source_system")], F.lit(len(source_priority))).asc()
+    if strategy == "most_recent":
+        return F.col("updated_at").desc_nulls_last()
+    if strategy == "most_frequent":
+        return F.count("*").over(Window.partitionBy("profile_id", rule.columns[0])).desc()
+    if strategy == "most_complete":
+        return reduce(lambda a, b: a + b, [F.col(c).isNotNull().cast("int") for c in rule.columns]).desc()
+    raise IdresError(f"survivorship.yaml: attributes.{rule.attribute}: unknown strategy '{strategy}'")
+
+
+def surviving_record(contributors: DataFrame, rule: SurvivorshipRule, source_priority: Sequence[str]) -> DataFrame:
+    """Per profile, the one record that supplies rule's attribute (strategy, tie-breakers, then smallest record id)."""
+    present = (
+        reduce(lambda a, b: a | b, [F.col(c).isNotNull() for c in rule.columns])
+        if rule.strategy == "most_complete"
+        else F.col(rule.columns[0]).isNotNull()
+    )
+    order = [_order(s, rule, source_priority) for s in rule.order]
+    ranked = contributors.where(present).withColumn(
+        "_rank", F.row_number().over(Window.partitionBy("profile_id").orderBy(*order, "record_id"))
+    )
+    return ranked.where("_rank = 1").drop("_rank")
+
+
+def _lawful_purpose(column: str, policy: PurposePolicy) -> Column:
+    """The first purpose covering column's attribute that both the record and the profile are permitted."""
+    purposes = F.array(*map(F.lit, policy.attribute_purposes[COLUMN_ATTRIBUTE[column]]))
+    usable = F.filter(
+        purposes,
+        lambda p: (
+            F.array_contains(F.split(F.col("permitted_purposes"), ","), p)
+            & F.array_contains(F.col("_profile_purposes"), p)
+        ),
+    )
+    return F.get(usable, 0)
+
+
+def survivorship_cells(
+    contributors: DataFrame, allowed: DataFrame, survivorship: SurvivorshipConfig, policy: PurposePolicy
+) -> DataFrame:
+    """Long form: one row per (profile, column) with the surviving record, rule and purpose.
+
+    `allowed` is (profile_id, _profile_purposes). Cells without a lawful purpose are dropped.
+    """
+    frames = []
+    for rule in survivorship.rules:
+        chosen = (
+            surviving_record(contributors, rule, survivorship.source_priority)
+            .join(allowed, "profile_id", "left")
+            .withColumn("_profile_purposes", F.coalesce("_profile_purposes", F.array().cast("array<string>")))
+        )
+        description = " > ".join((*rule.order, "record_id"))
+        for column in rule.columns:
+            frames.append(
+                chosen.where(F.col(column).isNotNull()).select(
+                    "profile_id",
+                    F.lit(column).alias("column"),
+                    F.col(column).cast("string").alias("_value"),
+                    "record_id",
+                    *SUBJECT,
+                    F.lit(rule.attribute).alias("attribute"),
+                    F.lit(description).alias("rule"),
+                    _lawful_purpose(column, policy).alias("purpose"),
+                )
+            )
+    return reduce(DataFrame.unionByName, frames).where(F.col("purpose").isNotNull())
+
+
+def profile_lineage(cells: DataFrame, effective: DataFrame, policy: PurposePolicy) -> DataFrame:
+    """Cell-level lineage: record, rule, and the purpose, lawful basis and consent event behind each value."""
+    consent = effective.select(
+        *SUBJECT, "purpose", "lawful_basis", F.col("deciding_event_id").alias("consent_event_id")
+    )
+    return cells.join(consent, [*SUBJECT, "purpose"], "left").select(
+        "profile_id",
+        "column",
+        "attribute",
+        "record_id",
+        *SUBJECT,
+        "rule",
+        "purpose",
+        "lawful_basis",
+        "consent_event_id",
+        F.lit(policy.version).alias("policy_version"),
+    )
+
+
+def golden_profiles(contributors: DataFrame, cells: DataFrame, survivorship: SurvivorshipConfig) -> DataFrame:
+    """One row per profile: its surviving values (typed as in silver) and where its records come from."""
+    base = contributors.groupBy("profile_id").agg(
+        F.array_sort(F.collect_set("region")).alias("regions"),
+        F.array_sort(F.collect_set("source_system")).alias("source_systems"),
+        F.count("*").alias("record_count"),
+        F.max("updated_at").alias("last_updated_at"),
+    )
+    types = dict(contributors.dtypes)
+    columns = survivorship.columns
+    wide = (
+        cells.groupBy("profile_id")
+        .pivot("column", list(columns))
+        .agg(F.first("_value"))
+        .select("profile_id", *[F.col(c).cast(types[c]).alias(c) for c in columns])
+    )
+    return base.join(wide, "profile_id", "left").select(
+        "profile_id",
+        *columns,
+        "regions",
+        F.size("regions").alias("region_count"),
+        "source_systems",
+        "record_count",
+        "last_updated_at",
+    )
+
+
+def profile_sources(contributors: DataFrame, pairs: DataFrame) -> DataFrame:
+    """Profile <-> source records, each with its strongest match to another record of the same profile."""
+    ids = contributors.select("record_id", "profile_id")
+    sides = [("record_id_l", "record_id_r"), ("record_id_r", "record_id_l")]
+    evidence = reduce(
+        DataFrame.unionByName,
+        [
+            pairs.select(
+                F.col(a).alias("record_id"), F.col(b).alias("best_match_record_id"), "match_weight", "match_probability"
+            )
+            for a, b in sides
+        ],
+    )
+    evidence = (
+        evidence.join(ids, "record_id")
+        .join(ids.withColumnRenamed("record_id", "best_match_record_id"), ["best_match_record_id", "profile_id"])
+        .withColumn(
+            "_rank",
+            F.row_number().over(
+                Window.partitionBy("record_id").orderBy(
+                    F.desc("match_probability"), F.desc("match_weight"), "best_match_record_id"
+                )
+            ),
+        )
+        .where("_rank = 1")
+        .select(
+            "record_id",
+            "best_match_record_id",
+            F.col("match_weight").alias("best_match_weight"),
+            F.col("match_probability").alias("best_match_probability"),
+        )
+    )
+    return contributors.join(evidence, "record_id", "left").select(
+        "profile_id",
+        "record_id",
+        *SUBJECT,
+        "region",
+        "unification_basis",
+        "unification_event_id",
+        "best_match_record_id",
+        "best_match_weight",
+        "best_match_probability",
+    )
+
+
+@dataclass
+class GoldTables:
+    profiles: DataFrame
+    profile_sources: DataFrame
+    profile_lineage: DataFrame
+    profile_permissions: DataFrame
+
+
+def build_gold(
+    record_profiles: DataFrame,
+    admitted: DataFrame,
+    pairs: DataFrame,
+    effective: DataFrame,
+    survivorship: SurvivorshipConfig,
+    policy: PurposePolicy,
+) -> GoldTables:
+    """The four golden-profile tables from resolved, admitted records (pure: DataFrames in, DataFrames out)."""
+    contributors = contributing_records(record_profiles, admitted)
+    permissions = profile_permissions(contributors, effective, policy)
+    allowed = (
+        permissions.where("allowed").groupBy("profile_id").agg(F.collect_set("purpose").alias("_profile_purposes"))
+    )
+    cells = survivorship_cells(contributors, allowed, survivorship, policy)
+    return GoldTables(
+        profiles=golden_profiles(contributors, cells, survivorship),
+        profile_sources=profile_sources(contributors, pairs),
+        profile_lineage=profile_lineage(cells, effective, policy),
+        profile_permissions=permissions,
+    )
+
+
+def _require(path, stage: str) -> None:
+    if not delta_io.table_exists(path):
+        raise IdresError(f"table {path.name} is missing: run the {stage} stage first")
+
+
+def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> UnifyResult:
+    """Build and publish the golden-profile tables; each table commits at most once per run id."""
+    t = cfg.tables
+    for path, stage in (
+        (t.admitted, "consent_gate"),
+        (t.effective_consent, "consent_gate"),
+        (t.record_profiles, "resolve"),
+    ):
+        _require(path, stage)
+    pairs = (
+        delta_io.read_delta(spark, t.pairwise_matches)
+        if delta_io.table_exists(t.pairwise_matches)
+        else spark.createDataFrame(
+            [], "record_id_l string, record_id_r string, match_weight double, match_probability double"
+        )
+    )
+    gold = build_gold(
+        delta_io.read_delta(spark, t.record_profiles),
+        delta_io.read_delta(spark, t.admitted),
+        pairs,
+        delta_io.read_delta(spark, t.effective_consent),
+        cfg.survivorship,
+        cfg.policy,
+    )
+    result = UnifyResult(run_id=run_id)
+    profiles = gold.profiles.persist()
+    try:
+        writes = (
+            (profiles, t.profiles, ("profile_id",)),
+            (gold.profile_sources, t.profile_sources, ("record_id",)),
+            (gold.profile_lineage, t.profile_lineage, ("profile_id", "column")),
+            (gold.profile_permissions, t.profile_permissions, ("profile_id", "purpose")),
+        )
+        metrics = {}
+        for df, path, keys in writes:
+            m = delta_io.merge_delta(
+                df, path, keys=keys, run_id=run_id, job=JOB, update_changed=True, delete_missing=True, once_per_run=True
+            )
+            if m is None:
+                result.skipped_tables.append(path.name)
+            metrics[path.name] = m or {}
+        result.profiles = profiles.count()
+        result.inserted = int(metrics["profiles"].get("num_target_rows_inserted", 0))
+        result.updated = int(metrics["profiles"].get("num_target_rows_updated", 0))
+        result.retired = int(metrics["profiles"].get("num_target_rows_deleted", 0))
+        result.lineage_rows = int(
+            delta_io.query_delta("SELECT count(*) AS n FROM l", l=t.profile_lineage)["n"][0].as_py()
+        )
+    finally:
+        profiles.unpersist()
+    at = datetime.now(UTC).replace(microsecond=0)
+    audit = spark.createDataFrame(
+        [(run_id, result.profiles, result.inserted, result.updated, result.retired, result.lineage_rows, at)],
+        "run_id string, profiles long, inserted long, updated long, retired long, lineage_rows long, "
+        "unified_at timestamp",
+    )
+    delta_io.merge_delta(audit, t.unify_runs, keys=("run_id",), run_id=run_id, job=JOB, once_per_run=True)
+    log.info(
+        "unify: %d profiles (inserted %d, updated %d, retired %d), %d lineage rows%s",
+        result.profiles,
+        result.inserted,
+        result.updated,
+        result.retired,
+        result.lineage_rows,
+        f"; already published by this run: {', '.join(result.skipped_tables)}" if result.skipped_tables else "",
+    )
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> UnifyResult:
+    return run_job(JOB, run, argv)
+
+
+if __name__ == "__main__":
+    # Call through the package module, so Spark pickles its functions by reference, not as __main__'s.
+    from jobs.unify import main as job_main
+
+    job_main()

@@ -1,0 +1,245 @@
+"""Golden profiles: survivorship, lineage, consent-driven permissions, withdrawal and idempotent publishing."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+
+from chispa import assert_df_equality
+from pyspark.sql import functions as F
+
+from jobs import consent, delta_io, resolve, standardize, unify
+from jobs.config import SurvivorshipConfig, SurvivorshipRule
+from tests.test_resolve import BRIDGE, IRYNA, PEOPLE, silver_rows
+
+D, T = dt.date, dt.datetime
+
+SURVIVORSHIP = SurvivorshipConfig(
+    source_priority=("eu_loyalty", "ro_shop", "ua_crm"),
+    rules=(
+        SurvivorshipRule("first_name", ("first_name", "first_name_native"), "most_frequent", ("source_priority",)),
+        SurvivorshipRule("email", ("email",), "most_recent", ()),
+        SurvivorshipRule("address", ("street", "city"), "most_complete", ("most_recent",)),
+        SurvivorshipRule("date_of_birth", ("date_of_birth",), "source_priority", ()),
+        SurvivorshipRule("marketing_email", ("marketing_email",), "most_recent", ()),
+    ),
+)
+ADMITTED_SCHEMA = (
+    "source_system string, source_record_id string, region string, updated_at timestamp, first_name string, "
+    "first_name_native string, email string, street string, city string, date_of_birth date, "
+    "marketing_email string, permitted_purposes string, unification_basis string, unification_event_id string"
+)
+UNIFICATION = "profile_unification"
+# P1: Olena, three records in three regions; P2: Ivan, one record.
+ADMITTED = [
+    ("ua_crm", "1", "UA", T(2026, 1, 1), "Olena", "Олена", "a@x.ua", None, "Kyiv", D(1990, 1, 1), "a@x.ua",
+     "marketing_email,profile_unification", "consent", "e-a1"),
+    ("ro_shop", "2", "RO", T(2026, 3, 1), "Olena", "Olena", "b@x.ro", "Str 1", "Iasi", D(1990, 1, 2), None,
+     "profile_unification", "contract", "e-b1"),
+    ("eu_loyalty", "3", "EU", T(2026, 5, 1), "Elena", "Elena", None, None, None, D(1990, 1, 1), None,
+     "profile_unification", "consent", "e-c1"),
+    ("ua_crm", "4", "UA", T(2026, 2, 1), "Ivan", "Іван", "i@x.ua", None, None, None, "i@x.ua",
+     "marketing_email,profile_unification", "contract", "e-d1"),
+]  # fmt: skip
+RECORD_PROFILES = [("ua_crm:1", "P1"), ("ro_shop:2", "P1"), ("eu_loyalty:3", "P1"), ("ua_crm:4", "P2")]
+EFFECTIVE_SCHEMA = (
+    "source_system string, source_record_id string, purpose string, lawful_basis string, effective_status string, "
+    "is_granted boolean, deciding_event_id string, event_time timestamp, expires_at timestamp"
+)
+EFFECTIVE = [
+    ("ua_crm", "1", UNIFICATION, "consent", "granted", True, "e-a1", T(2026, 1, 1), None),
+    ("ua_crm", "1", "marketing_email", "consent", "granted", True, "e-a2", T(2026, 2, 1), None),
+    ("ro_shop", "2", UNIFICATION, "contract", "granted", True, "e-b1", T(2026, 1, 2), None),
+    ("eu_loyalty", "3", UNIFICATION, "consent", "granted", True, "e-c1", T(2026, 1, 3), None),
+    # Olena withdrew marketing email in the EU after granting it in Ukraine: the profile may not be mailed.
+    ("eu_loyalty", "3", "marketing_email", "consent", "withdrawn", False, "e-c2", T(2026, 4, 1), None),
+    ("ua_crm", "4", UNIFICATION, "contract", "granted", True, "e-d1", T(2026, 1, 1), None),
+    ("ua_crm", "4", "marketing_email", "consent", "granted", True, "e-d2", T(2026, 2, 1), None),
+    ("ua_crm", "4", "marketing_sms", "contract", "granted", True, "e-d3", T(2026, 2, 1), None),
+]
+
+
+def hand_gold(spark, policy):
+    record_profiles = spark.createDataFrame(
+        [(r, p, *r.split(":")) for r, p in RECORD_PROFILES],
+        "record_id string, profile_id string, source_system string, source_record_id string",
+    )
+    pairs = spark.createDataFrame(
+        [("ro_shop:2", "ua_crm:1", 12.5, 0.9998), ("eu_loyalty:3", "ua_crm:1", 8.0, 0.996)],
+        "record_id_l string, record_id_r string, match_weight double, match_probability double",
+    )
+    return unify.build_gold(
+        record_profiles,
+        spark.createDataFrame(ADMITTED, ADMITTED_SCHEMA),
+        pairs,
+        spark.createDataFrame(EFFECTIVE, EFFECTIVE_SCHEMA),
+        SURVIVORSHIP,
+        policy,
+    )
+
+
+def test_survivorship_strategies_pick_the_expected_record_per_attribute(spark, cfg):
+    gold = hand_gold(spark, cfg.policy)
+    # first_name: Olena (2 records) beats Elena; between the two, ro_shop outranks ua_crm, and the native form
+    # travels with it. email: the most recent. address: the most complete record. date_of_birth: the most
+    # trusted source. marketing_email: dropped, the latest decision withdrew it.
+    rows = [
+        ("P1", "Olena", "Olena", "b@x.ro", "Str 1", "Iasi", D(1990, 1, 1), None, ["EU", "RO", "UA"], 3,
+         ["eu_loyalty", "ro_shop", "ua_crm"], 3, T(2026, 5, 1)),
+        ("P2", "Ivan", "Іван", "i@x.ua", None, None, None, "i@x.ua", ["UA"], 1, ["ua_crm"], 1, T(2026, 2, 1)),
+    ]  # fmt: skip
+    expected = spark.createDataFrame(
+        rows,
+        "profile_id string, first_name string, first_name_native string, email string, street string, city string, "
+        "date_of_birth date, marketing_email string, regions array<string>, region_count int, "
+        "source_systems array<string>, record_count long, last_updated_at timestamp",
+    )
+    assert_df_equality(gold.profiles, expected, ignore_row_order=True, ignore_nullable=True)
+
+
+def test_every_value_has_lineage_to_its_record_rule_and_lawful_basis(spark, cfg):
+    lineage = hand_gold(spark, cfg.policy).profile_lineage
+    picked = lineage.select("profile_id", "column", "source_record_id", "purpose", "lawful_basis", "consent_event_id")
+    u, m = UNIFICATION, "marketing_email"
+    expected = spark.createDataFrame(
+        [
+            ("P1", "first_name", "2", u, "contract", "e-b1"),
+            ("P1", "first_name_native", "2", u, "contract", "e-b1"),
+            ("P1", "email", "2", u, "contract", "e-b1"),
+            ("P1", "street", "2", u, "contract", "e-b1"),
+            ("P1", "city", "2", u, "contract", "e-b1"),
+            ("P1", "date_of_birth", "3", u, "consent", "e-c1"),
+            ("P2", "first_name", "4", u, "contract", "e-d1"),
+            ("P2", "first_name_native", "4", u, "contract", "e-d1"),
+            ("P2", "email", "4", u, "contract", "e-d1"),
+            ("P2", "marketing_email", "4", m, "consent", "e-d2"),
+        ],
+        "profile_id string, column string, source_record_id string, purpose string, lawful_basis string, "
+        "consent_event_id string",
+    )
+    assert_df_equality(picked, expected, ignore_row_order=True, ignore_nullable=True)
+    rules = {r["column"]: r["rule"] for r in lineage.where("profile_id = 'P1'").collect()}
+    assert rules["street"] == "most_complete > most_recent > record_id"
+    assert rules["date_of_birth"] == "source_priority > record_id"
+
+
+def test_permissions_follow_the_latest_decision_across_the_profiles_records(spark, cfg):
+    permissions = hand_gold(spark, cfg.policy).profile_permissions.select(
+        "profile_id", "purpose", "allowed", "status", "lawful_basis", "deciding_source_record_id", "deciding_event_id"
+    )
+    expected = spark.createDataFrame(
+        [
+            ("P1", UNIFICATION, True, "granted", "consent", "3", "e-c1"),
+            ("P1", "marketing_email", False, "withdrawn", "consent", "3", "e-c2"),
+            ("P1", "marketing_sms", False, "none_recorded", None, None, None),
+            ("P1", "analytics", False, "none_recorded", None, None, None),
+            ("P2", UNIFICATION, True, "granted", "contract", "4", "e-d1"),
+            ("P2", "marketing_email", True, "granted", "consent", "4", "e-d2"),
+            # granted, but on a basis the policy does not accept for SMS marketing
+            ("P2", "marketing_sms", False, "granted", "contract", "4", "e-d3"),
+            ("P2", "analytics", False, "none_recorded", None, None, None),
+        ],
+        "profile_id string, purpose string, allowed boolean, status string, lawful_basis string, "
+        "deciding_source_record_id string, deciding_event_id string",
+    )
+    assert_df_equality(permissions, expected, ignore_row_order=True, ignore_nullable=True)
+
+
+def test_profile_sources_carry_the_match_evidence(spark, cfg):
+    sources = hand_gold(spark, cfg.policy).profile_sources.select(
+        "profile_id", "record_id", "best_match_record_id", "best_match_probability"
+    )
+    expected = spark.createDataFrame(
+        [
+            ("P1", "ua_crm:1", "ro_shop:2", 0.9998),
+            ("P1", "ro_shop:2", "ua_crm:1", 0.9998),
+            ("P1", "eu_loyalty:3", "ua_crm:1", 0.996),
+            ("P2", "ua_crm:4", None, None),
+        ],
+        "profile_id string, record_id string, best_match_record_id string, best_match_probability double",
+    )
+    assert_df_equality(sources, expected, ignore_row_order=True, ignore_nullable=True)
+
+
+def unlineaged_cells(spark, cfg) -> int:
+    """Non-null profile cells that no lineage row explains."""
+    profiles = delta_io.read_delta(spark, cfg.tables.profiles)
+    columns = cfg.survivorship.columns
+    cells = profiles.select(
+        "profile_id",
+        F.explode(F.array(*[F.struct(F.lit(c).alias("column"), F.col(c).isNotNull().alias("set")) for c in columns])),
+    ).where("col.set")
+    lineage = delta_io.read_delta(spark, cfg.tables.profile_lineage)
+    return cells.select("profile_id", "col.column").join(lineage, ["profile_id", "column"], "left_anti").count()
+
+
+def ledger(spark, rows: list[tuple[str, str, str, str, str]]):
+    """Consent events (source, record id, purpose, status, time) as the ledger holds them."""
+    return spark.createDataFrame(
+        [
+            (s, r, f"ev-{s}-{r}-{p}-{st}", p, "consent", st, T.fromisoformat(at), None, "web", "v1", None)
+            for s, r, p, st, at in rows
+        ],
+        "source_system string, source_record_id string, event_id string, purpose string, lawful_basis string, "
+        "status string, event_time timestamp, recorded_at timestamp, collection_method string, "
+        "notice_version string, expires_at timestamp",
+    )
+
+
+HAND = [*PEOPLE, *IRYNA, BRIDGE]
+GRANTS = [(r["source_system"], r["source_record_id"], UNIFICATION, "granted", "2026-01-01T00:00:00") for r in HAND]
+GOLD = ("profiles", "profile_sources", "profile_lineage", "profile_permissions")
+
+
+def publish(spark, cfg, population, population_consent, events, run_id):
+    """Gate the hand records with their consent events among the demo population, then resolve and unify."""
+    silver = population.unionByName(silver_rows(spark, cfg, HAND))
+    effective = population_consent.unionByName(
+        consent.effective_consent(ledger(spark, events), T(2026, 11, 1, tzinfo=dt.UTC))
+    )
+    gated = consent.gate(silver, effective, cfg.policy)
+    admitted = consent.admitted_records(gated, silver.columns, cfg.policy)
+    delta_io.overwrite_delta(admitted, cfg.tables.admitted, run_id=run_id, job="test")
+    delta_io.overwrite_delta(effective, cfg.tables.effective_consent, run_id=run_id, job="test")
+    resolve.run(spark, cfg, run_id=run_id)
+    return unify.run(spark, cfg, run_id=run_id)
+
+
+def test_withdrawal_removes_values_and_splits_a_bridged_profile_and_reruns_change_nothing(spark, trained, tmp_path):
+    population = delta_io.read_delta(spark, trained.tables.silver).select(*standardize.silver_columns(trained.policy))
+    population_consent = delta_io.read_delta(spark, trained.tables.effective_consent)
+    cfg = dataclasses.replace(trained.with_paths(lakehouse=tmp_path / "lake"), models=trained.models)
+    iryna = [f"{r['source_system']}:{r['source_record_id']}" for r in [*IRYNA, BRIDGE]]
+
+    first = publish(spark, cfg, population, population_consent, GRANTS, "run-1")
+    assert first.inserted == first.profiles > 0
+    sources = delta_io.read_delta(spark, cfg.tables.profile_sources)
+    bridged = sources.where(F.col("record_id").isin(*iryna)).select("profile_id").distinct().collect()
+    assert len(bridged) == 1
+    assert unlineaged_cells(spark, cfg) == 0
+    versions = {t: delta_io.table_version(getattr(cfg.tables, t)) for t in GOLD}
+    snapshot = {t: delta_io.read_delta(spark, getattr(cfg.tables, t)).collect() for t in GOLD}
+
+    again = unify.run(spark, cfg, run_id="run-1")
+    assert again.skipped_tables == list(GOLD)
+    assert {t: delta_io.table_version(getattr(cfg.tables, t)) for t in GOLD} == versions
+    rerun = publish(spark, cfg, population, population_consent, GRANTS, "run-2")
+    assert (rerun.inserted, rerun.updated, rerun.retired) == (0, 0, 0)
+    assert {t: delta_io.table_version(getattr(cfg.tables, t)) for t in GOLD} == versions
+    for t in GOLD:
+        assert sorted(delta_io.read_delta(spark, getattr(cfg.tables, t)).collect()) == sorted(snapshot[t])
+
+    withdrawal = ("ua_crm", "UA-9", UNIFICATION, "withdrawn", "2026-06-01T00:00:00")
+    after = publish(spark, cfg, population, population_consent, [*GRANTS, withdrawal], "run-3")
+    assert after.retired == 0 and after.inserted == 1  # one profile became two
+    sources = delta_io.read_delta(spark, cfg.tables.profile_sources)
+    assert sources.where("record_id = 'ua_crm:UA-9'").count() == 0
+    split = sources.where(F.col("record_id").isin(*iryna)).select("record_id", "profile_id").collect()
+    assert len({r["profile_id"] for r in split}) == 2
+    lineage = delta_io.read_delta(spark, cfg.tables.profile_lineage)
+    assert lineage.where("record_id = 'ua_crm:UA-9'").count() == 0
+    assert unlineaged_cells(spark, cfg) == 0
+    history = delta_io.history(cfg.tables.profiles)
+    assert history[0]["run_id"] == "run-3"
+    old = delta_io.read_delta(spark, cfg.tables.profiles, version=versions["profiles"])
+    assert old.count() == first.profiles  # the earlier state stays in Delta history until retention
