@@ -1,4 +1,4 @@
-"""identity_resolution: regional sources -> bronze -> silver -> consent gate -> resolved profiles."""
+"""identity_resolution: regional sources -> bronze -> silver -> consent gate -> resolved -> golden profiles."""
 
 from __future__ import annotations
 
@@ -21,6 +21,9 @@ DOC = """
    decision is audited in `audit/consent_decisions`.
 5. **resolve**: Splink (Fellegi-Sunter) on Spark with the latest trained model (trained when none exists):
    pairwise matches, clusters, and stable profile ids with created / merged / split / retired events.
+6. **unify**: golden profiles by the survivorship rules (`conf/survivorship.yaml`), with cell-level lineage
+   (source record, rule, purpose, lawful basis, consent event) and per-purpose permissions, merged into Delta;
+   a withdrawn record's values leave its profile on this run. Each table commits once per run id.
 
 Each Spark stage is submitted through the `spark_default` connection (`local[*]` by default): point that
 connection at a cluster and the same jobs run there.
@@ -51,5 +54,6 @@ with DAG(
     standardize = spark_job("standardize", "standardize")
     consent_gate = spark_job("consent_gate", "consent", "--cutoff", "{{ dag_run.run_after }}")
     resolve = spark_job("resolve", "resolve")
+    unify = spark_job("unify", "unify")
 
-    demo_data >> ingest >> standardize >> consent_gate >> resolve
+    demo_data >> ingest >> standardize >> consent_gate >> resolve >> unify

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pyspark.sql import Column
+from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 # Column -> Spark type. Strings arrive as the source wrote them; typed columns are parsed
@@ -74,3 +76,18 @@ LAWFUL_BASES: tuple[str, ...] = (
     "legitimate_interest",
 )
 CONSENT_STATUSES: tuple[str, ...] = ("granted", "withdrawn", "denied")
+
+
+def subject_hash(
+    source_system: Column | str = "source_system", source_record_id: Column | str = "source_record_id"
+) -> Column:
+    """The reference audit tables keep for a source record instead of its id: SHA-256 of "source:id"."""
+    return F.sha2(
+        F.concat_ws(
+            ":",
+            F.lit("idres-subject"),
+            F.col(source_system) if isinstance(source_system, str) else source_system,
+            F.col(source_record_id) if isinstance(source_record_id, str) else source_record_id,
+        ),
+        256,
+    )

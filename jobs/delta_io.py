@@ -143,3 +143,51 @@ def merge_delta(
     if delete_missing:
         merger = merger.when_not_matched_by_source_delete()
     return merger.execute()
+
+
+def delete_matching(keys_df: DataFrame, path: Path | str, *, run_id: str, job: str) -> int:
+    """Delete the rows whose values in keys_df's columns equal one of its rows; returns the count deleted.
+
+    A merge on a key table, not a delete predicate, so the commit log never records the values.
+    """
+    if not table_exists(path):
+        return 0
+    keys = keys_df.columns
+    target = DeltaTable(str(path))
+    if not set(keys) <= {f.name for f in target.schema().fields}:
+        return 0
+    source = _nullable_arrow(keys_df.distinct())
+    if source.num_rows == 0:
+        return 0
+    metrics = (
+        target.merge(
+            source,
+            predicate=" AND ".join(f"t.`{k}` = s.`{k}`" for k in keys),
+            source_alias="s",
+            target_alias="t",
+            commit_properties=_commit_properties(run_id, job),
+        )
+        .when_matched_delete()
+        .execute()
+    )
+    return int(metrics["num_target_rows_deleted"])
+
+
+def purge_history(path: Path | str) -> int:
+    """Erase earlier versions for good: vacuum every unreferenced file and drop the log before a new checkpoint.
+
+    The old commits' file statistics hold column values, so an erasure must drop them too. Time travel
+    to versions before this call ends. Returns the table version after the purge.
+    """
+    table = DeltaTable(str(path))
+    table.vacuum(retention_hours=0, dry_run=False, enforce_retention_duration=False, full=True)
+    table.alter.set_table_properties({LOG_RETENTION: "interval 0 seconds"})
+    table = DeltaTable(str(path))
+    table.create_checkpoint()
+    table.cleanup_metadata()
+    table.alter.set_table_properties({LOG_RETENTION: DEFAULT_LOG_RETENTION})
+    return DeltaTable(str(path)).version()
+
+
+LOG_RETENTION = "delta.logRetentionDuration"
+DEFAULT_LOG_RETENTION = "interval 30 days"

@@ -19,7 +19,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from jobs import delta_io
-from jobs.canonical import BRONZE_COLUMNS, CANONICAL_COLUMNS, CANONICAL_FIELDS, TYPED_COLUMNS
+from jobs.canonical import BRONZE_COLUMNS, CANONICAL_COLUMNS, CANONICAL_FIELDS, TYPED_COLUMNS, subject_hash
 from jobs.config import PipelineConfig, SourceConfig
 from jobs.errors import SourceSchemaError
 from jobs.runner import run_job
@@ -38,6 +38,7 @@ MISSING_SOURCE_ID = "missing_source_id"
 UNPARSEABLE_DATE = "unparseable_date"
 INVALID_TYPE = "invalid_type"
 DUPLICATE_SOURCE_ID = "duplicate_source_id"
+ERASED_SUBJECT = "erased_subject"  # in the erasure register: never landed again, and its values not kept
 
 
 @dataclass
@@ -182,19 +183,34 @@ def to_bronze(validated: DataFrame, run_id: str, ingested_at: datetime) -> DataF
     )
 
 
+def suppress_erased_subjects(validated: DataFrame, erased: DataFrame) -> DataFrame:
+    """Rows of subjects in the erasure register (subject_hash) get the reason erased_subject."""
+    hashes = erased.select(F.col("subject_hash").alias("_erased")).distinct()
+    return (
+        validated.withColumn("_subject_hash", subject_hash())
+        .join(F.broadcast(hashes), F.col("_subject_hash") == F.col("_erased"), "left")
+        .withColumn(REASON, F.when(F.col("_erased").isNotNull(), F.lit(ERASED_SUBJECT)).otherwise(F.col(REASON)))
+        .drop("_erased")
+    )
+
+
 def to_quarantine(validated: DataFrame, raw_values: Column, run_id: str, at: datetime) -> DataFrame:
-    """The rows that have a reason, with their raw content, so none is lost; one row per distinct content."""
-    raw = F.coalesce(F.col(CORRUPT), raw_values)
+    """The rows that have a reason, with their raw content, so none is lost; one row per distinct content.
+
+    An erased subject's row keeps no content and no id, only its subject hash.
+    """
+    erased = F.col(REASON) == ERASED_SUBJECT
+    raw = F.when(~erased, F.coalesce(F.col(CORRUPT), raw_values))
     return (
         validated.where(F.col(REASON).isNotNull())
         .select(
             "source_system",
             "region",
             F.col(SOURCE_FILE).alias("source_file"),
-            "source_record_id",
+            F.when(~erased, F.col("source_record_id")).alias("source_record_id"),
             F.col(REASON).alias("reason"),
             raw.alias("raw_record"),
-            F.sha2(raw, 256).alias("raw_hash"),
+            F.coalesce(F.sha2(raw, 256), subject_hash()).alias("raw_hash"),
             F.lit(run_id).alias("run_id"),
             F.lit(at).cast("timestamp").alias("quarantined_at"),
         )
@@ -235,7 +251,10 @@ def _count(validated: DataFrame, cfg: PipelineConfig) -> list[SourceCounts]:
 def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> IngestResult:
     """Land all configured sources in bronze and their bad rows in quarantine; record the counts."""
     ingested_at = datetime.now(UTC).replace(microsecond=0)
-    validated = validated_sources(spark, cfg).persist()
+    validated = validated_sources(spark, cfg)
+    if delta_io.table_exists(cfg.tables.erasure_register):
+        validated = suppress_erased_subjects(validated, delta_io.read_delta(spark, cfg.tables.erasure_register))
+    validated = validated.persist()
     try:
         counts = _count(validated, cfg)
         bronze = to_bronze(validated, run_id, ingested_at)

@@ -78,28 +78,30 @@ SECTIONS: tuple[tuple[str, dict[str, str], str], ...] = (
         + LATEST_RUN.format(t="e", at="event_at")
         + " GROUP BY 1, 2 ORDER BY 2",
     ),
-)
-TABLES = (
-    "bronze",
-    "quarantine",
-    "ingest_runs",
-    "silver",
-    "consent_ledger",
-    "consent_quarantine",
-    "effective_consent",
-    "admitted",
-    "consent_audit",
-    "pairwise_matches",
-    "record_profiles",
-    "profile_registry",
-    "identity_events",
+    (
+        "Golden profiles, last unify run (inserted, updated, retired):",
+        {"u": "unify_runs"},
+        "SELECT run_id, profiles, inserted, updated, retired, lineage_rows FROM u WHERE "
+        + LATEST_RUN.format(t="u", at="unified_at"),
+    ),
+    (
+        "Golden profiles by number of regions they span:",
+        {"p": "profiles"},
+        "SELECT region_count AS regions, count(*) AS profiles FROM p GROUP BY 1 ORDER BY 1",
+    ),
+    (
+        "Profile permissions per purpose:",
+        {"p": "profile_permissions"},
+        "SELECT purpose, sum(CASE WHEN allowed THEN 1 ELSE 0 END) AS allowed, "
+        "sum(CASE WHEN allowed THEN 0 ELSE 1 END) AS not_allowed FROM p GROUP BY 1 ORDER BY 1",
+    ),
 )
 
 
 def summary_sections(cfg: PipelineConfig) -> list[str]:
     """Each section of the run summary, as text."""
     t = cfg.tables
-    located = [(name, getattr(t, name)) for name in TABLES]
+    located = list(t.all().items())
     sections = [
         "Delta tables:\n"
         + "\n".join(

@@ -30,6 +30,8 @@ def airflow_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         "IDRES_LAKEHOUSE": str(root / "lakehouse"),
         "IDRES_LANDING": str(root / "landing"),
         "IDRES_GROUND_TRUTH": str(root / "truth"),
+        "IDRES_MODELS": str(root / "models"),
+        "IDRES_REPORTS": str(root / "reports"),
         "PYSPARK_PYTHON": sys.executable,
         "PYSPARK_DRIVER_PYTHON": sys.executable,
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -55,7 +57,7 @@ def test_dags_load_without_errors_and_carry_docs_tags_and_retries(airflow_env, m
 
     bag = DagBag(dag_folder=str(DAGS))
     assert bag.import_errors == {}
-    assert {"identity_resolution", "linkage_model_training"} <= set(bag.dag_ids)
+    assert set(bag.dag_ids) == {"identity_resolution", "linkage_model_training", "subject_requests"}
     for dag_id in bag.dag_ids:
         dag = bag.dags[dag_id]
         assert dag.doc_md and dag.tags, dag_id
@@ -67,6 +69,7 @@ def test_dags_load_without_errors_and_carry_docs_tags_and_retries(airflow_env, m
         "standardize",
         "consent_gate",
         "resolve",
+        "unify",
     ]
 
 
@@ -82,6 +85,7 @@ def test_running_the_dag_twice_changes_nothing_the_second_time(airflow_env):
     lakehouse = Path(airflow_env["IDRES_LAKEHOUSE"])
     bronze = lakehouse / "bronze" / "customers"
     gated = [lakehouse / "silver" / t for t in ("customers", "effective_consent", "admitted_customers")]
+    gated += [lakehouse / "gold" / t for t in ("profiles", "profile_sources", "profile_lineage", "profile_permissions")]
     truth = Path(airflow_env["IDRES_GROUND_TRUTH"]) / "records.csv"
     expected_rows = sum(1 for _ in truth.open(encoding="utf-8")) - 1
     count_sql = "SELECT count(*) AS n FROM b"

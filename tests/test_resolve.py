@@ -13,8 +13,8 @@ from jobs.linkage import latest_model
 BRONZE_EXTRA = {"source_file": "test", "run_id": "t", "ingested_at": dt.datetime(2026, 1, 1), "record_hash": "h"}
 
 
-def silver_rows(spark, cfg, rows: list[dict]):
-    """Hand-written source rows (canonical columns) standardized exactly as the pipeline does."""
+def bronze_rows(spark, rows: list[dict]):
+    """Hand-written source rows (canonical columns) in the bronze layout."""
     full = [
         {**{c: None for c in CANONICAL_COLUMNS}, **BRONZE_EXTRA, "region": r["source_system"][:2].upper(), **r}
         for r in rows
@@ -26,8 +26,12 @@ def silver_rows(spark, cfg, rows: list[dict]):
         "updated_at timestamp, source_file string, run_id string, ingested_at timestamp, record_hash string"
     )
     names = [f.split()[0] for f in schema.split(", ")]
-    bronze = spark.createDataFrame([tuple(r.get(n) for n in names) for r in full], schema)
-    return standardize.standardize(bronze, cfg.sources, cfg.policy)
+    return spark.createDataFrame([tuple(r.get(n) for n in names) for r in full], schema)
+
+
+def silver_rows(spark, cfg, rows: list[dict]):
+    """Hand-written source rows standardized exactly as the pipeline does."""
+    return standardize.standardize(bronze_rows(spark, rows), cfg.sources, cfg.policy)
 
 
 D = dt.date

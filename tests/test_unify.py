@@ -10,7 +10,7 @@ from pyspark.sql import functions as F
 
 from jobs import consent, delta_io, resolve, standardize, unify
 from jobs.config import SurvivorshipConfig, SurvivorshipRule
-from tests.test_resolve import BRIDGE, IRYNA, PEOPLE, silver_rows
+from tests.test_resolve import BRIDGE, IRYNA, PEOPLE, bronze_rows, silver_rows
 
 D, T = dt.date, dt.datetime
 
@@ -191,9 +191,26 @@ GRANTS = [(r["source_system"], r["source_record_id"], UNIFICATION, "granted", "2
 GOLD = ("profiles", "profile_sources", "profile_lineage", "profile_permissions")
 
 
-def publish(spark, cfg, population, population_consent, events, run_id):
-    """Gate the hand records with their consent events among the demo population, then resolve and unify."""
-    silver = population.unionByName(silver_rows(spark, cfg, HAND))
+def publish(spark, cfg, population, population_consent, events, run_id, hand=HAND):
+    """Land the hand records (bronze, silver) among the demo population, gate them with their consent events,
+    then resolve and unify."""
+    silver = population.unionByName(silver_rows(spark, cfg, hand))
+    delta_io.merge_delta(
+        bronze_rows(spark, hand),
+        cfg.tables.bronze,
+        keys=("source_system", "source_record_id"),
+        run_id=run_id,
+        job="test",
+    )
+    delta_io.merge_delta(
+        silver,
+        cfg.tables.silver,
+        keys=("source_system", "source_record_id"),
+        run_id=run_id,
+        job="test",
+        update_changed=True,
+        delete_missing=True,
+    )
     effective = population_consent.unionByName(
         consent.effective_consent(ledger(spark, events), T(2026, 11, 1, tzinfo=dt.UTC))
     )

@@ -1,0 +1,43 @@
+"""subject_requests: a data subject's access (export) or erasure request, run on demand with params."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from airflow.sdk import DAG, Param
+from idres_common import DEFAULT_ARGS, spark_job
+
+DOC = """
+### subject_requests
+Carries out one data-subject request (GDPR Art. 15 / Art. 17). Trigger with params:
+- `action`: `export` writes a JSON of everything held about the subject, with each value's source record,
+  purpose and lawful basis and the match evidence; `erase` deletes the subject from every table, re-resolves
+  what it bridged, purges Delta history, scans the lakehouse to prove the values are gone and writes an
+  erasure certificate.
+- `record`: `<source_system>:<source_record_id>`, or `profile_id`: every source record of that profile.
+
+Files land in `reports/subject_requests/`. Identifiers only go in; the run logs carry hashes and counts.
+"""
+
+with DAG(
+    dag_id="subject_requests",
+    doc_md=DOC,
+    schedule=None,
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    tags=["idres", "gdpr", "subject-rights"],
+    default_args=DEFAULT_ARGS,  # a request is safe to retry: deletions and the register are idempotent
+    params={
+        "action": Param("export", enum=["export", "erase"], description="export (access) or erase (erasure)"),
+        "record": Param("", type="string", description="<source_system>:<source_record_id>, or empty"),
+        "profile_id": Param("", type="string", description="a profile id, or empty"),
+    },
+) as dag:
+    spark_job(
+        "subject_request",
+        "subject_rights",
+        "{{ params.action }}",
+        "--record={{ params.record }}",
+        "--profile-id={{ params.profile_id }}",
+    )

@@ -1,0 +1,312 @@
+"""Data-subject requests (GDPR Art. 15 access, Art. 17 erasure), as a CLI and as the subject_requests DAG.
+
+    python -m jobs.subject_rights export --record ua_crm:UA-1     # or --profile-id pr_...
+    python -m jobs.subject_rights erase --profile-id pr_...
+
+The subject is the given source records, or every source record of the given profile.
+- export writes a JSON file of everything held about the subject: source records as landed and as
+  standardized, consent events and effective consent, profile values with their lineage (source record,
+  rule, purpose, lawful basis), permissions, and the match evidence that links the records.
+- erase deletes the subject's rows from every table (bronze, quarantine, silver, consent ledger,
+  gate audit, matches, gold), records the subject's hash in the erasure register (so ingest never lands
+  them again), re-resolves and re-unifies what the subject's records bridged, vacuums and drops the
+  Delta history that still holds the values, scans every file of the lakehouse for the subject's
+  distinguishing values, and writes an erasure certificate (hashes, tables, versions, time; no values).
+Files go to <reports>/subject_requests/. Logs carry counts and hashes only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from jobs import delta_io, resolve, unify
+from jobs.canonical import subject_hash
+from jobs.config import PipelineConfig, TablePaths
+from jobs.consent import SUBJECT
+from jobs.errors import IdresError
+from jobs.runner import job_arg_parser, run_job
+
+log = logging.getLogger("idres.subject_rights")
+JOB = "subject_rights"
+
+# Tables keyed by source record, and how their columns name it.
+RECORD_TABLES = (
+    "bronze",
+    "quarantine",
+    "silver",
+    "consent_ledger",
+    "consent_quarantine",
+    "effective_consent",
+    "admitted",
+    "consent_audit",
+    "record_profiles",
+    "profile_sources",
+    "profile_lineage",
+)
+PROFILE_TABLES = ("profiles", "profile_permissions", "profile_registry", "identity_events")
+MATCH_SIDES = ("record_id_l", "record_id_r")
+# Silver/bronze columns whose values can identify a person; a shared value (a city) is not evidence.
+IDENTIFYING = (
+    "first_name",
+    "middle_name",
+    "last_name",
+    "first_name_native",
+    "middle_name_native",
+    "last_name_native",
+    "email",
+    "phone",
+    "street",
+    "national_id",
+    "health_note",
+    "marketing_email",
+    "marketing_phone",
+)
+
+
+@dataclass(frozen=True)
+class Subject:
+    records: DataFrame  # source_system, source_record_id, record_id
+    profile_ids: tuple[str, ...]
+    reference: str  # SHA-256 over the sorted subject hashes: names the subject in files and logs
+
+
+def find_subject(spark: SparkSession, t: TablePaths, records: Sequence[str], profile_id: str | None) -> Subject:
+    """The subject's source records: the given `source:id` references and every record of the given profile."""
+    wanted = []
+    for ref in records:
+        source, sep, record_id = ref.partition(":")
+        if not sep or not source or not record_id:
+            raise IdresError("--record must be <source_system>:<source_record_id>")
+        wanted.append((source, record_id))
+    given = spark.createDataFrame(wanted, "source_system string, source_record_id string")
+    if profile_id:
+        if not delta_io.table_exists(t.record_profiles):
+            raise IdresError("no record_profiles table: nothing is resolved yet")
+        members = delta_io.read_delta(spark, t.record_profiles).where(F.col("profile_id") == profile_id)
+        given = given.unionByName(members.select(*SUBJECT))
+    # Held in memory, not as a plan over tables that the erasure is about to rewrite.
+    rows = given.distinct().withColumn("h", subject_hash()).collect()
+    subject = spark.createDataFrame(
+        [(r["source_system"], r["source_record_id"], f"{r['source_system']}:{r['source_record_id']}") for r in rows],
+        "source_system string, source_record_id string, record_id string",
+    )
+    if not rows:
+        raise IdresError("the subject has no source records (unknown profile id?)")
+    profile_ids: set[str] = {profile_id} if profile_id else set()
+    if delta_io.table_exists(t.record_profiles):
+        found = delta_io.read_delta(spark, t.record_profiles).join(subject, list(SUBJECT))
+        profile_ids |= {r["profile_id"] for r in found.select("profile_id").distinct().collect()}
+    reference = hashlib.sha256("\n".join(sorted(r["h"] for r in rows)).encode()).hexdigest()
+    return Subject(records=subject, profile_ids=tuple(sorted(profile_ids)), reference=reference)
+
+
+def _rows(df: DataFrame) -> list[dict[str, Any]]:
+    return [r.asDict(recursive=True) for r in df.collect()]
+
+
+def _table_rows(spark: SparkSession, path: Path, subject: Subject, by: str) -> list[dict[str, Any]]:
+    if not delta_io.table_exists(path):
+        return []
+    df = delta_io.read_delta(spark, path)
+    if by == "record" and set(SUBJECT) <= set(df.columns):
+        return _rows(df.join(subject.records.select(*SUBJECT), list(SUBJECT)))
+    if by == "profile" and "profile_id" in df.columns:
+        return _rows(df.where(F.col("profile_id").isin(*subject.profile_ids)))
+    return []
+
+
+def export_subject(spark: SparkSession, cfg: PipelineConfig, subject: Subject) -> dict[str, Any]:
+    """Everything held about the subject, each profile value with its source record, purpose and lawful basis."""
+    t = cfg.tables
+    ids = [r["record_id"] for r in subject.records.collect()]
+    matches = []
+    if delta_io.table_exists(t.pairwise_matches):
+        pairs = delta_io.read_delta(spark, t.pairwise_matches)
+        matches = _rows(pairs.where(F.col("record_id_l").isin(*ids) | F.col("record_id_r").isin(*ids)))
+    return {
+        "subject_reference": subject.reference,
+        "source_record_ids": sorted(ids),
+        "profile_ids": list(subject.profile_ids),
+        "profiles": _table_rows(spark, t.profiles, subject, "profile"),
+        "profile_values_lineage": _table_rows(spark, t.profile_lineage, subject, "profile"),
+        "profile_permissions": _table_rows(spark, t.profile_permissions, subject, "profile"),
+        "profile_sources": _table_rows(spark, t.profile_sources, subject, "profile"),
+        "match_evidence": matches,
+        "source_records_as_landed": _table_rows(spark, t.bronze, subject, "record"),
+        "source_records_standardized": _table_rows(spark, t.silver, subject, "record"),
+        "consent_events": _table_rows(spark, t.consent_ledger, subject, "record"),
+        "effective_consent": _table_rows(spark, t.effective_consent, subject, "record"),
+        "consent_gate_decisions": _table_rows(spark, t.consent_audit, subject, "record"),
+        "identity_events": _table_rows(spark, t.identity_events, subject, "profile"),
+    }
+
+
+def distinguishing_values(spark: SparkSession, t: TablePaths, subject: Subject) -> set[str]:
+    """The subject's identifying values that no other record holds: what must not survive erasure."""
+
+    def values(df: DataFrame) -> set[str]:
+        columns = [c for c in IDENTIFYING if c in df.columns]
+        if not columns:
+            return set()
+        exploded = df.select(F.explode(F.array(*[F.col(c).cast("string") for c in columns])).alias("v"))
+        return {r["v"] for r in exploded.where(F.length("v") >= 3).distinct().collect()}
+
+    mine: set[str] = set()
+    others: set[str] = set()
+    for path in (t.bronze, t.silver):
+        if delta_io.table_exists(path):
+            df = delta_io.read_delta(spark, path)
+            keys = subject.records.select(*SUBJECT)
+            mine |= values(df.join(keys, list(SUBJECT)))
+            others |= values(df.join(keys, list(SUBJECT), "left_anti"))
+    return mine - others
+
+
+def scan_for_values(root: Path, values: Iterable[str]) -> dict[str, int]:
+    """Files under root holding any of values: Parquet decoded cell by cell, other files as text.
+
+    Returns {relative file path: number of values found}; an empty dict proves absence.
+    """
+    needles = [v for v in set(values) if v]
+    hits: dict[str, int] = {}
+    if not needles:
+        return hits
+    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+        if f.suffix == ".parquet":
+            text = json.dumps(pq.read_table(f).to_pylist(), default=str, ensure_ascii=False)
+        else:
+            text = f.read_bytes().decode("utf-8", errors="replace")
+        found = sum(1 for v in needles if v in text)
+        if found:
+            hits[str(f.relative_to(root))] = found
+    return hits
+
+
+def erase_subject(spark: SparkSession, cfg: PipelineConfig, subject: Subject, run_id: str) -> dict[str, Any]:
+    """Delete the subject everywhere, re-resolve what it bridged, purge history, prove it, and certify."""
+    t = cfg.tables
+    job = {"run_id": run_id, "job": JOB}
+    evidence = distinguishing_values(spark, t, subject)
+    at = datetime.now(UTC).replace(microsecond=0)
+    register = subject.records.select(
+        subject_hash().alias("subject_hash"),
+        F.lit(run_id).alias("run_id"),
+        F.lit(at).cast("timestamp").alias("erased_at"),
+    )
+    delta_io.merge_delta(register, t.erasure_register, keys=("subject_hash",), **job)
+
+    deleted: dict[str, int] = {}
+    keys = subject.records.select(*SUBJECT)
+    for name in RECORD_TABLES:
+        deleted[name] = delta_io.delete_matching(keys, getattr(t, name), **job)
+    ids = subject.records.select("record_id")
+    deleted["pairwise_matches"] = sum(
+        delta_io.delete_matching(ids.withColumnRenamed("record_id", side), t.pairwise_matches, **job)
+        for side in MATCH_SIDES
+    )
+    if subject.profile_ids:
+        profiles = spark.createDataFrame([(p,) for p in subject.profile_ids], "profile_id string")
+        for name in ("profiles", "profile_permissions"):
+            deleted[name] = delta_io.delete_matching(profiles, getattr(t, name), **job)
+
+    # What the subject's records bridged is re-clustered; profiles left with no record are retired.
+    if delta_io.table_exists(t.admitted) and delta_io.table_exists(t.record_profiles):
+        resolve.run(spark, cfg, run_id=run_id)
+        unify.run(spark, cfg, run_id=run_id)
+    if subject.profile_ids and delta_io.table_exists(t.record_profiles):
+        remaining = delta_io.read_delta(spark, t.record_profiles).select("profile_id").distinct()
+        gone = spark.createDataFrame([(p,) for p in subject.profile_ids], "profile_id string").join(
+            remaining, "profile_id", "left_anti"
+        )
+        for name in ("profile_registry", "identity_events"):
+            deleted[name] = delta_io.delete_matching(gone, getattr(t, name), **job)
+
+    versions = {name: delta_io.purge_history(path) for name, path in t.all().items() if delta_io.table_exists(path)}
+    hits = scan_for_values(cfg.lakehouse, evidence)
+    if hits:
+        raise IdresError(f"erasure incomplete: {len(hits)} file(s) still hold values of subject {subject.reference}")
+    return {
+        "certificate": "erasure",
+        "subject_reference": subject.reference,
+        "source_records_erased": subject.records.count(),
+        "profile_ids": list(subject.profile_ids),
+        "rows_deleted": deleted,
+        "table_versions_after": versions,
+        "history": "vacuumed with 0 h retention; Delta log before the erasure checkpoint removed",
+        "scan": {
+            "files": sum(1 for p in cfg.lakehouse.rglob("*") if p.is_file()),
+            "values_checked": len(evidence),
+            "hits": 0,
+        },
+        "run_id": run_id,
+        "erased_at": at.isoformat(),
+    }
+
+
+def write_report(cfg: PipelineConfig, kind: str, subject: Subject, content: dict[str, Any]) -> Path:
+    """Write content as <reports>/subject_requests/<kind>-<subject ref>-<UTC time>.json; a certificate is sealed
+    with the SHA-256 of its own content."""
+    folder = cfg.reports / "subject_requests"
+    folder.mkdir(parents=True, exist_ok=True)
+    body = json.dumps(content, default=str, ensure_ascii=False, indent=2, sort_keys=True)
+    if kind == "erasure":
+        content = {**content, "certificate_sha256": hashlib.sha256(body.encode()).hexdigest()}
+        body = json.dumps(content, default=str, ensure_ascii=False, indent=2, sort_keys=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    path = folder / f"{kind}-{subject.reference[:16]}-{stamp}.json"
+    path.write_text(body + "\n", encoding="utf-8")
+    return path
+
+
+def run(
+    spark: SparkSession,
+    cfg: PipelineConfig,
+    run_id: str,
+    action: str,
+    record: Sequence[str] | None = None,
+    profile_id: str | None = None,
+) -> Path:
+    """Carry out one subject request; returns the file written (export or erasure certificate)."""
+    records = [r for r in (record or []) if r]
+    if not records and not profile_id:
+        raise IdresError("name the subject with --record <source:id> (repeatable) or --profile-id")
+    subject = find_subject(spark, cfg.tables, records, profile_id or None)
+    if action == "export":
+        path = write_report(cfg, "export", subject, export_subject(spark, cfg, subject))
+    elif action == "erase":
+        path = write_report(cfg, "erasure", subject, erase_subject(spark, cfg, subject, run_id))
+    else:
+        raise IdresError(f"unknown action '{action}' (export or erase)")
+    log.info("%s for subject %s written to %s", action, subject.reference, path)
+    return path
+
+
+def arg_parser() -> argparse.ArgumentParser:
+    parser = job_arg_parser("idres data-subject requests: export (access) or erase (erasure)")
+    parser.add_argument("action", choices=("export", "erase"))
+    parser.add_argument("--record", action="append", help="<source_system>:<source_record_id>; repeatable")
+    parser.add_argument("--profile-id", help="every source record of this profile")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    return run_job(JOB, run, argv, arg_parser())
+
+
+if __name__ == "__main__":
+    # Call through the package module, so Spark pickles its functions by reference, not as __main__'s.
+    from jobs.subject_rights import main as job_main
+
+    job_main()

@@ -1,0 +1,131 @@
+"""Subject rights (export, erasure) and the analysts' query command, on real Delta tables after a real run."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from datetime import datetime
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from pyspark.sql import functions as F
+
+from jobs import delta_io, ingest, query, standardize, subject_rights
+from tests.test_resolve import BRIDGE, IRYNA, PEOPLE, bronze_rows
+from tests.test_unify import GRANTS, publish
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+# The bridging record carries values nobody else has; they must not survive its erasure anywhere.
+CANARIES = ("zzyzxqa", "qqcanary")
+CANARY_BRIDGE = {**BRIDGE, "middle_name": "Zzyzxqa", "street": "Qqcanary 77"}
+HAND = [*PEOPLE, *IRYNA, CANARY_BRIDGE]
+IRYNA_IDS = ("ro_shop:R-1", "eu_loyalty:LM-9", "ua_crm:UA-9")
+
+
+@pytest.fixture(scope="module")
+def published(spark, trained, tmp_path_factory):
+    population = delta_io.read_delta(spark, trained.tables.silver).select(*standardize.silver_columns(trained.policy))
+    population_consent = delta_io.read_delta(spark, trained.tables.effective_consent)
+    root = tmp_path_factory.mktemp("subject-rights")
+    cfg = trained.with_paths(lakehouse=root / "lake", reports=root / "reports")
+    cfg = dataclasses.replace(cfg, models=trained.models)
+    publish(spark, cfg, population, population_consent, GRANTS, "run-1", hand=HAND)
+    return cfg
+
+
+def profile_of(spark, cfg, record_id: str) -> str | None:
+    rows = delta_io.read_delta(spark, cfg.tables.record_profiles).where(F.col("record_id") == record_id).collect()
+    return rows[0]["profile_id"] if rows else None
+
+
+def readme_queries() -> list[str]:
+    return re.findall(r"```sql\n(.*?)\n```", README.read_text(encoding="utf-8"), flags=re.S)
+
+
+def test_query_answers_the_readme_questions(spark, published):
+    per_region, multi_region, marketing = readme_queries()
+    profiles = delta_io.read_delta(spark, published.tables.profiles)
+    by_region = profiles.select(F.explode("regions").alias("region")).groupBy("region").count().collect()
+    assert {r["region"]: r["profiles"] for r in query.query(published, per_region).to_pylist()} == {
+        r["region"]: r["count"] for r in by_region
+    }
+    answer = query.query(published, multi_region).to_pylist()
+    assert answer == [{"customers": profiles.where(F.size("regions") >= 2).count()}]
+    assert answer[0]["customers"] >= 1  # Oleksandr is in the UA CRM and the EU loyalty system
+    permitted = delta_io.read_delta(spark, published.tables.profile_permissions).where(
+        "purpose = 'marketing_email' AND allowed"
+    )
+    expected = profiles.where("marketing_email IS NOT NULL").join(permitted, "profile_id", "left_semi")
+    assert sorted(r["profile_id"] for r in query.query(published, marketing).to_pylist()) == sorted(
+        r["profile_id"] for r in expected.collect()
+    )
+
+
+def test_query_csv_cells_cannot_inject_formulas():
+    assert query.safe_cell('=HYPERLINK("http://x","y")') == '\'=HYPERLINK("http://x","y")'
+    assert query.safe_cell("+380671234567") == "'+380671234567"
+    assert query.safe_cell("Olena") == "Olena" and query.safe_cell(3) == 3
+
+
+def canary_hits(root: Path) -> list[str]:
+    """Every file under root whose content (Parquet decoded cell by cell) holds a canary value."""
+    hits = []
+    for f in root.rglob("*"):
+        if not f.is_file():
+            continue
+        if f.suffix == ".parquet":
+            text = json.dumps(pq.read_table(f).to_pylist(), default=str, ensure_ascii=False)
+        else:
+            text = f.read_bytes().decode("utf-8", errors="replace")
+        if any(c in text.lower() for c in CANARIES):
+            hits.append(str(f.relative_to(root)))
+    return hits
+
+
+def test_export_holds_every_source_record_then_erasure_leaves_no_trace(spark, published):
+    cfg = published
+    iryna = profile_of(spark, cfg, "ua_crm:UA-9")
+    assert iryna and {profile_of(spark, cfg, r) for r in IRYNA_IDS} == {iryna}
+    assert canary_hits(cfg.lakehouse)  # the canaries are there before the erasure
+
+    export_path = subject_rights.run(spark, cfg, run_id="sr-1", action="export", profile_id=iryna)
+    export = json.loads(export_path.read_text(encoding="utf-8"))
+    for section in ("source_records_as_landed", "source_records_standardized", "profile_sources"):
+        assert {f"{r['source_system']}:{r['source_record_id']}" for r in export[section]} == set(IRYNA_IDS), section
+    assert {r["purpose"] for r in export["profile_values_lineage"]} == {"profile_unification"}
+    assert all(r["lawful_basis"] and r["source_record_id"] for r in export["profile_values_lineage"])
+    assert export["match_evidence"] and export["profiles"][0]["profile_id"] == iryna
+
+    certificate_path = subject_rights.run(spark, cfg, run_id="sr-2", action="erase", record=["ua_crm:UA-9"])
+    assert canary_hits(cfg.lakehouse) == []
+    certificate = json.loads(certificate_path.read_text(encoding="utf-8"))
+    assert certificate["scan"]["hits"] == 0 and certificate["scan"]["values_checked"] >= len(CANARIES)
+    assert certificate["source_records_erased"] == 1 and len(certificate["certificate_sha256"]) == 64
+    assert {"bronze", "silver", "admitted", "pairwise_matches", "profile_lineage"} <= set(certificate["rows_deleted"])
+    assert certificate["rows_deleted"]["bronze"] == 1
+    assert not any(c in certificate_path.read_text(encoding="utf-8").lower() for c in CANARIES)
+    assert "UA-9" not in certificate_path.read_text(encoding="utf-8")
+
+    # what the erased record bridged is re-clustered: Iryna's two remaining records part again
+    assert profile_of(spark, cfg, "ua_crm:UA-9") is None
+    assert profile_of(spark, cfg, "ro_shop:R-1") != profile_of(spark, cfg, "eu_loyalty:LM-9")
+
+    # the next ingest does not land the subject again, and keeps neither its id nor its values
+    erased = delta_io.read_delta(spark, cfg.tables.erasure_register)
+    validated = (
+        bronze_rows(spark, [CANARY_BRIDGE, PEOPLE[0]])
+        .withColumn(ingest.REASON, F.lit(None).cast("string"))
+        .withColumn(ingest.CORRUPT, F.lit(None).cast("string"))
+        .withColumn(ingest.SOURCE_FILE, F.lit("x"))
+        .transform(ingest.suppress_erased_subjects, erased)
+    )
+    assert {(r["source_record_id"], r[ingest.REASON]) for r in validated.collect()} == {
+        ("UA-9", ingest.ERASED_SUBJECT),
+        ("UA-1", None),
+    }
+    quarantined = ingest.to_quarantine(validated, F.lit("raw"), "r", datetime(2026, 1, 1))
+    assert [(r["source_record_id"], r["raw_record"], r["reason"]) for r in quarantined.collect()] == [
+        (None, None, ingest.ERASED_SUBJECT)
+    ]
