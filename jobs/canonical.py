@@ -48,7 +48,7 @@ BRONZE_COLUMNS: tuple[str, ...] = (
 
 # Silver attribute -> (the canonical columns it is derived from, the silver columns that hold it).
 # The consent gate suppresses an attribute by nulling all of its columns; an attribute derived
-# from a sensitive canonical column is never written to silver at all.
+# from a sensitive canonical column is never written to silver at all, except a pseudonym below.
 SILVER_ATTRIBUTES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "first_name": (("first_name",), ("first_name_native", "first_name", "first_name_key")),
     "middle_name": (("middle_name",), ("middle_name_native", "middle_name")),
@@ -63,7 +63,13 @@ SILVER_ATTRIBUTES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "country": (("country",), ("country",)),
     "marketing_email": (("email",), ("marketing_email",)),
     "marketing_phone": (("phone", "country"), ("marketing_phone",)),
+    "national_id_hash": (("national_id",), ("national_id_hash",)),
 }
+
+# Sensitive canonical column -> the silver attribute holding its keyed hash (HMAC-SHA256), written
+# only when the policy lists the column under `pseudonymized_for_matching`. Splink can compare
+# such a hash for equality; the raw value still never leaves bronze.
+PSEUDONYM_ATTRIBUTES: dict[str, str] = {"national_id": "national_id_hash"}
 
 SILVER_KEY_COLUMNS: tuple[str, ...] = ("source_system", "region", "source_record_id", "record_hash", "updated_at")
 

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import yaml
 
-from jobs.canonical import CANONICAL_COLUMNS, LAWFUL_BASES, SILVER_ATTRIBUTES
+from jobs.canonical import CANONICAL_COLUMNS, LAWFUL_BASES, PSEUDONYM_ATTRIBUTES, SILVER_ATTRIBUTES
 from jobs.errors import ConfigError
 
 SourceFormat = Literal["csv", "jsonl", "parquet"]
@@ -60,10 +60,30 @@ class PurposePolicy:
     purpose_bases: Mapping[str, tuple[str, ...]]  # purpose -> lawful bases that can justify it
     attribute_purposes: Mapping[str, tuple[str, ...]]  # silver attribute -> purposes that justify holding it
     sensitive: tuple[str, ...]  # canonical columns that never leave bronze
+    pseudonymized: tuple[str, ...] = ()  # sensitive columns whose keyed hash silver holds for matching
 
     @property
     def purposes(self) -> tuple[str, ...]:
         return tuple(self.purpose_bases)
+
+    @property
+    def silver_attributes(self) -> tuple[str, ...]:
+        """The attributes silver holds: those not derived from a sensitive column, and enabled pseudonyms."""
+        return silver_attributes(self.sensitive, self.pseudonymized)
+
+
+def silver_attributes(sensitive: tuple[str, ...], pseudonymized: tuple[str, ...]) -> tuple[str, ...]:
+    """Silver attributes under a policy: a pseudonym only when its column is pseudonymized, any other
+    attribute only when it is derived from no sensitive column."""
+    pseudonym_of = {attr: column for column, attr in PSEUDONYM_ATTRIBUTES.items()}
+    held = []
+    for attr, (derived_from, _) in SILVER_ATTRIBUTES.items():
+        if attr in pseudonym_of:
+            if pseudonym_of[attr] in pseudonymized:
+                held.append(attr)
+        elif not set(derived_from) & set(sensitive):
+            held.append(attr)
+    return tuple(held)
 
 
 @dataclass(frozen=True)
@@ -431,6 +451,16 @@ def _load_policy(raw: dict[str, Any], problems: _Problems) -> PurposePolicy | No
     for col in sensitive:
         if col not in CANONICAL_COLUMNS or col == "source_record_id":
             problems.add(file, f"sensitive.{col}", "is not a canonical attribute column")
+    pseudonymized = raw.get("pseudonymized_for_matching") or []
+    if not isinstance(pseudonymized, list):
+        problems.add(file, "pseudonymized_for_matching", "must be a list of sensitive canonical columns")
+        pseudonymized = []
+    for col in pseudonymized:
+        if col not in PSEUDONYM_ATTRIBUTES:
+            allowed = ", ".join(PSEUDONYM_ATTRIBUTES)
+            problems.add(file, f"pseudonymized_for_matching.{col}", f"has no pseudonym (allowed: {allowed})")
+        elif col not in sensitive:
+            problems.add(file, f"pseudonymized_for_matching.{col}", "must also be listed under sensitive")
     attributes_raw = problems.require(file, "", raw, "attributes", dict) or {}
     attribute_purposes: dict[str, tuple[str, ...]] = {}
     for attr, purposes in attributes_raw.items():
@@ -443,8 +473,8 @@ def _load_policy(raw: dict[str, Any], problems: _Problems) -> PurposePolicy | No
                 if purposes_raw and p not in purpose_bases:
                     problems.add(file, f"attributes.{attr}", f"purpose '{p}' is not listed under purposes")
             attribute_purposes[attr] = tuple(purposes)
-    for attr, (derived_from, _) in SILVER_ATTRIBUTES.items():
-        if attr not in attributes_raw and not set(derived_from) & set(sensitive):
+    for attr in silver_attributes(tuple(sensitive), tuple(pseudonymized)):
+        if attr not in attributes_raw:
             problems.add(file, f"attributes.{attr}", "is missing: every silver attribute needs its purposes")
     if version is None or unification is None:
         return None
@@ -454,6 +484,7 @@ def _load_policy(raw: dict[str, Any], problems: _Problems) -> PurposePolicy | No
         purpose_bases=purpose_bases,
         attribute_purposes=attribute_purposes,
         sensitive=tuple(sensitive),
+        pseudonymized=tuple(pseudonymized),
     )
 
 

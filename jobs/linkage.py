@@ -39,6 +39,7 @@ LINKAGE_COLUMNS = (
     "postcode",
     "city",
     "street",
+    "national_id_hash",  # present only when the policy pseudonymizes national ids; null otherwise
 )
 MODEL_PREFIX = "splink-model-"
 
@@ -78,9 +79,14 @@ def splink_settings(linkage: LinkageConfig) -> SettingsCreator:
 
 
 def linkage_input(admitted: DataFrame, linkage: LinkageConfig) -> DataFrame:
-    """Admitted records as Splink sees them: a record id and the compared columns only."""
+    """Admitted records as Splink sees them: a record id and the compared columns only.
+
+    A column silver does not hold under the policy (a pseudonym not enabled) is null: its comparison
+    then says nothing and its blocking rule pairs nothing.
+    """
     record_id = F.concat_ws(":", F.col("source_system"), F.col("source_record_id")).alias(linkage.unique_id_column)
-    return admitted.select(record_id, *LINKAGE_COLUMNS)
+    columns = [F.col(c) if c in admitted.columns else F.lit(None).cast("string").alias(c) for c in LINKAGE_COLUMNS]
+    return admitted.select(record_id, *columns)
 
 
 def train(linker: Linker, linkage: LinkageConfig) -> None:

@@ -11,12 +11,18 @@ Standards and libraries:
 - postcodes: upper-case alphanumerics; streets and cities: NFKC, casefold, romanized, punctuation
   stripped. (libpostal would parse addresses better, but needs model data this build cannot fetch.)
 
-Sensitive canonical columns named by the purpose policy are never selected into silver.
+Sensitive canonical columns named by the purpose policy are never selected into silver. One the
+policy lists under `pseudonymized_for_matching` reaches silver only as a keyed hash (HMAC-SHA256,
+RFC 2104) of its normalized value, which Splink can compare for equality; the key comes from
+IDRES_PSEUDONYM_KEY (a development default otherwise, with a warning).
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
+import os
 import re
 import unicodedata
 from collections.abc import Sequence
@@ -34,7 +40,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from jobs import delta_io
-from jobs.canonical import SILVER_ATTRIBUTES, SILVER_KEY_COLUMNS
+from jobs.canonical import PSEUDONYM_ATTRIBUTES, SILVER_ATTRIBUTES, SILVER_KEY_COLUMNS
 from jobs.config import PipelineConfig, PurposePolicy, SourceConfig
 from jobs.runner import run_job
 
@@ -96,6 +102,9 @@ CONSONANT_FOLDS: tuple[tuple[str, str], ...] = (
     ("z", "s"),
 )
 VOWEL_FOLDS: tuple[tuple[str, str], ...] = (("y", "i"), ("j", "i"), ("ie", "e"), ("ou", "u"))
+# Development key for pseudonyms; set IDRES_PSEUDONYM_KEY (a secret) anywhere real data is processed.
+# Changing the key changes every pseudonym: retrain and re-resolve afterwards.
+DEV_PSEUDONYM_KEY = "idres-development-pseudonym-key"
 GENDERS = {"f": "F", "female": "F", "ж": "F", "жін": "F", "m": "M", "male": "M", "ч": "M", "чол": "M"}
 
 
@@ -181,6 +190,21 @@ def standardize_country(raw: str | None) -> str | None:
         return pycountry.countries.lookup(raw.strip()).alpha_2
     except LookupError:
         return None
+
+
+def pseudonym_key() -> bytes:
+    """The HMAC key for pseudonyms: IDRES_PSEUDONYM_KEY, or the development default (with a warning)."""
+    key = os.environ.get("IDRES_PSEUDONYM_KEY")
+    if not key:
+        log.warning("IDRES_PSEUDONYM_KEY is not set: pseudonyms use the development key")
+        key = DEV_PSEUDONYM_KEY
+    return key.encode("utf-8")
+
+
+def pseudonymize_identifier(raw: str | None, key: bytes) -> str | None:
+    """HMAC-SHA256 (hex) of an identifier's digits, so formatting does not matter; None when it has none."""
+    digits = re.sub(r"[^0-9]", "", unicodedata.normalize("NFKC", raw)) if raw else ""
+    return hmac.new(key, digits.encode("ascii"), hashlib.sha256).hexdigest() if digits else None
 
 
 NAME_SCHEMA = T.StructType([T.StructField(f, T.StringType()) for f in ("native", "latin", "key", "phonetic")])
@@ -274,12 +298,26 @@ def standardize_gender(df: DataFrame) -> DataFrame:
     return df.withColumn("gender", mapping[F.lower(F.trim(F.col("gender")))])
 
 
+def pseudonymize(df: DataFrame, policy: PurposePolicy) -> DataFrame:
+    """A keyed hash column for each column the policy pseudonymizes for matching (none by default)."""
+    if not policy.pseudonymized:
+        return df
+    key = pseudonym_key()
+
+    @F.pandas_udf(T.StringType())
+    def hashed(values: pd.Series) -> pd.Series:
+        return pd.Series([pseudonymize_identifier(v, key) for v in values], dtype=object)
+
+    for column in policy.pseudonymized:
+        df = df.withColumn(PSEUDONYM_ATTRIBUTES[column], hashed(F.col(column)))
+    return df
+
+
 def silver_columns(policy: PurposePolicy) -> list[str]:
-    """Silver's columns: keys plus every attribute not derived from a sensitive column."""
+    """Silver's columns: keys plus the columns of every attribute the policy lets silver hold."""
     columns = list(SILVER_KEY_COLUMNS)
-    for derived_from, attribute_columns in SILVER_ATTRIBUTES.values():
-        if not set(derived_from) & set(policy.sensitive):
-            columns.extend(c for c in attribute_columns if c not in columns)
+    for attribute in policy.silver_attributes:
+        columns.extend(c for c in SILVER_ATTRIBUTES[attribute][1] if c not in columns)
     return columns
 
 
@@ -292,6 +330,7 @@ def standardize(bronze: DataFrame, sources: Sequence[SourceConfig], policy: Purp
         .transform(standardize_contacts)
         .transform(standardize_address)
         .transform(standardize_gender)
+        .transform(pseudonymize, policy)
         .select(*silver_columns(policy))
     )
 

@@ -74,3 +74,38 @@ def test_adding_a_region_is_a_config_change(tmp_path):
     (conf / "sources.yaml").write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
     cfg = load_config(conf)
     assert cfg.source("pl_store").path == cfg.landing / "pl" / "clients.csv"
+
+
+def _policy_conf(tmp_path: Path, **changes) -> Path:
+    conf = tmp_path / "conf"
+    shutil.copytree(DEFAULT_CONF_DIR, conf)
+    data = yaml.safe_load((conf / "policy.yaml").read_text(encoding="utf-8"))
+    data.update(changes)
+    (conf / "policy.yaml").write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+    return conf
+
+
+def test_pseudonymizing_a_national_id_is_off_by_default_and_checked_when_on(tmp_path):
+    policy = load_config().policy
+    assert policy.pseudonymized == () and "national_id_hash" not in policy.silver_attributes
+    with pytest.raises(ConfigError) as err:
+        load_config(_policy_conf(tmp_path / "bad", pseudonymized_for_matching=["national_id", "health_note"]))
+    assert sorted(err.value.problems) == [
+        "policy.yaml: attributes.national_id_hash: is missing: every silver attribute needs its purposes",
+        "policy.yaml: pseudonymized_for_matching.health_note: has no pseudonym (allowed: national_id)",
+    ]
+    attributes = yaml.safe_load((DEFAULT_CONF_DIR / "policy.yaml").read_text(encoding="utf-8"))["attributes"]
+    attributes["national_id_hash"] = ["profile_unification"]
+    on = load_config(_policy_conf(tmp_path / "on", pseudonymized_for_matching=["national_id"], attributes=attributes))
+    assert on.policy.pseudonymized == ("national_id",) and "national_id_hash" in on.policy.silver_attributes
+    with pytest.raises(
+        ConfigError, match=r"pseudonymized_for_matching\.national_id: must also be listed under sensitive"
+    ):
+        load_config(
+            _policy_conf(
+                tmp_path / "raw",
+                pseudonymized_for_matching=["national_id"],
+                attributes=attributes,
+                sensitive=["health_note"],
+            )
+        )

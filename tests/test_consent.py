@@ -300,3 +300,27 @@ def test_a_consent_event_arriving_in_a_later_run_admits_the_record(spark, gate_w
     assert second.admitted == 3 and "no_lawful_basis_recorded" not in second.excluded
     admitted = delta_io.read_delta(spark, cfg.tables.admitted)
     assert admitted.where("source_record_id = 'UA-4'").select("unification_basis").first()[0] == "consent"
+
+
+def test_a_pseudonym_is_an_attribute_the_gate_suppresses_without_its_purpose(spark):
+    from jobs.config import load_config
+
+    base = load_config().policy
+    policy = dataclasses.replace(
+        base,
+        pseudonymized=("national_id",),
+        attribute_purposes={**base.attribute_purposes, "national_id_hash": ("analytics",)},
+    )
+    decided = spark.createDataFrame(
+        [("ua_crm", "UA-1", "h1"), ("ua_crm", "UA-2", "h2")],
+        "source_system string, source_record_id string, national_id_hash string",
+    )
+    permitted = spark.createDataFrame(
+        [("ua_crm", "UA-1", ["analytics", "profile_unification"]), ("ua_crm", "UA-2", ["profile_unification"])],
+        "source_system string, source_record_id string, _permitted array<string>",
+    )
+    gated = consent.apply_attribute_policy(decided, permitted, policy).collect()
+    assert {r["source_record_id"]: (r["national_id_hash"], list(r["_suppressed"])) for r in gated} == {
+        "UA-1": ("h1", []),
+        "UA-2": (None, ["national_id_hash"]),
+    }

@@ -180,3 +180,56 @@ def test_no_sensitive_column_reaches_silver(spark, corrupt_demo_cfg):
 
     stricter = dataclasses.replace(corrupt_demo_cfg.policy, sensitive=("national_id", "health_note", "gender"))
     assert "gender" not in standardize.standardize(bronze, corrupt_demo_cfg.sources, stricter).columns
+
+
+def test_a_pseudonym_is_a_keyed_hash_of_the_digits():
+    key = b"k"
+    assert standardize.pseudonymize_identifier("1234 567-890", key) == standardize.pseudonymize_identifier(
+        "1234567890", key
+    )
+    assert standardize.pseudonymize_identifier("1234567890", key) != standardize.pseudonymize_identifier(
+        "1234567890", b"other"
+    )
+    assert standardize.pseudonymize_identifier(" - ", key) is None
+    assert standardize.pseudonymize_identifier(None, key) is None
+
+
+def test_national_ids_reach_silver_only_as_a_keyed_hash_and_only_when_the_policy_says_so(
+    spark, corrupt_demo_cfg, monkeypatch
+):
+    import dataclasses
+    import hashlib
+    import hmac
+
+    from jobs import delta_io, ingest
+
+    monkeypatch.setenv("IDRES_PSEUDONYM_KEY", "test-key")
+    ingest.run(spark, corrupt_demo_cfg, run_id="pseudonyms")
+    bronze = delta_io.read_delta(spark, corrupt_demo_cfg.tables.bronze)
+    policy = corrupt_demo_cfg.policy
+    assert "national_id_hash" not in standardize.standardize(bronze, corrupt_demo_cfg.sources, policy).columns
+
+    enabled = dataclasses.replace(
+        policy,
+        pseudonymized=("national_id",),
+        attribute_purposes={**policy.attribute_purposes, "national_id_hash": ("profile_unification",)},
+    )
+    silver = standardize.standardize(bronze, corrupt_demo_cfg.sources, enabled)
+    assert "national_id" not in silver.columns
+    pairs = (
+        bronze.transform(standardize.latest_bronze_records)
+        .select("source_system", "source_record_id", "national_id")
+        .join(
+            silver.select("source_system", "source_record_id", "national_id_hash"),
+            ["source_system", "source_record_id"],
+        )
+        .where("national_id IS NOT NULL AND national_id != ''")
+        .collect()
+    )
+    assert pairs
+    for row in pairs:
+        digits = "".join(ch for ch in row["national_id"] if ch.isdigit())
+        assert row["national_id_hash"] == hmac.new(b"test-key", digits.encode(), hashlib.sha256).hexdigest()
+    raw_ids = {row["national_id"] for row in pairs}
+    values = {str(v) for r in silver.collect() for v in r if v is not None}
+    assert not raw_ids & values
