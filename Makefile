@@ -19,12 +19,13 @@ export PYSPARK_DRIVER_PYTHON := $(BIN)/python
 export IDRES_HOME := $(CURDIR)
 export PATH := $(BIN):$(PATH)
 
-.PHONY: help install check-java run test lint clean bench-accuracy
+.PHONY: help install check-java run test lint clean bench-accuracy query
 
 help:
 	@echo "make run    run the identity_resolution DAG on the demo data and print a summary"
 	@echo "make test   run the test suite"
 	@echo "make lint   ruff"
+	@echo "make query SQL='SELECT ...'   SQL (DuckDB) over the Delta tables"
 	@echo "make bench-accuracy   FEBRL3/4 and demo accuracy, project vs bare Splink-DuckDB"
 
 check-java:
@@ -55,6 +56,9 @@ run: install
 bench-accuracy: install
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]' >$(VENV)/install-bench.log 2>&1
 	PYTHONPATH=$(CURDIR) $(BIN)/python benchmarks/accuracy.py
+
+query: install
+	@$(BIN)/python -m jobs.query "$(SQL)"
 
 test: install
 	$(BIN)/python -m pytest

@@ -674,7 +674,9 @@ def load_config(conf_dir: Path | str | None = None) -> PipelineConfig:
     policy = _load_policy(_read_yaml(conf / "policy.yaml", problems), problems)
     linkage = _load_linkage(_read_yaml(conf / "splink.yaml", problems), problems)
     survivorship = _load_survivorship(
-        _read_yaml(conf / "survivorship.yaml", problems), {s.name for s in sources}, problems
+        _read_yaml(conf / "survivorship.yaml", problems),
+        {r["name"] for r in sources_raw or [] if isinstance(r, dict) and isinstance(r.get("name"), str)},
+        problems,
     )
     models = data_root("models", "models")
     reports = data_root("reports", "reports")
