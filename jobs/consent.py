@@ -204,15 +204,21 @@ def effective_consent(ledger: DataFrame, cutoff: datetime) -> DataFrame:
     )
 
 
-def _lookup(mapping: dict[str, object]) -> Column:
+def lookup(mapping: dict[str, object]) -> Column:
+    """A literal map column, for `lookup(m)[F.col(key)]`."""
     return F.create_map(*[F.lit(x) for kv in mapping.items() for x in kv])
+
+
+def accepted_bases(policy: PurposePolicy) -> Column:
+    """A map column: purpose -> the lawful bases the policy accepts for it."""
+    return F.create_map(
+        *[x for purpose, bases in policy.purpose_bases.items() for x in (F.lit(purpose), F.array(*map(F.lit, bases)))]
+    )
 
 
 def permitted_purposes(effective: DataFrame, policy: PurposePolicy) -> DataFrame:
     """Per subject, the purposes granted on a lawful basis the policy accepts for that purpose."""
-    allowed = F.create_map(
-        *[x for purpose, bases in policy.purpose_bases.items() for x in (F.lit(purpose), F.array(*map(F.lit, bases)))]
-    )
+    allowed = accepted_bases(policy)
     return (
         effective.where(F.col("is_granted") & F.array_contains(allowed[F.col("purpose")], F.col("lawful_basis")))
         .groupBy(*SUBJECT)
@@ -302,7 +308,7 @@ def decision_audit(gated: DataFrame, policy: PurposePolicy, run_id: str, decided
         .select(*SUBJECT, F.explode("_suppressed").alias("attribute"))
         .select(
             *SUBJECT,
-            _lookup(attribute_purposes)[F.col("attribute")].alias("purpose"),
+            lookup(attribute_purposes)[F.col("attribute")].alias("purpose"),
             "attribute",
             F.lit("suppressed").alias("decision"),
             F.lit(PURPOSE_NOT_PERMITTED).alias("reason"),

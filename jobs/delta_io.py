@@ -68,6 +68,11 @@ def read_delta(spark: SparkSession, path: Path | str, version: int | None = None
     return spark.read.schema(spark_schema).parquet(*files)
 
 
+def read_delta_or_empty(spark: SparkSession, path: Path | str, schema: str) -> DataFrame:
+    """The table at its current version, or an empty DataFrame of schema when there is no table yet."""
+    return read_delta(spark, path) if table_exists(path) else spark.createDataFrame([], schema)
+
+
 def query_delta(sql: str, **tables: Path | str) -> pa.Table:
     """Run SQL over Delta tables with delta-rs' engine, outside Spark (summaries, CLI queries)."""
     qb = QueryBuilder()

@@ -59,10 +59,6 @@ def predict_and_cluster(
     return pairs, clustered
 
 
-def _read_or_empty(spark: SparkSession, path, schema: str) -> DataFrame:
-    return delta_io.read_delta(spark, path) if delta_io.table_exists(path) else spark.createDataFrame([], schema)
-
-
 def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> ResolveResult:
     """Resolve the admitted records into profiles with stable ids."""
     t = cfg.tables
@@ -84,9 +80,9 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> ResolveResult:
             )
             clusters = spark.createDataFrame([], "record_id string, cluster_key string")
         pairs, clusters = pairs.persist(), clusters.persist()
-        previous = _read_or_empty(spark, t.record_profiles, "record_id string, profile_id string")
+        previous = delta_io.read_delta_or_empty(spark, t.record_profiles, "record_id string, profile_id string")
         previous = previous.select("record_id", "profile_id").persist()
-        registry = _read_or_empty(spark, t.profile_registry, REGISTRY_SCHEMA).persist()
+        registry = delta_io.read_delta_or_empty(spark, t.profile_registry, REGISTRY_SCHEMA).persist()
         previous.count(), registry.count()  # pinned before this run rewrites the tables they come from
 
         ids = assign_stable_profile_ids(clusters, previous, registry, run_id, now)

@@ -30,7 +30,7 @@ from pyspark.sql import functions as F
 from jobs import delta_io
 from jobs.canonical import SILVER_ATTRIBUTES
 from jobs.config import PipelineConfig, PurposePolicy, SurvivorshipConfig, SurvivorshipRule
-from jobs.consent import STATUS_PRECEDENCE, SUBJECT
+from jobs.consent import STATUS_PRECEDENCE, SUBJECT, accepted_bases, lookup
 from jobs.errors import IdresError
 from jobs.runner import run_job
 
@@ -54,10 +54,6 @@ class UnifyResult:
     skipped_tables: list[str] = field(default_factory=list)
 
 
-def _map(mapping: dict) -> Column:
-    return F.create_map(*[F.lit(x) for kv in mapping.items() for x in kv])
-
-
 def contributing_records(record_profiles: DataFrame, admitted: DataFrame) -> DataFrame:
     """Admitted records with their profile id; records without a profile id do not contribute."""
     return record_profiles.select("profile_id", "record_id", *SUBJECT).join(admitted, list(SUBJECT))
@@ -65,10 +61,8 @@ def contributing_records(record_profiles: DataFrame, admitted: DataFrame) -> Dat
 
 def profile_permissions(contributors: DataFrame, effective: DataFrame, policy: PurposePolicy) -> DataFrame:
     """Per profile and policy purpose: allowed or not, decided by the latest consent event of its records."""
-    precedence = F.coalesce(_map(STATUS_PRECEDENCE)[F.col("effective_status")], F.lit(STATUS_PRECEDENCE["granted"]))
-    allowed_bases = F.create_map(
-        *[x for purpose, bases in policy.purpose_bases.items() for x in (F.lit(purpose), F.array(*map(F.lit, bases)))]
-    )
+    precedence = F.coalesce(lookup(STATUS_PRECEDENCE)[F.col("effective_status")], F.lit(STATUS_PRECEDENCE["granted"]))
+    allowed_bases = accepted_bases(policy)
     # An expired grant is no decision of the customer's: it yields to any live decision, however old.
     latest_first = Window.partitionBy("profile_id", "purpose").orderBy(
         (F.col("effective_status") == "expired").asc(),
@@ -107,7 +101,7 @@ def profile_permissions(contributors: DataFrame, effective: DataFrame, policy: P
 
 def _order(strategy: str, rule: SurvivorshipRule, source_priority: Sequence[str]) -> Column:
     if strategy == "source_priority":
-        rank = _map({s: i for i, s in enumerate(source_priority)})
+        rank = lookup({s: i for i, s in enumerate(source_priority)})
         return F.coalesce(rank[F.col("source_system")], F.lit(len(source_priority))).asc()
     if strategy == "most_recent":
         return F.col("updated_at").desc_nulls_last()
@@ -312,12 +306,10 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> UnifyResult:
         (t.record_profiles, "resolve"),
     ):
         _require(path, stage)
-    pairs = (
-        delta_io.read_delta(spark, t.pairwise_matches)
-        if delta_io.table_exists(t.pairwise_matches)
-        else spark.createDataFrame(
-            [], "record_id_l string, record_id_r string, match_weight double, match_probability double"
-        )
+    pairs = delta_io.read_delta_or_empty(
+        spark,
+        t.pairwise_matches,
+        "record_id_l string, record_id_r string, match_weight double, match_probability double",
     )
     gold = build_gold(
         delta_io.read_delta(spark, t.record_profiles),
