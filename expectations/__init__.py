@@ -1,1 +1,96 @@
-"""Great Expectations suites, one module per table."""
+"""Great Expectations suites in code, one module per table.
+
+Each module turns the tables of a run into the DataFrame it validates (the table itself, or the table
+with derived check columns such as `consent_compliant`) plus the expectations on it. Derived checks are
+booleans and counts, so a failed expectation never carries a data value; `SAFE_RESULT_FORMAT` keeps
+GX from sampling values of the personal columns it validates directly (emails, phones).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")  # no usage telemetry from a batch job
+
+import great_expectations as gx
+from great_expectations.expectations import Expectation
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
+
+from jobs.config import PipelineConfig
+
+# Counts and percentages only: no unexpected values, rows or indexes in results or Data Docs.
+SAFE_RESULT_FORMAT: dict[str, object] = {
+    "result_format": "SUMMARY",
+    "partial_unexpected_count": 0,
+    "exclude_unexpected_values": True,
+    "include_unexpected_rows": False,
+    "return_unexpected_index_query": False,
+}
+
+SUBJECT = ("source_system", "source_record_id")
+PROFILE_ID_REGEX = r"^pr_[0-9a-f]{20}$"
+
+
+@dataclass(frozen=True)
+class QualityInputs:
+    """The tables one gate run validates: upstream tables as published, gold as staged by unify."""
+
+    cfg: PipelineConfig
+    bronze: DataFrame
+    ingest_runs: DataFrame
+    silver: DataFrame
+    consent_ledger: DataFrame
+    consent_audit: DataFrame
+    admitted: DataFrame
+    pairwise_matches: DataFrame
+    profiles: DataFrame
+    profile_sources: DataFrame
+    profile_lineage: DataFrame
+    profile_permissions: DataFrame
+    previous_profile_sources: DataFrame  # the published profile_sources before this run (empty on the first)
+
+
+@dataclass(frozen=True)
+class TableCheck:
+    """One suite: the frame GX validates and the expectations on it."""
+
+    suite: str
+    table: str  # lakehouse-relative name, for reports
+    frame: DataFrame
+    expectations: Sequence[Expectation]
+
+
+def holds(condition: Column) -> Column:
+    """A check column: true only where the condition is true (a null comparison does not hold)."""
+    return F.coalesce(condition, F.lit(False))
+
+
+def must_hold(column: str, description: str, mostly: float | None = None) -> Expectation:
+    """Every value of a boolean check column is true (or at least `mostly` of the non-null ones)."""
+    kwargs = {} if mostly is None else {"mostly": mostly}
+    return gx.expectations.ExpectColumnValuesToBeInSet(
+        column=column, value_set=[True], description=description, **kwargs
+    )
+
+
+def required_unique(*columns: str, description: str) -> list[Expectation]:
+    """The key columns are never null and identify one row."""
+    not_null = [gx.expectations.ExpectColumnValuesToNotBeNull(column=c, description=description) for c in columns]
+    if len(columns) == 1:
+        return [*not_null, gx.expectations.ExpectColumnValuesToBeUnique(column=columns[0], description=description)]
+    unique = gx.expectations.ExpectCompoundColumnsToBeUnique(column_list=list(columns), description=description)
+    return [*not_null, unique]
+
+
+def in_set(column: str, values: Sequence[str], description: str) -> Expectation:
+    return gx.expectations.ExpectColumnValuesToBeInSet(column=column, value_set=sorted(values), description=description)
+
+
+def latest_run(df: DataFrame, at: str) -> DataFrame:
+    """The rows of the newest run in an audit table (by its timestamp column)."""
+    newest = Window.orderBy(F.col(at).desc())
+    run = df.select("run_id", at).withColumn("_rank", F.dense_rank().over(newest)).where("_rank = 1")
+    return df.join(run.select("run_id").distinct(), "run_id", "left_semi")

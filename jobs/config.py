@@ -7,6 +7,7 @@ One loader, `load_config`, reads every file, checks every key, and raises a sing
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -119,6 +120,11 @@ class SurvivorshipRule:
     def order(self) -> tuple[str, ...]:
         return (self.strategy, *self.tie_breakers)
 
+    @property
+    def description(self) -> str:
+        """The rule as lineage records it: the strategies in order, then the record id that decides last."""
+        return " > ".join((*self.order, "record_id"))
+
 
 @dataclass(frozen=True)
 class SurvivorshipConfig:
@@ -139,6 +145,17 @@ class SparkConfig:
     master: str = "local[*]"
     shuffle_partitions: int = 8
     conf: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class QualityConfig:
+    """Bounds the quality gate holds every run to before gold is published (pipeline.yaml `quality`)."""
+
+    max_cluster_size: int = 25  # records in one profile; a larger cluster is an over-merge to inspect
+    max_profile_id_churn: float = 0.05  # share of still-present records whose profile id may change in a run
+
+
+GOLD_TABLES: tuple[str, ...] = ("profiles", "profile_sources", "profile_lineage", "profile_permissions")
 
 
 @dataclass(frozen=True)
@@ -223,6 +240,15 @@ class TablePaths:
     def erasure_register(self) -> Path:
         return self.root / "audit" / "erasure_register"
 
+    @property
+    def staging(self) -> Path:
+        """Where unify writes gold candidates for the quality gate (write-audit-publish)."""
+        return self.root / "staging"
+
+    def staged(self, table: str) -> Path:
+        """The staged candidate of a published gold table."""
+        return self.staging / getattr(self, table).relative_to(self.root)
+
     def all(self) -> dict[str, Path]:
         """Every table by name."""
         names = [n for n, v in vars(type(self)).items() if isinstance(v, property)]
@@ -244,6 +270,7 @@ class PipelineConfig:
     survivorship: SurvivorshipConfig
     models: Path
     reports: Path
+    quality: QualityConfig = field(default_factory=QualityConfig)
 
     @property
     def tables(self) -> TablePaths:
@@ -254,6 +281,10 @@ class PipelineConfig:
             if s.name == name:
                 return s
         raise ConfigError([f"sources.yaml: no source named '{name}'"])
+
+    def run_report_dir(self, run_id: str) -> Path:
+        """The folder of one run's reports (quality results, Data Docs, auditor report)."""
+        return self.reports / "runs" / re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id)
 
     def with_paths(
         self,
@@ -616,6 +647,24 @@ def _load_survivorship(raw: dict[str, Any], source_names: set[str], problems: _P
     return SurvivorshipConfig(source_priority=tuple(priority), rules=tuple(rules))
 
 
+def _load_quality(raw: Any, problems: _Problems) -> QualityConfig:
+    file, default = "pipeline.yaml", QualityConfig()
+    if not isinstance(raw, dict):
+        problems.add(file, "quality", "must be a mapping")
+        return default
+    size = raw.get("max_cluster_size", default.max_cluster_size)
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        problems.add(file, "quality.max_cluster_size", "must be a positive integer")
+        size = default.max_cluster_size
+    churn = raw.get("max_profile_id_churn", default.max_profile_id_churn)
+    if not isinstance(churn, int | float) or isinstance(churn, bool) or not 0 <= churn <= 1:
+        problems.add(file, "quality.max_profile_id_churn", "must be a share between 0 and 1")
+        churn = default.max_profile_id_churn
+    for key in sorted(set(raw) - {"max_cluster_size", "max_profile_id_churn"}):
+        problems.add(file, f"quality.{key}", "is not a known key")
+    return QualityConfig(max_cluster_size=size, max_profile_id_churn=float(churn))
+
+
 def load_config(conf_dir: Path | str | None = None) -> PipelineConfig:
     """Load and check conf/pipeline.yaml, sources.yaml, policy.yaml, splink.yaml and survivorship.yaml.
 
@@ -680,6 +729,7 @@ def load_config(conf_dir: Path | str | None = None) -> PipelineConfig:
     )
     models = data_root("models", "models")
     reports = data_root("reports", "reports")
+    quality = _load_quality(pipeline.get("quality") or {}, problems)
 
     if problems.items:
         raise ConfigError(problems.items)
@@ -695,4 +745,5 @@ def load_config(conf_dir: Path | str | None = None) -> PipelineConfig:
         survivorship=survivorship,
         models=models,
         reports=reports,
+        quality=quality,
     )

@@ -1,35 +1,34 @@
-"""Unify: resolved records -> golden profiles, with cell-level lineage and per-purpose permissions.
+"""Unify: resolved records -> golden-profile candidates, with cell-level lineage and per-purpose permissions.
 
 Reads the admitted records (the consent gate's output), their profile ids (jobs.resolve), the
-pairwise matches and effective consent. Writes, by delta-rs MERGE, so unchanged rows are not
-rewritten and a profile with no admitted record left is deleted:
-- gold/profiles: one row per profile, each attribute chosen by conf/survivorship.yaml;
-- gold/profile_sources: profile <-> source records, with the match evidence that joins them;
-- gold/profile_lineage: per non-null profile cell, the record that supplied it, the rule that chose
+pairwise matches and effective consent, and stages under `staging/gold/` (write-audit-publish: the
+quality gate, jobs.quality_gate, validates the candidates and only then merges them into gold):
+- profiles: one row per profile, each attribute chosen by conf/survivorship.yaml;
+- profile_sources: profile <-> source records, with the match evidence that joins them;
+- profile_lineage: per non-null profile cell, the record that supplied it, the rule that chose
   it, and the purpose, lawful basis and consent event that allow holding it;
-- gold/profile_permissions: per profile and purpose, whether the profile may be used for it, and why.
+- profile_permissions: per profile and purpose, whether the profile may be used for it, and why.
 
 A profile may be used for a purpose when the latest consent decision for that purpose across its
 records grants it on a basis the policy accepts: a withdrawal in one region is not outweighed by an
 older grant in another. A profile value is kept only when a purpose permitted both for its record and
 for the profile covers its attribute, so no profile cell lacks a lawful basis.
-Each table is committed at most once per run id (a Delta app transaction), so rerunning a run is a no-op.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from functools import reduce
+from pathlib import Path
 
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from jobs import delta_io
 from jobs.canonical import SILVER_ATTRIBUTES
-from jobs.config import PipelineConfig, PurposePolicy, SurvivorshipConfig, SurvivorshipRule
+from jobs.config import GOLD_TABLES, PipelineConfig, PurposePolicy, SurvivorshipConfig, SurvivorshipRule
 from jobs.consent import STATUS_PRECEDENCE, SUBJECT, accepted_bases, lookup
 from jobs.errors import IdresError
 from jobs.runner import run_job
@@ -41,17 +40,6 @@ JOB = "unify"
 
 # Silver column -> the policy attribute it belongs to (whose purposes justify holding it).
 COLUMN_ATTRIBUTE: dict[str, str] = {c: a for a, (_, columns) in SILVER_ATTRIBUTES.items() for c in columns}
-
-
-@dataclass
-class UnifyResult:
-    run_id: str
-    profiles: int = 0
-    inserted: int = 0
-    updated: int = 0
-    retired: int = 0
-    lineage_rows: int = 0
-    skipped_tables: list[str] = field(default_factory=list)
 
 
 def contributing_records(record_profiles: DataFrame, admitted: DataFrame) -> DataFrame:
@@ -153,7 +141,6 @@ def survivorship_cells(
             .join(allowed, "profile_id", "left")
             .withColumn("_profile_purposes", F.coalesce("_profile_purposes", F.array().cast("array<string>")))
         )
-        description = " > ".join((*rule.order, "record_id"))
         for column in rule.columns:
             frames.append(
                 chosen.where(F.col(column).isNotNull()).select(
@@ -163,7 +150,7 @@ def survivorship_cells(
                     "record_id",
                     *SUBJECT,
                     F.lit(rule.attribute).alias("attribute"),
-                    F.lit(description).alias("rule"),
+                    F.lit(rule.description).alias("rule"),
                     _lawful_purpose(column, policy).alias("purpose"),
                 )
             )
@@ -297,8 +284,8 @@ def _require(path, stage: str) -> None:
         raise IdresError(f"table {path.name} is missing: run the {stage} stage first")
 
 
-def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> UnifyResult:
-    """Build and publish the golden-profile tables; each table commits at most once per run id."""
+def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> dict[str, Path]:
+    """Build the golden-profile tables and stage them for the quality gate, which publishes them (WAP)."""
     t = cfg.tables
     for path, stage in (
         (t.admitted, "consent_gate"),
@@ -319,52 +306,14 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> UnifyResult:
         cfg.survivorship,
         cfg.policy,
     )
-    result = UnifyResult(run_id=run_id)
-    profiles = gold.profiles.persist()
-    try:
-        writes = (
-            (profiles, t.profiles, ("profile_id",)),
-            (gold.profile_sources, t.profile_sources, ("record_id",)),
-            (gold.profile_lineage, t.profile_lineage, ("profile_id", "column")),
-            (gold.profile_permissions, t.profile_permissions, ("profile_id", "purpose")),
-        )
-        metrics = {}
-        for df, path, keys in writes:
-            m = delta_io.merge_delta(
-                df, path, keys=keys, run_id=run_id, job=JOB, update_changed=True, delete_missing=True, once_per_run=True
-            )
-            if m is None:
-                result.skipped_tables.append(path.name)
-            metrics[path.name] = m or {}
-        result.profiles = profiles.count()
-        result.inserted = int(metrics["profiles"].get("num_target_rows_inserted", 0))
-        result.updated = int(metrics["profiles"].get("num_target_rows_updated", 0))
-        result.retired = int(metrics["profiles"].get("num_target_rows_deleted", 0))
-        result.lineage_rows = int(
-            delta_io.query_delta("SELECT count(*) AS n FROM l", l=t.profile_lineage)["n"][0].as_py()
-        )
-    finally:
-        profiles.unpersist()
-    at = datetime.now(UTC).replace(microsecond=0)
-    audit = spark.createDataFrame(
-        [(run_id, result.profiles, result.inserted, result.updated, result.retired, result.lineage_rows, at)],
-        "run_id string, profiles long, inserted long, updated long, retired long, lineage_rows long, "
-        "unified_at timestamp",
-    )
-    delta_io.merge_delta(audit, t.unify_runs, keys=("run_id",), run_id=run_id, job=JOB, once_per_run=True)
-    log.info(
-        "unify: %d profiles (inserted %d, updated %d, retired %d), %d lineage rows%s",
-        result.profiles,
-        result.inserted,
-        result.updated,
-        result.retired,
-        result.lineage_rows,
-        f"; already published by this run: {', '.join(result.skipped_tables)}" if result.skipped_tables else "",
-    )
-    return result
+    staged = {name: getattr(gold, name) for name in GOLD_TABLES}
+    for name, df in staged.items():
+        delta_io.overwrite_delta(df, t.staged(name), run_id=run_id, job=JOB)
+    log.info("unify: gold candidates staged for the quality gate: %s", ", ".join(staged))
+    return {name: t.staged(name) for name in staged}
 
 
-def main(argv: Sequence[str] | None = None) -> UnifyResult:
+def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     return run_job(JOB, run, argv)
 
 

@@ -1,0 +1,61 @@
+"""silver/consent_ledger and the consent gate's reconciliation (audit/consent_decisions)."""
+
+from __future__ import annotations
+
+import great_expectations as gx
+from pyspark.sql import functions as F
+
+from expectations import QualityInputs, TableCheck, in_set, latest_run, required_unique
+from jobs.canonical import LAWFUL_BASES
+
+CONSENT_STATUSES = ("granted", "denied", "withdrawn")
+
+
+def checks(inputs: QualityInputs) -> list[TableCheck]:
+    expect = gx.expectations
+    ledger = TableCheck(
+        suite="consent_ledger",
+        table="silver/consent_ledger",
+        frame=inputs.consent_ledger,
+        expectations=[
+            *required_unique("source_system", "event_id", description="one row per consent event"),
+            in_set("lawful_basis", LAWFUL_BASES, "a GDPR Art. 6 lawful basis"),
+            in_set("purpose", inputs.cfg.policy.purpose_bases, "a purpose the policy declares"),
+            in_set("status", CONSENT_STATUSES, "a known consent status"),
+            expect.ExpectColumnValuesToNotBeNull(column="source_record_id", description="every event has a subject"),
+            expect.ExpectColumnValuesToNotBeNull(column="event_time", description="every event has a time"),
+        ],
+    )
+    decisions = latest_run(inputs.consent_audit, "decided_at").where(F.col("attribute") == "*")
+    decided = (
+        decisions.agg(
+            F.count_distinct(*("source_system", "source_record_id")).alias("records_decided"),
+            F.count("*").alias("decisions"),
+            F.sum(F.when(F.col("decision") == "admitted", 1).otherwise(0)).alias("records_admitted"),
+        )
+        .crossJoin(
+            inputs.silver.agg(F.count("*").alias("silver_records")),
+        )
+        .crossJoin(inputs.admitted.agg(F.count("*").alias("admitted_rows")))
+    )
+    reconciliation = TableCheck(
+        suite="consent_reconciliation",
+        table="audit/consent_decisions",
+        frame=decided,
+        expectations=[
+            expect.ExpectColumnPairValuesToBeEqual(
+                column_A="silver_records",
+                column_B="records_decided",
+                description="the gate decided every silver record (admitted + excluded = silver)",
+            ),
+            expect.ExpectColumnPairValuesToBeEqual(
+                column_A="records_decided", column_B="decisions", description="one record-level decision per record"
+            ),
+            expect.ExpectColumnPairValuesToBeEqual(
+                column_A="records_admitted",
+                column_B="admitted_rows",
+                description="the admitted table holds exactly the admitted records",
+            ),
+        ],
+    )
+    return [ledger, reconciliation]

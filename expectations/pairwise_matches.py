@@ -1,0 +1,41 @@
+"""gold/pairwise_matches: Splink's scored pairs between admitted records."""
+
+from __future__ import annotations
+
+import great_expectations as gx
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from expectations import QualityInputs, TableCheck, holds, must_hold, required_unique
+
+
+def with_pair_checks(pairs: DataFrame, admitted: DataFrame) -> DataFrame:
+    """Pairs with `distinct_records` and `records_admitted` (both ends are records the gate admitted)."""
+    ids = admitted.select(F.concat_ws(":", "source_system", "source_record_id").alias("_id"), F.lit(True).alias("_in"))
+    return (
+        pairs.join(ids.withColumnRenamed("_in", "_l"), F.col("record_id_l") == F.col("_id"), "left")
+        .drop("_id")
+        .join(ids.withColumnRenamed("_in", "_r"), F.col("record_id_r") == F.col("_id"), "left")
+        .withColumn("distinct_records", holds(F.col("record_id_l") != F.col("record_id_r")))
+        .withColumn("records_admitted", holds(F.col("_l") & F.col("_r")))
+        .drop("_id", "_l", "_r")
+    )
+
+
+def checks(inputs: QualityInputs) -> list[TableCheck]:
+    return [
+        TableCheck(
+            suite="pairwise_matches",
+            table="gold/pairwise_matches",
+            frame=with_pair_checks(inputs.pairwise_matches, inputs.admitted),
+            expectations=[
+                *required_unique("record_id_l", "record_id_r", description="each pair scored once"),
+                gx.expectations.ExpectColumnValuesToBeBetween(
+                    column="match_probability", min_value=0, max_value=1, description="a probability"
+                ),
+                gx.expectations.ExpectColumnValuesToNotBeNull(column="match_weight", description="scored"),
+                must_hold("distinct_records", "no record is paired with itself"),
+                must_hold("records_admitted", "only records the consent gate admitted are compared"),
+            ],
+        )
+    ]

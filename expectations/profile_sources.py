@@ -1,0 +1,47 @@
+"""gold/profile_sources (staged): every admitted record in one profile, and profile-id churn within bound."""
+
+from __future__ import annotations
+
+import great_expectations as gx
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from expectations import SUBJECT, QualityInputs, TableCheck, holds, must_hold, required_unique
+
+
+def with_source_checks(sources: DataFrame, profiles: DataFrame, previous: DataFrame) -> DataFrame:
+    """Sources with `profile_exists` and `profile_id_kept`: whether a record that was already published
+    keeps its profile id (null for records new in this run, which no churn bound applies to)."""
+    before = previous.select(*SUBJECT, F.col("profile_id").alias("_before"))
+    published = profiles.select("profile_id", F.lit(True).alias("_exists"))
+    return (
+        sources.join(published, "profile_id", "left")
+        .join(before, list(SUBJECT), "left")
+        .withColumn("profile_exists", holds(F.col("_exists")))
+        .withColumn("profile_id_kept", F.when(F.col("_before").isNotNull(), F.col("_before") == F.col("profile_id")))
+        .drop("_exists", "_before")
+    )
+
+
+def checks(inputs: QualityInputs) -> list[TableCheck]:
+    churn = inputs.cfg.quality.max_profile_id_churn
+    return [
+        TableCheck(
+            suite="profile_sources",
+            table="gold/profile_sources",
+            frame=with_source_checks(inputs.profile_sources, inputs.profiles, inputs.previous_profile_sources),
+            expectations=[
+                *required_unique(*SUBJECT, description="each source record belongs to one profile"),
+                must_hold("profile_exists", "every source record points at a profile"),
+                gx.expectations.ExpectTableRowCountToEqual(
+                    value=inputs.admitted.count(),
+                    description="reconciliation: every record the consent gate admitted is in a profile",
+                ),
+                must_hold(
+                    "profile_id_kept",
+                    f"profile-id churn against the previous run within {churn:.0%} (quality.max_profile_id_churn)",
+                    mostly=1 - churn,
+                ),
+            ],
+        )
+    ]

@@ -1,0 +1,96 @@
+"""gold/profiles (staged): consent compliance, unique well-formed ids, the cluster-size bound."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import great_expectations as gx
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from expectations import PROFILE_ID_REGEX, QualityInputs, TableCheck, holds, must_hold, required_unique
+from jobs.config import PurposePolicy
+from jobs.consent import accepted_bases, lookup
+from jobs.unify import COLUMN_ATTRIBUTE
+
+CONSENT_COMPLIANCE = "every profile value has a lawful basis the policy accepts for a purpose the profile is permitted"
+
+
+def cell_compliance(
+    profiles: DataFrame, lineage: DataFrame, permissions: DataFrame, columns: Sequence[str], policy: PurposePolicy
+) -> DataFrame:
+    """Per non-null profile cell (profile_id, column): `compliant` when its lineage row names a purpose that
+    covers the column's attribute, a lawful basis the policy accepts for that purpose, and the profile's
+    permission for that purpose is allowed. A value without lineage is not compliant."""
+    cells = profiles.select(
+        "profile_id",
+        F.explode(
+            F.array(*[F.struct(F.lit(c).alias("column"), F.col(c).isNotNull().alias("has_value")) for c in columns])
+        ).alias("cell"),
+    ).select("profile_id", "cell.column", "cell.has_value")
+    covering = lookup({c: list(policy.attribute_purposes[COLUMN_ATTRIBUTE[c]]) for c in columns})
+    allowed = permissions.where(F.col("allowed")).select("profile_id", "purpose", F.lit(True).alias("_permitted"))
+    return (
+        cells.where("has_value")
+        .join(lineage.select("profile_id", "column", "purpose", "lawful_basis"), ["profile_id", "column"], "left")
+        .join(allowed, ["profile_id", "purpose"], "left")
+        .withColumn(
+            "compliant",
+            holds(
+                F.col("_permitted")
+                & F.array_contains(covering[F.col("column")], F.col("purpose"))
+                & F.array_contains(accepted_bases(policy)[F.col("purpose")], F.col("lawful_basis"))
+            ),
+        )
+        .select("profile_id", "column", "compliant")
+    )
+
+
+def with_profile_checks(inputs: QualityInputs) -> DataFrame:
+    """Profiles with `consent_compliant` (every value compliant) and `cluster_size` (source records)."""
+    cfg = inputs.cfg
+    compliance = (
+        cell_compliance(
+            inputs.profiles,
+            inputs.profile_lineage,
+            inputs.profile_permissions,
+            cfg.survivorship.columns,
+            cfg.policy,
+        )
+        .groupBy("profile_id")
+        .agg(F.bool_and("compliant").alias("_compliant"))
+    )
+    sizes = inputs.profile_sources.groupBy("profile_id").agg(F.count("*").alias("cluster_size"))
+    return (
+        inputs.profiles.join(compliance, "profile_id", "left")
+        .join(sizes, "profile_id", "left")
+        .withColumn("consent_compliant", F.coalesce("_compliant", F.lit(True)))  # a profile with no values
+        .drop("_compliant")
+    )
+
+
+def checks(inputs: QualityInputs) -> list[TableCheck]:
+    expect = gx.expectations
+    return [
+        TableCheck(
+            suite="profiles",
+            table="gold/profiles",
+            frame=with_profile_checks(inputs),
+            expectations=[
+                must_hold("consent_compliant", CONSENT_COMPLIANCE),
+                *required_unique("profile_id", description="unique profile ids"),
+                expect.ExpectColumnValuesToMatchRegex(
+                    column="profile_id", regex=PROFILE_ID_REGEX, description="well-formed profile ids"
+                ),
+                expect.ExpectColumnValuesToBeBetween(
+                    column="cluster_size",
+                    min_value=1,
+                    max_value=inputs.cfg.quality.max_cluster_size,
+                    description="source records per profile within quality.max_cluster_size",
+                ),
+                expect.ExpectColumnPairValuesToBeEqual(
+                    column_A="record_count", column_B="cluster_size", description="record_count = source records"
+                ),
+            ],
+        )
+    ]

@@ -1,0 +1,44 @@
+"""silver/customers: standardized records, valid formats for the key fields, no sensitive columns."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import great_expectations as gx
+import pycountry
+
+from expectations import QualityInputs, TableCheck, in_set, required_unique
+
+E164 = r"^\+[1-9][0-9]{6,14}$"
+EMAIL = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
+COUNTRY_CODES = [c.alpha_2 for c in pycountry.countries]
+
+
+def checks(inputs: QualityInputs) -> list[TableCheck]:
+    expect = gx.expectations
+    sensitive = set(inputs.cfg.policy.sensitive)
+    columns = [c for c in inputs.silver.columns if c not in sensitive]
+    return [
+        TableCheck(
+            suite="silver",
+            table="silver/customers",
+            frame=inputs.silver,
+            expectations=[
+                *required_unique("source_system", "source_record_id", description="one row per source record"),
+                in_set("source_system", [s.name for s in inputs.cfg.sources], "a configured source"),
+                expect.ExpectColumnValuesToMatchRegex(column="phone", regex=E164, description="phones in E.164"),
+                expect.ExpectColumnValuesToMatchRegex(column="email", regex=EMAIL, description="emails are addresses"),
+                in_set("country", COUNTRY_CODES, "countries are ISO 3166-1 alpha-2 codes"),
+                expect.ExpectColumnValuesToBeBetween(
+                    column="date_of_birth",
+                    min_value=date(1900, 1, 1),
+                    max_value=date.today(),
+                    description="dates of birth are real past dates",
+                ),
+                # Sensitive attributes never leave bronze: the silver columns must be exactly the safe ones.
+                expect.ExpectTableColumnsToMatchSet(
+                    column_set=columns, exact_match=True, description="no sensitive attribute in silver"
+                ),
+            ],
+        )
+    ]

@@ -1,0 +1,286 @@
+"""Quality gate: validate the staged gold candidates with Great Expectations, then publish them or refuse.
+
+Write-audit-publish. Unify stages the candidates under `staging/gold/`; this job validates them,
+together with the upstream tables of the run (expectations/, one suite per table), and only when every
+expectation holds merges them into the published gold tables, each commit made once per run id (a Delta
+app transaction). When an expectation fails, nothing is published: the gold tables stay at their
+previous Delta version, the candidates stay staged for inspection, the run's report is still written,
+and the job fails naming the failed expectations.
+
+Per run, under `reports/runs/<run id>/`: quality.json (the results: counts, never values), the GX Data
+Docs (data_docs/index.html) and the auditor report (index.html).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pyspark.sql import SparkSession
+
+from expectations import (
+    SAFE_RESULT_FORMAT,
+    QualityInputs,
+    TableCheck,
+    bronze,
+    consent_ledger,
+    pairwise_matches,
+    profile_lineage,
+    profile_sources,
+    profiles,
+    silver,
+)
+from jobs import delta_io
+from jobs.config import GOLD_TABLES, PipelineConfig
+from jobs.errors import IdresError
+from jobs.runner import run_job
+
+log = logging.getLogger("idres.quality_gate")
+
+JOB = "publish"
+SUITE_MODULES = (bronze, silver, consent_ledger, pairwise_matches, profiles, profile_sources, profile_lineage)
+GOLD_KEYS: dict[str, tuple[str, ...]] = {
+    "profiles": ("profile_id",),
+    "profile_sources": ("record_id",),
+    "profile_lineage": ("profile_id", "column"),
+    "profile_permissions": ("profile_id", "purpose"),
+}
+# The upstream tables a gate run reads, and the stage that writes each.
+UPSTREAM: dict[str, str] = {
+    "bronze": "ingest",
+    "ingest_runs": "ingest",
+    "silver": "standardize",
+    "consent_ledger": "consent_gate",
+    "consent_audit": "consent_gate",
+    "admitted": "consent_gate",
+    "pairwise_matches": "resolve",
+}
+
+
+class QualityGateError(IdresError):
+    """The staged gold failed expectations and was not published."""
+
+
+@dataclass
+class QualityOutcome:
+    """What the gate found: per suite, per expectation, success and counts (no values)."""
+
+    run_id: str
+    success: bool
+    suites: list[dict[str, Any]]
+    published: bool = False
+    data_docs: str | None = None
+
+    @property
+    def failed(self) -> list[str]:
+        return [
+            f"{s['suite']}: {e['expectation']}({e['column']}): {e['description']}"
+            for s in self.suites
+            for e in s["expectations"]
+            if not e["success"]
+        ]
+
+
+@dataclass
+class PublishResult:
+    run_id: str
+    profiles: int = 0
+    inserted: int = 0
+    updated: int = 0
+    retired: int = 0
+    lineage_rows: int = 0
+    skipped_tables: list[str] = field(default_factory=list)
+
+
+@dataclass
+class GateResult:
+    run_id: str
+    outcome: QualityOutcome
+    report_dir: Path
+    publish: PublishResult | None = None
+
+
+def read_inputs(spark: SparkSession, cfg: PipelineConfig) -> QualityInputs:
+    """The run's upstream tables as published and its gold candidates as staged."""
+    t = cfg.tables
+    missing = [
+        f"{name} (run {stage})" for name, stage in UPSTREAM.items() if not delta_io.table_exists(getattr(t, name))
+    ]
+    missing += [f"staged {name} (run unify)" for name in GOLD_TABLES if not delta_io.table_exists(t.staged(name))]
+    if missing:
+        raise IdresError("quality gate: missing tables: " + ", ".join(missing))
+    tables = {name: delta_io.read_delta(spark, getattr(t, name)) for name in UPSTREAM}
+    staged = {name: delta_io.read_delta(spark, t.staged(name)) for name in GOLD_TABLES}
+    previous = delta_io.read_delta_or_empty(
+        spark, t.profile_sources, "profile_id string, source_system string, source_record_id string"
+    )
+    return QualityInputs(cfg=cfg, **tables, **staged, previous_profile_sources=previous)
+
+
+def _expectation_result(result: Any) -> dict[str, Any]:
+    config = result.expectation_config
+    kwargs = config.kwargs
+    column = (
+        kwargs.get("column")
+        or ",".join(kwargs.get("column_list") or [])
+        or (f"{kwargs['column_A']}={kwargs['column_B']}" if "column_A" in kwargs else "table")
+    )
+    counts = result.result or {}
+    return {
+        "expectation": config.type,
+        "column": column,
+        "description": config.description or "",
+        "success": bool(result.success),
+        "element_count": counts.get("element_count"),
+        "unexpected_count": counts.get("unexpected_count"),
+        "observed_value": counts.get("observed_value")
+        if isinstance(counts.get("observed_value"), int | float)
+        else None,
+    }
+
+
+def validate(checks: Sequence[TableCheck], run_id: str, docs_dir: Path | None = None) -> QualityOutcome:
+    """Run every check's suite on its frame in one ephemeral GX context; build Data Docs into docs_dir."""
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    if docs_dir is not None:
+        context.add_data_docs_site(
+            "run",
+            {
+                "class_name": "SiteBuilder",
+                "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
+                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+            },
+        )
+    source = context.data_sources.add_spark("idres")
+    suites: list[dict[str, Any]] = []
+    for check in checks:
+        batch = source.add_dataframe_asset(check.suite).add_batch_definition_whole_dataframe(check.suite)
+        suite = context.suites.add(gx.ExpectationSuite(name=check.suite, expectations=list(check.expectations)))
+        definition = context.validation_definitions.add(
+            gx.ValidationDefinition(name=check.suite, data=batch, suite=suite)
+        )
+        checkpoint = context.checkpoints.add(
+            gx.Checkpoint(name=check.suite, validation_definitions=[definition], result_format=SAFE_RESULT_FORMAT)
+        )
+        frame = check.frame.persist()
+        try:
+            result = checkpoint.run(batch_parameters={"dataframe": frame}, run_id=None)
+        finally:
+            frame.unpersist()
+        (validation,) = result.run_results.values()
+        suites.append(
+            {
+                "suite": check.suite,
+                "table": check.table,
+                "success": bool(validation.success),
+                "expectations": [_expectation_result(r) for r in validation.results],
+            }
+        )
+        log.info("quality gate: %s %s", check.suite, "passed" if validation.success else "FAILED")
+    data_docs = None
+    if docs_dir is not None:
+        context.build_data_docs(site_names=["run"])
+        data_docs = "data_docs/index.html"
+    return QualityOutcome(run_id=run_id, success=all(s["success"] for s in suites), suites=suites, data_docs=data_docs)
+
+
+def publish(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> PublishResult:
+    """Merge the staged candidates into the published gold tables, once per run id, then drop the staging."""
+    t = cfg.tables
+    result = PublishResult(run_id=run_id)
+    metrics: dict[str, dict[str, int]] = {}
+    for name in GOLD_TABLES:
+        staged = delta_io.read_delta(spark, t.staged(name))
+        m = delta_io.merge_delta(
+            staged,
+            getattr(t, name),
+            keys=GOLD_KEYS[name],
+            run_id=run_id,
+            job=JOB,
+            update_changed=True,
+            delete_missing=True,
+            once_per_run=True,
+        )
+        if m is None:
+            result.skipped_tables.append(name)
+        metrics[name] = m or {}
+    result.profiles = delta_io.read_delta(spark, t.profiles).count()
+    result.inserted = int(metrics["profiles"].get("num_target_rows_inserted", 0))
+    result.updated = int(metrics["profiles"].get("num_target_rows_updated", 0))
+    result.retired = int(metrics["profiles"].get("num_target_rows_deleted", 0))
+    result.lineage_rows = int(delta_io.query_delta("SELECT count(*) AS n FROM l", l=t.profile_lineage)["n"][0].as_py())
+    at = datetime.now(UTC).replace(microsecond=0)
+    audit = spark.createDataFrame(
+        [(run_id, result.profiles, result.inserted, result.updated, result.retired, result.lineage_rows, at)],
+        "run_id string, profiles long, inserted long, updated long, retired long, lineage_rows long, "
+        "unified_at timestamp",
+    )
+    delta_io.merge_delta(audit, t.unify_runs, keys=("run_id",), run_id=run_id, job=JOB, once_per_run=True)
+    shutil.rmtree(t.staging, ignore_errors=True)
+    log.info(
+        "published: %d profiles (inserted %d, updated %d, retired %d), %d lineage rows%s",
+        result.profiles,
+        result.inserted,
+        result.updated,
+        result.retired,
+        result.lineage_rows,
+        f"; already published by this run: {', '.join(result.skipped_tables)}" if result.skipped_tables else "",
+    )
+    return result
+
+
+def _already_published(cfg: PipelineConfig, run_id: str) -> bool:
+    t = cfg.tables
+    return not delta_io.table_exists(t.staged("profiles")) and delta_io.committed_in_run(t.unify_runs, JOB, run_id)
+
+
+def write_outcome(outcome: QualityOutcome, report_dir: Path) -> Path:
+    """quality.json of the run (results with counts only)."""
+    report_dir.mkdir(parents=True, exist_ok=True)
+    body = {**asdict(outcome), "failed": outcome.failed}
+    path = report_dir / "quality.json"
+    path.write_text(json.dumps(body, indent=2, default=str) + "\n", encoding="utf-8")
+    return path
+
+
+def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> GateResult:
+    """Validate the staged gold and the run's tables; publish when all expectations hold, else fail."""
+    report_dir = cfg.run_report_dir(run_id)
+    if _already_published(cfg, run_id):
+        log.info("quality gate: run %s already published; nothing to do", run_id)
+        return GateResult(run_id, QualityOutcome(run_id, True, [], published=True), report_dir)
+    outcome = validate(
+        [c for m in SUITE_MODULES for c in m.checks(read_inputs(spark, cfg))], run_id, report_dir / "data_docs"
+    )
+    result = GateResult(run_id=run_id, outcome=outcome, report_dir=report_dir)
+    if outcome.success:
+        result.publish = publish(spark, cfg, run_id)
+        outcome.published = True
+    write_outcome(outcome, report_dir)
+    if not outcome.success:
+        versions = {name: delta_io.table_version(getattr(cfg.tables, name)) for name in GOLD_TABLES}
+        raise QualityGateError(
+            f"quality gate failed; gold not published (tables stay at versions {versions}); "
+            f"{len(outcome.failed)} failed expectation(s): " + "; ".join(outcome.failed) + f"; report: {report_dir}"
+        )
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> GateResult:
+    return run_job("quality_gate", run, argv)
+
+
+if __name__ == "__main__":
+    from jobs.quality_gate import main as job_main
+
+    job_main()
