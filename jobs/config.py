@@ -7,6 +7,7 @@ One loader, `load_config`, reads every file, checks every key, and raises a sing
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any, Literal
 import yaml
 
 from jobs.canonical import CANONICAL_COLUMNS, LAWFUL_BASES, PSEUDONYM_ATTRIBUTES, SILVER_ATTRIBUTES
-from jobs.errors import ConfigError
+from jobs.errors import ConfigError, IdresError
 
 SourceFormat = Literal["csv", "jsonl", "parquet"]
 SOURCE_FORMATS: tuple[str, ...] = ("csv", "jsonl", "parquet")
@@ -254,6 +255,17 @@ class PipelineConfig:
             if s.name == name:
                 return s
         raise ConfigError([f"sources.yaml: no source named '{name}'"])
+
+    def run_report_dir(self, run_id: str) -> Path:
+        """The folder of one run's reports (auditor report, quality results): reports/runs/<safe run id>.
+
+        Airflow run ids hold ':' and '+', which some file systems and URLs mishandle; every character
+        outside [A-Za-z0-9._-] becomes '_'.
+        """
+        safe = re.sub(r"[^A-Za-z0-9._-]", "_", run_id)
+        if not safe.strip("."):
+            raise IdresError(f"run id {run_id!r} cannot name a report folder")
+        return self.reports / "runs" / safe
 
     def with_paths(
         self,
