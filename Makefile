@@ -19,7 +19,7 @@ export PYSPARK_DRIVER_PYTHON := $(BIN)/python
 export IDRES_HOME := $(CURDIR)
 export PATH := $(BIN):$(PATH)
 
-.PHONY: help install check-java run test lint clean bench-accuracy query
+.PHONY: help install check-java chromium run test lint clean bench-accuracy query
 
 help:
 	@echo "make run    run the identity_resolution DAG on the demo data and print a summary"
@@ -46,6 +46,10 @@ $(STAMP): pyproject.toml
 
 install: check-java $(STAMP)
 
+# Headless Chromium renders the auditor report in tests (Debian's package; CI runs as root).
+chromium:
+	@command -v chromium >/dev/null || { apt-get update && apt-get install -y chromium; }
+
 run: install
 	@$(BIN)/airflow db migrate >/dev/null
 	$(BIN)/airflow dags test identity_resolution \
@@ -60,7 +64,7 @@ bench-accuracy: install
 query: install
 	@$(BIN)/python -m jobs.query "$(SQL)"
 
-test: install
+test: install chromium
 	$(BIN)/python -m pytest
 
 lint: install

@@ -16,7 +16,7 @@ from typing import Any, Literal
 import yaml
 
 from jobs.canonical import CANONICAL_COLUMNS, LAWFUL_BASES, PSEUDONYM_ATTRIBUTES, SILVER_ATTRIBUTES
-from jobs.errors import ConfigError
+from jobs.errors import ConfigError, IdresError
 
 SourceFormat = Literal["csv", "jsonl", "parquet"]
 SOURCE_FORMATS: tuple[str, ...] = ("csv", "jsonl", "parquet")
@@ -283,8 +283,15 @@ class PipelineConfig:
         raise ConfigError([f"sources.yaml: no source named '{name}'"])
 
     def run_report_dir(self, run_id: str) -> Path:
-        """The folder of one run's reports (quality results, Data Docs, auditor report)."""
-        return self.reports / "runs" / re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id)
+        """The folder of one run's reports (auditor report, quality results): reports/runs/<safe run id>.
+
+        Airflow run ids hold ':' and '+', which some file systems and URLs mishandle; every character
+        outside [A-Za-z0-9._-] becomes '_'.
+        """
+        safe = re.sub(r"[^A-Za-z0-9._-]", "_", run_id)
+        if not safe.strip("."):
+            raise IdresError(f"run id {run_id!r} cannot name a report folder")
+        return self.reports / "runs" / safe
 
     def with_paths(
         self,

@@ -1,0 +1,201 @@
+"""The auditor report: a real lakehouse from the demo pipeline, the page rendered by headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections import Counter
+from html.parser import HTMLParser
+
+import pytest
+from pyspark.sql import functions as F
+
+from jobs import delta_io, resolve, unify
+from jobs.errors import IdresError
+from jobs.report import write_auditor_report
+
+RUN = "demo"  # the run id the session's `trained` fixture ingested and gated with
+SECTIONS = (
+    "run-summary",
+    "counts",
+    "exclusions",
+    "consent-coverage",
+    "profile-changes",
+    "match-distribution",
+    "model",
+    "quality",
+)
+FAILED = "profiles: expect_column_values_to_be_in_set(consent_compliant)"
+QUALITY = {
+    "run_id": RUN,
+    "success": False,
+    "published": False,
+    "data_docs": "data_docs/index.html",
+    "failed": [FAILED],
+    "suites": [
+        {
+            "suite": "profiles",
+            "table": "gold/profiles",
+            "success": False,
+            "expectations": [
+                {
+                    "expectation": "expect_column_values_to_be_in_set",
+                    "column": "consent_compliant",
+                    "description": "every profile value has a permitting lawful basis",
+                    "success": False,
+                    "element_count": 120,
+                    "unexpected_count": 1,
+                },
+                {
+                    "expectation": "expect_column_values_to_not_be_null",
+                    "column": "profile_id",
+                    "description": "every profile has an id",
+                    "success": True,
+                    "element_count": 120,
+                    "unexpected_count": 0,
+                },
+            ],
+        }
+    ],
+}
+
+
+class RenderedPage(HTMLParser):
+    """What a test needs from a DOM: element ids, tag counts, text, and the cells of every table with an id."""
+
+    def __init__(self, dom: str) -> None:
+        super().__init__()
+        self.ids: dict[str, str] = {}
+        self.tags: Counter[str] = Counter()
+        self.tables: dict[str, list[list[str]]] = {}
+        self.text: list[str] = []
+        self.links: list[str] = []
+        self._table: str | None = None
+        self._row: list[str] | None = None
+        self._cell: list[str] | None = None
+        self.feed(dom)
+        self.close()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        attributes = dict(attrs)
+        self.tags[tag] += 1
+        if attributes.get("id"):
+            self.ids[attributes["id"]] = tag
+        if tag == "a" and attributes.get("href"):
+            self.links.append(attributes["href"])
+        if tag == "table" and attributes.get("id"):
+            self._table = attributes["id"]
+            self.tables[self._table] = []
+        elif tag == "tr" and self._table:
+            self._row = []
+            self.tables[self._table].append(self._row)
+        elif tag in ("td", "th") and self._row is not None:
+            self._cell = []
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th") and self._cell is not None:
+            self._row.append("".join(self._cell).strip())
+            self._cell = None
+        elif tag == "tr":
+            self._row = None
+        elif tag == "table":
+            self._table = None
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def rendered_dom(url: str) -> str:
+    """The page's DOM after Chromium has loaded and laid it out."""
+    chromium = shutil.which("chromium")
+    assert chromium, "chromium is not installed: run `make test`, which installs it"
+    done = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", url],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=True,
+    )
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def published(spark, trained, tmp_path_factory):
+    """A copy of the trained demo lakehouse (ingested, standardized, gated), resolved and unified by RUN."""
+    root = tmp_path_factory.mktemp("report")
+    shutil.copytree(trained.lakehouse, root / "lakehouse")
+    shutil.copytree(trained.reports / "models", root / "reports" / "models")
+    cfg = trained.with_paths(lakehouse=root / "lakehouse", reports=root / "reports")
+    resolve.run(spark, cfg, run_id=RUN)
+    unify.run(spark, cfg, run_id=RUN)
+    return cfg
+
+
+def test_the_auditor_report_shows_every_section_with_independent_counts_and_no_personal_data(spark, published):
+    cfg = published
+    run_dir = cfg.run_report_dir(RUN)
+    run_dir.mkdir(parents=True)
+    (run_dir / "quality.json").write_text(json.dumps(QUALITY), encoding="utf-8")
+    (run_dir / "data_docs").mkdir()
+    (run_dir / "data_docs" / "index.html").write_text("<html></html>", encoding="utf-8")
+
+    path = write_auditor_report(cfg, RUN, run_dir)
+
+    assert path == run_dir / "index.html"
+    dom = rendered_dom(path.as_uri())
+    page = RenderedPage(dom)
+    text = " ".join(" ".join(page.text).split())
+    assert {s: page.ids.get(s) for s in SECTIONS} == {s: "h2" for s in SECTIONS}
+
+    assert "FAILED, not published" in text
+    assert FAILED in text
+    suite = {row[0]: row[-1] for row in page.tables["suite-profiles"][1:]}
+    assert suite == {"expect_column_values_to_be_in_set": "FAIL", "expect_column_values_to_not_be_null": "pass"}
+
+    for chart in ("consent-coverage", "profile-changes", "match-probability", "cluster-size"):
+        assert page.ids.get(f"chart-{chart}") == "svg", chart
+    assert "records per profile" in text  # chart text stays text
+    assert page.tags["iframe"] == 3
+    assert {"data_docs/index.html", "model/match_weights.html"} <= set(page.links)
+    assert sorted(p.name for p in (run_dir / "model").iterdir()) == [
+        "m_u_parameters.html",
+        "match_weights.html",
+        "unlinkables.html",
+    ]
+
+    bronze = delta_io.read_delta(spark, cfg.tables.bronze)
+    expected = {
+        (r["region"], r["source_system"], str(r["count"]))
+        for r in bronze.groupBy("region", "source_system").count().collect()
+    }
+    header, *rows = page.tables["bronze-rows"]
+    assert header == ["region", "source_system", "rows"]
+    assert {tuple(r) for r in rows} == expected
+    assert {r[0] for r in rows} == {"EU", "RO", "UA"}
+
+    html = path.read_text(encoding="utf-8")
+    emails = {r["email"] for r in bronze.where(F.col("email").contains("@")).select("email").distinct().collect()}
+    profile_ids = {r["profile_id"] for r in delta_io.read_delta(spark, cfg.tables.record_profiles).collect()}
+    record_ids = {f"{r['source_system']}:{r['source_record_id']}" for r in bronze.collect()}
+    assert len(emails) > 100 and profile_ids and record_ids
+    assert [v for v in emails | profile_ids | record_ids if v in html or v in dom] == []
+
+
+def test_a_run_without_tables_or_quality_results_says_so(cfg):
+    path = write_auditor_report(cfg, RUN, cfg.run_report_dir(RUN))
+    page = RenderedPage(path.read_text(encoding="utf-8"))
+    text = " ".join(" ".join(page.text).split())
+    assert {s: page.ids.get(s) for s in SECTIONS} == {s: "h2" for s in SECTIONS}
+    assert text.count("not available for this run") >= 10
+    assert "No quality results (quality.json) for this run" in text
+    assert page.tables == {}
+
+
+def test_a_run_report_folder_is_named_safely_from_the_run_id(cfg):
+    folder = cfg.run_report_dir("manual__2026-11-22T08:21:18.831069+00:00")
+    assert folder == cfg.reports / "runs" / "manual__2026-11-22T08_21_18.831069_00_00"
+    with pytest.raises(IdresError, match="run id"):
+        cfg.run_report_dir("..")
