@@ -1,4 +1,4 @@
-"""identity_resolution: regional sources -> bronze -> silver -> consent gate -> resolved -> golden profiles."""
+"""identity_resolution: regional sources -> bronze -> silver -> consent gate -> resolved -> gated golden profiles."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from datetime import datetime
 
 from airflow.providers.standard.operators.bash import BashOperator
 from airflow.sdk import DAG, Param
-from idres_common import DEFAULT_ARGS, PROJECT, spark_job
+from idres_common import DEFAULT_ARGS, GOLD, PROJECT, spark_job, table_assets
 
 DOC = """
 ### identity_resolution
@@ -21,9 +21,18 @@ DOC = """
    decision is audited in `audit/consent_decisions`.
 5. **resolve**: Splink (Fellegi-Sunter) on Spark with the latest trained model (trained when none exists):
    pairwise matches, clusters, and stable profile ids with created / merged / split / retired events.
-6. **unify**: golden profiles by the survivorship rules (`conf/survivorship.yaml`), with cell-level lineage
-   (source record, rule, purpose, lawful basis, consent event) and per-purpose permissions, merged into Delta;
-   a withdrawn record's values leave its profile on this run. Each table commits once per run id.
+6. **unify**: golden-profile candidates by the survivorship rules (`conf/survivorship.yaml`), with cell-level
+   lineage (source record, rule, purpose, lawful basis, consent event) and per-purpose permissions, staged
+   under `staging/gold/`; a withdrawn record's values leave its profile on this run.
+7. **quality_gate**: write-audit-publish. Great Expectations suites (`expectations/`) validate the staged
+   gold and the run's tables (consent compliance, unique ids, formats, cluster-size bound, profile-id churn,
+   reconciliation counts). Only when all hold are the candidates merged into the published gold tables
+   (once per run id); otherwise the task fails naming the failed expectations and gold stays at its
+   previous version. Either way it writes `reports/runs/<run id>/`: quality.json, GX Data Docs and the
+   auditor report (index.html).
+
+Param `mode`: `full` reads every source extract; `incremental` skips extracts byte-identical to the ones
+their last ingest read. Each stage outputs its Delta tables as Airflow Assets.
 
 Each Spark stage is submitted through the `spark_default` connection (`local[*]` by default): point that
 connection at a cluster and the same jobs run there.
@@ -41,6 +50,7 @@ with DAG(
     params={
         "demo_people": Param(2000, type="integer", minimum=0, description="demo people; 0 = none"),
         "demo_corrupt": Param(True, type="boolean", description="append known-bad rows to the demo sources"),
+        "mode": Param("full", enum=["full", "incremental"], description="incremental skips unchanged extracts"),
     },
 ) as dag:
     demo_data = BashOperator(
@@ -50,10 +60,31 @@ with DAG(
         cwd=str(PROJECT),
         retries=0,
     )
-    ingest = spark_job("ingest", "ingest")
-    standardize = spark_job("standardize", "standardize")
-    consent_gate = spark_job("consent_gate", "consent", "--cutoff", "{{ dag_run.run_after }}")
-    resolve = spark_job("resolve", "resolve")
+    ingest = spark_job(
+        "ingest",
+        "ingest",
+        "--mode",
+        "{{ params.mode }}",
+        outlets=table_assets("bronze/customers", "bronze/quarantine", "audit/ingest_runs"),
+    )
+    standardize = spark_job("standardize", "standardize", outlets=table_assets("silver/customers"))
+    consent_gate = spark_job(
+        "consent_gate",
+        "consent",
+        "--cutoff",
+        "{{ dag_run.run_after }}",
+        outlets=table_assets(
+            "silver/consent_ledger", "silver/effective_consent", "silver/admitted_customers", "audit/consent_decisions"
+        ),
+    )
+    resolve = spark_job(
+        "resolve",
+        "resolve",
+        outlets=table_assets(
+            "gold/pairwise_matches", "gold/record_profiles", "gold/profile_registry", "audit/identity_events"
+        ),
+    )
     unify = spark_job("unify", "unify")
+    quality_gate = spark_job("quality_gate", "quality_gate", outlets=[*GOLD, *table_assets("audit/unify_runs")])
 
-    demo_data >> ingest >> standardize >> consent_gate >> resolve >> unify
+    demo_data >> ingest >> standardize >> consent_gate >> resolve >> unify >> quality_gate

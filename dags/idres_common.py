@@ -1,4 +1,4 @@
-"""What every idres DAG shares: the project location and how a stage is submitted to Spark."""
+"""What every idres DAG shares: the project location, how a stage is submitted to Spark, the table assets."""
 
 from __future__ import annotations
 
@@ -7,13 +7,23 @@ from datetime import timedelta
 from pathlib import Path
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+from airflow.sdk import Asset
 
 PROJECT = Path(os.environ.get("IDRES_HOME", Path(__file__).resolve().parents[1]))
 JOBS = PROJECT / "jobs"
+LAKEHOUSE = Path(os.environ.get("IDRES_LAKEHOUSE", PROJECT / "lakehouse"))
 DEFAULT_ARGS = {"retries": 2, "retry_delay": timedelta(seconds=30), "owner": "data-engineering"}
 
 
-def spark_job(task_id: str, module: str, *args: str) -> SparkSubmitOperator:
+def table_assets(*tables: str) -> list[Asset]:
+    """Airflow Assets for Delta tables named by their lakehouse path (e.g. 'gold/profiles')."""
+    return [Asset(name=f"idres.{t.replace('/', '.')}", uri=(LAKEHOUSE / t).as_uri(), group="delta") for t in tables]
+
+
+GOLD = table_assets("gold/profiles", "gold/profile_sources", "gold/profile_lineage", "gold/profile_permissions")
+
+
+def spark_job(task_id: str, module: str, *args: str, outlets: list[Asset] | None = None) -> SparkSubmitOperator:
     """A stage of the pipeline, submitted through the spark_default connection with Airflow's run id."""
     return SparkSubmitOperator(
         task_id=task_id,
@@ -21,4 +31,5 @@ def spark_job(task_id: str, module: str, *args: str) -> SparkSubmitOperator:
         name=f"idres-{task_id.replace('_', '-')}",
         conn_id="spark_default",
         application_args=["--run-id", "{{ run_id }}", *args],
+        outlets=outlets or [],
     )

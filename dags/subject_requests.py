@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from airflow.sdk import DAG, Param
-from idres_common import DEFAULT_ARGS, spark_job
+from idres_common import DEFAULT_ARGS, GOLD, spark_job
 
 DOC = """
 ### subject_requests
@@ -40,4 +40,5 @@ with DAG(
         "{{ params.action }}",
         "--record={{ params.record }}",
         "--profile-id={{ params.profile_id }}",
+        outlets=GOLD,
     )

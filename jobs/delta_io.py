@@ -30,6 +30,11 @@ def table_version(path: Path | str) -> int | None:
     return DeltaTable(str(path)).version() if table_exists(path) else None
 
 
+def column_names(path: Path | str) -> list[str]:
+    """The table's column names (current schema)."""
+    return [f.name for f in DeltaTable(str(path)).schema().fields]
+
+
 def history(path: Path | str) -> list[dict[str, Any]]:
     """Commit history, newest first, including each commit's custom metadata (run_id, job)."""
     return DeltaTable(str(path)).history()

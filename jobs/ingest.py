@@ -7,6 +7,7 @@ so rerunning the same batch adds nothing.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from jobs import delta_io
 from jobs.canonical import BRONZE_COLUMNS, CANONICAL_COLUMNS, CANONICAL_FIELDS, TYPED_COLUMNS, subject_hash
 from jobs.config import PipelineConfig, SourceConfig
 from jobs.errors import SourceSchemaError
-from jobs.runner import run_job
+from jobs.runner import job_arg_parser, run_job
 
 log = logging.getLogger("idres.ingest")
 
@@ -225,17 +226,22 @@ def raw_canonical_values() -> Column:
     )
 
 
-def validated_sources(spark: SparkSession, cfg: PipelineConfig) -> DataFrame:
-    """All sources read, mapped and checked, as one DataFrame with a reason column."""
+def validated_sources(
+    spark: SparkSession, cfg: PipelineConfig, sources: Sequence[SourceConfig] | None = None
+) -> DataFrame:
+    """The sources (default: all configured) read, mapped and checked, as one DataFrame with a reason column."""
     frames = [
         read_source(spark, s).transform(map_to_canonical, s).transform(assign_quarantine_reasons, s)
-        for s in cfg.sources
+        for s in (cfg.sources if sources is None else sources)
     ]
     return reduce(lambda a, b: a.unionByName(b), frames)
 
 
 def _count(validated: DataFrame, cfg: PipelineConfig) -> list[SourceCounts]:
-    rows = validated.groupBy("source_system", REASON).count().collect()
+    return _count_rows(validated.groupBy("source_system", REASON).count().collect(), cfg)
+
+
+def _count_rows(rows: Iterable[Mapping[str, object]], cfg: PipelineConfig) -> list[SourceCounts]:
     counts = {s.name: SourceCounts(s.name, s.region) for s in cfg.sources}
     for row in rows:
         c = counts[row["source_system"]]
@@ -248,10 +254,47 @@ def _count(validated: DataFrame, cfg: PipelineConfig) -> list[SourceCounts]:
     return list(counts.values())
 
 
-def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> IngestResult:
-    """Land all configured sources in bronze and their bad rows in quarantine; record the counts."""
+def source_fingerprint(source: SourceConfig) -> str | None:
+    """SHA-256 of a source extract's bytes, or None when the extract is missing."""
+    if not source.path.is_file():
+        return None
+    digest = hashlib.sha256()
+    with source.path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def unchanged_sources(cfg: PipelineConfig, fingerprints: Mapping[str, str | None]) -> set[str]:
+    """Sources whose extract is byte-identical to the one their last ingest read."""
+    if not delta_io.table_exists(cfg.tables.ingest_runs):
+        return set()
+    last = (
+        delta_io.query_delta(
+            "SELECT source_system, arg_max(source_sha256, ingested_at) AS sha FROM r GROUP BY 1",
+            r=cfg.tables.ingest_runs,
+        ).to_pylist()
+        if "source_sha256" in delta_io.column_names(cfg.tables.ingest_runs)
+        else []
+    )
+    return {row["source_system"] for row in last if row["sha"] and row["sha"] == fingerprints.get(row["source_system"])}
+
+
+def run(spark: SparkSession, cfg: PipelineConfig, run_id: str, mode: str = "full") -> IngestResult:
+    """Land the sources in bronze and their bad rows in quarantine; record the counts.
+
+    mode `full` reads every extract; `incremental` skips an extract byte-identical to the one the source's
+    last ingest read (its rows are in bronze already), recording zero counts for it.
+    """
     ingested_at = datetime.now(UTC).replace(microsecond=0)
-    validated = validated_sources(spark, cfg)
+    fingerprints = {s.name: source_fingerprint(s) for s in cfg.sources}
+    skipped = unchanged_sources(cfg, fingerprints) if mode == "incremental" else set()
+    for name in sorted(skipped):
+        log.info("ingest %s: extract unchanged since its last ingest; skipped (incremental)", name)
+    to_read = [s for s in cfg.sources if s.name not in skipped]
+    if not to_read:
+        return _record_ingest(spark, cfg, run_id, ingested_at, _count_rows([], cfg), fingerprints, 0)
+    validated = validated_sources(spark, cfg, to_read)
     if delta_io.table_exists(cfg.tables.erasure_register):
         validated = suppress_erased_subjects(validated, delta_io.read_delta(spark, cfg.tables.erasure_register))
     validated = validated.persist()
@@ -271,10 +314,36 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> IngestResult:
         )
     finally:
         validated.unpersist()
+    return _record_ingest(
+        spark, cfg, run_id, ingested_at, counts, fingerprints, int(metrics["num_target_rows_inserted"])
+    )
+
+
+def _record_ingest(
+    spark: SparkSession,
+    cfg: PipelineConfig,
+    run_id: str,
+    ingested_at: datetime,
+    counts: list[SourceCounts],
+    fingerprints: Mapping[str, str | None],
+    bronze_inserted: int,
+) -> IngestResult:
     audit = spark.createDataFrame(
-        [(run_id, c.source_system, c.region, c.read, c.landed, c.quarantined, ingested_at) for c in counts],
+        [
+            (
+                run_id,
+                c.source_system,
+                c.region,
+                c.read,
+                c.landed,
+                c.quarantined,
+                ingested_at,
+                fingerprints[c.source_system],
+            )
+            for c in counts
+        ],
         "run_id string, source_system string, region string, rows_read long, rows_landed long, "
-        "rows_quarantined long, ingested_at timestamp",
+        "rows_quarantined long, ingested_at timestamp, source_sha256 string",
     )
     delta_io.merge_delta(
         audit,
@@ -284,7 +353,7 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> IngestResult:
         job="ingest",
         update_changed=True,
     )
-    result = IngestResult(run_id=run_id, sources=counts, bronze_inserted=int(metrics["num_target_rows_inserted"]))
+    result = IngestResult(run_id=run_id, sources=counts, bronze_inserted=bronze_inserted)
     for c in counts:
         log.info(
             "ingest %s: read=%d landed=%d quarantined=%d %s",
@@ -298,8 +367,15 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> IngestResult:
     return result
 
 
+RUN_MODES = ("full", "incremental")
+
+
 def main(argv: Sequence[str] | None = None) -> IngestResult:
-    return run_job("ingest", run, argv)
+    parser = job_arg_parser("idres ingest job")
+    parser.add_argument(
+        "--mode", choices=RUN_MODES, default="full", help="incremental skips extracts unchanged since their last ingest"
+    )
+    return run_job("ingest", run, argv, parser)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ from expectations import (
 from jobs import delta_io
 from jobs.config import GOLD_TABLES, PipelineConfig
 from jobs.errors import IdresError
+from jobs.report import write_auditor_report
 from jobs.runner import run_job
 
 log = logging.getLogger("idres.quality_gate")
@@ -267,6 +268,7 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> GateResult:
         result.publish = publish(spark, cfg, run_id)
         outcome.published = True
     write_outcome(outcome, report_dir)
+    log.info("auditor report: %s", write_auditor_report(cfg, run_id, report_dir))
     if not outcome.success:
         versions = {name: delta_io.table_version(getattr(cfg.tables, name)) for name in GOLD_TABLES}
         raise QualityGateError(

@@ -21,6 +21,7 @@ import argparse
 import hashlib
 import json
 import logging
+import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,7 +32,7 @@ import pyarrow.parquet as pq
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs import delta_io, resolve, unify
+from jobs import delta_io, quality_gate, resolve, unify
 from jobs.canonical import subject_hash
 from jobs.config import PipelineConfig, TablePaths
 from jobs.consent import SUBJECT
@@ -225,6 +226,9 @@ def erase_subject(spark: SparkSession, cfg: PipelineConfig, subject: Subject, ru
     if delta_io.table_exists(t.admitted) and delta_io.table_exists(t.record_profiles):
         resolve.run(spark, cfg, run_id=run_id)
         unify.run(spark, cfg, run_id=run_id)
+        # Art. 17 does not wait for the quality gate: the candidates only lose the subject's data.
+        quality_gate.publish(spark, cfg, run_id=run_id)
+    shutil.rmtree(t.staging, ignore_errors=True)  # candidates of an earlier, failed gate hold the subject too
     if subject.profile_ids and delta_io.table_exists(t.record_profiles):
         remaining = delta_io.read_delta(spark, t.record_profiles).select("profile_id").distinct()
         gone = spark.createDataFrame([(p,) for p in subject.profile_ids], "profile_id string").join(

@@ -88,3 +88,28 @@ def trained(spark, tmp_path_factory):
         "unlinkables.html",
     }
     return cfg
+
+
+def copy_lakehouse(cfg: PipelineConfig, root: Path) -> PipelineConfig:
+    """A copy of cfg's lakehouse and model charts under root, sharing cfg's models folder."""
+    import dataclasses
+    import shutil
+
+    shutil.copytree(cfg.lakehouse, root / "lakehouse")
+    if (cfg.reports / "models").exists():
+        shutil.copytree(cfg.reports / "models", root / "reports" / "models")
+    return dataclasses.replace(
+        cfg.with_paths(lakehouse=root / "lakehouse", reports=root / "reports"), models=cfg.models
+    )
+
+
+@pytest.fixture(scope="session")
+def staged_demo(spark, trained, tmp_path_factory) -> PipelineConfig:
+    """The trained demo lakehouse (ingested, standardized, gated), resolved and unified by run 'demo':
+    gold candidates staged, nothing published yet. Copy it (copy_lakehouse) before changing it."""
+    from jobs import resolve, unify
+
+    cfg = copy_lakehouse(trained, tmp_path_factory.mktemp("staged-demo"))
+    resolve.run(spark, cfg, run_id="demo")
+    unify.run(spark, cfg, run_id="demo")
+    return cfg

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import json
 import os
 import subprocess
 import sys
@@ -70,7 +71,14 @@ def test_dags_load_without_errors_and_carry_docs_tags_and_retries(airflow_env, m
         "consent_gate",
         "resolve",
         "unify",
+        "quality_gate",
     ]
+    pipeline = bag.dags["identity_resolution"]
+    assert pipeline.params["mode"] == "full"
+    outlets = {t.task_id: {a.name for a in t.outlets} for t in pipeline.tasks}
+    assert "idres.gold.profiles" in outlets["quality_gate"]
+    assert "idres.bronze.customers" in outlets["ingest"]
+    assert "idres.gold.profiles" in {a.name for t in bag.dags["subject_requests"].tasks for a in t.outlets}
 
 
 def _airflow(env: dict[str, str], *args: str) -> None:
@@ -95,7 +103,17 @@ def test_running_the_dag_twice_changes_nothing_the_second_time(airflow_env):
     assert None not in gated_versions
     assert delta_io.history(bronze)[0]["run_id"].startswith("manual__")  # Airflow's run_id
 
-    _airflow(airflow_env, "dags", "test", "identity_resolution", "2026-01-02", "-c", '{"demo_people": 40}')
+    reports = sorted((Path(airflow_env["IDRES_REPORTS"]) / "runs").glob("*/quality.json"))
+    assert len(reports) == 1 and json.loads(reports[0].read_text())["published"] is True
+    assert (reports[0].parent / "index.html").is_file() and (reports[0].parent / "data_docs" / "index.html").is_file()
+
+    second = '{"demo_people": 40, "mode": "incremental"}'
+    _airflow(airflow_env, "dags", "test", "identity_resolution", "2026-01-02", "-c", second)
+    runs = delta_io.query_delta(
+        "SELECT run_id, sum(rows_read) AS n FROM r GROUP BY 1 ORDER BY max(ingested_at)",
+        r=lakehouse / "audit" / "ingest_runs",
+    ).to_pylist()
+    assert len(runs) == 2 and runs[0]["n"] > expected_rows and runs[1]["n"] == 0  # unchanged extracts skipped
     assert delta_io.query_delta(count_sql, b=bronze).column("n")[0].as_py() == expected_rows
     assert delta_io.table_version(bronze) == version
     assert [delta_io.table_version(t) for t in gated] == gated_versions  # nothing changed, nothing committed

@@ -11,9 +11,10 @@ from html.parser import HTMLParser
 import pytest
 from pyspark.sql import functions as F
 
-from jobs import delta_io, resolve, unify
+from jobs import delta_io, quality_gate
 from jobs.errors import IdresError
 from jobs.report import write_auditor_report
+from tests.conftest import copy_lakehouse
 
 RUN = "demo"  # the run id the session's `trained` fixture ingested and gated with
 SECTIONS = (
@@ -123,14 +124,10 @@ def rendered_dom(url: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def published(spark, trained, tmp_path_factory):
-    """A copy of the trained demo lakehouse (ingested, standardized, gated), resolved and unified by RUN."""
-    root = tmp_path_factory.mktemp("report")
-    shutil.copytree(trained.lakehouse, root / "lakehouse")
-    shutil.copytree(trained.reports / "models", root / "reports" / "models")
-    cfg = trained.with_paths(lakehouse=root / "lakehouse", reports=root / "reports")
-    resolve.run(spark, cfg, run_id=RUN)
-    unify.run(spark, cfg, run_id=RUN)
+def published(spark, staged_demo, tmp_path_factory):
+    """A copy of the staged demo lakehouse with its gold published by RUN."""
+    cfg = copy_lakehouse(staged_demo, tmp_path_factory.mktemp("report"))
+    quality_gate.publish(spark, cfg, run_id=RUN)
     return cfg
 
 

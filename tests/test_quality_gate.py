@@ -1,0 +1,178 @@
+"""The quality gate: GX suites on a real demo run, write-audit-publish, and the checks' own logic."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from chispa import assert_df_equality
+from pyspark.sql import functions as F
+
+from expectations import TableCheck, must_hold
+from expectations.profile_sources import with_source_checks
+from expectations.profiles import cell_compliance
+from jobs import delta_io, resolve, unify
+from jobs.config import GOLD_TABLES
+from jobs.quality_gate import QualityGateError, run, validate
+from tests.conftest import copy_lakehouse
+
+CONSENT_FAILURE = "profiles: expect_column_values_to_be_in_set(consent_compliant)"
+
+
+def gold_versions(cfg):
+    return {t: delta_io.table_version(getattr(cfg.tables, t)) for t in GOLD_TABLES}
+
+
+def personal_values(spark, cfg) -> set[str]:
+    silver = delta_io.read_delta(spark, cfg.tables.silver)
+    values = set()
+    for column in ("email", "phone", "last_name", "street"):
+        values |= {r[0] for r in silver.where(F.length(column) > 5).select(column).distinct().collect()}
+    return values
+
+
+@pytest.fixture(scope="module")
+def gated(spark, staged_demo, tmp_path_factory):
+    """A copy of the staged demo run, passed through the gate once (run 'demo' published)."""
+    cfg = copy_lakehouse(staged_demo, tmp_path_factory.mktemp("gate"))
+    result = run(spark, cfg, run_id="demo")
+    return cfg, result
+
+
+def test_a_clean_run_passes_every_suite_and_publishes_with_data_docs_and_report(spark, gated, staged_demo):
+    cfg, result = gated
+    assert result.outcome.success and result.outcome.published and result.outcome.failed == []
+    assert {s["suite"] for s in result.outcome.suites} == {
+        "bronze",
+        "ingest_reconciliation",
+        "silver",
+        "consent_ledger",
+        "consent_reconciliation",
+        "pairwise_matches",
+        "profiles",
+        "profile_sources",
+        "profile_lineage",
+    }
+    staged = delta_io.read_delta(spark, staged_demo.tables.staged("profiles"))
+    assert_df_equality(
+        delta_io.read_delta(spark, cfg.tables.profiles), staged, ignore_row_order=True, ignore_nullable=True
+    )
+    assert not cfg.tables.staging.exists()  # published candidates leave staging
+    run_dir = cfg.run_report_dir("demo")
+    quality = json.loads((run_dir / "quality.json").read_text())
+    assert quality["success"] and quality["published"] and quality["failed"] == []
+    assert (run_dir / "data_docs" / "index.html").is_file()
+    assert (run_dir / "index.html").is_file()
+    # No personal value in the results, the Data Docs or the report: GX returns counts only.
+    written = "".join(p.read_text(errors="replace") for p in run_dir.rglob("*.htm*") if "model" not in p.parts)
+    written += (run_dir / "quality.json").read_text()
+    values = personal_values(spark, cfg)
+    assert len(values) > 100
+    assert [v for v in values if v in written] == []
+
+
+def test_a_profile_with_a_marketing_email_without_consent_fails_the_gate_and_publishes_nothing(spark, gated, tmp_path):
+    cfg = copy_lakehouse(gated[0], tmp_path)
+    resolve.run(spark, cfg, run_id="run-2")
+    unify.run(spark, cfg, run_id="run-2")
+    before = gold_versions(cfg)
+    published = {t: delta_io.read_delta(spark, getattr(cfg.tables, t)).collect() for t in GOLD_TABLES}
+
+    # Corrupt one staged profile: a marketing email for a profile not permitted marketing_email.
+    denied = (
+        delta_io.read_delta(spark, cfg.tables.staged("profile_permissions"))
+        .where("purpose = 'marketing_email' AND NOT allowed")
+        .select("profile_id")
+        .orderBy("profile_id")
+        .first()["profile_id"]
+    )
+    staged = delta_io.read_delta(spark, cfg.tables.staged("profiles"))
+    corrupted = staged.withColumn(
+        "marketing_email",
+        F.when(F.col("profile_id") == denied, F.lit("corrupt@example.org")).otherwise(F.col("marketing_email")),
+    )
+    delta_io.overwrite_delta(corrupted.localCheckpoint(), cfg.tables.staged("profiles"), run_id="test", job="test")
+
+    with pytest.raises(QualityGateError) as failure:
+        run(spark, cfg, run_id="run-2")
+
+    assert CONSENT_FAILURE in str(failure.value)
+    assert "corrupt@example.org" not in str(failure.value)
+    assert gold_versions(cfg) == before
+    for t in GOLD_TABLES:
+        assert sorted(delta_io.read_delta(spark, getattr(cfg.tables, t)).collect()) == sorted(published[t]), t
+    run_dir = cfg.run_report_dir("run-2")
+    quality = json.loads((run_dir / "quality.json").read_text())
+    assert quality["success"] is False and quality["published"] is False
+    assert [f for f in quality["failed"] if f.startswith(CONSENT_FAILURE)] == quality["failed"]
+    (profiles,) = [s for s in quality["suites"] if s["suite"] == "profiles"]
+    (compliance,) = [e for e in profiles["expectations"] if e["column"] == "consent_compliant"]
+    assert compliance["unexpected_count"] == 1
+    report = (run_dir / "index.html").read_text()
+    assert CONSENT_FAILURE in report and "FAILED, not published" in report
+    assert (run_dir / "data_docs" / "index.html").is_file()
+    assert cfg.tables.staged("profiles").exists()  # the failed candidates stay for inspection
+
+
+def test_cell_compliance_needs_lineage_an_accepted_basis_and_a_permitted_purpose(spark, cfg):
+    profiles = spark.createDataFrame(
+        [("p1", "a@x.org", "a@x.org"), ("p2", "b@x.org", "b@x.org"), ("p3", "c@x.org", None), ("p4", None, None)],
+        "profile_id string, email string, marketing_email string",
+    )
+    lineage = spark.createDataFrame(
+        [
+            ("p1", "email", "profile_unification", "contract"),
+            ("p1", "marketing_email", "marketing_email", "consent"),
+            ("p2", "email", "profile_unification", "consent"),
+            ("p2", "marketing_email", "marketing_email", "legitimate_interest"),  # consent is the only basis
+            ("p3", "email", "analytics", "consent"),  # analytics does not cover email
+        ],
+        "profile_id string, column string, purpose string, lawful_basis string",
+    )
+    permissions = spark.createDataFrame(
+        [
+            ("p1", "profile_unification", True),
+            ("p1", "marketing_email", True),
+            ("p2", "profile_unification", False),  # withdrawn for the profile
+            ("p2", "marketing_email", True),
+            ("p3", "analytics", True),
+        ],
+        "profile_id string, purpose string, allowed boolean",
+    )
+    actual = cell_compliance(profiles, lineage, permissions, ["email", "marketing_email"], cfg.policy)
+    expected = spark.createDataFrame(
+        [
+            ("p1", "email", True),
+            ("p1", "marketing_email", True),
+            ("p2", "email", False),
+            ("p2", "marketing_email", False),
+            ("p3", "email", False),
+        ],
+        "profile_id string, column string, compliant boolean",
+    )
+    assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
+
+
+def test_profile_id_churn_over_the_bound_fails_and_new_records_do_not_count(spark, cfg):
+    previous = spark.createDataFrame(
+        [("s", str(i), "pA" if i < 5 else "pB") for i in range(10)],
+        "source_system string, source_record_id string, profile_id string",
+    )
+    moved = {"0", "1"}  # 2 of 10 published records change profile: 20 % churn
+    sources = spark.createDataFrame(
+        [("s", str(i), "pC" if str(i) in moved else ("pA" if i < 5 else "pB")) for i in range(10)]
+        + [("s", "new", "pC")],
+        "source_system string, source_record_id string, profile_id string",
+    )
+    profiles = spark.createDataFrame([("pA",), ("pB",), ("pC",)], "profile_id string")
+    checked = with_source_checks(sources, profiles, previous)
+    kept = {r["source_record_id"]: r["profile_id_kept"] for r in checked.collect()}
+    assert kept == {**{str(i): str(i) not in moved for i in range(10)}, "new": None}
+
+    def churn_check(bound: float) -> TableCheck:
+        return TableCheck("churn", "gold/profile_sources", checked, [must_hold("profile_id_kept", "churn", 1 - bound)])
+
+    assert validate([churn_check(0.25)], "r").success
+    failed = validate([churn_check(0.05)], "r")
+    assert not failed.success
+    assert failed.failed == ["churn: expect_column_values_to_be_in_set(profile_id_kept): churn"]
