@@ -267,17 +267,12 @@ def source_fingerprint(source: SourceConfig) -> str | None:
 
 def unchanged_sources(cfg: PipelineConfig, fingerprints: Mapping[str, str | None]) -> set[str]:
     """Sources whose extract is byte-identical to the one their last ingest read."""
-    if not delta_io.table_exists(cfg.tables.ingest_runs):
+    runs = cfg.tables.ingest_runs
+    if not delta_io.table_exists(runs) or "source_sha256" not in delta_io.column_names(runs):
         return set()
-    last = (
-        delta_io.query_delta(
-            "SELECT source_system, arg_max(source_sha256, ingested_at) AS sha FROM r GROUP BY 1",
-            r=cfg.tables.ingest_runs,
-        ).to_pylist()
-        if "source_sha256" in delta_io.column_names(cfg.tables.ingest_runs)
-        else []
-    )
-    return {row["source_system"] for row in last if row["sha"] and row["sha"] == fingerprints.get(row["source_system"])}
+    rows = delta_io.query_delta("SELECT source_system, source_sha256, ingested_at FROM r", r=runs).to_pylist()
+    last = {r["source_system"]: r["source_sha256"] for r in sorted(rows, key=lambda r: r["ingested_at"])}
+    return {name for name, sha in last.items() if sha is not None and sha == fingerprints.get(name)}
 
 
 def run(spark: SparkSession, cfg: PipelineConfig, run_id: str, mode: str = "full") -> IngestResult:
