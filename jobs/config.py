@@ -147,6 +147,21 @@ class SparkConfig:
     conf: Mapping[str, str] = field(default_factory=dict)
 
 
+RESOLVE_ENGINES: tuple[str, ...] = ("spark", "duckdb", "auto")
+
+
+@dataclass(frozen=True)
+class ResolveConfig:
+    """Which Splink backend the resolve and train jobs use (conf/pipeline.yaml `resolve`).
+
+    `auto` picks DuckDB, inside the Spark driver, for at most `duckdb_max_records` admitted records on a
+    local Spark master, and Spark otherwise.
+    """
+
+    engine: str = "auto"
+    duckdb_max_records: int = 2_000_000
+
+
 @dataclass(frozen=True)
 class QualityConfig:
     """Bounds the quality gate holds every run to before gold is published (pipeline.yaml `quality`)."""
@@ -271,6 +286,7 @@ class PipelineConfig:
     models: Path
     reports: Path
     quality: QualityConfig = field(default_factory=QualityConfig)
+    resolve: ResolveConfig = field(default_factory=ResolveConfig)
 
     @property
     def tables(self) -> TablePaths:
@@ -672,6 +688,24 @@ def _load_quality(raw: Any, problems: _Problems) -> QualityConfig:
     return QualityConfig(max_cluster_size=size, max_profile_id_churn=float(churn))
 
 
+def _load_resolve(raw: Any, problems: _Problems) -> ResolveConfig:
+    file, default = "pipeline.yaml", ResolveConfig()
+    if not isinstance(raw, dict):
+        problems.add(file, "resolve", "must be a mapping")
+        return default
+    engine = raw.get("engine", default.engine)
+    if engine not in RESOLVE_ENGINES:
+        problems.add(file, "resolve.engine", f"must be one of {', '.join(RESOLVE_ENGINES)}, got '{engine}'")
+        engine = default.engine
+    max_records = raw.get("duckdb_max_records", default.duckdb_max_records)
+    if not isinstance(max_records, int) or isinstance(max_records, bool) or max_records < 0:
+        problems.add(file, "resolve.duckdb_max_records", "must be a non-negative integer")
+        max_records = default.duckdb_max_records
+    for key in sorted(set(raw) - {"engine", "duckdb_max_records"}):
+        problems.add(file, f"resolve.{key}", "is not a known key")
+    return ResolveConfig(engine=engine, duckdb_max_records=max_records)
+
+
 def load_config(conf_dir: Path | str | None = None) -> PipelineConfig:
     """Load and check conf/pipeline.yaml, sources.yaml, policy.yaml, splink.yaml and survivorship.yaml.
 
@@ -737,6 +771,7 @@ def load_config(conf_dir: Path | str | None = None) -> PipelineConfig:
     models = data_root("models", "models")
     reports = data_root("reports", "reports")
     quality = _load_quality(pipeline.get("quality") or {}, problems)
+    resolve = _load_resolve(pipeline.get("resolve") or {}, problems)
 
     if problems.items:
         raise ConfigError(problems.items)
@@ -753,4 +788,5 @@ def load_config(conf_dir: Path | str | None = None) -> PipelineConfig:
         models=models,
         reports=reports,
         quality=quality,
+        resolve=resolve,
     )

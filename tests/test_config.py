@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from jobs.config import DEFAULT_CONF_DIR, load_config
+from jobs.config import DEFAULT_CONF_DIR, ResolveConfig, load_config
 from jobs.errors import ConfigError
 
 
@@ -45,6 +45,25 @@ def test_every_problem_is_reported_at_once_naming_file_and_key(tmp_path):
         ]
     )
     assert isinstance(err.value, ValueError)
+
+
+def test_the_resolve_engine_ships_as_auto_and_a_bad_one_is_named(tmp_path):
+    assert load_config().resolve == ResolveConfig(engine="auto", duckdb_max_records=2_000_000)
+    conf = tmp_path / "conf"
+    shutil.copytree(DEFAULT_CONF_DIR, conf)
+    pipeline = yaml.safe_load((conf / "pipeline.yaml").read_text(encoding="utf-8"))
+    pipeline["resolve"] = {"engine": "pandas", "duckdb_max_records": "many", "engines": "spark"}
+    (conf / "pipeline.yaml").write_text(yaml.safe_dump(pipeline), encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        load_config(conf)
+    assert sorted(err.value.problems) == [
+        "pipeline.yaml: resolve.duckdb_max_records: must be a non-negative integer",
+        "pipeline.yaml: resolve.engine: must be one of spark, duckdb, auto, got 'pandas'",
+        "pipeline.yaml: resolve.engines: is not a known key",
+    ]
+    pipeline["resolve"] = {"engine": "duckdb"}
+    (conf / "pipeline.yaml").write_text(yaml.safe_dump(pipeline), encoding="utf-8")
+    assert load_config(conf).resolve == ResolveConfig(engine="duckdb", duckdb_max_records=2_000_000)
 
 
 def test_a_missing_file_is_named(tmp_path):
