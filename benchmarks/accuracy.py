@@ -35,9 +35,8 @@ from pyspark.sql import functions as F
 from jobs import delta_io, demo_data, ingest, standardize
 from jobs.canonical import CANONICAL_COLUMNS
 from jobs.config import PipelineConfig, PurposePolicy, load_config
-from jobs.linkage import linkage_input, splink_settings, train
+from jobs.linkage import linkage_input, linker_for, splink_settings, train
 from jobs.spark_session import build_spark_session
-from jobs.train import spark_linker
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 DATASETS = ("febrl3", "febrl4", "demo")
@@ -157,7 +156,7 @@ def run_project(
     source_cfgs = [dataclasses.replace(cfg.sources[0], name=n, default_country=c) for n, c in sources.items()]
     silver = standardize.standardize(bronze, source_cfgs, policy).persist()
     records = linkage_input(silver, cfg.linkage)
-    linker = spark_linker(spark, records, splink_settings(cfg.linkage))
+    linker = linker_for(spark, records, splink_settings(cfg.linkage), "spark")
     train(linker, cfg.linkage)
     predictions = linker.inference.predict()
     clusters = linker.clustering.cluster_pairwise_predictions_at_threshold(

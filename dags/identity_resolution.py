@@ -19,8 +19,10 @@ DOC = """
 4. **consent_gate**: lands the consent feeds in the ledger, computes effective consent as of the run, and
    admits to resolution only records with a permitted lawful basis, minimized to their purposes. Every
    decision is audited in `audit/consent_decisions`.
-5. **resolve**: Splink (Fellegi-Sunter) on Spark with the latest trained model (trained when none exists):
-   pairwise matches, clusters, and stable profile ids with created / merged / split / retired events.
+5. **resolve**: Splink (Fellegi-Sunter) with the latest model trained with the current `conf/splink.yaml`
+   (trained when none exists), on Spark or on DuckDB inside the Spark driver (`resolve.engine` in
+   `conf/pipeline.yaml`; `auto`: DuckDB for a local master and few records): pairwise matches, clusters,
+   and stable profile ids with created / merged / split / retired events.
 6. **unify**: golden-profile candidates by the survivorship rules (`conf/survivorship.yaml`), with cell-level
    lineage (source record, rule, purpose, lawful basis, consent event) and per-purpose permissions, staged
    under `staging/gold/`; a withdrawn record's values leave its profile on this run.

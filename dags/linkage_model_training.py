@@ -11,9 +11,10 @@ DOC = """
 ### linkage_model_training
 Trains a new Splink model version on the records the consent gate currently admits: lambda from
 deterministic rules, u by random sampling, m by expectation maximisation on two blocking rules
-(`conf/splink.yaml`). The model JSON is versioned by time and content hash under `models/`, with
-its charts (match weights, m/u parameters, unlinkables) under `reports/models/<version>/`.
-The daily `identity_resolution` run uses the newest model. Triggered manually.
+(`conf/splink.yaml`), on the engine `resolve.engine` picks. The model JSON is versioned by time,
+engine, settings hash and content hash under `models/`, with its charts (match weights, m/u
+parameters, unlinkables) under `reports/models/<version>/`. The daily `identity_resolution` run uses
+the newest model trained with the current settings, on either engine. Triggered manually.
 """
 
 with DAG(

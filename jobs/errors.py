@@ -23,3 +23,11 @@ class SourceSchemaError(IdresError):
     def __init__(self, source: str, detail: str) -> None:
         self.source = source
         super().__init__(f"source '{source}': {detail}")
+
+
+class ModelError(IdresError):
+    """A saved Splink model does not fit the configured settings or engine."""
+
+    def __init__(self, version: str, detail: str) -> None:
+        self.version = version
+        super().__init__(f"Splink model '{version}': {detail}")

@@ -1,26 +1,39 @@
-"""Splink for this project: settings from conf/splink.yaml, training, versioned models, charts.
+"""Splink for this project: settings from conf/splink.yaml, training, versioned models, charts, engines.
 
 Shared by the training job and the resolve job (and the accuracy benchmark), so that every one
 of them builds the same Splink model from the same configuration.
+
+Everything that differs between Splink's backends lives here: the engine choice (`choose_engine`),
+building a linker (`linker_for`), bringing its output back to Spark (`to_spark`) and a saved model's
+settings in another engine's SQL dialect (`model_settings`). Spark runs Splink distributed; DuckDB
+runs it inside the Spark driver, with the admitted records handed over and the results taken back
+as Arrow.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import splink.comparison_level_library as cll
 import splink.comparison_library as cl
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from splink import Linker, SettingsCreator, block_on
+from splink import DuckDBAPI, Linker, SettingsCreator, block_on
 
-from jobs.config import LinkageConfig
+from jobs.config import LinkageConfig, ResolveConfig
+from jobs.errors import ModelError
+
+if TYPE_CHECKING:
+    from splink.internals.splink_dataframe import SplinkDataFrame
 
 log = logging.getLogger("idres.linkage")
 
@@ -41,13 +54,27 @@ LINKAGE_COLUMNS = (
     "street",
     "national_id_hash",  # present only when the policy pseudonymizes national ids; null otherwise
 )
+ENGINES = ("spark", "duckdb")  # Splink backends; each name is also Splink's SQL dialect name
 MODEL_PREFIX = "splink-model-"
+# "<UTC time>-<engine trained on>-<settings hash>-<content hash>"; names sort by time.
+MODEL_VERSION = re.compile(r"(?P<stamp>\d{8}T\d{6}Z)-(?P<engine>[a-z]+)-(?P<settings>[0-9a-f]{12})-[0-9a-f]{12}")
+LOCAL_MASTER = re.compile(r"local(\[(\*|\d+)(,\d+)?\])?")  # local, local[N], local[*], local[N,retries]
+# Thresholds only cut predictions and clusters; a change to them needs no new model.
+NOT_MODEL_SETTINGS = ("match_probability", "cluster_probability")
 
 
 @dataclass(frozen=True)
 class ModelVersion:
     path: Path
-    version: str  # "<UTC timestamp>-<first 12 hex of the JSON's SHA-256>"
+    version: str  # "<UTC timestamp>-<engine>-<settings hash>-<first 12 hex of the JSON's SHA-256>"
+    engine: str  # the engine it was trained on, whose SQL dialect its JSON is written in
+    settings_hash: str  # settings_hash() of the conf/splink.yaml it was trained with
+
+
+@dataclass(frozen=True)
+class EngineChoice:
+    engine: str
+    reason: str  # counts and settings only, never a data value
 
 
 def _creator(module: Any, entry: dict[str, Any]) -> Any:
@@ -100,31 +127,117 @@ def train(linker: Linker, linkage: LinkageConfig) -> None:
         linker.training.estimate_parameters_using_expectation_maximisation(_blocking_rule(rule))
 
 
-def save_model(linker: Linker, models_dir: Path, now: datetime | None = None) -> ModelVersion:
-    """Write the trained model as JSON named by its UTC time and content hash; return its version."""
+def settings_hash(linkage: LinkageConfig) -> str:
+    """12 hex of the SHA-256 of the model-shaping settings of conf/splink.yaml as loaded (all but the thresholds)."""
+    shaping = {k: v for k, v in dataclasses.asdict(linkage).items() if k not in NOT_MODEL_SETTINGS}
+    return hashlib.sha256(json.dumps(shaping, sort_keys=True, default=list).encode("utf-8")).hexdigest()[:12]
+
+
+def _model_version(path: Path) -> ModelVersion | None:
+    match = MODEL_VERSION.fullmatch(path.stem.removeprefix(MODEL_PREFIX))
+    if match is None or match["engine"] not in ENGINES:
+        return None
+    return ModelVersion(path=path, version=match[0], engine=match["engine"], settings_hash=match["settings"])
+
+
+def save_model(
+    linker: Linker, linkage: LinkageConfig, engine: str, models_dir: Path, now: datetime | None = None
+) -> ModelVersion:
+    """Write the trained model as JSON named by UTC time, engine, settings hash and content hash; return it."""
     models_dir.mkdir(parents=True, exist_ok=True)
     stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
     draft = models_dir / f".draft-{stamp}.json"
     linker.misc.save_model_to_json(str(draft), overwrite=True)
     digest = hashlib.sha256(draft.read_bytes()).hexdigest()[:12]
-    version = f"{stamp}-{digest}"
-    path = models_dir / f"{MODEL_PREFIX}{version}.json"
+    path = models_dir / f"{MODEL_PREFIX}{stamp}-{engine}-{settings_hash(linkage)}-{digest}.json"
     draft.replace(path)
-    return ModelVersion(path=path, version=version)
+    return _model_version(path)
 
 
-def latest_model(models_dir: Path) -> ModelVersion | None:
-    """The newest saved model (names sort by time), or None."""
-    models = sorted(models_dir.glob(f"{MODEL_PREFIX}*.json")) if models_dir.is_dir() else []
-    if not models:
-        return None
-    path = models[-1]
-    return ModelVersion(path=path, version=path.stem.removeprefix(MODEL_PREFIX))
+def latest_model(models_dir: Path, linkage: LinkageConfig) -> ModelVersion | None:
+    """The newest saved model trained with these settings, on any engine, or None.
+
+    Models trained with other settings (or named before settings were hashed) are ignored, so a
+    change to conf/splink.yaml leads to a new training rather than a stale model.
+    """
+    wanted = settings_hash(linkage)
+    paths = sorted(models_dir.glob(f"{MODEL_PREFIX}*.json")) if models_dir.is_dir() else []
+    models = [m for m in map(_model_version, paths) if m is not None and m.settings_hash == wanted]
+    return models[-1] if models else None
 
 
-def load_model_settings(model: ModelVersion) -> dict[str, Any]:
-    """A saved model as the settings dict Linker takes."""
-    return json.loads(model.path.read_text(encoding="utf-8"))
+def model_settings(model: ModelVersion, linkage: LinkageConfig, engine: str) -> dict[str, Any]:
+    """The saved model as the settings dict a Linker on `engine` takes.
+
+    Splink writes a model's SQL in its training engine's dialect (function names, quoting, casts,
+    date arithmetic), but the trained parameters (lambda, each level's m and u) are plain numbers.
+    For another engine the settings are rebuilt from conf/splink.yaml in that engine's dialect and
+    the parameters copied over level by level, so one model serves both engines.
+    """
+    if model.settings_hash != settings_hash(linkage):
+        raise ModelError(model.version, "was trained with other settings than conf/splink.yaml holds")
+    trained = json.loads(model.path.read_text(encoding="utf-8"))
+    if model.engine == engine:
+        return trained
+    target = splink_settings(linkage).create_settings_dict(engine)
+    target["probability_two_random_records_match"] = trained["probability_two_random_records_match"]
+    if len(target["comparisons"]) != len(trained["comparisons"]):
+        raise ModelError(model.version, "its comparisons differ from conf/splink.yaml's")
+    for comparison, trained_comparison in zip(target["comparisons"], trained["comparisons"], strict=True):
+        name, levels = comparison["output_column_name"], comparison["comparison_levels"]
+        trained_levels = trained_comparison["comparison_levels"]
+        if name != trained_comparison["output_column_name"] or [lv["label_for_charts"] for lv in levels] != [
+            lv["label_for_charts"] for lv in trained_levels
+        ]:
+            raise ModelError(model.version, f"comparison '{name}' differs from conf/splink.yaml's")
+        for level, trained_level in zip(levels, trained_levels, strict=True):
+            for parameter in ("m_probability", "u_probability"):
+                if parameter in trained_level:
+                    level[parameter] = trained_level[parameter]
+    return target
+
+
+def choose_engine(resolve: ResolveConfig, master: str, records: int) -> EngineChoice:
+    """The Splink engine for `records` admitted records on Spark master `master`, and why."""
+    if resolve.engine != "auto":
+        return EngineChoice(resolve.engine, f"resolve.engine is {resolve.engine}")
+    if not LOCAL_MASTER.fullmatch(master):
+        return EngineChoice("spark", f"auto: Spark master {master} is a cluster")
+    if records > resolve.duckdb_max_records:
+        return EngineChoice("spark", f"auto: {records} records > duckdb_max_records {resolve.duckdb_max_records}")
+    return EngineChoice(
+        "duckdb", f"auto: {records} records <= duckdb_max_records {resolve.duckdb_max_records} on {master}"
+    )
+
+
+def pick_engine(spark: SparkSession, resolve: ResolveConfig, records: int) -> str:
+    """choose_engine for this session's master; logs the choice and the reason."""
+    choice = choose_engine(resolve, spark.sparkContext.master, records)
+    log.info("Splink engine %s (%s)", choice.engine, choice.reason)
+    return choice.engine
+
+
+def linker_for(
+    spark: SparkSession, records: DataFrame, settings: SettingsCreator | dict[str, Any], engine: str
+) -> Linker:
+    """A Splink linker over a Spark DataFrame of linkage records on `engine` (DuckDB: the records as Arrow)."""
+    if engine == "spark":
+        from splink.backends.spark import SparkAPI
+
+        return Linker(SparkAPI(spark_session=spark).register(records), settings)
+    return Linker(DuckDBAPI().register(records.toArrow()), settings)
+
+
+def splink_columns(table: SplinkDataFrame) -> list[str]:
+    """The column names of a Splink output table, on any engine."""
+    return [c.unquote().name for c in table.columns]
+
+
+def to_spark(spark: SparkSession, table: SplinkDataFrame, engine: str, columns: Sequence[str]) -> DataFrame:
+    """`columns` of a Splink output table as a Spark DataFrame (DuckDB: selected there, handed over as Arrow)."""
+    if engine == "spark":
+        return table.as_spark_dataframe().select(*columns)
+    return spark.createDataFrame(table.as_duckdbpyrelation().select(*columns).to_arrow_table())
 
 
 def save_model_charts(linker: Linker, report_dir: Path) -> list[Path]:

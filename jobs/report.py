@@ -194,13 +194,14 @@ def data_docs_link(quality: dict[str, Any] | None, run_dir: Path) -> str | None:
 
 
 def run_model_version(cfg: PipelineConfig, run_id: str) -> tuple[str | None, str]:
-    """The model version the run's matches record, else the newest saved model; and where it came from."""
+    """The model version the run's matches record, else the newest saved model for the current settings;
+    and where it came from."""
     recorded = [r["model_version"] for r in _fetch(q.MODEL_VERSIONS, cfg.tables, run_id) or [] if r["model_version"]]
     if recorded:
         return ", ".join(recorded), "recorded on the run's pairwise matches"
-    newest = latest_model(cfg.models)
+    newest = latest_model(cfg.models, cfg.linkage)
     if newest is not None:
-        return newest.version, "none recorded; the newest saved model"
+        return newest.version, "none recorded; the newest saved model for the current settings"
     return None, "no model recorded or saved"
 
 

@@ -1,7 +1,10 @@
 """Resolve: admitted records -> pairwise matches -> clusters -> stable profile ids.
 
-Uses the latest trained Splink model and trains one only when none exists. Only admitted
-records (see jobs.consent) are resolved. Writes, all by MERGE so a rerun commits nothing:
+Uses the latest Splink model trained with the current conf/splink.yaml, and trains one only when
+none exists. Splink runs on Spark or on DuckDB inside the driver (conf/pipeline.yaml `resolve`,
+jobs.linkage.choose_engine); either way the results come back as Spark DataFrames and everything
+after clustering is the same. Only admitted records (see jobs.consent) are resolved.
+Writes, all by MERGE so a rerun commits nothing:
 - gold/pairwise_matches: both record ids, match weight and probability, and each comparison's
   level (gamma_*) to explain the match;
 - gold/record_profiles: record -> profile_id;
@@ -21,10 +24,19 @@ from pyspark.sql import functions as F
 
 from jobs import delta_io
 from jobs.config import PipelineConfig
-from jobs.linkage import ModelVersion, latest_model, linkage_input
+from jobs.linkage import (
+    ModelVersion,
+    latest_model,
+    linkage_input,
+    linker_for,
+    model_settings,
+    pick_engine,
+    splink_columns,
+    to_spark,
+)
 from jobs.profile_ids import REGISTRY_SCHEMA, assign_stable_profile_ids
 from jobs.runner import run_job
-from jobs.train import spark_linker, train_and_save
+from jobs.train import train_and_save
 
 log = logging.getLogger("idres.resolve")
 
@@ -33,6 +45,7 @@ log = logging.getLogger("idres.resolve")
 class ResolveResult:
     run_id: str
     model_version: str
+    engine: str
     records: int = 0
     pairs: int = 0
     profiles: int = 0
@@ -40,20 +53,25 @@ class ResolveResult:
 
 
 def predict_and_cluster(
-    spark: SparkSession, records: DataFrame, model: ModelVersion, match_probability: float, cluster_probability: float
+    spark: SparkSession,
+    cfg: PipelineConfig,
+    records: DataFrame,
+    model: ModelVersion,
+    engine: str,
 ) -> tuple[DataFrame, DataFrame]:
-    """Splink predictions above match_probability, and clusters (record_id, cluster_key) at cluster_probability."""
-    linker = spark_linker(spark, records, str(model.path))
-    predictions = linker.inference.predict(threshold_match_probability=match_probability)
+    """On `engine`, Splink predictions above the match probability and clusters (record_id, cluster_key)
+    at the cluster probability (conf/splink.yaml thresholds), as Spark DataFrames."""
+    linkage = cfg.linkage
+    linker = linker_for(spark, records, model_settings(model, linkage, engine), engine)
+    predictions = linker.inference.predict(threshold_match_probability=linkage.match_probability)
     clusters = linker.clustering.cluster_pairwise_predictions_at_threshold(
-        predictions, threshold_match_probability=cluster_probability
+        predictions, threshold_match_probability=linkage.cluster_probability
     )
-    pairs = predictions.as_spark_dataframe()
-    gammas = sorted(c for c in pairs.columns if c.startswith("gamma_"))
-    pairs = pairs.select("record_id_l", "record_id_r", "match_weight", "match_probability", *gammas).withColumn(
-        "model_version", F.lit(model.version)
-    )
-    clustered = clusters.as_spark_dataframe().select(
+    gammas = sorted(c for c in splink_columns(predictions) if c.startswith("gamma_"))
+    pairs = to_spark(
+        spark, predictions, engine, ["record_id_l", "record_id_r", "match_weight", "match_probability", *gammas]
+    ).withColumn("model_version", F.lit(model.version))
+    clustered = to_spark(spark, clusters, engine, ["record_id", "cluster_id"]).select(
         "record_id", F.col("cluster_id").cast("string").alias("cluster_key")
     )
     return pairs, clustered
@@ -63,15 +81,14 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> ResolveResult:
     """Resolve the admitted records into profiles with stable ids."""
     t = cfg.tables
     now = datetime.now(UTC).replace(microsecond=0)
-    admitted = delta_io.read_delta(spark, t.admitted)
-    model = latest_model(cfg.models) or train_and_save(spark, cfg, admitted)
-    records = linkage_input(admitted, cfg.linkage).persist()
-    result = ResolveResult(run_id=run_id, model_version=model.version, records=records.count())
+    records = linkage_input(delta_io.read_delta(spark, t.admitted), cfg.linkage).persist()
     try:
+        count = records.count()
+        engine = pick_engine(spark, cfg.resolve, count)
+        model = latest_model(cfg.models, cfg.linkage) or train_and_save(spark, cfg, records, engine)
+        result = ResolveResult(run_id=run_id, model_version=model.version, engine=engine, records=count)
         if result.records:
-            pairs, clusters = predict_and_cluster(
-                spark, records, model, cfg.linkage.match_probability, cfg.linkage.cluster_probability
-            )
+            pairs, clusters = predict_and_cluster(spark, cfg, records, model, engine)
         else:
             pairs = spark.createDataFrame(
                 [],
@@ -114,8 +131,9 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> ResolveResult:
     finally:
         records.unpersist()
     log.info(
-        "resolve (model %s): %d records, %d pairs, %d profiles, events %s",
+        "resolve (model %s on %s): %d records, %d pairs, %d profiles, events %s",
         model.version,
+        engine,
         result.records,
         result.pairs,
         result.profiles,

@@ -1,8 +1,10 @@
 """Train the Splink model on the admitted records and save it, versioned, with its charts.
 
 Lambda comes from deterministic rules, u from random sampling, m from expectation maximisation
-on at least two blocking rules (conf/splink.yaml). The model is written as JSON named by its UTC
-time and content hash; the charts go to reports/models/<version>/.
+on at least two blocking rules (conf/splink.yaml). Training runs on the engine conf/pipeline.yaml's
+`resolve` section picks (jobs.linkage.choose_engine); the model serves both engines. The model is
+written as JSON named by its UTC time, engine, settings hash and content hash; the charts go to
+reports/models/<version>/.
 """
 
 from __future__ import annotations
@@ -11,37 +13,41 @@ import logging
 from collections.abc import Sequence
 
 from pyspark.sql import DataFrame, SparkSession
-from splink import Linker
 
 from jobs import delta_io
 from jobs.config import PipelineConfig
-from jobs.linkage import ModelVersion, linkage_input, save_model, save_model_charts, splink_settings, train
+from jobs.linkage import (
+    ModelVersion,
+    linkage_input,
+    linker_for,
+    pick_engine,
+    save_model,
+    save_model_charts,
+    splink_settings,
+    train,
+)
 from jobs.runner import run_job
 
 log = logging.getLogger("idres.train")
 
 
-def spark_linker(spark: SparkSession, records: DataFrame, settings: object) -> Linker:
-    """A Splink linker over a Spark DataFrame of linkage records, on the Spark backend."""
-    from splink.backends.spark import SparkAPI
-
-    db_api = SparkAPI(spark_session=spark)
-    return Linker(db_api.register(records), settings)
-
-
-def train_and_save(spark: SparkSession, cfg: PipelineConfig, admitted: DataFrame) -> ModelVersion:
-    """Train on the admitted records; write the model and its charts; return the model version."""
-    linker = spark_linker(spark, linkage_input(admitted, cfg.linkage), splink_settings(cfg.linkage))
+def train_and_save(spark: SparkSession, cfg: PipelineConfig, records: DataFrame, engine: str) -> ModelVersion:
+    """Train on linkage records (jobs.linkage.linkage_input) on `engine`; write the model and its charts."""
+    linker = linker_for(spark, records, splink_settings(cfg.linkage), engine)
     train(linker, cfg.linkage)
-    model = save_model(linker, cfg.models)
+    model = save_model(linker, cfg.linkage, engine, cfg.models)
     save_model_charts(linker, cfg.reports / "models" / model.version)
-    log.info("trained Splink model %s", model.version)
+    log.info("trained Splink model %s on %s", model.version, engine)
     return model
 
 
 def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> ModelVersion:
     """Train a new model version on the currently admitted records."""
-    return train_and_save(spark, cfg, delta_io.read_delta(spark, cfg.tables.admitted))
+    records = linkage_input(delta_io.read_delta(spark, cfg.tables.admitted), cfg.linkage).persist()
+    try:
+        return train_and_save(spark, cfg, records, pick_engine(spark, cfg.resolve, records.count()))
+    finally:
+        records.unpersist()
 
 
 def main(argv: Sequence[str] | None = None) -> ModelVersion:

@@ -9,7 +9,7 @@ from pyspark.sql import SparkSession
 
 from jobs import consent, delta_io, demo_data, ingest, standardize
 from jobs.config import PipelineConfig, SparkConfig, load_config
-from jobs.linkage import latest_model
+from jobs.linkage import latest_model, linkage_input
 from jobs.spark_session import build_spark_session
 from jobs.train import train_and_save
 
@@ -74,14 +74,15 @@ def write_consent_feed(cfg: PipelineConfig, source: str, lines: list[str]) -> No
 
 @pytest.fixture(scope="session")
 def trained(spark, tmp_path_factory):
-    """A config whose models folder holds a model trained on 400 demo people."""
+    """A config whose models folder holds a model trained on Spark on 400 demo people."""
     cfg = config_in(tmp_path_factory.mktemp("resolve"))
     demo_data.generate(cfg, people=400, seed=11)
     ingest.run(spark, cfg, run_id="demo")
     standardize.run(spark, cfg, run_id="demo")
     consent.run(spark, cfg, run_id="demo", cutoff="2026-11-01T00:00:00+00:00")
-    model = train_and_save(spark, cfg, delta_io.read_delta(spark, cfg.tables.admitted))
-    assert latest_model(cfg.models) == model
+    records = linkage_input(delta_io.read_delta(spark, cfg.tables.admitted), cfg.linkage)
+    model = train_and_save(spark, cfg, records, "spark")
+    assert latest_model(cfg.models, cfg.linkage) == model
     assert {p.name for p in (cfg.reports / "models" / model.version).iterdir()} == {
         "match_weights.html",
         "m_u_parameters.html",

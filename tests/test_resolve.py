@@ -1,4 +1,8 @@
-"""Identity resolution with real Splink on Spark, using a model trained once on a small demo."""
+"""Identity resolution with real Splink, using a model trained once on Spark on a small demo.
+
+Resolve runs on the engine the shipped config picks (auto: DuckDB for the demo on local[2]);
+tests/test_engines.py shows both engines give the same profiles.
+"""
 
 from __future__ import annotations
 
@@ -92,9 +96,7 @@ def clusters_of(spark, cfg, rows):
     from jobs.linkage import linkage_input
 
     records = linkage_input(with_population(spark, cfg, rows), cfg.linkage)
-    _, clusters = resolve.predict_and_cluster(
-        spark, records, latest_model(cfg.models), 0.5, cfg.linkage.cluster_probability
-    )
+    _, clusters = resolve.predict_and_cluster(spark, cfg, records, latest_model(cfg.models, cfg.linkage), "duckdb")
     wanted = {f"{r['source_system']}:{r['source_record_id']}" for r in rows}
     groups: dict[str, set[str]] = {}
     for r in clusters.where(F.col("record_id").isin(*wanted)).collect():

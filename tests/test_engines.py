@@ -1,0 +1,166 @@
+"""Splink on Spark and on DuckDB (inside the driver) resolve the demo into the same profiles.
+
+One model serves both engines, and a model trained with other settings is never reused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from chispa import assert_approx_df_equality, assert_df_equality
+from pyspark.sql import DataFrame, Window
+from pyspark.sql import functions as F
+
+from jobs import delta_io, resolve
+from jobs.config import LinkageConfig, PipelineConfig, ResolveConfig
+from jobs.errors import ModelError
+from jobs.linkage import choose_engine, latest_model, model_settings, settings_hash
+
+
+def test_auto_picks_duckdb_only_for_few_records_on_a_local_master():
+    auto = ResolveConfig(engine="auto", duckdb_max_records=1000)
+    masters = ("local", "local[*]", "local[4]", "spark://10.0.0.1:7077", "yarn", "k8s://https://k8s:443")
+    picked = {(master, n): choose_engine(auto, master, n).engine for master in masters for n in (1000, 1001)}
+    assert picked == {
+        ("local", 1000): "duckdb",
+        ("local", 1001): "spark",
+        ("local[*]", 1000): "duckdb",
+        ("local[*]", 1001): "spark",
+        ("local[4]", 1000): "duckdb",
+        ("local[4]", 1001): "spark",
+        **{(cluster, n): "spark" for cluster in masters[3:] for n in (1000, 1001)},
+    }
+    assert choose_engine(auto, "local[2]", 490).reason == "auto: 490 records <= duckdb_max_records 1000 on local[2]"
+    assert choose_engine(auto, "yarn", 5).reason == "auto: Spark master yarn is a cluster"
+    assert choose_engine(ResolveConfig(engine="duckdb"), "yarn", 10**9).engine == "duckdb"
+    assert choose_engine(ResolveConfig(engine="spark"), "local", 1).engine == "spark"
+
+
+def resolve_on(
+    spark,
+    trained: PipelineConfig,
+    root: Path,
+    engine: str,
+    models: Path | None = None,
+    linkage: LinkageConfig | None = None,
+) -> tuple[PipelineConfig, resolve.ResolveResult]:
+    """resolve.run on a copy of the demo's admitted records, with the engine (and models, settings) given."""
+    cfg = trained.with_paths(lakehouse=root / "lake", reports=root / "reports")
+    shutil.copytree(trained.tables.admitted, cfg.tables.admitted)
+    cfg = dataclasses.replace(
+        cfg,
+        models=models or trained.models,
+        resolve=ResolveConfig(engine=engine),
+        linkage=linkage or trained.linkage,
+    )
+    return cfg, resolve.run(spark, cfg, run_id=f"engines-{engine}")
+
+
+@pytest.fixture(scope="module")
+def runs(spark, trained, tmp_path_factory) -> dict[str, tuple[PipelineConfig, resolve.ResolveResult]]:
+    """The demo resolved with the Spark-trained model on Spark and under the shipped `auto`, and with a
+    model trained on DuckDB (same records, same seed) on DuckDB."""
+    root = tmp_path_factory.mktemp("engines")
+    return {
+        "spark": resolve_on(spark, trained, root / "spark", "spark"),
+        "auto": resolve_on(spark, trained, root / "auto", trained.resolve.engine),
+        "duckdb_trained": resolve_on(spark, trained, root / "duckdb", "duckdb", models=root / "duckdb-models"),
+    }
+
+
+def partition(spark, cfg: PipelineConfig) -> DataFrame:
+    """Each record with the smallest record id of its profile: the partition, whatever the profile ids."""
+    profiles = delta_io.read_delta(spark, cfg.tables.record_profiles)
+    return profiles.select("record_id", F.min("record_id").over(Window.partitionBy("profile_id")).alias("cluster"))
+
+
+def pairs(spark, cfg: PipelineConfig) -> DataFrame:
+    return delta_io.read_delta(spark, cfg.tables.pairwise_matches).drop("model_version")
+
+
+def test_both_engines_resolve_the_demo_into_the_same_profiles(spark, runs):
+    assert {name: result.engine for name, (_, result) in runs.items()} == {
+        "spark": "spark",
+        "auto": "duckdb",  # 400 people's records on local[2]
+        "duckdb_trained": "duckdb",
+    }
+    on_spark = partition(spark, runs["spark"][0]).persist()
+    records = on_spark.count()
+    clusters = on_spark.select("cluster").distinct().count()
+    assert 0 < clusters < records  # some records were joined, not all
+    assert_df_equality(on_spark, partition(spark, runs["auto"][0]), ignore_row_order=True)
+    assert_df_equality(on_spark, partition(spark, runs["duckdb_trained"][0]), ignore_row_order=True)
+
+    # The same model on both engines: the same pairs, comparison levels and probabilities.
+    assert_approx_df_equality(
+        pairs(spark, runs["spark"][0]), pairs(spark, runs["auto"][0]), precision=1e-9, ignore_row_order=True
+    )
+    # Separately trained models: the same pairs and levels; probabilities differ a little (u is sampled).
+    assert_approx_df_equality(
+        pairs(spark, runs["spark"][0]).drop("match_weight"),
+        pairs(spark, runs["duckdb_trained"][0]).drop("match_weight"),
+        precision=0.01,
+        ignore_row_order=True,
+    )
+
+
+def sql_of(settings: dict[str, Any]) -> list[Any]:
+    comparisons = [
+        (c["output_column_name"], [lv["sql_condition"] for lv in c["comparison_levels"]])
+        for c in settings["comparisons"]
+    ]
+    return [comparisons, [b["blocking_rule"] for b in settings["blocking_rules_to_generate_predictions"]]]
+
+
+def parameters_of(settings: dict[str, Any]) -> list[Any]:
+    levels = [
+        (lv.get("m_probability"), lv.get("u_probability"))
+        for c in settings["comparisons"]
+        for lv in c["comparison_levels"]
+    ]
+    return [settings["probability_two_random_records_match"], levels]
+
+
+def test_one_model_serves_both_engines_and_only_with_its_settings(runs, trained):
+    spark_model = latest_model(trained.models, trained.linkage)
+    duckdb_model = latest_model(runs["duckdb_trained"][0].models, trained.linkage)
+    assert (spark_model.engine, duckdb_model.engine) == ("spark", "duckdb")
+    assert runs["duckdb_trained"][1].model_version == duckdb_model.version
+
+    saved_spark = json.loads(spark_model.path.read_text(encoding="utf-8"))
+    saved_duckdb = json.loads(duckdb_model.path.read_text(encoding="utf-8"))
+    assert sql_of(saved_spark) != sql_of(saved_duckdb)  # the dialects differ
+    as_spark = model_settings(duckdb_model, trained.linkage, "spark")
+    assert sql_of(as_spark) == sql_of(saved_spark)
+    assert parameters_of(as_spark) == parameters_of(saved_duckdb)
+    assert model_settings(spark_model, trained.linkage, "spark") == saved_spark
+
+    other_seed = dataclasses.replace(trained.linkage, seed=trained.linkage.seed + 1)
+    assert latest_model(trained.models, other_seed) is None
+    with pytest.raises(ModelError, match=rf"'{spark_model.version}': was trained with other settings"):
+        model_settings(spark_model, other_seed, "duckdb")
+    other_threshold = dataclasses.replace(trained.linkage, cluster_probability=0.95)
+    assert latest_model(trained.models, other_threshold) == spark_model  # thresholds need no new model
+
+
+def test_resolve_trains_a_new_model_when_none_has_the_current_settings(spark, trained, tmp_path):
+    models = tmp_path / "models"
+    shutil.copytree(trained.models, models)
+    spark_model = latest_model(models, trained.linkage)
+    # the newest file, but named before settings were hashed: never used
+    shutil.copy(spark_model.path, models / "splink-model-20991231T000000Z-0123456789ab.json")
+    other_seed = dataclasses.replace(trained.linkage, seed=trained.linkage.seed + 1)
+    assert latest_model(models, other_seed) is None
+
+    _, result = resolve_on(spark, trained, tmp_path, "duckdb", models=models, linkage=other_seed)
+    retrained = latest_model(models, other_seed)
+    assert result.model_version == retrained.version != spark_model.version
+    assert (retrained.engine, retrained.settings_hash) == ("duckdb", settings_hash(other_seed))
+    assert latest_model(models, trained.linkage) == dataclasses.replace(
+        spark_model, path=models / spark_model.path.name
+    )
