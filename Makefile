@@ -8,6 +8,8 @@ VENV := $(CURDIR)/.venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.idres-installed
 PEOPLE ?= 2000
+CLUSTER_CORES ?= 2
+CLUSTER_MEMORY ?= 4g
 
 export AIRFLOW_HOME := $(CURDIR)/airflow_home
 export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
@@ -19,10 +21,11 @@ export PYSPARK_DRIVER_PYTHON := $(BIN)/python
 export IDRES_HOME := $(CURDIR)
 export PATH := $(BIN):$(PATH)
 
-.PHONY: help install check-java chromium run test lint clean bench-accuracy query
+.PHONY: help install check-java chromium run run-cluster test lint clean bench-accuracy query
 
 help:
 	@echo "make run    run the identity_resolution DAG on the demo data and print a summary"
+	@echo "make run-cluster   the same on a Spark standalone master + worker started on 127.0.0.1 (stopped after)"
 	@echo "make test   run the test suite"
 	@echo "make lint   ruff"
 	@echo "make query SQL='SELECT ...'   SQL (DuckDB) over the Delta tables"
@@ -56,6 +59,14 @@ run: install
 	  -c '{"demo_people": $(PEOPLE)}' >$(AIRFLOW_HOME)/last_dag_run.log 2>&1 \
 	  || { tail -n 60 $(AIRFLOW_HOME)/last_dag_run.log; echo "DAG run failed; full log: $(AIRFLOW_HOME)/last_dag_run.log" >&2; exit 1; }
 	@$(BIN)/python -m jobs.summary
+
+# `make run` with spark_default pointed at a local standalone cluster; the trap stops it however the run ends.
+run-cluster: install
+	@trap '$(BIN)/python -m jobs.local_cluster stop --dir $(AIRFLOW_HOME)/cluster' EXIT; trap 'exit 130' INT TERM; \
+	cluster_env=$$($(BIN)/python -m jobs.local_cluster start --dir $(AIRFLOW_HOME)/cluster \
+	  --cores $(CLUSTER_CORES) --memory $(CLUSTER_MEMORY)); \
+	eval "$$cluster_env"; \
+	$(MAKE) --no-print-directory run
 
 bench-accuracy: install
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]' >$(VENV)/install-bench.log 2>&1

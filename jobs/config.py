@@ -711,7 +711,7 @@ def load_config(conf_dir: Path | str | None = None) -> PipelineConfig:
 
     Raises one ConfigError listing every problem. Paths are relative to the project root.
     IDRES_LAKEHOUSE, IDRES_LANDING, IDRES_GROUND_TRUTH, IDRES_MODELS and IDRES_REPORTS override the roots,
-    IDRES_SPARK_MASTER the Spark master.
+    IDRES_SPARK_MASTER the Spark master of jobs run directly (under spark-submit, its --master applies).
     """
     conf = Path(conf_dir or os.environ.get("IDRES_CONF") or DEFAULT_CONF_DIR).resolve()
     root = conf.parent

@@ -19,11 +19,19 @@ def splink_similarity_jar() -> str:
     return similarity_jar_location()
 
 
+def launched_by_spark_submit() -> bool:
+    """True when spark-submit started this driver (its JVM hands PySpark the gateway port)."""
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
 def build_spark_session(
     settings: SparkConfig, app_name: str, extra_conf: Mapping[str, str] | None = None, checkpoint_dir: str | None = None
 ) -> SparkSession:
-    """Build (or join) the Spark session: master from config, Splink's jar, a checkpoint dir, quiet logs.
+    """Build (or join) the Spark session: the master, Splink's jar, a checkpoint dir, quiet logs.
 
+    The master is spark-submit's `--master` when spark-submit launched the job (so Airflow's spark_default
+    connection decides where DAG stages run), else settings.master (IDRES_SPARK_MASTER or pipeline.yaml).
+    The checkpoint dir is checkpoint_dir, else spark.checkpoint.dir when configured, else a fresh temporary one.
     Under spark-submit the driver JVM already exists, so `spark.jars` set here no longer reaches the
     driver's class loader; `ADD JAR` puts Splink's UDFs on it in both cases.
     """
@@ -40,7 +48,9 @@ def build_spark_session(
     # Python workers use the driver's interpreter (and so its packages) unless told otherwise;
     # SparkContext reads this from the environment, not from the conf.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    builder = SparkSession.builder.master(settings.master).appName(app_name)
+    builder = SparkSession.builder.appName(app_name)
+    if not launched_by_spark_submit():
+        builder = builder.master(settings.master)
     for key, value in conf.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
@@ -48,5 +58,7 @@ def build_spark_session(
     # Listed jars are not necessarily on the driver's class loader (spark-submit), so always add it;
     # in a plain local session this only logs that the jar was added already.
     spark.sql(f"ADD JAR '{jar}'")
-    spark.sparkContext.setCheckpointDir(checkpoint_dir or tempfile.mkdtemp(prefix="idres-checkpoints-"))
+    # A configured spark.checkpoint.dir (storage every node sees, on a multi-machine cluster) is already set.
+    if checkpoint_dir or not spark.sparkContext.getCheckpointDir():
+        spark.sparkContext.setCheckpointDir(checkpoint_dir or tempfile.mkdtemp(prefix="idres-checkpoints-"))
     return spark

@@ -1,7 +1,12 @@
-"""One Spark session for the whole suite, and small configs rooted in temporary folders."""
+"""One Spark session for the whole suite, small configs rooted in temporary folders, and one local run of
+the identity_resolution DAG shared by the tests that need a whole pipeline's output."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +17,10 @@ from jobs.config import PipelineConfig, SparkConfig, load_config
 from jobs.linkage import latest_model, linkage_input
 from jobs.spark_session import build_spark_session
 from jobs.train import train_and_save
+
+PROJECT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+DEMO_DAG_PEOPLE = 40
 
 TEST_SPARK = SparkConfig(
     master="local[2]",
@@ -36,6 +45,48 @@ def config_in(root: Path) -> PipelineConfig:
         models=root / "models",
         reports=root / "reports",
     )
+
+
+def airflow_env_in(root: Path, models: Path | None = None) -> dict[str, str]:
+    """The environment `airflow` runs the project's DAGs in: Airflow's home and every data folder under root
+    (laid out as config_in(root)), the models folder models when given, Spark stages on local[2]."""
+    data = config_in(root)
+    return {
+        **os.environ,
+        "AIRFLOW_HOME": str(root / "airflow_home"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW_CONN_SPARK_DEFAULT": '{"conn_type": "spark", "host": "local[2]"}',
+        "IDRES_LAKEHOUSE": str(data.lakehouse),
+        "IDRES_LANDING": str(data.landing),
+        "IDRES_GROUND_TRUTH": str(data.ground_truth),
+        "IDRES_MODELS": str(models or data.models),
+        "IDRES_REPORTS": str(data.reports),
+        "PYSPARK_PYTHON": sys.executable,
+        "PYSPARK_DRIVER_PYTHON": sys.executable,
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+
+
+def run_airflow(env: dict[str, str], *args: str) -> None:
+    """Run the airflow CLI in env; fail the test with the end of its output if it fails."""
+    proc = subprocess.run([str(BIN / "airflow"), *args], env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def run_demo_dag(env: dict[str, str], logical_date: str, mode: str = "full") -> None:
+    """One `airflow dags test` run of identity_resolution on DEMO_DAG_PEOPLE demo people."""
+    conf = json.dumps({"demo_people": DEMO_DAG_PEOPLE, "mode": mode})
+    run_airflow(env, "dags", "test", "identity_resolution", logical_date, "-c", conf)
+
+
+@pytest.fixture(scope="session")
+def local_dag_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The environment of one local identity_resolution DAG run into a fresh lakehouse (it trains the model)."""
+    env = airflow_env_in(tmp_path_factory.mktemp("dag-local"))
+    run_airflow(env, "db", "migrate")
+    run_demo_dag(env, "2026-01-01")
+    return env
 
 
 @pytest.fixture

@@ -5,38 +5,20 @@ from __future__ import annotations
 import ast
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from jobs import delta_io
 from jobs.config import load_config
+from tests.conftest import PROJECT, airflow_env_in, run_demo_dag
 
-PROJECT = Path(__file__).resolve().parents[1]
 DAGS = PROJECT / "dags"
-BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="module")
 def airflow_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    root = tmp_path_factory.mktemp("airflow-run")
-    env = {
-        **os.environ,
-        "AIRFLOW_HOME": str(root / "airflow_home"),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW_CONN_SPARK_DEFAULT": '{"conn_type": "spark", "host": "local[2]"}',
-        "IDRES_LAKEHOUSE": str(root / "lakehouse"),
-        "IDRES_LANDING": str(root / "landing"),
-        "IDRES_GROUND_TRUTH": str(root / "truth"),
-        "IDRES_MODELS": str(root / "models"),
-        "IDRES_REPORTS": str(root / "reports"),
-        "PYSPARK_PYTHON": sys.executable,
-        "PYSPARK_DRIVER_PYTHON": sys.executable,
-        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-    }
+    env = airflow_env_in(tmp_path_factory.mktemp("airflow-dagbag"))
     for key in ("AIRFLOW_HOME", "AIRFLOW__CORE__DAGS_FOLDER", "AIRFLOW__CORE__LOAD_EXAMPLES"):
         os.environ.setdefault(key, env[key])
     return env
@@ -81,20 +63,13 @@ def test_dags_load_without_errors_and_carry_docs_tags_and_retries(airflow_env, m
     assert "idres.gold.profiles" in {a.name for t in bag.dags["subject_requests"].tasks for a in t.outlets}
 
 
-def _airflow(env: dict[str, str], *args: str) -> None:
-    proc = subprocess.run([str(BIN / "airflow"), *args], env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-
-
 @pytest.mark.slow
-def test_running_the_dag_twice_changes_nothing_the_second_time(airflow_env):
-    _airflow(airflow_env, "db", "migrate")
-    _airflow(airflow_env, "dags", "test", "identity_resolution", "2026-01-01", "-c", '{"demo_people": 40}')
-    lakehouse = Path(airflow_env["IDRES_LAKEHOUSE"])
+def test_running_the_dag_twice_changes_nothing_the_second_time(local_dag_run):
+    lakehouse = Path(local_dag_run["IDRES_LAKEHOUSE"])
     bronze = lakehouse / "bronze" / "customers"
     gated = [lakehouse / "silver" / t for t in ("customers", "effective_consent", "admitted_customers")]
     gated += [lakehouse / "gold" / t for t in ("profiles", "profile_sources", "profile_lineage", "profile_permissions")]
-    truth = Path(airflow_env["IDRES_GROUND_TRUTH"]) / "records.csv"
+    truth = Path(local_dag_run["IDRES_GROUND_TRUTH"]) / "records.csv"
     expected_rows = sum(1 for _ in truth.open(encoding="utf-8")) - 1
     count_sql = "SELECT count(*) AS n FROM b"
     assert delta_io.query_delta(count_sql, b=bronze).column("n")[0].as_py() == expected_rows
@@ -103,12 +78,11 @@ def test_running_the_dag_twice_changes_nothing_the_second_time(airflow_env):
     assert None not in gated_versions
     assert delta_io.history(bronze)[0]["run_id"].startswith("manual__")  # Airflow's run_id
 
-    reports = sorted((Path(airflow_env["IDRES_REPORTS"]) / "runs").glob("*/quality.json"))
+    reports = sorted((Path(local_dag_run["IDRES_REPORTS"]) / "runs").glob("*/quality.json"))
     assert len(reports) == 1 and json.loads(reports[0].read_text())["published"] is True
     assert (reports[0].parent / "index.html").is_file() and (reports[0].parent / "data_docs" / "index.html").is_file()
 
-    second = '{"demo_people": 40, "mode": "incremental"}'
-    _airflow(airflow_env, "dags", "test", "identity_resolution", "2026-01-02", "-c", second)
+    run_demo_dag(local_dag_run, "2026-01-02", mode="incremental")
     runs = delta_io.query_delta(
         "SELECT run_id, sum(rows_read) AS n FROM r GROUP BY 1 ORDER BY max(ingested_at)",
         r=lakehouse / "audit" / "ingest_runs",
