@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from chispa import assert_df_equality
+from chispa import assert_approx_df_equality
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -67,4 +67,8 @@ def test_the_dag_on_a_standalone_cluster_publishes_what_a_local_run_does(local_d
     on_cluster = keyed_by_first_record(spark, Path(env["IDRES_LAKEHOUSE"]))
     for name in COMPARED:
         assert local[name].count() > 0, name
-        assert_df_equality(on_cluster[name], local[name], ignore_row_order=True, ignore_nullable=True)
+        # A cluster master resolves on Spark, a local one on DuckDB (resolve.engine auto): the same model
+        # gives the same clusters, with match weights equal up to floating-point rounding.
+        assert_approx_df_equality(
+            on_cluster[name], local[name], precision=1e-9, ignore_row_order=True, ignore_nullable=True
+        )
