@@ -16,7 +16,7 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")  # no usage telemetry fro
 
 import great_expectations as gx
 from great_expectations.expectations import Expectation
-from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from jobs.config import PipelineConfig
@@ -91,6 +91,5 @@ def in_set(column: str, values: Sequence[str], description: str) -> Expectation:
 
 def latest_run(df: DataFrame, at: str) -> DataFrame:
     """The rows of the newest run in an audit table (by its timestamp column)."""
-    newest = Window.orderBy(F.col(at).desc())
-    run = df.select("run_id", at).withColumn("_rank", F.dense_rank().over(newest)).where("_rank = 1")
-    return df.join(run.select("run_id").distinct(), "run_id", "left_semi")
+    newest = df.join(df.agg(F.max(at).alias(at)), at, "left_semi").select("run_id").distinct()
+    return df.join(newest, "run_id", "left_semi")

@@ -86,6 +86,11 @@ def query_delta(sql: str, **tables: Path | str) -> pa.Table:
     return pa.table(qb.execute(sql).read_all())
 
 
+def row_count(path: Path | str) -> int:
+    """The number of rows in the table's current version."""
+    return int(query_delta("SELECT count(*) AS n FROM t", t=path)["n"][0].as_py())
+
+
 def overwrite_delta(df: DataFrame, path: Path | str, *, run_id: str, job: str) -> None:
     """Replace the table's contents in one commit (creating the table if needed)."""
     write_deltalake(

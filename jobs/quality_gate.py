@@ -175,7 +175,7 @@ def validate(checks: Sequence[TableCheck], run_id: str, docs_dir: Path | None = 
         )
         frame = check.frame.persist()
         try:
-            result = checkpoint.run(batch_parameters={"dataframe": frame}, run_id=None)
+            result = checkpoint.run(batch_parameters={"dataframe": frame})
         finally:
             frame.unpersist()
         (validation,) = result.run_results.values()
@@ -215,11 +215,11 @@ def publish(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> PublishRes
         if m is None:
             result.skipped_tables.append(name)
         metrics[name] = m or {}
-    result.profiles = delta_io.read_delta(spark, t.profiles).count()
+    result.profiles = delta_io.row_count(t.profiles)
     result.inserted = int(metrics["profiles"].get("num_target_rows_inserted", 0))
     result.updated = int(metrics["profiles"].get("num_target_rows_updated", 0))
     result.retired = int(metrics["profiles"].get("num_target_rows_deleted", 0))
-    result.lineage_rows = int(delta_io.query_delta("SELECT count(*) AS n FROM l", l=t.profile_lineage)["n"][0].as_py())
+    result.lineage_rows = delta_io.row_count(t.profile_lineage)
     at = datetime.now(UTC).replace(microsecond=0)
     audit = spark.createDataFrame(
         [(run_id, result.profiles, result.inserted, result.updated, result.retired, result.lineage_rows, at)],

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import pyarrow as pa
 from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup
 from matplotlib.figure import Figure
@@ -58,16 +59,29 @@ class ResultTable:
     rows: list[list[Any]] | None
 
 
-def _fetch(query: RunQuery, tables: TablePaths, run_id: str) -> list[dict[str, Any]] | None:
-    """The query's rows for the run, or None when a table it reads is missing."""
-    return query.execute(tables, run_id).to_pylist() if query.available(tables) else None
+class RunResults:
+    """The report's queries for one run, each executed once (a table and a chart may show one result)."""
+
+    def __init__(self, tables: TablePaths, run_id: str) -> None:
+        self.tables, self.run_id = tables, run_id
+        self._results: dict[int, pa.Table | None] = {}
+
+    def table(self, query: RunQuery) -> pa.Table | None:
+        """The query's result, or None when a table it reads is missing."""
+        if id(query) not in self._results:
+            available = query.available(self.tables)
+            self._results[id(query)] = query.execute(self.tables, self.run_id) if available else None
+        return self._results[id(query)]
+
+    def rows(self, query: RunQuery) -> list[dict[str, Any]] | None:
+        result = self.table(query)
+        return None if result is None else result.to_pylist()
 
 
-def result_table(table_id: str, caption: str, query: RunQuery, tables: TablePaths, run_id: str) -> ResultTable:
+def result_table(table_id: str, caption: str, result: pa.Table | None) -> ResultTable:
     """A query's result for the run, without the run id column (the page is about one run)."""
-    if not query.available(tables):
+    if result is None:
         return ResultTable(table_id, caption, [], None)
-    result = query.execute(tables, run_id)
     if "run_id" in result.column_names:
         result = result.drop_columns(["run_id"])
     return ResultTable(table_id, caption, result.column_names, [list(r.values()) for r in result.to_pylist()])
@@ -193,10 +207,10 @@ def data_docs_link(quality: dict[str, Any] | None, run_dir: Path) -> str | None:
     return Path(relative).as_posix() if inside and target.is_file() else None
 
 
-def run_model_version(cfg: PipelineConfig, run_id: str) -> tuple[str | None, str]:
+def run_model_version(cfg: PipelineConfig, results: RunResults) -> tuple[str | None, str]:
     """The model version the run's matches record, else the newest saved model for the current settings;
     and where it came from."""
-    recorded = [r["model_version"] for r in _fetch(q.MODEL_VERSIONS, cfg.tables, run_id) or [] if r["model_version"]]
+    recorded = [r["model_version"] for r in results.rows(q.MODEL_VERSIONS) or [] if r["model_version"]]
     if recorded:
         return ", ".join(recorded), "recorded on the run's pairwise matches"
     newest = latest_model(cfg.models, cfg.linkage)
@@ -251,34 +265,35 @@ def consent_coverage(
 
 def report_context(cfg: PipelineConfig, run_id: str, run_dir: Path) -> dict[str, Any]:
     """Everything the page shows, computed from the lakehouse, the model folder and quality.json."""
-    t = cfg.tables
+    results = RunResults(cfg.tables, run_id)
+    fetch = results.rows
     quality = load_quality(run_dir)
     verdict, passed = gate_verdict(quality)
-    policy_rows = _fetch(q.POLICY_VERSIONS, t, run_id)
-    model_version, model_origin = run_model_version(cfg, run_id)
+    policy_rows = fetch(q.POLICY_VERSIONS)
+    model_version, model_origin = run_model_version(cfg, results)
 
     purposes = list(cfg.policy.purposes)
-    permissions = _fetch(q.PERMISSIONS_PER_PURPOSE, t, run_id)
-    by_basis = _fetch(q.ALLOWED_BY_BASIS, t, run_id) or []
+    permissions = fetch(q.PERMISSIONS_PER_PURPOSE)
+    by_basis = fetch(q.ALLOWED_BY_BASIS) or []
     allowed: dict[str, dict[str, int]] = {}
     for row in by_basis:
         allowed.setdefault(row["purpose"], {})[row["lawful_basis"] or "none"] = int(row["profiles"])
-    admitted = _fetch(q.ADMITTED_RECORDS, t, run_id)
+    admitted = fetch(q.ADMITTED_RECORDS)
     coverage = consent_coverage(
         purposes,
         int(admitted[0]["records"]) if admitted is not None else None,
-        _counts(_fetch(q.ADMITTED_PER_PURPOSE, t, run_id), "purpose", "records"),
+        _counts(fetch(q.ADMITTED_PER_PURPOSE), "purpose", "records"),
         permissions,
     )
     profiles_not_allowed = _counts(permissions, "purpose", "not_allowed")
 
-    events = _fetch(q.IDENTITY_EVENTS, t, run_id)
-    unify_run = _fetch(q.UNIFY_RUN, t, run_id)
-    probabilities = _fetch(q.MATCH_PROBABILITIES, t, run_id)
-    sizes = _counts(_fetch(q.CLUSTER_SIZES, t, run_id), "records", "profiles")
+    events = fetch(q.IDENTITY_EVENTS)
+    unify_run = fetch(q.UNIFY_RUN)
+    probabilities = fetch(q.MATCH_PROBABILITIES)
+    sizes = _counts(fetch(q.CLUSTER_SIZES), "records", "profiles")
 
     def table(table_id: str, caption: str, query: RunQuery) -> ResultTable:
-        return result_table(table_id, caption, query, t, run_id)
+        return result_table(table_id, caption, results.table(query))
 
     return {
         "run_id": run_id,
