@@ -1,13 +1,17 @@
-"""Run faults: a publish killed mid-merge and resumed, and two jobs on one lakehouse at once."""
+"""Run faults: a publish killed mid-merge and resumed, two jobs on one lakehouse at once, and a PII canary
+through the real DAG."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -19,7 +23,7 @@ from pyspark.sql import SparkSession
 from jobs import delta_io, demo_data, ingest, quality_gate
 from jobs.config import DEFAULT_CONF_DIR, GOLD_TABLES, PipelineConfig, load_config
 from jobs.runner import lakehouse_lock_path
-from tests.conftest import BIN, PROJECT, config_in, copy_lakehouse
+from tests.conftest import BIN, CANARY, PROJECT, config_in, copy_lakehouse
 
 pytestmark = pytest.mark.fault
 
@@ -152,3 +156,53 @@ def test_a_job_that_finds_the_lakehouse_locked_fails_clearly_or_waits_for_it(ing
     assert patient.returncode == 0, log[-3000:]
     runs = delta_io.query_delta("SELECT DISTINCT run_id FROM r", r=cfg.tables.ingest_runs).column("run_id")
     assert sorted(runs.to_pylist()) == ["first", "patient"]
+
+
+CANARY_NEEDLES = ("zqxcanar", CANARY["email"].split("@")[0], "722913572", CANARY["phone"][1:])
+
+
+def canary_found(text: str) -> set[str]:
+    """The canary's fragments (names, email, phone as written and in E.164) in text, case-insensitively."""
+    lowered = text.lower()
+    return {needle for needle in CANARY_NEEDLES if needle in lowered}
+
+
+def files_text(root: Path) -> str:
+    return "\n".join(p.read_bytes().decode("utf-8", errors="replace") for p in sorted(root.rglob("*")) if p.is_file())
+
+
+@pytest.mark.slow
+def test_a_canary_identity_reaches_the_tables_and_no_log_xcom_report_or_commit(local_dag_run):
+    lakehouse, home = Path(local_dag_run["IDRES_LAKEHOUSE"]), Path(local_dag_run["AIRFLOW_HOME"])
+    tables = load_config().with_paths(lakehouse=lakehouse).tables
+
+    def table_text(path: Path) -> str:
+        return json.dumps(delta_io.query_delta("SELECT * FROM t", t=path).to_pylist(), default=str, ensure_ascii=False)
+
+    # Planted where it must be found: the canary is personal data the pipeline holds.
+    assert canary_found(table_text(tables.bronze)) >= {"zqxcanar", "canary.zq7", "722 913 572"}
+    assert canary_found(table_text(tables.silver)) >= {"zqxcanar", "canary.zq7", "722913572"}
+    assert canary_found(table_text(tables.profiles)) >= {"zqxcanar", "canary.zq7"}
+
+    with closing(sqlite3.connect(home / "airflow.db")) as db:
+        xcom = db.execute("SELECT * FROM xcom").fetchall()
+    assert xcom, "the run pushed no XCom"
+    console = (home.parent / "dag_run.log").read_text(encoding="utf-8")
+    task_logs = files_text(home / "logs")
+    assert "quality_gate" in task_logs and "published" in console
+    reports = Path(local_dag_run["IDRES_REPORTS"])
+    assert list(reports.glob("runs/*/data_docs/index.html")) and list(reports.glob("runs/*/index.html"))
+    commits = subprocess.run(
+        ["git", "log", "--format=%an%ae%cn%ce%s%b"], cwd=PROJECT, capture_output=True, text=True, check=True
+    ).stdout
+    assert commits
+
+    leaks = {
+        "Airflow task logs": canary_found(task_logs),
+        "XCom": canary_found(repr(xcom)),
+        "Airflow metadata database": canary_found((home / "airflow.db").read_bytes().decode("utf-8", "replace")),
+        "dags test console (jobs' stdout and stderr)": canary_found(console),
+        "reports (GX results, Data Docs, auditor report, model charts)": canary_found(files_text(reports)),
+        "git commit metadata": canary_found(commits),
+    }
+    assert leaks == {where: set() for where in leaks}
