@@ -75,7 +75,11 @@ def data_files(table: Path) -> set[str]:
 
 
 def kill_when_merge_writes(job: subprocess.Popen[str], table: Path, timeout: float = 300) -> None:
-    """SIGKILL job as soon as a new data file appears in table: its merge is writing, its commit follows."""
+    """SIGKILL job as soon as a new data file appears in table, i.e. while or just after it writes that table.
+
+    The data file and the commit land milliseconds apart, so the kill mostly lands right after the table's
+    commit and before the next table's: a publish interrupted between its per-table commits.
+    """
     before = data_files(table)
     deadline = time.monotonic() + timeout
     while data_files(table) == before:
@@ -93,7 +97,7 @@ def gold_frames(spark: SparkSession, cfg: PipelineConfig) -> dict[str, object]:
     return frames
 
 
-def test_a_publish_killed_during_the_profiles_merge_and_rerun_equals_an_uninterrupted_one(spark, staged_demo, tmp_path):
+def test_a_publish_killed_as_it_writes_profiles_and_rerun_equals_an_uninterrupted_one(spark, staged_demo, tmp_path):
     uninterrupted = copy_lakehouse(staged_demo, tmp_path / "uninterrupted")
     quality_gate.run(spark, uninterrupted, run_id=RUN)
 
