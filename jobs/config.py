@@ -170,6 +170,14 @@ class QualityConfig:
     max_profile_id_churn: float = 0.05  # share of still-present records whose profile id may change in a run
 
 
+@dataclass(frozen=True)
+class ConcurrencyConfig:
+    """How jobs share one lakehouse (pipeline.yaml `concurrency`): each job holds the lakehouse lock while it
+    runs, and a job that cannot take it within lock_timeout_seconds fails rather than writing alongside."""
+
+    lock_timeout_seconds: float = 600.0
+
+
 GOLD_TABLES: tuple[str, ...] = ("profiles", "profile_sources", "profile_lineage", "profile_permissions")
 
 
@@ -287,6 +295,7 @@ class PipelineConfig:
     reports: Path
     quality: QualityConfig = field(default_factory=QualityConfig)
     resolve: ResolveConfig = field(default_factory=ResolveConfig)
+    concurrency: ConcurrencyConfig = field(default_factory=ConcurrencyConfig)
 
     @property
     def tables(self) -> TablePaths:
@@ -706,6 +715,20 @@ def _load_resolve(raw: Any, problems: _Problems) -> ResolveConfig:
     return ResolveConfig(engine=engine, duckdb_max_records=max_records)
 
 
+def _load_concurrency(raw: Any, problems: _Problems) -> ConcurrencyConfig:
+    file, default = "pipeline.yaml", ConcurrencyConfig()
+    if not isinstance(raw, dict):
+        problems.add(file, "concurrency", "must be a mapping")
+        return default
+    timeout = raw.get("lock_timeout_seconds", default.lock_timeout_seconds)
+    if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout < 0:
+        problems.add(file, "concurrency.lock_timeout_seconds", "must be a non-negative number of seconds")
+        timeout = default.lock_timeout_seconds
+    for key in sorted(set(raw) - {"lock_timeout_seconds"}):
+        problems.add(file, f"concurrency.{key}", "is not a known key")
+    return ConcurrencyConfig(lock_timeout_seconds=float(timeout))
+
+
 def load_config(conf_dir: Path | str | None = None) -> PipelineConfig:
     """Load and check conf/pipeline.yaml, sources.yaml, policy.yaml, splink.yaml and survivorship.yaml.
 
@@ -772,6 +795,7 @@ def load_config(conf_dir: Path | str | None = None) -> PipelineConfig:
     reports = data_root("reports", "reports")
     quality = _load_quality(pipeline.get("quality") or {}, problems)
     resolve = _load_resolve(pipeline.get("resolve") or {}, problems)
+    concurrency = _load_concurrency(pipeline.get("concurrency") or {}, problems)
 
     if problems.items:
         raise ConfigError(problems.items)
@@ -789,4 +813,5 @@ def load_config(conf_dir: Path | str | None = None) -> PipelineConfig:
         reports=reports,
         quality=quality,
         resolve=resolve,
+        concurrency=concurrency,
     )

@@ -55,6 +55,25 @@ def committed_in_run(path: Path | str, job: str, run_id: str) -> bool:
     return table_exists(path) and DeltaTable(str(path)).transaction_version(run_transaction_id(job, run_id)) is not None
 
 
+def run_commit_metrics(path: Path | str, job: str, run_id: str) -> dict[str, int]:
+    """The merge metrics (inserted, updated, deleted) of this job's commit to the table in this run, from the log.
+
+    A resumed run skips the tables it already committed (merge_delta's once_per_run) and reports what that
+    earlier commit did, so its audit row matches an uninterrupted run's. Empty when there is no such commit.
+    """
+    for commit in history(path) if table_exists(path) else []:
+        if commit.get("job") == job and commit.get("run_id") == run_id:
+            metrics = commit.get("operationMetrics") or {}
+            return {
+                "num_target_rows_inserted": int(
+                    metrics.get("num_target_rows_inserted", metrics.get("num_added_rows", 0))
+                ),
+                "num_target_rows_updated": int(metrics.get("num_target_rows_updated", 0)),
+                "num_target_rows_deleted": int(metrics.get("num_target_rows_deleted", 0)),
+            }
+    return {}
+
+
 def _nullable_arrow(df: DataFrame) -> pa.Table:
     """Spark -> Arrow with every field nullable, so the Delta schema does not depend on one batch."""
     table = df.toArrow()

@@ -31,3 +31,15 @@ class ModelError(IdresError):
     def __init__(self, version: str, detail: str) -> None:
         self.version = version
         super().__init__(f"Splink model '{version}': {detail}")
+
+
+class LakehouseBusyError(IdresError):
+    """Another job held the lakehouse lock for longer than this job was configured to wait."""
+
+    def __init__(self, lock_path: str, timeout_seconds: float) -> None:
+        self.lock_path = lock_path
+        self.timeout_seconds = timeout_seconds
+        super().__init__(
+            f"lakehouse lock {lock_path} is held by another idres job; gave up after {timeout_seconds:g} s "
+            "(pipeline.yaml concurrency.lock_timeout_seconds). Nothing was written; rerun once the other job ends."
+        )

@@ -212,9 +212,10 @@ def publish(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> PublishRes
             delete_missing=True,
             once_per_run=True,
         )
-        if m is None:
+        if m is None:  # committed earlier in this run, which died before the end: report that commit
             result.skipped_tables.append(name)
-        metrics[name] = m or {}
+            m = delta_io.run_commit_metrics(getattr(t, name), JOB, run_id)
+        metrics[name] = m
     result.profiles = delta_io.row_count(t.profiles)
     result.inserted = int(metrics["profiles"].get("num_target_rows_inserted", 0))
     result.updated = int(metrics["profiles"].get("num_target_rows_updated", 0))

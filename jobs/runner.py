@@ -5,14 +5,17 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+from filelock import FileLock, Timeout
 from pyspark.sql import SparkSession
 
 from jobs.config import PipelineConfig, load_config
-from jobs.errors import IdresError
+from jobs.errors import IdresError, LakehouseBusyError
 from jobs.spark_session import build_spark_session
 
 log = logging.getLogger("idres")
@@ -21,6 +24,41 @@ log = logging.getLogger("idres")
 def new_run_id() -> str:
     """A run id for runs started outside Airflow."""
     return "manual__" + datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+
+
+LOCK_FILE = "_idres.lock"
+
+
+def lakehouse_lock_path(cfg: PipelineConfig) -> Path:
+    """The lock file every job of a lakehouse holds while it runs."""
+    return cfg.lakehouse / LOCK_FILE
+
+
+@contextmanager
+def lakehouse_lock(cfg: PipelineConfig, job: str) -> Iterator[None]:
+    """Hold the lakehouse lock, waiting up to cfg.concurrency.lock_timeout_seconds for another job to end.
+
+    Airflow's max_active_runs covers one DAG only: a CLI run beside a DAG run, or identity_resolution beside
+    subject_requests, would otherwise write the same tables at once. The lock is an OS file lock (flock),
+    released by the kernel if the holder dies, so a killed job never leaves the lakehouse locked.
+    Raises LakehouseBusyError when the wait runs out.
+    """
+    path = lakehouse_lock_path(cfg)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path))
+    timeout = cfg.concurrency.lock_timeout_seconds
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.info("%s: waiting up to %g s for the lakehouse lock %s held by another job", job, timeout, path)
+        try:
+            lock.acquire(timeout=timeout)
+        except Timeout:
+            raise LakehouseBusyError(str(path), timeout) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def job_arg_parser(description: str) -> argparse.ArgumentParser:
@@ -36,6 +74,7 @@ def run_job(
 ) -> Any:
     """Run `run(spark, cfg, run_id=..., **extra_args)` as a spark-submit-able job.
 
+    The job holds the lakehouse lock (lakehouse_lock) while its session is built and run() runs.
     Project errors (IdresError) end the process with exit code 2 and their message, which names
     the offending source, column or key and never a data value.
     """
@@ -47,8 +86,9 @@ def run_job(
     run_id = args.pop("run_id") or new_run_id()
     try:
         cfg: PipelineConfig = load_config(conf_dir)
-        spark: SparkSession = build_spark_session(cfg.spark, app_name=f"idres-{name}")
-        return run(spark, cfg, run_id=run_id, **args)
+        with lakehouse_lock(cfg, name):
+            spark: SparkSession = build_spark_session(cfg.spark, app_name=f"idres-{name}")
+            return run(spark, cfg, run_id=run_id, **args)
     except IdresError as exc:
         log.error("%s failed: %s", name, exc)
         sys.exit(2)

@@ -68,24 +68,64 @@ def airflow_env_in(root: Path, models: Path | None = None) -> dict[str, str]:
     }
 
 
-def run_airflow(env: dict[str, str], *args: str) -> None:
-    """Run the airflow CLI in env; fail the test with the end of its output if it fails."""
+def run_airflow(env: dict[str, str], *args: str) -> str:
+    """Run the airflow CLI in env and return its stdout and stderr; fail the test with their end if it fails."""
     proc = subprocess.run([str(BIN / "airflow"), *args], env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout + proc.stderr
 
 
-def run_demo_dag(env: dict[str, str], logical_date: str, mode: str = "full") -> None:
-    """One `airflow dags test` run of identity_resolution on DEMO_DAG_PEOPLE demo people."""
-    conf = json.dumps({"demo_people": DEMO_DAG_PEOPLE, "mode": mode})
-    run_airflow(env, "dags", "test", "identity_resolution", logical_date, "-c", conf)
+def run_demo_dag(env: dict[str, str], logical_date: str, mode: str = "full", demo_people: int = DEMO_DAG_PEOPLE) -> str:
+    """One `airflow dags test` run of identity_resolution on demo_people demo people (0: the landing as it is);
+    returns the run's console output (every task's log and the jobs' stdout and stderr)."""
+    conf = json.dumps({"demo_people": demo_people, "mode": mode})
+    return run_airflow(env, "dags", "test", "identity_resolution", logical_date, "-c", conf)
+
+
+# A made-up identity no demo person has; local_dag_run plants it in one source record so tests can look
+# for it wherever personal data must never go (logs, XCom, reports), and find it where it must (the tables).
+CANARY = {
+    "last_name": "Zqxcanary",
+    "first_name": "Zqxcanarina",
+    "email": "canary.zq7@example.com",
+    "phone": "0722 913 572",
+}
+
+
+def plant_canary(cfg: PipelineConfig, source: str = "ro_shop") -> str:
+    """Give one record of source's JSON-lines extract the CANARY identity; returns its source record id.
+
+    The record chosen holds a contract basis for profile unification, so it is admitted and reaches gold.
+    """
+    src = cfg.source(source)
+    id_column = src.columns["source_record_id"]
+    events = [json.loads(line) for line in src.consent_feed.path.read_text(encoding="utf-8").splitlines()]
+    unify_purpose = cfg.policy.unification_purpose
+    contracted = {
+        e["subject_id"]
+        for e in events
+        if (e["purpose"], e["lawful_basis"], e["status"]) == (unify_purpose, "contract", "granted")
+    }
+    lines = src.path.read_text(encoding="utf-8").splitlines()
+    index = next(i for i, line in enumerate(lines) if json.loads(line)[id_column] in contracted)
+    row = json.loads(lines[index])
+    row.update({src.columns[column]: value for column, value in CANARY.items()})
+    lines[index] = json.dumps(row, ensure_ascii=False, sort_keys=True)
+    src.path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return row[id_column]
 
 
 @pytest.fixture(scope="session")
 def local_dag_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """The environment of one local identity_resolution DAG run into a fresh lakehouse (it trains the model)."""
-    env = airflow_env_in(tmp_path_factory.mktemp("dag-local"))
+    """The environment of one local identity_resolution DAG run into a fresh lakehouse (it trains the model), on
+    DEMO_DAG_PEOPLE demo people (what the DAG's demo_data task writes) with the CANARY planted in one record.
+    The run's console output is kept in dag_run.log beside AIRFLOW_HOME."""
+    root = tmp_path_factory.mktemp("dag-local")
+    env = airflow_env_in(root)
+    demo_data.generate(config_in(root), people=DEMO_DAG_PEOPLE, corrupt=True)
+    plant_canary(config_in(root))
     run_airflow(env, "db", "migrate")
-    run_demo_dag(env, "2026-01-01")
+    (root / "dag_run.log").write_text(run_demo_dag(env, "2026-01-01", demo_people=0), encoding="utf-8")
     return env
 
 

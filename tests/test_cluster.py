@@ -55,10 +55,11 @@ def test_a_cluster_that_does_not_come_up_in_time_is_stopped_and_the_error_names_
 @pytest.mark.slow
 def test_the_dag_on_a_standalone_cluster_publishes_what_a_local_run_does(local_dag_run, spark, tmp_path):
     env = airflow_env_in(tmp_path, models=Path(local_dag_run["IDRES_MODELS"]))  # the local run's trained model
+    env["IDRES_LANDING"] = local_dag_run["IDRES_LANDING"]  # and its extracts, read as they are
     run_airflow(env, "db", "migrate")
     with local_cluster(tmp_path / "cluster", cores=2, memory="2g") as cluster:
         env.update(cluster.driver_env())
-        run_demo_dag(env, "2026-01-01")
+        run_demo_dag(env, "2026-01-01", demo_people=0)
         applications = cluster.applications()
 
     assert applications, "no Spark application ran on the cluster"

@@ -144,3 +144,16 @@ def test_quality_bounds_are_checked(tmp_path):
         "pipeline.yaml: quality.max_profile_id_churn: must be a share between 0 and 1",
     ]
     assert load_config().quality.max_profile_id_churn == 0.05
+
+
+def test_the_lakehouse_lock_timeout_is_checked(tmp_path):
+    conf = tmp_path / "conf"
+    shutil.copytree(DEFAULT_CONF_DIR, conf)
+    (conf / "pipeline.yaml").write_text("concurrency:\n  lock_timeout_seconds: -1\n  lock_path: x\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        load_config(conf)
+    assert sorted(err.value.problems) == [
+        "pipeline.yaml: concurrency.lock_path: is not a known key",
+        "pipeline.yaml: concurrency.lock_timeout_seconds: must be a non-negative number of seconds",
+    ]
+    assert load_config().concurrency.lock_timeout_seconds == 600

@@ -1,0 +1,213 @@
+"""Run faults: a publish killed mid-merge and resumed, two jobs on one lakehouse at once, and a PII canary
+through the real DAG."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+import yaml
+from chispa import assert_df_equality
+from filelock import FileLock
+from pyspark.sql import SparkSession
+
+from jobs import delta_io, demo_data, ingest, quality_gate
+from jobs.config import DEFAULT_CONF_DIR, GOLD_TABLES, PipelineConfig, load_config
+from jobs.runner import lakehouse_lock_path
+from tests.conftest import BIN, CANARY, PROJECT, config_in, copy_lakehouse
+
+pytestmark = pytest.mark.fault
+
+RUN = "demo"  # the run id staged_demo staged its gold candidates under
+
+
+def conf_with_lock_timeout(root: Path, seconds: float) -> Path:
+    """A copy of the project's conf/ whose jobs wait at most seconds for the lakehouse lock."""
+    conf = root / f"conf-lock-{seconds:g}"
+    shutil.copytree(DEFAULT_CONF_DIR, conf)
+    pipeline = yaml.safe_load((conf / "pipeline.yaml").read_text(encoding="utf-8"))
+    pipeline["concurrency"] = {"lock_timeout_seconds": seconds}
+    pipeline["spark"]["master"] = "local[2]"
+    (conf / "pipeline.yaml").write_text(yaml.safe_dump(pipeline), encoding="utf-8")
+    assert load_config(conf).concurrency.lock_timeout_seconds == seconds
+    return conf
+
+
+def job_env(cfg: PipelineConfig) -> dict[str, str]:
+    """The environment a job process runs in against cfg's data folders."""
+    return {
+        **os.environ,
+        "PYTHONPATH": str(PROJECT),
+        "IDRES_LAKEHOUSE": str(cfg.lakehouse),
+        "IDRES_LANDING": str(cfg.landing),
+        "IDRES_GROUND_TRUTH": str(cfg.ground_truth),
+        "IDRES_MODELS": str(cfg.models),
+        "IDRES_REPORTS": str(cfg.reports),
+        "PYSPARK_PYTHON": sys.executable,
+        "PYSPARK_DRIVER_PYTHON": sys.executable,
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+
+
+def start_job(module: str, cfg: PipelineConfig, conf: Path, *args: str) -> subprocess.Popen[str]:
+    """`python -m jobs.<module> --conf conf ...` as a child process, its stderr piped (the job logs there)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", f"jobs.{module}", "--conf", str(conf), *args],
+        env=job_env(cfg),
+        cwd=PROJECT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def data_files(table: Path) -> set[str]:
+    return {p.name for p in table.glob("*.parquet")}
+
+
+def kill_when_merge_writes(job: subprocess.Popen[str], table: Path, timeout: float = 300) -> None:
+    """SIGKILL job as soon as a new data file appears in table, i.e. while or just after it writes that table.
+
+    The data file and the commit land milliseconds apart, so the kill mostly lands right after the table's
+    commit and before the next table's: a publish interrupted between its per-table commits.
+    """
+    before = data_files(table)
+    deadline = time.monotonic() + timeout
+    while data_files(table) == before:
+        assert job.poll() is None, f"the job ended (exit {job.returncode}) before merging into {table.name}"
+        assert time.monotonic() < deadline, f"no merge into {table.name} within {timeout} s"
+        time.sleep(0.002)
+    job.send_signal(signal.SIGKILL)
+    job.wait(timeout=60)
+
+
+def gold_frames(spark: SparkSession, cfg: PipelineConfig) -> dict[str, object]:
+    """The published gold tables, and the publish audit without its wall-clock time."""
+    frames = {name: delta_io.read_delta(spark, getattr(cfg.tables, name)) for name in GOLD_TABLES}
+    frames["unify_runs"] = delta_io.read_delta(spark, cfg.tables.unify_runs).drop("unified_at")
+    return frames
+
+
+def test_a_publish_killed_as_it_writes_profiles_and_rerun_equals_an_uninterrupted_one(spark, staged_demo, tmp_path):
+    uninterrupted = copy_lakehouse(staged_demo, tmp_path / "uninterrupted")
+    quality_gate.run(spark, uninterrupted, run_id=RUN)
+
+    killed = copy_lakehouse(staged_demo, tmp_path / "killed")
+    conf = conf_with_lock_timeout(tmp_path, 5)
+    job = start_job("quality_gate", killed, conf, "--run-id", RUN)
+    kill_when_merge_writes(job, killed.tables.profiles)
+    assert job.returncode == -signal.SIGKILL
+    # Interrupted within the first table: the later gold tables and the audit row were not published.
+    committed = {name: delta_io.committed_in_run(getattr(killed.tables, name), "publish", RUN) for name in GOLD_TABLES}
+    assert not committed["profile_permissions"], committed
+    assert not delta_io.committed_in_run(killed.tables.unify_runs, "publish", RUN)
+    assert killed.tables.staged("profiles").exists()
+
+    # The rerun takes the lakehouse lock at once (the kernel dropped the killed job's) and resumes.
+    rerun = start_job("quality_gate", killed, conf, "--run-id", RUN)
+    _, log = rerun.communicate(timeout=600)
+    assert rerun.returncode == 0, log[-3000:]
+
+    expected = gold_frames(spark, uninterrupted)
+    for name, actual in gold_frames(spark, killed).items():
+        assert_df_equality(
+            actual, expected[name], ignore_row_order=True, ignore_nullable=True, ignore_column_order=True
+        )
+    profiles = delta_io.read_delta(spark, killed.tables.profiles)
+    assert profiles.count() > 100
+    assert profiles.groupBy("profile_id").count().where("count > 1").count() == 0
+    assert not killed.tables.staging.exists()
+
+
+@pytest.fixture
+def ingested(spark, tmp_path) -> PipelineConfig:
+    """A lakehouse holding one ingest run of 10 demo people."""
+    cfg = config_in(tmp_path)
+    demo_data.generate(cfg, people=10, seed=3)
+    ingest.run(spark, cfg, run_id="first")
+    return cfg
+
+
+def test_a_job_that_finds_the_lakehouse_locked_fails_clearly_or_waits_for_it(ingested, tmp_path):
+    cfg = ingested
+    versions = {name: delta_io.table_version(path) for name, path in cfg.tables.all().items()}
+    lock_path = lakehouse_lock_path(cfg)
+    other_job = FileLock(str(lock_path))
+    other_job.acquire()  # another run holds the lakehouse
+    try:
+        impatient = start_job("ingest", cfg, conf_with_lock_timeout(tmp_path, 0.5), "--run-id", "impatient")
+        _, log = impatient.communicate(timeout=120)
+        assert impatient.returncode == 2, log[-3000:]
+        assert f"lakehouse lock {lock_path} is held by another idres job; gave up after 0.5 s" in log
+        assert {name: delta_io.table_version(path) for name, path in cfg.tables.all().items()} == versions
+
+        patient = start_job("ingest", cfg, conf_with_lock_timeout(tmp_path, 300), "--run-id", "patient")
+        waiting = f"waiting up to 300 s for the lakehouse lock {lock_path}"
+        assert any(waiting in line for line in patient.stderr), "the job did not say it waits for the lock"
+        assert patient.poll() is None
+    finally:
+        other_job.release()
+    _, log = patient.communicate(timeout=300)
+    assert patient.returncode == 0, log[-3000:]
+    runs = delta_io.query_delta("SELECT DISTINCT run_id FROM r", r=cfg.tables.ingest_runs).column("run_id")
+    assert sorted(runs.to_pylist()) == ["first", "patient"]
+
+
+CANARY_NEEDLES = ("zqxcanar", CANARY["email"].split("@")[0], "722913572", CANARY["phone"][1:])
+
+
+def canary_found(text: str) -> set[str]:
+    """The canary's fragments (names, email, phone as written and in E.164) in text, case-insensitively."""
+    lowered = text.lower()
+    return {needle for needle in CANARY_NEEDLES if needle in lowered}
+
+
+def files_text(root: Path) -> str:
+    return "\n".join(p.read_bytes().decode("utf-8", errors="replace") for p in sorted(root.rglob("*")) if p.is_file())
+
+
+@pytest.mark.slow
+def test_a_canary_identity_reaches_the_tables_and_no_log_xcom_report_or_commit(local_dag_run):
+    lakehouse, home = Path(local_dag_run["IDRES_LAKEHOUSE"]), Path(local_dag_run["AIRFLOW_HOME"])
+    tables = load_config().with_paths(lakehouse=lakehouse).tables
+
+    def table_text(path: Path) -> str:
+        return json.dumps(delta_io.query_delta("SELECT * FROM t", t=path).to_pylist(), default=str, ensure_ascii=False)
+
+    # Planted where it must be found: the canary is personal data the pipeline holds.
+    assert canary_found(table_text(tables.bronze)) >= {"zqxcanar", "canary.zq7", "722 913 572"}
+    assert canary_found(table_text(tables.silver)) >= {"zqxcanar", "canary.zq7", "722913572"}
+    assert canary_found(table_text(tables.profiles)) >= {"zqxcanar", "canary.zq7"}
+
+    with closing(sqlite3.connect(home / "airflow.db")) as db:
+        xcom = db.execute("SELECT * FROM xcom").fetchall()
+    assert xcom, "the run pushed no XCom"
+    # `airflow dags test` writes the task logs, with the jobs' stdout and stderr, to its console, not logs/.
+    console = (home.parent / "dag_run.log").read_text(encoding="utf-8")
+    assert "quality gate: profiles passed" in console and "published: " in console
+    task_logs = files_text(home / "logs") if (home / "logs").is_dir() else ""
+    reports = Path(local_dag_run["IDRES_REPORTS"])
+    assert list(reports.glob("runs/*/data_docs/index.html")) and list(reports.glob("runs/*/index.html"))
+    commits = subprocess.run(
+        ["git", "log", "--format=%an%ae%cn%ce%s%b"], cwd=PROJECT, capture_output=True, text=True, check=True
+    ).stdout
+    assert commits
+
+    leaks = {
+        "Airflow task logs": canary_found(task_logs),
+        "XCom": canary_found(repr(xcom)),
+        "Airflow metadata database": canary_found((home / "airflow.db").read_bytes().decode("utf-8", "replace")),
+        "dags test console (task logs, jobs' stdout and stderr)": canary_found(console),
+        "reports (GX results, Data Docs, auditor report, model charts)": canary_found(files_text(reports)),
+        "git commit metadata": canary_found(commits),
+    }
+    assert leaks == {where: set() for where in leaks}
