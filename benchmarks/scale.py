@@ -222,7 +222,7 @@ def worker_splink_duckdb(work: Path, sampler: RssSampler, **_: Any) -> dict[str,
         unique_id_column_name=linkage.unique_id_column,
         record_sample_proportion=1.0,
     )
-    return {"matches": matches, "candidates": counted[-1].cumulative_comparison_count}
+    return {"matches": matches, "candidates": counted[-1]["cumulative_comparison_count"]}
 
 
 def worker_splink_spark(work: Path, sampler: RssSampler, driver_memory: str | None, **_: Any) -> dict[str, Any]:
