@@ -8,6 +8,7 @@ VENV := $(CURDIR)/.venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.idres-installed
 PEOPLE ?= 2000
+SIZES ?= 10000,100000,1000000
 CLUSTER_CORES ?= 2
 CLUSTER_MEMORY ?= 4g
 
@@ -21,7 +22,7 @@ export PYSPARK_DRIVER_PYTHON := $(BIN)/python
 export IDRES_HOME := $(CURDIR)
 export PATH := $(BIN):$(PATH)
 
-.PHONY: help install check-java chromium run run-cluster test lint clean bench-accuracy query
+.PHONY: help install check-java chromium run run-cluster test lint clean bench-accuracy bench-scale query
 
 help:
 	@echo "make run    run the identity_resolution DAG on the demo data and print a summary"
@@ -30,6 +31,7 @@ help:
 	@echo "make lint   ruff"
 	@echo "make query SQL='SELECT ...'   SQL (DuckDB) over the Delta tables"
 	@echo "make bench-accuracy   FEBRL3/4 and demo accuracy, project vs bare Splink-DuckDB"
+	@echo "make bench-scale [SIZES=10000,100000,1000000]   end-to-end time, memory and F1 by size vs bare Splink"
 
 check-java:
 	@v=$$(java -version 2>&1 | awk -F'"' '/version/ {print $$2; exit}'); \
@@ -71,6 +73,10 @@ run-cluster: install
 bench-accuracy: install
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]' >$(VENV)/install-bench.log 2>&1
 	PYTHONPATH=$(CURDIR) $(BIN)/python benchmarks/accuracy.py
+
+bench-scale: install
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]' >$(VENV)/install-bench.log 2>&1
+	PYTHONPATH=$(CURDIR) $(BIN)/python benchmarks/scale.py --sizes $(SIZES) $(SCALE_ARGS)
 
 query: install
 	@$(BIN)/python -m jobs.query "$(SQL)"

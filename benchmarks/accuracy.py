@@ -314,13 +314,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     work = Path(tempfile.mkdtemp(prefix="idres-accuracy-"))
     base = load_config()
-    cfg = base.with_paths(
-        lakehouse=work / "lakehouse",
-        landing=work / "landing",
-        ground_truth=work / "truth",
-        models=work / "models",
-        reports=work / "reports",
-    )
+    cfg = base.rooted_at(work)
     spark = build_spark_session(cfg.spark, "idres-accuracy-benchmark")
     rows = []
     febrl_policy = pseudonymizing(cfg.policy)

@@ -340,6 +340,17 @@ class PipelineConfig:
             sources=sources,
         )
 
+    def rooted_at(self, root: Path | str) -> PipelineConfig:
+        """A copy with every data folder under root: lakehouse, landing, truth, models, reports (tests, benchmarks)."""
+        root = Path(root)
+        return self.with_paths(
+            lakehouse=root / "lakehouse",
+            landing=root / "landing",
+            ground_truth=root / "truth",
+            models=root / "models",
+            reports=root / "reports",
+        )
+
 
 def _rebase_source(s: SourceConfig, old: Path, new: Path) -> SourceConfig:
     feed = s.consent_feed

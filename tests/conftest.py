@@ -38,13 +38,7 @@ def spark(tmp_path_factory: pytest.TempPathFactory) -> SparkSession:
 
 def config_in(root: Path) -> PipelineConfig:
     """The project's config with every data folder (lakehouse, landing, truth, models, reports) under root."""
-    return load_config().with_paths(
-        lakehouse=root / "lakehouse",
-        landing=root / "landing",
-        ground_truth=root / "truth",
-        models=root / "models",
-        reports=root / "reports",
-    )
+    return load_config().rooted_at(root)
 
 
 def airflow_env_in(root: Path, models: Path | None = None) -> dict[str, str]:

@@ -1,0 +1,491 @@
+"""Scale benchmark: the whole idres pipeline at growing sizes, against bare Splink on Spark and on DuckDB.
+
+For each size (source records from the demo generator), in a fresh temporary lakehouse and landing:
+1. demo data: the generator writes the sources and the ground truth (own process; timed, not in the total);
+2. idres: jobs.pipeline in one Spark session (own process): session start and every stage timed, peak RSS
+   of the driver, its JVM and Python workers sampled every 0.2 s; then the admitted records' Splink input
+   (jobs.linkage.linkage_input) is exported to Parquet, untimed;
+3. bare Splink-DuckDB and bare Splink-Spark (own processes): the same exported input, the model the idres
+   run trained (jobs.linkage.model_settings for the engine), predict at the match probability and cluster
+   at the cluster probability as resolve does; only predict + cluster count as their time (loading the
+   input and starting Spark are reported apart). Candidate pairs (all pairs the blocking rules make, which
+   Splink scores) are counted once, exactly, on DuckDB.
+Cluster precision, recall and F1 (pairs implied by clusters, benchmarks/accuracy.py's helpers) are scored
+against the ground truth restricted to the admitted records, the same records every system resolves.
+
+Memory: each Spark process uses conf/pipeline.yaml's spark.driver.memory (4g; in local mode the executor
+runs in the driver JVM) unless --driver-memory is given; at 1M records that keeps the JVM within about
+5 GB and driver + JVM well under 12 GB. DuckDB runs in the driver's Python process.
+
+    .venv/bin/python benchmarks/scale.py [--sizes 10000,100000,1000000] [--skip-spark-reference-above N]
+        [--driver-memory 8g] [--no-record]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import psutil
+from accuracy import RESULTS, Pair, cluster_pairs, prf, truth_pairs
+from splink import Linker
+
+from jobs import delta_io, demo_data, pipeline
+from jobs.config import LinkageConfig, PipelineConfig, load_config
+from jobs.linkage import latest_model, linkage_input, linker_for, model_settings, splink_settings
+from jobs.spark_session import build_spark_session
+
+PLOT = Path(__file__).with_name("scale.png")
+SYSTEMS = {"idres": "idres (auto)", "splink-duckdb": "bare Splink-DuckDB", "splink-spark": "bare Splink-Spark"}
+COLUMNS = [
+    "records",
+    "system",
+    "engine",
+    "total_s",
+    "resolve_s",
+    "resolve_vs_bare",
+    "train_s",
+    "load_s",
+    "predict_s",
+    "candidates",
+    "pairs_per_s",
+    "matches",
+    "peak_gb",
+    "cluster_P",
+    "cluster_R",
+    "cluster_F1",
+    "load_avg",
+    "note",
+]
+RATIO_SAMPLE_PEOPLE = 2000
+GB = 1024**3
+
+
+# ---- peak memory ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RssSampler:
+    """Samples the RSS of this process plus all its descendants (the JVM, Python workers) every `interval`
+    seconds in a thread; keeps the peak overall and per phase (see mark)."""
+
+    interval: float = 0.2
+    peak: int = 0
+    phase: str = "start"
+    phase_peaks: dict[str, int] = field(default_factory=dict)
+    phase_starts: dict[str, float] = field(default_factory=dict)
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def sample(self) -> int:
+        root = psutil.Process()
+        total = 0
+        for proc in [root, *root.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):  # a worker that ended between listing and reading
+                total += proc.memory_info().rss
+        self.peak = max(self.peak, total)
+        self.phase_peaks[self.phase] = max(self.phase_peaks.get(self.phase, 0), total)
+        return total
+
+    def mark(self, phase: str) -> None:
+        """Start a new phase now (its wall time runs until the next mark or stop)."""
+        self.sample()
+        self.phase = phase
+        self.phase_starts[phase] = time.perf_counter()
+        self.sample()
+
+    def seconds(self, end: float) -> dict[str, float]:
+        """Wall time of each marked phase, in order, the last one ending at `end`."""
+        starts = list(self.phase_starts.items())
+        ends = [t for _, t in starts[1:]] + [end]
+        return {name: round(stop - start, 2) for (name, start), stop in zip(starts, ends, strict=True)}
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[RssSampler]:
+        thread = threading.Thread(target=self._loop, daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            self._stop.set()
+            thread.join()
+            self.sample()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def report(self, end: float) -> dict[str, Any]:
+        return {
+            "seconds": self.seconds(end),
+            "peak_gb": round(self.peak / GB, 2),
+            "phase_peak_gb": {p: round(v / GB, 2) for p, v in self.phase_peaks.items() if p in self.phase_starts},
+        }
+
+
+# ---- workers: one process each, so each peak RSS is its own -------------------------------------------------------
+
+
+def size_config(work: Path) -> PipelineConfig:
+    """The project's config with every data folder under work."""
+    return load_config().rooted_at(work)
+
+
+def spark_session(cfg: PipelineConfig, work: Path, app: str, driver_memory: str | None):
+    """The project's session (conf/pipeline.yaml spark settings), checkpoints under work."""
+    extra = {"spark.driver.memory": driver_memory} if driver_memory else None
+    return build_spark_session(cfg.spark, app, extra_conf=extra, checkpoint_dir=str(work / "checkpoints"))
+
+
+def worker_demo(work: Path, people: int, sampler: RssSampler, **_: Any) -> dict[str, Any]:
+    sampler.mark("demo_data")
+    summary = demo_data.generate(size_config(work), people=people)
+    return {"people": people, "records": sum(summary.records.values())}
+
+
+def worker_idres(work: Path, sampler: RssSampler, driver_memory: str | None, **_: Any) -> dict[str, Any]:
+    cfg = size_config(work)
+    sampler.mark("spark_session")
+    spark = spark_session(cfg, work, "idres-bench-scale", driver_memory)
+    result = pipeline.run(spark, cfg, run_id="bench-scale", stage_started=sampler.mark)
+    sampler.mark("export")  # untimed: the references' input
+    linkage_input(delta_io.read_delta(spark, cfg.tables.admitted), cfg.linkage).write.parquet(
+        str(work / "linkage_input.parquet")
+    )
+    resolved = result.results["resolve"]
+    return {
+        "engine": resolved.engine,
+        "admitted": resolved.records,
+        "matches": resolved.pairs,
+        "profiles": resolved.profiles,
+        "predict_s": round(resolved.seconds.get("predict", 0.0), 2),
+        "cluster_s": round(resolved.seconds.get("cluster", 0.0), 2),
+        "trained": "train" in result.seconds,
+    }
+
+
+def _model(cfg: PipelineConfig):
+    model = latest_model(cfg.models, cfg.linkage)
+    if model is None:
+        raise SystemExit(f"no model trained by the idres run under {cfg.models}")
+    return model
+
+
+def predict_and_cluster(linker: Linker, linkage: LinkageConfig, sampler: RssSampler) -> tuple[Any, Any]:
+    """What resolve asks of Splink, each step marked: predictions at the match probability, clusters at
+    the cluster probability."""
+    sampler.mark("predict")
+    predictions = linker.inference.predict(threshold_match_probability=linkage.match_probability)
+    sampler.mark("cluster")
+    clusters = linker.clustering.cluster_pairwise_predictions_at_threshold(
+        predictions, threshold_match_probability=linkage.cluster_probability
+    )
+    sampler.mark("outputs")  # untimed from here
+    return predictions, clusters
+
+
+def worker_splink_duckdb(work: Path, sampler: RssSampler, **_: Any) -> dict[str, Any]:
+    import pyarrow.parquet as pq
+    from splink import DuckDBAPI
+    from splink.blocking_analysis import count_comparisons_from_blocking_rules
+
+    cfg = size_config(work)
+    linkage = cfg.linkage
+    sampler.mark("load")
+    records = pq.read_table(work / "linkage_input.parquet")
+    db_api = DuckDBAPI()
+    linker = Linker(db_api.register(records), model_settings(_model(cfg), linkage, "duckdb"))
+    predictions, clusters = predict_and_cluster(linker, linkage, sampler)
+    clusters.as_duckdbpyrelation().select("record_id, cluster_id AS cluster").to_parquet(
+        str(work / "clusters-splink-duckdb.parquet")
+    )
+    matches = predictions.as_duckdbpyrelation().aggregate("count(*)").fetchall()[0][0]
+    sampler.mark("count_candidates")
+    counted = count_comparisons_from_blocking_rules(
+        db_api.register(records),
+        blocking_rules=splink_settings(linkage).blocking_rules_to_generate_predictions,
+        link_type=linkage.link_type,
+        unique_id_column_name=linkage.unique_id_column,
+        record_sample_proportion=1.0,
+    )
+    return {"matches": matches, "candidates": counted[-1]["cumulative_comparison_count"]}
+
+
+def worker_splink_spark(work: Path, sampler: RssSampler, driver_memory: str | None, **_: Any) -> dict[str, Any]:
+    cfg = size_config(work)
+    linkage = cfg.linkage
+    sampler.mark("spark_session")
+    spark = spark_session(cfg, work, "idres-bench-splink-spark", driver_memory)
+    sampler.mark("load")
+    records = spark.read.parquet(str(work / "linkage_input.parquet")).persist()
+    records.count()
+    linker = linker_for(spark, records, model_settings(_model(cfg), linkage, "spark"), "spark")
+    predictions, clusters = predict_and_cluster(linker, linkage, sampler)
+    clusters.as_spark_dataframe().selectExpr("record_id", "cast(cluster_id AS string) AS cluster").write.parquet(
+        str(work / "clusters-splink-spark.parquet")
+    )
+    return {"matches": predictions.as_spark_dataframe().count()}
+
+
+WORKERS = {
+    "demo_data": worker_demo,
+    "idres": worker_idres,
+    "splink-duckdb": worker_splink_duckdb,
+    "splink-spark": worker_splink_spark,
+}
+
+
+def run_worker(args: argparse.Namespace) -> None:
+    """Child-process entry: run one worker under an RSS sampler and write its JSON to <work>/<worker>.json."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("splink", "py4j"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    work = Path(args.work)
+    sampler = RssSampler()
+    with sampler.running():
+        out = WORKERS[args.worker](work=work, people=args.people, sampler=sampler, driver_memory=args.driver_memory)
+        end = time.perf_counter()
+    out.update(sampler.report(end))
+    (work / f"{args.worker}.json").write_text(json.dumps(out, indent=1), encoding="utf-8")
+
+
+def spawn(worker: str, work: Path, args: argparse.Namespace, people: int = 0) -> dict[str, Any] | None:
+    """Run a worker in a child process; its JSON, or None (with the end of its log) when it failed."""
+    command = [sys.executable, __file__, "--worker", worker, "--work", str(work), "--people", str(people)]
+    if args.driver_memory:
+        command += ["--driver-memory", args.driver_memory]
+    log_path = work / f"{worker}.log"
+    load = os.getloadavg()[0]
+    with log_path.open("w", encoding="utf-8") as log_file:
+        proc = subprocess.run(command, stdout=log_file, stderr=subprocess.STDOUT, check=False)
+    if proc.returncode != 0:
+        print(f"  {worker} failed (exit {proc.returncode}); last lines of {log_path}:", file=sys.stderr)
+        print("\n".join(log_path.read_text(encoding="utf-8").splitlines()[-30:]), file=sys.stderr)
+        return None
+    result = json.loads((work / f"{worker}.json").read_text(encoding="utf-8"))
+    result["load_before"] = round(load, 2)
+    print(f"  {worker}: {json.dumps(result)}", flush=True)
+    return result
+
+
+# ---- scoring ----------------------------------------------------------------------------------------------------
+
+
+def linked_pairs(frame: pd.DataFrame, group: str) -> set[Pair]:
+    """The record pairs sharing a `group` value; singletons are dropped first (truth_pairs loops per group)."""
+    return truth_pairs(frame.loc[frame.duplicated(group, keep=False)].rename(columns={group: "entity"}))
+
+
+def score(clusters: pd.DataFrame, true: set[Pair]) -> dict[str, float]:
+    pairs = cluster_pairs(clusters.loc[clusters.duplicated("cluster", keep=False)])
+    precision, recall, f1 = prf(pairs, true)
+    return {"cluster_P": precision, "cluster_R": recall, "cluster_F1": f1}
+
+
+def admitted_truth(work: Path) -> set[Pair]:
+    """True pairs among the admitted records (the consent gate removes the others from every system)."""
+    truth = pd.read_csv(work / "truth" / "records.csv", dtype=str)
+    truth["record_id"] = truth["source_system"] + ":" + truth["source_record_id"]
+    admitted = set(pd.read_parquet(work / "linkage_input.parquet", columns=["record_id"])["record_id"])
+    return linked_pairs(truth.loc[truth["record_id"].isin(admitted)], "person_id")
+
+
+def system_clusters(system: str, work: Path) -> pd.DataFrame:
+    if system == "idres":
+        table = delta_io.query_delta(
+            "SELECT record_id, profile_id AS cluster FROM p", p=size_config(work).tables.record_profiles
+        )
+        return table.to_pandas()
+    return pd.read_parquet(work / f"clusters-{system}.parquet").astype({"cluster": str})
+
+
+# ---- the benchmark ----------------------------------------------------------------------------------------------
+
+
+def records_per_person(root: Path) -> float:
+    """The generator's records per person, measured on a small sample."""
+    summary = demo_data.generate(size_config(root / "ratio"), people=RATIO_SAMPLE_PEOPLE)
+    shutil.rmtree(root / "ratio")
+    return sum(summary.records.values()) / RATIO_SAMPLE_PEOPLE
+
+
+def bench_size(records: int, ratio: float, root: Path, args: argparse.Namespace) -> tuple[list[dict], dict]:
+    """All systems at one size: their table rows, and idres' per-stage seconds and peaks."""
+    work = root / f"records-{records}"
+    work.mkdir(parents=True)
+    people = max(1, round(records / ratio))
+    print(f"{records} records ({people} people) in {work}", flush=True)
+    demo = spawn("demo_data", work, args, people)
+    idres = spawn("idres", work, args) if demo else None
+    if idres is None:
+        return [], {}
+    outputs = {"idres": idres, "splink-duckdb": spawn("splink-duckdb", work, args)}
+    if args.skip_spark_reference_above is None or demo["records"] <= args.skip_spark_reference_above:
+        outputs["splink-spark"] = spawn("splink-spark", work, args)
+    true = admitted_truth(work)
+    candidates = (outputs["splink-duckdb"] or {}).get("candidates")
+    rows = []
+    for system, out in outputs.items():
+        row: dict[str, Any] = {"records": demo["records"], "system": SYSTEMS[system]}
+        if out is None:
+            rows.append({**row, "note": "failed"})
+            continue
+        secs = out["seconds"]
+        if system == "idres":
+            resolve_s = secs.get("resolve")
+            total = sum(s for stage, s in secs.items() if stage != "export")
+            row.update(engine=out["engine"], total_s=total, resolve_s=resolve_s, train_s=secs.get("train"))
+            predict_s = out["predict_s"]
+        else:
+            predict_s = secs["predict"]
+            total = predict_s + secs["cluster"]
+            engine = system.removeprefix("splink-")
+            row.update(engine=engine, total_s=total, resolve_s=total, load_s=secs["load"])
+        row.update(
+            predict_s=predict_s,
+            candidates=candidates,
+            pairs_per_s=round(candidates / predict_s) if candidates and predict_s else None,
+            matches=out["matches"],
+            peak_gb=out["peak_gb"],
+            **score(system_clusters(system, work), true),
+            load_avg=out["load_before"],
+        )
+        rows.append(row)
+    bare = {r["engine"]: r["resolve_s"] for r in rows[1:] if "resolve_s" in r}
+    if rows[0].get("engine") in bare:
+        rows[0]["resolve_vs_bare"] = round(rows[0]["resolve_s"] / bare[rows[0]["engine"]], 2)
+    stages = {
+        "records": demo["records"],
+        "demo_data": demo["seconds"]["demo_data"],
+        **idres["seconds"],
+        "peak_gb": idres["peak_gb"],
+        "peak_stage": max(idres["phase_peak_gb"], key=idres["phase_peak_gb"].get),
+    }
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+    return rows, stages
+
+
+def targets(table: pd.DataFrame) -> list[str]:
+    """The issue's targets, checked against the table (reported, not asserted)."""
+    idres = table[table["system"] == SYSTEMS["idres"]]
+    notes = []
+    for _, r in idres.iterrows():
+        checks = [f"F1 {r['cluster_F1']:.4f} {'>=' if r['cluster_F1'] >= 0.98 else '<'} 0.98"]
+        if pd.notna(r.get("resolve_vs_bare")):
+            checks.append(f"resolve/bare {r['resolve_vs_bare']} {'<=' if r['resolve_vs_bare'] <= 1.2 else '>'} 1.2")
+        if r["records"] <= 10_000:
+            checks.append(f"total {r['total_s']:.0f} s {'<=' if r['total_s'] <= 60 else '>'} 60 s")
+        if r["records"] >= 1_000_000:
+            checks.append(f"peak {r['peak_gb']} GB {'<=' if r['peak_gb'] <= 12 else '>'} 12 GB")
+            checks.append(f"total {r['total_s']:.0f} s {'<=' if r['total_s'] <= 300 else '>'} 300 s")
+        notes.append(f"- {r['records']} records: " + "; ".join(checks))
+    return notes
+
+
+def markdown(frame: pd.DataFrame) -> str:
+    """The frame as a Markdown table, with blanks for missing values."""
+    return frame.astype(object).where(frame.notna(), None).to_markdown(index=False, missingval="")
+
+
+def plot(table: pd.DataFrame, path: Path) -> None:
+    """Seconds against records, log-log: idres end to end and its resolve stage, and the bare references."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for system, label in SYSTEMS.items():
+        rows = table[(table["system"] == label) & table["total_s"].notna()]
+        name = f"{label} end to end" if system == "idres" else f"{label} (predict + cluster)"
+        ax.plot(rows["records"], rows["total_s"], marker="o", label=name)
+    idres = table[(table["system"] == SYSTEMS["idres"]) & table["resolve_s"].notna()]
+    ax.plot(idres["records"], idres["resolve_s"], marker="s", linestyle="--", label="idres resolve stage")
+    ax.set(xscale="log", yscale="log", xlabel="source records", ylabel="seconds", title="idres scale benchmark")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> pd.DataFrame | None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="10000,100000,1000000", help="source records, comma-separated")
+    parser.add_argument("--engines", default="auto", choices=["auto"], help="the idres run's resolve.engine")
+    parser.add_argument("--skip-spark-reference-above", type=int, help="no bare Splink-Spark above this many records")
+    parser.add_argument("--driver-memory", help="spark.driver.memory (default: conf/pipeline.yaml's)")
+    parser.add_argument("--work-dir", help="parent of the temporary per-size folders (default: the system temp)")
+    parser.add_argument("--keep", action="store_true", help="keep each size's folder")
+    parser.add_argument("--no-record", action="store_true", help="print only; no RESULTS.md row, plot in the work dir")
+    parser.add_argument("--note", default="", help="a note for the RESULTS.md heading (e.g. machine shared)")
+    parser.add_argument("--worker", choices=list(WORKERS), help=argparse.SUPPRESS)
+    parser.add_argument("--work", help=argparse.SUPPRESS)
+    parser.add_argument("--people", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        run_worker(args)
+        return None
+
+    root = Path(tempfile.mkdtemp(prefix="idres-scale-", dir=args.work_dir))
+    ratio = records_per_person(root)
+    print(f"demo generator: {ratio:.3f} records per person; work in {root}", flush=True)
+    rows, stage_rows = [], []
+    for records in (int(s) for s in args.sizes.split(",")):
+        size_rows, stages = bench_size(records, ratio, root, args)
+        rows += size_rows
+        if stages:
+            stage_rows.append(stages)
+    table, stages = pd.DataFrame(rows).reindex(columns=COLUMNS), pd.DataFrame(stage_rows)
+    for c in ("cluster_P", "cluster_R", "cluster_F1"):
+        if c in table:
+            table[c] = table[c].round(4)
+    for frame in (table, stages):
+        for c in frame.select_dtypes("float").columns:
+            if c not in ("cluster_P", "cluster_R", "cluster_F1"):
+                frame[c] = frame[c].round(1)
+    cores = os.cpu_count()
+    notes = [
+        "Times in seconds. idres total_s: Spark session start + every pipeline stage (demo data generation apart); "
+        "bare Splink total_s = resolve_s: predict + cluster with idres' trained model on the same admitted input. "
+        "candidates: pairs the blocking rules make (scored by predict); pairs_per_s = candidates / predict_s; "
+        "matches: pairs at p >= match probability. peak_gb: RSS of the process with its JVM and Python workers. "
+        "Cluster P/R/F1 over the admitted records. load_avg: 1-min load average before the system ran.",
+        *targets(table),
+    ]
+    print(markdown(table))
+    print(markdown(stages))
+    print("\n".join(notes))
+    plot_path = root / PLOT.name if args.no_record else PLOT
+    plot(table, plot_path)
+    print(f"plot: {plot_path}")
+    if not args.no_record:
+        with RESULTS.open("a", encoding="utf-8") as fh:
+            heading = f"\n## scale.py, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC ({cores} cores)"
+            fh.write(heading + (f", {args.note}" if args.note else "") + "\n\n")
+            fh.write("\n".join(notes) + "\n\n")
+            fh.write(markdown(table) + "\n\n")
+            fh.write("idres per stage (seconds) and peak memory:\n\n" + markdown(stages) + "\n\n")
+            fh.write(f"![time against records]({PLOT.name})\n")
+    if not args.keep:
+        shutil.rmtree(root, ignore_errors=True)
+    return table
+
+
+if __name__ == "__main__":
+    main()
