@@ -175,6 +175,7 @@ def worker_idres(work: Path, sampler: RssSampler, driver_memory: str | None, **_
         "predict_s": round(resolved.seconds.get("predict", 0.0), 2),
         "cluster_s": round(resolved.seconds.get("cluster", 0.0), 2),
         "trained": "train" in result.seconds,
+        "spark_jobs": result.spark_jobs,
     }
 
 

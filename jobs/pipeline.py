@@ -33,6 +33,7 @@ STAGES = ("demo_data", "ingest", "standardize", "consent_gate", "train", "resolv
 class PipelineResult:
     run_id: str
     seconds: dict[str, float] = field(default_factory=dict)  # wall time of each stage that ran, in order
+    spark_jobs: dict[str, int] = field(default_factory=dict)  # Spark jobs each stage started (actions, scans)
     results: dict[str, Any] = field(default_factory=dict)  # each stage's run() result
 
     @property
@@ -70,9 +71,18 @@ def run(
         if stage_started is not None:
             stage_started(name)
         started = time.perf_counter()
+        spark.sparkContext.setJobGroup(f"idres-{name}", f"idres {name}")
         result.results[name] = stages[name]()
         result.seconds[name] = time.perf_counter() - started
-        log.info("pipeline %s: %s done in %.1f s", run_id, name, result.seconds[name])
+        result.spark_jobs[name] = len(spark.sparkContext.statusTracker().getJobIdsForGroup(f"idres-{name}"))
+        log.info(
+            "pipeline %s: %s done in %.1f s (%d Spark jobs)",
+            run_id,
+            name,
+            result.seconds[name],
+            result.spark_jobs[name],
+        )
+    spark.sparkContext.setLocalProperty("spark.jobGroup.id", None)  # type: ignore[arg-type]
     log.info(
         "pipeline %s: %.1f s in all (%s)",
         run_id,
