@@ -85,7 +85,10 @@ def read_feed(
     location = str(path)
     corrupt = T.StructField(CORRUPT, T.StringType())
     if fmt == "csv":
-        options = {"header": "true", "sep": delimiter, "encoding": encoding}
+        # RFC 4180 escapes a quote by doubling it; Spark's default escape is a backslash, which kept `""` in values.
+        # Line breaks inside quoted fields still split a record (multiLine would fix that, but changes how
+        # wrong field counts and bad bytes are flagged: issue #7 follow-up).
+        options = {"header": "true", "sep": delimiter, "encoding": encoding, "escape": '"'}
         header = spark.read.options(**options).csv(location).columns
         schema = T.StructType([T.StructField(c, T.StringType()) for c in header] + [corrupt])
         raw = spark.read.schema(schema).options(**options, mode="PERMISSIVE", columnNameOfCorruptRecord=CORRUPT)

@@ -16,8 +16,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from deltalake import DeltaTable
 
-from jobs import delta_io, demo_data, ingest, standardize
+from jobs import delta_io, demo_data, ingest, query, standardize
 from jobs.config import DEFAULT_CONF_DIR, PipelineConfig, load_config
 from jobs.errors import ConfigError, SourceSchemaError
 from tests.conftest import config_in, copy_lakehouse
@@ -141,6 +142,15 @@ def test_allowed_added_columns_land_with_a_log_line_naming_only_source_and_colum
         r=cfg.tables.ingest_runs,
     )
     assert audit["n"][0].as_py() == len(cfg.sources)
+    assert_string_filters_work_in_query(cfg)
+
+
+def assert_string_filters_work_in_query(cfg: PipelineConfig) -> None:
+    """jobs.query filters on text columns of tables delta-rs merged into (their files hold string_view)."""
+    files = [pq.read_schema(f.removeprefix("file://")) for f in DeltaTable(str(cfg.tables.ingest_runs)).file_uris()]
+    assert any(pa.types.is_string_view(t) for schema in files for t in schema.types)  # the bug's precondition
+    sql = "SELECT count(*) AS n FROM ingest_runs WHERE source_system = 'eu_loyalty' AND run_id LIKE 'allow%'"
+    assert query.query(cfg, sql)["n"][0].as_py() == 1
 
 
 def test_ignored_columns_are_no_drift_and_bad_drift_settings_name_file_and_key(clean_batch, tmp_path):
@@ -161,3 +171,104 @@ def test_ignored_columns_are_no_drift_and_bad_drift_settings_name_file_and_key(c
         "sources.yaml: sources[1] (ro_shop).ignored_columns: 'nume' is also mapped under columns",
         "sources.yaml: sources[2] (eu_loyalty).ignored_columns: must be a list of source column names",
     ]
+
+
+# Values a hostile or broken extract carries. Every one is text a row may hold; none may crash ingest.
+INJECTIONS = ('=HYPERLINK("http://x","y")', "+cmd|' /C calc'!A0", "@SUM(1)", "-1+1", "\t=1+1")
+LOOKALIKES = ("Шевчеnко", "Ivanоv", "Коваль" + "\u0301", "Pаvlо")  # Latin n, Cyrillic о / а mixed in
+# Line breaks inside quoted fields are left out: ingest reads csv line by line and would split the record.
+AWKWARD = ('O"Brien', "a;b;c", "  padded  ", "emoji 😀", "\u200bzero width")
+BAD_DATES = ("2023-02-30", "31.04.2024", "30.02.2023", "00.00.0000", "1.1.1")
+BAD_BYTES = ("Ковальчук".encode("cp1251"), "Müller".encode("latin-1"), b"\xff\xfe")
+MEGABYTE = "Я" * (1 << 19)  # 1 MiB in UTF-8
+
+
+def fuzz_ua_extract(path: Path, columns: list[str], rows: int, seed: int) -> int:
+    """Write a seeded, hostile ua_crm extract; returns the number of records (blank lines are not records)."""
+    rng = random.Random(seed)
+    placeholder = "\u0000BYTES\u0000"
+    out, bad_bytes, records = io.StringIO(), [], 0
+    writer = csv.writer(out, delimiter=";", lineterminator="\n")
+    writer.writerow(columns)
+    for i in range(rows):
+        row = dict.fromkeys(columns, "")
+        row.update(kod_kliienta=f"UA-F{i}", prizvyshche="Бондар", imia="Анна", data_narodzhennia="01.02.1980")
+        row["onovleno"] = "01.03.2025 10:15"
+        kind = rng.choice(("injection", "lookalike", "awkward", "nfd", "date", "bytes", "no_id", "blank"))
+        if kind == "injection":
+            row[rng.choice(("prizvyshche", "imia", "misto", "email", "adresa"))] = rng.choice(INJECTIONS)
+        elif kind == "lookalike":
+            row["prizvyshche"] = rng.choice(LOOKALIKES)
+        elif kind == "awkward":
+            row[rng.choice(("prizvyshche", "adresa", "misto"))] = rng.choice(AWKWARD)
+        elif kind == "nfd":
+            row["imia"] = unicodedata.normalize(rng.choice(("NFD", "NFC")), "Йосип Ёлкін")
+        elif kind == "date":
+            row["data_narodzhennia"] = rng.choice(BAD_DATES)
+        elif kind == "bytes":
+            row["prizvyshche"] = placeholder
+            bad_bytes.append(rng.choice(BAD_BYTES))
+        elif kind == "no_id":
+            row.update(kod_kliienta="", misto=f"місто {i}")
+        else:
+            out.write("\n")
+            continue
+        writer.writerow(row.values())
+        records += 1
+    writer.writerow([""] * len(columns))  # an empty record: only delimiters
+    writer.writerow([MEGABYTE if c == "adresa" else "UA-MB" if c == "kod_kliienta" else "" for c in columns])
+    encoded = out.getvalue().encode("utf-8").split(placeholder.encode("utf-8"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"".join(part + (bad_bytes[n] if n < len(bad_bytes) else b"") for n, part in enumerate(encoded)))
+    return records + 2
+
+
+def test_fuzzed_rows_land_or_are_quarantined_with_a_reason_and_counts_reconcile(spark, tmp_path, monkeypatch):
+    cfg = config_in(tmp_path)
+    demo_data.generate(cfg, people=6, seed=5)
+    source = cfg.source("ua_crm")
+    written = fuzz_ua_extract(source.path, list(source.columns.values()), rows=300, seed=20261107)
+
+    result = ingest.run(spark, cfg, run_id="fuzz")
+    standardize.run(spark, cfg, run_id="fuzz")
+
+    ua = next(s for s in result.sources if s.source_system == "ua_crm")
+    assert ua.read == written  # no record lost or split
+    assert result.reconciled
+    per_source = delta_io.query_delta(
+        "SELECT r.source_system, r.rows_read, r.rows_landed, r.rows_quarantined, b.n AS in_bronze,"
+        " q.n AS in_quarantine, q.with_reason FROM r"
+        " JOIN (SELECT source_system, count(*) AS n FROM b GROUP BY source_system) b"
+        " ON b.source_system = r.source_system"
+        " LEFT JOIN (SELECT source_system, count(*) AS n, count(reason) AS with_reason FROM q GROUP BY source_system) q"
+        " ON q.source_system = r.source_system"
+        " WHERE r.run_id = 'fuzz'",
+        r=cfg.tables.ingest_runs,
+        b=cfg.tables.bronze,
+        q=cfg.tables.quarantine,
+    ).to_pylist()
+    assert len(per_source) == 3
+    for row in per_source:
+        assert row["rows_read"] == row["rows_landed"] + row["rows_quarantined"], row["source_system"]
+        in_quarantine = row["in_quarantine"] or 0
+        assert (row["in_bronze"], in_quarantine) == (row["rows_landed"], row["rows_quarantined"])
+        assert row["with_reason"] == row["in_quarantine"]
+    assert set(ua.reasons) == {"bad_encoding", "missing_source_id", "unparseable_date"}
+    assert delta_io.row_count(cfg.tables.silver) == sum(r["rows_landed"] for r in per_source)
+    landed = delta_io.query_delta(
+        "SELECT last_name, street, city FROM b WHERE source_system = 'ua_crm'", b=cfg.tables.bronze
+    )
+    values = {v for column in landed.columns for v in column.to_pylist()}
+    assert {'=HYPERLINK("http://x","y")', 'O"Brien', "a;b;c", MEGABYTE} <= values  # as written
+    assert_query_exports_safe_csv(cfg, tmp_path / "bronze.csv", monkeypatch)
+
+
+def assert_query_exports_safe_csv(cfg: PipelineConfig, out: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`python -m jobs.query --csv` over the fuzzed lakehouse: no cell is a formula."""
+    monkeypatch.setenv("IDRES_LAKEHOUSE", str(cfg.lakehouse))
+    sql = "SELECT first_name, last_name, street, city, email FROM bronze WHERE source_record_id <> 'UA-MB'"
+    query.main(["--csv", str(out), sql])  # the 1 MiB value is over the csv module's default field limit
+    with out.open(encoding="utf-8", newline="") as fh:
+        cells = [cell for row in csv.reader(fh) for cell in row]
+    assert any(c.startswith("'=HYPERLINK(") for c in cells)
+    assert not [c for c in cells if c.startswith(("=", "+", "-", "@", "\t", "\r"))]
