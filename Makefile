@@ -29,7 +29,7 @@ help:
 	@echo "make run-cluster   the same on a Spark standalone master + worker started on 127.0.0.1 (stopped after)"
 	@echo "make test   run the test suite"
 	@echo "make lint   ruff"
-	@echo "make query SQL='SELECT ...'   SQL (DuckDB) over the Delta tables"
+	@echo "make query SQL='SELECT ...' [CSV=out.csv]   SQL (DuckDB) over the Delta tables, shown or written as CSV"
 	@echo "make bench-accuracy   FEBRL3/4 and demo accuracy, project vs bare Splink-DuckDB"
 	@echo "make bench-scale [SIZES=10000,100000,1000000]   end-to-end time, memory and F1 by size vs bare Splink"
 
@@ -79,7 +79,7 @@ bench-scale: install
 	PYTHONPATH=$(CURDIR) $(BIN)/python benchmarks/scale.py --sizes $(SIZES) $(SCALE_ARGS)
 
 query: install
-	@$(BIN)/python -m jobs.query "$(SQL)"
+	@$(BIN)/python -m jobs.query $(if $(CSV),--csv "$(CSV)") "$(SQL)"
 
 test: install chromium
 	$(BIN)/python -m pytest

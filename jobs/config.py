@@ -20,6 +20,8 @@ from jobs.errors import ConfigError, IdresError
 
 SourceFormat = Literal["csv", "jsonl", "parquet"]
 SOURCE_FORMATS: tuple[str, ...] = ("csv", "jsonl", "parquet")
+# What ingest lets through when an extract's columns differ from the mapping (sources.yaml `schema_drift`).
+SCHEMA_DRIFT_MODES: tuple[str, ...] = ("fail", "allow_added", "allow")
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONF_DIR = PROJECT_ROOT / "conf"
@@ -50,6 +52,8 @@ class SourceConfig:
     encoding: str = "UTF-8"
     delimiter: str = ","
     consent_feed: ConsentFeedConfig | None = None
+    ignored_columns: tuple[str, ...] = ()  # source columns present in the extract on purpose, not mapped
+    schema_drift: str = "fail"  # one of SCHEMA_DRIFT_MODES
 
 
 @dataclass(frozen=True)
@@ -479,6 +483,10 @@ def _load_source(i: int, raw: Any, landing: Path, names: set[str], problems: _Pr
             )
             if fpath and ffmt:
                 feed = ConsentFeedConfig(path=_resolve(landing, fpath), format=ffmt, columns=fcols)
+    ignored = _ignored_columns(file, key, raw.get("ignored_columns", []), columns, problems)
+    drift = raw.get("schema_drift", "fail")
+    if drift not in SCHEMA_DRIFT_MODES:
+        problems.add(file, f"{key}.schema_drift", f"must be one of {', '.join(SCHEMA_DRIFT_MODES)}, got '{drift}'")
     if None in (name, region, system, fmt, path, date_format, timestamp_format, country):
         return None
     return SourceConfig(
@@ -494,7 +502,20 @@ def _load_source(i: int, raw: Any, landing: Path, names: set[str], problems: _Pr
         encoding=str(raw.get("encoding", "UTF-8")),
         delimiter=str(raw.get("delimiter", ",")),
         consent_feed=feed,
+        ignored_columns=ignored,
+        schema_drift=drift if drift in SCHEMA_DRIFT_MODES else "fail",
     )
+
+
+def _ignored_columns(file: str, key: str, raw: Any, columns: Mapping[str, str], problems: _Problems) -> tuple[str, ...]:
+    """A source's `ignored_columns`: names of extract columns that are neither mapped nor drift."""
+    if not isinstance(raw, list) or not all(isinstance(c, str) and c for c in raw):
+        problems.add(file, f"{key}.ignored_columns", "must be a list of source column names")
+        return ()
+    for c in raw:
+        if c in columns.values():
+            problems.add(file, f"{key}.ignored_columns", f"'{c}' is also mapped under columns")
+    return tuple(raw)
 
 
 def _load_policy(raw: dict[str, Any], problems: _Problems) -> PurposePolicy | None:

@@ -7,7 +7,10 @@ so rerunning the same batch adds nothing.
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import itertools
+import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -15,6 +18,8 @@ from datetime import UTC, datetime
 from functools import reduce
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -76,12 +81,14 @@ def read_feed(
 
     Fails before anything is written when the file is missing or lacks one of the columns.
     """
-    if not path.exists():
-        raise SourceSchemaError(name, f"file not found at {path}")
+    require_file(name, path)
     location = str(path)
     corrupt = T.StructField(CORRUPT, T.StringType())
     if fmt == "csv":
-        options = {"header": "true", "sep": delimiter, "encoding": encoding}
+        # RFC 4180 escapes a quote by doubling it; Spark's default escape is a backslash, which kept `""` in values.
+        # Line breaks inside quoted fields still split a record (multiLine would fix that, but changes how
+        # wrong field counts and bad bytes are flagged: issue #7 follow-up).
+        options = {"header": "true", "sep": delimiter, "encoding": encoding, "escape": '"'}
         header = spark.read.options(**options).csv(location).columns
         schema = T.StructType([T.StructField(c, T.StringType()) for c in header] + [corrupt])
         raw = spark.read.schema(schema).options(**options, mode="PERMISSIVE", columnNameOfCorruptRecord=CORRUPT)
@@ -96,6 +103,102 @@ def read_feed(
     if missing:
         raise SourceSchemaError(name, f"mapped column(s) missing from the file: {', '.join(missing)}")
     return raw.withColumn(SOURCE_FILE, F.col("_metadata.file_path"))
+
+
+def require_file(name: str, path: Path) -> None:
+    """Fail (naming the source) when its extract is not there."""
+    if not path.exists():
+        raise SourceSchemaError(name, f"file not found at {path}")
+
+
+JSONL_SAMPLE_LINES = 1000
+
+
+@dataclass(frozen=True)
+class SchemaDrift:
+    """How an extract's columns differ from its source's mapping; column names only, never values."""
+
+    missing: tuple[str, ...] = ()  # mapped columns the extract lacks
+    added: tuple[str, ...] = ()  # extract columns neither mapped nor in ignored_columns
+    retyped: tuple[str, ...] = ()  # mapped columns that are no longer strings
+
+    def describe(self) -> str:
+        parts = [
+            f"{label}: {', '.join(names)}"
+            for label, names in (
+                ("mapped column(s) missing from the file", self.missing),
+                ("column(s) neither mapped nor in ignored_columns", self.added),
+                ("mapped column(s) no longer strings", self.retyped),
+            )
+            if names
+        ]
+        if self.missing and self.added:
+            parts.append("a renamed column shows as one missing and one added")
+        return "; ".join(parts)
+
+
+def extract_columns(source: SourceConfig) -> dict[str, bool]:
+    """The extract's column names, each with whether it holds strings, from its header only.
+
+    csv: the header line (every field is text). parquet: the file footer's schema. jsonl: the keys and
+    value kinds of the first JSONL_SAMPLE_LINES lines (a sample: a key or a retyped value first seen
+    further down goes unnoticed); lines that are not JSON objects are left for the malformed_record check.
+    """
+    if source.format == "csv":
+        with source.path.open(encoding=source.encoding, errors="replace", newline="") as fh:
+            return dict.fromkeys(next(csv.reader(fh, delimiter=source.delimiter), []), True)
+    if source.format == "parquet":
+        schema = pq.read_schema(source.path)
+        return {f.name: pa.types.is_string(f.type) or pa.types.is_large_string(f.type) for f in schema}
+    found: dict[str, bool] = {}
+    with source.path.open(encoding=source.encoding, errors="replace") as fh:
+        for line in itertools.islice(fh, JSONL_SAMPLE_LINES):
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                for key, value in record.items():
+                    found[key] = found.get(key, True) and (value is None or isinstance(value, str))
+    return found
+
+
+def schema_drift(source: SourceConfig, found: Mapping[str, bool]) -> SchemaDrift:
+    """Compare an extract's columns (name -> holds strings) with the source's mapping.
+
+    In jsonl a key may be left out of a record whose value is null, so a mapped key absent from the
+    sample counts as missing only when the sample also has an unknown key (a likely rename).
+    """
+    mapped = list(dict.fromkeys(source.columns.values()))
+    added = tuple(c for c in found if c not in mapped and c not in source.ignored_columns)
+    missing = tuple(c for c in mapped if c not in found)
+    if source.format == "jsonl" and not added:
+        missing = ()
+    retyped = tuple(c for c in mapped if c in found and not found[c])
+    return SchemaDrift(missing=missing, added=added, retyped=retyped)
+
+
+def check_source_schema(source: SourceConfig) -> None:
+    """Fail on a missing extract or on schema drift the source's `schema_drift` does not allow; log allowed drift.
+
+    `allow_added` lets unknown columns through, `allow` also mapped columns that are no longer strings
+    (read as text); a missing mapped column always fails, as the mapping has to change.
+    """
+    require_file(source.name, source.path)
+    drift = schema_drift(source, extract_columns(source))
+    tolerated = {"fail": (), "allow_added": ("added",), "allow": ("added", "retyped")}[source.schema_drift]
+    blocking = {k: getattr(drift, k) for k in ("missing", "added", "retyped") if k not in tolerated}
+    if any(blocking.values()):
+        raise SourceSchemaError(
+            source.name, f"schema drift ({drift.describe()}); schema_drift is {source.schema_drift}"
+        )
+    if drift != SchemaDrift():
+        log.warning(
+            "ingest %s: schema drift let through (schema_drift=%s): %s",
+            source.name,
+            source.schema_drift,
+            drift.describe(),
+        )
 
 
 def read_source(spark: SparkSession, source: SourceConfig) -> DataFrame:
@@ -229,10 +332,15 @@ def raw_canonical_values() -> Column:
 def validated_sources(
     spark: SparkSession, cfg: PipelineConfig, sources: Sequence[SourceConfig] | None = None
 ) -> DataFrame:
-    """The sources (default: all configured) read, mapped and checked, as one DataFrame with a reason column."""
+    """The sources (default: all configured) read, mapped and checked, as one DataFrame with a reason column.
+
+    Every source's schema is checked before any is read, so one drifted extract stops the run before a write.
+    """
+    chosen = cfg.sources if sources is None else sources
+    for s in chosen:
+        check_source_schema(s)
     frames = [
-        read_source(spark, s).transform(map_to_canonical, s).transform(assign_quarantine_reasons, s)
-        for s in (cfg.sources if sources is None else sources)
+        read_source(spark, s).transform(map_to_canonical, s).transform(assign_quarantine_reasons, s) for s in chosen
     ]
     return reduce(lambda a, b: a.unionByName(b), frames)
 

@@ -1,6 +1,9 @@
 """Analysts' SQL over the lakehouse: DuckDB over delta-rs Arrow datasets, no Spark needed.
 
     python -m jobs.query "SELECT region_count, count(*) FROM profiles GROUP BY 1"
+    python -m jobs.query --csv out.csv "SELECT * FROM profiles"
+
+CSV output goes through defusedcsv: a cell that a spreadsheet would run as a formula is prefixed with a quote.
 
 Every Delta table is a view named as in TablePaths (profiles, profile_sources, profile_lineage,
 profile_permissions, record_profiles, pairwise_matches, silver, bronze, ...), read at its current version.
@@ -9,20 +12,32 @@ profile_permissions, record_profiles, pairwise_matches, silver, bronze, ...), re
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TextIO
 
 import duckdb
 import pyarrow as pa
+from defusedcsv import csv
 from deltalake import DeltaTable
 from tabulate import tabulate
 
 from jobs import delta_io
 from jobs.config import PipelineConfig, TablePaths, load_config
 
-FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+# defusedcsv escapes cells starting with = + - @ | %; OWASP adds tab and carriage return.
+WHITESPACE_FORMULA_PREFIXES = ("\t", "\r")
+
+
+def _as_string_views(schema: pa.Schema) -> pa.Schema:
+    """schema with every top-level string column as string_view.
+
+    delta-rs merges write string_view Parquet; a dataset declared as plain string then fails DuckDB's
+    pushed-down string filters ("no kernel matching input types (string, string_view)").
+    """
+    text = (pa.types.is_string, pa.types.is_large_string)
+    return pa.schema([f.with_type(pa.string_view()) if any(t(f.type) for t in text) else f for f in schema])
 
 
 def connect(cfg: PipelineConfig) -> duckdb.DuckDBPyConnection:
@@ -30,7 +45,9 @@ def connect(cfg: PipelineConfig) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect()
     for name, path in cfg.tables.all().items():
         if delta_io.table_exists(path):
-            con.register(name, DeltaTable(str(path)).to_pyarrow_dataset())
+            table = DeltaTable(str(path))
+            schema = _as_string_views(pa.schema(table.schema().to_arrow()))
+            con.register(name, table.to_pyarrow_dataset(schema=schema))
     return con
 
 
@@ -40,25 +57,34 @@ def query(cfg: PipelineConfig, sql: str) -> pa.Table:
 
 
 def safe_cell(value: object) -> object:
-    """A cell that a spreadsheet will not run as a formula (OWASP CSV injection): prefixed with a quote."""
-    return "'" + value if isinstance(value, str) and value.startswith(FORMULA_PREFIXES) else value
+    """A cell that a spreadsheet will not run as a formula; defusedcsv escapes the rest when writing."""
+    return "'" + value if isinstance(value, str) and value.startswith(WHITESPACE_FORMULA_PREFIXES) else value
+
+
+def write_csv(result: pa.Table, out: TextIO) -> None:
+    """The result as CSV with a header row, every cell safe to open in a spreadsheet (OWASP CSV injection)."""
+    writer = csv.writer(out)
+    writer.writerow(result.column_names)
+    writer.writerows([safe_cell(v) for v in row.values()] for row in result.to_pylist())
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Run SQL (DuckDB dialect) over the idres Delta tables.")
     parser.add_argument("sql", help="the query; tables: " + ", ".join(TablePaths(Path(".")).all()))
     parser.add_argument("--conf", help="config directory")
-    parser.add_argument("--format", choices=("table", "csv"), default="table")
+    parser.add_argument("--format", choices=("table", "csv"), default="table", help="how stdout shows the result")
+    parser.add_argument("--csv", type=Path, metavar="OUT", help="write the result to this CSV file instead")
     args = parser.parse_args(argv)
     cfg = load_config(args.conf)
     result = query(cfg, args.sql)
-    rows = [[safe_cell(v) for v in row.values()] for row in result.to_pylist()]
-    if args.format == "csv":
-        writer = csv.writer(sys.stdout)
-        writer.writerow(result.column_names)
-        writer.writerows(rows)
+    if args.csv is not None:
+        with args.csv.open("w", encoding="utf-8", newline="") as fh:
+            write_csv(result, fh)
+        print(f"{result.num_rows} row(s) written to {args.csv}")
+    elif args.format == "csv":
+        write_csv(result, sys.stdout)
     else:
-        print(tabulate(rows, headers=result.column_names, tablefmt="simple"))
+        print(tabulate(result.to_pylist(), headers="keys", tablefmt="simple"))
 
 
 if __name__ == "__main__":

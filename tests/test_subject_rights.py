@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 import json
 import re
 from datetime import datetime
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from pyspark.sql import functions as F
@@ -64,9 +67,21 @@ def test_query_answers_the_readme_questions(spark, published):
 
 
 def test_query_csv_cells_cannot_inject_formulas():
-    assert query.safe_cell('=HYPERLINK("http://x","y")') == '\'=HYPERLINK("http://x","y")'
-    assert query.safe_cell("+380671234567") == "'+380671234567"
-    assert query.safe_cell("Olena") == "Olena" and query.safe_cell(3) == 3
+    cells = ['=HYPERLINK("http://x","y")', "+380671234567", "@SUM(1)", "-1+1", "\t=1", "\r=1", "Olena", "-12.5"]
+    out = io.StringIO()
+    query.write_csv(pa.table({"value": cells, "n": list(range(len(cells)))}), out)
+    rows = list(csv.reader(io.StringIO(out.getvalue())))
+    assert [r[0] for r in rows] == [
+        "value",
+        '\'=HYPERLINK("http://x","y")',
+        "'+380671234567",
+        "'@SUM(1)",
+        "'-1+1",
+        "'\t=1",
+        "'\r=1",
+        "Olena",
+        "-12.5",
+    ]
 
 
 def canary_hits(root: Path) -> list[str]:
