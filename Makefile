@@ -22,12 +22,13 @@ export PYSPARK_DRIVER_PYTHON := $(BIN)/python
 export IDRES_HOME := $(CURDIR)
 export PATH := $(BIN):$(PATH)
 
-.PHONY: help install check-java chromium run run-cluster test lint clean bench-accuracy bench-scale query
+.PHONY: help install check-java chromium run run-cluster test test-faults lint clean bench-accuracy bench-scale query
 
 help:
 	@echo "make run    run the identity_resolution DAG on the demo data and print a summary"
 	@echo "make run-cluster   the same on a Spark standalone master + worker started on 127.0.0.1 (stopped after)"
-	@echo "make test   run the test suite"
+	@echo "make test   run the test suite (all but the heavy fault tests)"
+	@echo "make test-faults   the fault-injection tests, the heavy ones included"
 	@echo "make lint   ruff"
 	@echo "make query SQL='SELECT ...' [CSV=out.csv]   SQL (DuckDB) over the Delta tables, shown or written as CSV"
 	@echo "make bench-accuracy   FEBRL3/4 and demo accuracy, project vs bare Splink-DuckDB"
@@ -82,7 +83,11 @@ query: install
 	@$(BIN)/python -m jobs.query $(if $(CSV),--csv "$(CSV)") "$(SQL)"
 
 test: install chromium
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not heavy"
+
+# Every fault-injection test, the heavy ones included (kill during publish and resume).
+test-faults: install
+	$(BIN)/python -m pytest -m fault
 
 lint: install
 	$(BIN)/ruff check .

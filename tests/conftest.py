@@ -50,6 +50,7 @@ def airflow_env_in(root: Path, models: Path | None = None) -> dict[str, str]:
         "AIRFLOW_HOME": str(root / "airflow_home"),
         "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT / "dags"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",  # task logs in full, for the tests that read them
         "AIRFLOW_CONN_SPARK_DEFAULT": '{"conn_type": "spark", "host": "local[2]"}',
         "IDRES_LAKEHOUSE": str(data.lakehouse),
         "IDRES_LANDING": str(data.landing),

@@ -97,6 +97,7 @@ def gold_frames(spark: SparkSession, cfg: PipelineConfig) -> dict[str, object]:
     return frames
 
 
+@pytest.mark.heavy  # two publishes of the demo in child processes: about 100 s
 def test_a_publish_killed_as_it_writes_profiles_and_rerun_equals_an_uninterrupted_one(spark, staged_demo, tmp_path):
     uninterrupted = copy_lakehouse(staged_demo, tmp_path / "uninterrupted")
     quality_gate.run(spark, uninterrupted, run_id=RUN)
