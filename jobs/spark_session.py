@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 
 from jobs.config import SparkConfig
 
@@ -62,3 +63,19 @@ def build_spark_session(
     if checkpoint_dir or not spark.sparkContext.getCheckpointDir():
         spark.sparkContext.setCheckpointDir(checkpoint_dir or tempfile.mkdtemp(prefix="idres-checkpoints-"))
     return spark
+
+
+@contextmanager
+def persisting() -> Iterator[Callable[[DataFrame], DataFrame]]:
+    """A `keep(df)` that persists DataFrames several writes share, unpersisted when the block ends however it ends."""
+    kept: list[DataFrame] = []
+
+    def keep(df: DataFrame) -> DataFrame:
+        kept.append(df.persist())
+        return kept[-1]
+
+    try:
+        yield keep
+    finally:
+        for df in kept:
+            df.unpersist()

@@ -18,7 +18,7 @@ for the profile covers its attribute, so no profile cell lacks a lawful basis.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import reduce
 from pathlib import Path
@@ -32,6 +32,7 @@ from jobs.config import GOLD_TABLES, PipelineConfig, PurposePolicy, Survivorship
 from jobs.consent import STATUS_PRECEDENCE, SUBJECT, accepted_bases, lookup
 from jobs.errors import IdresError
 from jobs.runner import run_job
+from jobs.spark_session import persisting
 
 log = logging.getLogger("idres.unify")
 
@@ -263,14 +264,19 @@ def build_gold(
     effective: DataFrame,
     survivorship: SurvivorshipConfig,
     policy: PurposePolicy,
+    keep: Callable[[DataFrame], DataFrame] = lambda df: df,
 ) -> GoldTables:
-    """The four golden-profile tables from resolved, admitted records (pure: DataFrames in, DataFrames out)."""
-    contributors = contributing_records(record_profiles, admitted)
-    permissions = profile_permissions(contributors, effective, policy)
+    """The four golden-profile tables from resolved, admitted records (pure: DataFrames in, DataFrames out).
+
+    `keep` wraps the intermediates that several tables share, so that writing the four tables computes
+    each once (run() persists them).
+    """
+    contributors = keep(contributing_records(record_profiles, admitted))
+    permissions = keep(profile_permissions(contributors, effective, policy))
     allowed = (
         permissions.where("allowed").groupBy("profile_id").agg(F.collect_set("purpose").alias("_profile_purposes"))
     )
-    cells = survivorship_cells(contributors, allowed, survivorship, policy)
+    cells = keep(survivorship_cells(contributors, allowed, survivorship, policy))
     return GoldTables(
         profiles=golden_profiles(contributors, cells, survivorship),
         profile_sources=profile_sources(contributors, pairs),
@@ -298,17 +304,19 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> dict[str, Path
         t.pairwise_matches,
         "record_id_l string, record_id_r string, match_weight double, match_probability double",
     )
-    gold = build_gold(
-        delta_io.read_delta(spark, t.record_profiles),
-        delta_io.read_delta(spark, t.admitted),
-        pairs,
-        delta_io.read_delta(spark, t.effective_consent),
-        cfg.survivorship,
-        cfg.policy,
-    )
-    staged = {name: getattr(gold, name) for name in GOLD_TABLES}
-    for name, df in staged.items():
-        delta_io.overwrite_delta(df, t.staged(name), run_id=run_id, job=JOB)
+    with persisting() as keep:
+        gold = build_gold(
+            delta_io.read_delta(spark, t.record_profiles),
+            delta_io.read_delta(spark, t.admitted),
+            pairs,
+            delta_io.read_delta(spark, t.effective_consent),
+            cfg.survivorship,
+            cfg.policy,
+            keep,
+        )
+        staged = {name: getattr(gold, name) for name in GOLD_TABLES}
+        for name, df in staged.items():
+            delta_io.overwrite_delta(df, t.staged(name), run_id=run_id, job=JOB)
     log.info("unify: gold candidates staged for the quality gate: %s", ", ".join(staged))
     return {name: t.staged(name) for name in staged}
 
