@@ -11,13 +11,18 @@ would fail a spark-submit that had succeeded. delta-rs' own QueryBuilder does no
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import shutil
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.dataset as ds
 from deltalake import CommitProperties, DeltaTable, QueryBuilder, Transaction, write_deltalake
 from pyspark.sql import DataFrame, SparkSession
+
+SPILL_PREFIX = "_spill_"  # Spark's Parquet output on its way into a table (see _arrow_stream)
 
 
 def table_exists(path: Path | str) -> bool:
@@ -74,11 +79,26 @@ def run_commit_metrics(path: Path | str, job: str, run_id: str) -> dict[str, int
     return {}
 
 
-def _nullable_arrow(df: DataFrame) -> pa.Table:
-    """Spark -> Arrow with every field nullable, so the Delta schema does not depend on one batch."""
-    table = df.toArrow()
-    schema = pa.schema([f.with_nullable(True) for f in table.schema])
-    return table.cast(schema)
+@contextmanager
+def _arrow_stream(df: DataFrame, path: Path | str) -> Iterator[tuple[pa.RecordBatchReader, int]]:
+    """df as a stream of Arrow batches (every field nullable, so the Delta schema does not depend on one
+    batch), with its row count.
+
+    Spark's executors write df as Parquet to a spill folder beside the table and delta-rs reads it back
+    batch by batch, so no table is ever collected whole into the driver (at a million records the lineage
+    table alone outgrows a 4g driver heap). The spill folder is removed afterwards, and a stale one a
+    killed job left behind is replaced on the table's next write.
+    """
+    target = Path(path)
+    spill = target.parent / f"{SPILL_PREFIX}{target.name}"
+    shutil.rmtree(spill, ignore_errors=True)
+    try:
+        df.write.parquet(str(spill))
+        dataset = ds.dataset(str(spill), format="parquet")
+        schema = pa.schema([f.with_nullable(True) for f in dataset.schema])
+        yield dataset.scanner().to_reader().cast(schema), dataset.count_rows()
+    finally:
+        shutil.rmtree(spill, ignore_errors=True)
 
 
 def read_delta(spark: SparkSession, path: Path | str, version: int | None = None) -> DataFrame:
@@ -112,18 +132,15 @@ def row_count(path: Path | str) -> int:
 
 def overwrite_delta(df: DataFrame, path: Path | str, *, run_id: str, job: str) -> None:
     """Replace the table's contents in one commit (creating the table if needed)."""
-    write_deltalake(
-        str(path),
-        _nullable_arrow(df),
-        mode="overwrite",
-        schema_mode="overwrite",
-        commit_properties=_commit_properties(run_id, job),
-    )
+    with _arrow_stream(df, path) as (rows, _):
+        commit = _commit_properties(run_id, job)
+        write_deltalake(str(path), rows, mode="overwrite", schema_mode="overwrite", commit_properties=commit)
 
 
 def append_delta(df: DataFrame, path: Path | str, *, run_id: str, job: str) -> None:
     """Append rows in one commit (creating the table if needed)."""
-    write_deltalake(str(path), _nullable_arrow(df), mode="append", commit_properties=_commit_properties(run_id, job))
+    with _arrow_stream(df, path) as (rows, _):
+        write_deltalake(str(path), rows, mode="append", commit_properties=_commit_properties(run_id, job))
 
 
 def merge_delta(
@@ -150,11 +167,23 @@ def merge_delta(
     """
     if once_per_run and committed_in_run(path, job, run_id):
         return None
-    commit = _commit_properties(run_id, job, once_per_run)
-    source = _nullable_arrow(df)
+    with _arrow_stream(df, path) as (source, rows):
+        commit = _commit_properties(run_id, job, once_per_run)
+        return _merge(source, rows, path, keys, commit, update_changed, delete_missing)
+
+
+def _merge(
+    source: pa.RecordBatchReader,
+    rows: int,
+    path: Path | str,
+    keys: Sequence[str],
+    commit: CommitProperties,
+    update_changed: bool,
+    delete_missing: bool,
+) -> dict[str, int]:
     if not table_exists(path):
         write_deltalake(str(path), source, mode="append", commit_properties=commit)
-        return {"num_target_rows_inserted": source.num_rows, "num_target_rows_updated": 0, "num_target_rows_deleted": 0}
+        return {"num_target_rows_inserted": rows, "num_target_rows_updated": 0, "num_target_rows_deleted": 0}
     target = DeltaTable(str(path))
     target_columns = {f.name for f in target.schema().fields}
     predicate = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
@@ -167,7 +196,7 @@ def merge_delta(
         commit_properties=commit,
     )
     if update_changed:
-        others = [c for c in source.column_names if c not in keys]
+        others = [c for c in source.schema.names if c not in keys]
         if set(others) - target_columns:
             merger = merger.when_matched_update_all()  # new columns: every matched row changes
         elif others:
@@ -190,20 +219,20 @@ def delete_matching(keys_df: DataFrame, path: Path | str, *, run_id: str, job: s
     target = DeltaTable(str(path))
     if not set(keys) <= {f.name for f in target.schema().fields}:
         return 0
-    source = _nullable_arrow(keys_df.distinct())
-    if source.num_rows == 0:
-        return 0
-    metrics = (
-        target.merge(
-            source,
-            predicate=" AND ".join(f"t.`{k}` = s.`{k}`" for k in keys),
-            source_alias="s",
-            target_alias="t",
-            commit_properties=_commit_properties(run_id, job),
+    with _arrow_stream(keys_df.distinct(), path) as (source, rows):
+        if rows == 0:
+            return 0
+        metrics = (
+            target.merge(
+                source,
+                predicate=" AND ".join(f"t.`{k}` = s.`{k}`" for k in keys),
+                source_alias="s",
+                target_alias="t",
+                commit_properties=_commit_properties(run_id, job),
+            )
+            .when_matched_delete()
+            .execute()
         )
-        .when_matched_delete()
-        .execute()
-    )
     return int(metrics["num_target_rows_deleted"])
 
 

@@ -41,6 +41,8 @@ def build_spark_session(
         "spark.sql.session.timeZone": "UTC",
         "spark.sql.shuffle.partitions": str(settings.shuffle_partitions),
         "spark.sql.execution.arrow.pyspark.enabled": "true",
+        # Parquet that delta-rs reads back as timestamp[us, UTC], like toArrow() (Spark's default is INT96).
+        "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
         "spark.ui.showConsoleProgress": "false",
         "spark.jars": jar,
         **settings.conf,
