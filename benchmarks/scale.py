@@ -161,7 +161,7 @@ def worker_idres(work: Path, sampler: RssSampler, driver_memory: str | None, **_
     cfg = size_config(work)
     sampler.mark("spark_session")
     spark = spark_session(cfg, work, "idres-bench-scale", driver_memory)
-    result = pipeline.run(spark, cfg, run_id="bench-scale", stage_started=sampler.mark)
+    result = pipeline.run(spark, cfg, run_id="bench-scale", stage_started=sampler.mark, record_gate_failure=True)
     sampler.mark("export")  # untimed: the references' input
     linkage_input(delta_io.read_delta(spark, cfg.tables.admitted), cfg.linkage).write.parquet(
         str(work / "linkage_input.parquet")
@@ -176,6 +176,7 @@ def worker_idres(work: Path, sampler: RssSampler, driver_memory: str | None, **_
         "cluster_s": round(resolved.seconds.get("cluster", 0.0), 2),
         "trained": "train" in result.seconds,
         "spark_jobs": result.spark_jobs,
+        "gate": "passed" if result.gate_failure is None else "FAILED: " + result.gate_failure.split("; ", 2)[-1],
     }
 
 
@@ -350,6 +351,7 @@ def bench_size(records: int, ratio: float, root: Path, args: argparse.Namespace)
             resolve_s = secs.get("resolve")
             total = sum(s for stage, s in secs.items() if stage != "export")
             row.update(engine=out["engine"], total_s=total, resolve_s=resolve_s, train_s=secs.get("train"))
+            row["note"] = "gate " + out["gate"]  # a failed gate publishes nothing; record_profiles is resolve's
             predict_s = out["predict_s"]
         else:
             predict_s = secs["predict"]
