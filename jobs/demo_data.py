@@ -189,15 +189,36 @@ def _email_for(first: str, last: str, origin: str, country: str, rng: random.Ran
     return f"{user}@{rng.choice(EMAIL_DOMAINS[country])}"
 
 
+class Mailboxes:
+    """Addresses handed out so far: like a mail provider, never one mailbox for two people.
+
+    Built from names on a few domains per country, addresses collide once there are tens of thousands of
+    people; two people sharing an exact address would be nearly conclusive evidence to any linkage model,
+    which no real data gives. A taken address gets the next free number after its user part.
+    """
+
+    def __init__(self) -> None:
+        self._owners: dict[str, str] = {}
+
+    def claim(self, address: str, person_id: str) -> str:
+        user, domain = address.split("@")
+        candidate, number = address, 1
+        while self._owners.setdefault(candidate, person_id) != person_id:
+            number += 1
+            candidate = f"{user}{number}@{domain}"
+        return candidate
+
+
 def _national_id(country: str, dob: date, rng: random.Random) -> str:
     if country == "RO":
         return f"{rng.choice('12')}{dob:%y%m%d}{rng.randint(1, 52):02d}{rng.randint(0, 9999):04d}"
     return "".join(rng.choice("0123456789") for _ in range(10))
 
 
-def make_people(n: int, seed: int) -> list[Person]:
+def make_people(n: int, seed: int, mailboxes: Mailboxes | None = None) -> list[Person]:
     """n people with stable ids, names in their native script, and home contact data."""
     rng = random.Random(seed)
+    mailboxes = mailboxes if mailboxes is not None else Mailboxes()
     fakers = {o: Faker(spec["locale"]) for o, spec in ORIGINS.items()}
     for i, f in enumerate(fakers.values()):
         f.seed_instance(seed + i)
@@ -215,16 +236,17 @@ def make_people(n: int, seed: int) -> list[Person]:
             first, last = fake.first_name_male(), fake.last_name_male()
             middle = fake.middle_name_male() if origin in ("ua", "ru") else None
         dob = date(1950, 1, 1) + timedelta(days=rng.randint(0, 365 * 55))
+        person_id = f"P{i:07d}"
         people.append(
             Person(
-                person_id=f"P{i:07d}",
+                person_id=person_id,
                 origin=origin,
                 first_name=first,
                 middle_name=middle,
                 last_name=last,
                 gender=gender,
                 date_of_birth=dob,
-                email=_email_for(first, last, origin, country, rng),
+                email=mailboxes.claim(_email_for(first, last, origin, country, rng), person_id),
                 phone=_mobile(country, rng),
                 street=fake.street_address(),
                 city=fake.city(),
@@ -267,7 +289,13 @@ class Appearance:
 
 
 def _appearance(
-    p: Person, source: str, latin: bool, rng: random.Random, fakers: dict[str, Faker], availability: dict[str, float]
+    p: Person,
+    source: str,
+    latin: bool,
+    rng: random.Random,
+    fakers: dict[str, Faker],
+    availability: dict[str, float],
+    mailboxes: Mailboxes,
 ) -> Appearance:
     first, middle, last = p.first_name, p.middle_name, p.last_name
     if rng.random() < 0.10 and first in NICKNAMES:
@@ -287,7 +315,9 @@ def _appearance(
         first, last = last, first
     if rng.random() < 0.03:
         first, last = first.upper(), last.upper()
-    email = p.email if rng.random() >= 0.15 else _email_for(p.first_name, p.last_name, p.origin, p.country, rng)
+    email = p.email
+    if rng.random() < 0.15:  # a second mailbox of the person's own
+        email = mailboxes.claim(_email_for(p.first_name, p.last_name, p.origin, p.country, rng), p.person_id)
     phone = p.phone if rng.random() >= 0.10 else _mobile(p.country, rng)
     street, city, postcode, country = p.street, p.city, p.postcode, p.country
     if rng.random() < 0.12 or (source == "eu_loyalty" and p.country in ("UA", "RO") and rng.random() < 0.5):
@@ -477,7 +507,8 @@ def _corrupt(source: str, rows: list[dict]) -> tuple[list[dict], list[str], list
 def generate(cfg: PipelineConfig, people: int, seed: int = 42, corrupt: bool = False) -> DemoSummary:
     """Write the demo sources, consent feeds and ground truth where the config says they land."""
     rng = random.Random(seed + 1)
-    population = make_people(people, seed)
+    mailboxes = Mailboxes()
+    population = make_people(people, seed, mailboxes)
     fakers = {o: Faker(spec["locale"]) for o, spec in ORIGINS.items()}
     for i, f in enumerate(fakers.values()):
         f.seed_instance(seed + 100 + i)
@@ -489,7 +520,9 @@ def generate(cfg: PipelineConfig, people: int, seed: int = 42, corrupt: bool = F
         for source in chosen:
             copies = 2 if rng.random() < 0.06 else 1
             for _ in range(copies):
-                a = _appearance(p, source, SOURCE_LAYOUTS[source]["latin"], rng, fakers, AVAILABILITY[source])
+                a = _appearance(
+                    p, source, SOURCE_LAYOUTS[source]["latin"], rng, fakers, AVAILABILITY[source], mailboxes
+                )
                 per_source[source].append((a, p.person_id))
 
     truth: list[tuple[str, str, str]] = []
