@@ -172,6 +172,7 @@ class QualityConfig:
 
     max_cluster_size: int = 25  # records in one profile; a larger cluster is an over-merge to inspect
     max_profile_id_churn: float = 0.05  # share of still-present records whose profile id may change in a run
+    pandas_max_rows: int = 200_000  # a checked frame this small is validated in pandas, not Spark
 
 
 @dataclass(frozen=True)
@@ -724,9 +725,13 @@ def _load_quality(raw: Any, problems: _Problems) -> QualityConfig:
     if not isinstance(churn, int | float) or isinstance(churn, bool) or not 0 <= churn <= 1:
         problems.add(file, "quality.max_profile_id_churn", "must be a share between 0 and 1")
         churn = default.max_profile_id_churn
-    for key in sorted(set(raw) - {"max_cluster_size", "max_profile_id_churn"}):
+    pandas_rows = raw.get("pandas_max_rows", default.pandas_max_rows)
+    if not isinstance(pandas_rows, int) or isinstance(pandas_rows, bool) or pandas_rows < 0:
+        problems.add(file, "quality.pandas_max_rows", "must be a whole number of rows, 0 or more")
+        pandas_rows = default.pandas_max_rows
+    for key in sorted(set(raw) - {"max_cluster_size", "max_profile_id_churn", "pandas_max_rows"}):
         problems.add(file, f"quality.{key}", "is not a known key")
-    return QualityConfig(max_cluster_size=size, max_profile_id_churn=float(churn))
+    return QualityConfig(max_cluster_size=size, max_profile_id_churn=float(churn), pandas_max_rows=pandas_rows)
 
 
 def _load_resolve(raw: Any, problems: _Problems) -> ResolveConfig:

@@ -134,7 +134,8 @@ def test_quality_bounds_are_checked(tmp_path):
     conf = tmp_path / "conf"
     shutil.copytree(DEFAULT_CONF_DIR, conf)
     (conf / "pipeline.yaml").write_text(
-        "quality:\n  max_cluster_size: 0\n  max_profile_id_churn: 1.5\n  max_chaos: 3\n", encoding="utf-8"
+        "quality:\n  max_cluster_size: 0\n  max_profile_id_churn: 1.5\n  pandas_max_rows: -1\n  max_chaos: 3\n",
+        encoding="utf-8",
     )
     with pytest.raises(ConfigError) as err:
         load_config(conf)
@@ -142,6 +143,7 @@ def test_quality_bounds_are_checked(tmp_path):
         "pipeline.yaml: quality.max_chaos: is not a known key",
         "pipeline.yaml: quality.max_cluster_size: must be a positive integer",
         "pipeline.yaml: quality.max_profile_id_churn: must be a share between 0 and 1",
+        "pipeline.yaml: quality.pandas_max_rows: must be a whole number of rows, 0 or more",
     ]
     assert load_config().quality.max_profile_id_churn == 0.05
 
