@@ -147,16 +147,15 @@ def _expectation_result(result: Any) -> dict[str, Any]:
 
 
 def gx_batch(frame: DataFrame, pandas_max_rows: int) -> tuple[str, Any]:
-    """The engine GX validates a checked frame on, and the batch: the frame collected into pandas
-    (through Arrow) when it holds at most pandas_max_rows rows, else the Spark frame itself.
+    """The engine GX validates a persisted checked frame on, and the batch: the frame collected into
+    pandas (through Arrow) when it holds at most pandas_max_rows rows, else the Spark frame itself.
 
     GX on Spark computes its metrics in several Spark jobs per expectation, a fixed cost that dominates
-    the gate on small runs; pandas does the same checks in memory.
+    the gate on small runs; pandas does the same checks in memory. The count fills the frame's cache,
+    which either engine then reads.
     """
-    if pandas_max_rows > 0:
-        head = frame.limit(pandas_max_rows + 1).toArrow()
-        if head.num_rows <= pandas_max_rows:
-            return "pandas", head.to_pandas()
+    if pandas_max_rows > 0 and frame.count() <= pandas_max_rows:
+        return "pandas", frame.toArrow().to_pandas()
     return "spark", frame
 
 
