@@ -17,7 +17,8 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -237,16 +238,37 @@ def jaro_winkler_as_duckdb(left: pd.Series, right: pd.Series) -> pd.Series:
 
 
 def linker_for(
-    spark: SparkSession, records: DataFrame, settings: SettingsCreator | dict[str, Any], engine: str
+    spark: SparkSession,
+    records: DataFrame,
+    settings: SettingsCreator | dict[str, Any],
+    engine: str,
+    duckdb_api: DuckDBAPI | None = None,
 ) -> Linker:
-    """A Splink linker over a Spark DataFrame of linkage records on `engine` (DuckDB: the records as Arrow)."""
+    """A Splink linker over a Spark DataFrame of linkage records on `engine` (DuckDB: the records as Arrow,
+    in duckdb_api's database, a new one by default)."""
     if engine == "spark":
         from splink.backends.spark import SparkAPI
 
         api = SparkAPI(spark_session=spark)
         spark.udf.register("jaro_winkler", jaro_winkler_as_duckdb)
         return Linker(api.register(records), settings)
-    return Linker(DuckDBAPI().register(records.toArrow()), settings)
+    return Linker((duckdb_api or DuckDBAPI()).register(records.toArrow()), settings)
+
+
+@contextmanager
+def opened_linker(
+    spark: SparkSession, records: DataFrame, settings: SettingsCreator | dict[str, Any], engine: str
+) -> Iterator[Linker]:
+    """linker_for in a with-block whose end frees the engine's memory: a DuckDB linker's database, with
+    every table Splink made in it, is closed there. Splink's objects hold it in reference cycles, so it
+    would otherwise live until the cyclic garbage collector reaches them, often stages later.
+    Take what the block needs out of Splink (as Spark DataFrames, see to_spark) inside it."""
+    duckdb_api = DuckDBAPI() if engine == "duckdb" else None
+    try:
+        yield linker_for(spark, records, settings, engine, duckdb_api)
+    finally:
+        if duckdb_api is not None:
+            duckdb_api.duckdb_con.close()
 
 
 def splink_columns(table: SplinkDataFrame) -> list[str]:

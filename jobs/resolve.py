@@ -29,8 +29,8 @@ from jobs.linkage import (
     ModelVersion,
     latest_model,
     linkage_input,
-    linker_for,
     model_settings,
+    opened_linker,
     pick_engine,
     splink_columns,
     to_spark,
@@ -69,22 +69,22 @@ def predict_and_cluster(
     engines materialize their output in these calls).
     """
     linkage = cfg.linkage
-    linker = linker_for(spark, records, model_settings(model, linkage, engine), engine)
-    started = time.perf_counter()
-    predictions = linker.inference.predict(threshold_match_probability=linkage.match_probability)
-    predicted = time.perf_counter()
-    clusters = linker.clustering.cluster_pairwise_predictions_at_threshold(
-        predictions, threshold_match_probability=linkage.cluster_probability
-    )
-    if seconds is not None:
-        seconds.update(predict=predicted - started, cluster=time.perf_counter() - predicted)
-    gammas = sorted(c for c in splink_columns(predictions) if c.startswith("gamma_"))
-    pairs = to_spark(
-        spark, predictions, engine, ["record_id_l", "record_id_r", "match_weight", "match_probability", *gammas]
-    ).withColumn("model_version", F.lit(model.version))
-    clustered = to_spark(spark, clusters, engine, ["record_id", "cluster_id"]).select(
-        "record_id", F.col("cluster_id").cast("string").alias("cluster_key")
-    )
+    with opened_linker(spark, records, model_settings(model, linkage, engine), engine) as linker:
+        started = time.perf_counter()
+        predictions = linker.inference.predict(threshold_match_probability=linkage.match_probability)
+        predicted = time.perf_counter()
+        clusters = linker.clustering.cluster_pairwise_predictions_at_threshold(
+            predictions, threshold_match_probability=linkage.cluster_probability
+        )
+        if seconds is not None:
+            seconds.update(predict=predicted - started, cluster=time.perf_counter() - predicted)
+        gammas = sorted(c for c in splink_columns(predictions) if c.startswith("gamma_"))
+        pairs = to_spark(
+            spark, predictions, engine, ["record_id_l", "record_id_r", "match_weight", "match_probability", *gammas]
+        ).withColumn("model_version", F.lit(model.version))
+        clustered = to_spark(spark, clusters, engine, ["record_id", "cluster_id"]).select(
+            "record_id", F.col("cluster_id").cast("string").alias("cluster_key")
+        )
     return pairs, clustered
 
 

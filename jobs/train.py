@@ -19,7 +19,7 @@ from jobs.config import PipelineConfig
 from jobs.linkage import (
     ModelVersion,
     linkage_input,
-    linker_for,
+    opened_linker,
     pick_engine,
     save_model,
     save_model_charts,
@@ -33,10 +33,10 @@ log = logging.getLogger("idres.train")
 
 def train_and_save(spark: SparkSession, cfg: PipelineConfig, records: DataFrame, engine: str) -> ModelVersion:
     """Train on linkage records (jobs.linkage.linkage_input) on `engine`; write the model and its charts."""
-    linker = linker_for(spark, records, splink_settings(cfg.linkage), engine)
-    train(linker, cfg.linkage)
-    model = save_model(linker, cfg.linkage, engine, cfg.models)
-    save_model_charts(linker, cfg.reports / "models" / model.version)
+    with opened_linker(spark, records, splink_settings(cfg.linkage), engine) as linker:
+        train(linker, cfg.linkage)
+        model = save_model(linker, cfg.linkage, engine, cfg.models)
+        save_model_charts(linker, cfg.reports / "models" / model.version)
     log.info("trained Splink model %s on %s", model.version, engine)
     return model
 

@@ -185,3 +185,18 @@ def test_splink_on_spark_scores_jaro_winkler_as_duckdb_does(spark):
     assert_approx_df_equality(
         left, spark.createDataFrame(expected, left.schema), precision=1e-12, ignore_row_order=True
     )
+
+
+def test_a_duckdb_linker_database_is_closed_when_its_block_ends(spark):
+    # Splink holds the database in reference cycles; without the close it outlives the stage that used it.
+    import duckdb
+
+    from jobs.linkage import opened_linker
+
+    records = spark.createDataFrame([("r1", "x")], "record_id string, first_name string")
+    settings = {"link_type": "dedupe_only", "unique_id_column_name": "record_id"}
+    with opened_linker(spark, records, settings, "duckdb") as linker:
+        connection = linker._db_api.duckdb_con
+        assert connection.execute("SELECT 1").fetchone() == (1,)
+    with pytest.raises(duckdb.ConnectionException):
+        connection.execute("SELECT 1")
