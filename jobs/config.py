@@ -615,6 +615,14 @@ def _probability(file: str, key: str, value: Any, problems: _Problems) -> float:
     return float(value)
 
 
+def _integer(file: str, key: str, value: Any, default: int, minimum: int, message: str, problems: _Problems) -> int:
+    """value when it is an integer (YAML true/false are not) of at least minimum; else default, noting why."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= minimum:
+        return value
+    problems.add(file, key, message)
+    return default
+
+
 def _load_linkage(raw: dict[str, Any], problems: _Problems) -> LinkageConfig | None:
     import splink.comparison_level_library as cll
     import splink.comparison_library as cl
@@ -645,10 +653,15 @@ def _load_linkage(raw: dict[str, Any], problems: _Problems) -> LinkageConfig | N
     deterministic = _rules(file, "training.deterministic_rules", training.get("deterministic_rules"), problems)
     em_rules = _rules(file, "training.em_blocking_rules", training.get("em_blocking_rules"), problems, minimum=2)
     recall = _probability(file, "training.recall", training.get("recall"), problems)
-    u_max_pairs = training.get("u_max_pairs", 1_000_000)
-    if not isinstance(u_max_pairs, int) or u_max_pairs < 1000:
-        problems.add(file, "training.u_max_pairs", "must be an integer of at least 1000")
-        u_max_pairs = 1_000_000
+    u_max_pairs = _integer(
+        file,
+        "training.u_max_pairs",
+        training.get("u_max_pairs", 1_000_000),
+        1_000_000,
+        1000,
+        "must be an integer of at least 1000",
+        problems,
+    )
     thresholds = raw.get("thresholds") if isinstance(raw.get("thresholds"), dict) else {}
     match_p = _probability(file, "thresholds.match_probability", thresholds.get("match_probability"), problems)
     cluster_p = _probability(file, "thresholds.cluster_probability", thresholds.get("cluster_probability"), problems)
@@ -717,18 +730,28 @@ def _load_quality(raw: Any, problems: _Problems) -> QualityConfig:
     if not isinstance(raw, dict):
         problems.add(file, "quality", "must be a mapping")
         return default
-    size = raw.get("max_cluster_size", default.max_cluster_size)
-    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-        problems.add(file, "quality.max_cluster_size", "must be a positive integer")
-        size = default.max_cluster_size
+    size = _integer(
+        file,
+        "quality.max_cluster_size",
+        raw.get("max_cluster_size", default.max_cluster_size),
+        default.max_cluster_size,
+        1,
+        "must be a positive integer",
+        problems,
+    )
     churn = raw.get("max_profile_id_churn", default.max_profile_id_churn)
     if not isinstance(churn, int | float) or isinstance(churn, bool) or not 0 <= churn <= 1:
         problems.add(file, "quality.max_profile_id_churn", "must be a share between 0 and 1")
         churn = default.max_profile_id_churn
-    pandas_rows = raw.get("pandas_max_rows", default.pandas_max_rows)
-    if not isinstance(pandas_rows, int) or isinstance(pandas_rows, bool) or pandas_rows < 0:
-        problems.add(file, "quality.pandas_max_rows", "must be a whole number of rows, 0 or more")
-        pandas_rows = default.pandas_max_rows
+    pandas_rows = _integer(
+        file,
+        "quality.pandas_max_rows",
+        raw.get("pandas_max_rows", default.pandas_max_rows),
+        default.pandas_max_rows,
+        0,
+        "must be a whole number of rows, 0 or more",
+        problems,
+    )
     for key in sorted(set(raw) - {"max_cluster_size", "max_profile_id_churn", "pandas_max_rows"}):
         problems.add(file, f"quality.{key}", "is not a known key")
     return QualityConfig(max_cluster_size=size, max_profile_id_churn=float(churn), pandas_max_rows=pandas_rows)
@@ -743,10 +766,15 @@ def _load_resolve(raw: Any, problems: _Problems) -> ResolveConfig:
     if engine not in RESOLVE_ENGINES:
         problems.add(file, "resolve.engine", f"must be one of {', '.join(RESOLVE_ENGINES)}, got '{engine}'")
         engine = default.engine
-    max_records = raw.get("duckdb_max_records", default.duckdb_max_records)
-    if not isinstance(max_records, int) or isinstance(max_records, bool) or max_records < 0:
-        problems.add(file, "resolve.duckdb_max_records", "must be a non-negative integer")
-        max_records = default.duckdb_max_records
+    max_records = _integer(
+        file,
+        "resolve.duckdb_max_records",
+        raw.get("duckdb_max_records", default.duckdb_max_records),
+        default.duckdb_max_records,
+        0,
+        "must be a non-negative integer",
+        problems,
+    )
     for key in sorted(set(raw) - {"engine", "duckdb_max_records"}):
         problems.add(file, f"resolve.{key}", "is not a known key")
     return ResolveConfig(engine=engine, duckdb_max_records=max_records)
@@ -796,10 +824,15 @@ def load_config(conf_dir: Path | str | None = None) -> PipelineConfig:
     if not isinstance(spark_raw, dict):
         problems.add("pipeline.yaml", "spark", "must be a mapping")
     else:
-        partitions = spark_raw.get("shuffle_partitions", spark.shuffle_partitions)
-        if not isinstance(partitions, int) or partitions < 1:
-            problems.add("pipeline.yaml", "spark.shuffle_partitions", "must be a positive integer")
-            partitions = spark.shuffle_partitions
+        partitions = _integer(
+            "pipeline.yaml",
+            "spark.shuffle_partitions",
+            spark_raw.get("shuffle_partitions", spark.shuffle_partitions),
+            spark.shuffle_partitions,
+            1,
+            "must be a positive integer",
+            problems,
+        )
         extra = spark_raw.get("conf") or {}
         if not isinstance(extra, dict):
             problems.add("pipeline.yaml", "spark.conf", "must be a mapping of Spark property -> value")

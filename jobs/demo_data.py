@@ -215,10 +215,9 @@ def _national_id(country: str, dob: date, rng: random.Random) -> str:
     return "".join(rng.choice("0123456789") for _ in range(10))
 
 
-def make_people(n: int, seed: int, mailboxes: Mailboxes | None = None) -> list[Person]:
-    """n people with stable ids, names in their native script, and home contact data."""
+def make_people(n: int, seed: int, mailboxes: Mailboxes) -> list[Person]:
+    """n people with stable ids, names in their native script, and home contact data (addresses from mailboxes)."""
     rng = random.Random(seed)
-    mailboxes = mailboxes if mailboxes is not None else Mailboxes()
     fakers = {o: Faker(spec["locale"]) for o, spec in ORIGINS.items()}
     for i, f in enumerate(fakers.values()):
         f.seed_instance(seed + i)

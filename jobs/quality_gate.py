@@ -124,6 +124,12 @@ def read_inputs(spark: SparkSession, cfg: PipelineConfig) -> QualityInputs:
     return QualityInputs(cfg=cfg, **tables, **staged, previous_profile_sources=previous)
 
 
+def gate_checks(spark: SparkSession, cfg: PipelineConfig) -> list[TableCheck]:
+    """Every suite's checks on this run's tables (expectations/, SUITE_MODULES)."""
+    inputs = read_inputs(spark, cfg)
+    return [check for module in SUITE_MODULES for check in module.checks(inputs)]
+
+
 def _expectation_result(result: Any) -> dict[str, Any]:
     config = result.expectation_config
     kwargs = config.kwargs
@@ -184,16 +190,16 @@ def validate(
     suites: list[dict[str, Any]] = []
     for check in checks:
         frame = check.frame.persist()
-        engine, data = gx_batch(frame, pandas_max_rows)
-        batch = sources[engine].add_dataframe_asset(check.suite).add_batch_definition_whole_dataframe(check.suite)
-        suite = context.suites.add(gx.ExpectationSuite(name=check.suite, expectations=list(check.expectations)))
-        definition = context.validation_definitions.add(
-            gx.ValidationDefinition(name=check.suite, data=batch, suite=suite)
-        )
-        checkpoint = context.checkpoints.add(
-            gx.Checkpoint(name=check.suite, validation_definitions=[definition], result_format=SAFE_RESULT_FORMAT)
-        )
         try:
+            engine, data = gx_batch(frame, pandas_max_rows)
+            batch = sources[engine].add_dataframe_asset(check.suite).add_batch_definition_whole_dataframe(check.suite)
+            suite = context.suites.add(gx.ExpectationSuite(name=check.suite, expectations=list(check.expectations)))
+            definition = context.validation_definitions.add(
+                gx.ValidationDefinition(name=check.suite, data=batch, suite=suite)
+            )
+            checkpoint = context.checkpoints.add(
+                gx.Checkpoint(name=check.suite, validation_definitions=[definition], result_format=SAFE_RESULT_FORMAT)
+            )
             result = checkpoint.run(batch_parameters={"dataframe": data})
         finally:
             frame.unpersist()
@@ -282,7 +288,7 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> GateResult:
         log.info("quality gate: run %s already published; nothing to do", run_id)
         return GateResult(run_id, QualityOutcome(run_id, True, [], published=True), report_dir)
     outcome = validate(
-        [c for m in SUITE_MODULES for c in m.checks(read_inputs(spark, cfg))],
+        gate_checks(spark, cfg),
         run_id,
         report_dir / "data_docs",
         cfg.quality.pandas_max_rows,

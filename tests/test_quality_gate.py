@@ -13,7 +13,7 @@ from expectations.profile_sources import with_source_checks
 from expectations.profiles import cell_compliance
 from jobs import delta_io, resolve, unify
 from jobs.config import GOLD_TABLES
-from jobs.quality_gate import SUITE_MODULES, QualityGateError, read_inputs, run, validate
+from jobs.quality_gate import QualityGateError, gate_checks, run, validate
 from tests.conftest import copy_lakehouse
 
 CONSENT_FAILURE = "profiles: expect_column_values_to_be_in_set(consent_compliant)"
@@ -115,7 +115,7 @@ def test_a_profile_with_a_marketing_email_without_consent_fails_the_gate_and_pub
 
     # The demo's frames are small, so the gate ran GX in pandas; on Spark (larger runs) it finds the same.
     assert {s["engine"] for s in quality["suites"]} == {"pandas"}
-    on_spark = validate([c for m in SUITE_MODULES for c in m.checks(read_inputs(spark, cfg))], "run-2")
+    on_spark = validate(gate_checks(spark, cfg), "run-2")
     assert {s["engine"] for s in on_spark.suites} == {"spark"}
     assert [{**s, "engine": "-"} for s in on_spark.suites] == [{**s, "engine": "-"} for s in quality["suites"]]
 
