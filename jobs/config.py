@@ -147,7 +147,8 @@ class SparkConfig:
     """How the one Spark session is built."""
 
     master: str = "local[*]"
-    shuffle_partitions: int = 8
+    shuffle_partitions: int = 8  # the most any stage uses (jobs.spark_session.size_shuffle_partitions)
+    rows_per_shuffle_partition: int = 100_000
     conf: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -824,22 +825,25 @@ def load_config(conf_dir: Path | str | None = None) -> PipelineConfig:
     if not isinstance(spark_raw, dict):
         problems.add("pipeline.yaml", "spark", "must be a mapping")
     else:
-        partitions = _integer(
-            "pipeline.yaml",
-            "spark.shuffle_partitions",
-            spark_raw.get("shuffle_partitions", spark.shuffle_partitions),
-            spark.shuffle_partitions,
-            1,
-            "must be a positive integer",
-            problems,
-        )
+        sizes = {
+            key: _integer(
+                "pipeline.yaml",
+                f"spark.{key}",
+                spark_raw.get(key, getattr(spark, key)),
+                getattr(spark, key),
+                1,
+                "must be a positive integer",
+                problems,
+            )
+            for key in ("shuffle_partitions", "rows_per_shuffle_partition")
+        }
         extra = spark_raw.get("conf") or {}
         if not isinstance(extra, dict):
             problems.add("pipeline.yaml", "spark.conf", "must be a mapping of Spark property -> value")
             extra = {}
         spark = SparkConfig(
             master=os.environ.get("IDRES_SPARK_MASTER") or str(spark_raw.get("master", spark.master)),
-            shuffle_partitions=partitions,
+            **sizes,
             conf={str(k): str(v) for k, v in extra.items()},
         )
 

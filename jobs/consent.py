@@ -41,6 +41,7 @@ from jobs.ingest import (
     to_quarantine,
 )
 from jobs.runner import job_arg_parser, run_job
+from jobs.spark_session import size_shuffle_partitions
 
 log = logging.getLogger("idres.consent")
 
@@ -371,6 +372,7 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str, cutoff: str | Non
         raise IdresError("--cutoff must carry a time zone, e.g. 2026-11-22T00:00:00+00:00")
     now = datetime.now(UTC).replace(microsecond=0)
     policy = cfg.policy
+    size_shuffle_partitions(spark, cfg.spark, delta_io.row_count(cfg.tables.silver))
     events_read, events_quarantined = land_consent_events(spark, cfg, run_id, now)
 
     effective = effective_consent(delta_io.read_delta(spark, cfg.tables.consent_ledger), as_of)

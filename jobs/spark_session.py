@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import tempfile
@@ -65,6 +66,21 @@ def build_spark_session(
     if checkpoint_dir or not spark.sparkContext.getCheckpointDir():
         spark.sparkContext.setCheckpointDir(checkpoint_dir or tempfile.mkdtemp(prefix="idres-checkpoints-"))
     return spark
+
+
+def size_shuffle_partitions(spark: SparkSession, settings: SparkConfig, rows: int) -> int:
+    """Set spark.sql.shuffle.partitions for a stage that shuffles about `rows` rows; return the number.
+
+    One partition per settings.rows_per_shuffle_partition rows, at least one per core of the session
+    (at most settings.shuffle_partitions) and at most settings.shuffle_partitions. AQE coalesces
+    small post-shuffle partitions, but not inside persisted plans, where every empty partition of a
+    small run would still cost a task.
+    """
+    ceiling = settings.shuffle_partitions
+    floor = min(spark.sparkContext.defaultParallelism, ceiling)
+    partitions = min(ceiling, max(floor, math.ceil(rows / settings.rows_per_shuffle_partition)))
+    spark.conf.set("spark.sql.shuffle.partitions", str(partitions))
+    return partitions
 
 
 @contextmanager

@@ -27,6 +27,7 @@ from jobs.linkage import (
     train,
 )
 from jobs.runner import run_job
+from jobs.spark_session import size_shuffle_partitions
 
 log = logging.getLogger("idres.train")
 
@@ -45,7 +46,9 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> ModelVersion:
     """Train a new model version on the currently admitted records."""
     records = linkage_input(delta_io.read_delta(spark, cfg.tables.admitted), cfg.linkage).persist()
     try:
-        return train_and_save(spark, cfg, records, pick_engine(spark, cfg.resolve, records.count()))
+        count = records.count()
+        size_shuffle_partitions(spark, cfg.spark, count)
+        return train_and_save(spark, cfg, records, pick_engine(spark, cfg.resolve, count))
     finally:
         records.unpersist()
 

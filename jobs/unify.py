@@ -32,7 +32,7 @@ from jobs.config import GOLD_TABLES, PipelineConfig, PurposePolicy, Survivorship
 from jobs.consent import STATUS_PRECEDENCE, SUBJECT, accepted_bases, lookup
 from jobs.errors import IdresError
 from jobs.runner import run_job
-from jobs.spark_session import persisting
+from jobs.spark_session import persisting, size_shuffle_partitions
 
 log = logging.getLogger("idres.unify")
 
@@ -101,18 +101,19 @@ def _order(strategy: str, rule: SurvivorshipRule, source_priority: Sequence[str]
     raise IdresError(f"survivorship.yaml: attributes.{rule.attribute}: unknown strategy '{strategy}'")
 
 
-def surviving_record(contributors: DataFrame, rule: SurvivorshipRule, source_priority: Sequence[str]) -> DataFrame:
-    """Per profile, the one record that supplies rule's attribute (strategy, tie-breakers, then smallest record id)."""
-    present = (
-        reduce(lambda a, b: a | b, [F.col(c).isNotNull() for c in rule.columns])
-        if rule.strategy == "most_complete"
-        else F.col(rule.columns[0]).isNotNull()
-    )
+def _present(rule: SurvivorshipRule) -> Column:
+    """True where the record holds rule's attribute: any of its columns (most_complete) or its first."""
+    if rule.strategy == "most_complete":
+        return reduce(lambda a, b: a | b, [F.col(c).isNotNull() for c in rule.columns])
+    return F.col(rule.columns[0]).isNotNull()
+
+
+def survives(rule: SurvivorshipRule, source_priority: Sequence[str]) -> Column:
+    """True on the one record per profile that supplies rule's attribute: among those holding it, the first
+    by strategy and tie-breakers, then by smallest record id."""
     order = [_order(s, rule, source_priority) for s in rule.order]
-    ranked = contributors.where(present).withColumn(
-        "_rank", F.row_number().over(Window.partitionBy("profile_id").orderBy(*order, "record_id"))
-    )
-    return ranked.where("_rank = 1").drop("_rank")
+    ranked = Window.partitionBy("profile_id").orderBy(_present(rule).desc(), *order, "record_id")
+    return _present(rule) & (F.row_number().over(ranked) == 1)
 
 
 def _lawful_purpose(column: str, policy: PurposePolicy) -> Column:
@@ -133,29 +134,49 @@ def survivorship_cells(
 ) -> DataFrame:
     """Long form: one row per (profile, column) with the surviving record, rule and purpose.
 
-    `allowed` is (profile_id, _profile_purposes). Cells without a lawful purpose are dropped.
+    `allowed` is (profile_id, _profile_purposes). Cells without a lawful purpose are dropped. Every rule
+    ranks the same profile-partitioned rows, so all of them cost one shuffle, and each record's winning
+    cells are exploded from it in one pass.
     """
-    frames = []
+    wins = {rule.attribute: f"_survives_{rule.attribute}" for rule in survivorship.rules}
+    ranked = contributors.join(allowed, "profile_id", "left").withColumn(
+        "_profile_purposes", F.coalesce("_profile_purposes", F.array().cast("array<string>"))
+    )
     for rule in survivorship.rules:
-        chosen = (
-            surviving_record(contributors, rule, survivorship.source_priority)
-            .join(allowed, "profile_id", "left")
-            .withColumn("_profile_purposes", F.coalesce("_profile_purposes", F.array().cast("array<string>")))
+        ranked = ranked.withColumn(wins[rule.attribute], survives(rule, survivorship.source_priority))
+    cells = [
+        F.when(
+            F.col(wins[rule.attribute]) & F.col(column).isNotNull(),
+            F.struct(
+                F.lit(column).alias("column"),
+                F.col(column).cast("string").alias("_value"),
+                F.lit(rule.attribute).alias("attribute"),
+                F.lit(rule.description).alias("rule"),
+                _lawful_purpose(column, policy).alias("purpose"),
+            ),
         )
-        for column in rule.columns:
-            frames.append(
-                chosen.where(F.col(column).isNotNull()).select(
-                    "profile_id",
-                    F.lit(column).alias("column"),
-                    F.col(column).cast("string").alias("_value"),
-                    "record_id",
-                    *SUBJECT,
-                    F.lit(rule.attribute).alias("attribute"),
-                    F.lit(rule.description).alias("rule"),
-                    _lawful_purpose(column, policy).alias("purpose"),
-                )
-            )
-    return reduce(DataFrame.unionByName, frames).where(F.col("purpose").isNotNull())
+        for rule in survivorship.rules
+        for column in rule.columns
+    ]
+    return (
+        ranked.select(
+            "profile_id",
+            "record_id",
+            *SUBJECT,
+            F.explode(F.filter(F.array(*cells), lambda c: c.isNotNull())).alias("_cell"),
+        )
+        .select(
+            "profile_id",
+            "_cell.column",
+            "_cell._value",
+            "record_id",
+            *SUBJECT,
+            "_cell.attribute",
+            "_cell.rule",
+            "_cell.purpose",
+        )
+        .where(F.col("purpose").isNotNull())
+    )
 
 
 def profile_lineage(cells: DataFrame, effective: DataFrame, policy: PurposePolicy) -> DataFrame:
@@ -299,6 +320,7 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> dict[str, Path
         (t.record_profiles, "resolve"),
     ):
         _require(path, stage)
+    size_shuffle_partitions(spark, cfg.spark, delta_io.row_count(t.admitted))
     pairs = delta_io.read_delta_or_empty(
         spark,
         t.pairwise_matches,
