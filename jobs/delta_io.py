@@ -14,6 +14,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,13 @@ from deltalake import CommitProperties, DeltaTable, QueryBuilder, Transaction, w
 from pyspark.sql import DataFrame, SparkSession
 
 SPILL_PREFIX = "_spill_"  # Spark's Parquet output on its way into a table (see _arrow_stream)
+
+
+@dataclass(frozen=True)
+class DeltaSource:
+    """A Delta table used as the source of a write (merge_delta), read by delta-rs rather than Spark."""
+
+    path: Path | str
 
 
 def table_exists(path: Path | str) -> bool:
@@ -94,11 +102,26 @@ def _arrow_stream(df: DataFrame, path: Path | str) -> Iterator[tuple[pa.RecordBa
     shutil.rmtree(spill, ignore_errors=True)
     try:
         df.write.parquet(str(spill))
-        dataset = ds.dataset(str(spill), format="parquet")
-        schema = pa.schema([f.with_nullable(True) for f in dataset.schema])
-        yield dataset.scanner().to_reader().cast(schema), dataset.count_rows()
+        yield _parquet_stream(str(spill))
     finally:
         shutil.rmtree(spill, ignore_errors=True)
+
+
+def _parquet_stream(files: str | list[str]) -> tuple[pa.RecordBatchReader, int]:
+    dataset = ds.dataset(files, format="parquet")
+    schema = pa.schema([f.with_nullable(True) for f in dataset.schema])
+    return dataset.scanner().to_reader().cast(schema), dataset.count_rows()
+
+
+@contextmanager
+def _table_stream(path: Path | str) -> Iterator[tuple[pa.RecordBatchReader, int]]:
+    """A Delta table's current version as a stream of Arrow batches, with its row count (see _arrow_stream)."""
+    files = DeltaTable(str(path)).file_uris()
+    if not files:
+        schema = pa.schema([f.with_nullable(True) for f in pa.schema(DeltaTable(str(path)).schema().to_arrow())])
+        yield pa.RecordBatchReader.from_batches(schema, []), 0
+    else:
+        yield _parquet_stream(files)
 
 
 def read_delta(spark: SparkSession, path: Path | str, version: int | None = None) -> DataFrame:
@@ -144,7 +167,7 @@ def append_delta(df: DataFrame, path: Path | str, *, run_id: str, job: str) -> N
 
 
 def merge_delta(
-    df: DataFrame,
+    df: DataFrame | DeltaSource,
     path: Path | str,
     *,
     keys: Sequence[str],
@@ -162,12 +185,14 @@ def merge_delta(
     - with once_per_run, the commit records an app transaction for (job, run_id), and a table that
       already holds it is left alone: rerunning a run, or resuming one that died between tables,
       does not write twice.
-    The source must hold each key once (delta-rs#2407). Returns delta-rs' merge metrics, or None
-    when skipped because this run already committed.
+    The source must hold each key once (delta-rs#2407). A DeltaSource (another Delta table, e.g. staged
+    rows) streams into the merge from its files without passing through Spark. Returns delta-rs' merge
+    metrics, or None when skipped because this run already committed.
     """
     if once_per_run and committed_in_run(path, job, run_id):
         return None
-    with _arrow_stream(df, path) as (source, rows):
+    stream = _table_stream(df.path) if isinstance(df, DeltaSource) else _arrow_stream(df, path)
+    with stream as (source, rows):
         commit = _commit_properties(run_id, job, once_per_run)
         return _merge(source, rows, path, keys, commit, update_changed, delete_missing)
 

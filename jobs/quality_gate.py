@@ -41,6 +41,7 @@ from jobs.config import GOLD_TABLES, PipelineConfig
 from jobs.errors import IdresError
 from jobs.report import write_auditor_report
 from jobs.runner import run_job
+from jobs.spark_session import size_shuffle_partitions
 
 log = logging.getLogger("idres.quality_gate")
 
@@ -227,9 +228,8 @@ def publish(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> PublishRes
     result = PublishResult(run_id=run_id)
     metrics: dict[str, dict[str, int]] = {}
     for name in GOLD_TABLES:
-        staged = delta_io.read_delta(spark, t.staged(name))
         m = delta_io.merge_delta(
-            staged,
+            delta_io.DeltaSource(t.staged(name)),
             getattr(t, name),
             keys=GOLD_KEYS[name],
             run_id=run_id,
@@ -287,6 +287,7 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> GateResult:
     if _already_published(cfg, run_id):
         log.info("quality gate: run %s already published; nothing to do", run_id)
         return GateResult(run_id, QualityOutcome(run_id, True, [], published=True), report_dir)
+    size_shuffle_partitions(spark, cfg.spark, delta_io.row_count(cfg.tables.admitted))
     outcome = validate(
         gate_checks(spark, cfg),
         run_id,
