@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -113,6 +113,17 @@ def _parquet_stream(files: str | list[str]) -> tuple[pa.RecordBatchReader, int]:
     return dataset.scanner().to_reader().cast(schema), dataset.count_rows()
 
 
+def _source_stream(
+    source: DataFrame | DeltaSource | pa.Table, path: Path | str
+) -> AbstractContextManager[tuple[pa.RecordBatchReader, int]]:
+    if isinstance(source, DeltaSource):
+        return _table_stream(source.path)
+    if isinstance(source, pa.Table):
+        schema = pa.schema([f.with_nullable(True) for f in source.schema])
+        return nullcontext((source.cast(schema).to_reader(), source.num_rows))
+    return _arrow_stream(source, path)
+
+
 @contextmanager
 def _table_stream(path: Path | str) -> Iterator[tuple[pa.RecordBatchReader, int]]:
     """A Delta table's current version as a stream of Arrow batches, with its row count (see _arrow_stream)."""
@@ -167,7 +178,7 @@ def append_delta(df: DataFrame, path: Path | str, *, run_id: str, job: str) -> N
 
 
 def merge_delta(
-    df: DataFrame | DeltaSource,
+    df: DataFrame | DeltaSource | pa.Table,
     path: Path | str,
     *,
     keys: Sequence[str],
@@ -186,13 +197,12 @@ def merge_delta(
       already holds it is left alone: rerunning a run, or resuming one that died between tables,
       does not write twice.
     The source must hold each key once (delta-rs#2407). A DeltaSource (another Delta table, e.g. staged
-    rows) streams into the merge from its files without passing through Spark. Returns delta-rs' merge
-    metrics, or None when skipped because this run already committed.
+    rows) or an Arrow table (a few audit rows built in the driver) goes into the merge without passing
+    through Spark. Returns delta-rs' merge metrics, or None when skipped because this run already committed.
     """
     if once_per_run and committed_in_run(path, job, run_id):
         return None
-    stream = _table_stream(df.path) if isinstance(df, DeltaSource) else _arrow_stream(df, path)
-    with stream as (source, rows):
+    with _source_stream(df, path) as (source, rows):
         commit = _commit_properties(run_id, job, once_per_run)
         return _merge(source, rows, path, keys, commit, update_changed, delete_missing)
 

@@ -397,7 +397,7 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str, mode: str = "full
         log.info("ingest %s: extract unchanged since its last ingest; skipped (incremental)", name)
     to_read = [s for s in cfg.sources if s.name not in skipped]
     if not to_read:
-        return _record_ingest(spark, cfg, run_id, ingested_at, _count_rows([], cfg), fingerprints, 0)
+        return _record_ingest(cfg, run_id, ingested_at, _count_rows([], cfg), fingerprints, 0)
     validated = validated_sources(spark, cfg, to_read)
     if delta_io.table_exists(cfg.tables.erasure_register):
         validated = suppress_erased_subjects(validated, delta_io.read_delta(spark, cfg.tables.erasure_register))
@@ -419,13 +419,10 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str, mode: str = "full
         )
     finally:
         validated.unpersist()
-    return _record_ingest(
-        spark, cfg, run_id, ingested_at, counts, fingerprints, int(metrics["num_target_rows_inserted"])
-    )
+    return _record_ingest(cfg, run_id, ingested_at, counts, fingerprints, int(metrics["num_target_rows_inserted"]))
 
 
 def _record_ingest(
-    spark: SparkSession,
     cfg: PipelineConfig,
     run_id: str,
     ingested_at: datetime,
@@ -433,22 +430,21 @@ def _record_ingest(
     fingerprints: Mapping[str, str | None],
     bronze_inserted: int,
 ) -> IngestResult:
-    audit = spark.createDataFrame(
+    audit = pa.Table.from_pylist(
         [
-            (
-                run_id,
-                c.source_system,
-                c.region,
-                c.read,
-                c.landed,
-                c.quarantined,
-                ingested_at,
-                fingerprints[c.source_system],
-            )
+            {
+                "run_id": run_id,
+                "source_system": c.source_system,
+                "region": c.region,
+                "rows_read": c.read,
+                "rows_landed": c.landed,
+                "rows_quarantined": c.quarantined,
+                "ingested_at": ingested_at,
+                "source_sha256": fingerprints[c.source_system],
+            }
             for c in counts
         ],
-        "run_id string, source_system string, region string, rows_read long, rows_landed long, "
-        "rows_quarantined long, ingested_at timestamp, source_sha256 string",
+        schema=INGEST_RUNS_SCHEMA,
     )
     delta_io.merge_delta(
         audit,
@@ -473,6 +469,18 @@ def _record_ingest(
 
 
 RUN_MODES = ("full", "incremental")
+INGEST_RUNS_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("source_system", pa.string()),
+        ("region", pa.string()),
+        ("rows_read", pa.int64()),
+        ("rows_landed", pa.int64()),
+        ("rows_quarantined", pa.int64()),
+        ("ingested_at", pa.timestamp("us", tz="UTC")),
+        ("source_sha256", pa.string()),
+    ]
+)
 
 
 def main(argv: Sequence[str] | None = None) -> IngestResult:

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 
 from expectations import (
@@ -67,6 +68,19 @@ UPSTREAM: dict[str, str] = {
 
 class QualityGateError(IdresError):
     """The staged gold failed expectations and was not published."""
+
+
+UNIFY_RUNS_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("profiles", pa.int64()),
+        ("inserted", pa.int64()),
+        ("updated", pa.int64()),
+        ("retired", pa.int64()),
+        ("lineage_rows", pa.int64()),
+        ("unified_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
 
 
 @dataclass
@@ -222,7 +236,7 @@ def validate(
     return QualityOutcome(run_id=run_id, success=all(s["success"] for s in suites), suites=suites, data_docs=data_docs)
 
 
-def publish(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> PublishResult:
+def publish(cfg: PipelineConfig, run_id: str) -> PublishResult:
     """Merge the staged candidates into the published gold tables, once per run id, then drop the staging."""
     t = cfg.tables
     result = PublishResult(run_id=run_id)
@@ -248,10 +262,19 @@ def publish(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> PublishRes
     result.retired = int(metrics["profiles"].get("num_target_rows_deleted", 0))
     result.lineage_rows = delta_io.row_count(t.profile_lineage)
     at = datetime.now(UTC).replace(microsecond=0)
-    audit = spark.createDataFrame(
-        [(run_id, result.profiles, result.inserted, result.updated, result.retired, result.lineage_rows, at)],
-        "run_id string, profiles long, inserted long, updated long, retired long, lineage_rows long, "
-        "unified_at timestamp",
+    audit = pa.Table.from_pylist(
+        [
+            {
+                "run_id": run_id,
+                "profiles": result.profiles,
+                "inserted": result.inserted,
+                "updated": result.updated,
+                "retired": result.retired,
+                "lineage_rows": result.lineage_rows,
+                "unified_at": at,
+            }
+        ],
+        schema=UNIFY_RUNS_SCHEMA,
     )
     delta_io.merge_delta(audit, t.unify_runs, keys=("run_id",), run_id=run_id, job=JOB, once_per_run=True)
     shutil.rmtree(t.staging, ignore_errors=True)
@@ -296,7 +319,7 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> GateResult:
     )
     result = GateResult(run_id=run_id, outcome=outcome, report_dir=report_dir)
     if outcome.success:
-        result.publish = publish(spark, cfg, run_id)
+        result.publish = publish(cfg, run_id)
         outcome.published = True
     write_outcome(outcome, report_dir)
     log.info("auditor report: %s", write_auditor_report(cfg, run_id, report_dir))

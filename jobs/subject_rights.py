@@ -227,7 +227,7 @@ def erase_subject(spark: SparkSession, cfg: PipelineConfig, subject: Subject, ru
         resolve.run(spark, cfg, run_id=run_id)
         unify.run(spark, cfg, run_id=run_id)
         # Art. 17 does not wait for the quality gate: the candidates only lose the subject's data.
-        quality_gate.publish(spark, cfg, run_id=run_id)
+        quality_gate.publish(cfg, run_id=run_id)
     shutil.rmtree(t.staging, ignore_errors=True)  # candidates of an earlier, failed gate hold the subject too
     if subject.profile_ids and delta_io.table_exists(t.record_profiles):
         remaining = delta_io.read_delta(spark, t.record_profiles).select("profile_id").distinct()

@@ -127,7 +127,7 @@ def rendered_dom(url: str) -> str:
 def published(spark, staged_demo, tmp_path_factory):
     """A copy of the staged demo lakehouse with its gold published by RUN."""
     cfg = copy_lakehouse(staged_demo, tmp_path_factory.mktemp("report"))
-    quality_gate.publish(spark, cfg, run_id=RUN)
+    quality_gate.publish(cfg, run_id=RUN)
     return cfg
 
 

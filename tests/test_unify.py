@@ -220,7 +220,7 @@ def publish(spark, cfg, population, population_consent, events, run_id, hand=HAN
     delta_io.overwrite_delta(effective, cfg.tables.effective_consent, run_id=run_id, job="test")
     resolve.run(spark, cfg, run_id=run_id)
     unify.run(spark, cfg, run_id=run_id)
-    return quality_gate.publish(spark, cfg, run_id=run_id)
+    return quality_gate.publish(cfg, run_id=run_id)
 
 
 def test_withdrawal_removes_values_and_splits_a_bridged_profile_and_reruns_change_nothing(spark, trained, tmp_path):
@@ -239,7 +239,7 @@ def test_withdrawal_removes_values_and_splits_a_bridged_profile_and_reruns_chang
     snapshot = {t: delta_io.read_delta(spark, getattr(cfg.tables, t)).collect() for t in GOLD}
 
     unify.run(spark, cfg, run_id="run-1")
-    again = quality_gate.publish(spark, cfg, run_id="run-1")
+    again = quality_gate.publish(cfg, run_id="run-1")
     assert again.skipped_tables == list(GOLD)
     assert {t: delta_io.table_version(getattr(cfg.tables, t)) for t in GOLD} == versions
     rerun = publish(spark, cfg, population, population_consent, GRANTS, "run-2")
