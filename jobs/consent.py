@@ -372,7 +372,8 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str, cutoff: str | Non
         raise IdresError("--cutoff must carry a time zone, e.g. 2026-11-22T00:00:00+00:00")
     now = datetime.now(UTC).replace(microsecond=0)
     policy = cfg.policy
-    size_shuffle_partitions(spark, cfg.spark, delta_io.row_count(cfg.tables.silver))
+    silver_rows = delta_io.row_count(cfg.tables.silver)
+    size_shuffle_partitions(spark, cfg.spark, silver_rows)
     events_read, events_quarantined = land_consent_events(spark, cfg, run_id, now)
 
     effective = effective_consent(delta_io.read_delta(spark, cfg.tables.consent_ledger), as_of)
@@ -421,7 +422,7 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str, cutoff: str | Non
             result.excluded[row["reason"]] = row["count"]
         else:
             result.suppressed[row["attribute"]] = row["count"]
-    result.records = silver.count()
+    result.records = silver_rows
     log.info(
         "consent gate (policy %s): %d records, %d admitted, excluded %s, suppressed %s; events read %d, quarantined %s",
         policy.version,

@@ -107,32 +107,32 @@ def _arrow_stream(df: DataFrame, path: Path | str) -> Iterator[tuple[pa.RecordBa
         shutil.rmtree(spill, ignore_errors=True)
 
 
+def _nullable(schema: pa.Schema) -> pa.Schema:
+    return pa.schema([f.with_nullable(True) for f in schema])
+
+
 def _parquet_stream(files: str | list[str]) -> tuple[pa.RecordBatchReader, int]:
     dataset = ds.dataset(files, format="parquet")
-    schema = pa.schema([f.with_nullable(True) for f in dataset.schema])
-    return dataset.scanner().to_reader().cast(schema), dataset.count_rows()
+    return dataset.scanner().to_reader().cast(_nullable(dataset.schema)), dataset.count_rows()
+
+
+def _table_stream(path: Path | str) -> tuple[pa.RecordBatchReader, int]:
+    """A Delta table's current version as a stream of Arrow batches, with its row count (see _arrow_stream)."""
+    table = DeltaTable(str(path))
+    if files := table.file_uris():
+        return _parquet_stream(files)
+    return pa.RecordBatchReader.from_batches(_nullable(pa.schema(table.schema().to_arrow())), []), 0
 
 
 def _source_stream(
     source: DataFrame | DeltaSource | pa.Table, path: Path | str
 ) -> AbstractContextManager[tuple[pa.RecordBatchReader, int]]:
+    """Arrow batches and row count of a merge source: a DataFrame spills (_arrow_stream), the others do not."""
     if isinstance(source, DeltaSource):
-        return _table_stream(source.path)
+        return nullcontext(_table_stream(source.path))
     if isinstance(source, pa.Table):
-        schema = pa.schema([f.with_nullable(True) for f in source.schema])
-        return nullcontext((source.cast(schema).to_reader(), source.num_rows))
+        return nullcontext((source.cast(_nullable(source.schema)).to_reader(), source.num_rows))
     return _arrow_stream(source, path)
-
-
-@contextmanager
-def _table_stream(path: Path | str) -> Iterator[tuple[pa.RecordBatchReader, int]]:
-    """A Delta table's current version as a stream of Arrow batches, with its row count (see _arrow_stream)."""
-    files = DeltaTable(str(path)).file_uris()
-    if not files:
-        schema = pa.schema([f.with_nullable(True) for f in pa.schema(DeltaTable(str(path)).schema().to_arrow())])
-        yield pa.RecordBatchReader.from_batches(schema, []), 0
-    else:
-        yield _parquet_stream(files)
 
 
 def read_delta(spark: SparkSession, path: Path | str, version: int | None = None) -> DataFrame:
@@ -178,7 +178,7 @@ def append_delta(df: DataFrame, path: Path | str, *, run_id: str, job: str) -> N
 
 
 def merge_delta(
-    df: DataFrame | DeltaSource | pa.Table,
+    source: DataFrame | DeltaSource | pa.Table,
     path: Path | str,
     *,
     keys: Sequence[str],
@@ -188,11 +188,11 @@ def merge_delta(
     delete_missing: bool = False,
     once_per_run: bool = False,
 ) -> dict[str, int] | None:
-    """Upsert df into the table on `keys`; a merge that changes nothing leaves the version as it was.
+    """Upsert source into the table on `keys`; a merge that changes nothing leaves the version as it was.
 
     - rows whose key is new are inserted;
     - with update_changed, matched rows are rewritten only when some column differs;
-    - with delete_missing, target rows absent from df are deleted.
+    - with delete_missing, target rows absent from source are deleted.
     - with once_per_run, the commit records an app transaction for (job, run_id), and a table that
       already holds it is left alone: rerunning a run, or resuming one that died between tables,
       does not write twice.
@@ -202,9 +202,9 @@ def merge_delta(
     """
     if once_per_run and committed_in_run(path, job, run_id):
         return None
-    with _source_stream(df, path) as (source, rows):
+    with _source_stream(source, path) as (batches, rows):
         commit = _commit_properties(run_id, job, once_per_run)
-        return _merge(source, rows, path, keys, commit, update_changed, delete_missing)
+        return _merge(batches, rows, path, keys, commit, update_changed, delete_missing)
 
 
 def _merge(

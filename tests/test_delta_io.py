@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+import pyarrow as pa
+from deltalake import DeltaTable, write_deltalake
+
+from jobs import delta_io
+
+SCHEMA = pa.schema([("key", pa.string()), ("value", pa.int64())])
+
+
+def _rows(path) -> list[dict]:
+    return sorted(delta_io.query_delta("SELECT * FROM t", t=path).to_pylist(), key=lambda r: r["key"])
+
+
+def test_a_staged_table_and_driver_built_arrow_rows_merge_without_spark(tmp_path):
+    staged, target = tmp_path / "staged", tmp_path / "target"
+    write_deltalake(str(target), pa.table({"key": ["a", "b"], "value": [1, 2]}, schema=SCHEMA))
+    write_deltalake(str(staged), pa.table({"key": ["b", "c"], "value": [20, 3]}, schema=SCHEMA))
+
+    merged = delta_io.merge_delta(
+        delta_io.DeltaSource(staged),
+        target,
+        keys=("key",),
+        run_id="r1",
+        job="t",
+        update_changed=True,
+        delete_missing=True,
+    )
+    assert (merged["num_target_rows_inserted"], merged["num_target_rows_updated"]) == (1, 1)
+    assert merged["num_target_rows_deleted"] == 1
+    assert _rows(target) == [{"key": "b", "value": 20}, {"key": "c", "value": 3}]
+
+    delta_io.merge_delta(
+        pa.table({"key": ["d"], "value": [4]}, schema=SCHEMA), target, keys=("key",), run_id="r1", job="t"
+    )
+    assert _rows(target) == [{"key": "b", "value": 20}, {"key": "c", "value": 3}, {"key": "d", "value": 4}]
+    assert [c.get("run_id") for c in delta_io.history(target)[:2]] == ["r1", "r1"]
+
+
+def test_an_empty_staged_table_empties_the_target_when_missing_rows_are_deleted(tmp_path):
+    staged, target = tmp_path / "staged", tmp_path / "target"
+    write_deltalake(str(staged), pa.table({"key": ["a"], "value": [1]}, schema=SCHEMA))
+    DeltaTable(str(staged)).delete()  # a table with no data files left
+    write_deltalake(str(target), pa.table({"key": ["a", "b"], "value": [1, 2]}, schema=SCHEMA))
+
+    merged = delta_io.merge_delta(
+        delta_io.DeltaSource(staged), target, keys=("key",), run_id="r", job="t", delete_missing=True
+    )
+
+    assert merged["num_target_rows_deleted"] == 2
+    assert delta_io.row_count(target) == 0
