@@ -616,11 +616,22 @@ def _probability(file: str, key: str, value: Any, problems: _Problems) -> float:
     return float(value)
 
 
-def _integer(file: str, key: str, value: Any, default: int, minimum: int, message: str, problems: _Problems) -> int:
-    """value when it is an integer (YAML true/false are not) of at least minimum; else default, noting why."""
+def _integer(
+    file: str,
+    section: str,
+    raw: Mapping[str, Any],
+    key: str,
+    default: int,
+    minimum: int,
+    message: str,
+    problems: _Problems,
+) -> int:
+    """raw[key] (default when absent) if it is an integer (YAML true/false are not) of at least minimum; else
+    default, noting why under `section.key`."""
+    value = raw.get(key, default)
     if isinstance(value, int) and not isinstance(value, bool) and value >= minimum:
         return value
-    problems.add(file, key, message)
+    problems.add(file, f"{section}.{key}", message)
     return default
 
 
@@ -656,8 +667,9 @@ def _load_linkage(raw: dict[str, Any], problems: _Problems) -> LinkageConfig | N
     recall = _probability(file, "training.recall", training.get("recall"), problems)
     u_max_pairs = _integer(
         file,
-        "training.u_max_pairs",
-        training.get("u_max_pairs", 1_000_000),
+        "training",
+        training,
+        "u_max_pairs",
         1_000_000,
         1000,
         "must be an integer of at least 1000",
@@ -733,8 +745,9 @@ def _load_quality(raw: Any, problems: _Problems) -> QualityConfig:
         return default
     size = _integer(
         file,
-        "quality.max_cluster_size",
-        raw.get("max_cluster_size", default.max_cluster_size),
+        "quality",
+        raw,
+        "max_cluster_size",
         default.max_cluster_size,
         1,
         "must be a positive integer",
@@ -746,8 +759,9 @@ def _load_quality(raw: Any, problems: _Problems) -> QualityConfig:
         churn = default.max_profile_id_churn
     pandas_rows = _integer(
         file,
-        "quality.pandas_max_rows",
-        raw.get("pandas_max_rows", default.pandas_max_rows),
+        "quality",
+        raw,
+        "pandas_max_rows",
         default.pandas_max_rows,
         0,
         "must be a whole number of rows, 0 or more",
@@ -769,8 +783,9 @@ def _load_resolve(raw: Any, problems: _Problems) -> ResolveConfig:
         engine = default.engine
     max_records = _integer(
         file,
-        "resolve.duckdb_max_records",
-        raw.get("duckdb_max_records", default.duckdb_max_records),
+        "resolve",
+        raw,
+        "duckdb_max_records",
         default.duckdb_max_records,
         0,
         "must be a non-negative integer",
@@ -828,8 +843,9 @@ def load_config(conf_dir: Path | str | None = None) -> PipelineConfig:
         sizes = {
             key: _integer(
                 "pipeline.yaml",
-                f"spark.{key}",
-                spark_raw.get(key, getattr(spark, key)),
+                "spark",
+                spark_raw,
+                key,
                 getattr(spark, key),
                 1,
                 "must be a positive integer",

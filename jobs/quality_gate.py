@@ -310,9 +310,10 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> GateResult:
     if _already_published(cfg, run_id):
         log.info("quality gate: run %s already published; nothing to do", run_id)
         return GateResult(run_id, QualityOutcome(run_id, True, [], published=True), report_dir)
+    checks = gate_checks(spark, cfg)  # names any missing table before the admitted count reads one
     size_shuffle_partitions(spark, cfg.spark, delta_io.row_count(cfg.tables.admitted))
     outcome = validate(
-        gate_checks(spark, cfg),
+        checks,
         run_id,
         report_dir / "data_docs",
         cfg.quality.pandas_max_rows,
