@@ -147,8 +147,9 @@ class SparkConfig:
     """How the one Spark session is built."""
 
     master: str = "local[*]"
-    shuffle_partitions: int = 8  # the most any stage uses (jobs.spark_session.size_shuffle_partitions)
+    shuffle_partitions: int = 8  # the most any stage uses (jobs.spark_session.size_stage_to_input)
     rows_per_shuffle_partition: int = 100_000
+    small_input_rows: int = 50_000  # a stage with at most this many input rows runs without AQE and codegen
     conf: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -853,6 +854,16 @@ def load_config(conf_dir: Path | str | None = None) -> PipelineConfig:
             )
             for key in ("shuffle_partitions", "rows_per_shuffle_partition")
         }
+        sizes["small_input_rows"] = _integer(
+            "pipeline.yaml",
+            "spark",
+            spark_raw,
+            "small_input_rows",
+            spark.small_input_rows,
+            0,
+            "must be a non-negative integer",
+            problems,
+        )
         extra = spark_raw.get("conf") or {}
         if not isinstance(extra, dict):
             problems.add("pipeline.yaml", "spark.conf", "must be a mapping of Spark property -> value")

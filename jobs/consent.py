@@ -41,7 +41,7 @@ from jobs.ingest import (
     to_quarantine,
 )
 from jobs.runner import job_arg_parser, run_job
-from jobs.spark_session import size_shuffle_partitions
+from jobs.spark_session import size_stage_to_input
 
 log = logging.getLogger("idres.consent")
 
@@ -373,7 +373,7 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str, cutoff: str | Non
     now = datetime.now(UTC).replace(microsecond=0)
     policy = cfg.policy
     silver_rows = delta_io.row_count(cfg.tables.silver)
-    size_shuffle_partitions(spark, cfg.spark, silver_rows)
+    size_stage_to_input(spark, cfg.spark, silver_rows)
     events_read, events_quarantined = land_consent_events(spark, cfg, run_id, now)
 
     effective = effective_consent(delta_io.read_delta(spark, cfg.tables.consent_ledger), as_of)

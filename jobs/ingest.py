@@ -29,7 +29,7 @@ from jobs.canonical import BRONZE_COLUMNS, CANONICAL_COLUMNS, CANONICAL_FIELDS, 
 from jobs.config import PipelineConfig, SourceConfig
 from jobs.errors import SourceSchemaError
 from jobs.runner import job_arg_parser, run_job
-from jobs.spark_session import size_shuffle_partitions
+from jobs.spark_session import size_stage_to_input
 
 log = logging.getLogger("idres.ingest")
 
@@ -404,7 +404,7 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str, mode: str = "full
     validated = validated.persist()
     try:
         counts = _count(validated, cfg)
-        size_shuffle_partitions(spark, cfg.spark, sum(c.read for c in counts))
+        size_stage_to_input(spark, cfg.spark, sum(c.read for c in counts))
         bronze = to_bronze(validated, run_id, ingested_at)
         metrics = delta_io.merge_delta(
             bronze,

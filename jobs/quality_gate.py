@@ -42,7 +42,7 @@ from jobs.config import GOLD_TABLES, PipelineConfig
 from jobs.errors import IdresError
 from jobs.report import write_auditor_report
 from jobs.runner import run_job
-from jobs.spark_session import size_shuffle_partitions
+from jobs.spark_session import size_stage_to_input
 
 log = logging.getLogger("idres.quality_gate")
 
@@ -167,6 +167,20 @@ def _expectation_result(result: Any) -> dict[str, Any]:
     }
 
 
+def checked_frame(check: TableCheck) -> DataFrame:
+    """The check's frame cut to the columns its expectations read, so GX computes, caches and (in pandas)
+    collects only those, and never holds a personal column it does not check. Whole when an expectation
+    inspects the table's columns or filters rows by a condition."""
+    columns: list[str] = []
+    for expectation in check.expectations:
+        kwargs = expectation.configuration.kwargs
+        if "table_column" in expectation.expectation_type or kwargs.get("row_condition"):
+            return check.frame
+        named = [kwargs.get(k) for k in ("column", "column_A", "column_B")] + list(kwargs.get("column_list") or [])
+        columns += [c for c in named if c and c not in columns]
+    return check.frame.select(*columns) if columns else check.frame
+
+
 def gx_batch(frame: DataFrame, pandas_max_rows: int) -> tuple[str, Any]:
     """The engine GX validates a persisted checked frame on, and the batch: the frame collected into
     pandas (through Arrow) when it holds at most pandas_max_rows rows, else the Spark frame itself.
@@ -185,7 +199,8 @@ def validate(
 ) -> QualityOutcome:
     """Run every check's suite on its frame in one ephemeral GX context; build Data Docs into docs_dir.
 
-    Frames of at most pandas_max_rows rows are validated in pandas (see gx_batch), the others on Spark.
+    Each frame is cut to the columns its expectations read (checked_frame); frames of at most pandas_max_rows
+    rows are validated in pandas (see gx_batch), the others on Spark.
     """
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
@@ -204,7 +219,7 @@ def validate(
     sources = {"spark": context.data_sources.add_spark("idres"), "pandas": context.data_sources.add_pandas("idres_pd")}
     suites: list[dict[str, Any]] = []
     for check in checks:
-        frame = check.frame.persist()
+        frame = checked_frame(check).persist()
         try:
             engine, data = gx_batch(frame, pandas_max_rows)
             batch = sources[engine].add_dataframe_asset(check.suite).add_batch_definition_whole_dataframe(check.suite)
@@ -311,7 +326,7 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> GateResult:
         log.info("quality gate: run %s already published; nothing to do", run_id)
         return GateResult(run_id, QualityOutcome(run_id, True, [], published=True), report_dir)
     checks = gate_checks(spark, cfg)  # names any missing table before the admitted count reads one
-    size_shuffle_partitions(spark, cfg.spark, delta_io.row_count(cfg.tables.admitted))
+    size_stage_to_input(spark, cfg.spark, delta_io.row_count(cfg.tables.admitted))
     outcome = validate(
         checks,
         run_id,

@@ -37,7 +37,7 @@ from jobs.linkage import (
 )
 from jobs.profile_ids import REGISTRY_SCHEMA, assign_stable_profile_ids
 from jobs.runner import run_job
-from jobs.spark_session import size_shuffle_partitions
+from jobs.spark_session import size_stage_to_input
 from jobs.train import train_and_save
 
 log = logging.getLogger("idres.resolve")
@@ -96,7 +96,7 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> ResolveResult:
     records = linkage_input(delta_io.read_delta(spark, t.admitted), cfg.linkage).persist()
     try:
         count = records.count()
-        size_shuffle_partitions(spark, cfg.spark, count)
+        size_stage_to_input(spark, cfg.spark, count)
         engine = pick_engine(spark, cfg.resolve, count)
         model = latest_model(cfg.models, cfg.linkage) or train_and_save(spark, cfg, records, engine)
         result = ResolveResult(run_id=run_id, model_version=model.version, engine=engine, records=count)

@@ -68,18 +68,24 @@ def build_spark_session(
     return spark
 
 
-def size_shuffle_partitions(spark: SparkSession, settings: SparkConfig, rows: int) -> int:
-    """Set spark.sql.shuffle.partitions for a stage that shuffles about `rows` rows; return the number.
+def size_stage_to_input(spark: SparkSession, settings: SparkConfig, rows: int) -> int:
+    """Size the Spark SQL settings of a stage whose input has about `rows` rows; return its shuffle partitions.
 
-    One partition per settings.rows_per_shuffle_partition rows, at least one per core of the session
-    (at most settings.shuffle_partitions) and at most settings.shuffle_partitions. AQE coalesces
+    Shuffle partitions: one per settings.rows_per_shuffle_partition rows, at least one per core of the
+    session (at most settings.shuffle_partitions) and at most settings.shuffle_partitions. AQE coalesces
     small post-shuffle partitions, but not inside persisted plans, where every empty partition of a
     small run would still cost a task.
+    An input of at most settings.small_input_rows rows runs without adaptive query execution and
+    whole-stage code generation: on a few thousand rows, re-planning at every shuffle (a Spark job per
+    shuffle stage) and compiling every plan cost more than they save. Larger inputs get both back.
     """
     ceiling = settings.shuffle_partitions
     floor = min(spark.sparkContext.defaultParallelism, ceiling)
     partitions = min(ceiling, max(floor, math.ceil(rows / settings.rows_per_shuffle_partition)))
     spark.conf.set("spark.sql.shuffle.partitions", str(partitions))
+    large = str(rows > settings.small_input_rows).lower()
+    spark.conf.set("spark.sql.adaptive.enabled", large)
+    spark.conf.set("spark.sql.codegen.wholeStage", large)
     return partitions
 
 

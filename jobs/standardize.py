@@ -43,7 +43,7 @@ from jobs import delta_io
 from jobs.canonical import PSEUDONYM_ATTRIBUTES, SILVER_ATTRIBUTES, SILVER_KEY_COLUMNS
 from jobs.config import PipelineConfig, PurposePolicy, SourceConfig
 from jobs.runner import run_job
-from jobs.spark_session import size_shuffle_partitions
+from jobs.spark_session import size_stage_to_input
 
 log = logging.getLogger("idres.standardize")
 
@@ -338,7 +338,7 @@ def standardize(bronze: DataFrame, sources: Sequence[SourceConfig], policy: Purp
 
 def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> dict[str, int]:
     """Rebuild silver from bronze; unchanged records are not rewritten and a rerun commits nothing."""
-    size_shuffle_partitions(spark, cfg.spark, delta_io.row_count(cfg.tables.bronze))
+    size_stage_to_input(spark, cfg.spark, delta_io.row_count(cfg.tables.bronze))
     silver = standardize(delta_io.read_delta(spark, cfg.tables.bronze), cfg.sources, cfg.policy)
     metrics = delta_io.merge_delta(
         silver,

@@ -27,7 +27,7 @@ from jobs.linkage import (
     train,
 )
 from jobs.runner import run_job
-from jobs.spark_session import size_shuffle_partitions
+from jobs.spark_session import size_stage_to_input
 
 log = logging.getLogger("idres.train")
 
@@ -47,7 +47,7 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> ModelVersion:
     records = linkage_input(delta_io.read_delta(spark, cfg.tables.admitted), cfg.linkage).persist()
     try:
         count = records.count()
-        size_shuffle_partitions(spark, cfg.spark, count)
+        size_stage_to_input(spark, cfg.spark, count)
         return train_and_save(spark, cfg, records, pick_engine(spark, cfg.resolve, count))
     finally:
         records.unpersist()

@@ -32,7 +32,7 @@ from jobs.config import GOLD_TABLES, PipelineConfig, PurposePolicy, Survivorship
 from jobs.consent import STATUS_PRECEDENCE, SUBJECT, accepted_bases, lookup
 from jobs.errors import IdresError
 from jobs.runner import run_job
-from jobs.spark_session import persisting, size_shuffle_partitions
+from jobs.spark_session import persisting, size_stage_to_input
 
 log = logging.getLogger("idres.unify")
 
@@ -320,7 +320,7 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> dict[str, Path
         (t.record_profiles, "resolve"),
     ):
         _require(path, stage)
-    size_shuffle_partitions(spark, cfg.spark, delta_io.row_count(t.admitted))
+    size_stage_to_input(spark, cfg.spark, delta_io.row_count(t.admitted))
     pairs = delta_io.read_delta_or_empty(
         spark,
         t.pairwise_matches,

@@ -25,7 +25,7 @@ DEMO_DAG_PEOPLE = 40
 TEST_SPARK = SparkConfig(
     master="local[2]",
     shuffle_partitions=2,
-    conf={"spark.ui.enabled": "false", "spark.sql.session.timeZone": "UTC", "spark.driver.memory": "2g"},
+    conf={**load_config().spark.conf, "spark.ui.enabled": "false", "spark.driver.memory": "2g"},
 )
 
 

@@ -26,7 +26,7 @@ def _broken_conf(tmp_path: Path) -> Path:
     del data["sources"][2]["date_format"]
     data["sources"][2]["default_country"] = "Germany"
     (conf / "sources.yaml").write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
-    broken_spark = "spark:\n  shuffle_partitions: -3\n  rows_per_shuffle_partition: true\n"
+    broken_spark = "spark:\n  shuffle_partitions: -3\n  rows_per_shuffle_partition: true\n  small_input_rows: -1\n"
     (conf / "pipeline.yaml").write_text(broken_spark, encoding="utf-8")
     return conf
 
@@ -44,6 +44,7 @@ def test_every_problem_is_reported_at_once_naming_file_and_key(tmp_path):
             "sources.yaml: sources[2] (eu_loyalty).default_country: must be an ISO 3166-1 alpha-2 code, got 'Germany'",
             "pipeline.yaml: spark.shuffle_partitions: must be a positive integer",
             "pipeline.yaml: spark.rows_per_shuffle_partition: must be a positive integer",
+            "pipeline.yaml: spark.small_input_rows: must be a non-negative integer",
         ]
     )
     assert isinstance(err.value, ValueError)

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import json
 
+import great_expectations as gx
 import pytest
 from chispa import assert_df_equality
 from pyspark.sql import functions as F
 
-from expectations import TableCheck, must_hold
+from expectations import TableCheck, must_hold, required_unique
 from expectations.profile_sources import with_source_checks
 from expectations.profiles import cell_compliance
 from jobs import delta_io, resolve, unify
 from jobs.config import GOLD_TABLES
-from jobs.quality_gate import QualityGateError, gate_checks, run, validate
+from jobs.quality_gate import QualityGateError, checked_frame, gate_checks, run, validate
 from tests.conftest import copy_lakehouse
 
 CONSENT_FAILURE = "profiles: expect_column_values_to_be_in_set(consent_compliant)"
@@ -182,3 +183,24 @@ def test_profile_id_churn_over_the_bound_fails_and_new_records_do_not_count(spar
     failed = validate([churn_check(0.05)], "r")
     assert not failed.success
     assert failed.failed == ["churn: expect_column_values_to_be_in_set(profile_id_kept): churn"]
+
+
+def test_gx_gets_only_the_columns_its_expectations_read_unless_one_inspects_the_column_set(spark):
+    frame = spark.createDataFrame(
+        [("p1", "a@x.org", 2, 2, True)],
+        "profile_id string, email string, record_count int, cluster_size int, consent_compliant boolean",
+    )
+    expectations = [
+        must_hold("consent_compliant", "compliant"),
+        *required_unique("profile_id", description="unique ids"),
+        gx.expectations.ExpectColumnPairValuesToBeEqual(column_A="record_count", column_B="cluster_size"),
+    ]
+    narrow = checked_frame(TableCheck("profiles", "gold/profiles", frame, expectations))
+    expected = spark.createDataFrame(
+        [(True, "p1", 2, 2)], "consent_compliant boolean, profile_id string, record_count int, cluster_size int"
+    )
+    assert_df_equality(narrow, expected, ignore_nullable=True)  # the unchecked email never reaches GX
+
+    column_set = gx.expectations.ExpectTableColumnsToMatchSet(column_set=frame.columns, exact_match=True)
+    whole = checked_frame(TableCheck("silver", "silver", frame, [*expectations, column_set]))
+    assert_df_equality(whole, frame)
