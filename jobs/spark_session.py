@@ -77,15 +77,15 @@ def size_stage_to_input(spark: SparkSession, settings: SparkConfig, rows: int) -
     small run would still cost a task.
     An input of at most settings.small_input_rows rows runs without adaptive query execution and
     whole-stage code generation: on a few thousand rows, re-planning at every shuffle (a Spark job per
-    shuffle stage) and compiling every plan cost more than they save. Larger inputs get both back.
+    shuffle stage) and compiling every plan cost more than they save. Larger inputs get both back, as
+    settings.conf sets them (Spark's default: on).
     """
     ceiling = settings.shuffle_partitions
     floor = min(spark.sparkContext.defaultParallelism, ceiling)
     partitions = min(ceiling, max(floor, math.ceil(rows / settings.rows_per_shuffle_partition)))
     spark.conf.set("spark.sql.shuffle.partitions", str(partitions))
-    large = str(rows > settings.small_input_rows).lower()
-    spark.conf.set("spark.sql.adaptive.enabled", large)
-    spark.conf.set("spark.sql.codegen.wholeStage", large)
+    for key in ("spark.sql.adaptive.enabled", "spark.sql.codegen.wholeStage"):
+        spark.conf.set(key, settings.conf.get(key, "true") if rows > settings.small_input_rows else "false")
     return partitions
 
 

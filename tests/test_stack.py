@@ -44,5 +44,7 @@ def test_a_stage_sizes_its_shuffle_partitions_and_planning_to_its_rows_within_th
         assert size_stage_to_input(spark, SparkConfig(shuffle_partitions=1), 10_000_000) == 1
         size_stage_to_input(spark, SparkConfig(small_input_rows=0), 1)
         assert [spark.conf.get(key) for key in planning] == ["true", "true"]
+        size_stage_to_input(spark, SparkConfig(conf={"spark.sql.adaptive.enabled": "false"}), 10_000_000)
+        assert [spark.conf.get(key) for key in planning] == ["false", "true"]  # a configured choice holds
     finally:
         spark.conf.set("spark.sql.shuffle.partitions", "2")
