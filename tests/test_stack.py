@@ -48,3 +48,5 @@ def test_a_stage_sizes_its_shuffle_partitions_and_planning_to_its_rows_within_th
         assert [spark.conf.get(key) for key in planning] == ["false", "true"]  # a configured choice holds
     finally:
         spark.conf.set("spark.sql.shuffle.partitions", "2")
+        for key in planning:
+            spark.conf.set(key, "true")
