@@ -842,28 +842,13 @@ def load_config(conf_dir: Path | str | None = None) -> PipelineConfig:
         problems.add("pipeline.yaml", "spark", "must be a mapping")
     else:
         sizes = {
-            key: _integer(
-                "pipeline.yaml",
-                "spark",
-                spark_raw,
-                key,
-                getattr(spark, key),
-                1,
-                "must be a positive integer",
-                problems,
+            key: _integer("pipeline.yaml", "spark", spark_raw, key, getattr(spark, key), minimum, message, problems)
+            for key, minimum, message in (
+                ("shuffle_partitions", 1, "must be a positive integer"),
+                ("rows_per_shuffle_partition", 1, "must be a positive integer"),
+                ("small_input_rows", 0, "must be a non-negative integer"),
             )
-            for key in ("shuffle_partitions", "rows_per_shuffle_partition")
         }
-        sizes["small_input_rows"] = _integer(
-            "pipeline.yaml",
-            "spark",
-            spark_raw,
-            "small_input_rows",
-            spark.small_input_rows,
-            0,
-            "must be a non-negative integer",
-            problems,
-        )
         extra = spark_raw.get("conf") or {}
         if not isinstance(extra, dict):
             problems.add("pipeline.yaml", "spark.conf", "must be a mapping of Spark property -> value")
