@@ -87,9 +87,13 @@ def read_feed(
     corrupt = T.StructField(CORRUPT, T.StringType())
     if fmt == "csv":
         # RFC 4180 escapes a quote by doubling it; Spark's default escape is a backslash, which kept `""` in values.
-        # Line breaks inside quoted fields still split a record (multiLine would fix that, but changes how
-        # wrong field counts and bad bytes are flagged: issue #7 follow-up).
-        options = {"header": "true", "sep": delimiter, "encoding": encoding, "escape": '"'}
+        options = {
+            "header": "true",
+            "sep": delimiter,
+            "encoding": encoding,
+            "escape": '"',
+            **csv_record_options(path, encoding),
+        }
         header = spark.read.options(**options).csv(location).columns
         schema = T.StructType([T.StructField(c, T.StringType()) for c in header] + [corrupt])
         raw = spark.read.schema(schema).options(**options, mode="PERMISSIVE", columnNameOfCorruptRecord=CORRUPT)
@@ -104,6 +108,22 @@ def read_feed(
     if missing:
         raise SourceSchemaError(name, f"mapped column(s) missing from the file: {', '.join(missing)}")
     return raw.withColumn(SOURCE_FILE, F.col("_metadata.file_path"))
+
+
+def csv_record_options(path: Path, encoding: str = "UTF-8") -> dict[str, str]:
+    """Spark CSV options that keep a quoted field's line breaks in its record, for LF, CRLF or mixed endings.
+
+    multiLine parses the extract as one stream (one task per file; a quote left open takes the rest of the
+    file into one wrong_field_count record). It ends records at a single separator, so records end at LF, and
+    the CR of a CRLF goes with trailing whitespace, unless the header line ends in a lone CR (classic Mac).
+    """
+    with path.open(encoding=encoding, errors="replace", newline="") as fh:
+        head = fh.read(1 << 16)
+    ends = [i for i in (head.find("\r"), head.find("\n")) if i >= 0]
+    lone_cr = bool(ends) and head[min(ends)] == "\r" and head[min(ends) + 1 : min(ends) + 2] != "\n"
+    if lone_cr:
+        return {"multiLine": "true", "lineSep": "\r"}
+    return {"multiLine": "true", "lineSep": "\n", "ignoreTrailingWhiteSpace": "true"}
 
 
 def require_file(name: str, path: Path) -> None:

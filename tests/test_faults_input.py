@@ -176,8 +176,7 @@ def test_ignored_columns_are_no_drift_and_bad_drift_settings_name_file_and_key(c
 # Values a hostile or broken extract carries. Every one is text a row may hold; none may crash ingest.
 INJECTIONS = ('=HYPERLINK("http://x","y")', "+cmd|' /C calc'!A0", "@SUM(1)", "-1+1", "\t=1+1")
 LOOKALIKES = ("Шевчеnко", "Ivanоv", "Коваль" + "\u0301", "Pаvlо")  # Latin n, Cyrillic о / а mixed in
-# Line breaks inside quoted fields are left out: ingest reads csv line by line and would split the record.
-AWKWARD = ('O"Brien', "a;b;c", "  padded  ", "emoji 😀", "\u200bzero width")
+AWKWARD = ('O"Brien', "a;b;c", "  padded  ", "emoji 😀", "\u200bzero width", "two\nlines", 'quoted;"x"\r\nbreak')
 BAD_DATES = ("2023-02-30", "31.04.2024", "30.02.2023", "00.00.0000", "1.1.1")
 BAD_BYTES = ("Ковальчук".encode("cp1251"), "Müller".encode("latin-1"), b"\xff\xfe")
 MEGABYTE = "Я" * (1 << 19)  # 1 MiB in UTF-8
@@ -259,7 +258,7 @@ def test_fuzzed_rows_land_or_are_quarantined_with_a_reason_and_counts_reconcile(
         "SELECT last_name, street, city FROM b WHERE source_system = 'ua_crm'", b=cfg.tables.bronze
     )
     values = {v for column in landed.columns for v in column.to_pylist()}
-    assert {'=HYPERLINK("http://x","y")', 'O"Brien', "a;b;c", MEGABYTE} <= values  # as written
+    assert {'=HYPERLINK("http://x","y")', 'O"Brien', "a;b;c", "two\nlines", 'quoted;"x"\r\nbreak', MEGABYTE} <= values
     assert_query_exports_safe_csv(cfg, tmp_path / "bronze.csv", monkeypatch)
 
 

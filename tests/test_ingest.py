@@ -155,6 +155,42 @@ def test_a_repeated_source_id_quarantines_every_copy(spark, cfg, tmp_path):
     assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
 
 
+def ua_row(record_id: str, street: str, extra: str = "") -> str:
+    return f"{record_id};Шевченко;Олександр;;24.08.1991;ч;;;{street};Київ;;;01.03.2025 10:15{extra}"
+
+
+@pytest.mark.parametrize("newline", ["\r\n", "\n", "\r"], ids=["crlf-then-lf", "lf", "cr"])
+def test_quoted_line_breaks_stay_in_their_record_whatever_the_line_endings(spark, cfg, tmp_path, newline):
+    lines = [
+        CSV_HEADER,
+        ua_row("UA-1", '"вул. Хрещатик, 1\r\nкв. 5"'),
+        ua_row("UA-2", '"під\'їзд 2\nповерх 3"'),
+        ua_row("UA-3", "вул. Бандери 7", ";unexpected"),
+        ua_row("UA-4", '"Ocean ""Drive"""'),
+    ]
+    last_ending = "\n" if newline == "\r\n" else newline  # an extract with CRLF and LF mixed
+    path = tmp_path / "breaks.csv"
+    path.write_bytes((newline.join(lines) + last_ending).encode("utf-8"))
+    source = dataclasses.replace(cfg.source("ua_crm"), path=path)
+    validated = (
+        ingest.read_source(spark, source)
+        .transform(ingest.map_to_canonical, source)
+        .transform(ingest.assign_quarantine_reasons, source)
+    )
+    actual = validated.select("source_record_id", "street", "updated_at", ingest.REASON)
+    at = dt.datetime(2025, 3, 1, 10, 15)
+    expected = spark.createDataFrame(
+        [
+            ("UA-1", "вул. Хрещатик, 1\r\nкв. 5", at, None),
+            ("UA-2", "під'їзд 2\nповерх 3", at, None),
+            ("UA-3", "вул. Бандери 7", at, "wrong_field_count"),
+            ("UA-4", 'Ocean "Drive"', at, None),
+        ],
+        actual.schema,
+    )
+    assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
+
+
 def test_a_missing_mapped_column_fails_before_anything_is_written(spark, cfg, tmp_path):
     path = tmp_path / "drift.csv"
     path.write_text(CSV_HEADER.replace("prizvyshche", "surname") + "\n", encoding="utf-8")
