@@ -36,6 +36,7 @@ from jobs.ingest import (
     MALFORMED_RECORD,
     REASON,
     SOURCE_FILE,
+    badly_encoded,
     mapped_strings,
     read_feed,
     to_quarantine,
@@ -142,8 +143,8 @@ def assign_consent_reasons(events: DataFrame, policy: PurposePolicy) -> DataFram
         [F.col(f"_raw_{c}").isNotNull() & ~F.col(f"_raw_{c}").rlike(TZ_SUFFIX) for c in TIMESTAMP_FIELDS],
     )
     reason = (
-        F.when(F.col(CORRUPT).isNotNull(), F.lit(MALFORMED_RECORD))
-        .when(text.contains("\ufffd"), F.lit(BAD_ENCODING))
+        F.when(badly_encoded(F.coalesce(F.col(CORRUPT), text)), F.lit(BAD_ENCODING))
+        .when(F.col(CORRUPT).isNotNull(), F.lit(MALFORMED_RECORD))
         .when(F.col("source_record_id").isNull(), F.lit(MISSING_SUBJECT))
         .when(~F.coalesce(_in("purpose", policy.purposes), F.lit(False)), F.lit(UNKNOWN_PURPOSE))
         .when(~F.coalesce(_in("lawful_basis", LAWFUL_BASES), F.lit(False)), F.lit(INVALID_LAWFUL_BASIS))

@@ -37,10 +37,11 @@ CORRUPT = "_corrupt_record"
 SOURCE_FILE = "_source_file"
 REASON = "quarantine_reason"
 
-# Reason codes, in the order they are checked: a row gets the first that applies.
+# Reason codes, in the order they are checked: a row gets the first that applies. Undecodable bytes come
+# first, as they also break the parse of a JSON line.
+BAD_ENCODING = "bad_encoding"
 WRONG_FIELD_COUNT = "wrong_field_count"
 MALFORMED_RECORD = "malformed_record"
-BAD_ENCODING = "bad_encoding"
 MISSING_SOURCE_ID = "missing_source_id"
 UNPARSEABLE_DATE = "unparseable_date"
 INVALID_TYPE = "invalid_type"
@@ -259,6 +260,12 @@ def _parse_typed(column: str, source: SourceConfig) -> Column:
     return F.try_to_timestamp(F.col(column), F.lit(source.timestamp_format))
 
 
+def badly_encoded(text: Column) -> Column:
+    """True for text with bytes its encoding could not decode: U+FFFD from a CSV or JSON decoder, or the
+    invalid UTF-8 a Parquet string column may carry as it is (which pandas and Arrow consumers reject)."""
+    return text.contains("\ufffd") | ~F.is_valid_utf8(text)
+
+
 def assign_quarantine_reasons(mapped: DataFrame, source: SourceConfig) -> DataFrame:
     """Add `quarantine_reason` (null for a good row) and parse the typed canonical columns.
 
@@ -273,8 +280,8 @@ def assign_quarantine_reasons(mapped: DataFrame, source: SourceConfig) -> DataFr
     any_text = F.concat_ws("\u0001", *[F.col(c) for c in strings], *[F.col(f"_raw_{c}") for c in typed])
     failed_parse = {c: F.col(f"_raw_{c}").isNotNull() & F.col(c).isNull() for c in typed}
     reason = (
-        F.when(F.col(CORRUPT).isNotNull(), F.lit(corrupt_reason))
-        .when(any_text.contains("\ufffd"), F.lit(BAD_ENCODING))
+        F.when(badly_encoded(F.coalesce(F.col(CORRUPT), any_text)), F.lit(BAD_ENCODING))
+        .when(F.col(CORRUPT).isNotNull(), F.lit(corrupt_reason))
         .when(F.col("source_record_id").isNull(), F.lit(MISSING_SOURCE_ID))
         .when(failed_parse["date_of_birth"], F.lit(UNPARSEABLE_DATE))
         .when(
@@ -325,14 +332,14 @@ def to_quarantine(validated: DataFrame, raw_values: Column, run_id: str, at: dat
     An erased subject's row keeps no content and no id, only its subject hash.
     """
     erased = F.col(REASON) == ERASED_SUBJECT
-    raw = F.when(~erased, F.coalesce(F.col(CORRUPT), raw_values))
+    raw = F.when(~erased, F.make_valid_utf8(F.coalesce(F.col(CORRUPT), raw_values)))
     return (
         validated.where(F.col(REASON).isNotNull())
         .select(
             "source_system",
             "region",
             F.col(SOURCE_FILE).alias("source_file"),
-            F.when(~erased, F.col("source_record_id")).alias("source_record_id"),
+            F.when(~erased, F.make_valid_utf8("source_record_id")).alias("source_record_id"),
             F.col(REASON).alias("reason"),
             raw.alias("raw_record"),
             F.coalesce(F.sha2(raw, 256), subject_hash()).alias("raw_hash"),

@@ -19,7 +19,7 @@ import yaml
 from deltalake import DeltaTable
 
 from jobs import delta_io, demo_data, ingest, query, standardize
-from jobs.config import DEFAULT_CONF_DIR, PipelineConfig, load_config
+from jobs.config import DEFAULT_CONF_DIR, PipelineConfig, SourceConfig, load_config
 from jobs.errors import ConfigError, SourceSchemaError
 from tests.conftest import config_in, copy_lakehouse
 
@@ -176,63 +176,152 @@ def test_ignored_columns_are_no_drift_and_bad_drift_settings_name_file_and_key(c
 # Values a hostile or broken extract carries. Every one is text a row may hold; none may crash ingest.
 INJECTIONS = ('=HYPERLINK("http://x","y")', "+cmd|' /C calc'!A0", "@SUM(1)", "-1+1", "\t=1+1")
 LOOKALIKES = ("Шевчеnко", "Ivanоv", "Коваль" + "\u0301", "Pаvlо")  # Latin n, Cyrillic о / а mixed in
-AWKWARD = ('O"Brien', "a;b;c", "  padded  ", "emoji 😀", "\u200bzero width", "two\nlines", 'quoted;"x"\r\nbreak')
-BAD_DATES = ("2023-02-30", "31.04.2024", "30.02.2023", "00.00.0000", "1.1.1")
+AWKWARD = (
+    'O"Brien',
+    "a;b;c",
+    "  padded  ",
+    "emoji 😀",
+    "\u200bzero width",
+    "two\nlines",
+    'quoted;"x"\r\nbreak',
+    "nul\0",
+)
+BAD_DATES = ("2023-02-30", "31.04.2024", "30.02.2023", "31/04/2024", "00.00.0000", "1.1.1")
 BAD_BYTES = ("Ковальчук".encode("cp1251"), "Müller".encode("latin-1"), b"\xff\xfe")
 MEGABYTE = "Я" * (1 << 19)  # 1 MiB in UTF-8
+LANDS_AS_WRITTEN = {'=HYPERLINK("http://x","y")', 'O"Brien', "a;b;c", "two\nlines", 'quoted;"x"\r\nbreak', MEGABYTE}
+BYTES_MARK = "⟦bytes⟧"  # where a writer puts the next undecodable byte string
+# Lines of a JSONL extract that are no JSON object; each is one record, quarantined as malformed_record.
+# {n} keeps them distinct: quarantine holds one row per distinct content (audit/ingest_runs counts every copy).
+NOT_JSON_OBJECTS = (
+    '{{"id_client": "F-cut{n}", "nume": "Pop',
+    "[1, {n}]",
+    "{n}",
+    '"text {n}"',
+    '{{"id_client": "{n}",}}',
+)
+# JSON values that are no strings: with schema_drift allow, they are read as their JSON text.
+ODD_JSON_VALUES = (123, True, {"nested": ["a"]}, 1.5e300)
+# date of birth and update time in each source's own format
+GOOD_TIMES = {
+    "ua_crm": ("01.02.1980", "01.03.2025 10:15"),
+    "ro_shop": ("1980-02-01", "2025-03-01T10:15:00+02:00"),
+    "eu_loyalty": ("01/02/1980", "2025-03-01 10:15:00"),
+}
 
 
-def fuzz_ua_extract(path: Path, columns: list[str], rows: int, seed: int) -> int:
-    """Write a seeded, hostile ua_crm extract; returns the number of records (blank lines are not records)."""
+def fuzzed_records(source: SourceConfig, rows: int, seed: int) -> list[dict[str, object] | None]:
+    """Seeded hostile records for a source, keyed by its column names; None marks a slot for the writer to
+    break in its own way (a blank line, a line that is no JSON object, a row of nulls)."""
     rng = random.Random(seed)
-    placeholder = "\u0000BYTES\u0000"
-    out, bad_bytes, records = io.StringIO(), [], 0
-    writer = csv.writer(out, delimiter=";", lineterminator="\n")
-    writer.writerow(columns)
+    col = source.columns
+    dob, updated = GOOD_TIMES[source.name]
+    records: list[dict[str, object] | None] = []
     for i in range(rows):
-        row = dict.fromkeys(columns, "")
-        row.update(kod_kliienta=f"UA-F{i}", prizvyshche="Бондар", imia="Анна", data_narodzhennia="01.02.1980")
-        row["onovleno"] = "01.03.2025 10:15"
-        kind = rng.choice(("injection", "lookalike", "awkward", "nfd", "date", "bytes", "no_id", "blank"))
+        record: dict[str, object] = dict.fromkeys(source.columns.values())
+        record.update({col["source_record_id"]: f"F-{i}", col["last_name"]: "Бондар", col["first_name"]: "Анна"})
+        record.update({col["date_of_birth"]: dob, col["updated_at"]: updated})
+        kind = rng.choice(("injection", "lookalike", "awkward", "nfd", "date", "bytes", "no_id", "broken"))
         if kind == "injection":
-            row[rng.choice(("prizvyshche", "imia", "misto", "email", "adresa"))] = rng.choice(INJECTIONS)
+            record[col[rng.choice(("last_name", "first_name", "city", "email", "street"))]] = rng.choice(INJECTIONS)
         elif kind == "lookalike":
-            row["prizvyshche"] = rng.choice(LOOKALIKES)
+            record[col["last_name"]] = rng.choice(LOOKALIKES)
         elif kind == "awkward":
-            row[rng.choice(("prizvyshche", "adresa", "misto"))] = rng.choice(AWKWARD)
+            record[col[rng.choice(("last_name", "street", "city"))]] = rng.choice(AWKWARD)
         elif kind == "nfd":
-            row["imia"] = unicodedata.normalize(rng.choice(("NFD", "NFC")), "Йосип Ёлкін")
+            record[col["first_name"]] = unicodedata.normalize(rng.choice(("NFD", "NFC")), "Йосип Ёлкін")
         elif kind == "date":
-            row["data_narodzhennia"] = rng.choice(BAD_DATES)
+            record[col["date_of_birth"]] = rng.choice(BAD_DATES)
         elif kind == "bytes":
-            row["prizvyshche"] = placeholder
-            bad_bytes.append(rng.choice(BAD_BYTES))
+            record[col["last_name"]] = rng.choice(BAD_BYTES)
         elif kind == "no_id":
-            row.update(kod_kliienta="", misto=f"місто {i}")
-        else:
+            record.update({col["source_record_id"]: "", col["city"]: f"місто {i}"})
+        records.append(None if kind == "broken" else record)
+    empty = dict.fromkeys(source.columns.values(), "")
+    records += [empty, {**empty, col["source_record_id"]: "F-MB", col["street"]: MEGABYTE}]
+    return records
+
+
+def encoded_with_bytes(text: str, chunks: list[bytes]) -> bytes:
+    """text as UTF-8, each BYTES_MARK replaced by the next raw byte string."""
+    parts = text.encode("utf-8").split(BYTES_MARK.encode("utf-8"))
+    return b"".join(part + (chunks[n] if n < len(chunks) else b"") for n, part in enumerate(parts))
+
+
+def _marked(record: dict[str, object], chunks: list[bytes]) -> dict[str, object]:
+    def one(value: object) -> object:
+        if isinstance(value, bytes):
+            chunks.append(value)
+            return BYTES_MARK
+        return value
+
+    return {k: one(v) for k, v in record.items()}
+
+
+def write_fuzzed_csv(source: SourceConfig, records: list[dict[str, object] | None], rng: random.Random) -> int:
+    """A broken slot is a blank line, which is no record. Returns the number of records."""
+    out, chunks = io.StringIO(), []
+    writer = csv.writer(out, delimiter=source.delimiter, lineterminator="\n")
+    writer.writerow(source.columns.values())
+    for record in records:
+        if record is None:
             out.write("\n")
-            continue
-        writer.writerow(row.values())
-        records += 1
-    writer.writerow([""] * len(columns))  # an empty record: only delimiters
-    writer.writerow([MEGABYTE if c == "adresa" else "UA-MB" if c == "kod_kliienta" else "" for c in columns])
-    encoded = out.getvalue().encode("utf-8").split(placeholder.encode("utf-8"))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"".join(part + (bad_bytes[n] if n < len(bad_bytes) else b"") for n, part in enumerate(encoded)))
-    return records + 2
+        else:
+            writer.writerow(_marked(record, chunks).values())
+    source.path.write_bytes(encoded_with_bytes(out.getvalue(), chunks))
+    return sum(r is not None for r in records)
+
+
+def write_fuzzed_jsonl(source: SourceConfig, records: list[dict[str, object] | None], rng: random.Random) -> int:
+    """A broken slot is a blank line (no record), a line that is no JSON object, or values that are no strings;
+    a key with a null value is left out, as JSON writers do. Returns the number of records."""
+    lines, chunks, names = [], [], list(source.columns.values())
+    for n, record in enumerate(records):
+        choice = "record" if record is not None else rng.choice(("blank", "not_object", "odd_values"))
+        if choice == "blank":
+            lines.append("  ")
+        elif choice == "not_object":
+            lines.append(rng.choice(NOT_JSON_OBJECTS).format(n=n))
+        else:
+            if choice == "odd_values":
+                record = {c: rng.choice(ODD_JSON_VALUES) for c in names[1:3]} | {names[0]: f"F-odd{n}"}
+            present = {k: v for k, v in _marked(record, chunks).items() if v is not None}
+            lines.append(json.dumps(present, ensure_ascii=False))
+    source.path.write_bytes("\ufeff".encode() + encoded_with_bytes("\n".join(lines) + "\n", chunks))
+    return sum(bool(line.strip()) for line in lines)
+
+
+def write_fuzzed_parquet(source: SourceConfig, records: list[dict[str, object] | None], rng: random.Random) -> int:
+    """A broken slot is a row of nulls but its street; undecodable bytes go in as invalid UTF-8 strings.
+    Returns the row count."""
+    names = list(source.columns.values())
+    street = source.columns["street"]
+    rows = [record or {**dict.fromkeys(names), street: f"row {n}"} for n, record in enumerate(records)]
+
+    def as_bytes(value: object) -> bytes | None:
+        return value if isinstance(value, bytes) or value is None else str(value).encode("utf-8")
+
+    columns = {n: pa.array([as_bytes(r[n]) for r in rows], pa.binary()).view(pa.string()) for n in names}
+    pq.write_table(pa.table(columns), source.path)
+    return len(rows)
+
+
+FUZZ_WRITERS = {"csv": write_fuzzed_csv, "jsonl": write_fuzzed_jsonl, "parquet": write_fuzzed_parquet}
 
 
 def test_fuzzed_rows_land_or_are_quarantined_with_a_reason_and_counts_reconcile(spark, tmp_path, monkeypatch):
     cfg = config_in(tmp_path)
     demo_data.generate(cfg, people=6, seed=5)
-    source = cfg.source("ua_crm")
-    written = fuzz_ua_extract(source.path, list(source.columns.values()), rows=300, seed=20261107)
+    cfg = with_source(cfg, "ro_shop", schema_drift="allow")  # lets the JSON values that are no strings in
+    written = {}
+    for n, source in enumerate(cfg.sources):
+        records = fuzzed_records(source, rows=300, seed=20261107 + n)
+        written[source.name] = FUZZ_WRITERS[source.format](source, records, random.Random(n))
 
     result = ingest.run(spark, cfg, run_id="fuzz")
     standardize.run(spark, cfg, run_id="fuzz")
 
-    ua = next(s for s in result.sources if s.source_system == "ua_crm")
-    assert ua.read == written  # no record lost or split
+    assert {s.source_system: s.read for s in result.sources} == written  # no record lost or split
     assert result.reconciled
     per_source = delta_io.query_delta(
         "SELECT r.source_system, r.rows_read, r.rows_landed, r.rows_quarantined, b.n AS in_bronze,"
@@ -249,23 +338,28 @@ def test_fuzzed_rows_land_or_are_quarantined_with_a_reason_and_counts_reconcile(
     assert len(per_source) == 3
     for row in per_source:
         assert row["rows_read"] == row["rows_landed"] + row["rows_quarantined"], row["source_system"]
-        in_quarantine = row["in_quarantine"] or 0
-        assert (row["in_bronze"], in_quarantine) == (row["rows_landed"], row["rows_quarantined"])
+        assert (row["in_bronze"], row["in_quarantine"]) == (row["rows_landed"], row["rows_quarantined"]), row
         assert row["with_reason"] == row["in_quarantine"]
-    assert set(ua.reasons) == {"bad_encoding", "missing_source_id", "unparseable_date"}
+    reasons = {s.source_system: set(s.reasons) for s in result.sources}
+    assert reasons == {
+        "ua_crm": {"bad_encoding", "missing_source_id", "unparseable_date"},
+        "ro_shop": {"bad_encoding", "missing_source_id", "unparseable_date", "malformed_record"},
+        "eu_loyalty": {"bad_encoding", "missing_source_id", "unparseable_date"},
+    }
     assert delta_io.row_count(cfg.tables.silver) == sum(r["rows_landed"] for r in per_source)
-    landed = delta_io.query_delta(
-        "SELECT last_name, street, city FROM b WHERE source_system = 'ua_crm'", b=cfg.tables.bronze
-    )
-    values = {v for column in landed.columns for v in column.to_pylist()}
-    assert {'=HYPERLINK("http://x","y")', 'O"Brien', "a;b;c", "two\nlines", 'quoted;"x"\r\nbreak', MEGABYTE} <= values
+    for name in written:
+        landed = delta_io.query_delta(
+            f"SELECT last_name, street, city FROM b WHERE source_system = '{name}'", b=cfg.tables.bronze
+        )
+        values = {v for column in landed.columns for v in column.to_pylist()}
+        assert values >= LANDS_AS_WRITTEN, name
     assert_query_exports_safe_csv(cfg, tmp_path / "bronze.csv", monkeypatch)
 
 
 def assert_query_exports_safe_csv(cfg: PipelineConfig, out: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`python -m jobs.query --csv` over the fuzzed lakehouse: no cell is a formula."""
     monkeypatch.setenv("IDRES_LAKEHOUSE", str(cfg.lakehouse))
-    sql = "SELECT first_name, last_name, street, city, email FROM bronze WHERE source_record_id <> 'UA-MB'"
+    sql = "SELECT first_name, last_name, street, city, email FROM bronze WHERE source_record_id <> 'F-MB'"
     query.main(["--csv", str(out), sql])  # the 1 MiB value is over the csv module's default field limit
     with out.open(encoding="utf-8", newline="") as fh:
         cells = [cell for row in csv.reader(fh) for cell in row]
