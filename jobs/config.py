@@ -6,6 +6,7 @@ One loader, `load_config`, reads every file, checks every key, and raises a sing
 
 from __future__ import annotations
 
+import codecs
 import os
 import re
 from collections.abc import Mapping
@@ -464,6 +465,11 @@ def _load_source(i: int, raw: Any, landing: Path, names: set[str], problems: _Pr
     country = problems.require(file, key, raw, "default_country", str)
     if country is not None and (len(country) != 2 or not country.isalpha() or not country.isupper()):
         problems.add(file, f"{key}.default_country", f"must be an ISO 3166-1 alpha-2 code, got '{country}'")
+    encoding = str(raw.get("encoding", "UTF-8"))
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        problems.add(file, f"{key}.encoding", f"is not a known text encoding, got '{encoding}'")
     columns = _columns(file, f"{key}.columns", raw.get("columns"), CANONICAL_COLUMNS, ("source_record_id",), problems)
     feed = None
     raw_feed = raw.get("consent_feed")
@@ -502,7 +508,7 @@ def _load_source(i: int, raw: Any, landing: Path, names: set[str], problems: _Pr
         date_format=date_format,
         timestamp_format=timestamp_format,
         default_country=country,
-        encoding=str(raw.get("encoding", "UTF-8")),
+        encoding=encoding,
         delimiter=str(raw.get("delimiter", ",")),
         consent_feed=feed,
         ignored_columns=ignored,

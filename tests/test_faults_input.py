@@ -153,7 +153,7 @@ def assert_string_filters_work_in_query(cfg: PipelineConfig) -> None:
     assert query.query(cfg, sql)["n"][0].as_py() == 1
 
 
-def test_ignored_columns_are_no_drift_and_bad_drift_settings_name_file_and_key(clean_batch, tmp_path):
+def test_ignored_columns_are_no_drift_and_bad_source_settings_name_file_and_key(clean_batch, tmp_path):
     source = dataclasses.replace(clean_batch.source("eu_loyalty"), ignored_columns=("loyalty_tier",))
     _, path = added_parquet(clean_batch, tmp_path)
     ingest.check_source_schema(dataclasses.replace(source, path=path))  # does not raise
@@ -161,12 +161,14 @@ def test_ignored_columns_are_no_drift_and_bad_drift_settings_name_file_and_key(c
     shutil.copytree(DEFAULT_CONF_DIR, conf)
     data = yaml.safe_load((conf / "sources.yaml").read_text(encoding="utf-8"))
     data["sources"][0]["schema_drift"] = "ignore"
+    data["sources"][0]["encoding"] = "klingon-8"
     data["sources"][2]["ignored_columns"] = ["given_name", 7]
     data["sources"][1]["ignored_columns"] = ["nume"]
     (conf / "sources.yaml").write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
     with pytest.raises(ConfigError) as err:
         load_config(conf)
     assert sorted(err.value.problems) == [
+        "sources.yaml: sources[0] (ua_crm).encoding: is not a known text encoding, got 'klingon-8'",
         "sources.yaml: sources[0] (ua_crm).schema_drift: must be one of fail, allow_added, allow, got 'ignore'",
         "sources.yaml: sources[1] (ro_shop).ignored_columns: 'nume' is also mapped under columns",
         "sources.yaml: sources[2] (eu_loyalty).ignored_columns: must be a list of source column names",
