@@ -143,7 +143,7 @@ def assign_consent_reasons(events: DataFrame, policy: PurposePolicy) -> DataFram
         [F.col(f"_raw_{c}").isNotNull() & ~F.col(f"_raw_{c}").rlike(TZ_SUFFIX) for c in TIMESTAMP_FIELDS],
     )
     reason = (
-        F.when(badly_encoded(F.coalesce(F.col(CORRUPT), text)), F.lit(BAD_ENCODING))
+        F.when(badly_encoded(text), F.lit(BAD_ENCODING))
         .when(F.col(CORRUPT).isNotNull(), F.lit(MALFORMED_RECORD))
         .when(F.col("source_record_id").isNull(), F.lit(MISSING_SUBJECT))
         .when(~F.coalesce(_in("purpose", policy.purposes), F.lit(False)), F.lit(UNKNOWN_PURPOSE))

@@ -12,6 +12,7 @@ import hashlib
 import itertools
 import json
 import logging
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -119,10 +120,8 @@ def csv_record_options(path: Path, encoding: str = "UTF-8") -> dict[str, str]:
     the CR of a CRLF goes with trailing whitespace, unless the header line ends in a lone CR (classic Mac).
     """
     with path.open(encoding=encoding, errors="replace", newline="") as fh:
-        head = fh.read(1 << 16)
-    ends = [i for i in (head.find("\r"), head.find("\n")) if i >= 0]
-    lone_cr = bool(ends) and head[min(ends)] == "\r" and head[min(ends) + 1 : min(ends) + 2] != "\n"
-    if lone_cr:
+        first_break = re.search(r"\r\n|\r|\n", fh.read(1 << 16))
+    if first_break is not None and first_break.group() == "\r":
         return {"multiLine": "true", "lineSep": "\r"}
     return {"multiLine": "true", "lineSep": "\n", "ignoreTrailingWhiteSpace": "true"}
 
@@ -261,9 +260,11 @@ def _parse_typed(column: str, source: SourceConfig) -> Column:
 
 
 def badly_encoded(text: Column) -> Column:
-    """True for text with bytes its encoding could not decode: U+FFFD from a CSV or JSON decoder, or the
-    invalid UTF-8 a Parquet string column may carry as it is (which pandas and Arrow consumers reject)."""
-    return text.contains("\ufffd") | ~F.is_valid_utf8(text)
+    """True for a row whose raw record (the parser's corrupt-record text, else `text`) holds bytes its encoding
+    could not decode: U+FFFD from a CSV or JSON decoder, or the invalid UTF-8 a Parquet string column may carry
+    as it is (which pandas and Arrow consumers reject)."""
+    raw = F.coalesce(F.col(CORRUPT), text)
+    return raw.contains("\ufffd") | ~F.is_valid_utf8(raw)
 
 
 def assign_quarantine_reasons(mapped: DataFrame, source: SourceConfig) -> DataFrame:
@@ -280,7 +281,7 @@ def assign_quarantine_reasons(mapped: DataFrame, source: SourceConfig) -> DataFr
     any_text = F.concat_ws("\u0001", *[F.col(c) for c in strings], *[F.col(f"_raw_{c}") for c in typed])
     failed_parse = {c: F.col(f"_raw_{c}").isNotNull() & F.col(c).isNull() for c in typed}
     reason = (
-        F.when(badly_encoded(F.coalesce(F.col(CORRUPT), any_text)), F.lit(BAD_ENCODING))
+        F.when(badly_encoded(any_text), F.lit(BAD_ENCODING))
         .when(F.col(CORRUPT).isNotNull(), F.lit(corrupt_reason))
         .when(F.col("source_record_id").isNull(), F.lit(MISSING_SOURCE_ID))
         .when(failed_parse["date_of_birth"], F.lit(UNPARSEABLE_DATE))
