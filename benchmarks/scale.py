@@ -13,7 +13,7 @@ For each size (source records from the demo generator), in a fresh temporary lak
 Cluster precision, recall and F1 (pairs implied by clusters, benchmarks/accuracy.py's helpers) are scored
 against the ground truth restricted to the admitted records, the same records every system resolves.
 
-Memory: each Spark process uses conf/pipeline.yaml's spark.driver.memory (4g; in local mode the executor
+Memory: each Spark process uses conf/spark-submit.json's spark.driver.memory (4g; in local mode the executor
 runs in the driver JVM) unless --driver-memory is given; at 1M records that keeps the JVM within about
 5 GB and driver + JVM well under 12 GB. DuckDB runs in the driver's Python process.
 
@@ -432,7 +432,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame | None:
     parser.add_argument("--sizes", default="10000,100000,1000000", help="source records, comma-separated")
     parser.add_argument("--engines", default="auto", choices=["auto"], help="the idres run's resolve.engine")
     parser.add_argument("--skip-spark-reference-above", type=int, help="no bare Splink-Spark above this many records")
-    parser.add_argument("--driver-memory", help="spark.driver.memory (default: conf/pipeline.yaml's)")
+    parser.add_argument("--driver-memory", help="spark.driver.memory (default: conf/spark-submit.json's)")
     parser.add_argument("--work-dir", help="parent of the temporary per-size folders (default: the system temp)")
     parser.add_argument("--keep", action="store_true", help="keep each size's folder")
     parser.add_argument("--no-record", action="store_true", help="print only; no RESULTS.md row, plot in the work dir")

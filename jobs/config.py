@@ -7,6 +7,7 @@ One loader, `load_config`, reads every file, checks every key, and raises a sing
 from __future__ import annotations
 
 import codecs
+import json
 import os
 import re
 from collections.abc import Mapping
@@ -26,6 +27,7 @@ SCHEMA_DRIFT_MODES: tuple[str, ...] = ("fail", "allow_added", "allow")
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONF_DIR = PROJECT_ROOT / "conf"
+SPARK_SUBMIT_CONF_FILE = "spark-submit.json"  # read by the DAGs too (dags/idres_common.py)
 
 
 @dataclass(frozen=True)
@@ -387,12 +389,17 @@ class _Problems:
         return value
 
 
-def _read_yaml(path: Path, problems: _Problems) -> dict[str, Any]:
+def _read_conf_file(path: Path, problems: _Problems) -> dict[str, Any]:
+    """The mapping a YAML file (or, for a .json file, a JSON object) holds; {} with a problem when it does not."""
     if not path.is_file():
         problems.add(path.name, "<file>", f"not found in {path.parent}")
         return {}
+    text = path.read_text(encoding="utf-8")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text) or {}
+    except json.JSONDecodeError as exc:
+        problems.add(path.name, f"line {exc.lineno}", f"invalid JSON ({exc.msg})")
+        return {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark is not None else "<file>"
@@ -817,8 +824,29 @@ def _load_concurrency(raw: Any, problems: _Problems) -> ConcurrencyConfig:
     return ConcurrencyConfig(lock_timeout_seconds=float(timeout))
 
 
+def _spark_submit_conf(conf: Path, session_conf: Mapping[str, Any], problems: _Problems) -> dict[str, str]:
+    """conf/spark-submit.json: Spark properties a driver JVM takes at launch (memory, JVM options).
+
+    The DAGs hand them to spark-submit as --conf, since a job cannot change the JVM it runs in; a job that
+    starts its own JVM (run directly, tests, benchmarks) sets them with the rest of the session's conf.
+    """
+    raw = _read_conf_file(conf / SPARK_SUBMIT_CONF_FILE, problems)
+    launch: dict[str, str] = {}
+    for key, value in raw.items():
+        if not key.startswith("spark."):
+            problems.add(SPARK_SUBMIT_CONF_FILE, key, "is not a Spark property (spark.*)")
+        elif not isinstance(value, str):
+            problems.add(SPARK_SUBMIT_CONF_FILE, key, f"must be a string, got {type(value).__name__}")
+        elif key in session_conf:
+            problems.add(SPARK_SUBMIT_CONF_FILE, key, "is set in pipeline.yaml spark.conf too; set it in one place")
+        else:
+            launch[key] = value
+    return launch
+
+
 def load_config(conf_dir: Path | str | None = None) -> PipelineConfig:
-    """Load and check conf/pipeline.yaml, sources.yaml, policy.yaml, splink.yaml and survivorship.yaml.
+    """Load and check conf/pipeline.yaml, spark-submit.json, sources.yaml, policy.yaml, splink.yaml and
+    survivorship.yaml.
 
     Raises one ConfigError listing every problem. Paths are relative to the project root.
     IDRES_LAKEHOUSE, IDRES_LANDING, IDRES_GROUND_TRUTH, IDRES_MODELS and IDRES_REPORTS override the roots,
@@ -828,7 +856,7 @@ def load_config(conf_dir: Path | str | None = None) -> PipelineConfig:
     root = conf.parent
     problems = _Problems()
 
-    pipeline = _read_yaml(conf / "pipeline.yaml", problems)
+    pipeline = _read_conf_file(conf / "pipeline.yaml", problems)
     paths = pipeline.get("paths") or {}
     if not isinstance(paths, dict):
         problems.add("pipeline.yaml", "paths", "must be a mapping")
@@ -864,8 +892,9 @@ def load_config(conf_dir: Path | str | None = None) -> PipelineConfig:
             **sizes,
             conf={str(k): str(v) for k, v in extra.items()},
         )
+    spark = replace(spark, conf={**spark.conf, **_spark_submit_conf(conf, spark.conf, problems)})
 
-    sources_raw = _read_yaml(conf / "sources.yaml", problems).get("sources")
+    sources_raw = _read_conf_file(conf / "sources.yaml", problems).get("sources")
     sources: list[SourceConfig] = []
     if not isinstance(sources_raw, list) or not sources_raw:
         problems.add("sources.yaml", "sources", "must be a non-empty list")
@@ -876,10 +905,10 @@ def load_config(conf_dir: Path | str | None = None) -> PipelineConfig:
             if src is not None:
                 sources.append(src)
 
-    policy = _load_policy(_read_yaml(conf / "policy.yaml", problems), problems)
-    linkage = _load_linkage(_read_yaml(conf / "splink.yaml", problems), problems)
+    policy = _load_policy(_read_conf_file(conf / "policy.yaml", problems), problems)
+    linkage = _load_linkage(_read_conf_file(conf / "splink.yaml", problems), problems)
     survivorship = _load_survivorship(
-        _read_yaml(conf / "survivorship.yaml", problems),
+        _read_conf_file(conf / "survivorship.yaml", problems),
         {r["name"] for r in sources_raw or [] if isinstance(r, dict) and isinstance(r.get("name"), str)},
         problems,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import sys
@@ -12,6 +13,8 @@ from contextlib import contextmanager
 from pyspark.sql import DataFrame, SparkSession
 
 from jobs.config import SparkConfig
+
+log = logging.getLogger("idres.spark_session")
 
 
 def splink_similarity_jar() -> str:
@@ -65,7 +68,18 @@ def build_spark_session(
     # A configured spark.checkpoint.dir (storage every node sees, on a multi-machine cluster) is already set.
     if checkpoint_dir or not spark.sparkContext.getCheckpointDir():
         spark.sparkContext.setCheckpointDir(checkpoint_dir or tempfile.mkdtemp(prefix="idres-checkpoints-"))
+    log.info("Spark %s on %s; %s", spark.version, spark.sparkContext.master, driver_jvm_summary(spark))
     return spark
+
+
+def driver_jvm_summary(spark: SparkSession) -> str:
+    """The driver JVM's heap ceiling and garbage collectors: whether spark-submit.json's settings reached it."""
+    jvm = spark.sparkContext._jvm
+    heap_gib = jvm.java.lang.Runtime.getRuntime().maxMemory() / 2**30
+    collectors = ", ".join(
+        bean.getName() for bean in jvm.java.lang.management.ManagementFactory.getGarbageCollectorMXBeans()
+    )
+    return f"driver JVM: max heap {heap_gib:.1f} GiB, garbage collectors {collectors}"
 
 
 def size_stage_to_input(spark: SparkSession, settings: SparkConfig, rows: int) -> int:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -26,8 +27,13 @@ def _broken_conf(tmp_path: Path) -> Path:
     del data["sources"][2]["date_format"]
     data["sources"][2]["default_country"] = "Germany"
     (conf / "sources.yaml").write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
-    broken_spark = "spark:\n  shuffle_partitions: -3\n  rows_per_shuffle_partition: true\n  small_input_rows: -1\n"
+    broken_spark = (
+        "spark:\n  shuffle_partitions: -3\n  rows_per_shuffle_partition: true\n  small_input_rows: -1\n"
+        "  conf:\n    spark.driver.extraJavaOptions: -Xss4m\n"
+    )
     (conf / "pipeline.yaml").write_text(broken_spark, encoding="utf-8")
+    launch = {"spark.driver.memory": 4, "driver.cores": "2", "spark.driver.extraJavaOptions": "-XX:+UseParallelGC"}
+    (conf / "spark-submit.json").write_text(json.dumps(launch), encoding="utf-8")
     return conf
 
 
@@ -45,9 +51,29 @@ def test_every_problem_is_reported_at_once_naming_file_and_key(tmp_path):
             "pipeline.yaml: spark.shuffle_partitions: must be a positive integer",
             "pipeline.yaml: spark.rows_per_shuffle_partition: must be a positive integer",
             "pipeline.yaml: spark.small_input_rows: must be a non-negative integer",
+            "spark-submit.json: spark.driver.memory: must be a string, got int",
+            "spark-submit.json: driver.cores: is not a Spark property (spark.*)",
+            "spark-submit.json: spark.driver.extraJavaOptions: is set in pipeline.yaml spark.conf too; "
+            "set it in one place",
         ]
     )
     assert isinstance(err.value, ValueError)
+
+
+def test_spark_submit_json_is_read_as_json_and_joins_the_session_conf(tmp_path):
+    assert {k: v for k, v in load_config().spark.conf.items() if k.startswith("spark.driver.")} == {
+        "spark.driver.maxResultSize": "0",
+        "spark.driver.memory": "4g",
+        "spark.driver.extraJavaOptions": "-XX:+UseParallelGC",
+    }
+    conf = tmp_path / "conf"
+    shutil.copytree(DEFAULT_CONF_DIR, conf)
+    (conf / "spark-submit.json").write_text("{\n  spark.driver.memory: 4g\n}\n", encoding="utf-8")  # YAML, not JSON
+    with pytest.raises(ConfigError) as err:
+        load_config(conf)
+    assert err.value.problems == [
+        "spark-submit.json: line 2: invalid JSON (Expecting property name enclosed in double quotes)"
+    ]
 
 
 def test_the_resolve_engine_ships_as_auto_and_a_bad_one_is_named(tmp_path):
@@ -72,8 +98,19 @@ def test_the_resolve_engine_ships_as_auto_and_a_bad_one_is_named(tmp_path):
 def test_a_missing_file_is_named(tmp_path):
     conf = tmp_path / "conf"
     conf.mkdir()
-    with pytest.raises(ConfigError, match=r"pipeline\.yaml: <file>: not found.*\n.*sources\.yaml: <file>: not found"):
+    with pytest.raises(ConfigError) as err:
         load_config(conf)
+    assert [p for p in err.value.problems if "<file>" in p] == [
+        f"{name}: <file>: not found in {conf}"
+        for name in (
+            "pipeline.yaml",
+            "spark-submit.json",
+            "sources.yaml",
+            "policy.yaml",
+            "splink.yaml",
+            "survivorship.yaml",
+        )
+    ]
 
 
 def test_adding_a_region_is_a_config_change(tmp_path):

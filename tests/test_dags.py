@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,10 @@ def test_dag_files_import_only_airflow_and_the_standard_library():
         modules = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
         modules |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
         top = {m.split(".")[0] for m in modules}
-        assert top <= {"airflow", "__future__", "os", "sys", "datetime", "pathlib", "idres_common"}, (path.name, top)
+        assert top <= {"airflow", "__future__", "os", "sys", "json", "datetime", "pathlib", "idres_common"}, (
+            path.name,
+            top,
+        )
 
 
 def test_dags_load_without_errors_and_carry_docs_tags_and_retries(airflow_env, monkeypatch):
@@ -98,3 +102,16 @@ def test_running_the_dag_twice_changes_nothing_the_second_time(local_dag_run):
     # nothing changed, nothing committed
     assert gated_versions() == versions_before
     assert load_config().sources  # the project config was untouched by the run
+
+
+@pytest.mark.slow
+def test_each_stage_driver_gets_the_jvm_settings_of_spark_submit_json(local_dag_run):
+    console = (Path(local_dag_run["AIRFLOW_HOME"]).parent / "dag_run.log").read_text(encoding="utf-8")
+    drivers = re.findall(r"driver JVM: max heap ([0-9.]+) GiB, garbage collectors ([^\[\n]+)", console)
+    stages = ("ingest", "standardize", "consent_gate", "resolve", "unify", "quality_gate")
+    assert len(drivers) == len(stages), drivers
+    # spark-submit's default driver has a 1g heap and G1; conf/spark-submit.json asks for 4g and ParallelGC
+    assert {frozenset(collectors.strip().split(", ")) for _, collectors in drivers} == {
+        frozenset({"PS Scavenge", "PS MarkSweep"})
+    }
+    assert all(float(heap) > 3 for heap, _ in drivers), drivers
