@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import re
 import sys
+import traceback
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -14,7 +17,7 @@ from typing import Any
 from filelock import FileLock, Timeout
 from pyspark.sql import SparkSession
 
-from jobs.config import PipelineConfig, load_config
+from jobs.config import PROJECT_ROOT, PipelineConfig, load_config
 from jobs.errors import IdresError, LakehouseBusyError
 from jobs.spark_session import build_spark_session
 
@@ -61,6 +64,41 @@ def lakehouse_lock(cfg: PipelineConfig, job: str) -> Iterator[None]:
         lock.release()
 
 
+INCIDENTS_DIR = "_incidents"
+
+
+def record_incident(cfg: PipelineConfig, job: str, run_id: str, exc: BaseException) -> Path:
+    """Write exc's full traceback into the lakehouse, readable by its owner only; return the file.
+
+    An unexpected error's text may quote a data value (Spark puts a failed task's exception message in
+    its own), and logs travel further than the data: to Airflow's UI and log shipping. The lakehouse
+    holds the data already, under the data's access control.
+    """
+    folder = cfg.lakehouse / INCIDENTS_DIR
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    safe_run_id = re.sub(r"[^\w.-]", "_", run_id)
+    path = folder / f"{stamp}-{job}-{safe_run_id}.txt"
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as incident:
+        incident.write("".join(traceback.format_exception(exc)))
+    return path
+
+
+def describe_without_values(exc: BaseException) -> str:
+    """The error's class (the JVM's, for a Py4J error) and the innermost line of jobs/ it passed: no message."""
+    java = getattr(exc, "java_exception", None)
+    kind = java.getClass().getName() if java is not None else type(exc).__name__
+    jobs_package = Path(__file__).resolve().parent
+    ours = [
+        f for f in traceback.extract_tb(exc.__traceback__) if Path(f.filename).resolve().is_relative_to(jobs_package)
+    ]
+    where = (
+        f" at {Path(ours[-1].filename).relative_to(PROJECT_ROOT)}:{ours[-1].lineno} in {ours[-1].name}" if ours else ""
+    )
+    return f"{kind}{where}"
+
+
 def job_arg_parser(description: str) -> argparse.ArgumentParser:
     """The arguments every job takes; a job may add its own."""
     parser = argparse.ArgumentParser(description=description)
@@ -76,7 +114,8 @@ def run_job(
 
     The job holds the lakehouse lock (lakehouse_lock) while its session is built and run() runs.
     Project errors (IdresError) end the process with exit code 2 and their message, which names
-    the offending source, column or key and never a data value.
+    the offending source, column or key and never a data value. Any other error ends it with exit
+    code 1, logged as its class and place only; its full text goes to record_incident's file.
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("splink").setLevel(logging.WARNING)  # Splink narrates every step at INFO
@@ -84,11 +123,23 @@ def run_job(
     args = vars(parser.parse_args(argv))
     conf_dir = args.pop("conf")
     run_id = args.pop("run_id") or new_run_id()
+    cfg: PipelineConfig | None = None
     try:
-        cfg: PipelineConfig = load_config(conf_dir)
+        cfg = load_config(conf_dir)
         with lakehouse_lock(cfg, name):
             spark: SparkSession = build_spark_session(cfg.spark, app_name=f"idres-{name}")
             return run(spark, cfg, run_id=run_id, **args)
     except IdresError as exc:
         log.error("%s failed: %s", name, exc)
         sys.exit(2)
+    except Exception as exc:
+        if cfg is None:
+            raise
+        incident = record_incident(cfg, name, run_id, exc)
+        log.error(
+            "%s failed: %s. Its full text may quote personal data, so it is not logged; it is in %s",
+            name,
+            describe_without_values(exc),
+            incident,
+        )
+        sys.exit(1)

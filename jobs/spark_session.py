@@ -16,6 +16,12 @@ from jobs.config import SparkConfig
 
 log = logging.getLogger("idres.spark_session")
 
+# Loggers that print a failed task's or query's error text, which can quote a data value: Spark's executor
+# and task scheduler (JVM), and PySpark's query-context loggers. A job logs such a failure by its class and
+# keeps the full text in an incident file instead (jobs.runner.record_incident).
+JVM_LOGGERS_QUOTING_ERRORS = ("org.apache.spark.executor.Executor", "org.apache.spark.scheduler.TaskSetManager")
+PYSPARK_LOGGERS_QUOTING_ERRORS = ("DataFrameQueryContextLogger", "SQLQueryContextLogger")
+
 
 def splink_similarity_jar() -> str:
     """Path of Splink's bundled Spark similarity UDF jar (Jaro-Winkler and friends)."""
@@ -62,6 +68,7 @@ def build_spark_session(
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
+    silence_loggers_quoting_errors(spark)
     # Listed jars are not necessarily on the driver's class loader (spark-submit), so always add it;
     # in a plain local session this only logs that the jar was added already.
     spark.sql(f"ADD JAR '{jar}'")
@@ -70,6 +77,17 @@ def build_spark_session(
         spark.sparkContext.setCheckpointDir(checkpoint_dir or tempfile.mkdtemp(prefix="idres-checkpoints-"))
     log.info("Spark %s on %s; %s", spark.version, spark.sparkContext.master, driver_jvm_summary(spark))
     return spark
+
+
+def silence_loggers_quoting_errors(spark: SparkSession) -> None:
+    """Turn off the loggers that would print a failed task's error text (and so perhaps a value) to the job's log."""
+    from pyspark.logger import PySparkLogger
+
+    log4j = spark.sparkContext._jvm.org.apache.logging.log4j
+    for name in JVM_LOGGERS_QUOTING_ERRORS:
+        log4j.core.config.Configurator.setLevel(name, log4j.Level.OFF)
+    for name in PYSPARK_LOGGERS_QUOTING_ERRORS:
+        PySparkLogger.getLogger(name).disabled = True
 
 
 def driver_jvm_summary(spark: SparkSession) -> str:

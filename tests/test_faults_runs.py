@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -212,3 +213,39 @@ def test_a_canary_identity_reaches_the_tables_and_no_log_xcom_report_or_commit(l
         "git commit metadata": canary_found(commits),
     }
     assert leaks == {where: set() for where in leaks}
+
+
+# A job that meets a value it cannot handle, in a Spark task, and whose error quotes the value (as Spark and
+# pyarrow errors do): an unexpected crash, not an IdresError.
+CRASHING_JOB = """
+from pyspark.sql import functions as F, types as T
+from jobs.runner import run_job
+
+def run(spark, cfg, run_id):
+    @F.udf(T.StringType())
+    def parse(name):
+        raise ValueError(f"cannot parse {name!r}")
+
+    spark.createDataFrame([({name!r},)], "name string").select(parse("name")).collect()
+
+run_job("crashing", run, ["--run-id", "manual__crash"])
+"""
+
+
+def test_a_crash_on_a_value_logs_only_the_error_class_and_keeps_its_text_beside_the_data(tmp_path):
+    cfg = config_in(tmp_path)
+    job = tmp_path / "crashing_job.py"
+    job.write_text(CRASHING_JOB.format(name=CANARY["first_name"]), encoding="utf-8")
+    proc = subprocess.run(
+        [sys.executable, str(job)], env=job_env(cfg), capture_output=True, text=True, timeout=300, check=False
+    )
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 1, log[-3000:]
+    assert canary_found(log) == set()
+    said = r"crashing failed: PythonException at jobs/runner\.py:\d+ in run_job\. Its full text may quote personal data"
+    assert re.search(said, log), log[-3000:]
+    incidents = list((cfg.lakehouse / "_incidents").iterdir())
+    assert [p.name.endswith("-crashing-manual__crash.txt") for p in incidents] == [True]
+    assert str(incidents[0]) in log
+    assert canary_found(incidents[0].read_text(encoding="utf-8")) == {"zqxcanar"}
+    assert incidents[0].stat().st_mode & 0o777 == 0o600
