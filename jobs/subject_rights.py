@@ -37,7 +37,7 @@ from jobs.canonical import subject_hash
 from jobs.config import PipelineConfig, TablePaths
 from jobs.consent import SUBJECT
 from jobs.errors import IdresError
-from jobs.runner import job_arg_parser, run_job
+from jobs.runner import INCIDENTS_DIR, job_arg_parser, run_job
 
 log = logging.getLogger("idres.subject_rights")
 JOB = "subject_rights"
@@ -238,6 +238,11 @@ def erase_subject(spark: SparkSession, cfg: PipelineConfig, subject: Subject, ru
             deleted[name] = delta_io.delete_matching(gone, getattr(t, name), **job)
 
     versions = {name: delta_io.purge_history(path) for name, path in t.all().items() if delta_io.table_exists(path)}
+    # A failed job's incident file (jobs.runner.record_incident) may quote the subject's values too.
+    incidents = cfg.lakehouse / INCIDENTS_DIR
+    quoting = scan_for_values(incidents, evidence)
+    for name in quoting:
+        (incidents / name).unlink()
     hits = scan_for_values(cfg.lakehouse, evidence)
     if hits:
         raise IdresError(f"erasure incomplete: {len(hits)} file(s) still hold values of subject {subject.reference}")
@@ -249,6 +254,7 @@ def erase_subject(spark: SparkSession, cfg: PipelineConfig, subject: Subject, ru
         "rows_deleted": deleted,
         "table_versions_after": versions,
         "history": "vacuumed with 0 h retention; Delta log before the erasure checkpoint removed",
+        "incident_files_removed": len(quoting),
         "scan": {
             "files": sum(1 for p in cfg.lakehouse.rglob("*") if p.is_file()),
             "values_checked": len(evidence),

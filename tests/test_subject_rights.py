@@ -16,6 +16,7 @@ import pytest
 from pyspark.sql import functions as F
 
 from jobs import delta_io, ingest, query, standardize, subject_rights
+from jobs.runner import INCIDENTS_DIR, record_incident
 from tests.test_resolve import BRIDGE, IRYNA, PEOPLE, bronze_rows
 from tests.test_unify import GRANTS, publish
 
@@ -113,11 +114,18 @@ def test_export_holds_every_source_record_then_erasure_leaves_no_trace(spark, pu
     assert all(r["lawful_basis"] and r["source_record_id"] for r in export["profile_values_lineage"])
     assert export["match_evidence"] and export["profiles"][0]["profile_id"] == iryna
 
+    # two failed jobs left incident files: one quotes the subject's value, the other quotes nobody's
+    quoting = record_incident(cfg, "unify", "r-1", ValueError(f"cannot parse {CANARY_BRIDGE['middle_name']!r}"))
+    unrelated = record_incident(cfg, "unify", "r-2", ValueError("cannot parse 'x'"))
+    assert canary_hits(cfg.lakehouse / INCIDENTS_DIR) == [quoting.name]
+
     certificate_path = subject_rights.run(spark, cfg, run_id="sr-2", action="erase", record=["ua_crm:UA-9"])
     assert canary_hits(cfg.lakehouse) == []
+    assert not quoting.exists() and unrelated.exists()
     certificate = json.loads(certificate_path.read_text(encoding="utf-8"))
     assert certificate["scan"]["hits"] == 0 and certificate["scan"]["values_checked"] >= len(CANARIES)
     assert certificate["source_records_erased"] == 1 and len(certificate["certificate_sha256"]) == 64
+    assert certificate["incident_files_removed"] == 1
     assert {"bronze", "silver", "admitted", "pairwise_matches", "profile_lineage"} <= set(certificate["rows_deleted"])
     assert certificate["rows_deleted"]["bronze"] == 1
     assert not any(c in certificate_path.read_text(encoding="utf-8").lower() for c in CANARIES)
