@@ -37,7 +37,7 @@ from jobs.linkage import (
 )
 from jobs.profile_ids import REGISTRY_SCHEMA, assign_stable_profile_ids
 from jobs.runner import run_job
-from jobs.spark_session import size_stage_to_input
+from jobs.spark_session import persisting, size_stage_to_input
 from jobs.train import train_and_save
 
 log = logging.getLogger("idres.resolve")
@@ -93,8 +93,8 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> ResolveResult:
     """Resolve the admitted records into profiles with stable ids."""
     t = cfg.tables
     now = datetime.now(UTC).replace(microsecond=0)
-    records = linkage_input(delta_io.read_delta(spark, t.admitted), cfg.linkage).persist()
-    try:
+    with persisting() as keep:
+        records = keep(linkage_input(delta_io.read_delta(spark, t.admitted), cfg.linkage))
         count = records.count()
         size_stage_to_input(spark, cfg.spark, count)
         engine = pick_engine(spark, cfg.resolve, count)
@@ -109,19 +109,21 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> ResolveResult:
                 "match_probability double, model_version string",
             )
             clusters = spark.createDataFrame([], "record_id string, cluster_key string")
-        pairs, clusters = pairs.persist(), clusters.persist()
+        pairs, clusters = keep(pairs), keep(clusters)
         previous = delta_io.read_delta_or_empty(spark, t.record_profiles, "record_id string, profile_id string")
-        previous = previous.select("record_id", "profile_id").persist()
-        registry = delta_io.read_delta_or_empty(spark, t.profile_registry, REGISTRY_SCHEMA).persist()
+        previous = keep(previous.select("record_id", "profile_id"))
+        registry = keep(delta_io.read_delta_or_empty(spark, t.profile_registry, REGISTRY_SCHEMA))
         previous.count(), registry.count()  # pinned before this run rewrites the tables they come from
 
         ids = assign_stable_profile_ids(clusters, previous, registry, run_id, now)
         record_profiles = ids.assignments.join(records.select("record_id", "source_system"), "record_id").withColumn(
             "source_record_id", F.expr("substring(record_id, length(source_system) + 2)")
         )
-        events = ids.events.withColumn(
-            "event_id", F.sha2(F.concat_ws("|", "run_id", "event_type", "profile_id", "related_profile_id"), 256)
-        ).persist()
+        events = keep(
+            ids.events.withColumn(
+                "event_id", F.sha2(F.concat_ws("|", "run_id", "event_type", "profile_id", "related_profile_id"), 256)
+            )
+        )
 
         job = {"run_id": run_id, "job": "resolve"}
         delta_io.merge_delta(
@@ -141,8 +143,6 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> ResolveResult:
         result.pairs = pairs.count()
         result.profiles = record_profiles.select("profile_id").distinct().count()
         result.events = {r["event_type"]: r["count"] for r in events.groupBy("event_type").count().collect()}
-    finally:
-        records.unpersist()
     log.info(
         "resolve (model %s on %s): %d records, %d pairs, %d profiles, events %s",
         model.version,
