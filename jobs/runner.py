@@ -89,14 +89,12 @@ def describe_without_values(exc: BaseException) -> str:
     """The error's class (the JVM's, for a Py4J error) and the innermost line of jobs/ it passed: no message."""
     java = getattr(exc, "java_exception", None)
     kind = java.getClass().getName() if java is not None else type(exc).__name__
-    jobs_package = Path(__file__).resolve().parent
-    ours = [
-        f for f in traceback.extract_tb(exc.__traceback__) if Path(f.filename).resolve().is_relative_to(jobs_package)
-    ]
-    where = (
-        f" at {Path(ours[-1].filename).relative_to(PROJECT_ROOT)}:{ours[-1].lineno} in {ours[-1].name}" if ours else ""
-    )
-    return f"{kind}{where}"
+    frames = [(Path(f.filename).resolve(), f) for f in traceback.extract_tb(exc.__traceback__)]
+    ours = [(path, f) for path, f in frames if path.is_relative_to(PROJECT_ROOT / "jobs")]
+    if not ours:
+        return kind
+    path, frame = ours[-1]
+    return f"{kind} at {path.relative_to(PROJECT_ROOT)}:{frame.lineno} in {frame.name}"
 
 
 def job_arg_parser(description: str) -> argparse.ArgumentParser:
