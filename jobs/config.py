@@ -474,9 +474,12 @@ def _load_source(i: int, raw: Any, landing: Path, names: set[str], problems: _Pr
         problems.add(file, f"{key}.default_country", f"must be an ISO 3166-1 alpha-2 code, got '{country}'")
     encoding = str(raw.get("encoding", "UTF-8"))
     try:
-        codecs.lookup(encoding)
+        codec = codecs.lookup(encoding).name
     except LookupError:
         problems.add(file, f"{key}.encoding", f"is not a known text encoding, got '{encoding}'")
+    else:
+        if fmt == "jsonl" and codec != "utf-8":
+            problems.add(file, f"{key}.encoding", f"must be UTF-8 for jsonl (RFC 8259), got '{encoding}'")
     columns = _columns(file, f"{key}.columns", raw.get("columns"), CANONICAL_COLUMNS, ("source_record_id",), problems)
     feed = None
     raw_feed = raw.get("consent_feed")

@@ -82,11 +82,13 @@ def read_feed(
 ) -> DataFrame:
     """A feed's rows with the named columns as strings, plus the corrupt-row and source-file columns.
 
+    encoding and delimiter apply to csv; jsonl is UTF-8 (RFC 8259), which the config loader checks.
     Fails before anything is written when the file is missing or lacks one of the columns.
     """
     require_file(name, path)
     location = str(path)
     corrupt = T.StructField(CORRUPT, T.StringType())
+    source_file = F.col("_metadata.file_path").alias(SOURCE_FILE)
     if fmt == "csv":
         # RFC 4180 escapes a quote by doubling it; Spark's default escape is a backslash, which kept `""` in values.
         options = {
@@ -99,17 +101,29 @@ def read_feed(
         header = spark.read.options(**options).csv(location).columns
         schema = T.StructType([T.StructField(c, T.StringType()) for c in header] + [corrupt])
         raw = spark.read.schema(schema).options(**options, mode="PERMISSIVE", columnNameOfCorruptRecord=CORRUPT)
-        raw = raw.csv(location)
+        raw = raw.csv(location).select("*", source_file)
     elif fmt == "jsonl":
         schema = T.StructType([T.StructField(c, T.StringType()) for c in columns] + [corrupt])
-        raw = spark.read.schema(schema).options(mode="PERMISSIVE", columnNameOfCorruptRecord=CORRUPT, encoding=encoding)
-        raw = raw.json(location)
+        raw = json_lines(spark.read.text(location).select("value", source_file), schema)
     else:
-        raw = spark.read.parquet(location).withColumn(CORRUPT, F.lit(None).cast("string"))
+        raw = spark.read.parquet(location).select("*", F.lit(None).cast("string").alias(CORRUPT), source_file)
     missing = sorted(set(columns) - set(raw.columns))
     if missing:
         raise SourceSchemaError(name, f"mapped column(s) missing from the file: {', '.join(missing)}")
-    return raw.withColumn(SOURCE_FILE, F.col("_metadata.file_path"))
+    return raw
+
+
+def json_lines(lines: DataFrame, schema: T.StructType) -> DataFrame:
+    """One record per non-blank line of a JSONL extract (`value`), parsed with schema; a line that holds no
+    JSON object keeps its text in the schema's corrupt-record column.
+
+    Spark's JSON reader would turn a line holding an array of objects into several records, and one holding
+    an empty array into none; parsing line by line keeps read = lines. A UTF-8 byte-order mark is dropped.
+    """
+    options = {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT}
+    text = F.regexp_replace("value", "^\ufeff", "")
+    parsed = lines.where(F.col("value").rlike(r"\S")).withColumn("_record", F.from_json(text, schema, options))
+    return parsed.select("_record.*", *(c for c in lines.columns if c != "value"))
 
 
 def csv_record_options(path: Path, encoding: str = "UTF-8") -> dict[str, str]:

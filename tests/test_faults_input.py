@@ -164,12 +164,14 @@ def test_ignored_columns_are_no_drift_and_bad_source_settings_name_file_and_key(
     data["sources"][0]["encoding"] = "klingon-8"
     data["sources"][2]["ignored_columns"] = ["given_name", 7]
     data["sources"][1]["ignored_columns"] = ["nume"]
+    data["sources"][1]["encoding"] = "windows-1250"
     (conf / "sources.yaml").write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
     with pytest.raises(ConfigError) as err:
         load_config(conf)
     assert sorted(err.value.problems) == [
         "sources.yaml: sources[0] (ua_crm).encoding: is not a known text encoding, got 'klingon-8'",
         "sources.yaml: sources[0] (ua_crm).schema_drift: must be one of fail, allow_added, allow, got 'ignore'",
+        "sources.yaml: sources[1] (ro_shop).encoding: must be UTF-8 for jsonl (RFC 8259), got 'windows-1250'",
         "sources.yaml: sources[1] (ro_shop).ignored_columns: 'nume' is also mapped under columns",
         "sources.yaml: sources[2] (eu_loyalty).ignored_columns: must be a list of source column names",
     ]
@@ -274,6 +276,12 @@ def write_fuzzed_csv(source: SourceConfig, records: list[dict[str, object] | Non
     return sum(r is not None for r in records)
 
 
+def array_lines(source: SourceConfig) -> list[str]:
+    """JSONL lines holding an array, written once each: each is one malformed record, not its elements or none."""
+    key = source.columns["source_record_id"]
+    return [json.dumps([{key: "F-array-a"}, {key: "F-array-b"}]), "[]"]
+
+
 def write_fuzzed_jsonl(source: SourceConfig, records: list[dict[str, object] | None], rng: random.Random) -> int:
     """A broken slot is a blank line (no record), a line that is no JSON object, or values that are no strings;
     a key with a null value is left out, as JSON writers do. Returns the number of records."""
@@ -289,6 +297,7 @@ def write_fuzzed_jsonl(source: SourceConfig, records: list[dict[str, object] | N
                 record = {c: rng.choice(ODD_JSON_VALUES) for c in names[1:3]} | {names[0]: f"F-odd{n}"}
             present = {k: v for k, v in _marked(record, chunks).items() if v is not None}
             lines.append(json.dumps(present, ensure_ascii=False))
+    lines += array_lines(source)
     source.path.write_bytes("\ufeff".encode() + encoded_with_bytes("\n".join(lines) + "\n", chunks))
     return sum(bool(line.strip()) for line in lines)
 
@@ -347,6 +356,11 @@ def test_fuzzed_rows_land_or_are_quarantined_with_a_reason_and_counts_reconcile(
         "ua_crm": {"bad_encoding", "missing_source_id", "unparseable_date"},
         "ro_shop": {"bad_encoding", "missing_source_id", "unparseable_date", "malformed_record"},
         "eu_loyalty": {"bad_encoding", "missing_source_id", "unparseable_date"},
+    }
+    held = delta_io.query_delta("SELECT raw_record, reason FROM q", q=cfg.tables.quarantine).to_pylist()
+    arrays = array_lines(cfg.source("ro_shop"))
+    assert {(r["raw_record"], r["reason"]) for r in held if r["raw_record"] in arrays} == {
+        (line, "malformed_record") for line in arrays
     }
     assert delta_io.row_count(cfg.tables.silver) == sum(r["rows_landed"] for r in per_source)
     for name in written:
