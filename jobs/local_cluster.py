@@ -7,7 +7,8 @@ and the cluster test, from the pip-installed Spark's `spark-class`.
 Ports are picked free so a test and a user's own cluster do not collide. Logs (master.log, worker.log,
 and the executors' under work/) and the state `stop` reads (cluster.json) live in the given folder.
 The worker runs with this checkout first on PYTHONPATH, so executors import the same `jobs` package
-as the driver even when it is not the one pip-installed.
+as the driver even when it is not the one pip-installed, and with conf/spark as SPARK_CONF_DIR, so the
+executors' log4j2 keeps a failed task's error text (which can quote a value) out of their logs.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ STATE_FILE = "cluster.json"
 MASTER_CLASS = "org.apache.spark.deploy.master.Master"
 WORKER_CLASS = "org.apache.spark.deploy.worker.Worker"
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SPARK_CONF_DIR = PROJECT_ROOT / "conf" / "spark"  # log4j2.properties of the cluster's JVMs
 # The master's REST submission server would take the fixed port 6066; drivers here use the RPC port.
 DAEMON_PROPERTIES = "spark.master.rest.enabled false\n"
 
@@ -90,7 +92,7 @@ def _spark_class() -> str:
 
 def _daemon_env() -> dict[str, str]:
     python_path = os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    return {**os.environ, **LOOPBACK_ENV, "PYTHONPATH": python_path}
+    return {**os.environ, **LOOPBACK_ENV, "PYTHONPATH": python_path, "SPARK_CONF_DIR": str(SPARK_CONF_DIR)}
 
 
 def _launch(spark_class: str, args: list[str], log_file: Path) -> int:

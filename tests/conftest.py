@@ -110,6 +110,65 @@ def plant_canary(cfg: PipelineConfig, source: str = "ro_shop") -> str:
     return row[id_column]
 
 
+def job_env(cfg: PipelineConfig) -> dict[str, str]:
+    """The environment a job process runs in against cfg's data folders."""
+    return {
+        **os.environ,
+        "PYTHONPATH": str(PROJECT),
+        "IDRES_LAKEHOUSE": str(cfg.lakehouse),
+        "IDRES_LANDING": str(cfg.landing),
+        "IDRES_GROUND_TRUTH": str(cfg.ground_truth),
+        "IDRES_MODELS": str(cfg.models),
+        "IDRES_REPORTS": str(cfg.reports),
+        "PYSPARK_PYTHON": sys.executable,
+        "PYSPARK_DRIVER_PYTHON": sys.executable,
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+
+
+CANARY_NEEDLES = ("zqxcanar", CANARY["email"].split("@")[0], "722913572", CANARY["phone"][1:])
+
+
+def canary_found(text: str) -> set[str]:
+    """The canary's fragments (names, email, phone as written and in E.164) in text, case-insensitively."""
+    lowered = text.lower()
+    return {needle for needle in CANARY_NEEDLES if needle in lowered}
+
+
+def files_text(root: Path) -> str:
+    return "\n".join(p.read_bytes().decode("utf-8", errors="replace") for p in sorted(root.rglob("*")) if p.is_file())
+
+
+# A job that meets a value it cannot handle, in a Spark task, and whose error quotes the value (as Spark and
+# pyarrow errors do): an unexpected crash, not an IdresError.
+CRASHING_JOB = """
+from pyspark.sql import functions as F, types as T
+from jobs.runner import run_job
+
+def run(spark, cfg, run_id):
+    @F.udf(T.StringType())
+    def parse(name):
+        raise ValueError(f"cannot parse {name!r}")
+
+    spark.createDataFrame([({name!r},)], "name string").select(parse("name")).collect()
+
+run_job("crashing", run, ["--run-id", "manual__crash"])
+"""
+
+
+def run_crashing_job(cfg: PipelineConfig, folder: Path, **env: str) -> str:
+    """Run CRASHING_JOB, on the canary's first name, against cfg's data folders (env added to job_env's);
+    return its output, having checked it failed as an unexpected error does (exit code 1)."""
+    job = folder / "crashing_job.py"
+    job.write_text(CRASHING_JOB.format(name=CANARY["first_name"]), encoding="utf-8")
+    proc = subprocess.run(
+        [sys.executable, str(job)], env={**job_env(cfg), **env}, capture_output=True, text=True, timeout=300
+    )
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 1, log[-3000:]
+    return log
+
+
 @pytest.fixture(scope="session")
 def local_dag_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """The environment of one local identity_resolution DAG run into a fresh lakehouse (it trains the model), on

@@ -1,7 +1,9 @@
-"""The identity_resolution DAG on a Spark standalone cluster gives the same gold tables as a local run."""
+"""Spark standalone cluster: the identity_resolution DAG gives the same gold tables as a local run, and no
+cluster log holds a value a failed task quoted."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,8 +13,16 @@ from pyspark.sql import functions as F
 
 from jobs import delta_io
 from jobs.config import load_config
-from jobs.local_cluster import LocalClusterError, local_cluster, start_cluster
-from tests.conftest import airflow_env_in, run_airflow, run_demo_dag
+from jobs.local_cluster import LocalCluster, LocalClusterError, local_cluster, start_cluster
+from tests.conftest import (
+    airflow_env_in,
+    canary_found,
+    config_in,
+    files_text,
+    run_airflow,
+    run_crashing_job,
+    run_demo_dag,
+)
 
 COMPARED = ("profiles", "record_profiles", "profile_sources")
 
@@ -52,15 +62,22 @@ def test_a_cluster_that_does_not_come_up_in_time_is_stopped_and_the_error_names_
     assert not (tmp_path / "cluster.json").exists()
 
 
+@pytest.fixture(scope="module")
+def standalone_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    with local_cluster(tmp_path_factory.mktemp("cluster"), cores=2, memory="2g") as cluster:
+        yield cluster
+
+
 @pytest.mark.slow
-def test_the_dag_on_a_standalone_cluster_publishes_what_a_local_run_does(local_dag_run, spark, tmp_path):
+def test_the_dag_on_a_standalone_cluster_publishes_what_a_local_run_does(
+    local_dag_run, standalone_cluster, spark, tmp_path
+):
     env = airflow_env_in(tmp_path, models=Path(local_dag_run["IDRES_MODELS"]))  # the local run's trained model
     env["IDRES_LANDING"] = local_dag_run["IDRES_LANDING"]  # and its extracts, read as they are
     run_airflow(env, "db", "migrate")
-    with local_cluster(tmp_path / "cluster", cores=2, memory="2g") as cluster:
-        env.update(cluster.driver_env())
-        run_demo_dag(env, "2026-01-01", demo_people=0)
-        applications = cluster.applications()
+    env.update(standalone_cluster.driver_env())
+    run_demo_dag(env, "2026-01-01", demo_people=0)
+    applications = [app for app in standalone_cluster.applications() if app["name"].startswith("idres-")]
 
     assert applications, "no Spark application ran on the cluster"
     assert {app["state"] for app in applications} == {"FINISHED"}
@@ -73,3 +90,18 @@ def test_the_dag_on_a_standalone_cluster_publishes_what_a_local_run_does(local_d
         assert_approx_df_equality(
             on_cluster[name], local[name], precision=1e-9, ignore_row_order=True, ignore_nullable=True
         )
+
+
+@pytest.mark.slow
+def test_a_task_failing_on_a_value_on_the_cluster_leaves_the_value_in_no_cluster_log(standalone_cluster, tmp_path):
+    cfg = config_in(tmp_path)
+    master = {"IDRES_SPARK_MASTER": standalone_cluster.master_url, **standalone_cluster.driver_env()}
+    log = run_crashing_job(cfg, tmp_path, **master)
+
+    assert canary_found(log) == set()
+    (incident,) = (cfg.lakehouse / "_incidents").iterdir()
+    assert canary_found(incident.read_text(encoding="utf-8")) == {"zqxcanar"}  # the error did quote it
+    cluster_logs = Path(standalone_cluster.log_dir)
+    assert list(cluster_logs.glob("work/app-*/*/stderr")), "no executor ran the job on the cluster"
+    # the executors' logs (conf/spark/log4j2.properties), the worker's and the master's
+    assert canary_found(files_text(cluster_logs)) == set()

@@ -4,7 +4,6 @@ through the real DAG."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import signal
@@ -24,7 +23,15 @@ from pyspark.sql import SparkSession
 from jobs import delta_io, demo_data, ingest, quality_gate
 from jobs.config import DEFAULT_CONF_DIR, GOLD_TABLES, PipelineConfig, load_config
 from jobs.runner import lakehouse_lock_path
-from tests.conftest import BIN, CANARY, PROJECT, config_in, copy_lakehouse
+from tests.conftest import (
+    PROJECT,
+    canary_found,
+    config_in,
+    copy_lakehouse,
+    files_text,
+    job_env,
+    run_crashing_job,
+)
 
 pytestmark = pytest.mark.fault
 
@@ -41,22 +48,6 @@ def conf_with_lock_timeout(root: Path, seconds: float) -> Path:
     (conf / "pipeline.yaml").write_text(yaml.safe_dump(pipeline), encoding="utf-8")
     assert load_config(conf).concurrency.lock_timeout_seconds == seconds
     return conf
-
-
-def job_env(cfg: PipelineConfig) -> dict[str, str]:
-    """The environment a job process runs in against cfg's data folders."""
-    return {
-        **os.environ,
-        "PYTHONPATH": str(PROJECT),
-        "IDRES_LAKEHOUSE": str(cfg.lakehouse),
-        "IDRES_LANDING": str(cfg.landing),
-        "IDRES_GROUND_TRUTH": str(cfg.ground_truth),
-        "IDRES_MODELS": str(cfg.models),
-        "IDRES_REPORTS": str(cfg.reports),
-        "PYSPARK_PYTHON": sys.executable,
-        "PYSPARK_DRIVER_PYTHON": sys.executable,
-        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-    }
 
 
 def start_job(module: str, cfg: PipelineConfig, conf: Path, *args: str) -> subprocess.Popen[str]:
@@ -164,19 +155,6 @@ def test_a_job_that_finds_the_lakehouse_locked_fails_clearly_or_waits_for_it(ing
     assert sorted(runs.to_pylist()) == ["first", "patient"]
 
 
-CANARY_NEEDLES = ("zqxcanar", CANARY["email"].split("@")[0], "722913572", CANARY["phone"][1:])
-
-
-def canary_found(text: str) -> set[str]:
-    """The canary's fragments (names, email, phone as written and in E.164) in text, case-insensitively."""
-    lowered = text.lower()
-    return {needle for needle in CANARY_NEEDLES if needle in lowered}
-
-
-def files_text(root: Path) -> str:
-    return "\n".join(p.read_bytes().decode("utf-8", errors="replace") for p in sorted(root.rglob("*")) if p.is_file())
-
-
 @pytest.mark.slow
 def test_a_canary_identity_reaches_the_tables_and_no_log_xcom_report_or_commit(local_dag_run):
     lakehouse, home = Path(local_dag_run["IDRES_LAKEHOUSE"]), Path(local_dag_run["AIRFLOW_HOME"])
@@ -215,32 +193,9 @@ def test_a_canary_identity_reaches_the_tables_and_no_log_xcom_report_or_commit(l
     assert leaks == {where: set() for where in leaks}
 
 
-# A job that meets a value it cannot handle, in a Spark task, and whose error quotes the value (as Spark and
-# pyarrow errors do): an unexpected crash, not an IdresError.
-CRASHING_JOB = """
-from pyspark.sql import functions as F, types as T
-from jobs.runner import run_job
-
-def run(spark, cfg, run_id):
-    @F.udf(T.StringType())
-    def parse(name):
-        raise ValueError(f"cannot parse {name!r}")
-
-    spark.createDataFrame([({name!r},)], "name string").select(parse("name")).collect()
-
-run_job("crashing", run, ["--run-id", "manual__crash"])
-"""
-
-
 def test_a_crash_on_a_value_logs_only_the_error_class_and_keeps_its_text_beside_the_data(tmp_path):
     cfg = config_in(tmp_path)
-    job = tmp_path / "crashing_job.py"
-    job.write_text(CRASHING_JOB.format(name=CANARY["first_name"]), encoding="utf-8")
-    proc = subprocess.run(
-        [sys.executable, str(job)], env=job_env(cfg), capture_output=True, text=True, timeout=300, check=False
-    )
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 1, log[-3000:]
+    log = run_crashing_job(cfg, tmp_path)
     assert canary_found(log) == set()
     said = r"crashing failed: PythonException at jobs/runner\.py:\d+ in run_job\. Its full text may quote personal data"
     assert re.search(said, log), log[-3000:]
