@@ -93,6 +93,7 @@ def test_the_dag_on_a_standalone_cluster_publishes_what_a_local_run_does(
 
 
 @pytest.mark.slow
+@pytest.mark.fault
 def test_a_task_failing_on_a_value_on_the_cluster_leaves_the_value_in_no_cluster_log(standalone_cluster, tmp_path):
     cfg = config_in(tmp_path)
     master = {"IDRES_SPARK_MASTER": standalone_cluster.master_url, **standalone_cluster.driver_env()}
