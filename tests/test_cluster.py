@@ -76,8 +76,9 @@ def test_the_dag_on_a_standalone_cluster_publishes_what_a_local_run_does(
     env["IDRES_LANDING"] = local_dag_run["IDRES_LANDING"]  # and its extracts, read as they are
     run_airflow(env, "db", "migrate")
     env.update(standalone_cluster.driver_env())
+    earlier = {app["id"] for app in standalone_cluster.applications()}  # the module's other tests share the cluster
     run_demo_dag(env, "2026-01-01", demo_people=0)
-    applications = [app for app in standalone_cluster.applications() if app["name"].startswith("idres-")]
+    applications = [app for app in standalone_cluster.applications() if app["id"] not in earlier]
 
     assert applications, "no Spark application ran on the cluster"
     assert {app["state"] for app in applications} == {"FINISHED"}
