@@ -13,7 +13,8 @@ from pyspark.sql import functions as F
 
 from jobs import delta_io
 from jobs.config import load_config
-from jobs.local_cluster import LocalCluster, LocalClusterError, local_cluster, start_cluster
+from jobs.local_cluster import SPARK_CONF_DIR, LocalCluster, LocalClusterError, local_cluster, start_cluster
+from jobs.spark_session import JVM_LOGGERS_QUOTING_ERRORS
 from tests.conftest import (
     airflow_env_in,
     canary_found,
@@ -107,3 +108,14 @@ def test_a_task_failing_on_a_value_on_the_cluster_leaves_the_value_in_no_cluster
     assert list(cluster_logs.glob("work/app-*/*/stderr")), "no executor ran the job on the cluster"
     # the executors' logs (conf/spark/log4j2.properties), the worker's and the master's
     assert canary_found(files_text(cluster_logs)) == set()
+
+
+def test_the_cluster_log4j2_turns_off_the_loggers_the_driver_turns_off():
+    lines = (SPARK_CONF_DIR / "log4j2.properties").read_text(encoding="utf-8").splitlines()
+    properties = dict(line.split(" = ", 1) for line in lines if " = " in line and not line.startswith("#"))
+    off = {
+        properties[key.removesuffix(".level") + ".name"]
+        for key, value in properties.items()
+        if key.startswith("logger.") and key.endswith(".level") and value == "off"
+    }
+    assert off == set(JVM_LOGGERS_QUOTING_ERRORS)
