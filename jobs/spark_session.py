@@ -38,7 +38,8 @@ def launched_by_spark_submit() -> bool:
 def build_spark_session(
     settings: SparkConfig, app_name: str, extra_conf: Mapping[str, str] | None = None, checkpoint_dir: str | None = None
 ) -> SparkSession:
-    """Build (or join) the Spark session: the master, Splink's jar, a checkpoint dir, quiet logs.
+    """Build (or join) the Spark session: the master, Splink's jar, a checkpoint dir, quiet logs, and
+    Python workers started by jobs.python_daemon.
 
     The master is spark-submit's `--master` when spark-submit launched the job (so Airflow's spark_default
     connection decides where DAG stages run), else settings.master (IDRES_SPARK_MASTER or pipeline.yaml).
@@ -55,6 +56,7 @@ def build_spark_session(
         "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
         "spark.ui.showConsoleProgress": "false",
         "spark.jars": jar,
+        "spark.python.daemon.module": "jobs.python_daemon",
         **settings.conf,
         **(extra_conf or {}),
     }

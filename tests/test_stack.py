@@ -1,12 +1,16 @@
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
+import pandas as pd
 import pyspark
-from pyspark.sql.types import DoubleType
+from pyspark.sql import functions as F
+from pyspark.sql.types import DoubleType, StringType
 
 from jobs.config import SparkConfig
+from jobs.python_daemon import SPARK_ARCHIVE, without_spark_archives
 from jobs.spark_session import size_stage_to_input
 
 
@@ -50,3 +54,35 @@ def test_a_stage_sizes_its_shuffle_partitions_and_planning_to_its_rows_within_th
         spark.conf.set("spark.sql.shuffle.partitions", "2")
         for key in planning:
             spark.conf.set(key, "true")
+
+
+def test_python_workers_fork_from_the_project_daemon_without_sparks_archives_on_their_path(spark):
+    @F.pandas_udf(StringType())
+    def worker_state(ids: pd.Series) -> pd.Series:
+        import json
+        import sys
+
+        import pyspark as worker_pyspark
+
+        state = {
+            "daemon": sys.modules["__main__"].__spec__.name,
+            "pyspark": worker_pyspark.__file__,
+            "archives": [p for p in [*sys.path, *sys.path_importer_cache] if SPARK_ARCHIVE.search(str(p))],
+        }
+        return pd.Series([json.dumps(state)] * len(ids))
+
+    states = {row[0] for row in spark.range(4).repartition(2).select(worker_state("id")).collect()}
+    # Spark puts its archives first on every worker's path; the daemon dropped them and their importers.
+    assert [json.loads(s) for s in states] == [
+        {"daemon": "jobs.python_daemon", "pyspark": pyspark.__file__, "archives": []}
+    ]
+
+
+def test_spark_archives_leave_the_path_only_when_pyspark_and_py4j_import_without_them():
+    installed = Path(pyspark.__file__).parent
+    site_packages = str(installed.parent)
+    archives = [str(p) for p in [*installed.glob("python/lib/*.zip"), *installed.glob("jars/spark-core_*.jar")]]
+    assert len(archives) == 3, archives  # pyspark.zip, py4j-<version>-src.zip, spark-core_<versions>.jar
+    assert without_spark_archives([*archives, "/opt/app", site_packages]) == ["/opt/app", site_packages]
+    # An interpreter without pyspark installed imports it from the archives: they stay.
+    assert without_spark_archives([*archives, "/opt/app"]) == [*archives, "/opt/app"]
