@@ -21,6 +21,7 @@ from jobs.train import train_and_save
 PROJECT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 DEMO_DAG_PEOPLE = 40
+DEMO_CUTOFF = "2026-11-01T00:00:00+00:00"  # the consent cutoff of the in-process demo runs (trained, staged_demo)
 
 TEST_SPARK = SparkConfig(
     master="local[2]",
@@ -61,6 +62,17 @@ def airflow_env_in(root: Path, models: Path | None = None) -> dict[str, str]:
         "PYSPARK_DRIVER_PYTHON": sys.executable,
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
     }
+
+
+def dag_run_config(env: dict[str, str]) -> PipelineConfig:
+    """The project's config with the data folders an airflow_env_in environment points its runs at."""
+    return load_config().with_paths(
+        lakehouse=env["IDRES_LAKEHOUSE"],
+        landing=env["IDRES_LANDING"],
+        ground_truth=env["IDRES_GROUND_TRUTH"],
+        models=env["IDRES_MODELS"],
+        reports=env["IDRES_REPORTS"],
+    )
 
 
 def run_airflow(env: dict[str, str], *args: str) -> str:
@@ -224,7 +236,7 @@ def trained(spark, tmp_path_factory):
     demo_data.generate(cfg, people=400, seed=11)
     ingest.run(spark, cfg, run_id="demo")
     standardize.run(spark, cfg, run_id="demo")
-    consent.run(spark, cfg, run_id="demo", cutoff="2026-11-01T00:00:00+00:00")
+    consent.run(spark, cfg, run_id="demo", cutoff=DEMO_CUTOFF)
     records = linkage_input(delta_io.read_delta(spark, cfg.tables.admitted), cfg.linkage)
     model = train_and_save(spark, cfg, records, "spark")
     assert latest_model(cfg.models, cfg.linkage) == model
@@ -247,6 +259,16 @@ def copy_lakehouse(cfg: PipelineConfig, root: Path) -> PipelineConfig:
     return dataclasses.replace(
         cfg.with_paths(lakehouse=root / "lakehouse", reports=root / "reports"), models=cfg.models
     )
+
+
+def data_table_versions(cfg: PipelineConfig) -> dict[str, int | None]:
+    """The version of every bronze, silver and gold table (the audit tables record each run by design)."""
+    lakehouse = cfg.lakehouse
+    return {
+        str(path.relative_to(lakehouse)): delta_io.table_version(path)
+        for path in cfg.tables.all().values()
+        if path.relative_to(lakehouse).parts[0] in ("bronze", "silver", "gold")
+    }
 
 
 @pytest.fixture(scope="session")
