@@ -9,6 +9,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 
 from pyspark.sql import DataFrame, SparkSession
 
@@ -93,13 +94,26 @@ def silence_loggers_quoting_errors(spark: SparkSession) -> None:
 
 
 def driver_jvm_summary(spark: SparkSession) -> str:
-    """The driver JVM's heap ceiling and garbage collectors: whether spark-submit.json's settings reached it."""
+    """The driver JVM's heap ceiling, garbage collectors and class archive: whether spark-submit.json's
+    settings and the Makefile's SPARK_SUBMIT_OPTS reached it."""
     jvm = spark.sparkContext._jvm
     heap_gib = jvm.java.lang.Runtime.getRuntime().maxMemory() / 2**30
     collectors = ", ".join(
         bean.getName() for bean in jvm.java.lang.management.ManagementFactory.getGarbageCollectorMXBeans()
     )
-    return f"driver JVM: max heap {heap_gib:.1f} GiB, garbage collectors {collectors}"
+    archives = ", ".join(mapped_class_archives(spark)) or "none"
+    return f"driver JVM: max heap {heap_gib:.1f} GiB, garbage collectors {collectors}; class archive {archives}"
+
+
+def mapped_class_archives(spark: SparkSession) -> list[str]:
+    """The class-data-sharing archives (.jsa) the driver JVM has mapped, the JDK's own apart (Linux's /proc)."""
+    jvm = spark.sparkContext._jvm
+    maps = Path(f"/proc/{jvm.java.lang.ProcessHandle.current().pid()}/maps")
+    if not maps.is_file():
+        return []
+    jdk = Path(jvm.java.lang.System.getProperty("java.home")).resolve()
+    mapped = {Path(line.split()[-1]) for line in maps.read_text().splitlines() if line.endswith(".jsa")}
+    return sorted(str(path) for path in mapped if not path.resolve().is_relative_to(jdk))
 
 
 def size_stage_to_input(spark: SparkSession, settings: SparkConfig, rows: int) -> int:

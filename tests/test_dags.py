@@ -6,6 +6,7 @@ import ast
 import json
 import os
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -103,13 +104,17 @@ def test_running_the_dag_twice_changes_nothing_the_second_time(local_dag_run):
 
 
 @pytest.mark.slow
-def test_each_stage_driver_gets_the_jvm_settings_of_spark_submit_json(local_dag_run):
+def test_each_stage_driver_gets_the_jvm_settings_of_spark_submit_json_and_the_class_archive(local_dag_run):
     console = (Path(local_dag_run["AIRFLOW_HOME"]).parent / "dag_run.log").read_text(encoding="utf-8")
-    drivers = re.findall(r"driver JVM: max heap ([0-9.]+) GiB, garbage collectors ([^\[\n]+)", console)
+    drivers = re.findall(
+        r"driver JVM: max heap ([0-9.]+) GiB, garbage collectors ([^;\n]+); class archive ([^\s\[]+)", console
+    )
     stages = ("ingest", "standardize", "consent_gate", "resolve", "unify", "quality_gate")
     assert len(drivers) == len(stages), drivers
     # spark-submit's default driver has a 1g heap and G1; conf/spark-submit.json asks for 4g and ParallelGC
-    assert {frozenset(collectors.strip().split(", ")) for _, collectors in drivers} == {
+    assert {frozenset(collectors.split(", ")) for _, collectors, _ in drivers} == {
         frozenset({"PS Scavenge", "PS MarkSweep"})
     }
-    assert all(float(heap) > 3 for heap, _ in drivers), drivers
+    assert all(float(heap) > 3 for heap, _, _ in drivers), drivers
+    # make install's archive, which the Makefile's SPARK_SUBMIT_OPTS hands every spark-submit driver
+    assert {archive for _, _, archive in drivers} == {str(Path(sys.prefix) / "idres-driver.jsa")}

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -11,7 +12,7 @@ from pyspark.sql.types import DoubleType, StringType
 
 from jobs.config import SparkConfig
 from jobs.python_daemon import SPARK_ARCHIVE, without_spark_archives
-from jobs.spark_session import size_stage_to_input
+from jobs.spark_session import mapped_class_archives, size_stage_to_input
 
 
 def test_pyspark_python_matches_the_installed_spark_jars(spark):
@@ -86,3 +87,10 @@ def test_spark_archives_leave_the_path_only_when_pyspark_and_py4j_import_without
     assert without_spark_archives([*archives, "/opt/app", site_packages]) == ["/opt/app", site_packages]
     # An interpreter without pyspark installed imports it from the archives: they stay.
     assert without_spark_archives([*archives, "/opt/app"]) == [*archives, "/opt/app"]
+
+
+def test_the_driver_jvm_maps_the_class_archive_make_install_built(spark):
+    archive = Path(sys.prefix) / "idres-driver.jsa"  # the Makefile's JVM_ARCHIVE, in the project's venv
+    assert archive.is_file()
+    # SPARK_SUBMIT_OPTS (exported by the Makefile) reaches the JVM that PySpark starts through spark-submit
+    assert mapped_class_archives(spark) == [str(archive)]
