@@ -26,7 +26,8 @@ export PATH := $(BIN):$(PATH)
 # run starts six). spark-submit gives SPARK_SUBMIT_OPTS to the driver JVM only; a JVM ignores a missing
 # archive, or one a different JDK or Spark made.
 JVM_ARCHIVE := $(VENV)/idres-driver.jsa
-export SPARK_SUBMIT_OPTS ?= -XX:SharedArchiveFile=$(JVM_ARCHIVE) -Xlog:cds=off -Xlog:cds+dynamic=off
+CDS_QUIET := -Xlog:cds=off -Xlog:cds+dynamic=off
+export SPARK_SUBMIT_OPTS ?= -XX:SharedArchiveFile=$(JVM_ARCHIVE) $(CDS_QUIET)
 
 .PHONY: help install check-java chromium run run-cluster test test-faults lint clean bench-accuracy bench-scale query
 
@@ -64,7 +65,7 @@ $(JVM_ARCHIVE): $(STAMP)
 	@rm -f $@ $@.part; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp" $@.part' EXIT; \
 	IDRES_LAKEHOUSE=$$tmp/lakehouse IDRES_LANDING=$$tmp/landing IDRES_GROUND_TRUTH=$$tmp/truth \
 	  IDRES_MODELS=$$tmp/models IDRES_REPORTS=$$tmp/reports \
-	  SPARK_SUBMIT_OPTS="-XX:ArchiveClassesAtExit=$@.part -Xlog:cds=off -Xlog:cds+dynamic=off" \
+	  SPARK_SUBMIT_OPTS="-XX:ArchiveClassesAtExit=$@.part $(CDS_QUIET)" \
 	  $(BIN)/spark-submit --master 'local[2]' jobs/pipeline.py --demo-people 40 --demo-corrupt \
 	  >$(VENV)/jvm-archive.log 2>&1 \
 	  || { tail -n 40 $(VENV)/jvm-archive.log; echo "ERROR: the archiving run failed; see $(VENV)/jvm-archive.log" >&2; exit 1; }; \

@@ -21,6 +21,7 @@ from jobs.train import train_and_save
 PROJECT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 DEMO_DAG_PEOPLE = 40
+DRIVER_CLASS_ARCHIVE = Path(sys.prefix) / "idres-driver.jsa"  # the Makefile's JVM_ARCHIVE, in the project's venv
 DEMO_CUTOFF = "2026-11-01T00:00:00+00:00"  # the consent cutoff of the in-process demo runs (trained, staged_demo)
 
 TEST_SPARK = SparkConfig(

@@ -6,14 +6,20 @@ import ast
 import json
 import os
 import re
-import sys
 from pathlib import Path
 
 import pytest
 
 from jobs import delta_io
 from jobs.config import load_config
-from tests.conftest import PROJECT, airflow_env_in, dag_run_config, data_table_versions, run_demo_dag
+from tests.conftest import (
+    DRIVER_CLASS_ARCHIVE,
+    PROJECT,
+    airflow_env_in,
+    dag_run_config,
+    data_table_versions,
+    run_demo_dag,
+)
 
 DAGS = PROJECT / "dags"
 
@@ -117,4 +123,4 @@ def test_each_stage_driver_gets_the_jvm_settings_of_spark_submit_json_and_the_cl
     }
     assert all(float(heap) > 3 for heap, _, _ in drivers), drivers
     # make install's archive, which the Makefile's SPARK_SUBMIT_OPTS hands every spark-submit driver
-    assert {archive for _, _, archive in drivers} == {str(Path(sys.prefix) / "idres-driver.jsa")}
+    assert {archive for _, _, archive in drivers} == {str(DRIVER_CLASS_ARCHIVE)}

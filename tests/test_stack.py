@@ -13,6 +13,7 @@ from pyspark.sql.types import DoubleType, StringType
 from jobs.config import SparkConfig
 from jobs.python_daemon import SPARK_ARCHIVE, without_spark_archives
 from jobs.spark_session import mapped_class_archives, size_stage_to_input
+from tests.conftest import DRIVER_CLASS_ARCHIVE
 
 
 def test_pyspark_python_matches_the_installed_spark_jars(spark):
@@ -60,10 +61,7 @@ def test_a_stage_sizes_its_shuffle_partitions_and_planning_to_its_rows_within_th
 def test_python_workers_fork_from_the_project_daemon_without_sparks_archives_on_their_path(spark):
     @F.pandas_udf(StringType())
     def worker_state(ids: pd.Series) -> pd.Series:
-        import json
-        import sys
-
-        import pyspark as worker_pyspark
+        import pyspark as worker_pyspark  # the worker's own import; sys and json resolve in the worker too
 
         state = {
             "daemon": sys.modules["__main__"].__spec__.name,
@@ -90,7 +88,6 @@ def test_spark_archives_leave_the_path_only_when_pyspark_and_py4j_import_without
 
 
 def test_the_driver_jvm_maps_the_class_archive_make_install_built(spark):
-    archive = Path(sys.prefix) / "idres-driver.jsa"  # the Makefile's JVM_ARCHIVE, in the project's venv
-    assert archive.is_file()
+    assert DRIVER_CLASS_ARCHIVE.is_file()
     # SPARK_SUBMIT_OPTS (exported by the Makefile) reaches the JVM that PySpark starts through spark-submit
-    assert mapped_class_archives(spark) == [str(archive)]
+    assert mapped_class_archives(spark) == [str(DRIVER_CLASS_ARCHIVE)]
