@@ -24,6 +24,9 @@ from deltalake import CommitProperties, DeltaTable, QueryBuilder, Transaction, w
 from pyspark.sql import DataFrame, SparkSession
 
 SPILL_PREFIX = "_spill_"  # Spark's Parquet output on its way into a table (see _arrow_stream)
+# "true" while a stage's input is small (set by jobs.spark_session.size_stage_to_input): its writes then reach
+# delta-rs as Arrow collected into the driver instead of Parquet spilled beside the table (see _arrow_stream).
+COLLECT_WRITES_CONF = "spark.idres.delta.collectWrites"
 
 
 @dataclass(frozen=True)
@@ -92,11 +95,16 @@ def _arrow_stream(df: DataFrame, path: Path | str) -> Iterator[tuple[pa.RecordBa
     """df as a stream of Arrow batches (every field nullable, so the Delta schema does not depend on one
     batch), with its row count.
 
+    In a small stage (COLLECT_WRITES_CONF) df is collected into the driver as Arrow: a Spark Parquet write
+    costs a job commit and small files, about half a second per write on a few thousand rows. Otherwise
     Spark's executors write df as Parquet to a spill folder beside the table and delta-rs reads it back
     batch by batch, so no table is ever collected whole into the driver (at a million records the lineage
     table alone outgrows a 4g driver heap). The spill folder is removed afterwards, and a stale one a
     killed job left behind is replaced on the table's next write.
     """
+    if df.sparkSession.conf.get(COLLECT_WRITES_CONF, "false") == "true":
+        yield _table_reader(df.toArrow())
+        return
     target = Path(path)
     spill = target.parent / f"{SPILL_PREFIX}{target.name}"
     shutil.rmtree(spill, ignore_errors=True)
@@ -109,6 +117,10 @@ def _arrow_stream(df: DataFrame, path: Path | str) -> Iterator[tuple[pa.RecordBa
 
 def _nullable(schema: pa.Schema) -> pa.Schema:
     return pa.schema([f.with_nullable(True) for f in schema])
+
+
+def _table_reader(table: pa.Table) -> tuple[pa.RecordBatchReader, int]:
+    return table.cast(_nullable(table.schema)).to_reader(), table.num_rows
 
 
 def _parquet_stream(files: str | list[str]) -> tuple[pa.RecordBatchReader, int]:
@@ -131,7 +143,7 @@ def _source_stream(
     if isinstance(source, DeltaSource):
         return nullcontext(_table_stream(source.path))
     if isinstance(source, pa.Table):
-        return nullcontext((source.cast(_nullable(source.schema)).to_reader(), source.num_rows))
+        return nullcontext(_table_reader(source))
     return _arrow_stream(source, path)
 
 

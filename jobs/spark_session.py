@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pyspark.sql import DataFrame, SparkSession
 
+from jobs import delta_io
 from jobs.config import SparkConfig
 
 log = logging.getLogger("idres.spark_session")
@@ -132,8 +133,10 @@ def size_stage_to_input(spark: SparkSession, settings: SparkConfig, rows: int) -
     floor = min(spark.sparkContext.defaultParallelism, ceiling)
     partitions = min(ceiling, max(floor, math.ceil(rows / settings.rows_per_shuffle_partition)))
     spark.conf.set("spark.sql.shuffle.partitions", str(partitions))
+    small = rows <= settings.small_input_rows
     for key in ("spark.sql.adaptive.enabled", "spark.sql.codegen.wholeStage"):
-        spark.conf.set(key, settings.conf.get(key, "true") if rows > settings.small_input_rows else "false")
+        spark.conf.set(key, "false" if small else settings.conf.get(key, "true"))
+    spark.conf.set(delta_io.COLLECT_WRITES_CONF, str(small).lower())
     return partitions
 
 

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import pyarrow as pa
+import pytest
+from chispa import assert_df_equality
 from deltalake import DeltaTable, write_deltalake
 
 from jobs import delta_io
@@ -49,3 +51,25 @@ def test_an_empty_staged_table_empties_the_target_when_missing_rows_are_deleted(
 
     assert merged["num_target_rows_deleted"] == 2
     assert delta_io.row_count(target) == 0
+
+
+@pytest.mark.parametrize("collect", ["true", "false"])
+def test_a_spark_frame_lands_the_same_collected_or_spilled(spark, tmp_path, collect):
+    rows = spark.createDataFrame([("a", 1), ("b", None), ("c", 3)], "key string, value long").repartition(2)
+    spark.conf.set(delta_io.COLLECT_WRITES_CONF, collect)
+    try:
+        delta_io.overwrite_delta(rows, tmp_path / "t", run_id="r", job="t")
+        delta_io.merge_delta(
+            spark.createDataFrame([("b", 2), ("d", 4)], "key string, value long"),
+            tmp_path / "t",
+            keys=("key",),
+            run_id="r",
+            job="t",
+            update_changed=True,
+        )
+    finally:
+        spark.conf.unset(delta_io.COLLECT_WRITES_CONF)
+    expected = spark.createDataFrame([("a", 1), ("b", 2), ("c", 3), ("d", 4)], "key string, value long")
+    landed = delta_io.read_delta(spark, tmp_path / "t")
+    assert_df_equality(landed, expected, ignore_row_order=True, ignore_nullable=True)
+    assert not list(tmp_path.glob(f"{delta_io.SPILL_PREFIX}*"))  # no spill folder left behind

@@ -10,6 +10,7 @@ import pyspark
 from pyspark.sql import functions as F
 from pyspark.sql.types import DoubleType, StringType
 
+from jobs import delta_io
 from jobs.config import SparkConfig
 from jobs.python_daemon import SPARK_ARCHIVE, without_spark_archives
 from jobs.spark_session import mapped_class_archives, size_stage_to_input
@@ -32,30 +33,31 @@ def test_splinks_similarity_jar_is_on_the_driver_classpath(spark):
 
 def test_a_stage_sizes_its_shuffle_partitions_and_planning_to_its_rows_within_the_cores_and_the_ceiling(spark):
     settings = SparkConfig(shuffle_partitions=8, rows_per_shuffle_partition=100_000, small_input_rows=50_000)
-    planning = ("spark.sql.adaptive.enabled", "spark.sql.codegen.wholeStage")
+    planning = ("spark.sql.adaptive.enabled", "spark.sql.codegen.wholeStage", delta_io.COLLECT_WRITES_CONF)
     try:
         sized = {}
         for rows in (0, 9_897, 50_000, 50_001, 350_000, 10_000_000):
             partitions = size_stage_to_input(spark, settings, rows)
             sized[rows] = (partitions, *(spark.conf.get(key) for key in planning))
-        assert sized == {  # local[2]: two cores
-            0: (2, "false", "false"),
-            9_897: (2, "false", "false"),
-            50_000: (2, "false", "false"),
-            50_001: (2, "true", "true"),
-            350_000: (4, "true", "true"),
-            10_000_000: (8, "true", "true"),
+        assert sized == {  # local[2]: two cores; small stages plan simply and collect their writes
+            0: (2, "false", "false", "true"),
+            9_897: (2, "false", "false", "true"),
+            50_000: (2, "false", "false", "true"),
+            50_001: (2, "true", "true", "false"),
+            350_000: (4, "true", "true", "false"),
+            10_000_000: (8, "true", "true", "false"),
         }
         assert spark.conf.get("spark.sql.shuffle.partitions") == "8"
         assert size_stage_to_input(spark, SparkConfig(shuffle_partitions=1), 10_000_000) == 1
         size_stage_to_input(spark, SparkConfig(small_input_rows=0), 1)
-        assert [spark.conf.get(key) for key in planning] == ["true", "true"]
+        assert [spark.conf.get(key) for key in planning] == ["true", "true", "false"]
         size_stage_to_input(spark, SparkConfig(conf={"spark.sql.adaptive.enabled": "false"}), 10_000_000)
-        assert [spark.conf.get(key) for key in planning] == ["false", "true"]  # a configured choice holds
+        assert [spark.conf.get(key) for key in planning] == ["false", "true", "false"]  # a configured choice holds
     finally:
         spark.conf.set("spark.sql.shuffle.partitions", "2")
-        for key in planning:
+        for key in planning[:2]:
             spark.conf.set(key, "true")
+        spark.conf.unset(delta_io.COLLECT_WRITES_CONF)
 
 
 def test_python_workers_fork_from_the_project_daemon_without_sparks_archives_on_their_path(spark):
