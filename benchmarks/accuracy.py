@@ -35,6 +35,7 @@ from pyspark.sql import functions as F
 from jobs import delta_io, demo_data, ingest, standardize
 from jobs.canonical import CANONICAL_COLUMNS
 from jobs.config import PipelineConfig, PurposePolicy, load_config
+from jobs.engines import open_engine
 from jobs.linkage import linkage_input, linker_for, splink_settings, train
 from jobs.spark_session import build_spark_session
 
@@ -156,16 +157,17 @@ def run_project(
     source_cfgs = [dataclasses.replace(cfg.sources[0], name=n, default_country=c) for n, c in sources.items()]
     silver = standardize.standardize(bronze, source_cfgs, policy).persist()
     records = linkage_input(silver, cfg.linkage)
-    linker = linker_for(spark, records, splink_settings(cfg.linkage), "spark")
-    train(linker, cfg.linkage)
-    predictions = linker.inference.predict()
-    clusters = linker.clustering.cluster_pairwise_predictions_at_threshold(
-        predictions, threshold_match_probability=cfg.linkage.cluster_probability
-    )
-    scored = predictions.as_spark_dataframe()
-    gammas = [c for c in scored.columns if c.startswith("gamma_")]
-    scored = scored.select("record_id_l", "record_id_r", "match_probability", *gammas).toPandas()
-    clustered = clusters.as_spark_dataframe().select("record_id", "cluster_id").toPandas()
+    with open_engine(spark, "spark") as db:
+        linker = linker_for(db, db.register("records", records), splink_settings(cfg.linkage))
+        train(linker, cfg.linkage)
+        predictions = linker.inference.predict()
+        clusters = linker.clustering.cluster_pairwise_predictions_at_threshold(
+            predictions, threshold_match_probability=cfg.linkage.cluster_probability
+        )
+        scored = predictions.as_spark_dataframe()
+        gammas = [c for c in scored.columns if c.startswith("gamma_")]
+        scored = scored.select("record_id_l", "record_id_r", "match_probability", *gammas).toPandas()
+        clustered = clusters.as_spark_dataframe().select("record_id", "cluster_id").toPandas()
     natives = silver.select(
         F.concat_ws(":", "source_system", "source_record_id").alias("record_id"),
         F.concat_ws(" ", "first_name_native", "last_name_native").alias("native"),

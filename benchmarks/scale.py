@@ -47,6 +47,7 @@ from splink import Linker
 
 from jobs import delta_io, demo_data, pipeline
 from jobs.config import LinkageConfig, PipelineConfig, load_config
+from jobs.engines import open_engine
 from jobs.linkage import latest_model, linkage_input, linker_for, model_settings, splink_settings
 from jobs.spark_session import build_spark_session
 
@@ -235,12 +236,13 @@ def worker_splink_spark(work: Path, sampler: RssSampler, driver_memory: str | No
     sampler.mark("load")
     records = spark.read.parquet(str(work / "linkage_input.parquet")).persist()
     records.count()
-    linker = linker_for(spark, records, model_settings(_model(cfg), linkage, "spark"), "spark")
-    predictions, clusters = predict_and_cluster(linker, linkage, sampler)
-    clusters.as_spark_dataframe().selectExpr("record_id", "cast(cluster_id AS string) AS cluster").write.parquet(
-        str(work / "clusters-splink-spark.parquet")
-    )
-    return {"matches": predictions.as_spark_dataframe().count()}
+    with open_engine(spark, "spark") as db:  # Splink's Spark API, scoring Jaro-Winkler as DuckDB does
+        linker = linker_for(db, db.register("records", records), model_settings(_model(cfg), linkage, "spark"))
+        predictions, clusters = predict_and_cluster(linker, linkage, sampler)
+        clusters.as_spark_dataframe().selectExpr("record_id", "cast(cluster_id AS string) AS cluster").write.parquet(
+            str(work / "clusters-splink-spark.parquet")
+        )
+        return {"matches": predictions.as_spark_dataframe().count()}
 
 
 WORKERS = {

@@ -128,12 +128,20 @@ def _parquet_stream(files: str | list[str]) -> tuple[pa.RecordBatchReader, int]:
     return dataset.scanner().to_reader().cast(_nullable(dataset.schema)), dataset.count_rows()
 
 
+def arrow_dataset(path: Path | str) -> ds.Dataset:
+    """A Delta table's current version as an Arrow dataset (every field nullable, the table's schema), read
+    lazily: an engine that scans it (DuckDB) reads only the columns and batches a query needs."""
+    table = DeltaTable(str(path))
+    schema = _nullable(pa.schema(table.schema().to_arrow()))
+    if files := table.file_uris():
+        return ds.dataset(files, schema=schema, format="parquet")
+    return ds.dataset(schema.empty_table())
+
+
 def _table_stream(path: Path | str) -> tuple[pa.RecordBatchReader, int]:
     """A Delta table's current version as a stream of Arrow batches, with its row count (see _arrow_stream)."""
-    table = DeltaTable(str(path))
-    if files := table.file_uris():
-        return _parquet_stream(files)
-    return pa.RecordBatchReader.from_batches(_nullable(pa.schema(table.schema().to_arrow())), []), 0
+    dataset = arrow_dataset(path)
+    return dataset.scanner().to_reader(), dataset.count_rows()
 
 
 def _source_stream(

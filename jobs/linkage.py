@@ -3,11 +3,10 @@
 Shared by the training job and the resolve job (and the accuracy benchmark), so that every one
 of them builds the same Splink model from the same configuration.
 
-Everything that differs between Splink's backends lives here: the engine choice (`choose_engine`),
-building a linker (`linker_for`), bringing its output back to Spark (`to_spark`) and a saved model's
-settings in another engine's SQL dialect (`model_settings`). Spark runs Splink distributed; DuckDB
-runs it inside the Spark driver, with the admitted records handed over and the results taken back
-as Arrow.
+Splink runs on one of two engines (jobs.engines): Spark, distributed, or DuckDB inside the Spark driver,
+reading the admitted records from Delta as Arrow. Here are the engine choice (`choose_engine`), Splink's
+input on either (`linkage_records`), a linker over it (`linker_for`) and a saved model's settings in
+another engine's SQL dialect (`model_settings`).
 """
 
 from __future__ import annotations
@@ -17,27 +16,21 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import jellyfish
-import pandas as pd
 import splink.comparison_level_library as cll
 import splink.comparison_library as cl
 from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql import functions as F
-from pyspark.sql import types as T
-from splink import DuckDBAPI, Linker, SettingsCreator, block_on
+from splink import Linker, SettingsCreator, block_on
 
-from jobs.config import LinkageConfig, ResolveConfig
+from jobs import delta_io
+from jobs.config import LinkageConfig, PipelineConfig, ResolveConfig
+from jobs.engines import ENGINES, SqlEngine
 from jobs.errors import ModelError
-
-if TYPE_CHECKING:
-    from splink.internals.splink_dataframe import SplinkDataFrame
 
 log = logging.getLogger("idres.linkage")
 
@@ -58,7 +51,6 @@ LINKAGE_COLUMNS = (
     "street",
     "national_id_hash",  # present only when the policy pseudonymizes national ids; null otherwise
 )
-ENGINES = ("spark", "duckdb")  # Splink backends; each name is also Splink's SQL dialect name
 MODEL_PREFIX = "splink-model-"
 # "<UTC time>-<engine trained on>-<settings hash>-<content hash>"; names sort by time.
 MODEL_VERSION = re.compile(r"(?P<stamp>\d{8}T\d{6}Z)-(?P<engine>[a-z]+)-(?P<settings>[0-9a-f]{12})-[0-9a-f]{12}")
@@ -109,15 +101,27 @@ def splink_settings(linkage: LinkageConfig) -> SettingsCreator:
     )
 
 
-def linkage_input(admitted: DataFrame, linkage: LinkageConfig) -> DataFrame:
-    """Admitted records as Splink sees them: a record id and the compared columns only.
+def linkage_columns(available: Sequence[str], linkage: LinkageConfig) -> list[str]:
+    """Admitted records as Splink sees them, as SQL select expressions (Spark's and DuckDB's alike): a record
+    id and the compared columns only.
 
     A column silver does not hold under the policy (a pseudonym not enabled) is null: its comparison
     then says nothing and its blocking rule pairs nothing.
     """
-    record_id = F.concat_ws(":", F.col("source_system"), F.col("source_record_id")).alias(linkage.unique_id_column)
-    columns = [F.col(c) if c in admitted.columns else F.lit(None).cast("string").alias(c) for c in LINKAGE_COLUMNS]
-    return admitted.select(record_id, *columns)
+    record_id = f"concat_ws(':', source_system, source_record_id) AS {linkage.unique_id_column}"
+    return [record_id, *(c if c in available else f"CAST(NULL AS STRING) AS {c}" for c in LINKAGE_COLUMNS)]
+
+
+def linkage_input(admitted: DataFrame, linkage: LinkageConfig) -> DataFrame:
+    """linkage_columns of a Spark DataFrame of admitted records."""
+    return admitted.selectExpr(*linkage_columns(admitted.columns, linkage))
+
+
+def linkage_records(db: SqlEngine, cfg: PipelineConfig) -> str:
+    """The admitted records (silver/admitted_customers) as Splink's input table on the engine db."""
+    admitted = db.read_delta("admitted", cfg.tables.admitted)
+    columns = linkage_columns(delta_io.column_names(cfg.tables.admitted), cfg.linkage)
+    return db.create("linkage_records", f"SELECT {', '.join(columns)} FROM {admitted}")
 
 
 def train(linker: Linker, linkage: LinkageConfig) -> None:
@@ -221,66 +225,9 @@ def pick_engine(spark: SparkSession, resolve: ResolveConfig, records: int) -> st
     return choice.engine
 
 
-@F.pandas_udf(T.DoubleType())
-def jaro_winkler_as_duckdb(left: pd.Series, right: pd.Series) -> pd.Series:
-    """Jaro-Winkler similarity as DuckDB's `jaro_winkler_similarity` computes it, for Splink on Spark.
-
-    Splink's Spark jar counts half-transpositions as a fraction (t = 3/2) where DuckDB and jellyfish
-    take the whole number (t = 1), so a pair like arina/iarina scores 0.844 on one engine and 0.878
-    on the other and lands on either side of a 0.85 level. Replacing the jar's `jaro_winkler` makes
-    the same model give the same gamma levels, scores and clusters on both engines.
-    """
-    scores = [
-        None if pd.isna(a) or pd.isna(b) else jellyfish.jaro_winkler_similarity(a, b)
-        for a, b in zip(left, right, strict=True)
-    ]
-    return pd.Series(scores, dtype="float64")
-
-
-def linker_for(
-    spark: SparkSession,
-    records: DataFrame,
-    settings: SettingsCreator | dict[str, Any],
-    engine: str,
-    duckdb_api: DuckDBAPI | None = None,
-) -> Linker:
-    """A Splink linker over a Spark DataFrame of linkage records on `engine` (DuckDB: the records as Arrow,
-    in duckdb_api's database, a new one by default)."""
-    if engine == "spark":
-        from splink.backends.spark import SparkAPI
-
-        api = SparkAPI(spark_session=spark)
-        spark.udf.register("jaro_winkler", jaro_winkler_as_duckdb)
-        return Linker(api.register(records), settings)
-    return Linker((duckdb_api or DuckDBAPI()).register(records.toArrow()), settings)
-
-
-@contextmanager
-def opened_linker(
-    spark: SparkSession, records: DataFrame, settings: SettingsCreator | dict[str, Any], engine: str
-) -> Iterator[Linker]:
-    """linker_for in a with-block whose end frees the engine's memory: a DuckDB linker's database, with
-    every table Splink made in it, is closed there. Splink's objects hold it in reference cycles, so it
-    would otherwise live until the cyclic garbage collector reaches them, often stages later.
-    Take what the block needs out of Splink (as Spark DataFrames, see to_spark) inside it."""
-    duckdb_api = DuckDBAPI() if engine == "duckdb" else None
-    try:
-        yield linker_for(spark, records, settings, engine, duckdb_api)
-    finally:
-        if duckdb_api is not None:
-            duckdb_api.duckdb_con.close()
-
-
-def splink_columns(table: SplinkDataFrame) -> list[str]:
-    """The column names of a Splink output table, on any engine."""
-    return [c.unquote().name for c in table.columns]
-
-
-def to_spark(spark: SparkSession, table: SplinkDataFrame, engine: str, columns: Sequence[str]) -> DataFrame:
-    """`columns` of a Splink output table as a Spark DataFrame (DuckDB: selected there, handed over as Arrow)."""
-    if engine == "spark":
-        return table.as_spark_dataframe().select(*columns)
-    return spark.createDataFrame(table.as_duckdbpyrelation().select(*columns).to_arrow_table())
+def linker_for(db: SqlEngine, records: str, settings: SettingsCreator | dict[str, Any]) -> Linker:
+    """A Splink linker on the engine db over its table `records` (linkage_records' columns)."""
+    return Linker(db.splink_api.register(records), settings)
 
 
 def save_model_charts(linker: Linker, report_dir: Path) -> list[Path]:

@@ -13,6 +13,7 @@ the previous ids by overlap:
 4. a previous profile none of whose records is still clustered is `retired`.
 
 Rerunning on the same clusters therefore changes nothing, and growing data keeps known people's ids.
+The rules are one SQL text, run on the engine that resolved the clusters (jobs.engines).
 """
 
 from __future__ import annotations
@@ -20,136 +21,137 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from pyspark.sql import DataFrame, Window
-from pyspark.sql import functions as F
+import pyarrow as pa
 
-REGISTRY_SCHEMA = (
-    "profile_id string, status string, created_at timestamp, created_run_id string, "
-    "ended_at timestamp, ended_run_id string, successor_profile_id string"
+from jobs.engines import SqlEngine, sql_string, sql_timestamp
+
+_UTC = pa.timestamp("us", tz="UTC")
+REGISTRY_SCHEMA = pa.schema(
+    [
+        ("profile_id", pa.string()),
+        ("status", pa.string()),
+        ("created_at", _UTC),
+        ("created_run_id", pa.string()),
+        ("ended_at", _UTC),
+        ("ended_run_id", pa.string()),
+        ("successor_profile_id", pa.string()),
+    ]
 )
-EVENTS_SCHEMA = (
-    "run_id string, event_type string, profile_id string, related_profile_id string, records long, event_at timestamp"
+EVENTS_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("event_type", pa.string()),
+        ("profile_id", pa.string()),
+        ("related_profile_id", pa.string()),
+        ("records", pa.int64()),
+        ("event_at", _UTC),
+    ]
 )
+ASSIGNMENTS_SCHEMA = pa.schema([("record_id", pa.string()), ("profile_id", pa.string())])
 ACTIVE = "active"
 
 
 @dataclass
 class ProfileIdAssignment:
-    """The outcome of one run: record -> profile, the registry after the run, and what changed."""
+    """The outcome of one run, as tables on its engine: record -> profile, the registry after the run, and
+    what changed."""
 
-    assignments: DataFrame  # record_id, profile_id
-    registry: DataFrame  # REGISTRY_SCHEMA, every profile ever issued
-    events: DataFrame  # EVENTS_SCHEMA, this run's created / merged / split / retired
+    assignments: str  # record_id, profile_id
+    registry: str  # REGISTRY_SCHEMA, every profile ever issued
+    events: str  # EVENTS_SCHEMA, this run's created / merged / split / retired
 
 
-def new_profile_id(run_id: str, first_record_id: F.Column) -> F.Column:
-    """A new id, derived from the run and the cluster's smallest record id (so a rerun issues the same one)."""
-    return F.concat(F.lit("pr_"), F.substring(F.sha2(F.concat_ws(":", F.lit(run_id), first_record_id), 256), 1, 20))
+def new_profile_id(run_id: str, first_record_id: str) -> str:
+    """SQL of a new id, from the run and the cluster's smallest record id (so a rerun issues the same one)."""
+    return f"'pr_' || substring(sha256(concat_ws(':', {sql_string(run_id)}, {first_record_id})), 1, 20)"
 
 
 def assign_stable_profile_ids(
-    clusters: DataFrame, previous: DataFrame, registry: DataFrame, run_id: str, now: datetime
+    db: SqlEngine, clusters: str, previous: str, registry: str, run_id: str, now: datetime
 ) -> ProfileIdAssignment:
     """Give this run's clusters (record_id, cluster_key) stable profile ids, given the previous
-    assignments (record_id, profile_id) and the profile registry."""
-    active = registry.where(F.col("status") == ACTIVE).select("profile_id", "created_at")
-    overlap = (
-        clusters.join(previous, "record_id")
-        .groupBy("cluster_key", "profile_id")
-        .agg(F.count("*").alias("overlap"))
-        .join(active, "profile_id", "left")
+    assignments (record_id, profile_id) and the profile registry: tables on the engine db."""
+    run, at = sql_string(run_id), sql_timestamp(now)
+    active = f"(SELECT profile_id, created_at FROM {registry} WHERE status = '{ACTIVE}')"
+    overlap = db.create(
+        "ids_overlap",
+        f"""SELECT o.cluster_key, o.profile_id, o.overlap, a.created_at
+        FROM (
+            SELECT c.cluster_key, p.profile_id, count(*) AS overlap
+            FROM {clusters} c JOIN {previous} p ON c.record_id = p.record_id
+            GROUP BY c.cluster_key, p.profile_id
+        ) o LEFT JOIN {active} a ON o.profile_id = a.profile_id""",
     )
-    followed = overlap.withColumn(
-        "_r", F.row_number().over(Window.partitionBy("profile_id").orderBy(F.desc("overlap"), "cluster_key"))
-    ).where("_r = 1")
-    ranked = followed.withColumn(
-        "_r",
-        F.row_number().over(
-            Window.partitionBy("cluster_key").orderBy(F.desc("overlap"), F.asc_nulls_last("created_at"), "profile_id")
-        ),
+    # Each previous profile follows the cluster holding most of its records; each cluster keeps the id of
+    # the follower with the largest overlap, then the oldest, then the smallest id.
+    ranked = db.create(
+        "ids_ranked",
+        f"""SELECT cluster_key, profile_id, overlap, row_number() OVER (
+            PARTITION BY cluster_key ORDER BY overlap DESC, created_at ASC NULLS LAST, profile_id ASC
+        ) AS cluster_rank
+        FROM (
+            SELECT *, row_number() OVER (
+                PARTITION BY profile_id ORDER BY overlap DESC, cluster_key ASC
+            ) AS profile_rank
+            FROM {overlap}
+        ) followed WHERE profile_rank = 1""",
     )
-    survivors = ranked.where("_r = 1").select("cluster_key", "profile_id")
-    merged = (
-        ranked.where("_r > 1")
-        .join(survivors.withColumnRenamed("profile_id", "related_profile_id"), "cluster_key")
-        .select("profile_id", "related_profile_id", "overlap")
+    survivors = f"(SELECT cluster_key, profile_id FROM {ranked} WHERE cluster_rank = 1)"
+    merged = db.create(
+        "ids_merged",
+        f"""SELECT r.profile_id, s.profile_id AS related_profile_id, r.overlap
+        FROM {ranked} r JOIN {survivors} s ON r.cluster_key = s.cluster_key
+        WHERE r.cluster_rank > 1""",
     )
-
-    sizes = clusters.groupBy("cluster_key").agg(F.count("*").alias("records"), F.min("record_id").alias("_first"))
-    fresh = (
-        sizes.join(survivors, "cluster_key", "left_anti")
-        .withColumn("profile_id", new_profile_id(run_id, F.col("_first")))
-        .select("cluster_key", "profile_id", "records")
+    fresh = db.create(
+        "ids_fresh",
+        f"""SELECT cluster_key, {new_profile_id(run_id, "first_record_id")} AS profile_id, records
+        FROM (
+            SELECT cluster_key, count(*) AS records, min(record_id) AS first_record_id
+            FROM {clusters} GROUP BY cluster_key
+        ) sizes WHERE NOT EXISTS (SELECT 1 FROM {survivors} s WHERE s.cluster_key = sizes.cluster_key)""",
     )
-    cluster_ids = survivors.unionByName(fresh.select("cluster_key", "profile_id"))
-    assignments = clusters.join(cluster_ids, "cluster_key").select("record_id", "profile_id")
-
-    origins = overlap.select("cluster_key", F.col("profile_id").alias("related_profile_id"))
-    split_from = fresh.join(origins, "cluster_key", "left")
-    still_clustered = overlap.select("profile_id").distinct()
-    retired = active.join(still_clustered, "profile_id", "left_anti").select("profile_id")
-    at, rid = F.lit(now).cast("timestamp"), F.lit(run_id)
-    events = (
-        split_from.select(
-            F.when(F.col("related_profile_id").isNull(), F.lit("created"))
-            .otherwise(F.lit("split"))
-            .alias("event_type"),
-            "profile_id",
-            "related_profile_id",
-            "records",
-        )
-        .unionByName(
-            merged.select(
-                F.lit("merged").alias("event_type"),
-                "profile_id",
-                "related_profile_id",
-                F.col("overlap").alias("records"),
-            )
-        )
-        .unionByName(
-            retired.select(
-                F.lit("retired").alias("event_type"),
-                "profile_id",
-                F.lit(None).cast("string").alias("related_profile_id"),
-                F.lit(0).cast("long").alias("records"),
-            )
-        )
-        .select(
-            rid.alias("run_id"),
-            "event_type",
-            "profile_id",
-            "related_profile_id",
-            F.col("records").cast("long"),
-            at.alias("event_at"),
-        )
+    assignments = db.create(
+        "ids_assignments",
+        f"""SELECT c.record_id, i.profile_id
+        FROM {clusters} c JOIN (
+            SELECT cluster_key, profile_id FROM {survivors} UNION ALL SELECT cluster_key, profile_id FROM {fresh}
+        ) i ON c.cluster_key = i.cluster_key""",
     )
-
-    ended = merged.select("profile_id", F.lit("merged").alias("_status"), "related_profile_id").unionByName(
-        retired.select(
-            "profile_id", F.lit("retired").alias("_status"), F.lit(None).cast("string").alias("related_profile_id")
-        )
+    retired = db.create(
+        "ids_retired",
+        f"""SELECT profile_id FROM {active} a
+        WHERE NOT EXISTS (SELECT 1 FROM {overlap} o WHERE o.profile_id = a.profile_id)""",
     )
-    updated = (
-        registry.join(ended, "profile_id", "left")
-        .select(
-            "profile_id",
-            F.coalesce("_status", "status").alias("status"),
-            "created_at",
-            "created_run_id",
-            F.when(F.col("_status").isNotNull(), at).otherwise(F.col("ended_at")).alias("ended_at"),
-            F.when(F.col("_status").isNotNull(), rid).otherwise(F.col("ended_run_id")).alias("ended_run_id"),
-            F.coalesce("related_profile_id", "successor_profile_id").alias("successor_profile_id"),
-        )
-        .unionByName(
-            fresh.select(
-                "profile_id",
-                F.lit(ACTIVE).alias("status"),
-                at.alias("created_at"),
-                rid.alias("created_run_id"),
-                F.lit(None).cast("timestamp").alias("ended_at"),
-                F.lit(None).cast("string").alias("ended_run_id"),
-                F.lit(None).cast("string").alias("successor_profile_id"),
-            )
-        )
+    # A new cluster whose records came from previous profiles is split from each of them; else created.
+    events = db.create(
+        "ids_events",
+        f"""SELECT {run} AS run_id, event_type, profile_id, related_profile_id, CAST(records AS BIGINT) AS records,
+            {at} AS event_at
+        FROM (
+            SELECT CASE WHEN o.profile_id IS NULL THEN 'created' ELSE 'split' END AS event_type,
+                f.profile_id, o.profile_id AS related_profile_id, f.records
+            FROM {fresh} f LEFT JOIN {overlap} o ON f.cluster_key = o.cluster_key
+            UNION ALL
+            SELECT 'merged', profile_id, related_profile_id, overlap FROM {merged}
+            UNION ALL
+            SELECT 'retired', profile_id, CAST(NULL AS VARCHAR), 0 FROM {retired}
+        ) changes""",
+    )
+    updated = db.create(
+        "ids_registry",
+        f"""SELECT r.profile_id, coalesce(e.status, r.status) AS status, r.created_at, r.created_run_id,
+            CASE WHEN e.status IS NULL THEN r.ended_at ELSE {at} END AS ended_at,
+            CASE WHEN e.status IS NULL THEN r.ended_run_id ELSE {run} END AS ended_run_id,
+            coalesce(e.successor_profile_id, r.successor_profile_id) AS successor_profile_id
+        FROM {registry} r LEFT JOIN (
+            SELECT profile_id, 'merged' AS status, related_profile_id AS successor_profile_id FROM {merged}
+            UNION ALL
+            SELECT profile_id, 'retired', CAST(NULL AS VARCHAR) FROM {retired}
+        ) e ON r.profile_id = e.profile_id
+        UNION ALL
+        SELECT profile_id, '{ACTIVE}', {at}, {run}, CAST(NULL AS TIMESTAMPTZ), CAST(NULL AS VARCHAR),
+            CAST(NULL AS VARCHAR)
+        FROM {fresh}""",
     )
     return ProfileIdAssignment(assignments=assignments, registry=updated, events=events)

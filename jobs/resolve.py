@@ -1,9 +1,9 @@
 """Resolve: admitted records -> pairwise matches -> clusters -> stable profile ids.
 
 Uses the latest Splink model trained with the current conf/splink.yaml, and trains one only when
-none exists. Splink runs on Spark or on DuckDB inside the driver (conf/pipeline.yaml `resolve`,
-jobs.linkage.choose_engine); either way the results come back as Spark DataFrames and everything
-after clustering is the same. Only admitted records (see jobs.consent) are resolved.
+none exists. The whole stage runs on one engine (conf/pipeline.yaml `resolve`, jobs.linkage.choose_engine):
+Spark, or DuckDB inside the driver, which reads the admitted records from Delta and hands its results to
+delta-rs as Arrow, with no Spark job. Only admitted records (see jobs.consent) are resolved.
 Writes, all by MERGE so a rerun commits nothing:
 - gold/pairwise_matches: both record ids, match weight and probability, and each comparison's
   level (gamma_*) to explain the match;
@@ -20,27 +20,30 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql import functions as F
+import pyarrow as pa
+from pyspark.sql import SparkSession
 
 from jobs import delta_io
 from jobs.config import PipelineConfig
-from jobs.linkage import (
-    ModelVersion,
-    latest_model,
-    linkage_input,
-    model_settings,
-    opened_linker,
-    pick_engine,
-    splink_columns,
-    to_spark,
-)
-from jobs.profile_ids import REGISTRY_SCHEMA, assign_stable_profile_ids
+from jobs.engines import SqlEngine, open_engine, sql_string
+from jobs.linkage import ModelVersion, latest_model, linkage_records, linker_for, model_settings, pick_engine
+from jobs.profile_ids import ASSIGNMENTS_SCHEMA, REGISTRY_SCHEMA, assign_stable_profile_ids
 from jobs.runner import run_job
-from jobs.spark_session import persisting, size_stage_to_input
+from jobs.spark_session import size_stage_to_input
 from jobs.train import train_and_save
 
 log = logging.getLogger("idres.resolve")
+
+PAIRS_SCHEMA = pa.schema(
+    [
+        ("record_id_l", pa.string()),
+        ("record_id_r", pa.string()),
+        ("match_weight", pa.float64()),
+        ("match_probability", pa.float64()),
+        ("model_version", pa.string()),
+    ]
+)
+CLUSTERS_SCHEMA = pa.schema([("record_id", pa.string()), ("cluster_key", pa.string())])
 
 
 @dataclass
@@ -56,36 +59,39 @@ class ResolveResult:
 
 
 def predict_and_cluster(
-    spark: SparkSession,
+    db: SqlEngine,
     cfg: PipelineConfig,
-    records: DataFrame,
+    records: str,
     model: ModelVersion,
-    engine: str,
     seconds: dict[str, float] | None = None,
-) -> tuple[DataFrame, DataFrame]:
-    """On `engine`, Splink predictions above the match probability and clusters (record_id, cluster_key)
-    at the cluster probability (conf/splink.yaml thresholds), as Spark DataFrames.
+) -> tuple[str, str]:
+    """On the engine db, over its table of linkage records: Splink's predictions above the match probability
+    (pairs: both ids, weight, probability, gamma_* levels, model version) and clusters (record_id,
+    cluster_key) at the cluster probability (conf/splink.yaml thresholds); returns both tables.
 
     When `seconds` is given, the wall time of Splink's predict and cluster steps goes into it (both
     engines materialize their output in these calls).
     """
     linkage = cfg.linkage
-    with opened_linker(spark, records, model_settings(model, linkage, engine), engine) as linker:
-        started = time.perf_counter()
-        predictions = linker.inference.predict(threshold_match_probability=linkage.match_probability)
-        predicted = time.perf_counter()
-        clusters = linker.clustering.cluster_pairwise_predictions_at_threshold(
-            predictions, threshold_match_probability=linkage.cluster_probability
-        )
-        if seconds is not None:
-            seconds.update(predict=predicted - started, cluster=time.perf_counter() - predicted)
-        gammas = sorted(c for c in splink_columns(predictions) if c.startswith("gamma_"))
-        pairs = to_spark(
-            spark, predictions, engine, ["record_id_l", "record_id_r", "match_weight", "match_probability", *gammas]
-        ).withColumn("model_version", F.lit(model.version))
-        clustered = to_spark(spark, clusters, engine, ["record_id", "cluster_id"]).select(
-            "record_id", F.col("cluster_id").cast("string").alias("cluster_key")
-        )
+    linker = linker_for(db, records, model_settings(model, linkage, db.name))
+    started = time.perf_counter()
+    predictions = linker.inference.predict(threshold_match_probability=linkage.match_probability)
+    predicted = time.perf_counter()
+    clusters = linker.clustering.cluster_pairwise_predictions_at_threshold(
+        predictions, threshold_match_probability=linkage.cluster_probability
+    )
+    if seconds is not None:
+        seconds.update(predict=predicted - started, cluster=time.perf_counter() - predicted)
+    gammas = sorted(c for c in db.columns(predictions.physical_name) if c.startswith("gamma_"))
+    pairs = db.create(
+        "pairs",
+        f"""SELECT record_id_l, record_id_r, match_weight, match_probability, {"".join(g + ", " for g in gammas)}
+            {sql_string(model.version)} AS model_version
+        FROM {predictions.physical_name}""",
+    )
+    clustered = db.create(
+        "clusters", f"SELECT record_id, CAST(cluster_id AS VARCHAR) AS cluster_key FROM {clusters.physical_name}"
+    )
     return pairs, clustered
 
 
@@ -93,41 +99,42 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> ResolveResult:
     """Resolve the admitted records into profiles with stable ids."""
     t = cfg.tables
     now = datetime.now(UTC).replace(microsecond=0)
-    with persisting() as keep:
-        records = keep(linkage_input(delta_io.read_delta(spark, t.admitted), cfg.linkage))
-        count = records.count()
-        size_stage_to_input(spark, cfg.spark, count)
-        engine = pick_engine(spark, cfg.resolve, count)
-        model = latest_model(cfg.models, cfg.linkage) or train_and_save(spark, cfg, records, engine)
-        result = ResolveResult(run_id=run_id, model_version=model.version, engine=engine, records=count)
-        if result.records:
-            pairs, clusters = predict_and_cluster(spark, cfg, records, model, engine, result.seconds)
+    count = delta_io.row_count(t.admitted)
+    size_stage_to_input(spark, cfg.spark, count)
+    with open_engine(spark, pick_engine(spark, cfg.resolve, count)) as db:
+        records = linkage_records(db, cfg)
+        model = latest_model(cfg.models, cfg.linkage) or train_and_save(db, cfg, records)
+        result = ResolveResult(run_id=run_id, model_version=model.version, engine=db.name, records=count)
+        if count:
+            pairs, clusters = predict_and_cluster(db, cfg, records, model, result.seconds)
         else:
-            pairs = spark.createDataFrame(
-                [],
-                "record_id_l string, record_id_r string, match_weight double, "
-                "match_probability double, model_version string",
+            pairs, clusters = (
+                db.register("pairs", PAIRS_SCHEMA.empty_table()),
+                db.register("clusters", CLUSTERS_SCHEMA.empty_table()),
             )
-            clusters = spark.createDataFrame([], "record_id string, cluster_key string")
-        pairs, clusters = keep(pairs), keep(clusters)
-        previous = delta_io.read_delta_or_empty(spark, t.record_profiles, "record_id string, profile_id string")
-        previous = keep(previous.select("record_id", "profile_id"))
-        registry = keep(delta_io.read_delta_or_empty(spark, t.profile_registry, REGISTRY_SCHEMA))
-        previous.count(), registry.count()  # pinned before this run rewrites the tables they come from
-
-        ids = assign_stable_profile_ids(clusters, previous, registry, run_id, now)
-        record_profiles = ids.assignments.join(records.select("record_id", "source_system"), "record_id").withColumn(
-            "source_record_id", F.expr("substring(record_id, length(source_system) + 2)")
+        # Computed before this run rewrites the tables they come from.
+        published = db.read_delta("published_record_profiles", t.record_profiles, ASSIGNMENTS_SCHEMA)
+        previous = db.create("previous", f"SELECT record_id, profile_id FROM {published}")
+        registry = db.create(
+            "registry", f"SELECT * FROM {db.read_delta('published_registry', t.profile_registry, REGISTRY_SCHEMA)}"
         )
-        events = keep(
-            ids.events.withColumn(
-                "event_id", F.sha2(F.concat_ws("|", "run_id", "event_type", "profile_id", "related_profile_id"), 256)
-            )
+
+        ids = assign_stable_profile_ids(db, clusters, previous, registry, run_id, now)
+        record_profiles = db.create(
+            "record_profiles",
+            f"""SELECT a.record_id, a.profile_id, r.source_system,
+                substring(a.record_id, length(r.source_system) + 2) AS source_record_id
+            FROM {ids.assignments} a JOIN {records} r ON a.record_id = r.record_id""",
+        )
+        events = db.create(
+            "events",
+            f"""SELECT *, sha256(concat_ws('|', run_id, event_type, profile_id, related_profile_id)) AS event_id
+            FROM {ids.events}""",
         )
 
         job = {"run_id": run_id, "job": "resolve"}
         delta_io.merge_delta(
-            pairs,
+            db.write_source(pairs),
             t.pairwise_matches,
             keys=("record_id_l", "record_id_r"),
             update_changed=True,
@@ -135,18 +142,26 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> ResolveResult:
             **job,
         )
         delta_io.merge_delta(
-            record_profiles, t.record_profiles, keys=("record_id",), update_changed=True, delete_missing=True, **job
+            db.write_source(record_profiles),
+            t.record_profiles,
+            keys=("record_id",),
+            update_changed=True,
+            delete_missing=True,
+            **job,
         )
-        delta_io.merge_delta(ids.registry, t.profile_registry, keys=("profile_id",), update_changed=True, **job)
-        delta_io.merge_delta(events, t.identity_events, keys=("event_id",), **job)
+        delta_io.merge_delta(
+            db.write_source(ids.registry), t.profile_registry, keys=("profile_id",), update_changed=True, **job
+        )
+        delta_io.merge_delta(db.write_source(events), t.identity_events, keys=("event_id",), **job)
 
-        result.pairs = pairs.count()
-        result.profiles = record_profiles.select("profile_id").distinct().count()
-        result.events = {r["event_type"]: r["count"] for r in events.groupBy("event_type").count().collect()}
+        result.pairs = db.count(pairs)
+        result.profiles = db.rows(f"SELECT count(DISTINCT profile_id) AS n FROM {record_profiles}")[0]["n"]
+        tallies = db.rows(f"SELECT event_type, count(*) AS n FROM {events} GROUP BY event_type")
+        result.events = {r["event_type"]: r["n"] for r in tallies}
     log.info(
         "resolve (model %s on %s): %d records, %d pairs, %d profiles, events %s",
         model.version,
-        engine,
+        result.engine,
         result.records,
         result.pairs,
         result.profiles,

@@ -12,14 +12,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import SparkSession
 
 from jobs import delta_io
 from jobs.config import PipelineConfig
+from jobs.engines import SqlEngine, open_engine
 from jobs.linkage import (
     ModelVersion,
-    linkage_input,
-    opened_linker,
+    linkage_records,
+    linker_for,
     pick_engine,
     save_model,
     save_model_charts,
@@ -32,25 +33,23 @@ from jobs.spark_session import size_stage_to_input
 log = logging.getLogger("idres.train")
 
 
-def train_and_save(spark: SparkSession, cfg: PipelineConfig, records: DataFrame, engine: str) -> ModelVersion:
-    """Train on linkage records (jobs.linkage.linkage_input) on `engine`; write the model and its charts."""
-    with opened_linker(spark, records, splink_settings(cfg.linkage), engine) as linker:
-        train(linker, cfg.linkage)
-        model = save_model(linker, cfg.linkage, engine, cfg.models)
-        save_model_charts(linker, cfg.reports / "models" / model.version)
-    log.info("trained Splink model %s on %s", model.version, engine)
+def train_and_save(db: SqlEngine, cfg: PipelineConfig, records: str) -> ModelVersion:
+    """Train on the engine db's table of linkage records (jobs.linkage.linkage_records); write the model and
+    its charts."""
+    linker = linker_for(db, records, splink_settings(cfg.linkage))
+    train(linker, cfg.linkage)
+    model = save_model(linker, cfg.linkage, db.name, cfg.models)
+    save_model_charts(linker, cfg.reports / "models" / model.version)
+    log.info("trained Splink model %s on %s", model.version, db.name)
     return model
 
 
 def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> ModelVersion:
     """Train a new model version on the currently admitted records."""
-    records = linkage_input(delta_io.read_delta(spark, cfg.tables.admitted), cfg.linkage).persist()
-    try:
-        count = records.count()
-        size_stage_to_input(spark, cfg.spark, count)
-        return train_and_save(spark, cfg, records, pick_engine(spark, cfg.resolve, count))
-    finally:
-        records.unpersist()
+    count = delta_io.row_count(cfg.tables.admitted)
+    size_stage_to_input(spark, cfg.spark, count)
+    with open_engine(spark, pick_engine(spark, cfg.resolve, count)) as db:
+        return train_and_save(db, cfg, linkage_records(db, cfg))
 
 
 def main(argv: Sequence[str] | None = None) -> ModelVersion:

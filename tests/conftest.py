@@ -14,7 +14,8 @@ from pyspark.sql import SparkSession
 
 from jobs import consent, delta_io, demo_data, ingest, standardize
 from jobs.config import PipelineConfig, SparkConfig, load_config
-from jobs.linkage import latest_model, linkage_input
+from jobs.engines import open_engine
+from jobs.linkage import latest_model, linkage_records
 from jobs.spark_session import build_spark_session
 from jobs.train import train_and_save
 
@@ -238,8 +239,8 @@ def trained(spark, tmp_path_factory):
     ingest.run(spark, cfg, run_id="demo")
     standardize.run(spark, cfg, run_id="demo")
     consent.run(spark, cfg, run_id="demo", cutoff=DEMO_CUTOFF)
-    records = linkage_input(delta_io.read_delta(spark, cfg.tables.admitted), cfg.linkage)
-    model = train_and_save(spark, cfg, records, "spark")
+    with open_engine(spark, "spark") as db:
+        model = train_and_save(db, cfg, linkage_records(db, cfg))
     assert latest_model(cfg.models, cfg.linkage) == model
     assert {p.name for p in (cfg.reports / "models" / model.version).iterdir()} == {
         "match_weights.html",

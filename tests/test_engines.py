@@ -18,6 +18,7 @@ from pyspark.sql import functions as F
 
 from jobs import delta_io, resolve
 from jobs.config import LinkageConfig, PipelineConfig, ResolveConfig
+from jobs.engines import open_engine
 from jobs.errors import ModelError
 from jobs.linkage import choose_engine, latest_model, model_settings, settings_hash
 
@@ -171,12 +172,10 @@ def test_splink_on_spark_scores_jaro_winkler_as_duckdb_does(spark):
     # the expected scores come from DuckDB itself, an implementation independent of jellyfish.
     import duckdb
 
-    from jobs.linkage import linker_for
-
     pairs = [("arina", "iarina"), ("carcenko", "harcenko"), ("martha", "marhta"), ("dixon", "dicksonx"), ("ab", "ba")]
     pairs += [("anna", None), ("", "")]
-    records = spark.createDataFrame([("r1", "x")], "record_id string, first_name string")
-    linker_for(spark, records, {"link_type": "dedupe_only", "unique_id_column_name": "record_id"}, "spark")
+    with open_engine(spark, "spark") as db:
+        assert db.splink_api is not None  # Splink's Spark API, with its jar's UDFs and our jaro_winkler
     left = spark.createDataFrame(pairs, "a string, b string").selectExpr("a", "b", "jaro_winkler(a, b) AS score")
     expected = duckdb.execute(
         "SELECT a, b, jaro_winkler_similarity(a, b) AS score FROM (SELECT unnest($a) AS a, unnest($b) AS b)",
@@ -191,12 +190,13 @@ def test_a_duckdb_linker_database_is_closed_when_its_block_ends(spark):
     # Splink holds the database in reference cycles; without the close it outlives the stage that used it.
     import duckdb
 
-    from jobs.linkage import opened_linker
+    from jobs.linkage import linker_for
 
     records = spark.createDataFrame([("r1", "x")], "record_id string, first_name string")
     settings = {"link_type": "dedupe_only", "unique_id_column_name": "record_id"}
-    with opened_linker(spark, records, settings, "duckdb") as linker:
+    with open_engine(spark, "duckdb") as db:
+        linker = linker_for(db, db.register("records", records), settings)
         connection = linker._db_api.duckdb_con
-        assert connection.execute("SELECT 1").fetchone() == (1,)
+        assert connection.execute("SELECT count(*) FROM idres_records").fetchone() == (1,)
     with pytest.raises(duckdb.ConnectionException):
         connection.execute("SELECT 1")

@@ -1,113 +1,139 @@
+"""Stable profile ids, on both engines: the same SQL must give the same ids and events on Spark and DuckDB."""
+
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+from dataclasses import dataclass
 
+import pyarrow as pa
 import pytest
 from chispa import assert_df_equality
 
-from jobs.profile_ids import EVENTS_SCHEMA, REGISTRY_SCHEMA, assign_stable_profile_ids
+from jobs.engines import ENGINES, SqlEngine, open_engine
+from jobs.profile_ids import ASSIGNMENTS_SCHEMA, EVENTS_SCHEMA, REGISTRY_SCHEMA, assign_stable_profile_ids
 
 T0 = dt.datetime(2026, 1, 1)
 T1 = dt.datetime(2026, 1, 2)
+CLUSTERS_SCHEMA = pa.schema([("record_id", pa.string()), ("cluster_key", pa.string())])
+
+
+@pytest.fixture(params=ENGINES)
+def db(request, spark):
+    with open_engine(spark, request.param) as engine:
+        yield engine
+
+
+@dataclass
+class Outcome:
+    assignments: pa.Table
+    registry: pa.Table
+    events: pa.Table
+
+
+def arrow(rows, schema: pa.Schema) -> pa.Table:
+    return pa.Table.from_pylist([dict(zip(schema.names, r, strict=True)) for r in rows], schema)
+
+
+def assign(
+    db: SqlEngine, clusters, previous=(), registry: pa.Table | None = None, run_id: str = "run1", now=T0
+) -> Outcome:
+    """assign_stable_profile_ids on the engine, with the inputs given as rows (or Arrow, a previous outcome's)."""
+    out = assign_stable_profile_ids(
+        db,
+        db.register("clusters", arrow(clusters, CLUSTERS_SCHEMA)),
+        db.register("previous", previous if isinstance(previous, pa.Table) else arrow(previous, ASSIGNMENTS_SCHEMA)),
+        db.register("registry", REGISTRY_SCHEMA.empty_table() if registry is None else registry),
+        run_id,
+        now,
+    )
+    return Outcome(*(db.to_arrow(table) for table in (out.assignments, out.registry, out.events)))
 
 
 @pytest.fixture
-def first_run(spark):
+def first_run(db) -> Outcome:
     """Run 1 on people A = {a1, a2} and B = {b1}: two new profiles."""
-    clusters = spark.createDataFrame([("a1", "k1"), ("a2", "k1"), ("b1", "k2")], "record_id string, cluster_key string")
-    empty_prev = spark.createDataFrame([], "record_id string, profile_id string")
-    empty_registry = spark.createDataFrame([], REGISTRY_SCHEMA)
-    out = assign_stable_profile_ids(clusters, empty_prev, empty_registry, "run1", T0)
-    return out.assignments.cache(), out.registry.cache(), out.events
+    return assign(db, [("a1", "k1"), ("a2", "k1"), ("b1", "k2")])
 
 
-def ids(assignments) -> dict[str, str]:
-    return {r["record_id"]: r["profile_id"] for r in assignments.collect()}
+def ids(out: Outcome) -> dict[str, str]:
+    return {r["record_id"]: r["profile_id"] for r in out.assignments.to_pylist()}
 
 
-def events(out) -> set[tuple]:
-    return {(r["event_type"], r["profile_id"], r["related_profile_id"], r["records"]) for r in out.events.collect()}
+def events(out: Outcome) -> set[tuple]:
+    return {(r["event_type"], r["profile_id"], r["related_profile_id"], r["records"]) for r in out.events.to_pylist()}
 
 
-def test_new_clusters_get_new_ids_and_created_events(spark, first_run):
-    assignments, registry, evts = first_run
-    a = ids(assignments)
-    assert a["a1"] == a["a2"] != a["b1"]
-    assert all(p.startswith("pr_") for p in a.values())
-    assert {(r["event_type"], r["profile_id"], r["records"]) for r in evts.collect()} == {
-        ("created", a["a1"], 2),
-        ("created", a["b1"], 1),
-    }
-    assert {r["status"] for r in registry.collect()} == {"active"}
-
-
-def test_the_same_clusters_again_keep_every_id_and_change_nothing(spark, first_run):
-    assignments, registry, _ = first_run
-    clusters = spark.createDataFrame([("a1", "x9"), ("a2", "x9"), ("b1", "x3")], "record_id string, cluster_key string")
-    out = assign_stable_profile_ids(clusters, assignments, registry, "run2", T1)
-    assert_df_equality(out.assignments, assignments, ignore_row_order=True, ignore_nullable=True)
-    assert out.events.count() == 0
-    assert_df_equality(out.registry, registry, ignore_row_order=True, ignore_nullable=True)
-
-
-def test_growing_data_keeps_known_ids_and_new_people_get_new_ones(spark, first_run):
-    assignments, registry, _ = first_run
-    before = ids(assignments)
-    clusters = spark.createDataFrame(
-        [("a1", "k1"), ("a2", "k1"), ("a3", "k1"), ("b1", "k2"), ("c1", "k3")], "record_id string, cluster_key string"
+def assert_same_rows(spark, actual: pa.Table, expected: pa.Table) -> None:
+    assert_df_equality(
+        spark.createDataFrame(actual), spark.createDataFrame(expected), ignore_row_order=True, ignore_nullable=True
     )
-    out = assign_stable_profile_ids(clusters, assignments, registry, "run2", T1)
-    after = ids(out.assignments)
+
+
+def test_new_clusters_get_new_ids_and_created_events(first_run):
+    a = ids(first_run)
+    assert a["a1"] == a["a2"] != a["b1"]
+    # A new id is derived from the run id and the cluster's smallest record id (computed here independently).
+    assert a["a1"] == "pr_" + hashlib.sha256(b"run1:a1").hexdigest()[:20]
+    assert events(first_run) == {("created", a["a1"], None, 2), ("created", a["b1"], None, 1)}
+    assert {r["status"] for r in first_run.registry.to_pylist()} == {"active"}
+    assert {r["created_at"] for r in first_run.registry.to_pylist()} == {T0.replace(tzinfo=dt.UTC)}
+
+
+def test_the_same_clusters_again_keep_every_id_and_change_nothing(spark, db, first_run):
+    out = assign(db, [("a1", "x9"), ("a2", "x9"), ("b1", "x3")], first_run.assignments, first_run.registry, "run2", T1)
+    assert_same_rows(spark, out.assignments, first_run.assignments)
+    assert out.events.num_rows == 0
+    assert_same_rows(spark, out.registry, first_run.registry)
+
+
+def test_growing_data_keeps_known_ids_and_new_people_get_new_ones(db, first_run):
+    before = ids(first_run)
+    clusters = [("a1", "k1"), ("a2", "k1"), ("a3", "k1"), ("b1", "k2"), ("c1", "k3")]
+    out = assign(db, clusters, first_run.assignments, first_run.registry, "run2", T1)
+    after = ids(out)
     assert after["a3"] == after["a1"] == before["a1"] and after["b1"] == before["b1"]
     assert after["c1"] not in before.values()
     assert events(out) == {("created", after["c1"], None, 1)}
 
 
-def test_a_bridging_record_merges_into_the_larger_profile(spark, first_run):
-    assignments, registry, _ = first_run
-    before = ids(assignments)
-    clusters = spark.createDataFrame(
-        [("a1", "k1"), ("a2", "k1"), ("b1", "k1"), ("ab", "k1")], "record_id string, cluster_key string"
-    )
-    out = assign_stable_profile_ids(clusters, assignments, registry, "run2", T1)
-    assert set(ids(out.assignments).values()) == {before["a1"]}  # A overlaps by 2, B by 1
+def test_a_bridging_record_merges_into_the_larger_profile(db, first_run):
+    before = ids(first_run)
+    clusters = [("a1", "k1"), ("a2", "k1"), ("b1", "k1"), ("ab", "k1")]
+    out = assign(db, clusters, first_run.assignments, first_run.registry, "run2", T1)
+    assert set(ids(out).values()) == {before["a1"]}  # A overlaps by 2, B by 1
     assert events(out) == {("merged", before["b1"], before["a1"], 1)}
-    status = {r["profile_id"]: (r["status"], r["successor_profile_id"]) for r in out.registry.collect()}
+    status = {r["profile_id"]: (r["status"], r["successor_profile_id"]) for r in out.registry.to_pylist()}
     assert status[before["b1"]] == ("merged", before["a1"])
 
 
-def test_on_equal_overlap_the_oldest_profile_survives(spark):
-    registry = spark.createDataFrame(
+def test_on_equal_overlap_the_oldest_profile_survives(db):
+    registry = arrow(
         [("pr_new", "active", T1, "run0", None, None, None), ("pr_old", "active", T0, "run0", None, None, None)],
         REGISTRY_SCHEMA,
     )
-    previous = spark.createDataFrame([("x", "pr_new"), ("y", "pr_old")], "record_id string, profile_id string")
-    clusters = spark.createDataFrame([("x", "k"), ("y", "k"), ("z", "k")], "record_id string, cluster_key string")
-    out = assign_stable_profile_ids(clusters, previous, registry, "run1", T1)
-    assert set(ids(out.assignments).values()) == {"pr_old"}
+    out = assign(db, [("x", "k"), ("y", "k"), ("z", "k")], [("x", "pr_new"), ("y", "pr_old")], registry, now=T1)
+    assert set(ids(out).values()) == {"pr_old"}
     assert events(out) == {("merged", "pr_new", "pr_old", 1)}
 
 
-def test_removing_the_bridge_splits_the_profile_and_the_larger_part_keeps_the_id(spark):
-    registry = spark.createDataFrame([("pr_ab", "active", T0, "run0", None, None, None)], REGISTRY_SCHEMA)
-    previous = spark.createDataFrame(
-        [("a1", "pr_ab"), ("a2", "pr_ab"), ("b1", "pr_ab"), ("ab", "pr_ab")], "record_id string, profile_id string"
-    )
-    clusters = spark.createDataFrame([("a1", "k1"), ("a2", "k1"), ("b1", "k2")], "record_id string, cluster_key string")
-    out = assign_stable_profile_ids(clusters, previous, registry, "run1", T1)
-    after = ids(out.assignments)
+def test_removing_the_bridge_splits_the_profile_and_the_larger_part_keeps_the_id(db):
+    registry = arrow([("pr_ab", "active", T0, "run0", None, None, None)], REGISTRY_SCHEMA)
+    previous = [("a1", "pr_ab"), ("a2", "pr_ab"), ("b1", "pr_ab"), ("ab", "pr_ab")]
+    clusters = [("a1", "k1"), ("a2", "k1"), ("b1", "k2")]
+    out = assign(db, clusters, previous, registry, now=T1)
+    after = ids(out)
     assert after["a1"] == after["a2"] == "pr_ab" and after["b1"] != "pr_ab"
     assert events(out) == {("split", after["b1"], "pr_ab", 1)}
     # Rerunning the same run issues the same new id.
-    again = assign_stable_profile_ids(clusters, previous, registry, "run1", T1)
-    assert ids(again.assignments) == after
+    assert ids(assign(db, clusters, previous, registry, now=T1)) == after
 
 
-def test_a_profile_with_no_records_left_is_retired(spark, first_run):
-    assignments, registry, _ = first_run
-    before = ids(assignments)
-    clusters = spark.createDataFrame([("a1", "k1"), ("a2", "k1")], "record_id string, cluster_key string")
-    out = assign_stable_profile_ids(clusters, assignments, registry, "run2", T1)
-    assert events(out) == {("retired", before["b1"], None, 0)}
-    expected = spark.createDataFrame([("run2", "retired", before["b1"], None, 0, T1)], EVENTS_SCHEMA)
-    assert_df_equality(out.events, expected, ignore_nullable=True)
+def test_a_profile_with_no_records_left_is_retired(spark, db, first_run):
+    before = ids(first_run)
+    out = assign(db, [("a1", "k1"), ("a2", "k1")], first_run.assignments, first_run.registry, "run2", T1)
+    assert_same_rows(spark, out.events, arrow([("run2", "retired", before["b1"], None, 0, T1)], EVENTS_SCHEMA))
+    retired = [r for r in out.registry.to_pylist() if r["profile_id"] == before["b1"]]
+    assert [(r["status"], r["ended_run_id"], r["ended_at"]) for r in retired] == [
+        ("retired", "run2", T1.replace(tzinfo=dt.UTC))
+    ]

@@ -93,14 +93,17 @@ def with_population(spark, cfg, rows):
 
 
 def clusters_of(spark, cfg, rows):
+    from jobs.engines import open_engine
     from jobs.linkage import linkage_input
 
-    records = linkage_input(with_population(spark, cfg, rows), cfg.linkage)
-    _, clusters = resolve.predict_and_cluster(spark, cfg, records, latest_model(cfg.models, cfg.linkage), "duckdb")
     wanted = {f"{r['source_system']}:{r['source_record_id']}" for r in rows}
     groups: dict[str, set[str]] = {}
-    for r in clusters.where(F.col("record_id").isin(*wanted)).collect():
-        groups.setdefault(r["cluster_key"], set()).add(r["record_id"])
+    with open_engine(spark, "duckdb") as db:
+        records = db.register("records", linkage_input(with_population(spark, cfg, rows), cfg.linkage))
+        _, clusters = resolve.predict_and_cluster(db, cfg, records, latest_model(cfg.models, cfg.linkage))
+        for r in db.to_arrow(clusters).to_pylist():
+            if r["record_id"] in wanted:
+                groups.setdefault(r["cluster_key"], set()).add(r["record_id"])
     return sorted(sorted(g) for g in groups.values())
 
 
