@@ -74,6 +74,10 @@ COLUMNS = [
     "note",
 ]
 RATIO_SAMPLE_PEOPLE = 2000
+# The issue's sizes for the 60 s and the 5 min / 12 GB targets. The generator lands within about 1% of the
+# records asked for (1M gives 993,634), so the large one is judged from 990,000 records.
+SMALL_TARGET_RECORDS = 10_000
+LARGE_TARGET_RECORDS = 990_000
 GB = 1024**3
 
 
@@ -393,9 +397,9 @@ def targets(table: pd.DataFrame) -> list[str]:
         checks = [f"F1 {r['cluster_F1']:.4f} {'>=' if r['cluster_F1'] >= 0.98 else '<'} 0.98"]
         if pd.notna(r.get("resolve_vs_bare")):
             checks.append(f"resolve/bare {r['resolve_vs_bare']} {'<=' if r['resolve_vs_bare'] <= 1.2 else '>'} 1.2")
-        if r["records"] <= 10_000:
+        if r["records"] <= SMALL_TARGET_RECORDS:
             checks.append(f"total {r['total_s']:.0f} s {'<=' if r['total_s'] <= 60 else '>'} 60 s")
-        if r["records"] >= 1_000_000:
+        if r["records"] >= LARGE_TARGET_RECORDS:
             checks.append(f"peak {r['peak_gb']} GB {'<=' if r['peak_gb'] <= 12 else '>'} 12 GB")
             checks.append(f"total {r['total_s']:.0f} s {'<=' if r['total_s'] <= 300 else '>'} 300 s")
         notes.append(f"- {r['records']} records: " + "; ".join(checks))
@@ -447,7 +451,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame | None:
         run_worker(args)
         return None
 
-    root = Path(tempfile.mkdtemp(prefix="idres-scale-", dir=args.work_dir))
+    # absolute: the runs' report folders (GX Data Docs) must not depend on the working directory
+    root = Path(tempfile.mkdtemp(prefix="idres-scale-", dir=args.work_dir)).resolve()
     ratio = records_per_person(root)
     print(f"demo generator: {ratio:.3f} records per person; work in {root}", flush=True)
     rows, stage_rows = [], []
