@@ -107,6 +107,7 @@ class LinkageConfig:
     u_max_pairs: int
     seed: int
     em_blocking_rules: tuple[tuple[str, ...] | str, ...]
+    em_max_pairs: int  # blocked pairs EM samples per training rule; 0: every one
     match_probability: float
     cluster_probability: float
 
@@ -692,6 +693,9 @@ def _load_linkage(raw: dict[str, Any], problems: _Problems) -> LinkageConfig | N
         "must be an integer of at least 1000",
         problems,
     )
+    em_max_pairs = _integer(
+        file, "training", training, "em_max_pairs", 0, 0, "must be a non-negative integer (0: every pair)", problems
+    )
     thresholds = raw.get("thresholds") if isinstance(raw.get("thresholds"), dict) else {}
     match_p = _probability(file, "thresholds.match_probability", thresholds.get("match_probability"), problems)
     cluster_p = _probability(file, "thresholds.cluster_probability", thresholds.get("cluster_probability"), problems)
@@ -709,6 +713,7 @@ def _load_linkage(raw: dict[str, Any], problems: _Problems) -> LinkageConfig | N
         u_max_pairs=u_max_pairs,
         seed=int(training.get("seed", 42)),
         em_blocking_rules=em_rules,
+        em_max_pairs=em_max_pairs,
         match_probability=match_p,
         cluster_probability=cluster_p,
     )

@@ -125,14 +125,18 @@ def linkage_records(db: SqlEngine, cfg: PipelineConfig) -> str:
 
 
 def train(linker: Linker, linkage: LinkageConfig) -> None:
-    """Estimate lambda (deterministic rules), u (random sampling) and m (EM on each training rule)."""
+    """Estimate lambda (deterministic rules), u (random sampling) and m (EM on each training rule, on at most
+    em_max_pairs of its blocked pairs: Splink picks them by a hash of the record ids, so the same records give
+    the same sample)."""
     linker.training.estimate_probability_two_random_records_match(
         [_blocking_rule(r) for r in linkage.deterministic_rules], recall=linkage.recall
     )
     # One chunk: on Spark every chunk is a round of small jobs, and the sample is the same size.
     linker.training.estimate_u_using_random_sampling(max_pairs=linkage.u_max_pairs, seed=linkage.seed, num_chunks=1)
     for rule in linkage.em_blocking_rules:
-        linker.training.estimate_parameters_using_expectation_maximisation(_blocking_rule(rule))
+        linker.training.estimate_parameters_using_expectation_maximisation(
+            _blocking_rule(rule), max_pairs=linkage.em_max_pairs or None
+        )
 
 
 def settings_hash(linkage: LinkageConfig) -> str:

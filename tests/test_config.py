@@ -199,3 +199,21 @@ def test_the_lakehouse_lock_timeout_is_checked(tmp_path):
         "pipeline.yaml: concurrency.lock_timeout_seconds: must be a non-negative number of seconds",
     ]
     assert load_config().concurrency.lock_timeout_seconds == 600
+
+
+def test_the_splink_training_sample_sizes_are_checked(tmp_path):
+    conf = tmp_path / "conf"
+    shutil.copytree(DEFAULT_CONF_DIR, conf)
+    splink = yaml.safe_load((conf / "splink.yaml").read_text(encoding="utf-8"))
+    splink["training"].update(u_max_pairs=10, em_max_pairs=-1)
+    (conf / "splink.yaml").write_text(yaml.safe_dump(splink), encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        load_config(conf)
+    assert sorted(err.value.problems) == [
+        "splink.yaml: training.em_max_pairs: must be a non-negative integer (0: every pair)",
+        "splink.yaml: training.u_max_pairs: must be an integer of at least 1000",
+    ]
+    assert (load_config().linkage.u_max_pairs, load_config().linkage.em_max_pairs) == (1_000_000, 2_000_000)
+    del splink["training"]["em_max_pairs"], splink["training"]["u_max_pairs"]
+    (conf / "splink.yaml").write_text(yaml.safe_dump(splink), encoding="utf-8")
+    assert (load_config(conf).linkage.u_max_pairs, load_config(conf).linkage.em_max_pairs) == (1_000_000, 0)
