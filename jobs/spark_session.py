@@ -117,6 +117,22 @@ def mapped_class_archives(spark: SparkSession) -> list[str]:
     return sorted(str(path) for path in mapped if not path.resolve().is_relative_to(jdk))
 
 
+# How a stage with a small input plans, and Spark's defaults, which larger inputs get unless settings.conf
+# says otherwise. spark.sql.codegen.factoryMode is an internal setting: NO_CODEGEN evaluates expressions
+# interpreted, the path Spark itself falls back to when code generation fails, and compiles no class (at 10k
+# demo records the pipeline took about 5 s less: benchmarks/RESULTS.md).
+SMALL_INPUT_PLANNING = {
+    "spark.sql.adaptive.enabled": "false",
+    "spark.sql.codegen.wholeStage": "false",
+    "spark.sql.codegen.factoryMode": "NO_CODEGEN",
+}
+LARGE_INPUT_PLANNING = {
+    "spark.sql.adaptive.enabled": "true",
+    "spark.sql.codegen.wholeStage": "true",
+    "spark.sql.codegen.factoryMode": "FALLBACK",
+}
+
+
 def size_stage_to_input(spark: SparkSession, settings: SparkConfig, rows: int) -> int:
     """Size the Spark SQL settings of a stage whose input has about `rows` rows; return its shuffle partitions.
 
@@ -124,18 +140,19 @@ def size_stage_to_input(spark: SparkSession, settings: SparkConfig, rows: int) -
     session (at most settings.shuffle_partitions) and at most settings.shuffle_partitions. AQE coalesces
     small post-shuffle partitions, but not inside persisted plans, where every empty partition of a
     small run would still cost a task.
-    An input of at most settings.small_input_rows rows runs without adaptive query execution and
-    whole-stage code generation: on a few thousand rows, re-planning at every shuffle (a Spark job per
-    shuffle stage) and compiling every plan cost more than they save. Larger inputs get both back, as
-    settings.conf sets them (Spark's default: on).
+    An input of at most settings.small_input_rows rows runs without adaptive query execution and code
+    generation (whole-stage, and for single expressions too: SMALL_INPUT_CODEGEN): on a few thousand rows,
+    re-planning at every shuffle (a Spark job per shuffle stage) and compiling every plan with Janino cost
+    more than they save. Larger inputs get them back, as settings.conf sets them (Spark's default: on).
+    Its Delta writes are collected into the driver (delta_io.COLLECT_WRITES_CONF).
     """
     ceiling = settings.shuffle_partitions
     floor = min(spark.sparkContext.defaultParallelism, ceiling)
     partitions = min(ceiling, max(floor, math.ceil(rows / settings.rows_per_shuffle_partition)))
     spark.conf.set("spark.sql.shuffle.partitions", str(partitions))
     small = rows <= settings.small_input_rows
-    for key in ("spark.sql.adaptive.enabled", "spark.sql.codegen.wholeStage"):
-        spark.conf.set(key, "false" if small else settings.conf.get(key, "true"))
+    for key, small_value in SMALL_INPUT_PLANNING.items():
+        spark.conf.set(key, small_value if small else settings.conf.get(key, LARGE_INPUT_PLANNING[key]))
     spark.conf.set(delta_io.COLLECT_WRITES_CONF, str(small).lower())
     return partitions
 

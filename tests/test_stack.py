@@ -33,31 +33,36 @@ def test_splinks_similarity_jar_is_on_the_driver_classpath(spark):
 
 def test_a_stage_sizes_its_shuffle_partitions_and_planning_to_its_rows_within_the_cores_and_the_ceiling(spark):
     settings = SparkConfig(shuffle_partitions=8, rows_per_shuffle_partition=100_000, small_input_rows=50_000)
-    planning = ("spark.sql.adaptive.enabled", "spark.sql.codegen.wholeStage", delta_io.COLLECT_WRITES_CONF)
+    planning = (
+        "spark.sql.adaptive.enabled",
+        "spark.sql.codegen.wholeStage",
+        "spark.sql.codegen.factoryMode",
+        delta_io.COLLECT_WRITES_CONF,
+    )
     try:
         sized = {}
         for rows in (0, 9_897, 50_000, 50_001, 350_000, 10_000_000):
             partitions = size_stage_to_input(spark, settings, rows)
             sized[rows] = (partitions, *(spark.conf.get(key) for key in planning))
-        assert sized == {  # local[2]: two cores; small stages plan simply and collect their writes
-            0: (2, "false", "false", "true"),
-            9_897: (2, "false", "false", "true"),
-            50_000: (2, "false", "false", "true"),
-            50_001: (2, "true", "true", "false"),
-            350_000: (4, "true", "true", "false"),
-            10_000_000: (8, "true", "true", "false"),
+        assert sized == {  # local[2]: two cores; small stages plan simply, compile nothing and collect their writes
+            0: (2, "false", "false", "NO_CODEGEN", "true"),
+            9_897: (2, "false", "false", "NO_CODEGEN", "true"),
+            50_000: (2, "false", "false", "NO_CODEGEN", "true"),
+            50_001: (2, "true", "true", "FALLBACK", "false"),
+            350_000: (4, "true", "true", "FALLBACK", "false"),
+            10_000_000: (8, "true", "true", "FALLBACK", "false"),
         }
         assert spark.conf.get("spark.sql.shuffle.partitions") == "8"
         assert size_stage_to_input(spark, SparkConfig(shuffle_partitions=1), 10_000_000) == 1
         size_stage_to_input(spark, SparkConfig(small_input_rows=0), 1)
-        assert [spark.conf.get(key) for key in planning] == ["true", "true", "false"]
+        assert [spark.conf.get(key) for key in planning] == ["true", "true", "FALLBACK", "false"]
         size_stage_to_input(spark, SparkConfig(conf={"spark.sql.adaptive.enabled": "false"}), 10_000_000)
-        assert [spark.conf.get(key) for key in planning] == ["false", "true", "false"]  # a configured choice holds
+        # a configured choice holds
+        assert [spark.conf.get(key) for key in planning] == ["false", "true", "FALLBACK", "false"]
     finally:
         spark.conf.set("spark.sql.shuffle.partitions", "2")
-        for key in planning[:2]:
-            spark.conf.set(key, "true")
-        spark.conf.unset(delta_io.COLLECT_WRITES_CONF)
+        for key in planning:
+            spark.conf.unset(key)  # as the shared session starts
 
 
 def test_python_workers_fork_from_the_project_daemon_without_sparks_archives_on_their_path(spark):
