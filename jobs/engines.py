@@ -133,13 +133,16 @@ class SparkEngine(SqlEngine):
     def _read_existing_delta(self, name: str, path: Path | str) -> str:
         return self._view(name, delta_io.read_delta(self.spark, path))
 
+    def _query(self, sql: str) -> DataFrame:
+        return self.spark.sql(sqlglot.transpile(sql, read="duckdb", write="spark")[0])
+
     def create(self, name: str, sql: str) -> str:
-        df = self.spark.sql(sqlglot.transpile(sql, read="duckdb", write="spark")[0]).persist()
+        df = self._query(sql).persist()
         self._kept.append(df)
         return self._view(name, df)
 
     def rows(self, sql: str) -> list[dict[str, Any]]:
-        return [r.asDict() for r in self.spark.sql(sqlglot.transpile(sql, read="duckdb", write="spark")[0]).collect()]
+        return [r.asDict() for r in self._query(sql).collect()]
 
     def columns(self, table: str) -> list[str]:
         return self.spark.table(table).columns
