@@ -123,6 +123,23 @@ def test_every_value_has_lineage_to_its_record_rule_and_lawful_basis(spark, cfg)
     assert rules["date_of_birth"] == "source_priority > record_id"
 
 
+def test_a_value_several_purposes_cover_is_held_for_the_first_the_record_and_profile_are_permitted(spark, cfg):
+    # Record 4 (P2) and its profile are permitted marketing_email and profile_unification; record 2, which
+    # supplies P1's email, only profile_unification.
+    u, m = UNIFICATION, "marketing_email"
+    for purposes, p2_email in (((m, u), (m, "consent", "e-d2")), ((u, m), (u, "contract", "e-d1"))):
+        policy = dataclasses.replace(
+            cfg.policy, attribute_purposes={**cfg.policy.attribute_purposes, "email": purposes}
+        )
+        lineage = hand_gold(spark, policy).profile_lineage.where("column = 'email'")
+        expected = spark.createDataFrame(
+            [("P1", u, "contract", "e-b1"), ("P2", *p2_email)],
+            "profile_id string, purpose string, lawful_basis string, consent_event_id string",
+        )
+        picked = lineage.select("profile_id", "purpose", "lawful_basis", "consent_event_id")
+        assert_df_equality(picked, expected, ignore_row_order=True, ignore_nullable=True)
+
+
 def test_permissions_follow_the_latest_decision_across_the_profiles_records(spark, cfg):
     permissions = hand_gold(spark, cfg.policy).profile_permissions.select(
         "profile_id", "purpose", "allowed", "status", "lawful_basis", "deciding_source_record_id", "deciding_event_id"
