@@ -141,7 +141,7 @@ def size_stage_to_input(spark: SparkSession, settings: SparkConfig, rows: int) -
     small post-shuffle partitions, but not inside persisted plans, where every empty partition of a
     small run would still cost a task.
     An input of at most settings.small_input_rows rows runs without adaptive query execution and code
-    generation (whole-stage, and for single expressions too: SMALL_INPUT_CODEGEN): on a few thousand rows,
+    generation (whole-stage, and for single expressions too: SMALL_INPUT_PLANNING): on a few thousand rows,
     re-planning at every shuffle (a Spark job per shuffle stage) and compiling every plan with Janino cost
     more than they save. Larger inputs get them back, as settings.conf sets them (Spark's default: on).
     Its Delta writes are collected into the driver (delta_io.COLLECT_WRITES_CONF).
