@@ -48,6 +48,7 @@ EVENTS_SCHEMA = pa.schema(
     ]
 )
 ASSIGNMENTS_SCHEMA = pa.schema([("record_id", pa.string()), ("profile_id", pa.string())])
+CLUSTERS_SCHEMA = pa.schema([("record_id", pa.string()), ("cluster_key", pa.string())])  # this run's clusters
 ACTIVE = "active"
 
 

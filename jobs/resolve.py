@@ -27,7 +27,7 @@ from jobs import delta_io
 from jobs.config import PipelineConfig
 from jobs.engines import SqlEngine, open_engine, sql_string
 from jobs.linkage import ModelVersion, latest_model, linkage_records, linker_for, model_settings, pick_engine
-from jobs.profile_ids import ASSIGNMENTS_SCHEMA, REGISTRY_SCHEMA, assign_stable_profile_ids
+from jobs.profile_ids import ASSIGNMENTS_SCHEMA, CLUSTERS_SCHEMA, REGISTRY_SCHEMA, assign_stable_profile_ids
 from jobs.runner import run_job
 from jobs.spark_session import size_stage_to_input
 from jobs.train import train_and_save
@@ -43,7 +43,6 @@ PAIRS_SCHEMA = pa.schema(
         ("model_version", pa.string()),
     ]
 )
-CLUSTERS_SCHEMA = pa.schema([("record_id", pa.string()), ("cluster_key", pa.string())])
 
 
 @dataclass

@@ -11,11 +11,16 @@ import pytest
 from chispa import assert_df_equality
 
 from jobs.engines import ENGINES, SqlEngine, open_engine
-from jobs.profile_ids import ASSIGNMENTS_SCHEMA, EVENTS_SCHEMA, REGISTRY_SCHEMA, assign_stable_profile_ids
+from jobs.profile_ids import (
+    ASSIGNMENTS_SCHEMA,
+    CLUSTERS_SCHEMA,
+    EVENTS_SCHEMA,
+    REGISTRY_SCHEMA,
+    assign_stable_profile_ids,
+)
 
 T0 = dt.datetime(2026, 1, 1)
 T1 = dt.datetime(2026, 1, 2)
-CLUSTERS_SCHEMA = pa.schema([("record_id", pa.string()), ("cluster_key", pa.string())])
 
 
 @pytest.fixture(params=ENGINES)
