@@ -14,6 +14,7 @@ executors' log4j2 keeps a failed task's error text (which can quote a value) out
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
@@ -184,14 +185,30 @@ def _alive(pid: int) -> bool:
     return any(name.encode() in args for name in (MASTER_CLASS, WORKER_CLASS))
 
 
+def _group_running(pgid: int) -> bool:
+    """True while any process of the process group is left."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):  # the group ended meanwhile
+        os.killpg(pgid, signum)
+
+
 def _terminate(pid: int, timeout: float) -> None:
+    """Stop a daemon's whole process group (_launch makes each daemon a group leader): until spark-class execs
+    the JVM, it runs Spark's launcher in a subshell, which would outlive a signal to spark-class alone."""
     if not _alive(pid):
         return
-    os.kill(pid, signal.SIGTERM)
+    _signal_group(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while _alive(pid):
+    while _alive(pid) or _group_running(pid):
         if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
+            _signal_group(pid, signal.SIGKILL)
             break
         time.sleep(0.2)
     proc = _STARTED.pop(pid, None)

@@ -3,6 +3,7 @@ cluster log holds a value a failed task quoted."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +14,15 @@ from pyspark.sql import functions as F
 
 from jobs import delta_io
 from jobs.config import load_config
-from jobs.local_cluster import SPARK_CONF_DIR, LocalCluster, LocalClusterError, local_cluster, start_cluster
+from jobs.local_cluster import (
+    SPARK_CONF_DIR,
+    LocalCluster,
+    LocalClusterError,
+    _launch,
+    local_cluster,
+    start_cluster,
+    stop_cluster,
+)
 from jobs.spark_session import JVM_LOGGERS_QUOTING_ERRORS
 from tests.conftest import (
     airflow_env_in,
@@ -61,6 +70,22 @@ def test_a_cluster_that_does_not_come_up_in_time_is_stopped_and_the_error_names_
         start_cluster(tmp_path, cores=1, memory="512m", timeout=0.5)
     assert processes_mentioning(str(tmp_path)) == []
     assert not (tmp_path / "cluster.json").exists()
+
+
+def test_stopping_a_daemon_still_in_spark_class_stops_the_launcher_it_started(tmp_path):
+    # spark-class runs Spark's launcher in a subshell before it execs the daemon; a stop in that moment (as
+    # when a cluster does not come up within its timeout) must not leave the subshell running. This stand-in
+    # spark-class stays at that step: a child process whose command line names tmp_path, like the launcher's.
+    fake = tmp_path / "spark-class"
+    fake.write_text('#!/bin/bash\nbash -c "sleep 300; true" "$1" &\nwait\n', encoding="utf-8")
+    fake.chmod(0o755)
+    pids = [_launch(str(fake), [str(tmp_path / name)], tmp_path / f"{name}.log") for name in ("master", "worker")]
+    deadline = time.monotonic() + 10
+    while len(processes_mentioning(str(tmp_path))) < 4 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(processes_mentioning(str(tmp_path))) == 4  # two stand-ins, each with its child
+    stop_cluster(LocalCluster("spark://127.0.0.1:1", "http://127.0.0.1:1", str(tmp_path), *pids), timeout=10)
+    assert processes_mentioning(str(tmp_path)) == []
 
 
 @pytest.fixture(scope="module")
