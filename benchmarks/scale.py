@@ -75,9 +75,10 @@ COLUMNS = [
 ]
 RATIO_SAMPLE_PEOPLE = 2000
 # The sizes for the 60 s and the 5 min / 12 GB targets. The generator lands within about 1% of the
-# records asked for (1M gives 993,634), so the large one is judged from 990,000 records.
+# records asked for (1M gives 993,634), so the large one is judged between 990,000 and 1,010,000 records
+# (3M has no time or memory target).
 SMALL_TARGET_RECORDS = 10_000
-LARGE_TARGET_RECORDS = 990_000
+LARGE_TARGET_RECORDS = range(990_000, 1_010_001)
 GB = 1024**3
 
 
@@ -339,8 +340,9 @@ def bench_size(records: int, ratio: float, root: Path, args: argparse.Namespace)
     print(f"{records} records ({people} people) in {work}", flush=True)
     demo = spawn("demo_data", work, args, people)
     idres = spawn("idres", work, args) if demo else None
-    if idres is None:
-        return [], {}
+    if idres is None:  # recorded, not dropped: "if memory allows" is answered by the failure; its logs stay in work
+        row = {"records": demo["records"] if demo else records, "system": SYSTEMS["idres"]}
+        return [{**row, "note": "failed" if demo else "demo data failed"}], {}
     outputs = {"idres": idres, "splink-duckdb": spawn("splink-duckdb", work, args)}
     if args.skip_spark_reference_above is None or demo["records"] <= args.skip_spark_reference_above:
         outputs["splink-spark"] = spawn("splink-spark", work, args)
@@ -394,12 +396,15 @@ def targets(table: pd.DataFrame) -> list[str]:
     idres = table[table["system"] == SYSTEMS["idres"]]
     notes = []
     for _, r in idres.iterrows():
+        if pd.isna(r["cluster_F1"]):
+            notes.append(f"- {r['records']} records: {r['note']}")
+            continue
         checks = [f"F1 {r['cluster_F1']:.4f} {'>=' if r['cluster_F1'] >= 0.98 else '<'} 0.98"]
         if pd.notna(r.get("resolve_vs_bare")):
             checks.append(f"resolve/bare {r['resolve_vs_bare']} {'<=' if r['resolve_vs_bare'] <= 1.2 else '>'} 1.2")
         if r["records"] <= SMALL_TARGET_RECORDS:
             checks.append(f"total {r['total_s']:.0f} s {'<=' if r['total_s'] <= 60 else '>'} 60 s")
-        if r["records"] >= LARGE_TARGET_RECORDS:
+        if r["records"] in LARGE_TARGET_RECORDS:
             checks.append(f"peak {r['peak_gb']} GB {'<=' if r['peak_gb'] <= 12 else '>'} 12 GB")
             checks.append(f"total {r['total_s']:.0f} s {'<=' if r['total_s'] <= 300 else '>'} 300 s")
         notes.append(f"- {r['records']} records: " + "; ".join(checks))
