@@ -412,7 +412,9 @@ def targets(table: pd.DataFrame) -> list[str]:
 
 
 def markdown(frame: pd.DataFrame) -> str:
-    """The frame as a Markdown table, with blanks for missing values."""
+    """The frame as a Markdown table, with blanks for missing values (counts stay integers beside them)."""
+    counts = {c: "Int64" for c in ("records", "candidates", "pairs_per_s", "matches") if c in frame}
+    frame = frame.astype(counts)
     return frame.astype(object).where(frame.notna(), None).to_markdown(index=False, missingval="")
 
 

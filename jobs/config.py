@@ -169,7 +169,7 @@ class ResolveConfig:
     """
 
     engine: str = "auto"
-    duckdb_max_records: int = 2_000_000
+    duckdb_max_records: int = 3_000_000
 
 
 @dataclass(frozen=True)

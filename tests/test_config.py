@@ -77,7 +77,7 @@ def test_spark_submit_json_is_read_as_json_and_joins_the_session_conf(tmp_path):
 
 
 def test_the_resolve_engine_ships_as_auto_and_a_bad_one_is_named(tmp_path):
-    assert load_config().resolve == ResolveConfig(engine="auto", duckdb_max_records=2_000_000)
+    assert load_config().resolve == ResolveConfig(engine="auto", duckdb_max_records=3_000_000)
     conf = tmp_path / "conf"
     shutil.copytree(DEFAULT_CONF_DIR, conf)
     pipeline = yaml.safe_load((conf / "pipeline.yaml").read_text(encoding="utf-8"))
@@ -92,7 +92,7 @@ def test_the_resolve_engine_ships_as_auto_and_a_bad_one_is_named(tmp_path):
     ]
     pipeline["resolve"] = {"engine": "duckdb"}
     (conf / "pipeline.yaml").write_text(yaml.safe_dump(pipeline), encoding="utf-8")
-    assert load_config(conf).resolve == ResolveConfig(engine="duckdb", duckdb_max_records=2_000_000)
+    assert load_config(conf).resolve == ResolveConfig(engine="duckdb", duckdb_max_records=3_000_000)
 
 
 def test_a_missing_file_is_named(tmp_path):
