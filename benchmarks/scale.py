@@ -80,6 +80,7 @@ RATIO_SAMPLE_PEOPLE = 2000
 SMALL_TARGET_RECORDS = 10_000
 LARGE_TARGET_RECORDS = range(990_000, 1_010_001)
 GB = 1024**3
+FAILED_NOTES = ("failed", "demo data failed")  # the note of a size whose idres run or demo data failed
 
 
 # ---- peak memory ------------------------------------------------------------------------------------------------
@@ -340,9 +341,9 @@ def bench_size(records: int, ratio: float, root: Path, args: argparse.Namespace)
     print(f"{records} records ({people} people) in {work}", flush=True)
     demo = spawn("demo_data", work, args, people)
     idres = spawn("idres", work, args) if demo else None
-    if idres is None:  # recorded, not dropped: "if memory allows" is answered by the failure; its logs stay in work
+    if idres is None:  # recorded, not dropped: "if memory allows" is answered by the failure (main keeps the logs)
         row = {"records": demo["records"] if demo else records, "system": SYSTEMS["idres"]}
-        return [{**row, "note": "failed" if demo else "demo data failed"}], {}
+        return [{**row, "note": FAILED_NOTES[0] if demo else FAILED_NOTES[1]}], {}
     outputs = {"idres": idres, "splink-duckdb": spawn("splink-duckdb", work, args)}
     if args.skip_spark_reference_above is None or demo["records"] <= args.skip_spark_reference_above:
         outputs["splink-spark"] = spawn("splink-spark", work, args)
@@ -499,7 +500,9 @@ def main(argv: list[str] | None = None) -> pd.DataFrame | None:
             fh.write(markdown(table) + "\n\n")
             fh.write("idres per stage (seconds) and peak memory:\n\n" + markdown(stages) + "\n\n")
             fh.write(f"![time against records]({PLOT.name})\n")
-    if not args.keep:
+    if table["note"].isin(FAILED_NOTES).any():
+        print(f"kept {root}: a size failed, its logs are there", flush=True)
+    elif not args.keep:
         shutil.rmtree(root, ignore_errors=True)
     return table
 
