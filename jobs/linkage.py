@@ -229,9 +229,15 @@ def pick_engine(spark: SparkSession, resolve: ResolveConfig, records: int) -> st
     return choice.engine
 
 
-def linker_for(db: SqlEngine, records: str, settings: SettingsCreator | dict[str, Any]) -> Linker:
-    """A Splink linker on the engine db over its table `records` (linkage_records' columns)."""
-    return Linker(db.splink_api.register(records), settings)
+def linker_for(
+    db: SqlEngine, records: str, settings: SettingsCreator | dict[str, Any], *, validate: bool = True
+) -> Linker:
+    """A Splink linker on the engine db over its table `records` (linkage_records' columns).
+
+    validate: Splink's settings check, which logs the settings' columns missing from `records`; a trained
+    model's settings were checked against the same columns at training, so using it needs no second check.
+    """
+    return Linker(db.splink_api.register(records), settings, validate_settings=validate)
 
 
 def save_model_charts(linker: Linker, report_dir: Path) -> list[Path]:

@@ -72,7 +72,7 @@ def predict_and_cluster(
     engines materialize their output in these calls).
     """
     linkage = cfg.linkage
-    linker = linker_for(db, records, model_settings(model, linkage, db.name))
+    linker = linker_for(db, records, model_settings(model, linkage, db.name), validate=False)
     started = time.perf_counter()
     predictions = linker.inference.predict(threshold_match_probability=linkage.match_probability)
     predicted = time.perf_counter()
