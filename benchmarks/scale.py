@@ -80,7 +80,7 @@ RATIO_SAMPLE_PEOPLE = 2000
 SMALL_TARGET_RECORDS = 10_000
 LARGE_TARGET_RECORDS = range(990_000, 1_010_001)
 GB = 1024**3
-FAILED_NOTES = ("failed", "demo data failed")  # the note of a size whose idres run or demo data failed
+FAILED, DEMO_FAILED = "failed", "demo data failed"  # the notes of a system or a size that failed
 
 
 # ---- peak memory ------------------------------------------------------------------------------------------------
@@ -343,7 +343,7 @@ def bench_size(records: int, ratio: float, root: Path, args: argparse.Namespace)
     idres = spawn("idres", work, args) if demo else None
     if idres is None:  # recorded, not dropped: "if memory allows" is answered by the failure (main keeps the logs)
         row = {"records": demo["records"] if demo else records, "system": SYSTEMS["idres"]}
-        return [{**row, "note": FAILED_NOTES[0] if demo else FAILED_NOTES[1]}], {}
+        return [{**row, "note": FAILED if demo else DEMO_FAILED}], {}
     outputs = {"idres": idres, "splink-duckdb": spawn("splink-duckdb", work, args)}
     if args.skip_spark_reference_above is None or demo["records"] <= args.skip_spark_reference_above:
         outputs["splink-spark"] = spawn("splink-spark", work, args)
@@ -353,7 +353,7 @@ def bench_size(records: int, ratio: float, root: Path, args: argparse.Namespace)
     for system, out in outputs.items():
         row: dict[str, Any] = {"records": demo["records"], "system": SYSTEMS[system]}
         if out is None:
-            rows.append({**row, "note": "failed"})
+            rows.append({**row, "note": FAILED})
             continue
         secs = out["seconds"]
         if system == "idres":
@@ -500,7 +500,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame | None:
             fh.write(markdown(table) + "\n\n")
             fh.write("idres per stage (seconds) and peak memory:\n\n" + markdown(stages) + "\n\n")
             fh.write(f"![time against records]({PLOT.name})\n")
-    if table["note"].isin(FAILED_NOTES).any():
+    if table["note"].isin([FAILED, DEMO_FAILED]).any():
         print(f"kept {root}: a size failed, its logs are there", flush=True)
     elif not args.keep:
         shutil.rmtree(root, ignore_errors=True)
