@@ -8,6 +8,7 @@ import great_expectations as gx
 import pycountry
 
 from expectations import QualityInputs, TableCheck, in_set, required_unique
+from jobs.canonical import EARLIEST_BIRTH_DATE
 
 E164 = r"^\+[1-9][0-9]{6,14}$"
 EMAIL = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
@@ -31,7 +32,7 @@ def checks(inputs: QualityInputs) -> list[TableCheck]:
                 in_set("country", COUNTRY_CODES, "countries are ISO 3166-1 alpha-2 codes"),
                 expect.ExpectColumnValuesToBeBetween(
                     column="date_of_birth",
-                    min_value=date(1900, 1, 1),
+                    min_value=EARLIEST_BIRTH_DATE,
                     max_value=date.today(),
                     description="dates of birth are real past dates",
                 ),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import date
+
 from pyspark.sql import Column
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -25,6 +27,10 @@ CANONICAL_FIELDS: dict[str, T.DataType] = {
     "health_note": T.StringType(),
     "updated_at": T.TimestampType(),
 }
+
+# A date of birth before this day, or after the day of the run, parses but cannot be real: ingest quarantines
+# it, and the silver suite checks that none reached silver.
+EARLIEST_BIRTH_DATE = date(1900, 1, 1)
 
 CANONICAL_COLUMNS: tuple[str, ...] = tuple(CANONICAL_FIELDS)
 TYPED_COLUMNS: tuple[str, ...] = tuple(c for c, t in CANONICAL_FIELDS.items() if not isinstance(t, T.StringType))

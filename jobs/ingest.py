@@ -26,7 +26,14 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from jobs import delta_io
-from jobs.canonical import BRONZE_COLUMNS, CANONICAL_COLUMNS, CANONICAL_FIELDS, TYPED_COLUMNS, subject_hash
+from jobs.canonical import (
+    BRONZE_COLUMNS,
+    CANONICAL_COLUMNS,
+    CANONICAL_FIELDS,
+    EARLIEST_BIRTH_DATE,
+    TYPED_COLUMNS,
+    subject_hash,
+)
 from jobs.config import PipelineConfig, SourceConfig
 from jobs.errors import SourceSchemaError
 from jobs.runner import job_arg_parser, run_job
@@ -45,6 +52,7 @@ WRONG_FIELD_COUNT = "wrong_field_count"
 MALFORMED_RECORD = "malformed_record"
 MISSING_SOURCE_ID = "missing_source_id"
 UNPARSEABLE_DATE = "unparseable_date"
+IMPLAUSIBLE_DATE = "implausible_date"
 INVALID_TYPE = "invalid_type"
 DUPLICATE_SOURCE_ID = "duplicate_source_id"
 ERASED_SUBJECT = "erased_subject"  # in the erasure register: never landed again, and its values not kept
@@ -299,6 +307,10 @@ def assign_quarantine_reasons(mapped: DataFrame, source: SourceConfig) -> DataFr
         .when(F.col(CORRUPT).isNotNull(), F.lit(corrupt_reason))
         .when(F.col("source_record_id").isNull(), F.lit(MISSING_SOURCE_ID))
         .when(failed_parse["date_of_birth"], F.lit(UNPARSEABLE_DATE))
+        .when(
+            (F.col("date_of_birth") < F.lit(EARLIEST_BIRTH_DATE)) | (F.col("date_of_birth") > F.current_date()),
+            F.lit(IMPLAUSIBLE_DATE),
+        )
         .when(
             reduce(lambda a, b: a | b, [v for k, v in failed_parse.items() if k != "date_of_birth"]),
             F.lit(INVALID_TYPE),

@@ -156,14 +156,14 @@ def standardize_name(raw: str | None) -> tuple[str | None, str | None, str | Non
 
 @lru_cache(maxsize=200_000)
 def standardize_email(raw: str | None) -> tuple[str | None, bool | None]:
-    """(lower-cased address, is it syntactically valid)."""
+    """(lower-cased address, is it syntactically valid). An invalid address becomes null, as an invalid phone
+    does: shared junk such as "n/a" must not match records, and the raw value stays in bronze."""
     if raw is None or not raw.strip():
         return None, None
-    email = raw.strip().lower()
     try:
-        return validate_email(email, check_deliverability=False).normalized.lower(), True
+        return validate_email(raw.strip().lower(), check_deliverability=False).normalized.lower(), True
     except EmailNotValidError:
-        return email, False
+        return None, False
 
 
 @lru_cache(maxsize=200_000)

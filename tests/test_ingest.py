@@ -120,6 +120,26 @@ def test_ingest_maps_source_columns_to_the_canonical_schema(spark, tiny_ua_sourc
     assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
 
 
+def test_a_date_of_birth_before_1900_or_after_the_run_day_is_quarantined_as_implausible(spark, cfg, tmp_path):
+    tomorrow = (dt.date.today() + dt.timedelta(days=1)).strftime("%d.%m.%Y")
+    births = {"UA-1": "31.12.1899", "UA-2": "01.01.1900", "UA-3": "01.01.0001", "UA-4": tomorrow}
+    path = tmp_path / "ua.csv"
+    rows = [f"{key};Бондар;Анна;;{born};ж;;;;;;;01.03.2025 10:17" for key, born in births.items()]
+    path.write_text("\n".join([CSV_HEADER, *rows]) + "\n", encoding="utf-8")
+    source = dataclasses.replace(cfg.source("ua_crm"), path=path)
+    actual = (
+        ingest.read_source(spark, source)
+        .transform(ingest.map_to_canonical, source)
+        .transform(ingest.assign_quarantine_reasons, source)
+        .select("source_record_id", ingest.REASON)
+    )
+    expected = spark.createDataFrame(
+        [("UA-1", "implausible_date"), ("UA-2", None), ("UA-3", "implausible_date"), ("UA-4", "implausible_date")],
+        actual.schema,
+    )
+    assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
+
+
 def test_typed_columns_are_parsed_with_the_source_format_and_bad_rows_get_a_reason(spark, tiny_ua_source):
     validated = (
         ingest.read_source(spark, tiny_ua_source)
