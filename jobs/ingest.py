@@ -164,18 +164,24 @@ class SchemaDrift:
     missing: tuple[str, ...] = ()  # mapped columns the extract lacks
     added: tuple[str, ...] = ()  # extract columns neither mapped nor in ignored_columns
     retyped: tuple[str, ...] = ()  # mapped columns that are no longer strings
+    # No column of the extract is a mapped one: its "header" may be a data row (a CSV without its header
+    # line), so the added names are counted, never shown.
+    unrecognized_header: bool = False
 
     def describe(self) -> str:
+        added = self.added
+        if self.unrecognized_header and added:
+            added = (f"{len(added)} unnamed here, as none is a mapped column (is the header line missing?)",)
         parts = [
             f"{label}: {', '.join(names)}"
             for label, names in (
                 ("mapped column(s) missing from the file", self.missing),
-                ("column(s) neither mapped nor in ignored_columns", self.added),
+                ("column(s) neither mapped nor in ignored_columns", added),
                 ("mapped column(s) no longer strings", self.retyped),
             )
             if names
         ]
-        if self.missing and self.added:
+        if self.missing and self.added and not self.unrecognized_header:
             parts.append("a renamed column shows as one missing and one added")
         return "; ".join(parts)
 
@@ -218,7 +224,8 @@ def schema_drift(source: SourceConfig, found: Mapping[str, bool]) -> SchemaDrift
     if source.format == "jsonl" and not added:
         missing = ()
     retyped = tuple(c for c in mapped if c in found and not found[c])
-    return SchemaDrift(missing=missing, added=added, retyped=retyped)
+    unrecognized = bool(added) and not any(c in mapped for c in found)
+    return SchemaDrift(missing=missing, added=added, retyped=retyped, unrecognized_header=unrecognized)
 
 
 def check_source_schema(source: SourceConfig) -> None:

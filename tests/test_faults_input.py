@@ -123,6 +123,21 @@ def test_a_drifted_extract_fails_the_run_before_any_table_changes(spark, clean_b
     assert first_ids["id"][0].as_py() not in str(err.value)  # names, never values
 
 
+def test_a_csv_without_its_header_line_fails_without_echoing_its_first_row(spark, clean_batch, tmp_path):
+    src = clean_batch.source("ua_crm").path
+    with src.open(encoding="utf-8", newline="") as fh:
+        rows = list(csv.reader(fh, delimiter=";"))
+    headerless = tmp_path / "customers.csv"
+    with headerless.open("w", encoding="utf-8", newline="") as fh:
+        csv.writer(fh, delimiter=";").writerows(rows[1:])
+    cfg = with_source(clean_batch, "ua_crm", path=headerless)
+    with pytest.raises(SourceSchemaError, match=r"\(is the header line missing\?\)") as err:
+        ingest.run(spark, cfg, run_id="headerless")
+    message = str(err.value)
+    assert f"{len(rows[1])} unnamed here" in message
+    assert [v for v in rows[1] if len(v) >= 4 and v in message] == []  # the customer's values stay out of it
+
+
 def test_allowed_added_columns_land_with_a_log_line_naming_only_source_and_column(spark, clean_batch, tmp_path, caplog):
     cfg = copy_lakehouse(clean_batch, tmp_path)
     _, path = added_parquet(cfg, tmp_path)
