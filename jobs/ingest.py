@@ -435,13 +435,15 @@ def source_fingerprint(source: SourceConfig) -> str | None:
     return digest.hexdigest()
 
 
-def unchanged_sources(cfg: PipelineConfig, fingerprints: Mapping[str, str | None]) -> set[str]:
-    """Sources whose extract is byte-identical to the one their last ingest read."""
+def unchanged_sources(cfg: PipelineConfig, fingerprints: Mapping[str, str | None], run_id: str) -> set[str]:
+    """Sources whose extract is byte-identical to the one their last ingest before this run read (a rerun of
+    the run compares with the same earlier run as its first attempt did, so it records the same counts)."""
     runs = cfg.tables.ingest_runs
     if not delta_io.table_exists(runs) or "source_sha256" not in delta_io.column_names(runs):
         return set()
-    rows = delta_io.query_delta("SELECT source_system, source_sha256, ingested_at FROM r", r=runs).to_pylist()
-    last = {r["source_system"]: r["source_sha256"] for r in sorted(rows, key=lambda r: r["ingested_at"])}
+    rows = delta_io.query_delta("SELECT run_id, source_system, source_sha256, ingested_at FROM r", r=runs).to_pylist()
+    earlier = sorted((r for r in rows if r["run_id"] != run_id), key=lambda r: r["ingested_at"])
+    last = {r["source_system"]: r["source_sha256"] for r in earlier}
     return {name for name, sha in last.items() if sha is not None and sha == fingerprints.get(name)}
 
 
@@ -453,7 +455,7 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str, mode: str = "full
     """
     ingested_at = datetime.now(UTC).replace(microsecond=0)
     fingerprints = {s.name: source_fingerprint(s) for s in cfg.sources}
-    skipped = unchanged_sources(cfg, fingerprints) if mode == "incremental" else set()
+    skipped = unchanged_sources(cfg, fingerprints, run_id) if mode == "incremental" else set()
     for name in sorted(skipped):
         log.info("ingest %s: extract unchanged since its last ingest; skipped (incremental)", name)
     to_read = [s for s in cfg.sources if s.name not in skipped]

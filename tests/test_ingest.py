@@ -277,3 +277,25 @@ def test_rerunning_the_same_batch_adds_nothing(spark, ingested):
     assert result.bronze_inserted == 0
     assert {t: delta_io.table_version(t) for t in before} == before
     assert delta_io.read_delta(spark, cfg.tables.bronze).count() == rows_before
+
+
+def test_an_incremental_rerun_of_a_run_records_the_counts_its_first_attempt_did(spark, tmp_path):
+    from jobs import demo_data
+    from tests.conftest import config_in
+
+    cfg = config_in(tmp_path)
+    demo_data.generate(cfg, people=5, seed=8)
+
+    def counts(run_id: str) -> dict[str, int]:
+        rows = delta_io.query_delta(
+            f"SELECT source_system, rows_read FROM r WHERE run_id = '{run_id}'", r=cfg.tables.ingest_runs
+        )
+        return {r["source_system"]: r["rows_read"] for r in rows.to_pylist()}
+
+    ingest.run(spark, cfg, run_id="r1", mode="incremental")  # nothing read before: every extract is new
+    first = counts("r1")
+    assert len(first) == 3 and all(first.values())
+    ingest.run(spark, cfg, run_id="r1", mode="incremental")  # the same run again (an Airflow retry)
+    assert counts("r1") == first
+    ingest.run(spark, cfg, run_id="r2", mode="incremental")  # a new run on the same extracts skips them
+    assert counts("r2") == dict.fromkeys(first, 0)
