@@ -10,7 +10,7 @@ import codecs
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -24,6 +24,23 @@ SourceFormat = Literal["csv", "jsonl", "parquet"]
 SOURCE_FORMATS: tuple[str, ...] = ("csv", "jsonl", "parquet")
 # What ingest lets through when an extract's columns differ from the mapping (sources.yaml `schema_drift`).
 SCHEMA_DRIFT_MODES: tuple[str, ...] = ("fail", "allow_added", "allow")
+SOURCE_KEYS: tuple[str, ...] = (
+    "name",
+    "region",
+    "system",
+    "format",
+    "path",
+    "encoding",
+    "delimiter",
+    "date_format",
+    "timestamp_format",
+    "default_country",
+    "columns",
+    "consent_feed",
+    "ignored_columns",
+    "schema_drift",
+)
+DATA_ROOTS: tuple[str, ...] = ("lakehouse", "landing", "ground_truth", "models", "reports")  # pipeline.yaml paths
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONF_DIR = PROJECT_ROOT / "conf"
@@ -389,6 +406,11 @@ class _Problems:
             return None
         return value
 
+    def unknown_keys(self, file: str, key: str, mapping: Mapping[str, Any], known: Iterable[str]) -> None:
+        """A problem for each key of the mapping the loader does not read (a misspelled key would else be ignored)."""
+        for name in sorted(set(mapping) - set(known), key=str):
+            self.add(file, f"{key}.{name}" if key else str(name), "is not a known key")
+
 
 def _read_conf_file(path: Path, problems: _Problems) -> dict[str, Any]:
     """The mapping a YAML file (or, for a .json file, a JSON object) holds; {} with a problem when it does not."""
@@ -462,6 +484,7 @@ def _load_source(i: int, raw: Any, landing: Path, names: set[str], problems: _Pr
         if name in names:
             problems.add(file, f"{key}.name", "is used by another source")
         names.add(name)
+    problems.unknown_keys(file, key, raw, SOURCE_KEYS)
     region = problems.require(file, key, raw, "region", str)
     system = problems.require(file, key, raw, "system", str)
     fmt = problems.require(file, key, raw, "format", str)
@@ -489,6 +512,7 @@ def _load_source(i: int, raw: Any, landing: Path, names: set[str], problems: _Pr
         if not isinstance(raw_feed, dict):
             problems.add(file, fkey, "must be a mapping")
         else:
+            problems.unknown_keys(file, fkey, raw_feed, ("path", "format", "columns"))
             fpath = problems.require(file, fkey, raw_feed, "path", str)
             ffmt = problems.require(file, fkey, raw_feed, "format", str)
             if ffmt is not None and ffmt not in SOURCE_FORMATS:
@@ -504,6 +528,9 @@ def _load_source(i: int, raw: Any, landing: Path, names: set[str], problems: _Pr
             if fpath and ffmt:
                 feed = ConsentFeedConfig(path=_resolve(landing, fpath), format=ffmt, columns=fcols)
     ignored = _ignored_columns(file, key, raw.get("ignored_columns", []), columns, problems)
+    delimiter = raw.get("delimiter", ",")
+    if fmt == "csv" and (not isinstance(delimiter, str) or len(delimiter) != 1):
+        problems.add(file, f"{key}.delimiter", f"must be one character, got {delimiter!r}")
     drift = raw.get("schema_drift", "fail")
     if drift not in SCHEMA_DRIFT_MODES:
         problems.add(file, f"{key}.schema_drift", f"must be one of {', '.join(SCHEMA_DRIFT_MODES)}, got '{drift}'")
@@ -520,7 +547,7 @@ def _load_source(i: int, raw: Any, landing: Path, names: set[str], problems: _Pr
         timestamp_format=timestamp_format,
         default_country=country,
         encoding=encoding,
-        delimiter=str(raw.get("delimiter", ",")),
+        delimiter=str(delimiter),
         consent_feed=feed,
         ignored_columns=ignored,
         schema_drift=drift if drift in SCHEMA_DRIFT_MODES else "fail",
@@ -540,11 +567,19 @@ def _ignored_columns(file: str, key: str, raw: Any, columns: Mapping[str, str], 
 
 def _load_policy(raw: dict[str, Any], problems: _Problems) -> PurposePolicy | None:
     file = "policy.yaml"
+    problems.unknown_keys(
+        file,
+        "",
+        raw,
+        ("version", "unification_purpose", "purposes", "attributes", "sensitive", "pseudonymized_for_matching"),
+    )
     version = problems.require(file, "", raw, "version", str)
     unification = problems.require(file, "", raw, "unification_purpose", str)
     purposes_raw = problems.require(file, "", raw, "purposes", dict) or {}
     purpose_bases: dict[str, tuple[str, ...]] = {}
     for purpose, spec in purposes_raw.items():
+        if isinstance(spec, dict):
+            problems.unknown_keys(file, f"purposes.{purpose}", spec, ("lawful_bases",))
         bases = spec.get("lawful_bases") if isinstance(spec, dict) else None
         if not isinstance(bases, list) or not bases:
             problems.add(file, f"purposes.{purpose}.lawful_bases", "must be a non-empty list")
@@ -658,6 +693,19 @@ def _load_linkage(raw: dict[str, Any], problems: _Problems) -> LinkageConfig | N
     import splink.comparison_library as cl
 
     file = "splink.yaml"
+    problems.unknown_keys(
+        file,
+        "",
+        raw,
+        (
+            "link_type",
+            "unique_id_column",
+            "comparisons",
+            "blocking_rules_to_generate_predictions",
+            "training",
+            "thresholds",
+        ),
+    )
     link_type = problems.require(file, "", raw, "link_type", str)
     if link_type is not None and link_type not in ("dedupe_only", "link_and_dedupe"):
         problems.add(file, "link_type", "must be dedupe_only or link_and_dedupe")
@@ -680,6 +728,12 @@ def _load_linkage(raw: dict[str, Any], problems: _Problems) -> LinkageConfig | N
     training = raw.get("training") if isinstance(raw.get("training"), dict) else {}
     if not training:
         problems.add(file, "training", "is required")
+    problems.unknown_keys(
+        file,
+        "training",
+        training,
+        ("deterministic_rules", "recall", "u_max_pairs", "seed", "em_blocking_rules", "em_max_pairs"),
+    )
     deterministic = _rules(file, "training.deterministic_rules", training.get("deterministic_rules"), problems)
     em_rules = _rules(file, "training.em_blocking_rules", training.get("em_blocking_rules"), problems, minimum=2)
     recall = _probability(file, "training.recall", training.get("recall"), problems)
@@ -696,7 +750,9 @@ def _load_linkage(raw: dict[str, Any], problems: _Problems) -> LinkageConfig | N
     em_max_pairs = _integer(
         file, "training", training, "em_max_pairs", 0, 0, "must be a non-negative integer (0: every pair)", problems
     )
+    seed = _integer(file, "training", training, "seed", 42, 0, "must be a non-negative integer", problems)
     thresholds = raw.get("thresholds") if isinstance(raw.get("thresholds"), dict) else {}
+    problems.unknown_keys(file, "thresholds", thresholds, ("match_probability", "cluster_probability"))
     match_p = _probability(file, "thresholds.match_probability", thresholds.get("match_probability"), problems)
     cluster_p = _probability(file, "thresholds.cluster_probability", thresholds.get("cluster_probability"), problems)
     if cluster_p < match_p:
@@ -711,7 +767,7 @@ def _load_linkage(raw: dict[str, Any], problems: _Problems) -> LinkageConfig | N
         deterministic_rules=deterministic,
         recall=recall,
         u_max_pairs=u_max_pairs,
-        seed=int(training.get("seed", 42)),
+        seed=seed,
         em_blocking_rules=em_rules,
         em_max_pairs=em_max_pairs,
         match_probability=match_p,
@@ -721,6 +777,7 @@ def _load_linkage(raw: dict[str, Any], problems: _Problems) -> LinkageConfig | N
 
 def _load_survivorship(raw: dict[str, Any], source_names: set[str], problems: _Problems) -> SurvivorshipConfig:
     file = "survivorship.yaml"
+    problems.unknown_keys(file, "", raw, ("source_priority", "attributes"))
     allowed = {c for _, columns in SILVER_ATTRIBUTES.values() for c in columns}
     priority = raw.get("source_priority") or []
     if not isinstance(priority, list) or not all(isinstance(x, str) for x in priority):
@@ -737,6 +794,7 @@ def _load_survivorship(raw: dict[str, Any], source_names: set[str], problems: _P
         if not isinstance(spec, dict):
             problems.add(file, key, "must be a mapping with a strategy")
             continue
+        problems.unknown_keys(file, key, spec, ("columns", "strategy", "tie_breakers"))
         columns = spec.get("columns", [attribute])
         if not isinstance(columns, list) or not columns:
             problems.add(file, f"{key}.columns", "must be a non-empty list of silver columns")
@@ -789,8 +847,7 @@ def _load_quality(raw: Any, problems: _Problems) -> QualityConfig:
         "must be a whole number of rows, 0 or more",
         problems,
     )
-    for key in sorted(set(raw) - {"max_cluster_size", "max_profile_id_churn", "pandas_max_rows"}):
-        problems.add(file, f"quality.{key}", "is not a known key")
+    problems.unknown_keys(file, "quality", raw, ("max_cluster_size", "max_profile_id_churn", "pandas_max_rows"))
     return QualityConfig(max_cluster_size=size, max_profile_id_churn=float(churn), pandas_max_rows=pandas_rows)
 
 
@@ -813,8 +870,7 @@ def _load_resolve(raw: Any, problems: _Problems) -> ResolveConfig:
         "must be a non-negative integer",
         problems,
     )
-    for key in sorted(set(raw) - {"engine", "duckdb_max_records"}):
-        problems.add(file, f"resolve.{key}", "is not a known key")
+    problems.unknown_keys(file, "resolve", raw, ("engine", "duckdb_max_records"))
     return ResolveConfig(engine=engine, duckdb_max_records=max_records)
 
 
@@ -827,8 +883,7 @@ def _load_concurrency(raw: Any, problems: _Problems) -> ConcurrencyConfig:
     if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout < 0:
         problems.add(file, "concurrency.lock_timeout_seconds", "must be a non-negative number of seconds")
         timeout = default.lock_timeout_seconds
-    for key in sorted(set(raw) - {"lock_timeout_seconds"}):
-        problems.add(file, f"concurrency.{key}", "is not a known key")
+    problems.unknown_keys(file, "concurrency", raw, ("lock_timeout_seconds",))
     return ConcurrencyConfig(lock_timeout_seconds=float(timeout))
 
 
@@ -865,10 +920,12 @@ def load_config(conf_dir: Path | str | None = None) -> PipelineConfig:
     problems = _Problems()
 
     pipeline = _read_conf_file(conf / "pipeline.yaml", problems)
+    problems.unknown_keys("pipeline.yaml", "", pipeline, ("paths", "spark", "quality", "resolve", "concurrency"))
     paths = pipeline.get("paths") or {}
     if not isinstance(paths, dict):
         problems.add("pipeline.yaml", "paths", "must be a mapping")
         paths = {}
+    problems.unknown_keys("pipeline.yaml", "paths", paths, DATA_ROOTS)
 
     def data_root(key: str, default: str) -> Path:
         """A data folder: IDRES_<KEY> if set, else pipeline.yaml paths.<key>, else the default."""
@@ -883,6 +940,12 @@ def load_config(conf_dir: Path | str | None = None) -> PipelineConfig:
     if not isinstance(spark_raw, dict):
         problems.add("pipeline.yaml", "spark", "must be a mapping")
     else:
+        problems.unknown_keys(
+            "pipeline.yaml",
+            "spark",
+            spark_raw,
+            ("master", "shuffle_partitions", "rows_per_shuffle_partition", "small_input_rows", "conf"),
+        )
         sizes = {
             key: _integer("pipeline.yaml", "spark", spark_raw, key, getattr(spark, key), minimum, message, problems)
             for key, minimum, message in (
@@ -902,7 +965,9 @@ def load_config(conf_dir: Path | str | None = None) -> PipelineConfig:
         )
     spark = replace(spark, conf={**spark.conf, **_spark_submit_conf(conf, spark.conf, problems)})
 
-    sources_raw = _read_conf_file(conf / "sources.yaml", problems).get("sources")
+    sources_file = _read_conf_file(conf / "sources.yaml", problems)
+    problems.unknown_keys("sources.yaml", "", sources_file, ("sources",))
+    sources_raw = sources_file.get("sources")
     sources: list[SourceConfig] = []
     if not isinstance(sources_raw, list) or not sources_raw:
         problems.add("sources.yaml", "sources", "must be a non-empty list")

@@ -60,6 +60,43 @@ def test_every_problem_is_reported_at_once_naming_file_and_key(tmp_path):
     assert isinstance(err.value, ValueError)
 
 
+def test_a_misspelled_key_in_any_file_is_named_instead_of_ignored(tmp_path):
+    conf = tmp_path / "conf"
+    shutil.copytree(DEFAULT_CONF_DIR, conf)
+    files = ("pipeline.yaml", "sources.yaml", "policy.yaml", "splink.yaml", "survivorship.yaml")
+    pipeline, sources, policy, splink, survivorship = (
+        yaml.safe_load((conf / name).read_text(encoding="utf-8")) for name in files
+    )
+    pipeline["qualty"] = {}
+    pipeline["paths"]["lakehose"] = "/mnt/x"
+    pipeline["spark"]["mastr"] = "local[2]"
+    sources["sources"][0].update({"schema-drift": "allow", "delimiter": ";;"})
+    sources["sources"][1]["consent_feed"]["encodng"] = "UTF-8"
+    policy["sensitve"] = ["national_id"]
+    policy["purposes"]["analytics"]["basis"] = []
+    splink["training"].update(em_max_pair=5, seed="x")
+    splink["thresholds"]["match"] = 0.5
+    survivorship["attributes"]["email"]["tie_breaker"] = ["most_recent"]
+    for name, data in zip(files, (pipeline, sources, policy, splink, survivorship), strict=True):
+        (conf / name).write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        load_config(conf)
+    assert sorted(err.value.problems) == [
+        "pipeline.yaml: paths.lakehose: is not a known key",
+        "pipeline.yaml: qualty: is not a known key",
+        "pipeline.yaml: spark.mastr: is not a known key",
+        "policy.yaml: purposes.analytics.basis: is not a known key",
+        "policy.yaml: sensitve: is not a known key",
+        "sources.yaml: sources[0] (ua_crm).delimiter: must be one character, got ';;'",
+        "sources.yaml: sources[0] (ua_crm).schema-drift: is not a known key",
+        "sources.yaml: sources[1] (ro_shop).consent_feed.encodng: is not a known key",
+        "splink.yaml: thresholds.match: is not a known key",
+        "splink.yaml: training.em_max_pair: is not a known key",
+        "splink.yaml: training.seed: must be a non-negative integer",
+        "survivorship.yaml: attributes.email.tie_breaker: is not a known key",
+    ]
+
+
 def test_spark_submit_json_is_read_as_json_and_joins_the_session_conf(tmp_path):
     assert {k: v for k, v in load_config().spark.conf.items() if k.startswith("spark.driver.")} == {
         "spark.driver.maxResultSize": "0",
