@@ -166,6 +166,27 @@ def assign_consent_reasons(events: DataFrame, policy: PurposePolicy) -> DataFram
     )
 
 
+def mark_ledger_conflicts(events: DataFrame, ledger: DataFrame | None) -> DataFrame:
+    """Give `conflicting_event_id` to a good event whose id the ledger already holds with other content.
+
+    The ledger is append-only: it keeps an event as first landed, and a correction is a new event. A copy
+    that changes a landed event (its status, basis, times) is quarantined instead of silently not landing.
+    """
+    if ledger is None:
+        return events
+    content = ("source_record_id", *EVENT_CONTENT)
+    held = ledger.select(
+        "source_system", "event_id", *[F.col(c).alias(f"_held_{c}") for c in content], F.lit(True).alias("_held")
+    )
+    same = reduce(lambda a, b: a & b, [F.col(c).eqNullSafe(F.col(f"_held_{c}")) for c in content])
+    changed = F.col(REASON).isNull() & F.coalesce(F.col("_held"), F.lit(False)) & ~same
+    return (
+        events.join(held, ["source_system", "event_id"], "left")
+        .withColumn(REASON, F.when(changed, F.lit(CONFLICTING_EVENT_ID)).otherwise(F.col(REASON)))
+        .drop("_held", *[f"_held_{c}" for c in content])
+    )
+
+
 def raw_event_values() -> Column:
     """A consent event as the feed wrote it, as JSON, for the quarantine record."""
     return F.to_json(
@@ -338,7 +359,9 @@ def land_consent_events(spark: SparkSession, cfg: PipelineConfig, run_id: str, a
     ]
     if not frames:
         return 0, {}
-    events = reduce(lambda a, b: a.unionByName(b), frames).persist()
+    ledger_path = cfg.tables.consent_ledger
+    held = delta_io.read_delta(spark, ledger_path) if delta_io.table_exists(ledger_path) else None
+    events = reduce(lambda a, b: a.unionByName(b), frames).transform(mark_ledger_conflicts, held).persist()
     try:
         counts = {r[REASON]: r["count"] for r in events.groupBy(REASON).count().collect()}
         ledger = (
@@ -349,9 +372,7 @@ def land_consent_events(spark: SparkSession, cfg: PipelineConfig, run_id: str, a
             .withColumn("landed_at", F.lit(at).cast("timestamp"))
             .select(*LEDGER_COLUMNS)
         )
-        delta_io.merge_delta(
-            ledger, cfg.tables.consent_ledger, keys=("source_system", "event_id"), run_id=run_id, job="consent_gate"
-        )
+        delta_io.merge_delta(ledger, ledger_path, keys=("source_system", "event_id"), run_id=run_id, job="consent_gate")
         quarantine = to_quarantine(events, raw_event_values(), run_id, at)
         delta_io.merge_delta(
             quarantine,

@@ -302,6 +302,35 @@ def test_a_consent_event_arriving_in_a_later_run_admits_the_record(spark, gate_w
     assert admitted.where("source_record_id = 'UA-4'").select("unification_basis").first()[0] == "consent"
 
 
+def test_a_landed_event_delivered_again_with_other_content_is_quarantined_not_lost(spark, gate_world, tmp_path):
+    from tests.conftest import copy_lakehouse
+
+    cfg = copy_lakehouse(gate_world[0], tmp_path).with_paths(landing=tmp_path / "landing")
+    landed_id = "UA-2-profile_unification-granted-2025-01-01T10:00:00+02:00"
+    changed = event("UA-2", "profile_unification", "contract", "withdrawn", "2025-01-01T10:00:00+02:00", eid=landed_id)
+    original = event("UA-2", "profile_unification", "contract", "granted", "2025-01-01T10:00:00+02:00")
+    assert original in GOOD_EVENTS  # the landed event the feed now delivers changed
+    write_consent_feed(cfg, "ua_crm", [changed if e == original else e for e in GOOD_EVENTS])
+    ledger_before = delta_io.read_delta(spark, cfg.tables.consent_ledger).toPandas()
+
+    result = consent.run(spark, cfg, run_id="r3", cutoff=CUTOFF)
+
+    assert result.events_quarantined == {"conflicting_event_id": 1}
+    quarantined = (
+        delta_io.read_delta(spark, cfg.tables.consent_quarantine)
+        .where("run_id = 'r3'")
+        .select("source_record_id", "reason")
+    )
+    expected = spark.createDataFrame([("UA-2", "conflicting_event_id")], quarantined.schema)
+    assert_df_equality(quarantined, expected, ignore_nullable=True)
+    ledger = delta_io.read_delta(spark, cfg.tables.consent_ledger).toPandas()
+    assert ledger.sort_values("event_id", ignore_index=True).equals(
+        ledger_before.sort_values("event_id", ignore_index=True)
+    )
+    assert ledger.loc[ledger["event_id"] == landed_id, "status"].tolist() == ["granted"]
+    assert delta_io.read_delta(spark, cfg.tables.admitted).where("source_record_id = 'UA-2'").count() == 1
+
+
 def test_a_pseudonym_is_an_attribute_the_gate_suppresses_without_its_purpose(spark):
     from jobs.config import load_config
 
