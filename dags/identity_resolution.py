@@ -11,7 +11,8 @@ from idres_common import DEFAULT_ARGS, GOLD, PROJECT, spark_job, table_assets
 
 DOC = """
 ### identity_resolution
-1. **demo_data**: (re)generates the bundled demo extracts (param `demo_people`, 0 = leave the landing zone).
+1. **demo_data**: (re)generates the bundled demo extracts when param `demo_people` is above 0. The default, 0,
+   leaves the landing zone as it is, so a scheduled run reads the real extracts; `make run` passes 2000.
 2. **ingest**: maps every regional extract to one canonical schema into the bronze Delta table; malformed rows
    go to quarantine with a reason code.
 3. **standardize**: names (native, Latin, convention-tolerant key), emails, phones (E.164), dates, addresses
@@ -50,7 +51,7 @@ with DAG(
     tags=["idres", "identity-resolution", "gdpr"],
     default_args=DEFAULT_ARGS,
     params={
-        "demo_people": Param(2000, type="integer", minimum=0, description="demo people; 0 = none"),
+        "demo_people": Param(0, type="integer", minimum=0, description="demo people to make; 0: the landing as is"),
         "demo_corrupt": Param(True, type="boolean", description="append known-bad rows to the demo sources"),
         "mode": Param("full", enum=["full", "incremental"], description="incremental skips unchanged extracts"),
     },

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from airflow.sdk import DAG, Param
-from idres_common import DEFAULT_ARGS, GOLD, spark_job
+from idres_common import DEFAULT_ARGS, GOLD, spark_job, table_assets
 
 DOC = """
 ### subject_requests
@@ -16,7 +16,8 @@ Carries out one data-subject request (GDPR Art. 15 / Art. 17). Trigger with para
   erasure certificate.
 - `record`: `<source_system>:<source_record_id>`, or `profile_id`: every source record of that profile.
 
-Files land in `reports/subject_requests/`. Identifiers only go in; the run logs carry hashes and counts.
+Files land in `reports/subject_requests/`. Only identifiers go in (they appear in the task's spark-submit
+command line); the job's own log lines carry the subject's hash and counts, never a value.
 """
 
 with DAG(
@@ -40,5 +41,22 @@ with DAG(
         "{{ params.action }}",
         "--record={{ params.record }}",
         "--profile-id={{ params.profile_id }}",
-        outlets=GOLD,
+        outlets=[  # an erasure deletes from every table
+            *GOLD,
+            *table_assets(
+                "bronze/customers",
+                "bronze/quarantine",
+                "bronze/consent_quarantine",
+                "silver/customers",
+                "silver/consent_ledger",
+                "silver/effective_consent",
+                "silver/admitted_customers",
+                "audit/consent_decisions",
+                "gold/pairwise_matches",
+                "gold/record_profiles",
+                "gold/profile_registry",
+                "audit/identity_events",
+                "audit/erasure_register",
+            ),
+        ],
     )
