@@ -28,7 +28,7 @@ with DAG(
     catchup=False,
     max_active_runs=1,
     tags=["idres", "gdpr", "subject-rights"],
-    default_args=DEFAULT_ARGS,  # a request is safe to retry: deletions and the register are idempotent
+    default_args=DEFAULT_ARGS,  # safe to retry: an erasure's retry reads what its first attempt found (time travel)
     params={
         "action": Param("export", enum=["export", "erase"], description="export (access) or erase (erasure)"),
         "record": Param("", type="string", description="<source_system>:<source_record_id>, or empty"),

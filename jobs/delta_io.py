@@ -71,6 +71,14 @@ def committed_in_run(path: Path | str, job: str, run_id: str) -> bool:
     return table_exists(path) and DeltaTable(str(path)).transaction_version(run_transaction_id(job, run_id)) is not None
 
 
+def version_before_run(path: Path | str, job: str, run_id: str) -> int | None:
+    """The table's version just before this job's first commit in this run (-1 when that commit created it), or
+    None when the job has no commit in this run: what a retried run reads to see the table as its first
+    attempt found it."""
+    versions = [c["version"] for c in history(path) if c.get("job") == job and c.get("run_id") == run_id]
+    return min(versions) - 1 if versions else None
+
+
 def run_commit_metrics(path: Path | str, job: str, run_id: str) -> dict[str, int]:
     """The merge metrics (inserted, updated, deleted) of this job's commit to the table in this run, from the log.
 

@@ -10,8 +10,10 @@ The subject is the given source records, or every source record of the given pro
 - erase deletes the subject's rows from every table (bronze, quarantine, silver, consent ledger,
   gate audit, matches, gold), records the subject's hash in the erasure register (so ingest never lands
   them again), re-resolves and re-unifies what the subject's records bridged, vacuums and drops the
-  Delta history that still holds the values, scans every file of the lakehouse for the subject's
-  distinguishing values, and writes an erasure certificate (hashes, tables, versions, time; no values).
+  Delta history that still holds the values, deletes earlier access exports that quote them, scans every
+  file of the lakehouse and the reports for the subject's distinguishing values, and writes an erasure
+  certificate (hashes, tables, versions, time; no values). A retry of a failed erasure (same run id)
+  reads the tables as its first attempt found them, so it erases and checks the same records and values.
 Files go to <reports>/subject_requests/. Logs carry counts and hashes only.
 """
 
@@ -41,6 +43,7 @@ from jobs.runner import INCIDENTS_DIR, job_arg_parser, run_job
 
 log = logging.getLogger("idres.subject_rights")
 JOB = "subject_rights"
+REQUESTS_DIR = "subject_requests"  # under the reports folder: access exports and erasure certificates
 
 # Tables keyed by source record, and how their columns name it.
 RECORD_TABLES = (
@@ -83,8 +86,20 @@ class Subject:
     reference: str  # SHA-256 over the sorted subject hashes: names the subject in files and logs
 
 
-def find_subject(spark: SparkSession, t: TablePaths, records: Sequence[str], profile_id: str | None) -> Subject:
-    """The subject's source records: the given `source:id` references and every record of the given profile."""
+def as_first_found(spark: SparkSession, path: Path, run_id: str) -> DataFrame:
+    """The table as this run first found it: before its first commit of this job when an earlier attempt of the
+    run made one (a retry after a failure), else as it is now."""
+    version = delta_io.version_before_run(path, JOB, run_id)
+    if version == -1:  # the first attempt created the table
+        return delta_io.read_delta(spark, path).limit(0)
+    return delta_io.read_delta(spark, path, version)
+
+
+def find_subject(
+    spark: SparkSession, t: TablePaths, records: Sequence[str], profile_id: str | None, run_id: str
+) -> Subject:
+    """The subject's source records: the given `source:id` references and every record of the given profile
+    (as the run first found them, so a retried erasure finds the records its first attempt deleted)."""
     wanted = []
     for ref in records:
         source, sep, record_id = ref.partition(":")
@@ -95,7 +110,7 @@ def find_subject(spark: SparkSession, t: TablePaths, records: Sequence[str], pro
     if profile_id:
         if not delta_io.table_exists(t.record_profiles):
             raise IdresError("no record_profiles table: nothing is resolved yet")
-        members = delta_io.read_delta(spark, t.record_profiles).where(F.col("profile_id") == profile_id)
+        members = as_first_found(spark, t.record_profiles, run_id).where(F.col("profile_id") == profile_id)
         given = given.unionByName(members.select(*SUBJECT))
     # Held in memory, not as a plan over tables that the erasure is about to rewrite.
     rows = given.distinct().withColumn("h", subject_hash()).collect()
@@ -107,7 +122,7 @@ def find_subject(spark: SparkSession, t: TablePaths, records: Sequence[str], pro
         raise IdresError("the subject has no source records (unknown profile id?)")
     profile_ids: set[str] = {profile_id} if profile_id else set()
     if delta_io.table_exists(t.record_profiles):
-        found = delta_io.read_delta(spark, t.record_profiles).join(subject, list(SUBJECT))
+        found = as_first_found(spark, t.record_profiles, run_id).join(subject, list(SUBJECT))
         profile_ids |= {r["profile_id"] for r in found.select("profile_id").distinct().collect()}
     reference = hashlib.sha256("\n".join(sorted(r["h"] for r in rows)).encode()).hexdigest()
     return Subject(records=subject, profile_ids=tuple(sorted(profile_ids)), reference=reference)
@@ -154,8 +169,9 @@ def export_subject(spark: SparkSession, cfg: PipelineConfig, subject: Subject) -
     }
 
 
-def distinguishing_values(spark: SparkSession, t: TablePaths, subject: Subject) -> set[str]:
-    """The subject's identifying values that no other record holds: what must not survive erasure."""
+def distinguishing_values(spark: SparkSession, t: TablePaths, subject: Subject, run_id: str) -> set[str]:
+    """The subject's identifying values that no other record holds: what must not survive erasure (read as the
+    run first found bronze and silver, so a retry checks for the values its first attempt deleted)."""
 
     def values(df: DataFrame) -> set[str]:
         columns = [c for c in IDENTIFYING if c in df.columns]
@@ -168,7 +184,7 @@ def distinguishing_values(spark: SparkSession, t: TablePaths, subject: Subject) 
     others: set[str] = set()
     for path in (t.bronze, t.silver):
         if delta_io.table_exists(path):
-            df = delta_io.read_delta(spark, path)
+            df = as_first_found(spark, path, run_id)
             keys = subject.records.select(*SUBJECT)
             mine |= values(df.join(keys, list(SUBJECT)))
             others |= values(df.join(keys, list(SUBJECT), "left_anti"))
@@ -195,11 +211,36 @@ def scan_for_values(root: Path, values: Iterable[str]) -> dict[str, int]:
     return hits
 
 
+def _remove_files_quoting(folder: Path, values: Iterable[str]) -> int:
+    """Delete the files under folder that hold any of values; returns how many."""
+    quoting = scan_for_values(folder, values) if folder.is_dir() else {}
+    for name in quoting:
+        (folder / name).unlink()
+    return len(quoting)
+
+
+def _erased_before(spark: SparkSession, t: TablePaths, subject: Subject, run_id: str) -> bool:
+    """Whether every record of the subject was in the erasure register before this run (as first found)."""
+    if not delta_io.table_exists(t.erasure_register):
+        return False
+    hashes = subject.records.select(subject_hash().alias("subject_hash"))
+    registered = hashes.join(as_first_found(spark, t.erasure_register, run_id), "subject_hash")
+    return registered.count() == hashes.count()
+
+
 def erase_subject(spark: SparkSession, cfg: PipelineConfig, subject: Subject, run_id: str) -> dict[str, Any]:
-    """Delete the subject everywhere, re-resolve what it bridged, purge history, prove it, and certify."""
+    """Delete the subject everywhere, re-resolve what it bridged, purge history, prove it (in the lakehouse and
+    the reports, earlier access exports removed), and certify."""
     t = cfg.tables
+    exports = cfg.reports / REQUESTS_DIR
     job = {"run_id": run_id, "job": JOB}
-    evidence = distinguishing_values(spark, t, subject)
+    evidence = distinguishing_values(spark, t, subject, run_id)
+    if not evidence and _erased_before(spark, t, subject, run_id):
+        raise IdresError(
+            f"subject {subject.reference} is in the erasure register already and none of its values is held any "
+            "more, so there is nothing left to erase or to scan for (see the certificate of the erasure that "
+            "did it, or the log of an earlier attempt of this run)"
+        )
     at = datetime.now(UTC).replace(microsecond=0)
     register = subject.records.select(
         subject_hash().alias("subject_hash"),
@@ -238,14 +279,12 @@ def erase_subject(spark: SparkSession, cfg: PipelineConfig, subject: Subject, ru
             deleted[name] = delta_io.delete_matching(gone, getattr(t, name), **job)
 
     versions = {name: delta_io.purge_history(path) for name, path in t.all().items() if delta_io.table_exists(path)}
-    # A failed job's incident file (jobs.runner.record_incident) may quote the subject's values too.
-    incidents = cfg.lakehouse / INCIDENTS_DIR
-    quoting = scan_for_values(incidents, evidence)
-    for name in quoting:
-        (incidents / name).unlink()
-    hits = scan_for_values(cfg.lakehouse, evidence)
+    # A failed job's incident file (jobs.runner.record_incident) and an earlier access export of the subject
+    # (or of a profile it belonged to) quote its values too.
+    removed = {folder: _remove_files_quoting(folder, evidence) for folder in (cfg.lakehouse / INCIDENTS_DIR, exports)}
+    hits = sum(len(scan_for_values(root, evidence)) for root in (cfg.lakehouse, cfg.reports))
     if hits:
-        raise IdresError(f"erasure incomplete: {len(hits)} file(s) still hold values of subject {subject.reference}")
+        raise IdresError(f"erasure incomplete: {hits} file(s) still hold values of subject {subject.reference}")
     return {
         "certificate": "erasure",
         "subject_reference": subject.reference,
@@ -254,9 +293,10 @@ def erase_subject(spark: SparkSession, cfg: PipelineConfig, subject: Subject, ru
         "rows_deleted": deleted,
         "table_versions_after": versions,
         "history": "vacuumed with 0 h retention; Delta log before the erasure checkpoint removed",
-        "incident_files_removed": len(quoting),
+        "incident_files_removed": removed[cfg.lakehouse / INCIDENTS_DIR],
+        "export_files_removed": removed[exports],
         "scan": {
-            "files": sum(1 for p in cfg.lakehouse.rglob("*") if p.is_file()),
+            "files": sum(1 for root in (cfg.lakehouse, cfg.reports) for p in root.rglob("*") if p.is_file()),
             "values_checked": len(evidence),
             "hits": 0,
         },
@@ -268,7 +308,7 @@ def erase_subject(spark: SparkSession, cfg: PipelineConfig, subject: Subject, ru
 def write_report(cfg: PipelineConfig, kind: str, subject: Subject, content: dict[str, Any]) -> Path:
     """Write content as <reports>/subject_requests/<kind>-<subject ref>-<UTC time>.json; a certificate is sealed
     with the SHA-256 of its own content."""
-    folder = cfg.reports / "subject_requests"
+    folder = cfg.reports / REQUESTS_DIR
     folder.mkdir(parents=True, exist_ok=True)
     body = json.dumps(content, default=str, ensure_ascii=False, indent=2, sort_keys=True)
     if kind == "erasure":
@@ -292,7 +332,7 @@ def run(
     records = [r for r in (record or []) if r]
     if not records and not profile_id:
         raise IdresError("name the subject with --record <source:id> (repeatable) or --profile-id")
-    subject = find_subject(spark, cfg.tables, records, profile_id or None)
+    subject = find_subject(spark, cfg.tables, records, profile_id or None, run_id)
     if action == "export":
         path = write_report(cfg, "export", subject, export_subject(spark, cfg, subject))
     elif action == "erase":

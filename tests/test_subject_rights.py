@@ -16,7 +16,9 @@ import pytest
 from pyspark.sql import functions as F
 
 from jobs import delta_io, ingest, query, standardize, subject_rights
+from jobs.errors import IdresError
 from jobs.runner import INCIDENTS_DIR, record_incident
+from tests.conftest import copy_lakehouse
 from tests.test_resolve import BRIDGE, IRYNA, PEOPLE, bronze_rows
 from tests.test_unify import GRANTS, publish
 
@@ -29,7 +31,8 @@ IRYNA_IDS = ("ro_shop:R-1", "eu_loyalty:LM-9", "ua_crm:UA-9")
 
 
 @pytest.fixture(scope="module")
-def published(spark, trained, tmp_path_factory):
+def pristine(spark, trained, tmp_path_factory):
+    """The hand records among the demo population, published by run-1; tests change copies of it only."""
     population = delta_io.read_delta(spark, trained.tables.silver).select(*standardize.silver_columns(trained.policy))
     population_consent = delta_io.read_delta(spark, trained.tables.effective_consent)
     root = tmp_path_factory.mktemp("subject-rights")
@@ -37,6 +40,12 @@ def published(spark, trained, tmp_path_factory):
     cfg = dataclasses.replace(cfg, models=trained.models)
     publish(spark, cfg, population, population_consent, GRANTS, "run-1", hand=HAND)
     return cfg
+
+
+@pytest.fixture(scope="module")
+def published(pristine, tmp_path_factory):
+    """A copy of the pristine lakehouse that this module's tests share (the erasure test changes it)."""
+    return copy_lakehouse(pristine, tmp_path_factory.mktemp("subject-rights-shared"))
 
 
 def profile_of(spark, cfg, record_id: str) -> str | None:
@@ -113,6 +122,7 @@ def test_export_holds_every_source_record_then_erasure_leaves_no_trace(spark, pu
     assert {r["purpose"] for r in export["profile_values_lineage"]} == {"profile_unification"}
     assert all(r["lawful_basis"] and r["source_record_id"] for r in export["profile_values_lineage"])
     assert export["match_evidence"] and export["profiles"][0]["profile_id"] == iryna
+    assert canary_hits(cfg.reports) == [str(export_path.relative_to(cfg.reports))]  # the export quotes the bridge
 
     # two failed jobs left incident files: one quotes the subject's value, the other quotes nobody's
     quoting = record_incident(cfg, "unify", "r-1", ValueError(f"cannot parse {CANARY_BRIDGE['middle_name']!r}"))
@@ -120,12 +130,12 @@ def test_export_holds_every_source_record_then_erasure_leaves_no_trace(spark, pu
     assert canary_hits(cfg.lakehouse / INCIDENTS_DIR) == [quoting.name]
 
     certificate_path = subject_rights.run(spark, cfg, run_id="sr-2", action="erase", record=["ua_crm:UA-9"])
-    assert canary_hits(cfg.lakehouse) == []
-    assert not quoting.exists() and unrelated.exists()
+    assert canary_hits(cfg.lakehouse) == [] and canary_hits(cfg.reports) == []
+    assert not quoting.exists() and unrelated.exists() and not export_path.exists()
     certificate = json.loads(certificate_path.read_text(encoding="utf-8"))
     assert certificate["scan"]["hits"] == 0 and certificate["scan"]["values_checked"] >= len(CANARIES)
     assert certificate["source_records_erased"] == 1 and len(certificate["certificate_sha256"]) == 64
-    assert certificate["incident_files_removed"] == 1
+    assert certificate["incident_files_removed"] == 1 and certificate["export_files_removed"] == 1
     assert {"bronze", "silver", "admitted", "pairwise_matches", "profile_lineage"} <= set(certificate["rows_deleted"])
     assert certificate["rows_deleted"]["bronze"] == 1
     assert not any(c in certificate_path.read_text(encoding="utf-8").lower() for c in CANARIES)
@@ -152,3 +162,31 @@ def test_export_holds_every_source_record_then_erasure_leaves_no_trace(spark, pu
     assert [(r["source_record_id"], r["raw_record"], r["reason"]) for r in quarantined.collect()] == [
         (None, None, ingest.ERASED_SUBJECT)
     ]
+
+
+def test_a_retried_erasure_finds_what_its_failed_first_attempt_deleted(spark, pristine, tmp_path, monkeypatch):
+    cfg = copy_lakehouse(pristine, tmp_path)
+    iryna = profile_of(spark, cfg, "ua_crm:UA-9")
+
+    def dies(*_args, **_kwargs):
+        raise RuntimeError("injected: the job dies after its deletions")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(subject_rights.resolve, "run", dies)
+        with pytest.raises(RuntimeError, match="injected"):
+            subject_rights.run(spark, cfg, run_id="sr-retry", action="erase", profile_id=iryna)
+    assert profile_of(spark, cfg, "ua_crm:UA-9") is None  # the first attempt deleted the records
+    assert canary_hits(cfg.lakehouse)  # and their values are still in the tables' history
+
+    # Airflow's retry: same run id, same request. It finds the profile's records and values as the first
+    # attempt did, so it erases all three records and scans for the values, instead of failing or
+    # certifying a scan for nothing.
+    certificate_path = subject_rights.run(spark, cfg, run_id="sr-retry", action="erase", profile_id=iryna)
+    certificate = json.loads(certificate_path.read_text(encoding="utf-8"))
+    assert certificate["source_records_erased"] == len(IRYNA_IDS)
+    assert certificate["scan"]["values_checked"] >= len(CANARIES) and certificate["scan"]["hits"] == 0
+    assert canary_hits(cfg.lakehouse) == []
+
+    # A later request for the erased subject has nothing left to erase or check, and says so.
+    with pytest.raises(IdresError, match="in the erasure register already"):
+        subject_rights.run(spark, cfg, run_id="sr-again", action="erase", record=["ua_crm:UA-9"])
