@@ -23,16 +23,16 @@ DOC = """
 5. **resolve**: Splink (Fellegi-Sunter) with the latest model trained with the current `conf/splink.yaml`
    (trained when none exists), on Spark or on DuckDB inside the Spark driver (`resolve.engine` in
    `conf/pipeline.yaml`; `auto`: DuckDB for a local master and few records): pairwise matches, clusters,
-   and stable profile ids with created / merged / split / retired events.
+   and stable profile ids with created / merged / split / retired events, staged for the quality gate.
 6. **unify**: golden-profile candidates by the survivorship rules (`conf/survivorship.yaml`), with cell-level
    lineage (source record, rule, purpose, lawful basis, consent event) and per-purpose permissions, staged
    under `staging/gold/`; a withdrawn record's values leave its profile on this run.
 7. **quality_gate**: write-audit-publish. Great Expectations suites (`expectations/`) validate the staged
    gold and the run's tables (consent compliance, unique ids, formats, cluster-size bound, profile-id churn,
-   reconciliation counts). Only when all hold are the candidates merged into the published gold tables
-   (once per run id); otherwise the task fails naming the failed expectations and gold stays at its
-   previous version. Either way it writes `reports/runs/<run id>/`: quality.json, GX Data Docs and the
-   auditor report (index.html).
+   reconciliation counts). Only when all hold are resolve's and unify's staged tables merged into the
+   published ones (once per run id); otherwise the task fails naming the failed expectations and every
+   published table stays at its previous version. Either way it writes `reports/runs/<run id>/`:
+   quality.json, GX Data Docs and the auditor report (index.html).
 
 Param `mode`: `full` reads every source extract; `incremental` skips extracts byte-identical to the ones
 their last ingest read. Each stage outputs its Delta tables as Airflow Assets.
@@ -77,17 +77,28 @@ with DAG(
         "--cutoff",
         "{{ dag_run.run_after }}",
         outlets=table_assets(
-            "silver/consent_ledger", "silver/effective_consent", "silver/admitted_customers", "audit/consent_decisions"
+            "silver/consent_ledger",
+            "bronze/consent_quarantine",
+            "silver/effective_consent",
+            "silver/admitted_customers",
+            "audit/consent_decisions",
         ),
     )
-    resolve = spark_job(
-        "resolve",
-        "resolve",
-        outlets=table_assets(
-            "gold/pairwise_matches", "gold/record_profiles", "gold/profile_registry", "audit/identity_events"
-        ),
-    )
+    resolve = spark_job("resolve", "resolve")  # stages its tables; the quality gate publishes them
     unify = spark_job("unify", "unify")
-    quality_gate = spark_job("quality_gate", "quality_gate", outlets=[*GOLD, *table_assets("audit/unify_runs")])
+    quality_gate = spark_job(
+        "quality_gate",
+        "quality_gate",
+        outlets=[
+            *GOLD,
+            *table_assets(
+                "gold/pairwise_matches",
+                "gold/record_profiles",
+                "gold/profile_registry",
+                "audit/identity_events",
+                "audit/unify_runs",
+            ),
+        ],
+    )
 
     demo_data >> ingest >> standardize >> consent_gate >> resolve >> unify >> quality_gate

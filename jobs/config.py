@@ -207,6 +207,9 @@ class ConcurrencyConfig:
 
 
 GOLD_TABLES: tuple[str, ...] = ("profiles", "profile_sources", "profile_lineage", "profile_permissions")
+# What resolve stages beside unify's candidates; the quality gate publishes both sets or neither.
+RESOLVED_TABLES: tuple[str, ...] = ("pairwise_matches", "record_profiles", "profile_registry", "identity_events")
+PUBLISHED_TABLES: tuple[str, ...] = RESOLVED_TABLES + GOLD_TABLES
 
 
 @dataclass(frozen=True)
@@ -293,12 +296,18 @@ class TablePaths:
 
     @property
     def staging(self) -> Path:
-        """Where unify writes gold candidates for the quality gate (write-audit-publish)."""
+        """Where resolve and unify write their tables for the quality gate to publish (write-audit-publish)."""
         return self.root / "staging"
 
     def staged(self, table: str) -> Path:
-        """The staged candidate of a published gold table."""
+        """The staged candidate of a published table (PUBLISHED_TABLES)."""
         return self.staging / getattr(self, table).relative_to(self.root)
+
+    def staged_or_published(self, table: str) -> Path:
+        """The staged table while a run's is awaiting the gate, else the published one (a stage rerun after its
+        run was published reads what that run published)."""
+        staged = self.staged(table)
+        return staged if (staged / "_delta_log").is_dir() else getattr(self, table)
 
     def all(self) -> dict[str, Path]:
         """Every table by name."""

@@ -192,9 +192,9 @@ def row_count(path: Path | str) -> int:
     return int(query_delta("SELECT count(*) AS n FROM t", t=path)["n"][0].as_py())
 
 
-def overwrite_delta(df: DataFrame, path: Path | str, *, run_id: str, job: str) -> None:
+def overwrite_delta(df: DataFrame | pa.Table, path: Path | str, *, run_id: str, job: str) -> None:
     """Replace the table's contents in one commit (creating the table if needed)."""
-    with _arrow_stream(df, path) as (rows, _):
+    with _source_stream(df, path) as (rows, _):
         commit = _commit_properties(run_id, job)
         write_deltalake(str(path), rows, mode="overwrite", schema_mode="overwrite", commit_properties=commit)
 

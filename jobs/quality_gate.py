@@ -1,11 +1,11 @@
 """Quality gate: validate the staged gold candidates with Great Expectations, then publish them or refuse.
 
-Write-audit-publish. Unify stages the candidates under `staging/gold/`; this job validates them,
-together with the upstream tables of the run (expectations/, one suite per table), and only when every
-expectation holds merges them into the published gold tables, each commit made once per run id (a Delta
-app transaction). When an expectation fails, nothing is published: the gold tables stay at their
-previous Delta version, the candidates stay staged for inspection, the run's report is still written,
-and the job fails naming the failed expectations.
+Write-audit-publish. Resolve stages its pairs, record -> profile ids, registry and identity events, and unify
+the gold candidates, under `staging/`; this job validates them, together with the upstream tables of the
+run (expectations/, one suite per table), and only when every expectation holds merges them all into the
+published tables, each commit made once per run id (a Delta app transaction). When an expectation fails,
+nothing is published: every published table stays at its previous Delta version, the candidates stay
+staged for inspection, the run's report is still written, and the job fails naming the failed expectations.
 
 Per run, under `reports/runs/<run id>/`: quality.json (the results: counts, never values), the GX Data
 Docs (data_docs/index.html) and the auditor report (index.html).
@@ -38,7 +38,7 @@ from expectations import (
     silver,
 )
 from jobs import delta_io
-from jobs.config import GOLD_TABLES, PipelineConfig
+from jobs.config import GOLD_TABLES, PUBLISHED_TABLES, RESOLVED_TABLES, PipelineConfig
 from jobs.errors import IdresError
 from jobs.report import write_auditor_report
 from jobs.runner import run_job
@@ -48,11 +48,28 @@ log = logging.getLogger("idres.quality_gate")
 
 JOB = "publish"
 SUITE_MODULES = (bronze, silver, consent_ledger, pairwise_matches, profiles, profile_sources, profile_lineage)
-GOLD_KEYS: dict[str, tuple[str, ...]] = {
-    "profiles": ("profile_id",),
-    "profile_sources": ("record_id",),
-    "profile_lineage": ("profile_id", "column"),
-    "profile_permissions": ("profile_id", "purpose"),
+
+
+@dataclass(frozen=True)
+class Publication:
+    """How a staged table merges into its published one: on its keys; with `replace`, rows that changed are
+    rewritten and rows no longer staged deleted (the staged table is the whole new state); without, staged
+    rows are added (the registry also updates changed rows, keeping every id ever issued)."""
+
+    keys: tuple[str, ...]
+    replace: bool = True
+    update_changed: bool = True
+
+
+PUBLICATIONS: dict[str, Publication] = {
+    "pairwise_matches": Publication(("record_id_l", "record_id_r")),
+    "record_profiles": Publication(("record_id",)),
+    "profile_registry": Publication(("profile_id",), replace=False),
+    "identity_events": Publication(("event_id",), replace=False, update_changed=False),
+    "profiles": Publication(("profile_id",)),
+    "profile_sources": Publication(("record_id",)),
+    "profile_lineage": Publication(("profile_id", "column")),
+    "profile_permissions": Publication(("profile_id", "purpose")),
 }
 # The upstream tables a gate run reads, and the stage that writes each.
 UPSTREAM: dict[str, str] = {
@@ -62,7 +79,6 @@ UPSTREAM: dict[str, str] = {
     "consent_ledger": "consent_gate",
     "consent_audit": "consent_gate",
     "admitted": "consent_gate",
-    "pairwise_matches": "resolve",
 }
 
 
@@ -123,15 +139,18 @@ class GateResult:
 
 
 def read_inputs(spark: SparkSession, cfg: PipelineConfig) -> QualityInputs:
-    """The run's upstream tables as published and its gold candidates as staged."""
+    """The run's upstream tables as published and its resolved pairs and gold candidates as staged."""
     t = cfg.tables
     missing = [
         f"{name} (run {stage})" for name, stage in UPSTREAM.items() if not delta_io.table_exists(getattr(t, name))
     ]
+    if not delta_io.table_exists(t.staged_or_published("pairwise_matches")):
+        missing.append("pairwise_matches (run resolve)")
     missing += [f"staged {name} (run unify)" for name in GOLD_TABLES if not delta_io.table_exists(t.staged(name))]
     if missing:
         raise IdresError("quality gate: missing tables: " + ", ".join(missing))
     tables = {name: delta_io.read_delta(spark, getattr(t, name)) for name in UPSTREAM}
+    tables["pairwise_matches"] = delta_io.read_delta(spark, t.staged_or_published("pairwise_matches"))
     staged = {name: delta_io.read_delta(spark, t.staged(name)) for name in GOLD_TABLES}
     previous = delta_io.read_delta_or_empty(
         spark, t.profile_sources, "profile_id string, source_system string, source_record_id string"
@@ -251,22 +270,32 @@ def validate(
     return QualityOutcome(run_id=run_id, success=all(s["success"] for s in suites), suites=suites, data_docs=data_docs)
 
 
+def publish_table(cfg: PipelineConfig, name: str, run_id: str) -> dict[str, int] | None:
+    """Merge one staged table into its published table (PUBLICATIONS), once per run id; returns the merge
+    metrics, or None when this run already published it."""
+    how = PUBLICATIONS[name]
+    return delta_io.merge_delta(
+        delta_io.DeltaSource(cfg.tables.staged(name)),
+        getattr(cfg.tables, name),
+        keys=how.keys,
+        run_id=run_id,
+        job=JOB,
+        update_changed=how.update_changed,
+        delete_missing=how.replace,
+        once_per_run=True,
+    )
+
+
 def publish(cfg: PipelineConfig, run_id: str) -> PublishResult:
-    """Merge the staged candidates into the published gold tables, once per run id, then drop the staging."""
+    """Merge the staged tables (resolve's and unify's) into the published ones, once per run id, then drop the
+    staging."""
     t = cfg.tables
     result = PublishResult(run_id=run_id)
     metrics: dict[str, dict[str, int]] = {}
-    for name in GOLD_TABLES:
-        m = delta_io.merge_delta(
-            delta_io.DeltaSource(t.staged(name)),
-            getattr(t, name),
-            keys=GOLD_KEYS[name],
-            run_id=run_id,
-            job=JOB,
-            update_changed=True,
-            delete_missing=True,
-            once_per_run=True,
-        )
+    for name in PUBLISHED_TABLES:
+        if name in RESOLVED_TABLES and not delta_io.table_exists(t.staged(name)):
+            continue  # nothing resolved to publish: unify ran on the published resolution (a rerun)
+        m = publish_table(cfg, name, run_id)
         if m is None:  # committed earlier in this run, which died before the end: report that commit
             result.skipped_tables.append(name)
             m = delta_io.run_commit_metrics(getattr(t, name), JOB, run_id)
@@ -340,9 +369,9 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> GateResult:
     write_outcome(outcome, report_dir)
     log.info("auditor report: %s", write_auditor_report(cfg, run_id, report_dir))
     if not outcome.success:
-        versions = {name: delta_io.table_version(getattr(cfg.tables, name)) for name in GOLD_TABLES}
+        versions = {name: delta_io.table_version(getattr(cfg.tables, name)) for name in PUBLISHED_TABLES}
         raise QualityGateError(
-            f"quality gate failed; gold not published (tables stay at versions {versions}); "
+            f"quality gate failed; nothing published (tables stay at versions {versions}); "
             f"{len(outcome.failed)} failed expectation(s): " + "; ".join(outcome.failed) + f"; report: {report_dir}"
         )
     return result

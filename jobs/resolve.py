@@ -4,12 +4,14 @@ Uses the latest Splink model trained with the current conf/splink.yaml, and trai
 none exists. The whole stage runs on one engine (conf/pipeline.yaml `resolve`, jobs.linkage.choose_engine):
 Spark, or DuckDB inside the driver, which reads the admitted records from Delta and hands its results to
 delta-rs as Arrow, with no Spark job. Only admitted records (see jobs.consent) are resolved.
-Writes, all by MERGE so a rerun commits nothing:
+Stages, under staging/ beside unify's gold candidates, what the quality gate publishes with them (all or
+none, so a failed gate leaves these tables as they were too):
 - gold/pairwise_matches: both record ids, match weight and probability, and each comparison's
   level (gamma_*) to explain the match;
 - gold/record_profiles: record -> profile_id;
 - gold/profile_registry: every profile id ever issued, active or merged/retired, and its successor;
-- audit/identity_events: profiles created, merged, split and retired, with the run id.
+- audit/identity_events: this run's profiles created, merged, split and retired, with the run id.
+Profile ids follow the published record_profiles and registry: the last run that passed the gate.
 """
 
 from __future__ import annotations
@@ -111,7 +113,6 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> ResolveResult:
                 db.register("pairs", PAIRS_SCHEMA.empty_table()),
                 db.register("clusters", CLUSTERS_SCHEMA.empty_table()),
             )
-        # Computed before this run rewrites the tables they come from.
         published = db.read_delta("published_record_profiles", t.record_profiles, ASSIGNMENTS_SCHEMA)
         previous = db.create("previous", f"SELECT record_id, profile_id FROM {published}")
         registry = db.create(
@@ -131,27 +132,13 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> ResolveResult:
             FROM {ids.events}""",
         )
 
-        job = {"run_id": run_id, "job": "resolve"}
-        delta_io.merge_delta(
-            db.write_source(pairs),
-            t.pairwise_matches,
-            keys=("record_id_l", "record_id_r"),
-            update_changed=True,
-            delete_missing=True,
-            **job,
-        )
-        delta_io.merge_delta(
-            db.write_source(record_profiles),
-            t.record_profiles,
-            keys=("record_id",),
-            update_changed=True,
-            delete_missing=True,
-            **job,
-        )
-        delta_io.merge_delta(
-            db.write_source(ids.registry), t.profile_registry, keys=("profile_id",), update_changed=True, **job
-        )
-        delta_io.merge_delta(db.write_source(events), t.identity_events, keys=("event_id",), **job)
+        for name, table in (
+            ("pairwise_matches", pairs),
+            ("record_profiles", record_profiles),
+            ("profile_registry", ids.registry),
+            ("identity_events", events),
+        ):
+            delta_io.overwrite_delta(db.write_source(table), t.staged(name), run_id=run_id, job="resolve")
 
         result.pairs = db.count(pairs)
         result.profiles = db.rows(f"SELECT count(DISTINCT profile_id) AS n FROM {record_profiles}")[0]["n"]

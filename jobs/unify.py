@@ -1,8 +1,8 @@
 """Unify: resolved records -> golden-profile candidates, with cell-level lineage and per-purpose permissions.
 
-Reads the admitted records (the consent gate's output), their profile ids (jobs.resolve), the
-pairwise matches and effective consent, and stages under `staging/gold/` (write-audit-publish: the
-quality gate, jobs.quality_gate, validates the candidates and only then merges them into gold):
+Reads the admitted records (the consent gate's output), their profile ids and pairwise matches as
+jobs.resolve staged them, and effective consent, and stages under `staging/gold/` (write-audit-publish:
+the quality gate, jobs.quality_gate, validates the candidates and only then merges them into gold):
 - profiles: one row per profile, each attribute chosen by conf/survivorship.yaml;
 - profile_sources: profile <-> source records, with the match evidence that joins them;
 - profile_lineage: per non-null profile cell, the record that supplied it, the rule that chose
@@ -346,20 +346,16 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> dict[str, Path
     for path, stage in (
         (t.admitted, "consent_gate"),
         (t.effective_consent, "consent_gate"),
-        (t.record_profiles, "resolve"),
+        (t.staged_or_published("record_profiles"), "resolve"),
+        (t.staged_or_published("pairwise_matches"), "resolve"),
     ):
         _require(path, stage)
     size_stage_to_input(spark, cfg.spark, delta_io.row_count(t.admitted))
-    pairs = delta_io.read_delta_or_empty(
-        spark,
-        t.pairwise_matches,
-        "record_id_l string, record_id_r string, match_weight double, match_probability double",
-    )
     with persisting() as keep:
         gold = build_gold(
-            delta_io.read_delta(spark, t.record_profiles),
+            delta_io.read_delta(spark, t.staged_or_published("record_profiles")),
             delta_io.read_delta(spark, t.admitted),
-            pairs,
+            delta_io.read_delta(spark, t.staged_or_published("pairwise_matches")),
             delta_io.read_delta(spark, t.effective_consent),
             cfg.survivorship,
             cfg.policy,

@@ -68,8 +68,11 @@ def test_dags_load_without_errors_and_carry_docs_tags_and_retries(airflow_env, m
     ]
     pipeline = bag.dags["identity_resolution"]
     assert pipeline.params["mode"] == "full"
+    assert pipeline.params["demo_people"] == 0  # a scheduled run reads the landing zone, never overwrites it
     outlets = {t.task_id: {a.name for a in t.outlets} for t in pipeline.tasks}
-    assert "idres.gold.profiles" in outlets["quality_gate"]
+    published = {"idres.gold.profiles", "idres.gold.record_profiles", "idres.audit.identity_events"}
+    assert published <= outlets["quality_gate"]
+    assert outlets["resolve"] == set()  # it stages; the gate publishes
     assert "idres.bronze.customers" in outlets["ingest"]
     assert "idres.gold.profiles" in {a.name for t in bag.dags["subject_requests"].tasks for a in t.outlets}
 

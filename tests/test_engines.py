@@ -76,12 +76,12 @@ def runs(spark, trained, tmp_path_factory) -> dict[str, tuple[PipelineConfig, re
 
 def partition(spark, cfg: PipelineConfig) -> DataFrame:
     """Each record with the smallest record id of its profile: the partition, whatever the profile ids."""
-    profiles = delta_io.read_delta(spark, cfg.tables.record_profiles)
+    profiles = delta_io.read_delta(spark, cfg.tables.staged("record_profiles"))  # as resolve staged it
     return profiles.select("record_id", F.min("record_id").over(Window.partitionBy("profile_id")).alias("cluster"))
 
 
 def pairs(spark, cfg: PipelineConfig) -> DataFrame:
-    return delta_io.read_delta(spark, cfg.tables.pairwise_matches).drop("model_version")
+    return delta_io.read_delta(spark, cfg.tables.staged("pairwise_matches")).drop("model_version")
 
 
 def test_both_engines_resolve_the_demo_into_the_same_profiles(spark, runs):

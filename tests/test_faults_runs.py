@@ -21,7 +21,7 @@ from filelock import FileLock
 from pyspark.sql import SparkSession
 
 from jobs import delta_io, demo_data, ingest, pipeline, quality_gate
-from jobs.config import DEFAULT_CONF_DIR, GOLD_TABLES, PipelineConfig, load_config
+from jobs.config import DEFAULT_CONF_DIR, GOLD_TABLES, PUBLISHED_TABLES, PipelineConfig, load_config
 from jobs.runner import lakehouse_lock_path
 from tests.conftest import (
     DEMO_CUTOFF,
@@ -85,8 +85,8 @@ def kill_when_merge_writes(job: subprocess.Popen[str], table: Path, timeout: flo
 
 
 def gold_frames(spark: SparkSession, cfg: PipelineConfig) -> dict[str, object]:
-    """The published gold tables, and the publish audit without its wall-clock time."""
-    frames = {name: delta_io.read_delta(spark, getattr(cfg.tables, name)) for name in GOLD_TABLES}
+    """The published tables (resolve's and unify's), and the publish audit without its wall-clock time."""
+    frames = {name: delta_io.read_delta(spark, getattr(cfg.tables, name)) for name in PUBLISHED_TABLES}
     frames["unify_runs"] = delta_io.read_delta(spark, cfg.tables.unify_runs).drop("unified_at")
     return frames
 
@@ -101,7 +101,7 @@ def test_a_publish_killed_as_it_writes_profiles_and_rerun_equals_an_uninterrupte
     job = start_job("quality_gate", killed, conf, "--run-id", RUN)
     kill_when_merge_writes(job, killed.tables.profiles)
     assert job.returncode == -signal.SIGKILL
-    # Interrupted within the first table: the later gold tables and the audit row were not published.
+    # Interrupted within the profiles table: the later gold tables and the audit row were not published.
     committed = {name: delta_io.committed_in_run(getattr(killed.tables, name), "publish", RUN) for name in GOLD_TABLES}
     assert not committed["profile_permissions"], committed
     assert not delta_io.committed_in_run(killed.tables.unify_runs, "publish", RUN)

@@ -10,8 +10,9 @@ import datetime as dt
 
 from pyspark.sql import functions as F
 
-from jobs import delta_io, resolve, standardize
+from jobs import delta_io, quality_gate, resolve, standardize
 from jobs.canonical import CANONICAL_COLUMNS
+from jobs.config import RESOLVED_TABLES
 from jobs.linkage import latest_model
 
 BRONZE_EXTRA = {"source_file": "test", "run_id": "t", "ingested_at": dt.datetime(2026, 1, 1), "record_hash": "h"}
@@ -148,10 +149,14 @@ BRIDGE = {
 
 
 def resolve_admitted(spark, population, cfg, rows, run_id):
+    """Resolve the population with rows, and publish what resolve staged (as the quality gate would)."""
     delta_io.overwrite_delta(
         population.unionByName(silver_rows(spark, cfg, rows)), cfg.tables.admitted, run_id=run_id, job="test"
     )
-    return resolve.run(spark, cfg, run_id=run_id)
+    result = resolve.run(spark, cfg, run_id=run_id)
+    for name in RESOLVED_TABLES:
+        quality_gate.publish_table(cfg, name, run_id)
+    return result
 
 
 HAND_IDS = {f"{r['source_system']}:{r['source_record_id']}" for r in [*PEOPLE, *IRYNA, BRIDGE]}
