@@ -303,12 +303,6 @@ class TablePaths:
         """The staged candidate of a published table (PUBLISHED_TABLES)."""
         return self.staging / getattr(self, table).relative_to(self.root)
 
-    def staged_or_published(self, table: str) -> Path:
-        """The staged table while a run's is awaiting the gate, else the published one (a stage rerun after its
-        run was published reads what that run published)."""
-        staged = self.staged(table)
-        return staged if (staged / "_delta_log").is_dir() else getattr(self, table)
-
     def all(self) -> dict[str, Path]:
         """Every table by name."""
         names = [n for n, v in vars(type(self)).items() if isinstance(v, property)]

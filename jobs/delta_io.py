@@ -16,12 +16,15 @@ from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.dataset as ds
 from deltalake import CommitProperties, DeltaTable, QueryBuilder, Transaction, write_deltalake
 from pyspark.sql import DataFrame, SparkSession
+
+if TYPE_CHECKING:
+    from jobs.config import TablePaths
 
 SPILL_PREFIX = "_spill_"  # Spark's Parquet output on its way into a table (see _arrow_stream)
 # "true" while a stage's input is small (set by jobs.spark_session.size_stage_to_input): its writes then reach
@@ -39,6 +42,13 @@ class DeltaSource:
 def table_exists(path: Path | str) -> bool:
     """True when a Delta table (a `_delta_log`) exists at path."""
     return DeltaTable.is_deltatable(str(path))
+
+
+def staged_or_published(tables: TablePaths, table: str) -> Path:
+    """The staged table while a run's is awaiting the quality gate, else the published one (a stage rerun after
+    its run was published reads what that run published)."""
+    staged = tables.staged(table)
+    return staged if table_exists(staged) else getattr(tables, table)
 
 
 def table_version(path: Path | str) -> int | None:

@@ -144,13 +144,13 @@ def read_inputs(spark: SparkSession, cfg: PipelineConfig) -> QualityInputs:
     missing = [
         f"{name} (run {stage})" for name, stage in UPSTREAM.items() if not delta_io.table_exists(getattr(t, name))
     ]
-    if not delta_io.table_exists(t.staged_or_published("pairwise_matches")):
+    if not delta_io.table_exists(delta_io.staged_or_published(t, "pairwise_matches")):
         missing.append("pairwise_matches (run resolve)")
     missing += [f"staged {name} (run unify)" for name in GOLD_TABLES if not delta_io.table_exists(t.staged(name))]
     if missing:
         raise IdresError("quality gate: missing tables: " + ", ".join(missing))
     tables = {name: delta_io.read_delta(spark, getattr(t, name)) for name in UPSTREAM}
-    tables["pairwise_matches"] = delta_io.read_delta(spark, t.staged_or_published("pairwise_matches"))
+    tables["pairwise_matches"] = delta_io.read_delta(spark, delta_io.staged_or_published(t, "pairwise_matches"))
     staged = {name: delta_io.read_delta(spark, t.staged(name)) for name in GOLD_TABLES}
     previous = delta_io.read_delta_or_empty(
         spark, t.profile_sources, "profile_id string, source_system string, source_record_id string"

@@ -346,16 +346,16 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> dict[str, Path
     for path, stage in (
         (t.admitted, "consent_gate"),
         (t.effective_consent, "consent_gate"),
-        (t.staged_or_published("record_profiles"), "resolve"),
-        (t.staged_or_published("pairwise_matches"), "resolve"),
+        (delta_io.staged_or_published(t, "record_profiles"), "resolve"),
+        (delta_io.staged_or_published(t, "pairwise_matches"), "resolve"),
     ):
         _require(path, stage)
     size_stage_to_input(spark, cfg.spark, delta_io.row_count(t.admitted))
     with persisting() as keep:
         gold = build_gold(
-            delta_io.read_delta(spark, t.staged_or_published("record_profiles")),
+            delta_io.read_delta(spark, delta_io.staged_or_published(t, "record_profiles")),
             delta_io.read_delta(spark, t.admitted),
-            delta_io.read_delta(spark, t.staged_or_published("pairwise_matches")),
+            delta_io.read_delta(spark, delta_io.staged_or_published(t, "pairwise_matches")),
             delta_io.read_delta(spark, t.effective_consent),
             cfg.survivorship,
             cfg.policy,
