@@ -80,10 +80,14 @@ def test_stopping_a_daemon_still_in_spark_class_stops_the_launcher_it_started(tm
     fake.write_text('#!/bin/bash\nbash -c "sleep 300; true" "$1" &\nwait\n', encoding="utf-8")
     fake.chmod(0o755)
     pids = [_launch(str(fake), [str(tmp_path / name)], tmp_path / f"{name}.log") for name in ("master", "worker")]
+    # While a stand-in's child forks sleep, the fork shows the child's command line for an instant: the count
+    # is read until two readings 0.3 s apart agree.
     deadline = time.monotonic() + 10
-    while len(processes_mentioning(str(tmp_path))) < 4 and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert len(processes_mentioning(str(tmp_path))) == 4  # two stand-ins, each with its child
+    counts = [-1, len(processes_mentioning(str(tmp_path)))]
+    while (counts[-1] != 4 or counts[-2] != 4) and time.monotonic() < deadline:
+        time.sleep(0.3)
+        counts.append(len(processes_mentioning(str(tmp_path))))
+    assert counts[-2:] == [4, 4]  # two stand-ins, each with its child
     stop_cluster(LocalCluster("spark://127.0.0.1:1", "http://127.0.0.1:1", str(tmp_path), *pids), timeout=10)
     assert processes_mentioning(str(tmp_path)) == []
 
