@@ -1,9 +1,9 @@
 """Every stage of the identity_resolution DAG in one Spark session, in the DAG's order.
 
 For a local run as a single spark-submit, and for benchmarks that time each stage: demo_data (only
-with --demo-people), ingest, standardize, consent_gate, train (only when no model trained with the
-current conf/splink.yaml exists, which resolve would otherwise do inside its stage), resolve, unify,
-quality_gate. Each stage is its job module's run(); nothing here repeats their logic.
+with --demo-people), ingest, standardize, consent_gate, train (only when resolve would train: no model
+trained with the current conf/splink.yaml, and records admitted), resolve, unify, quality_gate. Each stage
+is its job module's run(); nothing here repeats their logic.
 
     spark-submit jobs/pipeline.py [--demo-people 2000] [--demo-corrupt] [--mode full|incremental] [--cutoff ISO]
 """
@@ -21,7 +21,6 @@ from pyspark.sql import SparkSession
 from jobs import consent, demo_data, ingest, quality_gate, resolve, standardize, train, unify
 from jobs.config import PipelineConfig
 from jobs.ingest import RUN_MODES
-from jobs.linkage import latest_model
 from jobs.runner import job_arg_parser, run_job
 
 log = logging.getLogger("idres.pipeline")
@@ -72,7 +71,7 @@ def run(
     for name in STAGES:
         if name == "demo_data" and not demo_people:
             continue
-        if name == "train" and latest_model(cfg.models, cfg.linkage) is not None:
+        if name == "train" and not train.training_needed(cfg):
             continue
         if stage_started is not None:
             stage_started(name)

@@ -1,9 +1,10 @@
 """Resolve: admitted records -> pairwise matches -> clusters -> stable profile ids.
 
 Uses the latest Splink model trained with the current conf/splink.yaml, and trains one only when
-none exists. The whole stage runs on one engine (conf/pipeline.yaml `resolve`, jobs.linkage.choose_engine):
-Spark, or DuckDB inside the driver, which reads the admitted records from Delta and hands its results to
-delta-rs as Arrow, with no Spark job. Only admitted records (see jobs.consent) are resolved.
+none exists (with nothing admitted, it trains none and stages empty tables). The whole stage runs on one
+engine (conf/pipeline.yaml `resolve`, jobs.linkage.choose_engine): Spark, or DuckDB inside the driver, which
+reads the admitted records from Delta and hands its results to delta-rs as Arrow, with no Spark job.
+Only admitted records (see jobs.consent) are resolved.
 Stages, under staging/ beside unify's gold candidates, what the quality gate publishes with them (all or
 none, so a failed gate leaves these tables as they were too):
 - gold/pairwise_matches: both record ids, match weight and probability, and each comparison's
@@ -50,7 +51,7 @@ PAIRS_SCHEMA = pa.schema(
 @dataclass
 class ResolveResult:
     run_id: str
-    model_version: str
+    model_version: str | None  # None: nothing admitted and no model yet, so none was trained
     engine: str
     records: int = 0
     pairs: int = 0
@@ -104,9 +105,11 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> ResolveResult:
     size_stage_to_input(spark, cfg.spark, count)
     with open_engine(spark, pick_engine(spark, cfg.resolve, count)) as db:
         records = linkage_records(db, cfg)
-        model = latest_model(cfg.models, cfg.linkage) or train_and_save(db, cfg, records)
-        result = ResolveResult(run_id=run_id, model_version=model.version, engine=db.name, records=count)
-        if count:
+        model = latest_model(cfg.models, cfg.linkage)
+        if model is None and count:
+            model = train_and_save(db, cfg, records)
+        result = ResolveResult(run_id, model.version if model else None, db.name, records=count)
+        if model is not None and count:
             pairs, clusters = predict_and_cluster(db, cfg, records, model, result.seconds)
         else:
             pairs, clusters = (
@@ -146,7 +149,7 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> ResolveResult:
         result.events = {r["event_type"]: r["n"] for r in tallies}
     log.info(
         "resolve (model %s on %s): %d records, %d pairs, %d profiles, events %s",
-        model.version,
+        result.model_version,
         result.engine,
         result.records,
         result.pairs,

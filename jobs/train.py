@@ -17,8 +17,10 @@ from pyspark.sql import SparkSession
 from jobs import delta_io
 from jobs.config import PipelineConfig
 from jobs.engines import SqlEngine, open_engine
+from jobs.errors import IdresError
 from jobs.linkage import (
     ModelVersion,
+    latest_model,
     linkage_records,
     linker_for,
     pick_engine,
@@ -44,9 +46,22 @@ def train_and_save(db: SqlEngine, cfg: PipelineConfig, records: str) -> ModelVer
     return model
 
 
+class NothingToTrainError(IdresError):
+    """No admitted record to train on: Splink cannot estimate a model from nothing."""
+
+
+def training_needed(cfg: PipelineConfig) -> bool:
+    """Whether resolve would train: no model trained with the current settings, and records to train on."""
+    return latest_model(cfg.models, cfg.linkage) is None and delta_io.row_count(cfg.tables.admitted) > 0
+
+
 def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> ModelVersion:
     """Train a new model version on the currently admitted records."""
     count = delta_io.row_count(cfg.tables.admitted)
+    if not count:
+        raise NothingToTrainError(
+            f"no admitted records to train on in {cfg.tables.admitted}; no model written (the latest stays in use)"
+        )
     size_stage_to_input(spark, cfg.spark, count)
     with open_engine(spark, pick_engine(spark, cfg.resolve, count)) as db:
         return train_and_save(db, cfg, linkage_records(db, cfg))

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pyarrow.parquet as pq
+import pytest
 from pyspark.sql import functions as F
 
-from jobs import delta_io, quality_gate, resolve, standardize
+from jobs import delta_io, demo_data, pipeline, quality_gate, resolve, standardize, train
 from jobs.canonical import CANONICAL_COLUMNS
-from jobs.config import RESOLVED_TABLES
+from jobs.config import PUBLISHED_TABLES, RESOLVED_TABLES
 from jobs.linkage import latest_model
+from jobs.train import NothingToTrainError
+from tests.conftest import DEMO_CUTOFF, config_in
 
 BRONZE_EXTRA = {"source_file": "test", "run_id": "t", "ingested_at": dt.datetime(2026, 1, 1), "record_hash": "h"}
 
@@ -213,3 +217,36 @@ def test_profile_ids_are_stable_and_bridges_merge_and_split_them(spark, trained,
     assert {"record_id_l", "record_id_r", "match_weight", "match_probability", "gamma_first_name"} <= set(pairs.columns)
     assert not [c for c in pairs.columns if c.endswith(("_l", "_r")) and c not in ("record_id_l", "record_id_r")]
     assert pairs.where(F.col("match_probability") < 0.5).count() == 0
+
+
+def empty_the_extracts(cfg) -> None:
+    """Keep each demo extract's format and columns (CSV header, Parquet schema) but no record or consent event."""
+    landing = cfg.landing
+    for csv in landing.glob("*/*.csv"):
+        csv.write_text(csv.read_text(encoding="utf-8").splitlines()[0] + "\n", encoding="utf-8")
+    for jsonl in landing.glob("*/*.jsonl"):
+        jsonl.write_text("", encoding="utf-8")
+    for parquet in landing.glob("*/*.parquet"):
+        pq.write_table(pq.read_table(parquet).slice(0, 0), parquet)
+
+
+def test_a_fresh_lakehouse_with_no_records_trains_no_model_and_the_first_records_train_one(spark, tmp_path):
+    cfg = config_in(tmp_path)
+    demo_data.generate(cfg, people=12, seed=5)
+    empty_the_extracts(cfg)
+
+    first = pipeline.run(spark, cfg, run_id="empty", cutoff=DEMO_CUTOFF)
+    assert "train" not in first.results
+    assert first.results["resolve"].model_version is None
+    assert latest_model(cfg.models, cfg.linkage) is None  # nothing trained on nothing
+    assert {name: delta_io.row_count(getattr(cfg.tables, name)) for name in PUBLISHED_TABLES} == dict.fromkeys(
+        PUBLISHED_TABLES, 0
+    )
+    with pytest.raises(NothingToTrainError, match="no admitted records to train on"):
+        train.run(spark, cfg, run_id="train-empty")
+
+    demo_data.generate(cfg, people=12, seed=5)
+    second = pipeline.run(spark, cfg, run_id="first-records", cutoff=DEMO_CUTOFF)
+    assert second.results["train"].version == latest_model(cfg.models, cfg.linkage).version
+    assert second.results["resolve"].model_version == second.results["train"].version
+    assert delta_io.row_count(cfg.tables.profiles) > 0
