@@ -31,8 +31,9 @@ from markupsafe import Markup
 from matplotlib.figure import Figure
 from matplotlib.ticker import StrMethodFormatter
 
+from jobs import delta_io
 from jobs import run_queries as q
-from jobs.config import PipelineConfig, TablePaths, load_config
+from jobs.config import PUBLISHED_TABLES, PipelineConfig, TablePaths, load_config
 from jobs.errors import IdresError
 from jobs.linkage import latest_model
 from jobs.run_queries import RunQuery
@@ -59,18 +60,31 @@ class ResultTable:
     rows: list[list[Any]] | None
 
 
+def unpublished_candidates(tables: TablePaths, run_id: str) -> dict[str, Path]:
+    """The staged tables this run wrote that no gate published (publishing removes the staging): a run the gate
+    failed is reported on what it would have published, not on the previous run's published tables."""
+    candidates = {}
+    for name in PUBLISHED_TABLES:
+        staged = tables.staged(name)
+        if delta_io.table_exists(staged) and delta_io.history(staged)[0].get("run_id") == run_id:
+            candidates[name] = staged
+    return candidates
+
+
 class RunResults:
     """The report's queries for one run, each executed once (a table and a chart may show one result)."""
 
     def __init__(self, tables: TablePaths, run_id: str) -> None:
         self.tables, self.run_id = tables, run_id
+        self.candidates = unpublished_candidates(tables, run_id)
         self._results: dict[int, pa.Table | None] = {}
 
     def table(self, query: RunQuery) -> pa.Table | None:
         """The query's result, or None when a table it reads is missing."""
         if id(query) not in self._results:
-            available = query.available(self.tables)
-            self._results[id(query)] = query.execute(self.tables, self.run_id) if available else None
+            available = query.available(self.tables, self.candidates)
+            result = query.execute(self.tables, self.run_id, self.candidates) if available else None
+            self._results[id(query)] = result
         return self._results[id(query)]
 
     def rows(self, query: RunQuery) -> list[dict[str, Any]] | None:
@@ -307,6 +321,7 @@ def report_context(cfg: PipelineConfig, run_id: str, run_dir: Path) -> dict[str,
         "passed": passed,
         "quality": quality,
         "data_docs": data_docs_link(quality, run_dir),
+        "candidates": sorted(results.candidates),
         "counts": [
             table("bronze-rows", "Bronze rows per region and source", q.BRONZE_ROWS),
             table(

@@ -25,12 +25,14 @@ class RunQuery:
     sql: str
     run: tuple[str, str] | None = None
 
-    def paths(self, tables: TablePaths) -> dict[str, Path]:
-        return {alias: getattr(tables, attr) for alias, attr in self.tables.items()}
+    def paths(self, tables: TablePaths, instead: Mapping[str, Path] | None = None) -> dict[str, Path]:
+        """Each alias's table; `instead` maps a table name to the path read in its place (a staged candidate)."""
+        instead = instead or {}
+        return {alias: instead.get(attr) or getattr(tables, attr) for alias, attr in self.tables.items()}
 
-    def available(self, tables: TablePaths) -> bool:
+    def available(self, tables: TablePaths, instead: Mapping[str, Path] | None = None) -> bool:
         """True when every table the query reads exists."""
-        return all(delta_io.table_exists(p) for p in self.paths(tables).values())
+        return all(delta_io.table_exists(p) for p in self.paths(tables, instead).values())
 
     def statement(self, run_id: str | None = None) -> str:
         """The SQL for run_id, or for the latest run of the run table when run_id is None."""
@@ -43,8 +45,10 @@ class RunQuery:
             run_filter = "run_id = '" + run_id.replace("'", "''") + "'"
         return self.sql.format(run=run_filter)
 
-    def execute(self, tables: TablePaths, run_id: str | None = None) -> pa.Table:
-        return delta_io.query_delta(self.statement(run_id), **self.paths(tables))
+    def execute(
+        self, tables: TablePaths, run_id: str | None = None, instead: Mapping[str, Path] | None = None
+    ) -> pa.Table:
+        return delta_io.query_delta(self.statement(run_id), **self.paths(tables, instead))
 
 
 BRONZE_ROWS = RunQuery(

@@ -17,6 +17,7 @@ from jobs import delta_io, resolve, unify
 from jobs.config import PUBLISHED_TABLES
 from jobs.quality_gate import QualityGateError, checked_frame, gate_checks, run, validate
 from tests.conftest import copy_lakehouse
+from tests.test_report import RenderedPage
 
 CONSENT_FAILURE = "profiles: expect_column_values_to_be_in_set(consent_compliant)"
 
@@ -96,7 +97,7 @@ def test_a_profile_with_a_marketing_email_without_consent_fails_the_gate_and_pub
         "marketing_email",
         F.when(F.col("profile_id") == denied, F.lit("corrupt@example.org")).otherwise(F.col("marketing_email")),
     )
-    delta_io.overwrite_delta(corrupted.localCheckpoint(), cfg.tables.staged("profiles"), run_id="test", job="test")
+    delta_io.overwrite_delta(corrupted.localCheckpoint(), cfg.tables.staged("profiles"), run_id="run-2", job="test")
 
     with pytest.raises(QualityGateError) as failure:
         run(spark, cfg, run_id="run-2")
@@ -115,6 +116,11 @@ def test_a_profile_with_a_marketing_email_without_consent_fails_the_gate_and_pub
     assert compliance["unexpected_count"] == 1
     report = (run_dir / "index.html").read_text()
     assert CONSENT_FAILURE in report and "FAILED, not published" in report
+    # The report shows the rejected candidates (fewer pairs at 0.7), not the published run it did not replace.
+    page = RenderedPage(report)
+    assert "unpublished-candidates" in page.ids
+    staged_pairs = delta_io.read_delta(spark, cfg.tables.staged("pairwise_matches")).count()
+    assert page.tables["resolution-totals"][1][0] == str(staged_pairs) != str(len(published["pairwise_matches"]))
     assert (run_dir / "data_docs" / "index.html").is_file()
     assert cfg.tables.staged("profiles").exists()  # the failed candidates stay for inspection
 
