@@ -3,7 +3,8 @@
 Write-audit-publish. Resolve stages its pairs, record -> profile ids, registry and identity events, and unify
 the gold candidates, under `staging/`; this job validates them, together with the upstream tables of the
 run (expectations/, one suite per table), and only when every expectation holds merges them all into the
-published tables, each commit made once per run id (a Delta app transaction). When an expectation fails,
+published tables (jobs.publication: each commit made once per run id, the publication journalled so one
+interrupted between tables is completed by the next job). When an expectation fails,
 nothing is published: every published table stays at its previous Delta version, the candidates stay
 staged for inspection, the run's report is still written, and the job fails naming the failed expectations.
 
@@ -15,14 +16,11 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 
 from expectations import (
@@ -38,39 +36,18 @@ from expectations import (
     silver,
 )
 from jobs import delta_io
-from jobs.config import GOLD_TABLES, PUBLISHED_TABLES, RESOLVED_TABLES, PipelineConfig
+from jobs.config import GOLD_TABLES, PUBLISHED_TABLES, PipelineConfig
 from jobs.errors import IdresError
+from jobs.publication import JOB, PublishResult, finish_interrupted_publication, publish
 from jobs.report import write_auditor_report
 from jobs.runner import run_job
 from jobs.spark_session import size_stage_to_input
 
 log = logging.getLogger("idres.quality_gate")
 
-JOB = "publish"
 SUITE_MODULES = (bronze, silver, consent_ledger, pairwise_matches, profiles, profile_sources, profile_lineage)
 
 
-@dataclass(frozen=True)
-class Publication:
-    """How a staged table merges into its published one: on its keys; with `replace`, rows that changed are
-    rewritten and rows no longer staged deleted (the staged table is the whole new state); without, staged
-    rows are added (the registry also updates changed rows, keeping every id ever issued)."""
-
-    keys: tuple[str, ...]
-    replace: bool = True
-    update_changed: bool = True
-
-
-PUBLICATIONS: dict[str, Publication] = {
-    "pairwise_matches": Publication(("record_id_l", "record_id_r")),
-    "record_profiles": Publication(("record_id",)),
-    "profile_registry": Publication(("profile_id",), replace=False),
-    "identity_events": Publication(("event_id",), replace=False, update_changed=False),
-    "profiles": Publication(("profile_id",)),
-    "profile_sources": Publication(("record_id",)),
-    "profile_lineage": Publication(("profile_id", "column")),
-    "profile_permissions": Publication(("profile_id", "purpose")),
-}
 # The upstream tables a gate run reads, and the stage that writes each.
 UPSTREAM: dict[str, str] = {
     "bronze": "ingest",
@@ -84,19 +61,6 @@ UPSTREAM: dict[str, str] = {
 
 class QualityGateError(IdresError):
     """The staged gold failed expectations and was not published."""
-
-
-UNIFY_RUNS_SCHEMA = pa.schema(
-    [
-        ("run_id", pa.string()),
-        ("profiles", pa.int64()),
-        ("inserted", pa.int64()),
-        ("updated", pa.int64()),
-        ("retired", pa.int64()),
-        ("lineage_rows", pa.int64()),
-        ("unified_at", pa.timestamp("us", tz="UTC")),
-    ]
-)
 
 
 @dataclass
@@ -117,17 +81,6 @@ class QualityOutcome:
             for e in s["expectations"]
             if not e["success"]
         ]
-
-
-@dataclass
-class PublishResult:
-    run_id: str
-    profiles: int = 0
-    inserted: int = 0
-    updated: int = 0
-    retired: int = 0
-    lineage_rows: int = 0
-    skipped_tables: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -270,70 +223,6 @@ def validate(
     return QualityOutcome(run_id=run_id, success=all(s["success"] for s in suites), suites=suites, data_docs=data_docs)
 
 
-def publish_table(cfg: PipelineConfig, name: str, run_id: str) -> dict[str, int] | None:
-    """Merge one staged table into its published table (PUBLICATIONS), once per run id; returns the merge
-    metrics, or None when this run already published it."""
-    how = PUBLICATIONS[name]
-    return delta_io.merge_delta(
-        delta_io.DeltaSource(cfg.tables.staged(name)),
-        getattr(cfg.tables, name),
-        keys=how.keys,
-        run_id=run_id,
-        job=JOB,
-        update_changed=how.update_changed,
-        delete_missing=how.replace,
-        once_per_run=True,
-    )
-
-
-def publish(cfg: PipelineConfig, run_id: str) -> PublishResult:
-    """Merge the staged tables (resolve's and unify's) into the published ones, once per run id, then drop the
-    staging."""
-    t = cfg.tables
-    result = PublishResult(run_id=run_id)
-    metrics: dict[str, dict[str, int]] = {}
-    for name in PUBLISHED_TABLES:
-        if name in RESOLVED_TABLES and not delta_io.table_exists(t.staged(name)):
-            continue  # nothing resolved to publish: unify ran on the published resolution (a rerun)
-        m = publish_table(cfg, name, run_id)
-        if m is None:  # committed earlier in this run, which died before the end: report that commit
-            result.skipped_tables.append(name)
-            m = delta_io.run_commit_metrics(getattr(t, name), JOB, run_id)
-        metrics[name] = m
-    result.profiles = delta_io.row_count(t.profiles)
-    result.inserted = int(metrics["profiles"].get("num_target_rows_inserted", 0))
-    result.updated = int(metrics["profiles"].get("num_target_rows_updated", 0))
-    result.retired = int(metrics["profiles"].get("num_target_rows_deleted", 0))
-    result.lineage_rows = delta_io.row_count(t.profile_lineage)
-    at = datetime.now(UTC).replace(microsecond=0)
-    audit = pa.Table.from_pylist(
-        [
-            {
-                "run_id": run_id,
-                "profiles": result.profiles,
-                "inserted": result.inserted,
-                "updated": result.updated,
-                "retired": result.retired,
-                "lineage_rows": result.lineage_rows,
-                "unified_at": at,
-            }
-        ],
-        schema=UNIFY_RUNS_SCHEMA,
-    )
-    delta_io.merge_delta(audit, t.unify_runs, keys=("run_id",), run_id=run_id, job=JOB, once_per_run=True)
-    shutil.rmtree(t.staging, ignore_errors=True)
-    log.info(
-        "published: %d profiles (inserted %d, updated %d, retired %d), %d lineage rows%s",
-        result.profiles,
-        result.inserted,
-        result.updated,
-        result.retired,
-        result.lineage_rows,
-        f"; already published by this run: {', '.join(result.skipped_tables)}" if result.skipped_tables else "",
-    )
-    return result
-
-
 def _already_published(cfg: PipelineConfig, run_id: str) -> bool:
     t = cfg.tables
     return not delta_io.table_exists(t.staged("profiles")) and delta_io.committed_in_run(t.unify_runs, JOB, run_id)
@@ -351,6 +240,7 @@ def write_outcome(outcome: QualityOutcome, report_dir: Path) -> Path:
 def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> GateResult:
     """Validate the staged gold and the run's tables; publish when all expectations hold, else fail."""
     report_dir = cfg.run_report_dir(run_id)
+    finish_interrupted_publication(cfg, other_than=run_id)  # this run's own is resumed below, after validation
     if _already_published(cfg, run_id):
         log.info("quality gate: run %s already published; nothing to do", run_id)
         return GateResult(run_id, QualityOutcome(run_id, True, [], published=True), report_dir)

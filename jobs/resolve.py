@@ -31,6 +31,7 @@ from jobs.config import PipelineConfig
 from jobs.engines import SqlEngine, open_engine, sql_string
 from jobs.linkage import ModelVersion, latest_model, linkage_records, linker_for, model_settings, pick_engine
 from jobs.profile_ids import ASSIGNMENTS_SCHEMA, CLUSTERS_SCHEMA, REGISTRY_SCHEMA, assign_stable_profile_ids
+from jobs.publication import finish_interrupted_publication
 from jobs.runner import run_job
 from jobs.spark_session import size_stage_to_input
 from jobs.train import train_and_save
@@ -99,6 +100,7 @@ def predict_and_cluster(
 
 def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> ResolveResult:
     """Resolve the admitted records into profiles with stable ids."""
+    finish_interrupted_publication(cfg)  # ids follow the published tables, whole
     t = cfg.tables
     now = datetime.now(UTC).replace(microsecond=0)
     count = delta_io.row_count(t.admitted)

@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs import delta_io, quality_gate, resolve, unify
+from jobs import delta_io, publication, resolve, unify
 from jobs.canonical import subject_hash
 from jobs.config import PipelineConfig, TablePaths
 from jobs.consent import SUBJECT
@@ -268,7 +268,7 @@ def erase_subject(spark: SparkSession, cfg: PipelineConfig, subject: Subject, ru
         resolve.run(spark, cfg, run_id=run_id)
         unify.run(spark, cfg, run_id=run_id)
         # Art. 17 does not wait for the quality gate: the candidates only lose the subject's data.
-        quality_gate.publish(cfg, run_id=run_id)
+        publication.publish(cfg, run_id=run_id)
     shutil.rmtree(t.staging, ignore_errors=True)  # candidates of an earlier, failed gate hold the subject too
     if subject.profile_ids and delta_io.table_exists(t.record_profiles):
         remaining = delta_io.read_delta(spark, t.record_profiles).select("profile_id").distinct()
@@ -329,6 +329,7 @@ def run(
     profile_id: str | None = None,
 ) -> Path:
     """Carry out one subject request; returns the file written (export or erasure certificate)."""
+    publication.finish_interrupted_publication(cfg)  # the subject is found in, and erased from, whole tables
     records = [r for r in (record or []) if r]
     if not records and not profile_id:
         raise IdresError("name the subject with --record <source:id> (repeatable) or --profile-id")

@@ -17,10 +17,11 @@ from pathlib import Path
 import pytest
 import yaml
 from chispa import assert_df_equality
+from deltalake.exceptions import DeltaError
 from filelock import FileLock
 from pyspark.sql import SparkSession
 
-from jobs import delta_io, demo_data, ingest, pipeline, quality_gate
+from jobs import delta_io, demo_data, ingest, pipeline, publication, quality_gate, resolve
 from jobs.config import DEFAULT_CONF_DIR, GOLD_TABLES, PUBLISHED_TABLES, PipelineConfig, load_config
 from jobs.runner import lakehouse_lock_path
 from tests.conftest import (
@@ -121,6 +122,31 @@ def test_a_publish_killed_as_it_writes_profiles_and_rerun_equals_an_uninterrupte
     assert profiles.count() > 100
     assert profiles.groupBy("profile_id").count().where("count > 1").count() == 0
     assert not killed.tables.staging.exists()
+
+
+def test_a_publication_that_died_between_tables_is_completed_before_the_next_run_resolves(spark, staged_demo, tmp_path):
+    uninterrupted = copy_lakehouse(staged_demo, tmp_path / "uninterrupted")
+    publication.publish(uninterrupted, run_id=RUN)
+
+    cfg = copy_lakehouse(staged_demo, tmp_path / "interrupted")
+    last = cfg.tables.staged(PUBLISHED_TABLES[-1])
+    (last / "_delta_log").rename(tmp_path / "hidden_log")  # the last table cannot be read: publish dies there
+    with pytest.raises(DeltaError):
+        publication.publish(cfg, run_id=RUN)
+    published = {n: delta_io.committed_in_run(getattr(cfg.tables, n), "publish", RUN) for n in PUBLISHED_TABLES}
+    assert published == {name: name != PUBLISHED_TABLES[-1] for name in PUBLISHED_TABLES}
+    (tmp_path / "hidden_log").rename(last / "_delta_log")
+
+    # The next run (not a retry of this one) completes that publication before it reads the published ids.
+    resolve.run(spark, cfg, run_id="next")
+
+    expected = gold_frames(spark, uninterrupted)
+    for name, actual in gold_frames(spark, cfg).items():
+        assert_df_equality(
+            actual, expected[name], ignore_row_order=True, ignore_nullable=True, ignore_column_order=True
+        )
+    assert not (cfg.tables.staging / publication.JOURNAL).exists()
+    assert delta_io.history(cfg.tables.staged("record_profiles"))[0]["run_id"] == "next"
 
 
 def test_the_pipeline_run_again_on_the_same_extracts_commits_to_no_data_table(spark, staged_demo, tmp_path):

@@ -11,7 +11,7 @@ from html.parser import HTMLParser
 import pytest
 from pyspark.sql import functions as F
 
-from jobs import delta_io, quality_gate
+from jobs import delta_io, publication
 from jobs.errors import IdresError
 from jobs.report import write_auditor_report
 from tests.conftest import copy_lakehouse
@@ -127,7 +127,7 @@ def rendered_dom(url: str) -> str:
 def published(spark, staged_demo, tmp_path_factory):
     """A copy of the staged demo lakehouse with its gold published by RUN."""
     cfg = copy_lakehouse(staged_demo, tmp_path_factory.mktemp("report"))
-    quality_gate.publish(cfg, run_id=RUN)
+    publication.publish(cfg, run_id=RUN)
     return cfg
 
 

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from pyspark.sql import functions as F
 
-from jobs import delta_io, demo_data, pipeline, quality_gate, resolve, standardize, train
+from jobs import delta_io, demo_data, pipeline, publication, resolve, standardize, train
 from jobs.canonical import CANONICAL_COLUMNS
 from jobs.config import PUBLISHED_TABLES, RESOLVED_TABLES
 from jobs.linkage import latest_model
@@ -159,7 +159,7 @@ def resolve_admitted(spark, population, cfg, rows, run_id):
     )
     result = resolve.run(spark, cfg, run_id=run_id)
     for name in RESOLVED_TABLES:
-        quality_gate.publish_table(cfg, name, run_id)
+        publication.publish_table(cfg, name, run_id)
     return result
 
 

@@ -8,7 +8,7 @@ import datetime as dt
 from chispa import assert_df_equality
 from pyspark.sql import functions as F
 
-from jobs import consent, delta_io, quality_gate, resolve, standardize, unify
+from jobs import consent, delta_io, publication, resolve, standardize, unify
 from jobs.config import SurvivorshipConfig, SurvivorshipRule
 from tests.test_resolve import BRIDGE, IRYNA, PEOPLE, bronze_rows, silver_rows
 
@@ -237,7 +237,7 @@ def publish(spark, cfg, population, population_consent, events, run_id, hand=HAN
     delta_io.overwrite_delta(effective, cfg.tables.effective_consent, run_id=run_id, job="test")
     resolve.run(spark, cfg, run_id=run_id)
     unify.run(spark, cfg, run_id=run_id)
-    return quality_gate.publish(cfg, run_id=run_id)
+    return publication.publish(cfg, run_id=run_id)
 
 
 def test_withdrawal_removes_values_and_splits_a_bridged_profile_and_reruns_change_nothing(spark, trained, tmp_path):
@@ -256,7 +256,7 @@ def test_withdrawal_removes_values_and_splits_a_bridged_profile_and_reruns_chang
     snapshot = {t: delta_io.read_delta(spark, getattr(cfg.tables, t)).collect() for t in GOLD}
 
     unify.run(spark, cfg, run_id="run-1")
-    again = quality_gate.publish(cfg, run_id="run-1")
+    again = publication.publish(cfg, run_id="run-1")
     assert again.skipped_tables == list(GOLD)
     assert {t: delta_io.table_version(getattr(cfg.tables, t)) for t in GOLD} == versions
     rerun = publish(spark, cfg, population, population_consent, GRANTS, "run-2")

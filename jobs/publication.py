@@ -1,0 +1,162 @@
+"""Publish: merge a run's staged tables (resolve's and unify's candidates) into the published ones.
+
+Delta commits one table at a time, so a publication that dies between tables (a killed driver, a lost disk)
+leaves some tables at the new run and some at the previous one. Each table's commit is made once per run id
+(a Delta app transaction), and the publication is journalled: `staging/_publishing.json` names the run from
+its first commit until the staging is dropped. Any job that reads or replaces published or staged tables
+first calls finish_interrupted_publication, which completes that run's publication (roll forward: the
+candidates had passed the quality gate), so no job ever works on a half-published lakehouse.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import pyarrow as pa
+
+from jobs import delta_io
+from jobs.config import PUBLISHED_TABLES, RESOLVED_TABLES, PipelineConfig
+
+log = logging.getLogger("idres.publication")
+
+JOB = "publish"
+JOURNAL = "_publishing.json"
+
+
+@dataclass(frozen=True)
+class Publication:
+    """How a staged table merges into its published one: on its keys; with `replace`, rows that changed are
+    rewritten and rows no longer staged deleted (the staged table is the whole new state); without, staged
+    rows are added (the registry also updates changed rows, keeping every id ever issued)."""
+
+    keys: tuple[str, ...]
+    replace: bool = True
+    update_changed: bool = True
+
+
+PUBLICATIONS: dict[str, Publication] = {
+    "pairwise_matches": Publication(("record_id_l", "record_id_r")),
+    "record_profiles": Publication(("record_id",)),
+    "profile_registry": Publication(("profile_id",), replace=False),
+    "identity_events": Publication(("event_id",), replace=False, update_changed=False),
+    "profiles": Publication(("profile_id",)),
+    "profile_sources": Publication(("record_id",)),
+    "profile_lineage": Publication(("profile_id", "column")),
+    "profile_permissions": Publication(("profile_id", "purpose")),
+}
+
+UNIFY_RUNS_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("profiles", pa.int64()),
+        ("inserted", pa.int64()),
+        ("updated", pa.int64()),
+        ("retired", pa.int64()),
+        ("lineage_rows", pa.int64()),
+        ("unified_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+
+@dataclass
+class PublishResult:
+    """What a publication changed in the profiles, and the tables this run had published before (a resume)."""
+
+    run_id: str
+    profiles: int = 0
+    inserted: int = 0
+    updated: int = 0
+    retired: int = 0
+    lineage_rows: int = 0
+    skipped_tables: list[str] = field(default_factory=list)
+
+
+def publish_table(cfg: PipelineConfig, name: str, run_id: str) -> dict[str, int] | None:
+    """Merge one staged table into its published table (PUBLICATIONS), once per run id; returns the merge
+    metrics, or None when this run already published it."""
+    how = PUBLICATIONS[name]
+    return delta_io.merge_delta(
+        delta_io.DeltaSource(cfg.tables.staged(name)),
+        getattr(cfg.tables, name),
+        keys=how.keys,
+        run_id=run_id,
+        job=JOB,
+        update_changed=how.update_changed,
+        delete_missing=how.replace,
+        once_per_run=True,
+    )
+
+
+def publish(cfg: PipelineConfig, run_id: str) -> PublishResult:
+    """Merge the staged tables (resolve's and unify's) into the published ones, once per run id, then drop the
+    staging."""
+    t = cfg.tables
+    result = PublishResult(run_id=run_id)
+    metrics: dict[str, dict[str, int]] = {}
+    _journal_publication(cfg, run_id)
+    for name in PUBLISHED_TABLES:
+        if name in RESOLVED_TABLES and not delta_io.table_exists(t.staged(name)):
+            continue  # nothing resolved to publish: unify ran on the published resolution (a rerun)
+        m = publish_table(cfg, name, run_id)
+        if m is None:  # committed earlier in this run, which died before the end: report that commit
+            result.skipped_tables.append(name)
+            m = delta_io.run_commit_metrics(getattr(t, name), JOB, run_id)
+        metrics[name] = m
+    result.profiles = delta_io.row_count(t.profiles)
+    result.inserted = int(metrics["profiles"].get("num_target_rows_inserted", 0))
+    result.updated = int(metrics["profiles"].get("num_target_rows_updated", 0))
+    result.retired = int(metrics["profiles"].get("num_target_rows_deleted", 0))
+    result.lineage_rows = delta_io.row_count(t.profile_lineage)
+    at = datetime.now(UTC).replace(microsecond=0)
+    audit = pa.Table.from_pylist(
+        [
+            {
+                "run_id": run_id,
+                "profiles": result.profiles,
+                "inserted": result.inserted,
+                "updated": result.updated,
+                "retired": result.retired,
+                "lineage_rows": result.lineage_rows,
+                "unified_at": at,
+            }
+        ],
+        schema=UNIFY_RUNS_SCHEMA,
+    )
+    delta_io.merge_delta(audit, t.unify_runs, keys=("run_id",), run_id=run_id, job=JOB, once_per_run=True)
+    shutil.rmtree(t.staging, ignore_errors=True)
+    log.info(
+        "published: %d profiles (inserted %d, updated %d, retired %d), %d lineage rows%s",
+        result.profiles,
+        result.inserted,
+        result.updated,
+        result.retired,
+        result.lineage_rows,
+        f"; already published by this run: {', '.join(result.skipped_tables)}" if result.skipped_tables else "",
+    )
+    return result
+
+
+def _journal_publication(cfg: PipelineConfig, run_id: str) -> None:
+    """Record, before the first table's commit, that run_id's candidates are being published."""
+    journal = cfg.tables.staging / JOURNAL
+    partial = journal.with_suffix(".tmp")
+    partial.write_text(json.dumps({"run_id": run_id}) + "\n", encoding="utf-8")
+    os.replace(partial, journal)  # atomic: a reader finds the whole journal or none
+
+
+def finish_interrupted_publication(cfg: PipelineConfig, other_than: str | None = None) -> PublishResult | None:
+    """Complete a publication that died between its tables, if the journal names one (other than run
+    other_than, which its caller resumes itself); returns its result."""
+    journal = cfg.tables.staging / JOURNAL
+    if not journal.is_file():
+        return None
+    run_id = json.loads(journal.read_text(encoding="utf-8"))["run_id"]
+    if run_id == other_than:
+        return None
+    log.warning("publication of run %s was interrupted between tables; completing it first", run_id)
+    return publish(cfg, run_id)
