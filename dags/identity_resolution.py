@@ -30,7 +30,8 @@ DOC = """
 7. **quality_gate**: write-audit-publish. Great Expectations suites (`expectations/`) validate the staged
    gold and the run's tables (consent compliance, unique ids, formats, cluster-size bound, profile-id churn,
    reconciliation counts). Only when all hold are resolve's and unify's staged tables merged into the
-   published ones (once per run id); otherwise the task fails naming the failed expectations and every
+   published ones (once per run id; a publish that dies between tables is completed by the task's retry, or
+   else first thing by the next run's resolve); otherwise the task fails naming the failed expectations and every
    published table stays at its previous version. Either way it writes `reports/runs/<run id>/`:
    quality.json, GX Data Docs and the auditor report (index.html).
 
