@@ -49,7 +49,8 @@ def sql_timestamp(at: datetime) -> str:
 class SqlEngine(ABC):
     """Named tables on one engine, made and queried with SQL in DuckDB's dialect.
 
-    Every table made here lives until close(): a Spark temp view (persisted when computed) or a DuckDB table.
+    Every table made here lives until close(): a Spark temp view (persisted when computed) or, on
+    DuckDB, an Arrow table registered as a view.
     """
 
     name: ClassVar[str]  # one of ENGINES
@@ -173,13 +174,13 @@ class DuckDBEngine(SqlEngine):
         super().__init__()
         self.con: duckdb.DuckDBPyConnection = duckdb.connect()
         self.con.execute("SET TimeZone = 'UTC'")  # TIMESTAMPTZ leaves as Arrow timestamp[us, UTC], as Delta holds it
+        self._held: dict[str, pa.Table] = {}
 
     def register(self, name: str, data: DataFrame | pa.Table) -> str:
-        self.con.register("_idres_rows", data.toArrow() if isinstance(data, DataFrame) else data)
-        try:
-            return self.create(name, "SELECT * FROM _idres_rows")
-        finally:
-            self.con.unregister("_idres_rows")
+        table = TABLE_PREFIX + name
+        self._held[table] = data.toArrow() if isinstance(data, DataFrame) else data
+        self.con.register(table, self._held[table])
+        return table
 
     def _read_existing_delta(self, name: str, path: Path | str) -> str:
         table = TABLE_PREFIX + name
@@ -187,9 +188,9 @@ class DuckDBEngine(SqlEngine):
         return table
 
     def create(self, name: str, sql: str) -> str:
-        table = TABLE_PREFIX + name
-        self.con.execute(f"CREATE OR REPLACE TABLE {table} AS {sql}")
-        return table
+        # Held as Arrow and registered, not copied into a DuckDB table: as fast to scan, a copy less to
+        # make, and written to Delta as it is (write_source).
+        return self.register(name, self.con.sql(sql).to_arrow_table())
 
     def rows(self, sql: str) -> list[dict[str, Any]]:
         return self.con.sql(sql).to_arrow_table().to_pylist()
@@ -198,7 +199,7 @@ class DuckDBEngine(SqlEngine):
         return self.con.table(table).columns
 
     def write_source(self, table: str) -> pa.Table:
-        return self.con.table(table).to_arrow_table()
+        return self._held[table] if table in self._held else self.con.table(table).to_arrow_table()
 
     def _new_splink_api(self) -> DatabaseAPI:
         from splink import DuckDBAPI
@@ -207,6 +208,7 @@ class DuckDBEngine(SqlEngine):
 
     def close(self) -> None:
         self.con.close()
+        self._held.clear()
 
 
 @contextmanager

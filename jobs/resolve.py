@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -137,13 +138,22 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> ResolveResult:
             FROM {ids.events}""",
         )
 
-        for name, table in (
-            ("pairwise_matches", pairs),
-            ("record_profiles", record_profiles),
-            ("profile_registry", ids.registry),
-            ("identity_events", events),
-        ):
-            delta_io.overwrite_delta(db.write_source(table), t.staged(name), run_id=run_id, job="resolve")
+        staged = {
+            t.staged(name): db.write_source(table)
+            for name, table in (
+                ("pairwise_matches", pairs),
+                ("record_profiles", record_profiles),
+                ("profile_registry", ids.registry),
+                ("identity_events", events),
+            )
+        }
+        # Four tables at once: delta-rs (and Spark) leave the GIL while they write.
+        with ThreadPoolExecutor(len(staged)) as writers:
+            for written in [
+                writers.submit(delta_io.overwrite_delta, rows, path, run_id=run_id, job="resolve")
+                for path, rows in staged.items()
+            ]:
+                written.result()
 
         result.pairs = db.count(pairs)
         result.profiles = db.rows(f"SELECT count(DISTINCT profile_id) AS n FROM {record_profiles}")[0]["n"]
