@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import pyarrow as pa
+from pyspark import inheritable_thread_target
 from pyspark.sql import SparkSession
 
 from jobs import delta_io
@@ -147,11 +148,12 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> ResolveResult:
                 ("identity_events", events),
             )
         }
-        # Four tables at once: delta-rs (and Spark) leave the GIL while they write.
+        # Four tables at once: delta-rs (and Spark) leave the GIL while they write. Spark jobs started in the
+        # writer threads keep this thread's job group (the pipeline counts a stage's jobs by it).
+        overwrite = inheritable_thread_target(spark)(delta_io.overwrite_delta)
         with ThreadPoolExecutor(len(staged)) as writers:
             for written in [
-                writers.submit(delta_io.overwrite_delta, rows, path, run_id=run_id, job="resolve")
-                for path, rows in staged.items()
+                writers.submit(overwrite, rows, path, run_id=run_id, job="resolve") for path, rows in staged.items()
             ]:
                 written.result()
 

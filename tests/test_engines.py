@@ -63,12 +63,30 @@ def resolve_on(
 
 
 @pytest.fixture(scope="module")
-def runs(spark, trained, tmp_path_factory) -> dict[str, tuple[PipelineConfig, resolve.ResolveResult]]:
+def spark_run(spark, trained, tmp_path_factory) -> tuple[PipelineConfig, resolve.ResolveResult, dict[str, int]]:
+    """The demo resolved on Spark with the Spark-trained model, in a job group of its own, and how many Spark
+    jobs it started in that group and outside any group."""
+    tracker = spark.sparkContext.statusTracker()
+    ungrouped = set(tracker.getJobIdsForGroup(None))
+    spark.sparkContext.setJobGroup("engines-spark", "resolve on Spark")
+    try:
+        cfg, result = resolve_on(spark, trained, tmp_path_factory.mktemp("engines-spark"), "spark")
+    finally:
+        spark.sparkContext.setLocalProperty("spark.jobGroup.id", None)  # type: ignore[arg-type]
+    jobs = {
+        "grouped": len(tracker.getJobIdsForGroup("engines-spark")),
+        "ungrouped": len(set(tracker.getJobIdsForGroup(None)) - ungrouped),
+    }
+    return cfg, result, jobs
+
+
+@pytest.fixture(scope="module")
+def runs(spark, trained, spark_run, tmp_path_factory) -> dict[str, tuple[PipelineConfig, resolve.ResolveResult]]:
     """The demo resolved with the Spark-trained model on Spark and under the shipped `auto`, and with a
     model trained on DuckDB (same records, same seed) on DuckDB."""
     root = tmp_path_factory.mktemp("engines")
     return {
-        "spark": resolve_on(spark, trained, root / "spark", "spark"),
+        "spark": spark_run[:2],
         "auto": resolve_on(spark, trained, root / "auto", trained.resolve.engine),
         "duckdb_trained": resolve_on(spark, trained, root / "duckdb", "duckdb", models=root / "duckdb-models"),
     }
@@ -108,6 +126,15 @@ def test_both_engines_resolve_the_demo_into_the_same_profiles(spark, runs):
         precision=0.01,
         ignore_row_order=True,
     )
+
+
+def test_resolve_on_spark_starts_every_job_in_its_callers_job_group(spark_run):
+    """The pipeline counts a stage's Spark jobs by its job group: the staged tables, written from threads,
+    must not escape it."""
+    _, result, jobs = spark_run
+    assert result.engine == "spark"
+    assert jobs["grouped"] > 0
+    assert jobs["ungrouped"] == 0
 
 
 def sql_of(settings: dict[str, Any]) -> list[Any]:
