@@ -5,11 +5,14 @@ For each size (source records from the demo generator), in a fresh temporary lak
 2. idres: jobs.pipeline in one Spark session (own process): session start and every stage timed, peak RSS
    of the driver, its JVM and Python workers sampled every 0.2 s; then the admitted records' Splink input
    (jobs.linkage.linkage_input) is exported to Parquet, untimed;
-3. bare Splink-DuckDB and bare Splink-Spark (own processes): the same exported input, the model the idres
-   run trained (jobs.linkage.model_settings for the engine), predict at the match probability and cluster
-   at the cluster probability as resolve does; only predict + cluster count as their time (loading the
-   input and starting Spark are reported apart). Candidate pairs (all pairs the blocking rules make, which
-   Splink scores) are counted once, exactly, on DuckDB.
+3. bare Splink-DuckDB and bare Splink-Spark (own processes): what a hand-written Splink script does for
+   resolve's job, on the same exported input with the model the idres run trained (jobs.linkage.model_settings
+   for the engine): load the input into a Linker, predict at the match probability and cluster at the
+   cluster probability as resolve does, and write the pairs and clusters to Parquet. Their time is reported
+   twice: predict + cluster alone (resolve_s), and the whole script (script_s: load + predict + cluster +
+   write; starting Spark apart), which is what the resolve stage, reading its input and writing its tables,
+   is like for like with. Candidate pairs (all pairs the blocking rules make, which Splink scores) are
+   counted once, exactly, on DuckDB.
 Cluster precision, recall and F1 (pairs implied by clusters, benchmarks/accuracy.py's helpers) are scored
 against the ground truth restricted to the admitted records, the same records every system resolves.
 
@@ -60,6 +63,8 @@ COLUMNS = [
     "total_s",
     "resolve_s",
     "resolve_vs_bare",
+    "script_s",
+    "resolve_vs_script",
     "train_s",
     "load_s",
     "predict_s",
@@ -203,7 +208,7 @@ def predict_and_cluster(linker: Linker, linkage: LinkageConfig, sampler: RssSamp
     clusters = linker.clustering.cluster_pairwise_predictions_at_threshold(
         predictions, threshold_match_probability=linkage.cluster_probability
     )
-    sampler.mark("outputs")  # untimed from here
+    sampler.mark("outputs")  # the script writes what it keeps (the caller's)
     return predictions, clusters
 
 
@@ -222,8 +227,9 @@ def worker_splink_duckdb(work: Path, sampler: RssSampler, **_: Any) -> dict[str,
     clusters.as_duckdbpyrelation().select("record_id, cluster_id AS cluster").to_parquet(
         str(work / "clusters-splink-duckdb.parquet")
     )
+    predictions.as_duckdbpyrelation().to_parquet(str(work / "pairs-splink-duckdb.parquet"))
+    sampler.mark("count_candidates")  # untimed from here
     matches = predictions.as_duckdbpyrelation().aggregate("count(*)").fetchall()[0][0]
-    sampler.mark("count_candidates")
     counted = count_comparisons_from_blocking_rules(
         db_api.register(records),
         blocking_rules=splink_settings(linkage).blocking_rules_to_generate_predictions,
@@ -248,6 +254,8 @@ def worker_splink_spark(work: Path, sampler: RssSampler, driver_memory: str | No
         clusters.as_spark_dataframe().selectExpr("record_id", "cast(cluster_id AS string) AS cluster").write.parquet(
             str(work / "clusters-splink-spark.parquet")
         )
+        predictions.as_spark_dataframe().write.parquet(str(work / "pairs-splink-spark.parquet"))
+        sampler.mark("count")  # untimed from here
         return {"matches": predictions.as_spark_dataframe().count()}
 
 
@@ -366,7 +374,8 @@ def bench_size(records: int, ratio: float, root: Path, args: argparse.Namespace)
             predict_s = secs["predict"]
             total = predict_s + secs["cluster"]
             engine = system.removeprefix("splink-")
-            row.update(engine=engine, total_s=total, resolve_s=total, load_s=secs["load"])
+            script_s = secs["load"] + total + secs["outputs"]
+            row.update(engine=engine, total_s=total, resolve_s=total, script_s=script_s, load_s=secs["load"])
         row.update(
             predict_s=predict_s,
             candidates=candidates,
@@ -377,9 +386,10 @@ def bench_size(records: int, ratio: float, root: Path, args: argparse.Namespace)
             load_avg=out["load_before"],
         )
         rows.append(row)
-    bare = {r["engine"]: r["resolve_s"] for r in rows[1:] if "resolve_s" in r}
-    if rows[0].get("engine") in bare:
-        rows[0]["resolve_vs_bare"] = rows[0]["resolve_s"] / bare[rows[0]["engine"]]  # rounded for display only
+    bare = {r["engine"]: r for r in rows[1:] if "resolve_s" in r}
+    if (same := bare.get(rows[0].get("engine"))) is not None:  # ratios rounded for display only
+        rows[0]["resolve_vs_bare"] = rows[0]["resolve_s"] / same["resolve_s"]
+        rows[0]["resolve_vs_script"] = rows[0]["resolve_s"] / same["script_s"]
     stages = {
         "records": demo["records"],
         "demo_data": demo["seconds"]["demo_data"],
@@ -401,8 +411,9 @@ def targets(table: pd.DataFrame) -> list[str]:
             notes.append(f"- {r['records']} records: {r['note']}")
             continue
         checks = [f"F1 {r['cluster_F1']:.4f} {'>=' if r['cluster_F1'] >= 0.98 else '<'} 0.98"]
-        if pd.notna(r.get("resolve_vs_bare")):
-            checks.append(f"resolve/bare {r['resolve_vs_bare']:.2f} {'<=' if r['resolve_vs_bare'] <= 1.2 else '>'} 1.2")
+        for ratio, label in (("resolve_vs_script", "resolve/script"), ("resolve_vs_bare", "resolve/(predict+cluster)")):
+            if pd.notna(r.get(ratio)):
+                checks.append(f"{label} {r[ratio]:.2f} {'<=' if r[ratio] <= 1.2 else '>'} 1.2")
         if r["records"] <= SMALL_TARGET_RECORDS:
             checks.append(f"total {r['total_s']:.0f} s {'<=' if r['total_s'] <= 60 else '>'} 60 s")
         if r["records"] in LARGE_TARGET_RECORDS:
@@ -471,14 +482,16 @@ def main(argv: list[str] | None = None) -> pd.DataFrame | None:
             stage_rows.append(stages)
     table, stages = pd.DataFrame(rows).reindex(columns=COLUMNS), pd.DataFrame(stage_rows)
     checked = targets(table)  # on the figures as measured: 1.247 rounded to 1.2 would pass "<= 1.2"
-    decimals = {"cluster_P": 4, "cluster_R": 4, "cluster_F1": 4, "resolve_vs_bare": 2}
+    decimals = {"cluster_P": 4, "cluster_R": 4, "cluster_F1": 4, "resolve_vs_bare": 2, "resolve_vs_script": 2}
     for frame in (table, stages):
         for c in frame.select_dtypes("float").columns:
             frame[c] = frame[c].round(decimals.get(c, 1))
     cores = os.cpu_count()
     notes = [
         "Times in seconds. idres total_s: Spark session start + every pipeline stage (demo data generation apart); "
-        "bare Splink total_s = resolve_s: predict + cluster with idres' trained model on the same admitted input. "
+        "bare Splink total_s = resolve_s: predict + cluster with idres' trained model on the same admitted input; "
+        "script_s: the whole Splink script (load the input into a Linker, predict, cluster, write pairs and "
+        "clusters to Parquet). resolve_vs_bare and resolve_vs_script: idres' resolve stage against each. "
         "candidates: pairs the blocking rules make (scored by predict); pairs_per_s = candidates / predict_s; "
         "matches: pairs at p >= match probability. peak_gb: RSS of the process with its JVM and Python workers. "
         "Cluster P/R/F1 over the admitted records. load_avg: 1-min load average before the system ran.",
