@@ -208,7 +208,7 @@ def predict_and_cluster(linker: Linker, linkage: LinkageConfig, sampler: RssSamp
     clusters = linker.clustering.cluster_pairwise_predictions_at_threshold(
         predictions, threshold_match_probability=linkage.cluster_probability
     )
-    sampler.mark("outputs")  # the script writes what it keeps (the caller's)
+    sampler.mark("outputs")  # timed: the caller writes the pairs and clusters it keeps
     return predictions, clusters
 
 
