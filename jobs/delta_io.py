@@ -1,7 +1,9 @@
 """All Delta Lake I/O, through delta-rs (`deltalake`), exchanging Arrow with Spark.
 
-Spark here has no Delta jars (Maven Central is out of reach), so tables are written and merged by
-delta-rs and read by Spark from the Parquet files of the table's current (or a given) version.
+Spark here has no Delta jars (Maven Central is out of reach), so delta-rs commits and merges every
+write, and Spark reads the Parquet files of the table's current (or a given) version. Rows a table
+receives whole (a new table, an overwrite) are written as Parquet by Spark's executors into the table
+and committed by delta-rs as they are.
 A delta-spark backend for clusters that have the jars replaces this module only.
 
 Reads avoid `DeltaTable.to_pyarrow_table()` / pyarrow datasets: with deltalake 1.6 they can abort
@@ -12,6 +14,7 @@ would fail a spark-submit that had succeeded. delta-rs' own QueryBuilder does no
 from __future__ import annotations
 
 import shutil
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
@@ -20,8 +23,11 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.dataset as ds
-from deltalake import CommitProperties, DeltaTable, QueryBuilder, Transaction, write_deltalake
+import pyarrow.parquet as pq
+from deltalake import CommitProperties, DeltaTable, QueryBuilder, Schema, Transaction, write_deltalake
+from deltalake.transaction import AddAction, create_table_with_add_actions
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql.pandas.types import to_arrow_schema
 
 if TYPE_CHECKING:
     from jobs.config import TablePaths
@@ -120,7 +126,7 @@ def _arrow_stream(df: DataFrame, path: Path | str) -> Iterator[tuple[pa.RecordBa
     table alone outgrows a 4g driver heap). The spill folder is removed afterwards, and a stale one a
     killed job left behind is replaced on the table's next write.
     """
-    if df.sparkSession.conf.get(COLLECT_WRITES_CONF, "false") == "true":
+    if _collects(df):
         yield _table_reader(df.toArrow())
         return
     target = Path(path)
@@ -202,10 +208,51 @@ def row_count(path: Path | str) -> int:
     return int(query_delta("SELECT count(*) AS n FROM t", t=path)["n"][0].as_py())
 
 
+def _collects(df: DataFrame) -> bool:
+    return df.sparkSession.conf.get(COLLECT_WRITES_CONF, "false") == "true"
+
+
+def _commit_spark_files(df: DataFrame, path: Path | str, mode: str, commit: CommitProperties) -> int:
+    """Spark's executors write df as Parquet into a new folder inside the table, and one commit (creating the
+    table, or in `mode` append or overwrite) adds those files; returns the rows committed.
+
+    For a table that receives the rows whole: the files become the table's own, with no second copy through
+    delta-rs. Each file's statistics hold its row count only, so the log holds no column values. Files of a
+    job killed before its commit are never referenced, and vacuum removes them.
+    """
+    folder = Path(path) / f"part-{uuid.uuid4().hex}"
+    df.write.parquet(str(folder))
+    for leftover in [*folder.glob(".*"), *folder.glob("_*")]:  # Spark's _SUCCESS and checksum files
+        leftover.unlink()
+    actions, rows = [], 0
+    for file in sorted(folder.glob("*.parquet")):
+        stat, count = file.stat(), pq.read_metadata(file).num_rows
+        actions.append(
+            AddAction(
+                path=f"{folder.name}/{file.name}",
+                size=stat.st_size,
+                partition_values={},
+                modification_time=int(stat.st_mtime * 1000),
+                data_change=True,
+                stats=f'{{"numRecords": {count}}}',
+            )
+        )
+        rows += count
+    schema = Schema.from_arrow(_nullable(to_arrow_schema(df.schema, timezone="UTC")))
+    if table_exists(path):
+        DeltaTable(str(path)).create_write_transaction(actions, mode, schema, commit_properties=commit)
+    else:
+        create_table_with_add_actions(str(path), schema, actions, commit_properties=commit)
+    return rows
+
+
 def overwrite_delta(df: DataFrame | pa.Table, path: Path | str, *, run_id: str, job: str) -> None:
     """Replace the table's contents in one commit (creating the table if needed)."""
+    commit = _commit_properties(run_id, job)
+    if isinstance(df, DataFrame) and not _collects(df):
+        _commit_spark_files(df, path, "overwrite", commit)
+        return
     with _source_stream(df, path) as (rows, _):
-        commit = _commit_properties(run_id, job)
         write_deltalake(str(path), rows, mode="overwrite", schema_mode="overwrite", commit_properties=commit)
 
 
@@ -240,9 +287,16 @@ def merge_delta(
     """
     if once_per_run and committed_in_run(path, job, run_id):
         return None
+    commit = _commit_properties(run_id, job, once_per_run)
+    if isinstance(source, DataFrame) and not _collects(source) and not table_exists(path):
+        return _inserted(_commit_spark_files(source, path, "append", commit))
     with _source_stream(source, path) as (batches, rows):
-        commit = _commit_properties(run_id, job, once_per_run)
         return _merge(batches, rows, path, keys, commit, update_changed, delete_missing)
+
+
+def _inserted(rows: int) -> dict[str, int]:
+    """Merge metrics of a merge into a new table: every source row inserted."""
+    return {"num_target_rows_inserted": rows, "num_target_rows_updated": 0, "num_target_rows_deleted": 0}
 
 
 def _merge(
@@ -256,7 +310,7 @@ def _merge(
 ) -> dict[str, int]:
     if not table_exists(path):
         write_deltalake(str(path), source, mode="append", commit_properties=commit)
-        return {"num_target_rows_inserted": rows, "num_target_rows_updated": 0, "num_target_rows_deleted": 0}
+        return _inserted(rows)
     target = DeltaTable(str(path))
     target_columns = {f.name for f in target.schema().fields}
     predicate = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)

@@ -73,3 +73,25 @@ def test_a_spark_frame_lands_the_same_collected_or_spilled(spark, tmp_path, coll
     landed = delta_io.read_delta(spark, tmp_path / "t")
     assert_df_equality(landed, expected, ignore_row_order=True, ignore_nullable=True)
     assert not list(tmp_path.glob(f"{delta_io.SPILL_PREFIX}*"))  # no spill folder left behind
+
+
+def test_a_table_receiving_rows_whole_takes_the_files_spark_wrote_and_logs_no_values(spark, tmp_path):
+    table = tmp_path / "t"
+    first = spark.createDataFrame([("canary-a", 1), ("canary-b", 2), ("canary-c", 3)], "key string, value long")
+    spark.conf.set(delta_io.COLLECT_WRITES_CONF, "false")
+    try:
+        created = delta_io.merge_delta(first.repartition(2), table, keys=("key",), run_id="r1", job="t")
+        spark_files = {p.name for p in table.glob("part-*/*.parquet")}
+        replacement = spark.createDataFrame([("z", "q")], "key string, other string")
+        delta_io.overwrite_delta(replacement, table, run_id="r2", job="t")
+    finally:
+        spark.conf.unset(delta_io.COLLECT_WRITES_CONF)
+
+    assert created == {"num_target_rows_inserted": 3, "num_target_rows_updated": 0, "num_target_rows_deleted": 0}
+    assert_df_equality(delta_io.read_delta(spark, table, version=0), first, ignore_row_order=True, ignore_nullable=True)
+    assert {p.rsplit("/", 1)[1] for p in DeltaTable(str(table), version=0).file_uris()} == spark_files
+    assert_df_equality(delta_io.read_delta(spark, table), replacement, ignore_row_order=True, ignore_nullable=True)
+    assert [c["run_id"] for c in delta_io.history(table)] == ["r2", "r1"]
+    log = "".join(p.read_text() for p in (table / "_delta_log").glob("*.json"))
+    assert "canary" not in log
+    assert not list(table.glob("part-*/_*")) and not list(table.glob("part-*/.*"))  # no _SUCCESS, no checksums
