@@ -36,6 +36,7 @@ SPILL_PREFIX = "_spill_"  # Spark's Parquet output on its way into a table (see 
 # "true" while a stage's input is small (set by jobs.spark_session.size_stage_to_input): its writes then reach
 # delta-rs as Arrow collected into the driver instead of Parquet spilled beside the table (see _arrow_stream).
 COLLECT_WRITES_CONF = "spark.idres.delta.collectWrites"
+ADDED_ROWS = "num_added_rows"  # delta-rs' operation metric of an append, and _commit_files' commit metadata
 
 
 @dataclass(frozen=True)
@@ -103,11 +104,9 @@ def run_commit_metrics(path: Path | str, job: str, run_id: str) -> dict[str, int
     """
     for commit in history(path) if table_exists(path) else []:
         if commit.get("job") == job and commit.get("run_id") == run_id:
-            metrics = commit.get("operationMetrics") or {}
+            metrics = {**commit, **(commit.get("operationMetrics") or {})}  # _commit_files' row count is custom
             return {
-                "num_target_rows_inserted": int(
-                    metrics.get("num_target_rows_inserted", metrics.get("num_added_rows", 0))
-                ),
+                "num_target_rows_inserted": int(metrics.get("num_target_rows_inserted", metrics.get(ADDED_ROWS, 0))),
                 "num_target_rows_updated": int(metrics.get("num_target_rows_updated", 0)),
                 "num_target_rows_deleted": int(metrics.get("num_target_rows_deleted", 0)),
             }
@@ -212,18 +211,13 @@ def _collects(df: DataFrame) -> bool:
     return df.sparkSession.conf.get(COLLECT_WRITES_CONF, "false") == "true"
 
 
-def _commit_spark_files(df: DataFrame, path: Path | str, mode: str, commit: CommitProperties) -> int:
-    """Spark's executors write df as Parquet into a new folder inside the table, and one commit (creating the
-    table, or in `mode` append or overwrite) adds those files; returns the rows committed.
+def _commit_files(path: Path | str, folder: Path, schema: Schema, mode: str, commit: CommitProperties) -> int:
+    """One commit adding the Parquet files of folder, a new folder inside the table: it creates the table, or
+    appends or overwrites (`mode`). Returns the rows committed.
 
-    For a table that receives the rows whole: the files become the table's own, with no second copy through
-    delta-rs. Each file's statistics hold its row count only, so the log holds no column values. Files of a
-    job killed before its commit are never referenced, and vacuum removes them.
+    Each file's statistics hold its row count only, so the log holds no column values. Files of a job
+    killed before its commit are never referenced, and vacuum removes them.
     """
-    folder = Path(path) / f"part-{uuid.uuid4().hex}"
-    df.write.parquet(str(folder))
-    for leftover in [*folder.glob(".*"), *folder.glob("_*")]:  # Spark's _SUCCESS and checksum files
-        leftover.unlink()
     actions, rows = [], 0
     for file in sorted(folder.glob("*.parquet")):
         stat, count = file.stat(), pq.read_metadata(file).num_rows
@@ -238,12 +232,41 @@ def _commit_spark_files(df: DataFrame, path: Path | str, mode: str, commit: Comm
             )
         )
         rows += count
-    schema = Schema.from_arrow(_nullable(to_arrow_schema(df.schema, timezone="UTC")))
+    commit = CommitProperties(
+        custom_metadata={**(commit.custom_metadata or {}), ADDED_ROWS: str(rows)},
+        app_transactions=commit.app_transactions,
+    )
     if table_exists(path):
         DeltaTable(str(path)).create_write_transaction(actions, mode, schema, commit_properties=commit)
     else:
         create_table_with_add_actions(str(path), schema, actions, commit_properties=commit)
     return rows
+
+
+def _new_folder(path: Path | str) -> Path:
+    return Path(path) / f"part-{uuid.uuid4().hex}"
+
+
+def _commit_spark_files(df: DataFrame, path: Path | str, mode: str, commit: CommitProperties) -> int:
+    """Spark's executors write df as Parquet into the table, and _commit_files commits the files as they are:
+    for a table that receives the rows whole, with no second copy through delta-rs."""
+    folder = _new_folder(path)
+    df.write.parquet(str(folder))
+    for leftover in [*folder.glob(".*"), *folder.glob("_*")]:  # Spark's _SUCCESS and checksum files
+        leftover.unlink()
+    return _commit_files(
+        path, folder, Schema.from_arrow(_nullable(to_arrow_schema(df.schema, timezone="UTC"))), mode, commit
+    )
+
+
+def _commit_copied_files(source: DeltaSource, path: Path | str, commit: CommitProperties) -> int:
+    """A new table holding the source table's current files, copied byte for byte (no decoding)."""
+    table = DeltaTable(str(source.path))
+    folder = _new_folder(path)
+    folder.mkdir(parents=True)
+    for number, uri in enumerate(table.file_uris()):
+        shutil.copyfile(uri.removeprefix("file://"), folder / f"{number:05d}-{uri.rsplit('/', 1)[1]}")
+    return _commit_files(path, folder, table.schema(), "append", commit)
 
 
 def overwrite_delta(df: DataFrame | pa.Table, path: Path | str, *, run_id: str, job: str) -> None:
@@ -288,6 +311,8 @@ def merge_delta(
     if once_per_run and committed_in_run(path, job, run_id):
         return None
     commit = _commit_properties(run_id, job, once_per_run)
+    if isinstance(source, DeltaSource) and not table_exists(path):
+        return _inserted(_commit_copied_files(source, path, commit))
     if isinstance(source, DataFrame) and not _collects(source) and not table_exists(path):
         return _inserted(_commit_spark_files(source, path, "append", commit))
     with _source_stream(source, path) as (batches, rows):

@@ -95,3 +95,23 @@ def test_a_table_receiving_rows_whole_takes_the_files_spark_wrote_and_logs_no_va
     log = "".join(p.read_text() for p in (table / "_delta_log").glob("*.json"))
     assert "canary" not in log
     assert not list(table.glob("part-*/_*")) and not list(table.glob("part-*/.*"))  # no _SUCCESS, no checksums
+
+
+def test_a_staged_table_merged_into_a_new_table_is_copied_once_per_run(tmp_path):
+    staged, target = tmp_path / "staged", tmp_path / "target"
+    write_deltalake(str(staged), pa.table({"key": ["a", "b"], "value": [1, 2]}, schema=SCHEMA))
+    write_deltalake(str(staged), pa.table({"key": ["c"], "value": [3]}, schema=SCHEMA), mode="append")
+
+    merged = delta_io.merge_delta(
+        delta_io.DeltaSource(staged), target, keys=("key",), run_id="r", job="t", once_per_run=True
+    )
+    again = delta_io.merge_delta(
+        delta_io.DeltaSource(staged), target, keys=("key",), run_id="r", job="t", once_per_run=True
+    )
+
+    assert merged == {"num_target_rows_inserted": 3, "num_target_rows_updated": 0, "num_target_rows_deleted": 0}
+    assert again is None  # the run's commit is recorded in the new table's log
+    assert delta_io.run_commit_metrics(target, "t", "r") == merged  # what a resumed run reports
+    assert _rows(target) == [{"key": "a", "value": 1}, {"key": "b", "value": 2}, {"key": "c", "value": 3}]
+    assert DeltaTable(str(target)).schema() == DeltaTable(str(staged)).schema()
+    assert not set(DeltaTable(str(target)).file_uris()) & set(DeltaTable(str(staged)).file_uris())
