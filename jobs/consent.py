@@ -8,8 +8,8 @@ version, never a personal value.
 
 Effective consent, per subject (source system + source record id) and purpose, is the latest
 event by event_time at or before the cutoff. Ties on event_time are broken so that withdrawal
-wins: withdrawn, then denied, then granted; then the later recorded_at, then event_id, then a
-hash of the event. A grant whose expires_at is at or before the cutoff counts as `expired`, not
+wins: withdrawn, then denied, then granted; then the later recorded_at, then event_id, then the
+event's other fields. A grant whose expires_at is at or before the cutoff counts as `expired`, not
 granted. Exact duplicate events count once, so the result does not depend on the order or
 repetition of events.
 """
@@ -152,15 +152,13 @@ def assign_consent_reasons(events: DataFrame, policy: PurposePolicy) -> DataFram
         .when(F.col("_raw_event_time").isNull() | bad_time, F.lit(UNPARSEABLE_TIMESTAMP))
         .when(no_zone, F.lit(TIMESTAMP_WITHOUT_ZONE))
     )
-    content_hash = F.sha2(F.to_json(F.struct(*[F.col(c) for c in (*SUBJECT, *EVENT_CONTENT)])), 256)
-    df = (
-        df.withColumn(REASON, reason)
-        .withColumn("_content_hash", content_hash)
-        .withColumn("event_id", F.coalesce(F.col("event_id"), F.concat(F.lit("h:"), F.col("_content_hash"))))
+    content = F.struct(*[F.col(c) for c in (*SUBJECT, *EVENT_CONTENT)])
+    df = df.withColumn(REASON, reason).withColumn(
+        "event_id", F.coalesce(F.col("event_id"), F.concat(F.lit("h:"), F.sha2(F.to_json(content), 256)))
     )
     # One event id carrying two different events cannot be trusted; exact replays are the same event.
     per_id = Window.partitionBy("source_system", "event_id")
-    variants = F.size(F.collect_set(F.when(F.col(REASON).isNull(), F.col("_content_hash"))).over(per_id))
+    variants = F.size(F.collect_set(F.when(F.col(REASON).isNull(), content)).over(per_id))
     return df.withColumn(
         REASON, F.when(F.col(REASON).isNull() & (variants > 1), F.lit(CONFLICTING_EVENT_ID)).otherwise(F.col(REASON))
     )
@@ -198,17 +196,14 @@ def effective_consent(ledger: DataFrame, cutoff: datetime) -> DataFrame:
     """Per subject and purpose: the deciding event as of cutoff, its status, and whether it grants."""
     precedence = F.create_map(*[F.lit(x) for kv in STATUS_PRECEDENCE.items() for x in kv])
     events = (
-        ledger.where(F.col("event_time") <= F.lit(cutoff))
-        .select(*SUBJECT, "event_id", *EVENT_CONTENT)
-        .dropDuplicates()
-        .withColumn("_hash", F.sha2(F.to_json(F.struct(*[F.col(c) for c in ("event_id", *EVENT_CONTENT)])), 256))
+        ledger.where(F.col("event_time") <= F.lit(cutoff)).select(*SUBJECT, "event_id", *EVENT_CONTENT).dropDuplicates()
     )
     latest_first = Window.partitionBy(*SUBJECT, "purpose").orderBy(
         F.col("event_time").desc(),
         precedence[F.col("status")].asc(),
         F.col("recorded_at").desc_nulls_last(),
         F.col("event_id").asc(),
-        F.col("_hash").asc(),
+        *[F.col(c).asc() for c in EVENT_CONTENT],
     )
     expired = (F.col("status") == "granted") & F.col("expires_at").isNotNull() & (F.col("expires_at") <= F.lit(cutoff))
     return (

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from pyspark.sql import functions as F
 
 from jobs import consent, delta_io, ingest, standardize
+from jobs.config import CONSENT_FEED_COLUMNS
 from tests.conftest import write_consent_feed, write_ua_crm
 
 UTC = dt.UTC
@@ -99,6 +100,42 @@ def test_effective_consent_ignores_event_order_and_duplication(spark, events, se
 # ---- the gate, end to end on a hand-made Ukrainian CRM extract -------------------------------------------------
 
 CANARIES = ("Qzxcanaryfirst", "Qzxcanarylast", "qzx.canary@example.org", "Qzxcanary street 9", "+380671112233")
+
+
+def test_one_event_id_with_two_contents_is_a_conflict_and_replays_are_one_event(spark, cfg):
+    def mapped(event_id, status, subject="UA-1"):
+        feed = (subject, "profile_unification", "consent", status, "2025-01-01T10:00:00Z", None, "web", "v1", None)
+        return ("ua_crm", "UA", *feed, event_id, None, "feed.jsonl")
+
+    columns = ", ".join(f"{c} string" for c in ("source_system", "region", *CONSENT_FEED_COLUMNS))
+    events = spark.createDataFrame(
+        [
+            mapped("e1", "granted"),
+            mapped("e1", "granted"),  # a replay
+            mapped("e2", "granted"),
+            mapped("e2", "withdrawn"),  # the same id, another event
+            mapped(None, "granted", "UA-7"),
+            mapped(None, "granted", "UA-7"),  # a replay without an id
+            mapped(None, "denied", "UA-7"),
+        ],
+        f"{columns}, {ingest.CORRUPT} string, {ingest.SOURCE_FILE} string",
+    )
+
+    reasons = consent.assign_consent_reasons(events, cfg.policy).select(
+        "source_record_id", "status", "event_id", ingest.REASON
+    )
+
+    rows = sorted(reasons.collect(), key=lambda r: (r["source_record_id"], r["status"], r["event_id"]))
+    assert [(r["event_id"], r["status"], r[ingest.REASON]) for r in rows[:4]] == [
+        ("e1", "granted", None),
+        ("e1", "granted", None),
+        ("e2", "granted", "conflicting_event_id"),
+        ("e2", "withdrawn", "conflicting_event_id"),
+    ]
+    denied, granted, replayed = (r["event_id"] for r in rows[4:])
+    assert granted == replayed != denied  # ids from the content: the same event, the same id
+    assert all(i.startswith("h:") and len(i) == 2 + 64 for i in (denied, granted))
+    assert [r[ingest.REASON] for r in rows[4:]] == [None, None, None]
 
 
 def person(rid: str, email: str | None = None) -> dict[str, str]:
