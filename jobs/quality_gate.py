@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
 from expectations import (
     SAFE_RESULT_FORMAT,
@@ -141,15 +142,25 @@ def _expectation_result(result: Any) -> dict[str, Any]:
 
 def checked_frame(check: TableCheck) -> DataFrame:
     """The check's frame cut to the columns its expectations read, so GX computes, caches and (in pandas)
-    collects only those, and never holds a personal column it does not check. Whole when an expectation
-    inspects the table's columns or filters rows by a condition."""
+    collects only those, and never holds a personal column it does not check. When an expectation inspects the
+    table's columns, the others stay in place as typed nulls; the frame is whole when one filters rows by a
+    condition."""
     columns: list[str] = []
+    inspects_columns = False
     for expectation in check.expectations:
         kwargs = expectation.configuration.kwargs
-        if "table_column" in expectation.expectation_type or kwargs.get("row_condition"):
+        if kwargs.get("row_condition"):
             return check.frame
+        inspects_columns |= "table_column" in expectation.expectation_type
         named = [kwargs.get(k) for k in ("column", "column_A", "column_B")] + list(kwargs.get("column_list") or [])
         columns += [c for c in named if c and c not in columns]
+    if inspects_columns:
+        return check.frame.select(
+            *[
+                F.col(f.name) if f.name in columns else F.lit(None).cast(f.dataType).alias(f.name)
+                for f in check.frame.schema
+            ]
+        )
     return check.frame.select(*columns) if columns else check.frame
 
 

@@ -195,7 +195,7 @@ def test_profile_id_churn_over_the_bound_fails_and_new_records_do_not_count(spar
     assert failed.failed == ["churn: expect_column_values_to_be_in_set(profile_id_kept): churn"]
 
 
-def test_gx_gets_only_the_columns_its_expectations_read_unless_one_inspects_the_column_set(spark):
+def test_gx_gets_only_the_values_its_expectations_read_and_every_column_when_one_inspects_the_set(spark):
     frame = spark.createDataFrame(
         [("p1", "a@x.org", 2, 2, True)],
         "profile_id string, email string, record_count int, cluster_size int, consent_compliant boolean",
@@ -212,5 +212,7 @@ def test_gx_gets_only_the_columns_its_expectations_read_unless_one_inspects_the_
     assert_df_equality(narrow, expected, ignore_nullable=True)  # the unchecked email never reaches GX
 
     column_set = gx.expectations.ExpectTableColumnsToMatchSet(column_set=frame.columns, exact_match=True)
-    whole = checked_frame(TableCheck("silver", "silver", frame, [*expectations, column_set]))
-    assert_df_equality(whole, frame)
+    same_columns = checked_frame(TableCheck("silver", "silver", frame, [*expectations, column_set]))
+    expected = spark.createDataFrame([("p1", None, 2, 2, True)], frame.schema)
+    assert_df_equality(same_columns, expected, ignore_nullable=True)  # every column, the unchecked email as nulls
+    assert validate([TableCheck("silver", "silver", frame, [column_set])], "r").success
