@@ -11,8 +11,10 @@ For each size (source records from the demo generator), in a fresh temporary lak
    cluster probability as resolve does, and write the pairs and clusters to Parquet. Their time is reported
    twice: predict + cluster alone (resolve_s), and the whole script (script_s: load + predict + cluster +
    write; starting Spark apart), which is what the resolve stage, reading its input and writing its tables,
-   is like for like with. Candidate pairs (all pairs the blocking rules make, which Splink scores) are
-   counted once, exactly, on DuckDB.
+   is like for like with. Up to REPEAT_MAX_RECORDS admitted records, where both take about a second and one
+   run's ratio moves by 0.2, the resolve stage (rerun after the pipeline, same run id) and the Splink-DuckDB
+   script run --repeats times, and their medians are compared. Candidate pairs (all pairs the blocking
+   rules make, which Splink scores) are counted once, exactly, on DuckDB.
 Cluster precision, recall and F1 (pairs implied by clusters, benchmarks/accuracy.py's helpers) are scored
 against the ground truth restricted to the admitted records, the same records every system resolves.
 
@@ -21,7 +23,7 @@ runs in the driver JVM) unless --driver-memory is given; at 1M records that keep
 5 GB and driver + JVM well under 12 GB. DuckDB runs in the driver's Python process.
 
     .venv/bin/python benchmarks/scale.py [--sizes 10000,100000,1000000] [--skip-spark-reference-above N]
-        [--driver-memory 8g] [--no-record]
+        [--driver-memory 8g] [--repeats 3] [--no-record]
 """
 
 from __future__ import annotations
@@ -37,10 +39,11 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 import pandas as pd
@@ -48,7 +51,7 @@ import psutil
 from accuracy import RESULTS, Pair, cluster_pairs, prf, truth_pairs
 from splink import Linker
 
-from jobs import delta_io, demo_data, pipeline
+from jobs import delta_io, demo_data, pipeline, resolve
 from jobs.config import LinkageConfig, PipelineConfig, load_config
 from jobs.engines import open_engine
 from jobs.linkage import latest_model, linkage_input, linker_for, model_settings, splink_settings
@@ -85,6 +88,10 @@ RATIO_SAMPLE_PEOPLE = 2000
 SMALL_TARGET_RECORDS = 10_000
 LARGE_TARGET_RECORDS = range(990_000, 1_010_001)
 GB = 1024**3
+# Up to this many admitted records the resolve stage and the bare Splink-DuckDB script run --repeats times, and
+# their medians are compared: there they take about a second, and one run's ratio moves by 0.2 between runs.
+REPEAT_MAX_RECORDS = 200_000
+UNTIMED_PHASES = ("export", "resolve_reruns")  # idres phases after the pipeline, outside its total
 FAILED, DEMO_FAILED = "failed", "demo data failed"  # the notes of a system or a size that failed
 
 
@@ -169,7 +176,9 @@ def worker_demo(work: Path, people: int, sampler: RssSampler, **_: Any) -> dict[
     return {"people": people, "records": sum(summary.records.values())}
 
 
-def worker_idres(work: Path, sampler: RssSampler, driver_memory: str | None, **_: Any) -> dict[str, Any]:
+def worker_idres(
+    work: Path, sampler: RssSampler, driver_memory: str | None, repeats: int = 1, **_: Any
+) -> dict[str, Any]:
     cfg = size_config(work)
     sampler.mark("spark_session")
     spark = spark_session(cfg, work, "idres-bench-scale", driver_memory)
@@ -179,7 +188,15 @@ def worker_idres(work: Path, sampler: RssSampler, driver_memory: str | None, **_
         str(work / "linkage_input.parquet")
     )
     resolved = result.results["resolve"]
+    sampler.mark("resolve_reruns")  # untimed in the total: the resolve stage again, for its median
+    resolve_runs = [round(result.seconds["resolve"], 3)]
+    if resolved.records <= REPEAT_MAX_RECORDS:
+        for _ in range(repeats - 1):  # the same run id: the published ids are kept, the same tables staged again
+            started = time.perf_counter()
+            resolve.run(spark, cfg, run_id="bench-scale")
+            resolve_runs.append(round(time.perf_counter() - started, 3))
     return {
+        "resolve_runs": resolve_runs,
         "engine": resolved.engine,
         "admitted": resolved.records,
         "matches": resolved.pairs,
@@ -199,36 +216,53 @@ def _model(cfg: PipelineConfig):
     return model
 
 
-def predict_and_cluster(linker: Linker, linkage: LinkageConfig, sampler: RssSampler) -> tuple[Any, Any]:
+def predict_and_cluster(linker: Linker, linkage: LinkageConfig, mark: Callable[[str], None]) -> tuple[Any, Any]:
     """What resolve asks of Splink, each step marked: predictions at the match probability, clusters at
     the cluster probability."""
-    sampler.mark("predict")
+    mark("predict")
     predictions = linker.inference.predict(threshold_match_probability=linkage.match_probability)
-    sampler.mark("cluster")
+    mark("cluster")
     clusters = linker.clustering.cluster_pairwise_predictions_at_threshold(
         predictions, threshold_match_probability=linkage.cluster_probability
     )
-    sampler.mark("outputs")  # timed: the caller writes the pairs and clusters it keeps
+    mark("outputs")  # timed: the caller writes the pairs and clusters it keeps
     return predictions, clusters
 
 
-def worker_splink_duckdb(work: Path, sampler: RssSampler, **_: Any) -> dict[str, Any]:
+SCRIPT_PHASES = ("load", "predict", "cluster", "outputs")
+
+
+def splink_duckdb_script(work: Path, cfg: PipelineConfig, mark: Callable[[str], None]) -> tuple[Any, Any, Any]:
+    """The bare Splink-DuckDB script, each phase marked: load the input into a Linker, predict, cluster, write
+    the pairs and clusters to Parquet. Returns the input, Splink's database API and the predictions."""
     import pyarrow.parquet as pq
     from splink import DuckDBAPI
-    from splink.blocking_analysis import count_comparisons_from_blocking_rules
 
-    cfg = size_config(work)
-    linkage = cfg.linkage
-    sampler.mark("load")
+    mark("load")
     records = pq.read_table(work / "linkage_input.parquet")
     db_api = DuckDBAPI()
-    linker = Linker(db_api.register(records), model_settings(_model(cfg), linkage, "duckdb"))
-    predictions, clusters = predict_and_cluster(linker, linkage, sampler)
+    linker = Linker(db_api.register(records), model_settings(_model(cfg), cfg.linkage, "duckdb"))
+    predictions, clusters = predict_and_cluster(linker, cfg.linkage, mark)
     clusters.as_duckdbpyrelation().select("record_id, cluster_id AS cluster").to_parquet(
         str(work / "clusters-splink-duckdb.parquet")
     )
     predictions.as_duckdbpyrelation().to_parquet(str(work / "pairs-splink-duckdb.parquet"))
+    return records, db_api, predictions
+
+
+def worker_splink_duckdb(work: Path, sampler: RssSampler, repeats: int = 1, **_: Any) -> dict[str, Any]:
+    from splink.blocking_analysis import count_comparisons_from_blocking_rules
+
+    cfg = size_config(work)
+    linkage = cfg.linkage
+    records, db_api, predictions = splink_duckdb_script(work, cfg, sampler.mark)
     sampler.mark("count_candidates")  # untimed from here
+    runs = [{p: s for p, s in sampler.seconds(time.perf_counter()).items() if p in SCRIPT_PHASES}]
+    if records.num_rows <= REPEAT_MAX_RECORDS:
+        for _ in range(repeats - 1):
+            clock = RssSampler()
+            splink_duckdb_script(work, cfg, clock.mark)
+            runs.append(clock.seconds(time.perf_counter()))
     matches = predictions.as_duckdbpyrelation().aggregate("count(*)").fetchall()[0][0]
     counted = count_comparisons_from_blocking_rules(
         db_api.register(records),
@@ -237,7 +271,7 @@ def worker_splink_duckdb(work: Path, sampler: RssSampler, **_: Any) -> dict[str,
         unique_id_column_name=linkage.unique_id_column,
         record_sample_proportion=1.0,
     )
-    return {"matches": matches, "candidates": counted[-1]["cumulative_comparison_count"]}
+    return {"matches": matches, "candidates": counted[-1]["cumulative_comparison_count"], "script_runs": runs}
 
 
 def worker_splink_spark(work: Path, sampler: RssSampler, driver_memory: str | None, **_: Any) -> dict[str, Any]:
@@ -250,7 +284,7 @@ def worker_splink_spark(work: Path, sampler: RssSampler, driver_memory: str | No
     records.count()
     with open_engine(spark, "spark") as db:  # Splink's Spark API, scoring Jaro-Winkler as DuckDB does
         linker = linker_for(db, db.register("records", records), model_settings(_model(cfg), linkage, "spark"))
-        predictions, clusters = predict_and_cluster(linker, linkage, sampler)
+        predictions, clusters = predict_and_cluster(linker, linkage, sampler.mark)
         clusters.as_spark_dataframe().selectExpr("record_id", "cast(cluster_id AS string) AS cluster").write.parquet(
             str(work / "clusters-splink-spark.parquet")
         )
@@ -275,7 +309,9 @@ def run_worker(args: argparse.Namespace) -> None:
     work = Path(args.work)
     sampler = RssSampler()
     with sampler.running():
-        out = WORKERS[args.worker](work=work, people=args.people, sampler=sampler, driver_memory=args.driver_memory)
+        out = WORKERS[args.worker](
+            work=work, people=args.people, sampler=sampler, driver_memory=args.driver_memory, repeats=args.repeats
+        )
         end = time.perf_counter()
     out.update(sampler.report(end))
     (work / f"{args.worker}.json").write_text(json.dumps(out, indent=1), encoding="utf-8")
@@ -286,6 +322,7 @@ def spawn(worker: str, work: Path, args: argparse.Namespace, people: int = 0) ->
     command = [sys.executable, __file__, "--worker", worker, "--work", str(work), "--people", str(people)]
     if args.driver_memory:
         command += ["--driver-memory", args.driver_memory]
+    command += ["--repeats", str(args.repeats)]
     log_path = work / f"{worker}.log"
     load = os.getloadavg()[0]
     with log_path.open("w", encoding="utf-8") as log_file:
@@ -365,17 +402,19 @@ def bench_size(records: int, ratio: float, root: Path, args: argparse.Namespace)
             continue
         secs = out["seconds"]
         if system == "idres":
-            resolve_s = secs.get("resolve")
-            total = sum(s for stage, s in secs.items() if stage != "export")
+            resolve_s = median(out["resolve_runs"]) if "resolve" in secs else None
+            total = sum(s for stage, s in secs.items() if stage not in UNTIMED_PHASES)
             row.update(engine=out["engine"], total_s=total, resolve_s=resolve_s, train_s=secs.get("train"))
             row["note"] = "gate " + out["gate"]  # a failed gate publishes nothing; clusters are scored as staged
             predict_s = out["predict_s"]
         else:
-            predict_s = secs["predict"]
-            total = predict_s + secs["cluster"]
+            runs = out.get("script_runs") or [secs]
+            predict_s = median(r["predict"] for r in runs)
+            total = median(r["predict"] + r["cluster"] for r in runs)
             engine = system.removeprefix("splink-")
-            script_s = secs["load"] + total + secs["outputs"]
-            row.update(engine=engine, total_s=total, resolve_s=total, script_s=script_s, load_s=secs["load"])
+            script_s = median(sum(r[p] for p in SCRIPT_PHASES) for r in runs)
+            load_s = median(r["load"] for r in runs)
+            row.update(engine=engine, total_s=total, resolve_s=total, script_s=script_s, load_s=load_s)
         row.update(
             predict_s=predict_s,
             candidates=candidates,
@@ -459,6 +498,13 @@ def main(argv: list[str] | None = None) -> pd.DataFrame | None:
     parser.add_argument("--skip-spark-reference-above", type=int, help="no bare Splink-Spark above this many records")
     parser.add_argument("--driver-memory", help="spark.driver.memory (default: conf/spark-submit.json's)")
     parser.add_argument("--work-dir", help="parent of the temporary per-size folders (default: the system temp)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help=f"runs of the resolve stage and of the bare Splink-DuckDB script, up to {REPEAT_MAX_RECORDS} records "
+        "(medians compared)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep each size's folder")
     parser.add_argument("--no-record", action="store_true", help="print only; no RESULTS.md row, plot in the work dir")
     parser.add_argument("--note", default="", help="a note for the RESULTS.md heading (e.g. machine shared)")
@@ -492,6 +538,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame | None:
         "bare Splink total_s = resolve_s: predict + cluster with idres' trained model on the same admitted input; "
         "script_s: the whole Splink script (load the input into a Linker, predict, cluster, write pairs and "
         "clusters to Parquet). resolve_vs_bare and resolve_vs_script: idres' resolve stage against each. "
+        f"Up to {REPEAT_MAX_RECORDS:,} admitted records, idres' resolve_s and the Splink-DuckDB times are medians "
+        f"of {args.repeats} runs (resolve rerun in the same session after the pipeline). "
         "candidates: pairs the blocking rules make (scored by predict); pairs_per_s = candidates / predict_s; "
         "matches: pairs at p >= match probability. peak_gb: RSS of the process with its JVM and Python workers. "
         "Cluster P/R/F1 over the admitted records. load_avg: 1-min load average before the system ran.",
