@@ -65,15 +65,16 @@ def start_job(module: str, cfg: PipelineConfig, conf: Path, *args: str) -> subpr
     )
 
 
-def data_files(table: Path) -> set[str]:
-    return {p.name for p in table.glob("*.parquet")}
+def data_files(table: Path) -> set[Path]:
+    """The table's Parquet files, including those in the folders Spark and the first publication write."""
+    return {p.relative_to(table) for p in table.rglob("*.parquet")}
 
 
 def kill_when_merge_writes(job: subprocess.Popen[str], table: Path, timeout: float = 300) -> None:
     """SIGKILL job as soon as a new data file appears in table, i.e. while or just after it writes that table.
 
-    The data file and the commit land milliseconds apart, so the kill mostly lands right after the table's
-    commit and before the next table's: a publish interrupted between its per-table commits.
+    The files and the commit land milliseconds apart, so the kill lands while the table's files are written
+    or right after its commit, and before the next table's: a publish interrupted between its per-table commits.
     """
     before = data_files(table)
     deadline = time.monotonic() + timeout
