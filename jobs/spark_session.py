@@ -78,9 +78,26 @@ def build_spark_session(
     spark.sql(f"ADD JAR '{jar}'")
     # A configured spark.checkpoint.dir (storage every node sees, on a multi-machine cluster) is already set.
     if checkpoint_dir or not spark.sparkContext.getCheckpointDir():
-        spark.sparkContext.setCheckpointDir(checkpoint_dir or tempfile.mkdtemp(prefix="idres-checkpoints-"))
-    log.info("Spark %s on %s; %s", spark.version, spark.sparkContext.master, driver_jvm_summary(spark))
+        spark.sparkContext.setCheckpointDir(checkpoint_dir or temporary_checkpoint_dir())
+    log.info(
+        "Spark %s on %s; checkpoints in %s; %s",
+        spark.version,
+        spark.sparkContext.master,
+        spark.sparkContext.getCheckpointDir(),
+        driver_jvm_summary(spark),
+    )
     return spark
+
+
+_TEMPORARY_DIRS: list[tempfile.TemporaryDirectory[str]] = []
+
+
+def temporary_checkpoint_dir() -> str:
+    """A fresh checkpoint dir that is removed when the process exits, so no job leaves its Splink
+    checkpoints (tables of candidate pairs on a large run) behind in the temp dir."""
+    directory = tempfile.TemporaryDirectory(prefix="idres-checkpoints-", ignore_cleanup_errors=True)
+    _TEMPORARY_DIRS.append(directory)  # held until exit, when its finalizer removes it
+    return directory.name
 
 
 def silence_loggers_quoting_errors(spark: SparkSession) -> None:

@@ -45,11 +45,14 @@ def config_in(root: Path) -> PipelineConfig:
 
 
 def airflow_env_in(root: Path, models: Path | None = None) -> dict[str, str]:
-    """The environment `airflow` runs the project's DAGs in: Airflow's home and every data folder under root
-    (laid out as config_in(root)), the models folder models when given, Spark stages on local[2]."""
+    """The environment `airflow` runs the project's DAGs in: Airflow's home, every data folder and the temp
+    dir under root (laid out as config_in(root)), the models folder models when given, Spark stages on
+    local[2]."""
     data = config_in(root)
+    (root / "tmp").mkdir(exist_ok=True)
     return {
         **os.environ,
+        "TMPDIR": str(root / "tmp"),
         "AIRFLOW_HOME": str(root / "airflow_home"),
         "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT / "dags"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",

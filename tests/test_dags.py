@@ -127,3 +127,14 @@ def test_each_stage_driver_gets_the_jvm_settings_of_spark_submit_json_and_the_cl
     assert all(float(heap) > 3 for heap, _, _ in drivers), drivers
     # make install's archive, which the Makefile's SPARK_SUBMIT_OPTS hands every spark-submit driver
     assert {archive for _, _, archive in drivers} == {str(DRIVER_CLASS_ARCHIVE)}
+
+
+@pytest.mark.slow
+def test_no_stage_leaves_its_checkpoint_dir_behind(local_dag_run):
+    console = (Path(local_dag_run["AIRFLOW_HOME"]).parent / "dag_run.log").read_text(encoding="utf-8")
+    checkpoint_dirs = [Path(d) for d in re.findall(r"; checkpoints in (?:file:)?(\S+);", console)]
+    assert len(checkpoint_dirs) == 6, checkpoint_dirs  # one per Spark stage
+    temp = Path(local_dag_run["TMPDIR"])
+    assert all(d.is_relative_to(temp) for d in checkpoint_dirs), checkpoint_dirs
+    assert not [d for d in checkpoint_dirs if d.exists()]
+    assert not list(temp.glob("idres-checkpoints-*"))
