@@ -279,12 +279,6 @@ def overwrite_delta(df: DataFrame | pa.Table, path: Path | str, *, run_id: str, 
         write_deltalake(str(path), rows, mode="overwrite", schema_mode="overwrite", commit_properties=commit)
 
 
-def append_delta(df: DataFrame, path: Path | str, *, run_id: str, job: str) -> None:
-    """Append rows in one commit (creating the table if needed)."""
-    with _arrow_stream(df, path) as (rows, _):
-        write_deltalake(str(path), rows, mode="append", commit_properties=_commit_properties(run_id, job))
-
-
 def merge_delta(
     source: DataFrame | DeltaSource | pa.Table,
     path: Path | str,
