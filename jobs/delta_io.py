@@ -20,6 +20,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -151,12 +152,18 @@ def _parquet_stream(files: str | list[str]) -> tuple[pa.RecordBatchReader, int]:
     return dataset.scanner().to_reader().cast(_nullable(dataset.schema)), dataset.count_rows()
 
 
+def data_files(table: DeltaTable) -> list[str]:
+    """The data files of the table's loaded version as paths to open: delta-rs gives them percent-encoded (a
+    lakehouse folder named `my data` or in Cyrillic comes back as `my%20data`, `%D0%BB...`)."""
+    return [unquote(uri.removeprefix("file://")) for uri in table.file_uris()]
+
+
 def arrow_dataset(path: Path | str) -> ds.Dataset:
     """A Delta table's current version as an Arrow dataset (every field nullable, the table's schema), read
     lazily: an engine that scans it (DuckDB) reads only the columns and batches a query needs."""
     table = DeltaTable(str(path))
     schema = _nullable(pa.schema(table.schema().to_arrow()))
-    if files := table.file_uris():
+    if files := data_files(table):
         return ds.dataset(files, schema=schema, format="parquet")
     return ds.dataset(schema.empty_table())
 
@@ -183,7 +190,7 @@ def read_delta(spark: SparkSession, path: Path | str, version: int | None = None
     dt = DeltaTable(str(path), version=version)
     empty = pa.schema(dt.schema().to_arrow()).empty_table()
     spark_schema = spark.createDataFrame(empty).schema
-    files = dt.file_uris()
+    files = data_files(dt)
     if not files:
         return spark.createDataFrame([], spark_schema)
     return spark.read.schema(spark_schema).parquet(*files)
@@ -264,8 +271,8 @@ def _commit_copied_files(source: DeltaSource, path: Path | str, commit: CommitPr
     table = DeltaTable(str(source.path))
     folder = _new_folder(path)
     folder.mkdir(parents=True)
-    for number, uri in enumerate(table.file_uris()):
-        shutil.copyfile(uri.removeprefix("file://"), folder / f"{number:05d}-{uri.rsplit('/', 1)[1]}")
+    for number, file in enumerate(data_files(table)):
+        shutil.copyfile(file, folder / f"{number:05d}-{Path(file).name}")
     return _commit_files(path, folder, table.schema(), "append", commit)
 
 

@@ -115,3 +115,18 @@ def test_a_staged_table_merged_into_a_new_table_is_copied_once_per_run(tmp_path)
     assert _rows(target) == [{"key": "a", "value": 1}, {"key": "b", "value": 2}, {"key": "c", "value": 3}]
     assert DeltaTable(str(target)).schema() == DeltaTable(str(staged)).schema()
     assert not set(DeltaTable(str(target)).file_uris()) & set(DeltaTable(str(staged)).file_uris())
+
+
+def test_tables_under_a_folder_named_with_spaces_cyrillic_and_a_hash_are_read_written_and_copied(spark, tmp_path):
+    root = tmp_path / "лейк даних #1"  # delta-rs hands such paths back percent-encoded
+    rows = spark.createDataFrame([("a", 1), ("b", 2)], "key string, value long")
+    spark.conf.set(delta_io.COLLECT_WRITES_CONF, "false")
+    try:
+        delta_io.overwrite_delta(rows, root / "staged", run_id="r", job="t")
+    finally:
+        spark.conf.unset(delta_io.COLLECT_WRITES_CONF)
+    delta_io.merge_delta(delta_io.DeltaSource(root / "staged"), root / "published", keys=("key",), run_id="r", job="t")
+
+    for table in ("staged", "published"):
+        assert_df_equality(delta_io.read_delta(spark, root / table), rows, ignore_row_order=True, ignore_nullable=True)
+        assert delta_io.arrow_dataset(root / table).count_rows() == 2
