@@ -65,8 +65,8 @@ def start_job(module: str, cfg: PipelineConfig, conf: Path, *args: str) -> subpr
     )
 
 
-def data_files(table: Path) -> set[Path]:
-    """The table's Parquet files, including those in the folders Spark and the first publication write."""
+def parquet_files_on_disk(table: Path) -> set[Path]:
+    """The Parquet files in the table folder, committed or not, including those in its part-<uuid> folders."""
     return {p.relative_to(table) for p in table.rglob("*.parquet")}
 
 
@@ -76,9 +76,9 @@ def kill_when_merge_writes(job: subprocess.Popen[str], table: Path, timeout: flo
     The files and the commit land milliseconds apart, so the kill lands while the table's files are written
     or right after its commit, and before the next table's: a publish interrupted between its per-table commits.
     """
-    before = data_files(table)
+    before = parquet_files_on_disk(table)
     deadline = time.monotonic() + timeout
-    while data_files(table) == before:
+    while parquet_files_on_disk(table) == before:
         assert job.poll() is None, f"the job ended (exit {job.returncode}) before merging into {table.name}"
         assert time.monotonic() < deadline, f"no merge into {table.name} within {timeout} s"
         time.sleep(0.002)
