@@ -38,6 +38,10 @@ SPILL_PREFIX = "_spill_"  # Spark's Parquet output on its way into a table (see 
 # delta-rs as Arrow collected into the driver instead of Parquet spilled beside the table (see _arrow_stream).
 COLLECT_WRITES_CONF = "spark.idres.delta.collectWrites"
 ADDED_ROWS = "num_added_rows"  # delta-rs' operation metric of an append, and _commit_files' commit metadata
+# Properties of every table this module creates. No column statistics: the log's file statistics would hold each
+# file's smallest and largest values (names, emails, dates of birth), copies of personal data outside the data
+# files that outlive them in the log. Row counts stay; data skipping is lost, which tables of this size do not need.
+TABLE_PROPERTIES = {"delta.dataSkippingNumIndexedCols": "0"}
 
 
 @dataclass(frozen=True)
@@ -246,7 +250,9 @@ def _commit_files(path: Path | str, folder: Path, schema: Schema, mode: str, com
     if table_exists(path):
         DeltaTable(str(path)).create_write_transaction(actions, mode, schema, commit_properties=commit)
     else:
-        create_table_with_add_actions(str(path), schema, actions, commit_properties=commit)
+        create_table_with_add_actions(
+            str(path), schema, actions, configuration=TABLE_PROPERTIES, commit_properties=commit
+        )
     return rows
 
 
@@ -283,7 +289,14 @@ def overwrite_delta(df: DataFrame | pa.Table, path: Path | str, *, run_id: str, 
         _commit_spark_files(df, path, "overwrite", commit)
         return
     with _source_stream(df, path) as (rows, _):
-        write_deltalake(str(path), rows, mode="overwrite", schema_mode="overwrite", commit_properties=commit)
+        write_deltalake(
+            str(path),
+            rows,
+            mode="overwrite",
+            schema_mode="overwrite",
+            configuration=TABLE_PROPERTIES,
+            commit_properties=commit,
+        )
 
 
 def merge_delta(
@@ -335,7 +348,7 @@ def _merge(
     delete_missing: bool,
 ) -> dict[str, int]:
     if not table_exists(path):
-        write_deltalake(str(path), source, mode="append", commit_properties=commit)
+        write_deltalake(str(path), source, mode="append", configuration=TABLE_PROPERTIES, commit_properties=commit)
         return _inserted(rows)
     target = DeltaTable(str(path))
     target_columns = {f.name for f in target.schema().fields}
@@ -392,7 +405,8 @@ def delete_matching(keys_df: DataFrame, path: Path | str, *, run_id: str, job: s
 def purge_history(path: Path | str) -> int:
     """Erase earlier versions for good: vacuum every unreferenced file and drop the log before a new checkpoint.
 
-    The old commits' file statistics hold column values, so an erasure must drop them too. Time travel
+    The tables this module creates log no column values (TABLE_PROPERTIES), but a table created before or
+    elsewhere may hold them in its old commits' file statistics, so an erasure drops those too. Time travel
     to versions before this call ends. Returns the table version after the purge.
     """
     table = DeltaTable(str(path))

@@ -130,3 +130,23 @@ def test_tables_under_a_folder_named_with_spaces_cyrillic_and_a_hash_are_read_wr
     for table in ("staged", "published"):
         assert_df_equality(delta_io.read_delta(spark, root / table), rows, ignore_row_order=True, ignore_nullable=True)
         assert delta_io.arrow_dataset(root / table).count_rows() == 2
+
+
+def test_tables_delta_rs_writes_and_merges_log_row_counts_but_no_column_values(spark, tmp_path):
+    canaries = pa.table({"key": ["canary-a", "canary-b"], "value": [1, 2]}, schema=SCHEMA)
+    delta_io.overwrite_delta(canaries, tmp_path / "overwritten", run_id="r", job="t")
+    delta_io.merge_delta(canaries, tmp_path / "merged", keys=("key",), run_id="r", job="t")
+    more = pa.table({"key": ["canary-c"], "value": [3]}, schema=SCHEMA)
+    delta_io.merge_delta(more, tmp_path / "merged", keys=("key",), run_id="r", job="t")
+    collected = spark.createDataFrame([("canary-d", 4)], "key string, value long")
+    spark.conf.set(delta_io.COLLECT_WRITES_CONF, "true")
+    try:
+        delta_io.overwrite_delta(collected, tmp_path / "collected", run_id="r", job="t")
+    finally:
+        spark.conf.unset(delta_io.COLLECT_WRITES_CONF)
+
+    assert delta_io.row_count(tmp_path / "merged") == 3
+    written = ("overwritten", "merged", "collected")
+    logs = {t: "".join(p.read_text() for p in (tmp_path / t / "_delta_log").glob("*.json")) for t in written}
+    assert {t: "canary" in log for t, log in logs.items()} == dict.fromkeys(written, False)
+    assert all("numRecords" in log for log in logs.values())

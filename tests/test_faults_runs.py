@@ -206,7 +206,7 @@ def test_a_job_that_finds_the_lakehouse_locked_fails_clearly_or_waits_for_it(ing
 
 
 @pytest.mark.slow
-def test_a_canary_identity_reaches_the_tables_and_no_log_xcom_report_or_commit(local_dag_run):
+def test_a_canary_identity_reaches_the_tables_and_no_log_xcom_report_commit_or_delta_log(local_dag_run):
     lakehouse, home = Path(local_dag_run["IDRES_LAKEHOUSE"]), Path(local_dag_run["AIRFLOW_HOME"])
     tables = load_config().with_paths(lakehouse=lakehouse).tables
 
@@ -239,6 +239,9 @@ def test_a_canary_identity_reaches_the_tables_and_no_log_xcom_report_or_commit(l
         "dags test console (task logs, jobs' stdout and stderr)": canary_found(console),
         "reports (GX results, Data Docs, auditor report, model charts)": canary_found(files_text(reports)),
         "git commit metadata": canary_found(commits),
+        "Delta logs (file statistics, commit info)": canary_found(
+            "".join(files_text(log) for log in sorted(lakehouse.rglob("_delta_log")))
+        ),
     }
     assert leaks == {where: set() for where in leaks}
 
