@@ -37,8 +37,10 @@ from jobs.ingest import (
     REASON,
     SOURCE_FILE,
     badly_encoded,
+    erasure_register,
     mapped_strings,
     read_feed,
+    suppress_erased_subjects,
     to_quarantine,
 )
 from jobs.runner import job_arg_parser, run_job
@@ -356,7 +358,12 @@ def land_consent_events(spark: SparkSession, cfg: PipelineConfig, run_id: str, a
         return 0, {}
     ledger_path = cfg.tables.consent_ledger
     held = delta_io.read_delta(spark, ledger_path) if delta_io.table_exists(ledger_path) else None
-    events = reduce(lambda a, b: a.unionByName(b), frames).transform(mark_ledger_conflicts, held).persist()
+    events = (
+        reduce(lambda a, b: a.unionByName(b), frames)
+        .transform(mark_ledger_conflicts, held)
+        .transform(suppress_erased_subjects, erasure_register(spark, cfg))  # an erasure is not undone by a feed
+        .persist()
+    )
     try:
         counts = {r[REASON]: r["count"] for r in events.groupBy(REASON).count().collect()}
         ledger = (

@@ -349,8 +349,17 @@ def to_bronze(validated: DataFrame, run_id: str, ingested_at: datetime) -> DataF
     )
 
 
-def suppress_erased_subjects(validated: DataFrame, erased: DataFrame) -> DataFrame:
-    """Rows of subjects in the erasure register (subject_hash) get the reason erased_subject."""
+def erasure_register(spark: SparkSession, cfg: PipelineConfig) -> DataFrame | None:
+    """The erasure register (subject_hash of every erased source record), or None before the first erasure."""
+    path = cfg.tables.erasure_register
+    return delta_io.read_delta(spark, path) if delta_io.table_exists(path) else None
+
+
+def suppress_erased_subjects(validated: DataFrame, erased: DataFrame | None) -> DataFrame:
+    """Rows of subjects in the erasure register (subject_hash) get the reason erased_subject, whatever other
+    reason they had; with no register (None), the rows are returned as they are."""
+    if erased is None:
+        return validated
     hashes = erased.select(F.col("subject_hash").alias("_erased")).distinct()
     return (
         validated.withColumn("_subject_hash", subject_hash())
@@ -461,10 +470,11 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str, mode: str = "full
     to_read = [s for s in cfg.sources if s.name not in skipped]
     if not to_read:
         return _record_ingest(cfg, run_id, ingested_at, _count_rows([], cfg), fingerprints, 0)
-    validated = validated_sources(spark, cfg, to_read)
-    if delta_io.table_exists(cfg.tables.erasure_register):
-        validated = suppress_erased_subjects(validated, delta_io.read_delta(spark, cfg.tables.erasure_register))
-    validated = validated.persist()
+    validated = (
+        validated_sources(spark, cfg, to_read)
+        .transform(suppress_erased_subjects, erasure_register(spark, cfg))
+        .persist()
+    )
     try:
         counts = _count(validated, cfg)
         size_stage_to_input(spark, cfg.spark, sum(c.read for c in counts))

@@ -8,11 +8,12 @@ The subject is the given source records, or every source record of the given pro
   standardized, consent events and effective consent, profile values with their lineage (source record,
   rule, purpose, lawful basis), permissions, and the match evidence that links the records.
 - erase deletes the subject's rows from every table (bronze, quarantine, silver, consent ledger,
-  gate audit, matches, gold), records the subject's hash in the erasure register (so ingest never lands
-  them again), re-resolves and re-unifies what the subject's records bridged, vacuums and drops the
-  Delta history that still holds the values, deletes earlier access exports that quote them, scans every
-  file of the lakehouse and the reports for the subject's distinguishing values, and writes an erasure
-  certificate (hashes, tables, versions, time; no values). A retry of a failed erasure (same run id)
+  gate audit, matches, gold), records the subject's hash in the erasure register (so neither ingest nor
+  the consent gate lands its records or consent events again), re-resolves and re-unifies what the
+  subject's records bridged, vacuums and drops the Delta history that still holds the values, deletes
+  earlier access exports that quote them, scans every file of the lakehouse and the reports for the
+  subject's distinguishing values, and writes an erasure certificate (hashes, tables, versions, time; no
+  values). A retry of a failed erasure (same run id)
   reads the tables as its first attempt found them, so it erases and checks the same records and values.
 Files go to <reports>/subject_requests/. Logs carry counts and hashes only.
 """

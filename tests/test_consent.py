@@ -368,6 +368,30 @@ def test_a_landed_event_delivered_again_with_other_content_is_quarantined_not_lo
     assert delta_io.read_delta(spark, cfg.tables.admitted).where("source_record_id = 'UA-2'").count() == 1
 
 
+def test_an_erased_subjects_consent_events_are_not_landed_again(spark, gate_world, tmp_path):
+    from jobs import subject_rights
+    from tests.conftest import copy_lakehouse
+
+    cfg = copy_lakehouse(gate_world[0], tmp_path).with_paths(landing=tmp_path / "landing")
+    subject_rights.run(spark, cfg, run_id="sr-1", action="erase", record=["ua_crm:UA-5"])
+    write_consent_feed(cfg, "ua_crm", GOOD_EVENTS + BAD_EVENTS)  # the feed still delivers the subject's events
+    assert len([e for e in GOOD_EVENTS + BAD_EVENTS if '"subject_id": "UA-5"' in e]) == 8
+
+    result = consent.run(spark, cfg, run_id="r4", cutoff=CUTOFF)
+
+    assert result.events_quarantined == {ingest.ERASED_SUBJECT: 8, "malformed_record": 1}
+    assert result.events_read == len(GOOD_EVENTS) + len(BAD_EVENTS)
+    for table in (cfg.tables.consent_ledger, cfg.tables.effective_consent, cfg.tables.consent_quarantine):
+        assert delta_io.read_delta(spark, table).where("source_record_id = 'UA-5'").count() == 0, table
+    quarantined = (
+        delta_io.read_delta(spark, cfg.tables.consent_quarantine)
+        .where("run_id = 'r4'")
+        .select("source_record_id", "raw_record", "reason")
+    )
+    expected = spark.createDataFrame([(None, None, ingest.ERASED_SUBJECT)], quarantined.schema)
+    assert_df_equality(quarantined, expected, ignore_nullable=True)
+
+
 def test_a_pseudonym_is_an_attribute_the_gate_suppresses_without_its_purpose(spark):
     from jobs.config import load_config
 
