@@ -121,7 +121,6 @@ RUSSIAN_CONVENTIONS: list[Callable[[str], str]] = [
 ]
 
 START_OF_EVENTS = datetime(2023, 1, 1, tzinfo=UTC)
-PURPOSES = ("profile_unification", "marketing_email", "marketing_sms", "analytics")
 
 
 @dataclass(frozen=True)

@@ -4,9 +4,10 @@
     python -m jobs.subject_rights erase --profile-id pr_...
 
 The subject is the given source records, or every source record of the given profile.
-- export writes a JSON file of everything held about the subject: source records as landed and as
-  standardized, consent events and effective consent, profile values with their lineage (source record,
-  rule, purpose, lawful basis), permissions, and the match evidence that links the records.
+- export writes a JSON file of everything held about the subject: source records as landed, quarantined,
+  standardized and admitted, consent events (landed and quarantined) and effective consent, profile values
+  with their lineage (source record, rule, purpose, lawful basis), the record-to-profile assignments,
+  permissions, and the match evidence that links the records.
 - erase deletes the subject's rows from every table (bronze, quarantine, silver, consent ledger,
   gate audit, matches, gold), records the subject's hash in the erasure register (so neither ingest nor
   the consent gate lands its records or consent events again), re-resolves and re-unifies what the
@@ -60,7 +61,6 @@ RECORD_TABLES = (
     "profile_sources",
     "profile_lineage",
 )
-PROFILE_TABLES = ("profiles", "profile_permissions", "profile_registry", "identity_events")
 MATCH_SIDES = ("record_id_l", "record_id_r")
 # Silver/bronze columns whose values can identify a person; a shared value (a city) is not evidence.
 IDENTIFYING = (
@@ -161,9 +161,13 @@ def export_subject(spark: SparkSession, cfg: PipelineConfig, subject: Subject) -
         "profile_permissions": _table_rows(spark, t.profile_permissions, subject, "profile"),
         "profile_sources": _table_rows(spark, t.profile_sources, subject, "profile"),
         "match_evidence": matches,
+        "record_profiles": _table_rows(spark, t.record_profiles, subject, "record"),
         "source_records_as_landed": _table_rows(spark, t.bronze, subject, "record"),
+        "source_records_quarantined": _table_rows(spark, t.quarantine, subject, "record"),
         "source_records_standardized": _table_rows(spark, t.silver, subject, "record"),
+        "source_records_admitted": _table_rows(spark, t.admitted, subject, "record"),
         "consent_events": _table_rows(spark, t.consent_ledger, subject, "record"),
+        "consent_events_quarantined": _table_rows(spark, t.consent_quarantine, subject, "record"),
         "effective_consent": _table_rows(spark, t.effective_consent, subject, "record"),
         "consent_gate_decisions": _table_rows(spark, t.consent_audit, subject, "record"),
         "identity_events": _table_rows(spark, t.identity_events, subject, "profile"),
@@ -268,7 +272,8 @@ def erase_subject(spark: SparkSession, cfg: PipelineConfig, subject: Subject, ru
     if delta_io.table_exists(t.admitted) and delta_io.table_exists(t.record_profiles):
         resolve.run(spark, cfg, run_id=run_id)
         unify.run(spark, cfg, run_id=run_id)
-        # Art. 17 does not wait for the quality gate: the candidates only lose the subject's data.
+        # Art. 17 does not wait for the quality gate. The admitted records are the last published run's less
+        # the subject only when that run passed the gate (README, Subject rights: known limitation).
         publication.publish(cfg, run_id=run_id)
     shutil.rmtree(t.staging, ignore_errors=True)  # candidates of an earlier, failed gate hold the subject too
     if subject.profile_ids and delta_io.table_exists(t.record_profiles):

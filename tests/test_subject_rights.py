@@ -117,7 +117,14 @@ def test_export_holds_every_source_record_then_erasure_leaves_no_trace(spark, pu
 
     export_path = subject_rights.run(spark, cfg, run_id="sr-1", action="export", profile_id=iryna)
     export = json.loads(export_path.read_text(encoding="utf-8"))
-    for section in ("source_records_as_landed", "source_records_standardized", "profile_sources"):
+    sections = (
+        "source_records_as_landed",
+        "source_records_standardized",
+        "source_records_admitted",
+        "record_profiles",
+        "profile_sources",
+    )
+    for section in sections:
         assert {f"{r['source_system']}:{r['source_record_id']}" for r in export[section]} == set(IRYNA_IDS), section
     assert {r["purpose"] for r in export["profile_values_lineage"]} == {"profile_unification"}
     assert all(r["lawful_basis"] and r["source_record_id"] for r in export["profile_values_lineage"])
