@@ -167,11 +167,16 @@ class SchemaDrift:
     # No column of the extract is a mapped one: its "header" may be a data row (a CSV without its header
     # line), so the added names are counted, never shown.
     unrecognized_header: bool = False
+    # JSONL keys, neither mapped nor ignored, in fewer than half the sampled records: a key a few records
+    # carry may be a value (a line like {"ivan@example.org": ...}), so these are counted, never shown.
+    sporadic: int = 0
 
     def describe(self) -> str:
         added = self.added
         if self.unrecognized_header and added:
             added = (f"{len(added)} unnamed here, as none is a mapped column (is the header line missing?)",)
+        if self.sporadic:
+            added = (*added, f"{self.sporadic} more in fewer than half the sampled records, unnamed here")
         parts = [
             f"{label}: {', '.join(names)}"
             for label, names in (
@@ -181,12 +186,20 @@ class SchemaDrift:
             )
             if names
         ]
-        if self.missing and self.added and not self.unrecognized_header:
+        if self.missing and (self.added or self.sporadic) and not self.unrecognized_header:
             parts.append("a renamed column shows as one missing and one added")
         return "; ".join(parts)
 
 
-def extract_columns(source: SourceConfig) -> dict[str, bool]:
+@dataclass(frozen=True)
+class ColumnSeen:
+    """An extract column as its header, schema or sampled records show it."""
+
+    strings: bool  # every value seen is a string (or null)
+    share: float = 1.0  # of the sampled records that hold it (jsonl); a header or a schema: 1.0
+
+
+def extract_columns(source: SourceConfig) -> dict[str, ColumnSeen]:
     """The extract's column names, each with whether it holds strings, from its header only.
 
     csv: the header line (every field is text). parquet: the file footer's schema. jsonl: the keys and
@@ -195,11 +208,13 @@ def extract_columns(source: SourceConfig) -> dict[str, bool]:
     """
     if source.format == "csv":
         with source.path.open(encoding=source.encoding, errors="replace", newline="") as fh:
-            return dict.fromkeys(next(csv.reader(fh, delimiter=source.delimiter), []), True)
+            return dict.fromkeys(next(csv.reader(fh, delimiter=source.delimiter), []), ColumnSeen(True))
     if source.format == "parquet":
         schema = pq.read_schema(source.path)
-        return {f.name: pa.types.is_string(f.type) or pa.types.is_large_string(f.type) for f in schema}
-    found: dict[str, bool] = {}
+        return {f.name: ColumnSeen(pa.types.is_string(f.type) or pa.types.is_large_string(f.type)) for f in schema}
+    strings: dict[str, bool] = {}
+    holding: dict[str, int] = {}
+    records = 0
     with source.path.open(encoding=source.encoding, errors="replace") as fh:
         for line in itertools.islice(fh, JSONL_SAMPLE_LINES):
             try:
@@ -207,25 +222,33 @@ def extract_columns(source: SourceConfig) -> dict[str, bool]:
             except ValueError:
                 continue
             if isinstance(record, dict):
+                records += 1
                 for key, value in record.items():
-                    found[key] = found.get(key, True) and (value is None or isinstance(value, str))
-    return found
+                    strings[key] = strings.get(key, True) and (value is None or isinstance(value, str))
+                    holding[key] = holding.get(key, 0) + 1
+    return {key: ColumnSeen(strings[key], holding[key] / records) for key in strings}
 
 
-def schema_drift(source: SourceConfig, found: Mapping[str, bool]) -> SchemaDrift:
-    """Compare an extract's columns (name -> holds strings) with the source's mapping.
+def schema_drift(source: SourceConfig, found: Mapping[str, ColumnSeen]) -> SchemaDrift:
+    """Compare an extract's columns with the source's mapping.
 
     In jsonl a key may be left out of a record whose value is null, so a mapped key absent from the
     sample counts as missing only when the sample also has an unknown key (a likely rename).
     """
     mapped = list(dict.fromkeys(source.columns.values()))
-    added = tuple(c for c in found if c not in mapped and c not in source.ignored_columns)
+    unknown = [c for c in found if c not in mapped and c not in source.ignored_columns]
+    added = tuple(c for c in unknown if found[c].share >= 0.5)
+    sporadic = len(unknown) - len(added)
     missing = tuple(c for c in mapped if c not in found)
-    if source.format == "jsonl" and not added:
+    if source.format == "jsonl" and not unknown:
         missing = ()
-    retyped = tuple(c for c in mapped if c in found and not found[c])
-    unrecognized = bool(added) and not any(c in mapped for c in found)
-    return SchemaDrift(missing=missing, added=added, retyped=retyped, unrecognized_header=unrecognized)
+    retyped = tuple(c for c in mapped if c in found and not found[c].strings)
+    unrecognized = bool(unknown) and not any(c in mapped for c in found)
+    if unrecognized:
+        added, sporadic = tuple(unknown), 0
+    return SchemaDrift(
+        missing=missing, added=added, retyped=retyped, unrecognized_header=unrecognized, sporadic=sporadic
+    )
 
 
 def check_source_schema(source: SourceConfig) -> None:
@@ -236,8 +259,10 @@ def check_source_schema(source: SourceConfig) -> None:
     """
     require_file(source.name, source.path)
     drift = schema_drift(source, extract_columns(source))
-    tolerated = {"fail": (), "allow_added": ("added",), "allow": ("added", "retyped")}[source.schema_drift]
-    blocking = {k: getattr(drift, k) for k in ("missing", "added", "retyped") if k not in tolerated}
+    tolerated = {"fail": (), "allow_added": ("added", "sporadic"), "allow": ("added", "sporadic", "retyped")}[
+        source.schema_drift
+    ]
+    blocking = {k: getattr(drift, k) for k in ("missing", "added", "sporadic", "retyped") if k not in tolerated}
     if any(blocking.values()):
         raise SourceSchemaError(
             source.name, f"schema drift ({drift.describe()}); schema_drift is {source.schema_drift}"

@@ -87,6 +87,15 @@ def retyped_jsonl(cfg: PipelineConfig, folder: Path) -> tuple[str, Path]:
     return "ro_shop", dst
 
 
+def sporadic_key_jsonl(cfg: PipelineConfig, folder: Path) -> tuple[str, Path]:
+    """One record carries a key that is a person's email: a value, which no message may name."""
+    dst = folder / "customers.jsonl"
+    records = [json.loads(line) for line in cfg.source("ro_shop").path.read_text(encoding="utf-8").splitlines()]
+    records[1]["ivan.canary@example.org"] = "x"
+    dst.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    return "ro_shop", dst
+
+
 def missing_file(cfg: PipelineConfig, folder: Path) -> tuple[str, Path]:
     return "ro_shop", folder / "customers.jsonl"
 
@@ -107,8 +116,13 @@ def missing_file(cfg: PipelineConfig, folder: Path) -> tuple[str, Path]:
         ),
         (retyped_parquet, r"source 'eu_loyalty': schema drift \(mapped column\(s\) no longer strings: post_code\)"),
         (retyped_jsonl, r"source 'ro_shop': schema drift \(mapped column\(s\) no longer strings: id_client\)"),
+        (
+            sporadic_key_jsonl,
+            r"^source 'ro_shop': schema drift \(column\(s\) neither mapped nor in ignored_columns: 1 more in fewer "
+            r"than half the sampled records, unnamed here\); schema_drift is fail$",
+        ),
     ],
-    ids=["missing_file", "added_column", "renamed_column", "retyped_parquet", "retyped_jsonl"],
+    ids=["missing_file", "added_column", "renamed_column", "retyped_parquet", "retyped_jsonl", "sporadic_jsonl_key"],
 )
 def test_a_drifted_extract_fails_the_run_before_any_table_changes(spark, clean_batch, tmp_path, drift, expected):
     name, path = drift(clean_batch, tmp_path)
