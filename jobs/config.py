@@ -778,10 +778,14 @@ def _load_linkage(raw: dict[str, Any], problems: _Problems) -> LinkageConfig | N
     )
 
 
-def _load_survivorship(raw: dict[str, Any], source_names: set[str], problems: _Problems) -> SurvivorshipConfig:
+def _load_survivorship(
+    raw: dict[str, Any], source_names: set[str], policy: PurposePolicy | None, problems: _Problems
+) -> SurvivorshipConfig:
     file = "survivorship.yaml"
     problems.unknown_keys(file, "", raw, ("source_priority", "attributes"))
-    allowed = {c for _, columns in SILVER_ATTRIBUTES.values() for c in columns}
+    known = {c for _, columns in SILVER_ATTRIBUTES.values() for c in columns}
+    # Without a policy (policy.yaml has problems of its own), what silver holds is unknown.
+    held = known if policy is None else {c for a in policy.silver_attributes for c in SILVER_ATTRIBUTES[a][1]}
     priority = raw.get("source_priority") or []
     if not isinstance(priority, list) or not all(isinstance(x, str) for x in priority):
         problems.add(file, "source_priority", "must be a list of source names")
@@ -803,8 +807,15 @@ def _load_survivorship(raw: dict[str, Any], source_names: set[str], problems: _P
             problems.add(file, f"{key}.columns", "must be a non-empty list of silver columns")
             continue
         for c in columns:
-            if c not in allowed:
+            if c not in known:
                 problems.add(file, f"{key}.columns", f"'{c}' is not a silver attribute column")
+            elif c not in held:
+                problems.add(
+                    file,
+                    f"{key}.columns",
+                    f"'{c}' is not held in silver under policy.yaml (derived from a sensitive column, or a "
+                    "pseudonym that pseudonymized_for_matching does not enable)",
+                )
             elif c in seen:
                 problems.add(file, f"{key}.columns", f"'{c}' is already supplied by attribute '{seen[c]}'")
             else:
@@ -985,7 +996,12 @@ def load_config(conf_dir: Path | str | None = None) -> PipelineConfig:
     linkage = _load_linkage(_read_conf_file(conf / "splink.yaml", problems), problems)
     survivorship = _load_survivorship(
         _read_conf_file(conf / "survivorship.yaml", problems),
-        {r["name"] for r in sources_raw or [] if isinstance(r, dict) and isinstance(r.get("name"), str)},
+        {
+            r["name"]
+            for r in (sources_raw if isinstance(sources_raw, list) else [])
+            if isinstance(r, dict) and isinstance(r.get("name"), str)
+        },
+        policy,
         problems,
     )
     models = data_root("models", "models")

@@ -254,3 +254,22 @@ def test_the_splink_training_sample_sizes_are_checked(tmp_path):
     del splink["training"]["em_max_pairs"], splink["training"]["u_max_pairs"]
     (conf / "splink.yaml").write_text(yaml.safe_dump(splink), encoding="utf-8")
     assert (load_config(conf).linkage.u_max_pairs, load_config(conf).linkage.em_max_pairs) == (1_000_000, 0)
+
+
+def test_sources_that_are_not_a_list_and_survivorship_of_columns_silver_does_not_hold_are_named(tmp_path):
+    conf = tmp_path / "conf"
+    shutil.copytree(DEFAULT_CONF_DIR, conf)
+    (conf / "sources.yaml").write_text("sources: 1\n", encoding="utf-8")
+    survivorship = yaml.safe_load((conf / "survivorship.yaml").read_text(encoding="utf-8"))
+    survivorship["attributes"]["national_id_hash"] = {"strategy": "most_recent"}  # pseudonyms are off by default
+    (conf / "survivorship.yaml").write_text(yaml.safe_dump(survivorship, allow_unicode=True), encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        load_config(conf)
+    not_held = (
+        "is not held in silver under policy.yaml (derived from a sensitive column, or a pseudonym that "
+        "pseudonymized_for_matching does not enable)"
+    )
+    assert sorted(err.value.problems) == [
+        "sources.yaml: sources: must be a non-empty list",
+        f"survivorship.yaml: attributes.national_id_hash.columns: 'national_id_hash' {not_held}",
+    ]
