@@ -391,9 +391,12 @@ def land_consent_events(spark: SparkSession, cfg: PipelineConfig, run_id: str, a
 
 def run(spark: SparkSession, cfg: PipelineConfig, run_id: str, cutoff: str | None = None) -> GateResult:
     """Land consent events, compute effective consent as of cutoff, and gate silver into admitted records."""
-    as_of = datetime.fromisoformat(cutoff) if cutoff else datetime.now(UTC)
-    if as_of.tzinfo is None:
-        raise IdresError("--cutoff must carry a time zone, e.g. 2026-11-22T00:00:00+00:00")
+    try:
+        as_of = datetime.fromisoformat(cutoff) if cutoff else datetime.now(UTC)
+    except ValueError:
+        as_of = None
+    if as_of is None or as_of.tzinfo is None:
+        raise IdresError("--cutoff must be an ISO 8601 time with a time zone, e.g. 2026-11-22T00:00:00+00:00")
     now = datetime.now(UTC).replace(microsecond=0)
     policy = cfg.policy
     silver_rows = delta_io.row_count(cfg.tables.silver)

@@ -13,6 +13,7 @@ from pyspark.sql import functions as F
 
 from jobs import consent, delta_io, ingest, standardize
 from jobs.config import CONSENT_FEED_COLUMNS
+from jobs.errors import IdresError
 from tests.conftest import write_consent_feed, write_ua_crm
 
 UTC = dt.UTC
@@ -136,6 +137,13 @@ def test_one_event_id_with_two_contents_is_a_conflict_and_replays_are_one_event(
     assert granted == replayed != denied  # ids from the content: the same event, the same id
     assert all(i.startswith("h:") and len(i) == 2 + 64 for i in (denied, granted))
     assert [r[ingest.REASON] for r in rows[4:]] == [None, None, None]
+
+
+@pytest.mark.parametrize("cutoff", ["2026-02-30T00:00:00+00:00", "yesterday", "2026-01-01T00:00:00"])
+def test_a_cutoff_that_is_no_zoned_iso_time_is_refused_before_anything_runs(spark, cfg, cutoff):
+    with pytest.raises(IdresError, match=r"^--cutoff must be an ISO 8601 time with a time zone"):
+        consent.run(spark, cfg, run_id="r", cutoff=cutoff)
+    assert not cfg.lakehouse.exists() or not any(cfg.lakehouse.iterdir())
 
 
 def person(rid: str, email: str | None = None) -> dict[str, str]:
