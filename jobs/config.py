@@ -304,8 +304,8 @@ class TablePaths:
         return self.staging / getattr(self, table).relative_to(self.root)
 
     def all(self) -> dict[str, Path]:
-        """Every table by name."""
-        names = [n for n, v in vars(type(self)).items() if isinstance(v, property)]
+        """Every table by name (the staging folder is not one)."""
+        names = [n for n, v in vars(type(self)).items() if isinstance(v, property) and n != "staging"]
         return {n: getattr(self, n) for n in names}
 
 
@@ -925,7 +925,8 @@ def load_config(conf_dir: Path | str | None = None) -> PipelineConfig:
     """Load and check conf/pipeline.yaml, spark-submit.json, sources.yaml, policy.yaml, splink.yaml and
     survivorship.yaml.
 
-    Raises one ConfigError listing every problem. Paths are relative to the project root.
+    Raises one ConfigError listing every problem. Relative paths are relative to the conf folder's parent
+    (the project root for the project's conf/).
     IDRES_LAKEHOUSE, IDRES_LANDING, IDRES_GROUND_TRUTH, IDRES_MODELS and IDRES_REPORTS override the roots,
     IDRES_SPARK_MASTER the Spark master of jobs run directly (under spark-submit, its --master applies).
     """

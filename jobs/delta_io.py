@@ -162,11 +162,26 @@ def data_files(table: DeltaTable) -> list[str]:
     return [unquote(uri.removeprefix("file://")) for uri in table.file_uris()]
 
 
-def arrow_dataset(path: Path | str) -> ds.Dataset:
+def _as_string_views(schema: pa.Schema) -> pa.Schema:
+    """schema with every top-level string column as string_view.
+
+    delta-rs merges write string_view Parquet; a dataset declared as plain string then fails DuckDB's
+    pushed-down string filters ("no kernel matching input types (string, string_view)").
+    """
+    text = (pa.types.is_string, pa.types.is_large_string)
+    return pa.schema([f.with_type(pa.string_view()) if any(t(f.type) for t in text) else f for f in schema])
+
+
+def arrow_dataset(path: Path | str, string_views: bool = False) -> ds.Dataset:
     """A Delta table's current version as an Arrow dataset (every field nullable, the table's schema), read
-    lazily: an engine that scans it (DuckDB) reads only the columns and batches a query needs."""
+    lazily: an engine that scans it (DuckDB) reads only the columns and batches a query needs.
+
+    string_views: string columns declared as string_view, for SQL that filters them (jobs.query).
+    """
     table = DeltaTable(str(path))
     schema = _nullable(pa.schema(table.schema().to_arrow()))
+    if string_views:
+        schema = _as_string_views(schema)
     if files := data_files(table):
         return ds.dataset(files, schema=schema, format="parquet")
     return ds.dataset(schema.empty_table())
@@ -402,20 +417,24 @@ def delete_matching(keys_df: DataFrame, path: Path | str, *, run_id: str, job: s
     return int(metrics["num_target_rows_deleted"])
 
 
-def purge_history(path: Path | str) -> int:
+def purge_history(path: Path | str, run_id: str, job: str) -> int:
     """Erase earlier versions for good: vacuum every unreferenced file and drop the log before a new checkpoint.
 
     The tables this module creates log no column values (TABLE_PROPERTIES), but a table created before or
     elsewhere may hold them in its old commits' file statistics, so an erasure drops those too. Time travel
-    to versions before this call ends. Returns the table version after the purge.
+    to versions before this call ends. Its commits carry the run id and job like every other. Returns the
+    table version after the purge.
     """
+    commit = _commit_properties(run_id, job)
     table = DeltaTable(str(path))
-    table.vacuum(retention_hours=0, dry_run=False, enforce_retention_duration=False, full=True)
-    table.alter.set_table_properties({LOG_RETENTION: "interval 0 seconds"})
+    table.vacuum(
+        retention_hours=0, dry_run=False, enforce_retention_duration=False, full=True, commit_properties=commit
+    )
+    table.alter.set_table_properties({LOG_RETENTION: "interval 0 seconds"}, commit_properties=commit)
     table = DeltaTable(str(path))
     table.create_checkpoint()
     table.cleanup_metadata()
-    table.alter.set_table_properties({LOG_RETENTION: DEFAULT_LOG_RETENTION})
+    table.alter.set_table_properties({LOG_RETENTION: DEFAULT_LOG_RETENTION}, commit_properties=commit)
     return DeltaTable(str(path)).version()
 
 

@@ -20,7 +20,6 @@ from typing import TextIO
 import duckdb
 import pyarrow as pa
 from defusedcsv import csv
-from deltalake import DeltaTable
 from tabulate import tabulate
 
 from jobs import delta_io
@@ -30,24 +29,12 @@ from jobs.config import PipelineConfig, TablePaths, load_config
 WHITESPACE_FORMULA_PREFIXES = ("\t", "\r")
 
 
-def _as_string_views(schema: pa.Schema) -> pa.Schema:
-    """schema with every top-level string column as string_view.
-
-    delta-rs merges write string_view Parquet; a dataset declared as plain string then fails DuckDB's
-    pushed-down string filters ("no kernel matching input types (string, string_view)").
-    """
-    text = (pa.types.is_string, pa.types.is_large_string)
-    return pa.schema([f.with_type(pa.string_view()) if any(t(f.type) for t in text) else f for f in schema])
-
-
 def connect(cfg: PipelineConfig) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection with a view of every existing Delta table of the lakehouse."""
     con = duckdb.connect()
     for name, path in cfg.tables.all().items():
         if delta_io.table_exists(path):
-            table = DeltaTable(str(path))
-            schema = _as_string_views(pa.schema(table.schema().to_arrow()))
-            con.register(name, table.to_pyarrow_dataset(schema=schema))
+            con.register(name, delta_io.arrow_dataset(path, string_views=True))
     return con
 
 

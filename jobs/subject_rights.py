@@ -284,7 +284,9 @@ def erase_subject(spark: SparkSession, cfg: PipelineConfig, subject: Subject, ru
         for name in ("profile_registry", "identity_events"):
             deleted[name] = delta_io.delete_matching(gone, getattr(t, name), **job)
 
-    versions = {name: delta_io.purge_history(path) for name, path in t.all().items() if delta_io.table_exists(path)}
+    versions = {
+        name: delta_io.purge_history(path, **job) for name, path in t.all().items() if delta_io.table_exists(path)
+    }
     # A failed job's incident file (jobs.runner.record_incident) and an earlier access export of the subject
     # (or of a profile it belonged to) quote its values too.
     removed = {folder: _remove_files_quoting(folder, evidence) for folder in (cfg.lakehouse / INCIDENTS_DIR, exports)}
