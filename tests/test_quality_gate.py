@@ -10,10 +10,11 @@ import pytest
 from chispa import assert_df_equality
 from pyspark.sql import functions as F
 
-from expectations import TableCheck, must_hold, required_unique
+from expectations import QualityInputs, TableCheck, must_hold, required_unique
+from expectations import silver as silver_suite
 from expectations.profile_sources import with_source_checks
 from expectations.profiles import cell_compliance
-from jobs import delta_io, resolve, unify
+from jobs import delta_io, resolve, standardize, unify
 from jobs.config import PUBLISHED_TABLES
 from jobs.quality_gate import QualityGateError, checked_frame, gate_checks, run, validate
 from tests.conftest import copy_lakehouse
@@ -216,3 +217,15 @@ def test_gx_gets_only_the_values_its_expectations_read_and_every_column_when_one
     expected = spark.createDataFrame([("p1", None, 2, 2, True)], frame.schema)
     assert_df_equality(same_columns, expected, ignore_nullable=True)  # every column, the unchecked email as nulls
     assert validate([TableCheck("silver", "silver", frame, [column_set])], "r").success
+
+
+@pytest.mark.parametrize("extra", [None, "national_id_hash", "national_id"])
+def test_silver_must_hold_exactly_the_columns_its_policy_allows(spark, cfg, extra):
+    """A pseudonym the policy does not enable fails the column check as a sensitive column does."""
+    columns = [*standardize.silver_columns(cfg.policy), *([extra] if extra else [])]
+    frame = spark.createDataFrame([], ", ".join(f"{c} string" for c in columns))
+    others = {f.name: None for f in dataclasses.fields(QualityInputs) if f.name not in ("cfg", "silver")}
+    (check,) = silver_suite.checks(QualityInputs(cfg=cfg, silver=frame, **others))
+    column_set = [e for e in check.expectations if e.expectation_type == "expect_table_columns_to_match_set"]
+    assert len(column_set) == 1
+    assert validate([TableCheck("silver", "silver", frame, column_set)], "r").success is (extra is None)
