@@ -30,7 +30,6 @@ SAFE_RESULT_FORMAT: dict[str, object] = {
     "return_unexpected_index_query": False,
 }
 
-SUBJECT = ("source_system", "source_record_id")
 PROFILE_ID_REGEX = r"^pr_[0-9a-f]{20}$"
 
 

@@ -6,9 +6,7 @@ import great_expectations as gx
 from pyspark.sql import functions as F
 
 from expectations import QualityInputs, TableCheck, in_set, latest_run, required_unique
-from jobs.canonical import LAWFUL_BASES
-
-CONSENT_STATUSES = ("granted", "denied", "withdrawn")
+from jobs.canonical import CONSENT_STATUSES, LAWFUL_BASES
 
 
 def checks(inputs: QualityInputs) -> list[TableCheck]:

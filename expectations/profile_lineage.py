@@ -5,8 +5,8 @@ from __future__ import annotations
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from expectations import SUBJECT, QualityInputs, TableCheck, holds, in_set, must_hold, required_unique
-from jobs.canonical import LAWFUL_BASES
+from expectations import QualityInputs, TableCheck, holds, in_set, must_hold, required_unique
+from jobs.canonical import LAWFUL_BASES, SUBJECT
 from jobs.config import PurposePolicy
 from jobs.consent import accepted_bases
 

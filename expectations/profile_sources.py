@@ -6,7 +6,8 @@ import great_expectations as gx
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from expectations import SUBJECT, QualityInputs, TableCheck, holds, must_hold, required_unique
+from expectations import QualityInputs, TableCheck, holds, must_hold, required_unique
+from jobs.canonical import SUBJECT
 
 
 def with_source_checks(sources: DataFrame, profiles: DataFrame, previous: DataFrame) -> DataFrame:

@@ -9,8 +9,9 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from expectations import PROFILE_ID_REGEX, QualityInputs, TableCheck, holds, must_hold, required_unique
+from jobs.canonical import lookup
 from jobs.config import PurposePolicy
-from jobs.consent import accepted_bases, lookup
+from jobs.consent import accepted_bases
 from jobs.unify import COLUMN_ATTRIBUTE
 
 CONSENT_COMPLIANCE = "every profile value has a lawful basis the policy accepts for a purpose the profile is permitted"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import date
 
 from pyspark.sql import Column
@@ -88,6 +89,7 @@ LAWFUL_BASES: tuple[str, ...] = (
     "legitimate_interest",
 )
 CONSENT_STATUSES: tuple[str, ...] = ("granted", "withdrawn", "denied")
+SUBJECT: tuple[str, ...] = ("source_system", "source_record_id")  # a source record, as every table names it
 
 
 def subject_hash(
@@ -103,3 +105,8 @@ def subject_hash(
         ),
         256,
     )
+
+
+def lookup(mapping: Mapping[str, object]) -> Column:
+    """A literal map column, for `lookup(m)[F.col(key)]`."""
+    return F.create_map(*[F.lit(x) for kv in mapping.items() for x in kv])

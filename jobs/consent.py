@@ -27,7 +27,7 @@ from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from jobs import delta_io
-from jobs.canonical import CONSENT_STATUSES, LAWFUL_BASES, SILVER_ATTRIBUTES
+from jobs.canonical import CONSENT_STATUSES, LAWFUL_BASES, SILVER_ATTRIBUTES, SUBJECT, lookup
 from jobs.config import CONSENT_FEED_COLUMNS, PipelineConfig, PurposePolicy, SourceConfig
 from jobs.errors import IdresError
 from jobs.ingest import (
@@ -48,7 +48,6 @@ from jobs.spark_session import size_stage_to_input
 
 log = logging.getLogger("idres.consent")
 
-SUBJECT = ("source_system", "source_record_id")
 EVENT_CONTENT = tuple(c for c in CONSENT_FEED_COLUMNS if c not in ("event_id", "source_record_id"))
 TIMESTAMP_FIELDS = ("event_time", "recorded_at", "expires_at")
 TZ_SUFFIX = r"(Z|[+-]\d{2}:?\d{2})$"
@@ -196,7 +195,7 @@ def raw_event_values() -> Column:
 
 def effective_consent(ledger: DataFrame, cutoff: datetime) -> DataFrame:
     """Per subject and purpose: the deciding event as of cutoff, its status, and whether it grants."""
-    precedence = F.create_map(*[F.lit(x) for kv in STATUS_PRECEDENCE.items() for x in kv])
+    precedence = lookup(STATUS_PRECEDENCE)
     events = (
         ledger.where(F.col("event_time") <= F.lit(cutoff)).select(*SUBJECT, "event_id", *EVENT_CONTENT).dropDuplicates()
     )
@@ -222,11 +221,6 @@ def effective_consent(ledger: DataFrame, cutoff: datetime) -> DataFrame:
             "expires_at",
         )
     )
-
-
-def lookup(mapping: dict[str, object]) -> Column:
-    """A literal map column, for `lookup(m)[F.col(key)]`."""
-    return F.create_map(*[F.lit(x) for kv in mapping.items() for x in kv])
 
 
 def accepted_bases(policy: PurposePolicy) -> Column:

@@ -40,7 +40,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from jobs import delta_io
-from jobs.canonical import PSEUDONYM_ATTRIBUTES, SILVER_ATTRIBUTES, SILVER_KEY_COLUMNS
+from jobs.canonical import PSEUDONYM_ATTRIBUTES, SILVER_ATTRIBUTES, SILVER_KEY_COLUMNS, lookup
 from jobs.config import PipelineConfig, PurposePolicy, SourceConfig
 from jobs.runner import run_job
 from jobs.spark_session import size_stage_to_input
@@ -264,7 +264,7 @@ def standardize_names(df: DataFrame) -> DataFrame:
 
 def standardize_country_column(df: DataFrame, default_countries: dict[str, str]) -> DataFrame:
     """ISO 3166 alpha-2 country; a record without one takes its source's default country."""
-    default = F.create_map(*[F.lit(x) for kv in default_countries.items() for x in kv])[F.col("source_system")]
+    default = lookup(default_countries)[F.col("source_system")]
     return df.withColumn(
         "country", F.when(F.col("country").isNull(), default).otherwise(_country_udf(F.col("country")))
     )
@@ -295,7 +295,7 @@ def standardize_address(df: DataFrame) -> DataFrame:
 
 def standardize_gender(df: DataFrame) -> DataFrame:
     """F or M (or null) from the sources' many spellings."""
-    mapping = F.create_map(*[F.lit(x) for kv in GENDERS.items() for x in kv])
+    mapping = lookup(GENDERS)
     return df.withColumn("gender", mapping[F.lower(F.trim(F.col("gender")))])
 
 

@@ -37,9 +37,8 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from jobs import delta_io, publication, resolve, unify
-from jobs.canonical import subject_hash
+from jobs.canonical import SUBJECT, subject_hash
 from jobs.config import PipelineConfig, TablePaths
-from jobs.consent import SUBJECT
 from jobs.errors import IdresError
 from jobs.runner import INCIDENTS_DIR, job_arg_parser, run_job
 

@@ -27,9 +27,9 @@ from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from jobs import delta_io
-from jobs.canonical import SILVER_ATTRIBUTES
+from jobs.canonical import SILVER_ATTRIBUTES, SUBJECT, lookup
 from jobs.config import GOLD_TABLES, PipelineConfig, PurposePolicy, SurvivorshipConfig, SurvivorshipRule
-from jobs.consent import STATUS_PRECEDENCE, SUBJECT, accepted_bases, lookup
+from jobs.consent import STATUS_PRECEDENCE, accepted_bases
 from jobs.errors import IdresError
 from jobs.publication import finish_interrupted_publication
 from jobs.runner import run_job
