@@ -56,6 +56,7 @@ with DAG(
                 "gold/record_profiles",
                 "gold/profile_registry",
                 "audit/identity_events",
+                "audit/unify_runs",
                 "audit/erasure_register",
             ),
         ],

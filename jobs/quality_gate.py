@@ -47,6 +47,7 @@ from jobs.spark_session import size_stage_to_input
 log = logging.getLogger("idres.quality_gate")
 
 SUITE_MODULES = (bronze, silver, consent_ledger, pairwise_matches, profiles, profile_sources, profile_lineage)
+GOLD_SUITE_MODULES = (pairwise_matches, profiles, profile_sources, profile_lineage)  # what resolve and unify stage
 
 
 # The upstream tables a gate run reads, and the stage that writes each.
@@ -92,18 +93,17 @@ class GateResult:
     publish: PublishResult | None = None
 
 
-def read_inputs(spark: SparkSession, cfg: PipelineConfig) -> QualityInputs:
-    """The run's upstream tables as published and its resolved pairs and gold candidates as staged."""
+def read_inputs(spark: SparkSession, cfg: PipelineConfig, upstream: Sequence[str] = tuple(UPSTREAM)) -> QualityInputs:
+    """The run's upstream tables as published (those named in upstream; the others are None) and its resolved
+    pairs and gold candidates as staged."""
     t = cfg.tables
-    missing = [
-        f"{name} (run {stage})" for name, stage in UPSTREAM.items() if not delta_io.table_exists(getattr(t, name))
-    ]
+    missing = [f"{name} (run {UPSTREAM[name]})" for name in upstream if not delta_io.table_exists(getattr(t, name))]
     if not delta_io.table_exists(delta_io.staged_or_published(t, "pairwise_matches")):
         missing.append("pairwise_matches (run resolve)")
     missing += [f"staged {name} (run unify)" for name in GOLD_TABLES if not delta_io.table_exists(t.staged(name))]
     if missing:
         raise IdresError("quality gate: missing tables: " + ", ".join(missing))
-    tables = {name: delta_io.read_delta(spark, getattr(t, name)) for name in UPSTREAM}
+    tables = {name: delta_io.read_delta(spark, getattr(t, name)) if name in upstream else None for name in UPSTREAM}
     tables["pairwise_matches"] = delta_io.read_delta(spark, delta_io.staged_or_published(t, "pairwise_matches"))
     staged = {name: delta_io.read_delta(spark, t.staged(name)) for name in GOLD_TABLES}
     previous = delta_io.read_delta_or_empty(
@@ -116,6 +116,14 @@ def gate_checks(spark: SparkSession, cfg: PipelineConfig) -> list[TableCheck]:
     """Every suite's checks on this run's tables (expectations/, SUITE_MODULES)."""
     inputs = read_inputs(spark, cfg)
     return [check for module in SUITE_MODULES for check in module.checks(inputs)]
+
+
+def gold_checks(spark: SparkSession, cfg: PipelineConfig) -> list[TableCheck]:
+    """The checks of the staged candidates alone (GOLD_SUITE_MODULES), which read the admitted records besides:
+    what an erasure validates before it publishes its re-resolution, as it changes no upstream table but by
+    deleting the subject's rows."""
+    inputs = read_inputs(spark, cfg, upstream=("admitted",))
+    return [check for module in GOLD_SUITE_MODULES for check in module.checks(inputs)]
 
 
 def _expectation_result(result: Any) -> dict[str, Any]:

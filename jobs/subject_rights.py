@@ -11,11 +11,11 @@ The subject is the given source records, or every source record of the given pro
 - erase deletes the subject's rows from every table (bronze, quarantine, silver, consent ledger,
   gate audit, matches, gold), records the subject's hash in the erasure register (so neither ingest nor
   the consent gate lands its records or consent events again), re-resolves and re-unifies what the
-  subject's records bridged, vacuums and drops the Delta history that still holds the values, deletes
-  earlier access exports that quote them, scans every file of the lakehouse and the reports for the
-  subject's distinguishing values, and writes an erasure certificate (hashes, tables, versions, time; no
-  values). A retry of a failed erasure (same run id)
-  reads the tables as its first attempt found them, so it erases and checks the same records and values.
+  subject's records bridged (published when the gold suites of the quality gate pass it), vacuums and
+  drops the Delta history that still holds the values, deletes earlier access exports that quote them,
+  scans every file of the lakehouse and the reports for the subject's distinguishing values, and writes an
+  erasure certificate (hashes, tables, versions, time; no values). A retry of a failed erasure (same run
+  id) reads the tables as its first attempt found them, so it erases and checks the same records and values.
 Files go to <reports>/subject_requests/. Logs carry counts and hashes only.
 """
 
@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs import delta_io, publication, resolve, unify
+from jobs import delta_io, publication, quality_gate, resolve, unify
 from jobs.canonical import SUBJECT, subject_hash
 from jobs.config import PipelineConfig, TablePaths
 from jobs.errors import IdresError
@@ -232,6 +232,40 @@ def _erased_before(spark: SparkSession, t: TablePaths, subject: Subject, run_id:
     return registered.count() == hashes.count()
 
 
+def republish_without_subject(
+    spark: SparkSession, cfg: PipelineConfig, subject: Subject, run_id: str, deleted: dict[str, int]
+) -> str:
+    """Re-cluster what the subject's records bridged and publish it when the gold suites pass it; returns what
+    happened, for the certificate.
+
+    The admitted records are resolved as they are now: after a run that passed the gate, the published run's
+    less the subject. After a refused run they are that run's, and the suites refuse them again; then nothing
+    of the re-resolution is published, and the subject's profiles are withdrawn from gold whole (their other
+    records' assignments, sources and lineage), so no published row refers to a deleted profile. The next
+    run that passes the gate gives those records profiles again.
+    """
+    t = cfg.tables
+    resolve.run(spark, cfg, run_id=run_id)
+    unify.run(spark, cfg, run_id=run_id)
+    outcome = quality_gate.validate(
+        quality_gate.gold_checks(spark, cfg), run_id, pandas_max_rows=cfg.quality.pandas_max_rows
+    )
+    if outcome.success:
+        publication.publish(cfg, run_id=run_id)
+        return "published: the gold suites passed it"
+    job = {"run_id": run_id, "job": JOB}
+    if subject.profile_ids:
+        profiles = spark.createDataFrame([(p,) for p in subject.profile_ids], "profile_id string")
+        for name in ("record_profiles", "profile_sources", "profile_lineage"):
+            deleted[name] += delta_io.delete_matching(profiles, getattr(t, name), **job)
+    log.warning("erasure %s: re-resolution not published; %d expectation(s) failed", run_id, len(outcome.failed))
+    return (
+        f"not published: {len(outcome.failed)} expectation(s) of the gold suites failed ("
+        + "; ".join(outcome.failed)
+        + "); the subject's profiles are withdrawn until a run passes the quality gate"
+    )
+
+
 def erase_subject(spark: SparkSession, cfg: PipelineConfig, subject: Subject, run_id: str) -> dict[str, Any]:
     """Delete the subject everywhere, re-resolve what it bridged, purge history, prove it (in the lakehouse and
     the reports, earlier access exports removed), and certify."""
@@ -267,13 +301,9 @@ def erase_subject(spark: SparkSession, cfg: PipelineConfig, subject: Subject, ru
         for name in ("profiles", "profile_permissions"):
             deleted[name] = delta_io.delete_matching(profiles, getattr(t, name), **job)
 
-    # What the subject's records bridged is re-clustered; profiles left with no record are retired.
+    re_resolution = "nothing resolved yet"
     if delta_io.table_exists(t.admitted) and delta_io.table_exists(t.record_profiles):
-        resolve.run(spark, cfg, run_id=run_id)
-        unify.run(spark, cfg, run_id=run_id)
-        # Art. 17 does not wait for the quality gate. The admitted records are the last published run's less
-        # the subject only when that run passed the gate (README, Subject rights: known limitation).
-        publication.publish(cfg, run_id=run_id)
+        re_resolution = republish_without_subject(spark, cfg, subject, run_id, deleted)
     shutil.rmtree(t.staging, ignore_errors=True)  # candidates of an earlier, failed gate hold the subject too
     if subject.profile_ids and delta_io.table_exists(t.record_profiles):
         remaining = delta_io.read_delta(spark, t.record_profiles).select("profile_id").distinct()
@@ -298,6 +328,7 @@ def erase_subject(spark: SparkSession, cfg: PipelineConfig, subject: Subject, ru
         "source_records_erased": subject.records.count(),
         "profile_ids": list(subject.profile_ids),
         "rows_deleted": deleted,
+        "re_resolution": re_resolution,
         "table_versions_after": versions,
         "history": "vacuumed with 0 h retention; Delta log before the erasure checkpoint removed",
         "incident_files_removed": removed[cfg.lakehouse / INCIDENTS_DIR],

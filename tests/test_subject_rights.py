@@ -13,6 +13,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from chispa import assert_df_equality
 from deltalake import DeltaTable
 from pyspark.sql import functions as F
 
@@ -143,6 +144,7 @@ def test_export_holds_every_source_record_then_erasure_leaves_no_trace(spark, pu
     certificate = json.loads(certificate_path.read_text(encoding="utf-8"))
     assert certificate["scan"]["hits"] == 0 and certificate["scan"]["values_checked"] >= len(CANARIES)
     assert certificate["source_records_erased"] == 1 and len(certificate["certificate_sha256"]) == 64
+    assert certificate["re_resolution"] == "published: the gold suites passed it"
     assert certificate["incident_files_removed"] == 1 and certificate["export_files_removed"] == 1
     assert {"bronze", "silver", "admitted", "pairwise_matches", "profile_lineage"} <= set(certificate["rows_deleted"])
     assert certificate["rows_deleted"]["bronze"] == 1
@@ -173,6 +175,29 @@ def test_export_holds_every_source_record_then_erasure_leaves_no_trace(spark, pu
     assert [(r["source_record_id"], r["raw_record"], r["reason"]) for r in quarantined.collect()] == [
         (None, None, ingest.ERASED_SUBJECT)
     ]
+
+
+def test_an_erasure_whose_re_resolution_the_gold_suites_refuse_publishes_none_of_it(spark, pristine, tmp_path):
+    cfg = copy_lakehouse(pristine, tmp_path)
+    cfg = dataclasses.replace(cfg, quality=dataclasses.replace(cfg.quality, max_cluster_size=1))  # refuses any merge
+    iryna = profile_of(spark, cfg, "ua_crm:UA-9")
+    before = delta_io.read_delta(spark, cfg.tables.record_profiles).select("record_id", "profile_id")
+    profiles_before = {r[0] for r in delta_io.read_delta(spark, cfg.tables.profiles).select("profile_id").collect()}
+    expected = spark.createDataFrame(before.where(F.col("profile_id") != iryna).collect(), before.schema)
+
+    certificate_path = subject_rights.run(spark, cfg, run_id="sr-refused", action="erase", record=["ua_crm:UA-9"])
+
+    certificate = json.loads(certificate_path.read_text(encoding="utf-8"))
+    assert certificate["re_resolution"].startswith("not published: ")
+    assert "cluster_size" in certificate["re_resolution"]
+    after = delta_io.read_delta(spark, cfg.tables.record_profiles).select("record_id", "profile_id")
+    assert_df_equality(after, expected, ignore_row_order=True, ignore_nullable=True)  # Iryna's profile withdrawn
+    profiles_after = {r[0] for r in delta_io.read_delta(spark, cfg.tables.profiles).select("profile_id").collect()}
+    assert profiles_after == profiles_before - {iryna}  # no profile of the refused re-resolution published
+    for name in ("profile_sources", "profile_lineage", "profile_permissions"):
+        rows = delta_io.read_delta(spark, getattr(cfg.tables, name)).where(F.col("profile_id") == iryna)
+        assert rows.count() == 0, name
+    assert canary_hits(cfg.lakehouse) == [] and canary_hits(cfg.reports) == []
 
 
 def test_a_retried_erasure_finds_what_its_failed_first_attempt_deleted(spark, pristine, tmp_path, monkeypatch):
