@@ -13,7 +13,8 @@ from airflow.sdk import Asset
 PROJECT = Path(os.environ.get("IDRES_HOME", Path(__file__).resolve().parents[1]))
 CONF = Path(os.environ.get("IDRES_CONF", PROJECT / "conf"))
 JOBS = PROJECT / "jobs"
-LAKEHOUSE = Path(os.environ.get("IDRES_LAKEHOUSE", PROJECT / "lakehouse"))
+# A relative IDRES_LAKEHOUSE is relative to the project, as the jobs take it (asset URIs must be absolute).
+LAKEHOUSE = PROJECT / os.environ.get("IDRES_LAKEHOUSE", "lakehouse")
 DEFAULT_ARGS = {"retries": 2, "retry_delay": timedelta(seconds=30), "owner": "data-engineering"}
 
 

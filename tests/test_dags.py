@@ -6,6 +6,8 @@ import ast
 import json
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -75,6 +77,19 @@ def test_dags_load_without_errors_and_carry_docs_tags_and_retries(airflow_env, m
     assert outlets["resolve"] == set()  # it stages; the gate publishes
     assert "idres.bronze.customers" in outlets["ingest"]
     assert "idres.gold.profiles" in {a.name for t in bag.dags["subject_requests"].tasks for a in t.outlets}
+
+
+def test_a_relative_lakehouse_for_the_dags_is_taken_relative_to_the_project(tmp_path):
+    env = {**os.environ, "IDRES_LAKEHOUSE": "relative/lake", "AIRFLOW_HOME": str(tmp_path)}
+    printed = subprocess.run(
+        [sys.executable, "-c", "import idres_common; print(idres_common.GOLD[0].uri)"],
+        cwd=DAGS,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert printed.strip() == (PROJECT / "relative" / "lake" / "gold" / "profiles").as_uri()
 
 
 @pytest.mark.slow
