@@ -83,6 +83,7 @@ with DAG(
             "silver/effective_consent",
             "silver/admitted_customers",
             "audit/consent_decisions",
+            "audit/consent_runs",
         ),
     )
     resolve = spark_job("resolve", "resolve")  # stages its tables; the quality gate publishes them

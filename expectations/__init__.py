@@ -43,6 +43,7 @@ class QualityInputs:
     silver: DataFrame
     consent_ledger: DataFrame
     consent_audit: DataFrame
+    consent_runs: DataFrame
     admitted: DataFrame
     pairwise_matches: DataFrame
     profiles: DataFrame
@@ -92,3 +93,24 @@ def latest_run(df: DataFrame, at: str) -> DataFrame:
     """The rows of the newest run in an audit table (by its timestamp column)."""
     newest = df.join(df.agg(F.max(at).alias(at)), at, "left_semi").select("run_id").distinct()
     return df.join(newest, "run_id", "left_semi")
+
+
+def run_reconciliation(
+    suite: str, table: str, runs: DataFrame, at: str, counts: tuple[str, str, str], sources: Sequence[str], what: str
+) -> TableCheck:
+    """The latest run's per-source counts in an audit table (read, landed, quarantined column names) reconcile:
+    read = landed + quarantined for every one of `sources` and no other; `what` names what was counted."""
+    read, landed, quarantined = counts
+    latest = latest_run(runs, at).withColumn("reconciled", holds(F.col(read) == F.col(landed) + F.col(quarantined)))
+    return TableCheck(
+        suite=suite,
+        table=table,
+        frame=latest,
+        expectations=[
+            must_hold("reconciled", f"every source's {what} read = landed + quarantined"),
+            in_set("source_system", sources, "counts for configured sources only"),
+            gx.expectations.ExpectTableRowCountToEqual(
+                value=len(sources), description=f"the last run counted the {what} of every configured source"
+            ),
+        ],
+    )

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import great_expectations as gx
-from pyspark.sql import functions as F
 
-from expectations import QualityInputs, TableCheck, holds, in_set, latest_run, must_hold, required_unique
+from expectations import QualityInputs, TableCheck, in_set, required_unique, run_reconciliation
 
 
 def checks(inputs: QualityInputs) -> list[TableCheck]:
@@ -24,19 +23,13 @@ def checks(inputs: QualityInputs) -> list[TableCheck]:
             gx.expectations.ExpectColumnValuesToNotBeNull(column="ingested_at", description="load time recorded"),
         ],
     )
-    runs = latest_run(inputs.ingest_runs, "ingested_at").withColumn(
-        "reconciled", holds(F.col("rows_read") == F.col("rows_landed") + F.col("rows_quarantined"))
-    )
-    reconciliation = TableCheck(
-        suite="ingest_reconciliation",
-        table="audit/ingest_runs",
-        frame=runs,
-        expectations=[
-            must_hold("reconciled", "every source's rows read = rows landed + rows quarantined"),
-            in_set("source_system", sources, "counts for configured sources only"),
-            gx.expectations.ExpectTableRowCountToEqual(
-                value=len(sources), description="the last ingest counted every configured source"
-            ),
-        ],
+    reconciliation = run_reconciliation(
+        "ingest_reconciliation",
+        "audit/ingest_runs",
+        inputs.ingest_runs,
+        "ingested_at",
+        ("rows_read", "rows_landed", "rows_quarantined"),
+        sources,
+        "rows",
     )
     return [bronze, reconciliation]

@@ -1,11 +1,12 @@
-"""silver/consent_ledger and the consent gate's reconciliation (audit/consent_decisions)."""
+"""silver/consent_ledger, its feeds' reconciliation (audit/consent_runs) and the consent gate's
+(audit/consent_decisions)."""
 
 from __future__ import annotations
 
 import great_expectations as gx
 from pyspark.sql import functions as F
 
-from expectations import QualityInputs, TableCheck, in_set, latest_run, required_unique
+from expectations import QualityInputs, TableCheck, in_set, latest_run, required_unique, run_reconciliation
 from jobs.canonical import CONSENT_STATUSES, LAWFUL_BASES
 
 
@@ -23,6 +24,16 @@ def checks(inputs: QualityInputs) -> list[TableCheck]:
             expect.ExpectColumnValuesToNotBeNull(column="source_record_id", description="every event has a subject"),
             expect.ExpectColumnValuesToNotBeNull(column="event_time", description="every event has a time"),
         ],
+    )
+    feeds = [s.name for s in inputs.cfg.sources if s.consent_feed is not None]
+    landing = run_reconciliation(
+        "consent_event_reconciliation",
+        "audit/consent_runs",
+        inputs.consent_runs,
+        "landed_at",
+        ("events_read", "events_landed", "events_quarantined"),
+        feeds,
+        "consent events",
     )
     decisions = latest_run(inputs.consent_audit, "decided_at").where(F.col("attribute") == "*")
     decided = (
@@ -56,4 +67,4 @@ def checks(inputs: QualityInputs) -> list[TableCheck]:
             ),
         ],
     )
-    return [ledger, reconciliation]
+    return [ledger, landing, reconciliation]

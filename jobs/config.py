@@ -255,6 +255,10 @@ class TablePaths:
         return self.root / "audit" / "consent_decisions"
 
     @property
+    def consent_runs(self) -> Path:
+        return self.root / "audit" / "consent_runs"
+
+    @property
     def pairwise_matches(self) -> Path:
         return self.root / "gold" / "pairwise_matches"
 

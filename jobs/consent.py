@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import reduce
 
-from pyspark.sql import Column, DataFrame, SparkSession, Window
+import pyarrow as pa
+from pyspark.sql import Column, DataFrame, Row, SparkSession, Window
 from pyspark.sql import functions as F
 
 from jobs import delta_io
@@ -81,6 +82,18 @@ LEDGER_COLUMNS = (
     "source_file",
     "run_id",
     "landed_at",
+)
+
+
+CONSENT_RUNS_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("source_system", pa.string()),
+        ("events_read", pa.int64()),
+        ("events_landed", pa.int64()),  # good events: each is in the ledger after the run (new, or landed before)
+        ("events_quarantined", pa.int64()),
+        ("landed_at", pa.timestamp("us", tz="UTC")),
+    ]
 )
 
 
@@ -338,7 +351,9 @@ def decision_audit(gated: DataFrame, policy: PurposePolicy, run_id: str, decided
 
 
 def land_consent_events(spark: SparkSession, cfg: PipelineConfig, run_id: str, at: datetime) -> tuple[int, dict]:
-    """Land every configured consent feed in the ledger; bad events go to the consent quarantine."""
+    """Land every configured consent feed in the ledger; bad events go to the consent quarantine. Counts per
+    feed go to audit/consent_runs (read = landed + quarantined); returns the events read and quarantined by
+    reason."""
     sources = [s for s in cfg.sources if s.consent_feed is not None]
     frames = [
         read_feed(
@@ -349,6 +364,7 @@ def land_consent_events(spark: SparkSession, cfg: PipelineConfig, run_id: str, a
         for s in sources
     ]
     if not frames:
+        _record_consent_events(cfg, run_id, at, [], [])
         return 0, {}
     ledger_path = cfg.tables.consent_ledger
     held = delta_io.read_delta(spark, ledger_path) if delta_io.table_exists(ledger_path) else None
@@ -359,7 +375,7 @@ def land_consent_events(spark: SparkSession, cfg: PipelineConfig, run_id: str, a
         .persist()
     )
     try:
-        counts = {r[REASON]: r["count"] for r in events.groupBy(REASON).count().collect()}
+        counts = events.groupBy("source_system", REASON).count().collect()
         ledger = (
             events.where(F.col(REASON).isNull())
             .dropDuplicates(["source_system", "event_id"])
@@ -379,8 +395,42 @@ def land_consent_events(spark: SparkSession, cfg: PipelineConfig, run_id: str, a
         )
     finally:
         events.unpersist()
-    read = sum(counts.values())
-    return read, {k: v for k, v in counts.items() if k is not None}
+    _record_consent_events(cfg, run_id, at, [s.name for s in sources], counts)
+    quarantined: dict[str, int] = {}
+    for row in counts:
+        if row[REASON] is not None:
+            quarantined[row[REASON]] = quarantined.get(row[REASON], 0) + row["count"]
+    return sum(row["count"] for row in counts), quarantined
+
+
+def _record_consent_events(
+    cfg: PipelineConfig, run_id: str, at: datetime, sources: Sequence[str], counts: Sequence[Row]
+) -> None:
+    """One row per consent feed in audit/consent_runs: events read, landed and quarantined in this run."""
+    rows = []
+    for name in sources:
+        mine = [r for r in counts if r["source_system"] == name]
+        quarantined = sum(r["count"] for r in mine if r[REASON] is not None)
+        landed = sum(r["count"] for r in mine if r[REASON] is None)
+        rows.append(
+            {
+                "run_id": run_id,
+                "source_system": name,
+                "events_read": landed + quarantined,
+                "events_landed": landed,
+                "events_quarantined": quarantined,
+                "landed_at": at,
+            }
+        )
+        log.info("consent feed %s: read=%d landed=%d quarantined=%d", name, landed + quarantined, landed, quarantined)
+    delta_io.merge_delta(
+        pa.Table.from_pylist(rows, schema=CONSENT_RUNS_SCHEMA),
+        cfg.tables.consent_runs,
+        keys=("run_id", "source_system"),
+        run_id=run_id,
+        job="consent_gate",
+        update_changed=True,
+    )
 
 
 def run(spark: SparkSession, cfg: PipelineConfig, run_id: str, cutoff: str | None = None) -> GateResult:

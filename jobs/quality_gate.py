@@ -57,6 +57,7 @@ UPSTREAM: dict[str, str] = {
     "silver": "standardize",
     "consent_ledger": "consent_gate",
     "consent_audit": "consent_gate",
+    "consent_runs": "consent_gate",
     "admitted": "consent_gate",
 }
 

@@ -339,6 +339,11 @@ def report_context(cfg: PipelineConfig, run_id: str, run_dir: Path) -> dict[str,
                 q.CONSENT_RECONCILIATION,
             ),
             table("suppressed-attributes", "Attributes suppressed (no permitted purpose)", q.SUPPRESSED_ATTRIBUTES),
+            table(
+                "consent-event-reconciliation",
+                "Consent events of this run per feed (read = landed + quarantined)",
+                q.CONSENT_EVENT_RECONCILIATION,
+            ),
             table("consent-quarantine", "Consent events held in quarantine, by reason", q.CONSENT_QUARANTINE),
         ],
         "coverage": [

@@ -82,6 +82,12 @@ CONSENT_RECONCILIATION = RunQuery(
     "sum(CASE WHEN decision = 'excluded' THEN 1 ELSE 0 END) AS excluded FROM a WHERE attribute = '*' AND {run}",
     run=("a", "decided_at"),
 )
+CONSENT_EVENT_RECONCILIATION = RunQuery(
+    {"r": "consent_runs"},
+    "SELECT run_id, source_system, events_read, events_landed, events_quarantined, "
+    "events_read = events_landed + events_quarantined AS reconciled FROM r WHERE {run} ORDER BY source_system",
+    run=("r", "landed_at"),
+)
 CONSENT_QUARANTINE = RunQuery(
     {"q": "consent_quarantine"},
     "SELECT source_system, reason, count(*) AS events FROM q GROUP BY 1, 2 ORDER BY 1, 2",

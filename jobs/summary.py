@@ -29,6 +29,7 @@ SECTIONS: tuple[tuple[str, RunQuery], ...] = (
     ("Consent gate, last run: records admitted and excluded by reason:", q.CONSENT_DECISIONS),
     ("Consent gate, last run: attributes suppressed (no permitted purpose):", q.SUPPRESSED_ATTRIBUTES),
     ("Consent gate reconciliation (silver records = admitted + excluded):", q.CONSENT_RECONCILIATION),
+    ("Last consent gate, consent events per feed (read = landed + quarantined):", q.CONSENT_EVENT_RECONCILIATION),
     ("Consent events quarantined by reason:", q.CONSENT_QUARANTINE),
     ("Identity resolution: pairwise matches (p >= match threshold), records and profiles:", q.RESOLUTION_TOTALS),
     ("Identity events of the latest run that changed profiles:", q.IDENTITY_EVENTS),

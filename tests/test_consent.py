@@ -320,6 +320,9 @@ def test_invalid_consent_events_are_quarantined_with_reasons(spark, gate_world):
     assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
     assert first.events_read == len(GOOD_EVENTS) + len(BAD_EVENTS)
     assert delta_io.read_delta(spark, cfg.tables.consent_ledger).count() == len(GOOD_EVENTS)
+    runs = delta_io.read_delta(spark, cfg.tables.consent_runs).where("run_id = 'r1'").drop("landed_at")
+    expected = spark.createDataFrame([("r1", "ua_crm", 15, 9, 6)], runs.schema)  # read = landed + quarantined
+    assert_df_equality(runs, expected, ignore_nullable=True)
 
 
 def test_audit_tables_hold_no_personal_values(spark, gate_world):
@@ -389,6 +392,8 @@ def test_an_erased_subjects_consent_events_are_not_landed_again(spark, gate_worl
 
     assert result.events_quarantined == {ingest.ERASED_SUBJECT: 8, "malformed_record": 1}
     assert result.events_read == len(GOOD_EVENTS) + len(BAD_EVENTS)
+    runs = delta_io.read_delta(spark, cfg.tables.consent_runs).where("run_id = 'r4'").drop("landed_at")
+    assert_df_equality(runs, spark.createDataFrame([("r4", "ua_crm", 15, 6, 9)], runs.schema), ignore_nullable=True)
     for table in (cfg.tables.consent_ledger, cfg.tables.effective_consent, cfg.tables.consent_quarantine):
         assert delta_io.read_delta(spark, table).where("source_record_id = 'UA-5'").count() == 0, table
     quarantined = (

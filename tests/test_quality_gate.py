@@ -51,6 +51,7 @@ def test_a_clean_run_passes_every_suite_and_publishes_with_data_docs_and_report(
         "ingest_reconciliation",
         "silver",
         "consent_ledger",
+        "consent_event_reconciliation",
         "consent_reconciliation",
         "pairwise_matches",
         "profiles",
