@@ -91,6 +91,24 @@ LAWFUL_BASES: tuple[str, ...] = (
 CONSENT_STATUSES: tuple[str, ...] = ("granted", "withdrawn", "denied")
 SUBJECT: tuple[str, ...] = ("source_system", "source_record_id")  # a source record, as every table names it
 
+# Silver columns the comparisons and blocking rules read; nothing else is handed to Splink.
+LINKAGE_COLUMNS = (
+    "source_system",
+    "first_name",
+    "first_name_key",
+    "last_name",
+    "last_name_key",
+    "last_name_native",
+    "last_name_phonetic",
+    "date_of_birth",
+    "email",
+    "phone",
+    "postcode",
+    "city",
+    "street",
+    "national_id_hash",  # present only when the policy pseudonymizes national ids; null otherwise
+)
+
 
 def subject_hash(
     source_system: Column | str = "source_system", source_record_id: Column | str = "source_record_id"

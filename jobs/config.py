@@ -7,6 +7,7 @@ One loader, `load_config`, reads every file, checks every key, and raises a sing
 from __future__ import annotations
 
 import codecs
+import inspect
 import json
 import os
 import re
@@ -17,7 +18,7 @@ from typing import Any, Literal
 
 import yaml
 
-from jobs.canonical import CANONICAL_COLUMNS, LAWFUL_BASES, PSEUDONYM_ATTRIBUTES, SILVER_ATTRIBUTES
+from jobs.canonical import CANONICAL_COLUMNS, LAWFUL_BASES, LINKAGE_COLUMNS, PSEUDONYM_ATTRIBUTES, SILVER_ATTRIBUTES
 from jobs.errors import ConfigError, IdresError
 
 SourceFormat = Literal["csv", "jsonl", "parquet"]
@@ -655,18 +656,31 @@ def _rules(file: str, key: str, raw: Any, problems: _Problems, minimum: int = 1)
             rules.append(rule)
         elif isinstance(rule, list) and rule and all(isinstance(c, str) for c in rule):
             rules.append(tuple(rule))
+            for c in rule:  # a column name, or a SQL expression (block_on takes both)
+                if c.isidentifier() and c not in LINKAGE_COLUMNS:
+                    problems.add(file, f"{key}[{i}]", f"'{c}' is not a linkage column")
         else:
             problems.add(file, f"{key}[{i}]", "must be a list of column names or a SQL string")
     return tuple(rules)
 
 
 def _check_splink_entry(file: str, key: str, entry: Any, module: Any, problems: _Problems) -> None:
+    """A comparison (level): a function of module whose args fit it, and columns Splink is given."""
     if not isinstance(entry, dict) or not isinstance(entry.get("function"), str):
         problems.add(file, key, "must be a mapping with a 'function'")
     elif not hasattr(module, entry["function"]):
         problems.add(file, f"{key}.function", f"'{entry['function']}' is not in {module.__name__}")
     elif not isinstance(entry.get("args", {}), dict) or not isinstance(entry.get("configure", {}), dict):
         problems.add(file, key, "'args' and 'configure' must be mappings")
+    else:
+        args = entry.get("args", {})
+        try:
+            inspect.signature(getattr(module, entry["function"])).bind(**args)
+        except TypeError as err:
+            problems.add(file, f"{key}.args", f"do not fit {entry['function']}: {err}")
+        for name, value in args.items():
+            if name.startswith("col_name") and value not in LINKAGE_COLUMNS:
+                problems.add(file, f"{key}.args.{name}", f"'{value}' is not a linkage column")
 
 
 def _probability(file: str, key: str, value: Any, problems: _Problems) -> float:

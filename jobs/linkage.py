@@ -28,29 +28,13 @@ from pyspark.sql import DataFrame, SparkSession
 from splink import Linker, SettingsCreator, block_on
 
 from jobs import delta_io
+from jobs.canonical import LINKAGE_COLUMNS
 from jobs.config import LinkageConfig, PipelineConfig, ResolveConfig
 from jobs.engines import ENGINES, SqlEngine
 from jobs.errors import ModelError
 
 log = logging.getLogger("idres.linkage")
 
-# Silver columns the comparisons and blocking rules read; nothing else is handed to Splink.
-LINKAGE_COLUMNS = (
-    "source_system",
-    "first_name",
-    "first_name_key",
-    "last_name",
-    "last_name_key",
-    "last_name_native",
-    "last_name_phonetic",
-    "date_of_birth",
-    "email",
-    "phone",
-    "postcode",
-    "city",
-    "street",
-    "national_id_hash",  # present only when the policy pseudonymizes national ids; null otherwise
-)
 MODEL_PREFIX = "splink-model-"
 # "<UTC time>-<engine trained on>-<settings hash>-<content hash>"; names sort by time.
 MODEL_VERSION = re.compile(r"(?P<stamp>\d{8}T\d{6}Z)-(?P<engine>[a-z]+)-(?P<settings>[0-9a-f]{12})-[0-9a-f]{12}")

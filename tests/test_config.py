@@ -273,3 +273,24 @@ def test_sources_that_are_not_a_list_and_survivorship_of_columns_silver_does_not
         "sources.yaml: sources: must be a non-empty list",
         f"survivorship.yaml: attributes.national_id_hash.columns: 'national_id_hash' {not_held}",
     ]
+
+
+def test_splink_comparisons_whose_args_do_not_fit_or_name_no_linkage_column_are_named(tmp_path):
+    conf = tmp_path / "conf"
+    shutil.copytree(DEFAULT_CONF_DIR, conf)
+    splink = yaml.safe_load((conf / "splink.yaml").read_text(encoding="utf-8"))
+    splink["comparisons"] += [
+        {"function": "ExactMatch", "args": {"col_name": "emial"}},
+        {"function": "JaroWinklerAtThresholds", "args": {"col_name": "city", "score_thresholds": [0.9]}},
+    ]
+    splink["blocking_rules_to_generate_predictions"].append(["first_name_key", "surname"])
+    (conf / "splink.yaml").write_text(yaml.safe_dump(splink, allow_unicode=True), encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        load_config(conf)
+    n, rules = len(splink["comparisons"]), len(splink["blocking_rules_to_generate_predictions"])
+    assert sorted(err.value.problems) == [
+        f"splink.yaml: blocking_rules_to_generate_predictions[{rules - 1}]: 'surname' is not a linkage column",
+        f"splink.yaml: comparisons[{n - 2}].args.col_name: 'emial' is not a linkage column",
+        f"splink.yaml: comparisons[{n - 1}].args: do not fit JaroWinklerAtThresholds: "
+        "got an unexpected keyword argument 'score_thresholds'",
+    ]
