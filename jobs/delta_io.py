@@ -13,6 +13,7 @@ would fail a spark-submit that had succeeded. delta-rs' own QueryBuilder does no
 
 from __future__ import annotations
 
+import json
 import shutil
 import uuid
 from collections.abc import Iterator, Sequence
@@ -436,6 +437,32 @@ def purge_history(path: Path | str, run_id: str, job: str) -> int:
     table.cleanup_metadata()
     table.alter.set_table_properties({LOG_RETENTION: DEFAULT_LOG_RETENTION}, commit_properties=commit)
     return DeltaTable(str(path)).version()
+
+
+def current_data_files(path: Path | str) -> list[Path]:
+    """The data files the table's current version reads: all of it that purge_history keeps, beside the log it
+    writes anew (a checkpoint of this version and the purge's own commits)."""
+    return [Path(f) for f in data_files(DeltaTable(str(path)))]
+
+
+def files_of_earlier_versions(path: Path | str) -> list[Path]:
+    """The table's files that only earlier versions need: data files its current version does not read, and log
+    entries before its last checkpoint (every numbered entry when it has none). purge_history leaves none."""
+    root = Path(path)
+    log_dir = root / "_delta_log"
+    last_checkpoint = log_dir / "_last_checkpoint"
+    checkpoint = json.loads(last_checkpoint.read_text())["version"] if last_checkpoint.exists() else None
+    current = {f.resolve() for f in current_data_files(root)}
+    earlier = []
+    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+        if log_dir not in f.parents:
+            if f.resolve() not in current:
+                earlier.append(f)
+            continue
+        version = f.name.split(".")[0]
+        if version.isdigit() and (checkpoint is None or int(version) < checkpoint):
+            earlier.append(f)
+    return earlier
 
 
 LOG_RETENTION = "delta.logRetentionDuration"

@@ -11,11 +11,13 @@ The subject is the given source records, or every source record of the given pro
 - erase deletes the subject's rows from every table (bronze, quarantine, silver, consent ledger,
   gate audit, matches, gold), records the subject's hash in the erasure register (so neither ingest nor
   the consent gate lands its records or consent events again), re-resolves and re-unifies what the
-  subject's records bridged (published when the gold suites of the quality gate pass it), vacuums and
-  drops the Delta history that still holds the values, deletes earlier access exports that quote them,
-  scans every file of the lakehouse and the reports for the subject's distinguishing values, and writes an
-  erasure certificate (hashes, tables, versions, time; no values). A retry of a failed erasure (same run
-  id) reads the tables as its first attempt found them, so it erases and checks the same records and values.
+  subject's records bridged (published when the gold suites of the quality gate pass it), deletes earlier
+  access exports that quote its values, scans every file that the history purge keeps (the lakehouse and the
+  reports) for the subject's distinguishing values, vacuums and drops the Delta history that still holds
+  them, and writes an erasure certificate (hashes, tables, versions, time; no values). A retry of a failed
+  erasure (same run id) reads the tables as its first attempt found them, so it erases and checks the same
+  records and values; after the scan, the certificate waits under <lakehouse>/_erasures/ until the purge is
+  done, so a retry of an attempt killed in the purge finishes the purge from it.
 Files go to <reports>/subject_requests/. Logs carry counts and hashes only.
 """
 
@@ -45,6 +47,7 @@ from jobs.runner import INCIDENTS_DIR, job_arg_parser, run_job
 log = logging.getLogger("idres.subject_rights")
 JOB = "subject_rights"
 REQUESTS_DIR = "subject_requests"  # under the reports folder: access exports and erasure certificates
+PENDING_ERASURES_DIR = "_erasures"  # under the lakehouse: an erasure's certificate until its history purge is done
 
 # Tables keyed by source record, and how their columns name it.
 RECORD_TABLES = (
@@ -195,16 +198,17 @@ def distinguishing_values(spark: SparkSession, t: TablePaths, subject: Subject, 
     return mine - others
 
 
-def scan_for_values(root: Path, values: Iterable[str]) -> dict[str, int]:
-    """Files under root holding any of values: Parquet decoded cell by cell, other files as text.
+def scan_for_values(root: Path, values: Iterable[str], files: Iterable[Path] | None = None) -> dict[str, int]:
+    """Files under root (or the given ones) holding any of values: Parquet decoded cell by cell, other files as
+    text.
 
-    Returns {relative file path: number of values found}; an empty dict proves absence.
+    Returns {path relative to root: number of values found}; an empty dict proves absence.
     """
     needles = [v for v in set(values) if v]
     hits: dict[str, int] = {}
     if not needles:
         return hits
-    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+    for f in sorted(files if files is not None else (p for p in root.rglob("*") if p.is_file())):
         if f.suffix == ".parquet":
             text = json.dumps(pq.read_table(f).to_pylist(), default=str, ensure_ascii=False)
         else:
@@ -213,6 +217,14 @@ def scan_for_values(root: Path, values: Iterable[str]) -> dict[str, int]:
         if found:
             hits[str(f.relative_to(root))] = found
     return hits
+
+
+def files_kept_by_purge(root: Path, tables: Iterable[Path]) -> list[Path]:
+    """Every file under root that purging the tables' history keeps: each table's current data files, and all
+    that is not a table's. A table's log is written anew from its current version, and the rest is deleted."""
+    purged = [Path(t) for t in tables if delta_io.table_exists(t)]
+    kept = [f for f in root.rglob("*") if f.is_file() and not any(t in f.parents for t in purged)]
+    return kept + [f for t in purged for f in delta_io.current_data_files(t)]
 
 
 def _remove_files_quoting(folder: Path, values: Iterable[str]) -> int:
@@ -313,37 +325,61 @@ def erase_subject(spark: SparkSession, cfg: PipelineConfig, subject: Subject, ru
         for name in ("profile_registry", "identity_events"):
             deleted[name] = delta_io.delete_matching(gone, getattr(t, name), **job)
 
-    versions = {
-        name: delta_io.purge_history(path, **job) for name, path in t.all().items() if delta_io.table_exists(path)
-    }
     # A failed job's incident file (jobs.runner.record_incident) and an earlier access export of the subject
     # (or of a profile it belonged to) quote its values too.
     removed = {folder: _remove_files_quoting(folder, evidence) for folder in (cfg.lakehouse / INCIDENTS_DIR, exports)}
-    hits = sum(len(scan_for_values(root, evidence)) for root in (cfg.lakehouse, cfg.reports))
+    # Scanned before the purge, which deletes files and writes value-free logs only, so from here on the erasure
+    # needs no value: a retry after a kill in the purge finishes it from the pending certificate.
+    kept = {
+        cfg.lakehouse: files_kept_by_purge(cfg.lakehouse, t.all().values()),
+        cfg.reports: [f for f in cfg.reports.rglob("*") if f.is_file()],
+    }
+    hits = sum(len(scan_for_values(root, evidence, files)) for root, files in kept.items())
     if hits:
         raise IdresError(f"erasure incomplete: {hits} file(s) still hold values of subject {subject.reference}")
-    return {
+    certificate = {
         "certificate": "erasure",
         "subject_reference": subject.reference,
         "source_records_erased": subject.records.count(),
         "profile_ids": list(subject.profile_ids),
         "rows_deleted": deleted,
         "re_resolution": re_resolution,
-        "table_versions_after": versions,
         "history": "vacuumed with 0 h retention; Delta log before the erasure checkpoint removed",
         "incident_files_removed": removed[cfg.lakehouse / INCIDENTS_DIR],
         "export_files_removed": removed[exports],
-        "scan": {
-            "files": sum(1 for root in (cfg.lakehouse, cfg.reports) for p in root.rglob("*") if p.is_file()),
-            "values_checked": len(evidence),
-            "hits": 0,
-        },
+        "scan": {"files": sum(map(len, kept.values())), "values_checked": len(evidence), "hits": 0},
         "run_id": run_id,
         "erased_at": at.isoformat(),
     }
+    pending = _pending_erasure(cfg, run_id)
+    pending.parent.mkdir(exist_ok=True)
+    pending.write_text(json.dumps(certificate, sort_keys=True), encoding="utf-8")
+    return purge_erased_history(cfg, certificate, evidence)
 
 
-def write_report(cfg: PipelineConfig, kind: str, subject: Subject, content: dict[str, Any]) -> Path:
+def _pending_erasure(cfg: PipelineConfig, run_id: str) -> Path:
+    """Where an erasure keeps its certificate, values-free, from its scan until its history purge is done."""
+    return cfg.lakehouse / PENDING_ERASURES_DIR / f"{hashlib.sha256(run_id.encode()).hexdigest()[:20]}.json"
+
+
+def purge_erased_history(cfg: PipelineConfig, certificate: dict[str, Any], evidence: Iterable[str] = ()) -> dict:
+    """Purge every table's history, check that no earlier version's file is left (and, when the values are at
+    hand, that no log the purge wrote holds one), and complete the certificate."""
+    job = {"run_id": certificate["run_id"], "job": JOB}
+    tables = {name: path for name, path in cfg.tables.all().items() if delta_io.table_exists(path)}
+    versions = {name: delta_io.purge_history(path, **job) for name, path in tables.items()}
+    left = sum(len(delta_io.files_of_earlier_versions(path)) for path in tables.values())
+    logs = [f for path in tables.values() for f in (path / "_delta_log").rglob("*") if f.is_file()]
+    hits = len(scan_for_values(cfg.lakehouse, evidence, logs))
+    if left or hits:
+        raise IdresError(
+            f"erasure incomplete: {left} file(s) of earlier versions left, {hits} log file(s) holding values of "
+            f"subject {certificate['subject_reference']}"
+        )
+    return {**certificate, "table_versions_after": versions}
+
+
+def write_report(cfg: PipelineConfig, kind: str, reference: str, content: dict[str, Any]) -> Path:
     """Write content as <reports>/subject_requests/<kind>-<subject ref>-<UTC time>.json; a certificate is sealed
     with the SHA-256 of its own content."""
     folder = cfg.reports / REQUESTS_DIR
@@ -353,7 +389,7 @@ def write_report(cfg: PipelineConfig, kind: str, subject: Subject, content: dict
         content = {**content, "certificate_sha256": hashlib.sha256(body.encode()).hexdigest()}
         body = json.dumps(content, default=str, ensure_ascii=False, indent=2, sort_keys=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    path = folder / f"{kind}-{subject.reference[:16]}-{stamp}.json"
+    path = folder / f"{kind}-{reference[:16]}-{stamp}.json"
     path.write_text(body + "\n", encoding="utf-8")
     return path
 
@@ -371,11 +407,19 @@ def run(
     records = [r for r in (record or []) if r]
     if not records and not profile_id:
         raise IdresError("name the subject with --record <source:id> (repeatable) or --profile-id")
+    pending = _pending_erasure(cfg, run_id)
+    if action == "erase" and pending.exists():  # a retry after the scan: the values are gone, the purge is not done
+        certificate = purge_erased_history(cfg, json.loads(pending.read_text(encoding="utf-8")))
+        path = write_report(cfg, "erasure", certificate["subject_reference"], certificate)
+        pending.unlink()
+        log.info("erase for subject %s finished by a retry; written to %s", certificate["subject_reference"], path)
+        return path
     subject = find_subject(spark, cfg.tables, records, profile_id or None, run_id)
     if action == "export":
-        path = write_report(cfg, "export", subject, export_subject(spark, cfg, subject))
+        path = write_report(cfg, "export", subject.reference, export_subject(spark, cfg, subject))
     elif action == "erase":
-        path = write_report(cfg, "erasure", subject, erase_subject(spark, cfg, subject, run_id))
+        path = write_report(cfg, "erasure", subject.reference, erase_subject(spark, cfg, subject, run_id))
+        pending.unlink()
     else:
         raise IdresError(f"unknown action '{action}' (export or erase)")
     log.info("%s for subject %s written to %s", action, subject.reference, path)

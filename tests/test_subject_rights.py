@@ -226,3 +226,35 @@ def test_a_retried_erasure_finds_what_its_failed_first_attempt_deleted(spark, pr
     # A later request for the erased subject has nothing left to erase or check, and says so.
     with pytest.raises(IdresError, match="in the erasure register already"):
         subject_rights.run(spark, cfg, run_id="sr-again", action="erase", record=["ua_crm:UA-9"])
+
+
+def test_an_erasure_killed_while_purging_history_is_finished_by_its_retry(spark, pristine, tmp_path, monkeypatch):
+    cfg = copy_lakehouse(pristine, tmp_path)
+    iryna = profile_of(spark, cfg, "ua_crm:UA-9")
+    purge = delta_io.purge_history
+    purged: list[Path] = []
+
+    def dies_after_one(path, **kwargs):
+        if purged:
+            raise RuntimeError("injected: the job dies in the purge")
+        purged.append(Path(path))
+        return purge(path, **kwargs)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(delta_io, "purge_history", dies_after_one)
+        with pytest.raises(RuntimeError, match="injected"):
+            subject_rights.run(spark, cfg, run_id="sr-purge", action="erase", profile_id=iryna)
+    assert len(purged) == 1 and canary_hits(cfg.lakehouse)  # one table purged, the others still hold the values
+
+    certificate_path = subject_rights.run(spark, cfg, run_id="sr-purge", action="erase", profile_id=iryna)
+    certificate = json.loads(certificate_path.read_text(encoding="utf-8"))
+    assert certificate["source_records_erased"] == len(IRYNA_IDS) and certificate["rows_deleted"]["bronze"] == 3
+    assert certificate["scan"]["values_checked"] >= len(CANARIES) and certificate["scan"]["hits"] == 0
+    assert set(certificate["table_versions_after"]) == {n for n, p in cfg.tables.all().items() if p.exists()}
+    assert canary_hits(cfg.lakehouse) == [] and canary_hits(cfg.reports) == []
+    assert not list((cfg.lakehouse / subject_rights.PENDING_ERASURES_DIR).iterdir())
+    assert not any(c in certificate_path.read_text(encoding="utf-8").lower() for c in CANARIES)
+
+    # A later request for the erased subject has nothing left to erase or check, and says so.
+    with pytest.raises(IdresError, match="in the erasure register already"):
+        subject_rights.run(spark, cfg, run_id="sr-again", action="erase", record=["ua_crm:UA-9"])
