@@ -207,19 +207,25 @@ def raw_event_values() -> Column:
 
 
 def effective_consent(ledger: DataFrame, cutoff: datetime) -> DataFrame:
-    """Per subject and purpose: the deciding event as of cutoff, its status, and whether it grants."""
+    """Per subject and purpose: the deciding event as of cutoff, its status, and whether it grants.
+
+    The deciding event is the latest one still in force: a grant whose expiry has passed decides nothing, so the
+    latest event before it does (a withdrawal stays withdrawn, an open-ended grant stays granted). Only when every
+    event is a lapsed grant does the latest of them decide, as `expired`.
+    """
     precedence = lookup(STATUS_PRECEDENCE)
     events = (
         ledger.where(F.col("event_time") <= F.lit(cutoff)).select(*SUBJECT, "event_id", *EVENT_CONTENT).dropDuplicates()
     )
+    expired = (F.col("status") == "granted") & F.col("expires_at").isNotNull() & (F.col("expires_at") <= F.lit(cutoff))
     latest_first = Window.partitionBy(*SUBJECT, "purpose").orderBy(
+        expired.asc(),
         F.col("event_time").desc(),
         precedence[F.col("status")].asc(),
         F.col("recorded_at").desc_nulls_last(),
         F.col("event_id").asc(),
         *[F.col(c).asc() for c in EVENT_CONTENT],
     )
-    expired = (F.col("status") == "granted") & F.col("expires_at").isNotNull() & (F.col("expires_at") <= F.lit(cutoff))
     return (
         events.withColumn("_rank", F.row_number().over(latest_first))
         .where("_rank = 1")

@@ -44,6 +44,11 @@ def test_effective_consent_takes_the_latest_event_and_withdrawal_wins_ties(spark
         ledger_row("4", "g", "marketing_email", "consent", "granted", ts("2025-03-01")),
         ledger_row("5", "h", "profile_unification", "contract", "granted", ts("2025-01-01")),
         ledger_row("5", "i", "profile_unification", "contract", "withdrawn", ts("2027-01-01")),  # after cutoff
+        # A lapsed grant decides nothing: the latest event before it does, a withdrawal or an open-ended grant.
+        ledger_row("6", "j", "marketing_email", "consent", "withdrawn", ts("2025-03-01")),
+        ledger_row("6", "k", "marketing_email", "consent", "granted", ts("2025-04-01"), expires=ts("2025-05-01")),
+        ledger_row("7", "l", "marketing_email", "consent", "granted", ts("2025-01-01")),
+        ledger_row("7", "m", "marketing_email", "consent", "granted", ts("2025-04-01"), expires=ts("2025-05-01")),
     ]
     ledger = spark.createDataFrame(rows, LEDGER_SCHEMA)
     actual = consent.effective_consent(ledger, dt.datetime.fromisoformat(CUTOFF)).select(
@@ -56,6 +61,8 @@ def test_effective_consent_takes_the_latest_event_and_withdrawal_wins_ties(spark
             ("3", "profile_unification", "consent", "expired", False, "e"),
             ("4", "marketing_email", "consent", "granted", True, "g"),
             ("5", "profile_unification", "contract", "granted", True, "h"),
+            ("6", "marketing_email", "consent", "withdrawn", False, "j"),
+            ("7", "marketing_email", "consent", "granted", True, "l"),
         ],
         actual.schema,
     )
