@@ -436,6 +436,7 @@ def _record_consent_events(
         run_id=run_id,
         job="consent_gate",
         update_changed=True,
+        ignore_changes_in=("landed_at",),
     )
 
 
@@ -484,6 +485,9 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str, cutoff: str | Non
             keys=("run_id", *SUBJECT, "purpose", "attribute"),
             run_id=run_id,
             job="consent_gate",
+            update_changed=True,
+            ignore_changes_in=("decided_at",),
+            delete_missing_of_run=True,  # a retry of the run replaces its first attempt's decisions
         )
         tallies = audit.groupBy("decision", "reason", "attribute").count().collect()
     finally:

@@ -323,14 +323,18 @@ def merge_delta(
     run_id: str,
     job: str,
     update_changed: bool = False,
+    ignore_changes_in: Sequence[str] = (),
     delete_missing: bool = False,
+    delete_missing_of_run: bool = False,
     once_per_run: bool = False,
 ) -> dict[str, int] | None:
     """Upsert source into the table on `keys`; a merge that changes nothing leaves the version as it was.
 
     - rows whose key is new are inserted;
-    - with update_changed, matched rows are rewritten only when some column differs;
-    - with delete_missing, target rows absent from source are deleted.
+    - with update_changed, matched rows are rewritten only when some column differs (other than
+      ignore_changes_in, such as the time of a retried run's attempt);
+    - with delete_missing, target rows absent from source are deleted; with delete_missing_of_run, only those
+      whose run_id is this run's (a retried run's audit rows replace its first attempt's, other runs' stay).
     - with once_per_run, the commit records an app transaction for (job, run_id), and a table that
       already holds it is left alone: rerunning a run, or resuming one that died between tables,
       does not write twice.
@@ -346,7 +350,10 @@ def merge_delta(
     if isinstance(source, DataFrame) and not _collects(source) and not table_exists(path):
         return _inserted(_commit_spark_files(source, path, "append", commit))
     with _source_stream(source, path) as (batches, rows):
-        return _merge(batches, rows, path, keys, commit, update_changed, delete_missing)
+        quoted_run_id = run_id.replace("'", "''")
+        of_run = f"t.`run_id` = '{quoted_run_id}'" if delete_missing_of_run else None
+        deletes = delete_missing or delete_missing_of_run
+        return _merge(batches, rows, path, keys, commit, update_changed, ignore_changes_in, deletes, of_run)
 
 
 def _inserted(rows: int) -> dict[str, int]:
@@ -361,7 +368,9 @@ def _merge(
     keys: Sequence[str],
     commit: CommitProperties,
     update_changed: bool,
+    ignore_changes_in: Sequence[str],
     delete_missing: bool,
+    missing_predicate: str | None,
 ) -> dict[str, int]:
     if not table_exists(path):
         write_deltalake(str(path), source, mode="append", configuration=TABLE_PROPERTIES, commit_properties=commit)
@@ -379,14 +388,15 @@ def _merge(
     )
     if update_changed:
         others = [c for c in source.schema.names if c not in keys]
+        compared = [c for c in others if c not in ignore_changes_in]
         if set(others) - target_columns:
             merger = merger.when_matched_update_all()  # new columns: every matched row changes
-        elif others:
-            changed = " OR ".join(f"(t.`{c}` IS DISTINCT FROM s.`{c}`)" for c in others)
+        elif compared:
+            changed = " OR ".join(f"(t.`{c}` IS DISTINCT FROM s.`{c}`)" for c in compared)
             merger = merger.when_matched_update_all(predicate=changed)
     merger = merger.when_not_matched_insert_all()
     if delete_missing:
-        merger = merger.when_not_matched_by_source_delete()
+        merger = merger.when_not_matched_by_source_delete(predicate=missing_predicate)
     return merger.execute()
 
 

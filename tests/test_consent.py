@@ -357,6 +357,38 @@ def test_a_consent_event_arriving_in_a_later_run_admits_the_record(spark, gate_w
     assert admitted.where("source_record_id = 'UA-4'").select("unification_basis").first()[0] == "consent"
 
 
+def test_a_retried_run_replaces_its_first_attempts_decisions_and_a_second_retry_changes_nothing(
+    spark, gate_world, tmp_path
+):
+    from tests.conftest import copy_lakehouse
+
+    cfg = copy_lakehouse(gate_world[0], tmp_path).with_paths(landing=tmp_path / "landing")
+    withdrawal = event("UA-5", "profile_unification", "consent", "withdrawn", "2025-07-01T10:00:00+02:00")
+    write_consent_feed(cfg, "ua_crm", [*GOOD_EVENTS, *BAD_EVENTS, withdrawal])
+
+    consent.run(spark, cfg, run_id="r1", cutoff=CUTOFF)  # Airflow's retry of the fixture's run, same run id
+
+    audit = delta_io.read_delta(spark, cfg.tables.consent_audit).where("run_id = 'r1'")
+    decisions = audit.select("source_record_id", "attribute", "decision", "reason")
+    expected = spark.createDataFrame(
+        [
+            ("UA-1", "*", "excluded", "consent_withdrawn"),
+            ("UA-2", "*", "admitted", "basis_granted"),
+            ("UA-2", "marketing_email", "suppressed", "purpose_not_permitted"),
+            ("UA-2", "marketing_phone", "suppressed", "purpose_not_permitted"),
+            ("UA-3", "*", "excluded", "consent_expired"),
+            ("UA-4", "*", "excluded", "no_lawful_basis_recorded"),
+            ("UA-5", "*", "excluded", "consent_withdrawn"),
+            ("UA-6", "*", "excluded", "basis_not_permitted_for_purpose"),
+        ],
+        decisions.schema,
+    )
+    assert_df_equality(decisions, expected, ignore_row_order=True, ignore_nullable=True)
+    versions = {t: delta_io.table_version(p) for t, p in cfg.tables.all().items() if delta_io.table_exists(p)}
+    consent.run(spark, cfg, run_id="r1", cutoff=CUTOFF)
+    assert {t: delta_io.table_version(p) for t, p in cfg.tables.all().items() if delta_io.table_exists(p)} == versions
+
+
 def test_a_landed_event_delivered_again_with_other_content_is_quarantined_not_lost(spark, gate_world, tmp_path):
     from tests.conftest import copy_lakehouse
 
