@@ -153,7 +153,9 @@ def export_subject(spark: SparkSession, cfg: PipelineConfig, subject: Subject) -
     matches = []
     if delta_io.table_exists(t.pairwise_matches):
         pairs = delta_io.read_delta(spark, t.pairwise_matches)
-        matches = _rows(pairs.where(F.col("record_id_l").isin(*ids) | F.col("record_id_r").isin(*ids)))
+        # Only pairs of the subject's own records: a pair with another person's record (one scored between the
+        # match and the cluster threshold) would disclose that person's id and which of their values agree.
+        matches = _rows(pairs.where(F.col("record_id_l").isin(*ids) & F.col("record_id_r").isin(*ids)))
     return {
         "subject_reference": subject.reference,
         "source_record_ids": sorted(ids),

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from chispa import assert_df_equality
-from deltalake import DeltaTable
+from deltalake import DeltaTable, write_deltalake
 from pyspark.sql import functions as F
 
 from jobs import delta_io, ingest, query, standardize, subject_rights
@@ -117,6 +117,12 @@ def test_export_holds_every_source_record_then_erasure_leaves_no_trace(spark, pu
     assert iryna and {profile_of(spark, cfg, r) for r in IRYNA_IDS} == {iryna}
     assert canary_hits(cfg.lakehouse)  # the canaries are there before the erasure
 
+    # A pair the model scored below the cluster threshold links one of her records with someone else's.
+    near_miss = delta_io.arrow_dataset(cfg.tables.pairwise_matches).head(1)
+    for side, record in zip(subject_rights.MATCH_SIDES, ("ua_crm:UA-9", "ua_crm:UA-1"), strict=True):
+        near_miss = near_miss.set_column(near_miss.schema.get_field_index(side), side, pa.array([record]))
+    write_deltalake(str(cfg.tables.pairwise_matches), near_miss, mode="append")
+
     export_path = subject_rights.run(spark, cfg, run_id="sr-1", action="export", profile_id=iryna)
     export = json.loads(export_path.read_text(encoding="utf-8"))
     sections = (
@@ -131,6 +137,8 @@ def test_export_holds_every_source_record_then_erasure_leaves_no_trace(spark, pu
     assert {r["purpose"] for r in export["profile_values_lineage"]} == {"profile_unification"}
     assert all(r["lawful_basis"] and r["source_record_id"] for r in export["profile_values_lineage"])
     assert export["match_evidence"] and export["profiles"][0]["profile_id"] == iryna
+    # pairs that link the subject's records to each other; a pair with someone else's record is theirs too
+    assert {r[side] for r in export["match_evidence"] for side in subject_rights.MATCH_SIDES} <= set(IRYNA_IDS)
     assert canary_hits(cfg.reports) == [str(export_path.relative_to(cfg.reports))]  # the export quotes the bridge
 
     # two failed jobs left incident files: one quotes the subject's value, the other quotes nobody's
