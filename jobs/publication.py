@@ -149,14 +149,11 @@ def _journal_publication(cfg: PipelineConfig, run_id: str) -> None:
     os.replace(partial, journal)  # atomic: a reader finds the whole journal or none
 
 
-def finish_interrupted_publication(cfg: PipelineConfig, other_than: str | None = None) -> PublishResult | None:
-    """Complete a publication that died between its tables, if the journal names one (other than run
-    other_than, which its caller resumes itself); returns its result."""
+def finish_interrupted_publication(cfg: PipelineConfig) -> PublishResult | None:
+    """Complete a publication that died between its tables, if the journal names one; returns its result."""
     journal = cfg.tables.staging / JOURNAL
     if not journal.is_file():
         return None
     run_id = json.loads(journal.read_text(encoding="utf-8"))["run_id"]
-    if run_id == other_than:
-        return None
     log.warning("publication of run %s was interrupted between tables; completing it first", run_id)
     return publish(cfg, run_id)

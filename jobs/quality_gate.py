@@ -257,13 +257,36 @@ def write_outcome(outcome: QualityOutcome, report_dir: Path) -> Path:
     return path
 
 
+def _published_result(cfg: PipelineConfig, run_id: str, report_dir: Path) -> GateResult:
+    """The result of a run already published: its recorded outcome, marked published and reported when an
+    earlier attempt died in the publication (completed by this one)."""
+    recorded = report_dir / "quality.json"
+    if not recorded.is_file():
+        log.info("quality gate: run %s already published; nothing to do", run_id)
+        return GateResult(run_id, QualityOutcome(run_id, True, [], published=True), report_dir)
+    body = json.loads(recorded.read_text(encoding="utf-8"))
+    outcome = QualityOutcome(**{k: v for k, v in body.items() if k != "failed"})
+    if outcome.published:
+        log.info("quality gate: run %s already published; nothing to do", run_id)
+    else:
+        outcome.published = True
+        write_outcome(outcome, report_dir)
+        log.info(
+            "quality gate: run %s published by this retry; auditor report: %s",
+            run_id,
+            write_auditor_report(cfg, run_id, report_dir),
+        )
+    return GateResult(run_id, outcome, report_dir)
+
+
 def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> GateResult:
     """Validate the staged gold and the run's tables; publish when all expectations hold, else fail."""
     report_dir = cfg.run_report_dir(run_id)
-    finish_interrupted_publication(cfg, other_than=run_id)  # this run's own is resumed below, after validation
+    # This run's own too: its candidates passed every suite before its publication began, and validating them
+    # again against upstream tables changed since would only leave the published tables half-updated.
+    finish_interrupted_publication(cfg)
     if _already_published(cfg, run_id):
-        log.info("quality gate: run %s already published; nothing to do", run_id)
-        return GateResult(run_id, QualityOutcome(run_id, True, [], published=True), report_dir)
+        return _published_result(cfg, run_id, report_dir)
     checks = gate_checks(spark, cfg)  # names any missing table before the admitted count reads one
     size_stage_to_input(spark, cfg.spark, delta_io.row_count(cfg.tables.admitted))
     outcome = validate(
@@ -274,6 +297,7 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> GateResult:
     )
     result = GateResult(run_id=run_id, outcome=outcome, report_dir=report_dir)
     if outcome.success:
+        write_outcome(outcome, report_dir)  # what a retry that finds the publication interrupted reports
         result.publish = publish(cfg, run_id)
         outcome.published = True
     write_outcome(outcome, report_dir)

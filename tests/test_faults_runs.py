@@ -3,6 +3,7 @@ jobs on one lakehouse at once, and a PII canary through the real DAG."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -148,6 +149,41 @@ def test_a_publication_that_died_between_tables_is_completed_before_the_next_run
         )
     assert not (cfg.tables.staging / publication.JOURNAL).exists()
     assert delta_io.history(cfg.tables.staged("record_profiles"))[0]["run_id"] == "next"
+
+
+def test_a_gate_retried_after_dying_in_its_publication_completes_it_without_validating_again(
+    spark, staged_demo, tmp_path, monkeypatch
+):
+    uninterrupted = copy_lakehouse(staged_demo, tmp_path / "uninterrupted")
+    quality_gate.run(spark, uninterrupted, run_id=RUN)
+
+    cfg = copy_lakehouse(staged_demo, tmp_path / "interrupted")
+    publish_table = publication.publish_table
+
+    def dies_at_the_last_table(cfg_: PipelineConfig, name: str, run_id: str) -> dict[str, int] | None:
+        if name == PUBLISHED_TABLES[-1]:
+            raise RuntimeError("injected: the gate dies in its publication")
+        return publish_table(cfg_, name, run_id)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(publication, "publish_table", dies_at_the_last_table)
+        with pytest.raises(RuntimeError, match="injected"):
+            quality_gate.run(spark, cfg, run_id=RUN)
+
+    # Before the retry, what the suites would find changed (here: a bound that refuses every merged profile).
+    # The retry completes the publication the suites had passed instead of validating the run again.
+    stricter = dataclasses.replace(cfg, quality=dataclasses.replace(cfg.quality, max_cluster_size=1))
+    result = quality_gate.run(spark, stricter, run_id=RUN)
+
+    assert result.outcome.success and result.outcome.published
+    expected = gold_frames(spark, uninterrupted)
+    for name, actual in gold_frames(spark, cfg).items():
+        assert_df_equality(
+            actual, expected[name], ignore_row_order=True, ignore_nullable=True, ignore_column_order=True
+        )
+    recorded = json.loads((cfg.run_report_dir(RUN) / "quality.json").read_text(encoding="utf-8"))
+    assert recorded["success"] and recorded["published"] and recorded["suites"]
+    assert (cfg.run_report_dir(RUN) / "index.html").is_file()
 
 
 def test_the_pipeline_run_again_on_the_same_extracts_commits_to_no_data_table(spark, staged_demo, tmp_path):
