@@ -7,6 +7,7 @@ so rerunning the same batch adds nothing.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
 import itertools
@@ -122,16 +123,35 @@ def read_feed(
 
 
 def json_lines(lines: DataFrame, schema: T.StructType) -> DataFrame:
-    """One record per non-blank line of a JSONL extract (`value`), parsed with schema; a line that holds no
-    JSON object keeps its text in the schema's corrupt-record column.
+    """One record per non-blank line of a JSONL extract (`value`), parsed with schema; a line that holds
+    anything but one JSON object keeps its text in the schema's corrupt-record column, every other field null.
 
     Spark's JSON reader would turn a line holding an array of objects into several records, and one holding
     an empty array into none; parsing line by line keeps read = lines. A UTF-8 byte-order mark is dropped.
     """
     options = {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT}
-    text = F.regexp_replace("value", "^\ufeff", "")
-    parsed = lines.where(F.col("value").rlike(r"\S")).withColumn("_record", F.from_json(text, schema, options))
+    text = F.col("_text")
+    corrupt = F.struct(*[(text if f.name == CORRUPT else F.lit(None)).cast(f.dataType).alias(f.name) for f in schema])
+    record = F.when(single_json_value(text), F.from_json(text, schema, options)).otherwise(corrupt)
+    parsed = (
+        lines.where(F.col("value").rlike(r"\S"))
+        .withColumn("_text", F.regexp_replace("value", "^\ufeff", ""))
+        .withColumn("_record", record)
+    )
     return parsed.select("_record.*", *(c for c in lines.columns if c != "value"))
+
+
+def single_json_value(text: Column) -> Column:
+    """True when text is one JSON value and nothing else.
+
+    from_json reads the first value and ignores what follows, so `{...}{...}`, `{...} garbage` or `{...},`
+    would land as one clean record. Wrapped in `[...]`, such text is no array of one element, unless what
+    follows the value starts with `]` (the last line of a pretty-printed array, `{...}]`); wrapped as an
+    object's member, that text breaks the object. Each check scans the text without building values.
+    """
+    in_array = F.json_array_length(F.concat(F.lit("["), text, F.lit("]")))
+    as_member = F.json_object_keys(F.concat(F.lit('{"v":'), text, F.lit("}")))
+    return (in_array == 1) & as_member.isNotNull()
 
 
 def csv_record_options(path: Path, encoding: str = "UTF-8") -> dict[str, str]:
@@ -155,6 +175,10 @@ def require_file(name: str, path: Path) -> None:
 
 
 JSONL_SAMPLE_LINES = 1000
+# A JSONL key outside the mapping is named in messages and logs only when at least half the sampled records,
+# and at least this many, carry it. A key few records carry may be a value (a line like {"ivan@example.org":
+# ...}); in a one- or two-record extract "half" is a single record, while a value is not the key of 20 records.
+JSONL_MIN_RECORDS_TO_NAME = 20
 
 
 @dataclass(frozen=True)
@@ -167,8 +191,8 @@ class SchemaDrift:
     # No column of the extract is a mapped one: its "header" may be a data row (a CSV without its header
     # line), so the added names are counted, never shown.
     unrecognized_header: bool = False
-    # JSONL keys, neither mapped nor ignored, in fewer than half the sampled records: a key a few records
-    # carry may be a value (a line like {"ivan@example.org": ...}), so these are counted, never shown.
+    # JSONL keys, neither mapped nor ignored, too few sampled records carry to name (see
+    # JSONL_MIN_RECORDS_TO_NAME): they may be values, so they are counted, never shown.
     sporadic: int = 0
 
     def describe(self) -> str:
@@ -176,7 +200,11 @@ class SchemaDrift:
         if self.unrecognized_header and added:
             added = (f"{len(added)} unnamed here, as none is a mapped column (is the header line missing?)",)
         if self.sporadic:
-            added = (*added, f"{self.sporadic} more in fewer than half the sampled records, unnamed here")
+            added = (
+                *added,
+                f"{self.sporadic} more in fewer than half, or fewer than {JSONL_MIN_RECORDS_TO_NAME}, "
+                "of the sampled records, unnamed here",
+            )
         parts = [
             f"{label}: {', '.join(names)}"
             for label, names in (
@@ -196,7 +224,13 @@ class ColumnSeen:
     """An extract column as its header, schema or sampled records show it."""
 
     strings: bool  # every value seen is a string (or null)
+    holders: int | None = None  # sampled records that hold it (jsonl); a header or a schema: None
     share: float = 1.0  # of the sampled records that hold it (jsonl); a header or a schema: 1.0
+
+    @property
+    def nameable(self) -> bool:
+        """Whether messages may name it: a header's or schema's column, or a key enough sampled records carry."""
+        return self.holders is None or (self.share >= 0.5 and self.holders >= JSONL_MIN_RECORDS_TO_NAME)
 
 
 def extract_columns(source: SourceConfig) -> dict[str, ColumnSeen]:
@@ -206,16 +240,16 @@ def extract_columns(source: SourceConfig) -> dict[str, ColumnSeen]:
     value kinds of the first JSONL_SAMPLE_LINES lines (a sample: a key or a retyped value first seen
     further down goes unnoticed); lines that are not JSON objects are left for the malformed_record check.
     """
+    encoding = header_encoding(source.encoding)
     if source.format == "csv":
-        with source.path.open(encoding=source.encoding, errors="replace", newline="") as fh:
+        with source.path.open(encoding=encoding, errors="replace", newline="") as fh:
             return dict.fromkeys(next(csv.reader(fh, delimiter=source.delimiter), []), ColumnSeen(True))
     if source.format == "parquet":
-        schema = pq.read_schema(source.path)
-        return {f.name: ColumnSeen(pa.types.is_string(f.type) or pa.types.is_large_string(f.type)) for f in schema}
+        return {f.name: ColumnSeen(arrow_text(f.type)) for f in parquet_schema(source)}
     strings: dict[str, bool] = {}
     holding: dict[str, int] = {}
     records = 0
-    with source.path.open(encoding=source.encoding, errors="replace") as fh:
+    with source.path.open(encoding=encoding, errors="replace") as fh:
         for line in itertools.islice(fh, JSONL_SAMPLE_LINES):
             try:
                 record = json.loads(line)
@@ -226,7 +260,33 @@ def extract_columns(source: SourceConfig) -> dict[str, ColumnSeen]:
                 for key, value in record.items():
                     strings[key] = strings.get(key, True) and (value is None or isinstance(value, str))
                     holding[key] = holding.get(key, 0) + 1
-    return {key: ColumnSeen(strings[key], holding[key] / records) for key in strings}
+    return {key: ColumnSeen(strings[key], holding[key], holding[key] / records) for key in strings}
+
+
+def header_encoding(encoding: str) -> str:
+    """The codec to read an extract's header with: utf-8-sig for UTF-8, which drops the byte-order mark that
+    Excel's "CSV UTF-8" writes (Spark's reader drops it from the rows itself)."""
+    return "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding
+
+
+def arrow_text(dtype: pa.DataType) -> bool:
+    """Whether a Parquet column of this Arrow type holds text as Spark reads it: a string in any layout,
+    dictionary-encoded strings, or the null type a writer gives a column whose values are all null."""
+    if pa.types.is_dictionary(dtype):
+        return arrow_text(dtype.value_type)
+    return any(
+        check(dtype)
+        for check in (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view, pa.types.is_null)
+    )
+
+
+def parquet_schema(source: SourceConfig) -> pa.Schema:
+    """The Arrow schema in a Parquet extract's footer; a file without a readable footer (empty, truncated, not
+    Parquet) fails naming the source, not with Arrow's own error."""
+    try:
+        return pq.read_schema(source.path)
+    except pa.ArrowException as err:
+        raise SourceSchemaError(source.name, "unreadable parquet (empty, truncated or not a Parquet file)") from err
 
 
 def schema_drift(source: SourceConfig, found: Mapping[str, ColumnSeen]) -> SchemaDrift:
@@ -237,7 +297,7 @@ def schema_drift(source: SourceConfig, found: Mapping[str, ColumnSeen]) -> Schem
     """
     mapped = list(dict.fromkeys(source.columns.values()))
     unknown = [c for c in found if c not in mapped and c not in source.ignored_columns]
-    added = tuple(c for c in unknown if found[c].share >= 0.5)
+    added = tuple(c for c in unknown if found[c].nameable)
     sporadic = len(unknown) - len(added)
     missing = tuple(c for c in mapped if c not in found)
     if source.format == "jsonl" and not unknown:
@@ -551,6 +611,7 @@ def _record_ingest(
         run_id=run_id,
         job="ingest",
         update_changed=True,
+        ignore_changes_in=("ingested_at",),  # a retried run's attempt time alone is no change
     )
     result = IngestResult(run_id=run_id, sources=counts, bronze_inserted=bronze_inserted)
     for c in counts:

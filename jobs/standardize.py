@@ -25,7 +25,7 @@ import logging
 import os
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 
 import jellyfish
@@ -35,7 +35,7 @@ import pycountry
 import translitua
 from anyascii import anyascii
 from email_validator import EmailNotValidError, validate_email
-from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -262,22 +262,31 @@ def standardize_names(df: DataFrame) -> DataFrame:
     )
 
 
-def standardize_country_column(df: DataFrame, default_countries: dict[str, str]) -> DataFrame:
+def source_default_country(default_countries: Mapping[str, str]) -> Column:
+    """The default country (ISO 3166 alpha-2) of each row's source_system."""
+    return lookup(default_countries)[F.col("source_system")]
+
+
+def standardize_country_column(df: DataFrame, default_countries: Mapping[str, str]) -> DataFrame:
     """ISO 3166 alpha-2 country; a record without one takes its source's default country."""
-    default = lookup(default_countries)[F.col("source_system")]
     return df.withColumn(
-        "country", F.when(F.col("country").isNull(), default).otherwise(_country_udf(F.col("country")))
+        "country",
+        F.when(F.col("country").isNull(), source_default_country(default_countries)).otherwise(
+            _country_udf(F.col("country"))
+        ),
     )
 
 
-def standardize_contacts(df: DataFrame) -> DataFrame:
-    """Lower-cased, validated email; E.164 phone parsed with the record's country; marketing channels."""
+def standardize_contacts(df: DataFrame, default_countries: Mapping[str, str]) -> DataFrame:
+    """Lower-cased, validated email; E.164 phone parsed with the record's standardized country, or its source's
+    default when that country is unknown (a name pycountry does not know, such as "Deutschland", is null)."""
     email = _email_udf(F.col("email"))
+    region = F.coalesce(F.col("country"), source_default_country(default_countries))
     return (
         df.withColumn("_email", email)
         .withColumn("email", F.col("_email.email"))
         .withColumn("email_valid", F.col("_email.valid"))
-        .withColumn("phone", _phone_udf(F.col("phone"), F.col("country")))
+        .withColumn("phone", _phone_udf(F.col("phone"), region))
         .withColumn("marketing_email", F.when(F.col("email_valid"), F.col("email")))
         .withColumn("marketing_phone", F.col("phone"))
         .drop("_email")
@@ -324,11 +333,12 @@ def silver_columns(policy: PurposePolicy) -> list[str]:
 
 def standardize(bronze: DataFrame, sources: Sequence[SourceConfig], policy: PurposePolicy) -> DataFrame:
     """Bronze rows -> silver rows: the current version of each record, standardized, minimized."""
+    default_countries = {s.name: s.default_country for s in sources}
     return (
         bronze.transform(latest_bronze_records)
         .transform(standardize_names)
-        .transform(standardize_country_column, {s.name: s.default_country for s in sources})
-        .transform(standardize_contacts)
+        .transform(standardize_country_column, default_countries)
+        .transform(standardize_contacts, default_countries)
         .transform(standardize_address)
         .transform(standardize_gender)
         .transform(pseudonymize, policy)

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 from chispa import assert_df_equality
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from jobs import delta_io, ingest
-from jobs.config import PipelineConfig
+from jobs.config import PipelineConfig, SourceConfig
 from jobs.errors import SourceSchemaError
 
 CSV_HEADER = ";".join(
@@ -48,6 +49,15 @@ def tiny_ua_source(cfg: PipelineConfig, tmp_path: Path):
         encoding="utf-8",
     )
     return dataclasses.replace(cfg.source("ua_crm"), path=path)
+
+
+def validated_rows(spark: SparkSession, source: SourceConfig) -> DataFrame:
+    """source's extract read, mapped and given its quarantine reasons."""
+    return (
+        ingest.read_source(spark, source)
+        .transform(ingest.map_to_canonical, source)
+        .transform(ingest.assign_quarantine_reasons, source)
+    )
 
 
 def test_ingest_maps_source_columns_to_the_canonical_schema(spark, tiny_ua_source):
@@ -127,12 +137,7 @@ def test_a_date_of_birth_before_1900_or_after_the_run_day_is_quarantined_as_impl
     rows = [f"{key};Бондар;Анна;;{born};ж;;;;;;;01.03.2025 10:17" for key, born in births.items()]
     path.write_text("\n".join([CSV_HEADER, *rows]) + "\n", encoding="utf-8")
     source = dataclasses.replace(cfg.source("ua_crm"), path=path)
-    actual = (
-        ingest.read_source(spark, source)
-        .transform(ingest.map_to_canonical, source)
-        .transform(ingest.assign_quarantine_reasons, source)
-        .select("source_record_id", ingest.REASON)
-    )
+    actual = validated_rows(spark, source).select("source_record_id", ingest.REASON)
     expected = spark.createDataFrame(
         [("UA-1", "implausible_date"), ("UA-2", None), ("UA-3", "implausible_date"), ("UA-4", "implausible_date")],
         actual.schema,
@@ -141,11 +146,7 @@ def test_a_date_of_birth_before_1900_or_after_the_run_day_is_quarantined_as_impl
 
 
 def test_typed_columns_are_parsed_with_the_source_format_and_bad_rows_get_a_reason(spark, tiny_ua_source):
-    validated = (
-        ingest.read_source(spark, tiny_ua_source)
-        .transform(ingest.map_to_canonical, tiny_ua_source)
-        .transform(ingest.assign_quarantine_reasons, tiny_ua_source)
-    )
+    validated = validated_rows(spark, tiny_ua_source)
     actual = validated.select("source_record_id", "date_of_birth", "updated_at", ingest.REASON)
     expected = spark.createDataFrame(
         [
@@ -162,11 +163,7 @@ def test_a_repeated_source_id_quarantines_every_copy(spark, cfg, tmp_path):
     path = tmp_path / "dup.csv"
     path.write_text(CSV_HEADER + "\nUA-7;A;B;;;;;;;;;;\nUA-7;C;D;;;;;;;;;;\nUA-8;E;F;;;;;;;;;;\n", encoding="utf-8")
     source = dataclasses.replace(cfg.source("ua_crm"), path=path)
-    validated = (
-        ingest.read_source(spark, source)
-        .transform(ingest.map_to_canonical, source)
-        .transform(ingest.assign_quarantine_reasons, source)
-    )
+    validated = validated_rows(spark, source)
     actual = validated.select("source_record_id", "last_name", ingest.REASON)
     expected = spark.createDataFrame(
         [("UA-7", "A", "duplicate_source_id"), ("UA-7", "C", "duplicate_source_id"), ("UA-8", "E", None)],
@@ -192,11 +189,7 @@ def test_quoted_line_breaks_stay_in_their_record_whatever_the_line_endings(spark
     path = tmp_path / "breaks.csv"
     path.write_bytes((newline.join(lines) + last_ending).encode("utf-8"))
     source = dataclasses.replace(cfg.source("ua_crm"), path=path)
-    validated = (
-        ingest.read_source(spark, source)
-        .transform(ingest.map_to_canonical, source)
-        .transform(ingest.assign_quarantine_reasons, source)
-    )
+    validated = validated_rows(spark, source)
     actual = validated.select("source_record_id", "street", "updated_at", ingest.REASON)
     at = dt.datetime(2025, 3, 1, 10, 15)
     expected = spark.createDataFrame(
@@ -209,6 +202,35 @@ def test_quoted_line_breaks_stay_in_their_record_whatever_the_line_endings(spark
         actual.schema,
     )
     assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
+
+
+def test_a_jsonl_line_holding_more_than_one_json_object_is_quarantined_whole(spark, cfg, tmp_path):
+    lines = [
+        '{"id_client": "R0", "nume": "Pop"}',
+        '{"id_client": "R1", "nume": "Pop"}{"id_client": "R2", "nume": "Ion"}',
+        '{"id_client": "R3", "nume": "Pop"} garbage',
+        '{"id_client": "R4", "nume": "Pop"},',
+        '{"id_client": "R5", "nume": "Pop"}]',  # the last line of a pretty-printed array
+        '{"id_client": "R6", "nume": "Pop"}}',
+        '{"id_client": "R7", "nume": "Pop"}, {"id_client": "R8", "nume": "Ion"}',
+    ]
+    path = tmp_path / "customers.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    source = dataclasses.replace(cfg.source("ro_shop"), path=path)
+    actual = validated_rows(spark, source).select("source_record_id", "last_name", ingest.REASON)
+    malformed = (None, None, "malformed_record")
+    expected = spark.createDataFrame([("R0", "Pop", None)] + [malformed] * 6, actual.schema)
+    assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
+
+
+def test_a_csv_beginning_with_a_byte_order_mark_lands_its_first_column(spark, cfg, tmp_path):
+    path = tmp_path / "ua.csv"
+    path.write_text("\ufeff" + CSV_HEADER + "\n" + ua_row("UA-1", "вул. Хрещатик, 1") + "\n", encoding="utf-8")
+    source = dataclasses.replace(cfg.source("ua_crm"), path=path)
+    ingest.check_source_schema(source)  # no drift
+    actual = validated_rows(spark, source).select("source_record_id", "last_name", ingest.REASON)
+    expected = spark.createDataFrame([("UA-1", "Шевченко", None)], actual.schema)
+    assert_df_equality(actual, expected, ignore_nullable=True)
 
 
 def test_a_missing_mapped_column_fails_before_anything_is_written(spark, cfg, tmp_path):
@@ -277,6 +299,14 @@ def test_rerunning_the_same_batch_adds_nothing(spark, ingested):
     assert result.bronze_inserted == 0
     assert {t: delta_io.table_version(t) for t in before} == before
     assert delta_io.read_delta(spark, cfg.tables.bronze).count() == rows_before
+
+
+def test_a_retry_of_a_run_on_the_same_extracts_changes_no_table(spark, ingested):
+    cfg, _ = ingested
+    tables = (cfg.tables.bronze, cfg.tables.quarantine, cfg.tables.ingest_runs)
+    before = {t: delta_io.table_version(t) for t in tables}
+    ingest.run(spark, cfg, run_id="run-1")  # an Airflow retry of the fixture's run, seconds later
+    assert {t: delta_io.table_version(t) for t in tables} == before
 
 
 def test_an_incremental_rerun_of_a_run_records_the_counts_its_first_attempt_did(spark, tmp_path):

@@ -6,10 +6,12 @@ import itertools
 import jellyfish
 import pytest
 from chispa import assert_df_equality
+from pyspark.sql import functions as F
 
 from jobs import standardize
 from jobs.standardize import standardize_name
 
+SOURCE_DEFAULT_COUNTRIES = {"ua_crm": "UA", "ro_shop": "RO", "eu_loyalty": "DE"}
 # Real names, each in Cyrillic and in several Latin conventions found in the sources.
 SAME_NAME = [
     ["Олександр", "Oleksandr", "Oleksander", "Aleksandr"],  # KMU 2010, anglicized, Russian form
@@ -110,8 +112,8 @@ def test_contacts_become_valid_lowercase_email_and_e164_phone(spark):
             ("4", "a@b.de", "12345", "DE"),
         ],
         "id string, email string, phone string, country string",
-    )
-    actual = df.transform(standardize.standardize_contacts)
+    ).withColumn("source_system", F.lit("eu_loyalty"))
+    actual = df.transform(standardize.standardize_contacts, SOURCE_DEFAULT_COUNTRIES)
     expected = spark.createDataFrame(
         [
             ("1", "ivan.petrenko@ukr.net", "+380671234567", "UA", True, "ivan.petrenko@ukr.net", "+380671234567"),
@@ -121,8 +123,24 @@ def test_contacts_become_valid_lowercase_email_and_e164_phone(spark):
         ],
         "id string, email string, phone string, country string, email_valid boolean, marketing_email string, "
         "marketing_phone string",
-    )
+    ).withColumn("source_system", F.lit("eu_loyalty"))
     assert_df_equality(actual, expected, ignore_row_order=True, ignore_column_order=True, ignore_nullable=True)
+
+
+def test_a_phone_is_parsed_with_the_source_default_country_when_the_country_is_unknown(spark):
+    df = spark.createDataFrame(
+        [("eu_loyalty", "Deutschland", "0151 23456789"), ("ua_crm", "UK", "067 123 45 67")],
+        "source_system string, country string, phone string",
+    ).withColumn("email", F.lit(None).cast("string"))
+    actual = (
+        df.transform(standardize.standardize_country_column, SOURCE_DEFAULT_COUNTRIES)
+        .transform(standardize.standardize_contacts, SOURCE_DEFAULT_COUNTRIES)
+        .select("source_system", "country", "phone")
+    )
+    expected = spark.createDataFrame(
+        [("eu_loyalty", None, "+4915123456789"), ("ua_crm", None, "+380671234567")], actual.schema
+    )
+    assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
 
 
 def test_countries_become_iso_3166_alpha2_with_the_source_default(spark):
@@ -130,7 +148,7 @@ def test_countries_become_iso_3166_alpha2_with_the_source_default(spark):
         [("ua_crm", None), ("eu_loyalty", "Germany"), ("eu_loyalty", "gb"), ("ro_shop", "ROU"), ("ro_shop", "Narnia")],
         "source_system string, country string",
     )
-    actual = df.transform(standardize.standardize_country_column, {"ua_crm": "UA", "ro_shop": "RO", "eu_loyalty": "DE"})
+    actual = df.transform(standardize.standardize_country_column, SOURCE_DEFAULT_COUNTRIES)
     expected = spark.createDataFrame(
         [("ua_crm", "UA"), ("eu_loyalty", "DE"), ("eu_loyalty", "GB"), ("ro_shop", "RO"), ("ro_shop", None)],
         "source_system string, country string",
