@@ -180,7 +180,7 @@ def survivorship_cells(
             F.struct(
                 F.lit(column).alias("column"),
                 F.col(column).cast("string").alias("_value"),
-                F.lit(rule.attribute).alias("attribute"),
+                F.lit(COLUMN_ATTRIBUTE[column]).alias("attribute"),
                 F.lit(rule.description).alias("rule"),
                 _lawful_purpose(column, policy).alias("purpose"),
             ),
@@ -210,8 +210,12 @@ def survivorship_cells(
 
 
 def profile_lineage(cells: DataFrame, effective: DataFrame, policy: PurposePolicy) -> DataFrame:
-    """Cell-level lineage: record, rule, and the purpose, lawful basis and consent event behind each value."""
-    consent = effective.select(
+    """Cell-level lineage: record, rule, and the purpose, lawful basis and consent event behind each value.
+
+    Only a granted decision justifies a value: a cell whose record's decision for its purpose is no grant (a
+    withdrawal landed after the gate admitted the record) gets no basis, which the quality gate refuses.
+    """
+    consent = effective.where("is_granted").select(
         *SUBJECT, "purpose", "lawful_basis", F.col("deciding_event_id").alias("consent_event_id")
     )
     return cells.join(consent, [*SUBJECT, "purpose"], "left").select(

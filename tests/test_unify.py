@@ -14,8 +14,11 @@ from tests.test_resolve import BRIDGE, IRYNA, PEOPLE, bronze_rows, silver_rows
 
 D, T = dt.date, dt.datetime
 
+# Each strategy's winner is not the record the fallback order (smallest record id) would pick, so a strategy that
+# stopped ranking would change the result: the priority is the reverse of the ids' order, the most frequent first
+# name is not the top-priority record's, the most recent email is the larger id's.
 SURVIVORSHIP = SurvivorshipConfig(
-    source_priority=("eu_loyalty", "ro_shop", "ua_crm"),
+    source_priority=("ua_crm", "ro_shop", "eu_loyalty"),
     rules=(
         SurvivorshipRule("first_name", ("first_name", "first_name_native"), "most_frequent", ("source_priority",)),
         SurvivorshipRule("email", ("email",), "most_recent", ()),
@@ -32,11 +35,11 @@ ADMITTED_SCHEMA = (
 UNIFICATION = "profile_unification"
 # P1: Olena, three records in three regions; P2: Ivan, one record.
 ADMITTED = [
-    ("ua_crm", "1", "UA", T(2026, 1, 1), "Olena", "Олена", "a@x.ua", None, "Kyiv", D(1990, 1, 1), "a@x.ua",
+    ("ua_crm", "1", "UA", T(2026, 4, 1), "Elena", "Олена", "a@x.ua", None, "Kyiv", D(1990, 1, 1), "a@x.ua",
      "marketing_email,profile_unification", "consent", "e-a1"),
     ("ro_shop", "2", "RO", T(2026, 3, 1), "Olena", "Olena", "b@x.ro", "Str 1", "Iasi", D(1990, 1, 2), None,
      "profile_unification", "contract", "e-b1"),
-    ("eu_loyalty", "3", "EU", T(2026, 5, 1), "Elena", "Elena", None, None, None, D(1990, 1, 1), None,
+    ("eu_loyalty", "3", "EU", T(2026, 5, 1), "Olena", "Olena", None, None, None, D(1990, 1, 1), None,
      "profile_unification", "consent", "e-c1"),
     ("ua_crm", "4", "UA", T(2026, 2, 1), "Ivan", "Іван", "i@x.ua", None, None, None, "i@x.ua",
      "marketing_email,profile_unification", "contract", "e-d1"),
@@ -80,11 +83,11 @@ def hand_gold(spark, policy):
 
 def test_survivorship_strategies_pick_the_expected_record_per_attribute(spark, cfg):
     gold = hand_gold(spark, cfg.policy)
-    # first_name: Olena (2 records) beats Elena; between the two, ro_shop outranks ua_crm, and the native form
-    # travels with it. email: the most recent. address: the most complete record. date_of_birth: the most
-    # trusted source. marketing_email: dropped, the latest decision withdrew it.
+    # first_name: Olena (2 records) beats Elena; between the two, ro_shop outranks eu_loyalty, and the native
+    # form travels with it. email: the most recent. address: the most complete record (not the more recent).
+    # date_of_birth: the most trusted source. marketing_email: dropped, the latest decision withdrew it.
     rows = [
-        ("P1", "Olena", "Olena", "b@x.ro", "Str 1", "Iasi", D(1990, 1, 1), None, ["EU", "RO", "UA"], 3,
+        ("P1", "Olena", "Olena", "a@x.ua", "Str 1", "Iasi", D(1990, 1, 1), None, ["EU", "RO", "UA"], 3,
          ["eu_loyalty", "ro_shop", "ua_crm"], 3, T(2026, 5, 1)),
         ("P2", "Ivan", "Іван", "i@x.ua", None, None, None, "i@x.ua", ["UA"], 1, ["ua_crm"], 1, T(2026, 2, 1)),
     ]  # fmt: skip
@@ -105,10 +108,10 @@ def test_every_value_has_lineage_to_its_record_rule_and_lawful_basis(spark, cfg)
         [
             ("P1", "first_name", "2", u, "contract", "e-b1"),
             ("P1", "first_name_native", "2", u, "contract", "e-b1"),
-            ("P1", "email", "2", u, "contract", "e-b1"),
+            ("P1", "email", "1", u, "consent", "e-a1"),
             ("P1", "street", "2", u, "contract", "e-b1"),
             ("P1", "city", "2", u, "contract", "e-b1"),
-            ("P1", "date_of_birth", "3", u, "consent", "e-c1"),
+            ("P1", "date_of_birth", "1", u, "consent", "e-a1"),
             ("P2", "first_name", "4", u, "contract", "e-d1"),
             ("P2", "first_name_native", "4", u, "contract", "e-d1"),
             ("P2", "email", "4", u, "contract", "e-d1"),
@@ -118,14 +121,53 @@ def test_every_value_has_lineage_to_its_record_rule_and_lawful_basis(spark, cfg)
         "consent_event_id string",
     )
     assert_df_equality(picked, expected, ignore_row_order=True, ignore_nullable=True)
-    rules = {r["column"]: r["rule"] for r in lineage.where("profile_id = 'P1'").collect()}
+    p1 = lineage.where("profile_id = 'P1'").collect()
+    rules = {r["column"]: r["rule"] for r in p1}
     assert rules["street"] == "most_complete > most_recent > record_id"
     assert rules["date_of_birth"] == "source_priority > record_id"
+    # the policy attribute whose purposes justify the value (conf/policy.yaml), not the survivorship rule's name
+    assert {r["column"]: r["attribute"] for r in p1 if r["column"] in ("street", "city", "first_name_native")} == {
+        "street": "street",
+        "city": "city",
+        "first_name_native": "first_name",
+    }
+
+
+def test_a_value_whose_records_decision_is_no_grant_has_no_lawful_basis_in_its_lineage(spark, cfg):
+    # The records were admitted for these purposes, and then a withdrawal of record 3's marketing email
+    # consent landed (effective consent newer than the admitted records): the withdrawal justifies nothing.
+    cells = spark.createDataFrame(
+        [
+            ("P1", "email", "ua_crm:1", "ua_crm", "1", "email", "most_recent > record_id", UNIFICATION),
+            (
+                "P1",
+                "marketing_email",
+                "eu_loyalty:3",
+                "eu_loyalty",
+                "3",
+                "marketing_email",
+                "most_recent",
+                "marketing_email",
+            ),
+        ],
+        "profile_id string, column string, record_id string, source_system string, source_record_id string, "
+        "attribute string, rule string, purpose string",
+    )
+    lineage = unify.profile_lineage(cells, spark.createDataFrame(EFFECTIVE, EFFECTIVE_SCHEMA), cfg.policy)
+    actual = lineage.select("column", "record_id", "purpose", "lawful_basis", "consent_event_id")
+    expected = spark.createDataFrame(
+        [
+            ("email", "ua_crm:1", UNIFICATION, "consent", "e-a1"),
+            ("marketing_email", "eu_loyalty:3", "marketing_email", None, None),
+        ],
+        actual.schema,
+    )
+    assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
 
 
 def test_a_value_several_purposes_cover_is_held_for_the_first_the_record_and_profile_are_permitted(spark, cfg):
-    # Record 4 (P2) and its profile are permitted marketing_email and profile_unification; record 2, which
-    # supplies P1's email, only profile_unification.
+    # Record 4 (P2) and its profile are permitted marketing_email and profile_unification; record 1, which
+    # supplies P1's email, is permitted both too, but its profile only profile_unification.
     u, m = UNIFICATION, "marketing_email"
     for purposes, p2_email in (((m, u), (m, "consent", "e-d2")), ((u, m), (u, "contract", "e-d1"))):
         policy = dataclasses.replace(
@@ -133,7 +175,7 @@ def test_a_value_several_purposes_cover_is_held_for_the_first_the_record_and_pro
         )
         lineage = hand_gold(spark, policy).profile_lineage.where("column = 'email'")
         expected = spark.createDataFrame(
-            [("P1", u, "contract", "e-b1"), ("P2", *p2_email)],
+            [("P1", u, "consent", "e-a1"), ("P2", *p2_email)],
             "profile_id string, purpose string, lawful_basis string, consent_event_id string",
         )
         picked = lineage.select("profile_id", "purpose", "lawful_basis", "consent_event_id")
