@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import shutil
+import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -128,7 +129,7 @@ def publish(cfg: PipelineConfig, run_id: str) -> PublishResult:
         schema=UNIFY_RUNS_SCHEMA,
     )
     delta_io.merge_delta(audit, t.unify_runs, keys=("run_id",), run_id=run_id, job=JOB, once_per_run=True)
-    shutil.rmtree(t.staging, ignore_errors=True)
+    drop_staging(cfg)
     log.info(
         "published: %d profiles (inserted %d, updated %d, retired %d), %d lineage rows%s",
         result.profiles,
@@ -139,6 +140,17 @@ def publish(cfg: PipelineConfig, run_id: str) -> PublishResult:
         f"; already published by this run: {', '.join(result.skipped_tables)}" if result.skipped_tables else "",
     )
     return result
+
+
+def drop_staging(cfg: PipelineConfig) -> None:
+    """Remove the staging folder: first renamed aside (atomic), so a job killed while deleting it never leaves a
+    staging that still looks whole (tables missing files, the journal gone); then deleted, with any folder an
+    earlier kill left aside."""
+    staging = cfg.tables.staging
+    if staging.exists():
+        os.replace(staging, staging.with_name(f".{staging.name}-dropped-{uuid.uuid4().hex}"))
+    for dropped in staging.parent.glob(f".{staging.name}-dropped-*"):
+        shutil.rmtree(dropped, ignore_errors=True)
 
 
 def _journal_publication(cfg: PipelineConfig, run_id: str) -> None:

@@ -27,7 +27,6 @@ import argparse
 import hashlib
 import json
 import logging
-import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -318,7 +317,7 @@ def erase_subject(spark: SparkSession, cfg: PipelineConfig, subject: Subject, ru
     re_resolution = "nothing resolved yet"
     if delta_io.table_exists(t.admitted) and delta_io.table_exists(t.record_profiles):
         re_resolution = republish_without_subject(spark, cfg, subject, run_id, deleted)
-    shutil.rmtree(t.staging, ignore_errors=True)  # candidates of an earlier, failed gate hold the subject too
+    publication.drop_staging(cfg)  # candidates of an earlier, failed gate hold the subject too
     if subject.profile_ids and delta_io.table_exists(t.record_profiles):
         remaining = delta_io.read_delta(spark, t.record_profiles).select("profile_id").distinct()
         gone = spark.createDataFrame([(p,) for p in subject.profile_ids], "profile_id string").join(

@@ -151,6 +151,20 @@ def test_a_publication_that_died_between_tables_is_completed_before_the_next_run
     assert delta_io.history(cfg.tables.staged("record_profiles"))[0]["run_id"] == "next"
 
 
+def test_staging_is_dropped_whole_and_a_folder_a_killed_drop_left_aside_goes_with_the_next(tmp_path):
+    cfg = config_in(tmp_path)
+    staged = cfg.tables.staged("profiles")
+    (staged / "_delta_log").mkdir(parents=True)
+    (cfg.tables.staging / publication.JOURNAL).write_text('{"run_id": "r"}', encoding="utf-8")
+    left_aside = cfg.tables.staging.with_name(f".{cfg.tables.staging.name}-dropped-earlier")
+    (left_aside / "gold").mkdir(parents=True)
+
+    publication.drop_staging(cfg)
+
+    assert not cfg.tables.staging.exists() and not left_aside.exists()
+    assert sorted(p.name for p in cfg.tables.staging.parent.iterdir() if "staging" in p.name) == []
+
+
 def test_a_gate_retried_after_dying_in_its_publication_completes_it_without_validating_again(
     spark, staged_demo, tmp_path, monkeypatch
 ):
