@@ -257,6 +257,14 @@ def write_outcome(outcome: QualityOutcome, report_dir: Path) -> Path:
     return path
 
 
+def staged_by_other_runs(cfg: PipelineConfig, run_id: str) -> list[str]:
+    """The staged tables whose last commit is not run_id's: candidates of two runs must not be published as one
+    (run A's, refused and left staged, under run B's unify that died between its tables)."""
+    t = cfg.tables
+    staged = [name for name in PUBLISHED_TABLES if delta_io.table_exists(t.staged(name))]
+    return [name for name in staged if delta_io.history(t.staged(name))[0].get("run_id") != run_id]
+
+
 def _published_result(cfg: PipelineConfig, run_id: str, report_dir: Path) -> GateResult:
     """The result of a run already published: its recorded outcome, marked published and reported when an
     earlier attempt died in the publication (completed by this one)."""
@@ -287,6 +295,12 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> GateResult:
     finish_interrupted_publication(cfg)
     if _already_published(cfg, run_id):
         return _published_result(cfg, run_id, report_dir)
+    foreign = staged_by_other_runs(cfg, run_id)
+    if foreign:
+        raise IdresError(
+            f"quality gate: the staged {', '.join(foreign)} are not run {run_id}'s (another run's resolve or unify "
+            "staged them last); rerun resolve and unify for this run before its gate"
+        )
     checks = gate_checks(spark, cfg)  # names any missing table before the admitted count reads one
     size_stage_to_input(spark, cfg.spark, delta_io.row_count(cfg.tables.admitted))
     outcome = validate(

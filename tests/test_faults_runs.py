@@ -24,6 +24,7 @@ from pyspark.sql import SparkSession
 
 from jobs import delta_io, demo_data, ingest, pipeline, publication, quality_gate, resolve
 from jobs.config import DEFAULT_CONF_DIR, GOLD_TABLES, PUBLISHED_TABLES, PipelineConfig, load_config
+from jobs.errors import IdresError
 from jobs.runner import lakehouse_lock_path
 from tests.conftest import (
     DEMO_CUTOFF,
@@ -198,6 +199,19 @@ def test_a_gate_retried_after_dying_in_its_publication_completes_it_without_vali
     recorded = json.loads((cfg.run_report_dir(RUN) / "quality.json").read_text(encoding="utf-8"))
     assert recorded["success"] and recorded["published"] and recorded["suites"]
     assert (cfg.run_report_dir(RUN) / "index.html").is_file()
+
+
+def test_a_gate_refuses_candidates_another_run_staged_in_part_and_publishes_nothing(spark, staged_demo, tmp_path):
+    cfg = copy_lakehouse(staged_demo, tmp_path)
+    before = data_table_versions(cfg)
+    # Another run's unify restaged one table and died before the others.
+    permissions = cfg.tables.staged("profile_permissions")
+    rows = delta_io.read_delta(spark, permissions).localCheckpoint()
+    delta_io.overwrite_delta(rows, permissions, run_id="other", job="unify")
+
+    with pytest.raises(IdresError, match=r"staged profile_permissions are not run demo's"):
+        quality_gate.run(spark, cfg, run_id=RUN)
+    assert data_table_versions(cfg) == before
 
 
 def test_the_pipeline_run_again_on_the_same_extracts_commits_to_no_data_table(spark, staged_demo, tmp_path):
