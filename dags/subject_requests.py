@@ -28,7 +28,9 @@ with DAG(
     catchup=False,
     max_active_runs=1,
     tags=["idres", "gdpr", "subject-rights"],
-    default_args=DEFAULT_ARGS,  # safe to retry: an erasure's retry reads what its first attempt found (time travel)
+    # Safe to retry: an erasure's retry reads what its first attempt found (time travel), or, once that attempt
+    # had scanned, finishes the history purge from its values-free pending certificate.
+    default_args=DEFAULT_ARGS,
     params={
         "action": Param("export", enum=["export", "erase"], description="export (access) or erase (erasure)"),
         "record": Param("", type="string", description="<source_system>:<source_record_id>, or empty"),
