@@ -364,7 +364,8 @@ def test_a_retried_run_replaces_its_first_attempts_decisions_and_a_second_retry_
 
     cfg = copy_lakehouse(gate_world[0], tmp_path).with_paths(landing=tmp_path / "landing")
     withdrawal = event("UA-5", "profile_unification", "consent", "withdrawn", "2025-07-01T10:00:00+02:00")
-    write_consent_feed(cfg, "ua_crm", [*GOOD_EVENTS, *BAD_EVENTS, withdrawal])
+    # LATE_EVENT too: another test may have landed it in the shared world's ledger already.
+    write_consent_feed(cfg, "ua_crm", [*GOOD_EVENTS, *BAD_EVENTS, LATE_EVENT, withdrawal])
 
     consent.run(spark, cfg, run_id="r1", cutoff=CUTOFF)  # Airflow's retry of the fixture's run, same run id
 
@@ -377,7 +378,9 @@ def test_a_retried_run_replaces_its_first_attempts_decisions_and_a_second_retry_
             ("UA-2", "marketing_email", "suppressed", "purpose_not_permitted"),
             ("UA-2", "marketing_phone", "suppressed", "purpose_not_permitted"),
             ("UA-3", "*", "excluded", "consent_expired"),
-            ("UA-4", "*", "excluded", "no_lawful_basis_recorded"),
+            ("UA-4", "*", "admitted", "basis_granted"),
+            ("UA-4", "marketing_email", "suppressed", "purpose_not_permitted"),
+            ("UA-4", "marketing_phone", "suppressed", "purpose_not_permitted"),
             ("UA-5", "*", "excluded", "consent_withdrawn"),
             ("UA-6", "*", "excluded", "basis_not_permitted_for_purpose"),
         ],
