@@ -25,10 +25,11 @@ from typing import Any
 import splink.comparison_level_library as cll
 import splink.comparison_library as cl
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import types as T
 from splink import Linker, SettingsCreator, block_on
 
 from jobs import delta_io
-from jobs.canonical import LINKAGE_COLUMNS
+from jobs.canonical import CANONICAL_FIELDS, LINKAGE_COLUMNS
 from jobs.config import LinkageConfig, PipelineConfig, ResolveConfig
 from jobs.engines import ENGINES, SqlEngine
 from jobs.errors import ModelError
@@ -89,11 +90,17 @@ def linkage_columns(available: Sequence[str], linkage: LinkageConfig) -> list[st
     """Admitted records as Splink sees them, as SQL select expressions (Spark's and DuckDB's alike): a record
     id and the compared columns only.
 
-    A column silver does not hold under the policy (a pseudonym not enabled) is null: its comparison
-    then says nothing and its blocking rule pairs nothing.
+    A column silver does not hold under the policy (a pseudonym not enabled, a date of birth the policy
+    keeps out) is a null of the column's type, so its comparison's SQL still binds on both engines (DuckDB has
+    no epoch of a string), says nothing, and its blocking rule pairs nothing.
     """
     record_id = f"concat_ws(':', source_system, source_record_id) AS {linkage.unique_id_column}"
-    return [record_id, *(c if c in available else f"CAST(NULL AS STRING) AS {c}" for c in LINKAGE_COLUMNS)]
+    return [record_id, *(c if c in available else f"CAST(NULL AS {_sql_type(c)}) AS {c}" for c in LINKAGE_COLUMNS)]
+
+
+def _sql_type(column: str) -> str:
+    """The SQL type (Spark's and DuckDB's alike) of a linkage column: its canonical type, else a string."""
+    return CANONICAL_FIELDS.get(column, T.StringType()).simpleString().upper()
 
 
 def linkage_input(admitted: DataFrame, linkage: LinkageConfig) -> DataFrame:

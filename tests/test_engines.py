@@ -227,3 +227,20 @@ def test_a_duckdb_linker_database_is_closed_when_its_block_ends(spark):
         assert connection.execute("SELECT count(*) FROM idres_records").fetchone() == (1,)
     with pytest.raises(duckdb.ConnectionException):
         connection.execute("SELECT 1")
+
+
+def test_a_date_of_birth_silver_does_not_hold_is_a_typed_null_the_duckdb_comparison_reads_as_no_evidence(spark, cfg):
+    from jobs.linkage import linkage_columns, linker_for, splink_settings
+
+    # A policy that keeps dates of birth out of silver: the admitted records have no such column.
+    admitted = spark.createDataFrame(
+        [("ua_crm", "UA-1", "olena", "shevchenko"), ("ro_shop", "R-1", "olena", "shevchenko")],
+        "source_system string, source_record_id string, first_name_key string, last_name_key string",
+    )
+    columns = linkage_columns(admitted.columns, cfg.linkage)
+    with open_engine(spark, "duckdb") as db:
+        records = db.create("linkage_records", f"SELECT {', '.join(columns)} FROM {db.register('admitted', admitted)}")
+        pairs = linker_for(db, records, splink_settings(cfg.linkage)).inference.predict().as_pandas_dataframe()
+    assert [(r.record_id_l, r.record_id_r, r.gamma_date_of_birth) for r in pairs.itertuples()] == [
+        ("ro_shop:R-1", "ua_crm:UA-1", -1)
+    ]
