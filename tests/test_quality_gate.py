@@ -230,3 +230,17 @@ def test_silver_must_hold_exactly_the_columns_its_policy_allows(spark, cfg, extr
     column_set = [e for e in check.expectations if e.expectation_type == "expect_table_columns_to_match_set"]
     assert len(column_set) == 1
     assert validate([TableCheck("silver", "silver", frame, column_set)], "r").success is (extra is None)
+
+
+def test_a_key_field_the_policy_keeps_out_of_silver_is_not_checked_for_its_format(spark, cfg):
+    policy = dataclasses.replace(
+        cfg.policy,
+        sensitive=(*cfg.policy.sensitive, "date_of_birth"),
+        attribute_purposes={a: p for a, p in cfg.policy.attribute_purposes.items() if a != "date_of_birth"},
+    )
+    columns = standardize.silver_columns(policy)
+    assert "date_of_birth" not in columns and "phone" in columns
+    frame = spark.createDataFrame([], ", ".join(f"{c} string" for c in columns))
+    others = {f.name: None for f in dataclasses.fields(QualityInputs) if f.name not in ("cfg", "silver")}
+    (check,) = silver_suite.checks(QualityInputs(cfg=dataclasses.replace(cfg, policy=policy), silver=frame, **others))
+    assert validate([check], "r").success
