@@ -124,14 +124,15 @@ def assign_stable_profile_ids(
         f"""SELECT profile_id FROM {active} a
         WHERE NOT EXISTS (SELECT 1 FROM {overlap} o WHERE o.profile_id = a.profile_id)""",
     )
-    # A new cluster whose records came from previous profiles is split from each of them; else created.
+    # A new cluster whose records came from previous profiles is split from each of them (one row per profile, with
+    # the records that came from it); else created (with all its records).
     events = db.create(
         "ids_events",
         f"""SELECT {run} AS run_id, event_type, profile_id, related_profile_id, CAST(records AS BIGINT) AS records,
             {at} AS event_at
         FROM (
             SELECT CASE WHEN o.profile_id IS NULL THEN 'created' ELSE 'split' END AS event_type,
-                f.profile_id, o.profile_id AS related_profile_id, f.records
+                f.profile_id, o.profile_id AS related_profile_id, coalesce(o.overlap, f.records) AS records
             FROM {fresh} f LEFT JOIN {overlap} o ON f.cluster_key = o.cluster_key
             UNION ALL
             SELECT 'merged', profile_id, related_profile_id, overlap FROM {merged}

@@ -159,7 +159,7 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> ResolveResult:
 
         result.pairs = db.count(pairs)
         result.profiles = db.rows(f"SELECT count(DISTINCT profile_id) AS n FROM {record_profiles}")[0]["n"]
-        tallies = db.rows(f"SELECT event_type, count(*) AS n FROM {events} GROUP BY event_type")
+        tallies = db.rows(f"SELECT event_type, count(DISTINCT profile_id) AS n FROM {events} GROUP BY event_type")
         result.events = {r["event_type"]: r["n"] for r in tallies}
     log.info(
         "resolve (model %s on %s): %d records, %d pairs, %d profiles, events %s",

@@ -98,7 +98,8 @@ RESOLUTION_TOTALS = RunQuery(
 )
 IDENTITY_EVENTS = RunQuery(
     {"e": "identity_events"},
-    "SELECT run_id, event_type, count(*) AS profiles FROM e WHERE {run} GROUP BY 1, 2 ORDER BY 2",
+    # A profile split from several others has one event row per profile it came from: counted once.
+    "SELECT run_id, event_type, count(DISTINCT profile_id) AS profiles FROM e WHERE {run} GROUP BY 1, 2 ORDER BY 2",
     run=("e", "event_at"),
 )
 UNIFY_RUN = RunQuery(

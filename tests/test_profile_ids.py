@@ -142,3 +142,28 @@ def test_a_profile_with_no_records_left_is_retired(spark, db, first_run):
     assert [(r["status"], r["ended_run_id"], r["ended_at"]) for r in retired] == [
         ("retired", "run2", T1.replace(tzinfo=dt.UTC))
     ]
+
+
+def test_a_cluster_made_of_parts_of_two_profiles_is_one_split_with_the_records_from_each(spark, db, tmp_path):
+    from deltalake import write_deltalake
+
+    from jobs import run_queries
+    from tests.conftest import config_in
+
+    registry = arrow(
+        [("pr_a", "active", T0, "run0", None, None, None), ("pr_b", "active", T0, "run0", None, None, None)],
+        REGISTRY_SCHEMA,
+    )
+    previous = [("a1", "pr_a"), ("a2", "pr_a"), ("a3", "pr_a"), ("b1", "pr_b"), ("b2", "pr_b"), ("b3", "pr_b")]
+    clusters = [("a1", "k1"), ("a2", "k1"), ("a3", "k2"), ("b3", "k2"), ("b1", "k3"), ("b2", "k3")]
+    out = assign(db, clusters, previous, registry, "run2", T1)
+    new = "pr_" + hashlib.sha256(b"run2:a3").hexdigest()[:20]
+    at = T1.replace(tzinfo=dt.UTC)
+    expected = arrow([("run2", "split", new, "pr_a", 1, at), ("run2", "split", new, "pr_b", 1, at)], EVENTS_SCHEMA)
+    assert_same_rows(spark, out.events, expected)
+
+    # The run's report counts one profile split, not one per profile it came from.
+    cfg = config_in(tmp_path)
+    write_deltalake(str(cfg.tables.identity_events), out.events)
+    counts = run_queries.IDENTITY_EVENTS.execute(cfg.tables, "run2").to_pylist()
+    assert counts == [{"run_id": "run2", "event_type": "split", "profiles": 1}]
