@@ -3,23 +3,25 @@
 from __future__ import annotations
 
 import great_expectations as gx
+from pyspark.sql import functions as F
 
-from expectations import QualityInputs, TableCheck, in_set, required_unique, run_reconciliation
+from expectations import QualityInputs, TableCheck, holds, in_set, must_hold, required_unique, run_reconciliation
+from jobs.canonical import lookup
 
 
 def checks(inputs: QualityInputs) -> list[TableCheck]:
     sources = [s.name for s in inputs.cfg.sources]
-    regions = {s.region for s in inputs.cfg.sources}
+    source_region = lookup({s.name: s.region for s in inputs.cfg.sources})[F.col("source_system")]
     bronze = TableCheck(
         suite="bronze",
         table="bronze/customers",
-        frame=inputs.bronze,
+        frame=inputs.bronze.withColumn("region_of_source", holds(F.col("region") == source_region)),
         expectations=[
             *required_unique(
                 "source_system", "source_record_id", "record_hash", description="one row per source record version"
             ),
             in_set("source_system", sources, "every row comes from a configured source"),
-            in_set("region", regions, "every row carries its source's region"),
+            must_hold("region_of_source", "every row carries its source's region"),
             gx.expectations.ExpectColumnValuesToNotBeNull(column="ingested_at", description="load time recorded"),
         ],
     )

@@ -10,17 +10,21 @@ from expectations import QualityInputs, TableCheck, holds, must_hold, required_u
 from jobs.canonical import SUBJECT
 
 
-def with_source_checks(sources: DataFrame, profiles: DataFrame, previous: DataFrame) -> DataFrame:
-    """Sources with `profile_exists` and `profile_id_kept`: whether a record that was already published
-    keeps its profile id (null for records new in this run, which no churn bound applies to)."""
+def with_source_checks(sources: DataFrame, profiles: DataFrame, previous: DataFrame, admitted: DataFrame) -> DataFrame:
+    """Sources with `profile_exists`, `record_admitted` (the consent gate admitted it) and `profile_id_kept`:
+    whether a record that was already published keeps its profile id (null for records new in this run, which
+    no churn bound applies to)."""
     before = previous.select(*SUBJECT, F.col("profile_id").alias("_before"))
     published = profiles.select("profile_id", F.lit(True).alias("_exists"))
+    gated = admitted.select(*SUBJECT, F.lit(True).alias("_admitted"))
     return (
         sources.join(published, "profile_id", "left")
         .join(before, list(SUBJECT), "left")
+        .join(gated, list(SUBJECT), "left")
         .withColumn("profile_exists", holds(F.col("_exists")))
+        .withColumn("record_admitted", holds(F.col("_admitted")))
         .withColumn("profile_id_kept", F.when(F.col("_before").isNotNull(), F.col("_before") == F.col("profile_id")))
-        .drop("_exists", "_before")
+        .drop("_exists", "_before", "_admitted")
     )
 
 
@@ -30,10 +34,14 @@ def checks(inputs: QualityInputs) -> list[TableCheck]:
         TableCheck(
             suite="profile_sources",
             table="gold/profile_sources",
-            frame=with_source_checks(inputs.profile_sources, inputs.profiles, inputs.previous_profile_sources),
+            frame=with_source_checks(
+                inputs.profile_sources, inputs.profiles, inputs.previous_profile_sources, inputs.admitted
+            ),
             expectations=[
                 *required_unique(*SUBJECT, description="each source record belongs to one profile"),
                 must_hold("profile_exists", "every source record points at a profile"),
+                # With the row count: the records in profiles are exactly those admitted, none swapped for another.
+                must_hold("record_admitted", "every source record was admitted by the consent gate"),
                 gx.expectations.ExpectTableRowCountToEqual(
                     value=inputs.admitted.count(),
                     description="reconciliation: every record the consent gate admitted is in a profile",

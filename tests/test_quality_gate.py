@@ -184,9 +184,15 @@ def test_profile_id_churn_over_the_bound_fails_and_new_records_do_not_count(spar
         "source_system string, source_record_id string, profile_id string",
     )
     profiles = spark.createDataFrame([("pA",), ("pB",), ("pC",)], "profile_id string")
-    checked = with_source_checks(sources, profiles, previous)
+    # "new" stands in for an admitted record the profiles lack: same count, another record
+    admitted = sources.select(
+        "source_system", F.regexp_replace("source_record_id", "new", "lost").alias("source_record_id")
+    )
+    checked = with_source_checks(sources, profiles, previous, admitted)
     kept = {r["source_record_id"]: r["profile_id_kept"] for r in checked.collect()}
     assert kept == {**{str(i): str(i) not in moved for i in range(10)}, "new": None}
+    was_admitted = {r["source_record_id"]: r["record_admitted"] for r in checked.collect()}
+    assert was_admitted == {**{str(i): True for i in range(10)}, "new": False}
 
     def churn_check(bound: float) -> TableCheck:
         return TableCheck("churn", "gold/profile_sources", checked, [must_hold("profile_id_kept", "churn", 1 - bound)])
@@ -244,3 +250,24 @@ def test_a_key_field_the_policy_keeps_out_of_silver_is_not_checked_for_its_forma
     others = {f.name: None for f in dataclasses.fields(QualityInputs) if f.name not in ("cfg", "silver")}
     (check,) = silver_suite.checks(QualityInputs(cfg=dataclasses.replace(cfg, policy=policy), silver=frame, **others))
     assert validate([check], "r").success
+
+
+def test_a_bronze_row_must_carry_its_own_sources_region_not_just_a_known_one(spark, cfg):
+    from expectations import bronze as bronze_suite
+
+    rows = [("ua_crm", "UA-1", "h1", "UA"), ("ro_shop", "R-1", "h2", "UA")]  # a Romanian record tagged Ukrainian
+    frame = spark.createDataFrame(
+        rows, "source_system string, source_record_id string, record_hash string, region string"
+    )
+    frame = frame.withColumn("ingested_at", F.current_timestamp())
+    runs = spark.createDataFrame(
+        [],
+        "run_id string, source_system string, rows_read long, rows_landed long, rows_quarantined long, "
+        "ingested_at timestamp",
+    )
+    others = {f.name: None for f in dataclasses.fields(QualityInputs) if f.name not in ("cfg", "bronze", "ingest_runs")}
+    bronze, _reconciliation = bronze_suite.checks(QualityInputs(cfg=cfg, bronze=frame, ingest_runs=runs, **others))
+    outcome = validate([bronze], "r")
+    assert outcome.failed == [
+        "bronze: expect_column_values_to_be_in_set(region_of_source): every row carries its source's region"
+    ]
