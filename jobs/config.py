@@ -7,6 +7,7 @@ One loader, `load_config`, reads every file, checks every key, and raises a sing
 from __future__ import annotations
 
 import codecs
+import functools
 import inspect
 import json
 import os
@@ -42,6 +43,8 @@ SOURCE_KEYS: tuple[str, ...] = (
     "schema_drift",
 )
 DATA_ROOTS: tuple[str, ...] = ("lakehouse", "landing", "ground_truth", "models", "reports")  # pipeline.yaml paths
+# The id every job keys a record by (resolve, profile ids, expectations); splink.yaml must name it.
+UNIQUE_ID_COLUMN = "record_id"
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONF_DIR = PROJECT_ROOT / "conf"
@@ -425,7 +428,13 @@ def _read_conf_file(path: Path, problems: _Problems) -> dict[str, Any]:
     if not path.is_file():
         problems.add(path.name, "<file>", f"not found in {path.parent}")
         return {}
-    text = path.read_text(encoding="utf-8")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        problems.add(path.name, f"line {line}", "not UTF-8 (save the file as UTF-8)")
+        return {}
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text) or {}
     except json.JSONDecodeError as exc:
@@ -445,6 +454,23 @@ def _read_conf_file(path: Path, problems: _Problems) -> dict[str, Any]:
 def _resolve(base: Path, value: str) -> Path:
     p = Path(os.path.expandvars(value)).expanduser()
     return p if p.is_absolute() else (base / p)
+
+
+def _string_list(
+    file: str, key: str, raw: Any, what: str, problems: _Problems, *, non_empty: bool = False
+) -> tuple[str, ...] | None:
+    """The strings of a YAML list of `what`; None, noting why, when raw is no list (or an empty one).
+
+    An item that is not a string (a nested list or mapping) is named by its index and dropped, so the
+    callers' membership checks see only strings (a list item is unhashable) and still check the rest.
+    """
+    if not isinstance(raw, list) or (non_empty and not raw):
+        problems.add(file, key, f"must be a {'non-empty ' if non_empty else ''}list of {what}")
+        return None
+    for i, item in enumerate(raw):
+        if not isinstance(item, str):
+            problems.add(file, f"{key}[{i}]", "must be a string")
+    return tuple(item for item in raw if isinstance(item, str))
 
 
 def _columns(
@@ -588,9 +614,15 @@ def _load_policy(raw: dict[str, Any], problems: _Problems) -> PurposePolicy | No
     for purpose, spec in purposes_raw.items():
         if isinstance(spec, dict):
             problems.unknown_keys(file, f"purposes.{purpose}", spec, ("lawful_bases",))
-        bases = spec.get("lawful_bases") if isinstance(spec, dict) else None
-        if not isinstance(bases, list) or not bases:
-            problems.add(file, f"purposes.{purpose}.lawful_bases", "must be a non-empty list")
+        bases = _string_list(
+            file,
+            f"purposes.{purpose}.lawful_bases",
+            spec.get("lawful_bases") if isinstance(spec, dict) else None,
+            "lawful bases",
+            problems,
+            non_empty=True,
+        )
+        if bases is None:
             continue
         for b in bases:
             if b not in LAWFUL_BASES:
@@ -599,20 +631,23 @@ def _load_policy(raw: dict[str, Any], problems: _Problems) -> PurposePolicy | No
                     f"purposes.{purpose}.lawful_bases",
                     f"'{b}' is not a GDPR Art. 6 lawful basis ({', '.join(LAWFUL_BASES)})",
                 )
-        purpose_bases[purpose] = tuple(bases)
+        purpose_bases[purpose] = bases
     if unification is not None and purposes_raw and unification not in purpose_bases:
         problems.add(file, "unification_purpose", f"'{unification}' is not listed under purposes")
-    sensitive = raw.get("sensitive") or []
-    if not isinstance(sensitive, list):
-        problems.add(file, "sensitive", "must be a list of canonical columns")
-        sensitive = []
+    sensitive = _string_list(file, "sensitive", raw.get("sensitive") or [], "canonical columns", problems) or ()
     for col in sensitive:
         if col not in CANONICAL_COLUMNS or col == "source_record_id":
             problems.add(file, f"sensitive.{col}", "is not a canonical attribute column")
-    pseudonymized = raw.get("pseudonymized_for_matching") or []
-    if not isinstance(pseudonymized, list):
-        problems.add(file, "pseudonymized_for_matching", "must be a list of sensitive canonical columns")
-        pseudonymized = []
+    pseudonymized = (
+        _string_list(
+            file,
+            "pseudonymized_for_matching",
+            raw.get("pseudonymized_for_matching") or [],
+            "sensitive canonical columns",
+            problems,
+        )
+        or ()
+    )
     for col in pseudonymized:
         if col not in PSEUDONYM_ATTRIBUTES:
             allowed = ", ".join(PSEUDONYM_ATTRIBUTES)
@@ -621,17 +656,17 @@ def _load_policy(raw: dict[str, Any], problems: _Problems) -> PurposePolicy | No
             problems.add(file, f"pseudonymized_for_matching.{col}", "must also be listed under sensitive")
     attributes_raw = problems.require(file, "", raw, "attributes", dict) or {}
     attribute_purposes: dict[str, tuple[str, ...]] = {}
-    for attr, purposes in attributes_raw.items():
+    for attr, purposes_listed in attributes_raw.items():
         if attr not in SILVER_ATTRIBUTES:
             problems.add(file, f"attributes.{attr}", f"is not a silver attribute ({', '.join(SILVER_ATTRIBUTES)})")
-        elif not isinstance(purposes, list) or not purposes:
-            problems.add(file, f"attributes.{attr}", "must be a non-empty list of purposes")
-        else:
+            continue
+        purposes = _string_list(file, f"attributes.{attr}", purposes_listed, "purposes", problems, non_empty=True)
+        if purposes is not None:
             for p in purposes:
                 if purposes_raw and p not in purpose_bases:
                     problems.add(file, f"attributes.{attr}", f"purpose '{p}' is not listed under purposes")
-            attribute_purposes[attr] = tuple(purposes)
-    for attr in silver_attributes(tuple(sensitive), tuple(pseudonymized)):
+            attribute_purposes[attr] = purposes
+    for attr in silver_attributes(sensitive, pseudonymized):
         if attr not in attributes_raw:
             problems.add(file, f"attributes.{attr}", "is missing: every silver attribute needs its purposes")
     if version is None or unification is None:
@@ -641,8 +676,8 @@ def _load_policy(raw: dict[str, Any], problems: _Problems) -> PurposePolicy | No
         unification_purpose=unification,
         purpose_bases=purpose_bases,
         attribute_purposes=attribute_purposes,
-        sensitive=tuple(sensitive),
-        pseudonymized=tuple(pseudonymized),
+        sensitive=sensitive,
+        pseudonymized=pseudonymized,
     )
 
 
@@ -668,19 +703,32 @@ def _check_splink_entry(file: str, key: str, entry: Any, module: Any, problems: 
     """A comparison (level): a function of module whose args fit it, and columns Splink is given."""
     if not isinstance(entry, dict) or not isinstance(entry.get("function"), str):
         problems.add(file, key, "must be a mapping with a 'function'")
-    elif not hasattr(module, entry["function"]):
+    elif entry["function"].startswith("_") or not hasattr(module, entry["function"]):
         problems.add(file, f"{key}.function", f"'{entry['function']}' is not in {module.__name__}")
     elif not isinstance(entry.get("args", {}), dict) or not isinstance(entry.get("configure", {}), dict):
         problems.add(file, key, "'args' and 'configure' must be mappings")
     else:
-        args = entry.get("args", {})
-        try:
-            inspect.signature(getattr(module, entry["function"])).bind(**args)
-        except TypeError as err:
-            problems.add(file, f"{key}.args", f"do not fit {entry['function']}: {err}")
+        function, args = entry["function"], entry.get("args", {})
+        creator = getattr(module, function)
+        _check_keywords(file, f"{key}.args", creator, args, function, problems)
+        if entry.get("configure"):
+            # configure is a method: None stands in for the comparison (level), which is not made at load time.
+            configure = functools.partial(creator.configure, None)
+            _check_keywords(file, f"{key}.configure", configure, entry["configure"], f"{function}.configure", problems)
         for name, value in args.items():
-            if name.startswith("col_name") and value not in LINKAGE_COLUMNS:
+            if isinstance(name, str) and name.startswith("col_name") and value not in LINKAGE_COLUMNS:
                 problems.add(file, f"{key}.args.{name}", f"'{value}' is not a linkage column")
+
+
+def _check_keywords(
+    file: str, key: str, target: Any, keywords: Mapping[Any, Any], name: str, problems: _Problems
+) -> None:
+    """A problem under key when keywords cannot be passed to target (the Splink call the YAML spells out), so a
+    misspelt or missing argument is named at load time rather than raised by Splink in train or resolve."""
+    try:
+        inspect.signature(target).bind(**keywords)
+    except TypeError as err:
+        problems.add(file, key, f"do not fit {name}: {err}")
 
 
 def _probability(file: str, key: str, value: Any, problems: _Problems) -> float:
@@ -731,6 +779,13 @@ def _load_linkage(raw: dict[str, Any], problems: _Problems) -> LinkageConfig | N
     if link_type is not None and link_type not in ("dedupe_only", "link_and_dedupe"):
         problems.add(file, "link_type", "must be dedupe_only or link_and_dedupe")
     unique_id = problems.require(file, "", raw, "unique_id_column", str)
+    if unique_id is not None and unique_id != UNIQUE_ID_COLUMN:
+        problems.add(
+            file,
+            "unique_id_column",
+            f"must be {UNIQUE_ID_COLUMN}: the pipeline keys records as {UNIQUE_ID_COLUMN} (resolve, profile ids, "
+            "expectations)",
+        )
     comparisons = problems.require(file, "", raw, "comparisons", list) or []
     for i, comp in enumerate(comparisons):
         if isinstance(comp, dict) and "levels" in comp:
@@ -804,10 +859,7 @@ def _load_survivorship(
     known = {c for _, columns in SILVER_ATTRIBUTES.values() for c in columns}
     # Without a policy (policy.yaml has problems of its own), what silver holds is unknown.
     held = known if policy is None else {c for a in policy.silver_attributes for c in SILVER_ATTRIBUTES[a][1]}
-    priority = raw.get("source_priority") or []
-    if not isinstance(priority, list) or not all(isinstance(x, str) for x in priority):
-        problems.add(file, "source_priority", "must be a list of source names")
-        priority = []
+    priority = _string_list(file, "source_priority", raw.get("source_priority") or [], "source names", problems) or ()
     for name in priority:
         if source_names and name not in source_names:
             problems.add(file, "source_priority", f"'{name}' is not a source in sources.yaml")
@@ -820,9 +872,10 @@ def _load_survivorship(
             problems.add(file, key, "must be a mapping with a strategy")
             continue
         problems.unknown_keys(file, key, spec, ("columns", "strategy", "tie_breakers"))
-        columns = spec.get("columns", [attribute])
-        if not isinstance(columns, list) or not columns:
-            problems.add(file, f"{key}.columns", "must be a non-empty list of silver columns")
+        columns = _string_list(
+            file, f"{key}.columns", spec.get("columns", [attribute]), "silver columns", problems, non_empty=True
+        )
+        if columns is None:
             continue
         for c in columns:
             if c not in known:
@@ -839,15 +892,14 @@ def _load_survivorship(
             else:
                 seen[c] = attribute
         strategy = spec.get("strategy")
-        tie_breakers = spec.get("tie_breakers", [])
-        if not isinstance(tie_breakers, list):
-            problems.add(file, f"{key}.tie_breakers", "must be a list of strategies")
-            tie_breakers = []
+        tie_breakers = (
+            _string_list(file, f"{key}.tie_breakers", spec.get("tie_breakers", []), "strategies", problems) or ()
+        )
         for where, s in [("strategy", strategy), *(("tie_breakers", t) for t in tie_breakers)]:
             if s not in SURVIVORSHIP_STRATEGIES:
                 problems.add(file, f"{key}.{where}", f"'{s}' is not one of {', '.join(SURVIVORSHIP_STRATEGIES)}")
-        rules.append(SurvivorshipRule(attribute, tuple(columns), str(strategy), tuple(tie_breakers)))
-    return SurvivorshipConfig(source_priority=tuple(priority), rules=tuple(rules))
+        rules.append(SurvivorshipRule(attribute, columns, str(strategy), tie_breakers))
+    return SurvivorshipConfig(source_priority=priority, rules=tuple(rules))
 
 
 def _load_quality(raw: Any, problems: _Problems) -> QualityConfig:

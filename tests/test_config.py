@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -172,13 +173,22 @@ def test_adding_a_region_is_a_config_change(tmp_path):
     assert cfg.source("pl_store").path == cfg.landing / "pl" / "clients.csv"
 
 
-def _policy_conf(tmp_path: Path, **changes) -> Path:
+def _edited_conf(tmp_path: Path, file: str, *changes: tuple[tuple[str | int, ...], Any]) -> Path:
+    """A copy of the project's conf whose YAML file has each (key path, value) change set."""
     conf = tmp_path / "conf"
     shutil.copytree(DEFAULT_CONF_DIR, conf)
-    data = yaml.safe_load((conf / "policy.yaml").read_text(encoding="utf-8"))
-    data.update(changes)
-    (conf / "policy.yaml").write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+    data = yaml.safe_load((conf / file).read_text(encoding="utf-8"))
+    for (*parents, last), value in changes:
+        node = data
+        for step in parents:
+            node = node[step]
+        node[last] = value
+    (conf / file).write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
     return conf
+
+
+def _policy_conf(tmp_path: Path, **changes: Any) -> Path:
+    return _edited_conf(tmp_path, "policy.yaml", *(((key,), value) for key, value in changes.items()))
 
 
 def test_pseudonymizing_a_national_id_is_off_by_default_and_checked_when_on(tmp_path):
@@ -293,4 +303,87 @@ def test_splink_comparisons_whose_args_do_not_fit_or_name_no_linkage_column_are_
         f"splink.yaml: comparisons[{n - 2}].args.col_name: 'emial' is not a linkage column",
         f"splink.yaml: comparisons[{n - 1}].args: do not fit JaroWinklerAtThresholds: "
         "got an unexpected keyword argument 'score_thresholds'",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("file", "key_path", "value", "problem"),
+    [
+        ("policy.yaml", ("sensitive",), [["email"], "health_note"], "sensitive[0]: must be a string"),
+        ("policy.yaml", ("attributes", "email"), [["profile_unification"]], "attributes.email[0]: must be a string"),
+        (
+            "policy.yaml",
+            ("pseudonymized_for_matching",),
+            [["national_id"]],
+            "pseudonymized_for_matching[0]: must be a string",
+        ),
+        (
+            "policy.yaml",
+            ("purposes", "analytics", "lawful_bases"),
+            ["consent", {"basis": "contract"}],
+            "purposes.analytics.lawful_bases[1]: must be a string",
+        ),
+        (
+            "survivorship.yaml",
+            ("attributes", "email", "columns"),
+            [["email"]],
+            "attributes.email.columns[0]: must be a string",
+        ),
+        (
+            "survivorship.yaml",
+            ("attributes", "email", "tie_breakers"),
+            [["source_priority"]],
+            "attributes.email.tie_breakers[0]: must be a string",
+        ),
+        (
+            "survivorship.yaml",
+            ("source_priority",),
+            ["eu_loyalty", ["ro_shop"]],
+            "source_priority[1]: must be a string",
+        ),
+    ],
+)
+def test_a_list_item_that_is_itself_a_list_or_mapping_is_named_instead_of_crashing(
+    tmp_path, file, key_path, value, problem
+):
+    with pytest.raises(ConfigError) as err:
+        load_config(_edited_conf(tmp_path, file, (key_path, value)))
+    assert err.value.problems == [f"{file}: {problem}"]
+
+
+@pytest.mark.parametrize("file", ["pipeline.yaml", "policy.yaml", "splink.yaml"])
+def test_a_conf_file_that_is_not_utf8_is_named(tmp_path, file):
+    conf = tmp_path / "conf"
+    shutil.copytree(DEFAULT_CONF_DIR, conf)
+    text = (conf / file).read_text(encoding="utf-8")
+    last_line = text.count("\n") + 1
+    (conf / file).write_bytes(text.encode("utf-8") + "# café\n".encode("cp1252"))  # as a Windows editor saves it
+    with pytest.raises(ConfigError) as err:
+        load_config(conf)
+    assert [p for p in err.value.problems if p.startswith(f"{file}: line ")] == [
+        f"{file}: line {last_line}: not UTF-8 (save the file as UTF-8)"
+    ]
+
+
+def test_splink_configure_options_and_a_unique_id_other_than_record_id_are_named(tmp_path):
+    splink = yaml.safe_load((DEFAULT_CONF_DIR / "splink.yaml").read_text(encoding="utf-8"))
+    phone = next(i for i, c in enumerate(splink["comparisons"]) if c.get("args", {}).get("col_name") == "phone")
+    conf = _edited_conf(
+        tmp_path,
+        "splink.yaml",
+        (("unique_id_column",), "customer_id"),
+        (("comparisons", phone, "configure"), {"term_frequency_adjustment": True}),
+        (("comparisons", 0, "levels", 1, "configure"), {"m_probabilities": [0.9]}),
+        (("comparisons", phone, "args"), {"col_name": "phone", 1: "x"}),
+    )
+    with pytest.raises(ConfigError) as err:
+        load_config(conf)
+    assert sorted(err.value.problems) == [
+        "splink.yaml: comparisons[0].levels[1].configure: do not fit ExactMatchLevel.configure: "
+        "got an unexpected keyword argument 'm_probabilities'",
+        f"splink.yaml: comparisons[{phone}].args: do not fit ExactMatch: keywords must be strings",
+        f"splink.yaml: comparisons[{phone}].configure: do not fit ExactMatch.configure: "
+        "got an unexpected keyword argument 'term_frequency_adjustment'",
+        "splink.yaml: unique_id_column: must be record_id: the pipeline keys records as record_id (resolve, "
+        "profile ids, expectations)",
     ]
