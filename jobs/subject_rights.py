@@ -363,7 +363,9 @@ def _pending_erasure(cfg: PipelineConfig, run_id: str) -> Path:
     return cfg.lakehouse / PENDING_ERASURES_DIR / f"{hashlib.sha256(run_id.encode()).hexdigest()[:20]}.json"
 
 
-def purge_erased_history(cfg: PipelineConfig, certificate: dict[str, Any], evidence: Iterable[str] = ()) -> dict:
+def purge_erased_history(
+    cfg: PipelineConfig, certificate: dict[str, Any], evidence: Iterable[str] = ()
+) -> dict[str, Any]:
     """Purge every table's history, check that no earlier version's file is left (and, when the values are at
     hand, that no log the purge wrote holds one), and complete the certificate."""
     job = {"run_id": certificate["run_id"], "job": JOB}
