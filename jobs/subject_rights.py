@@ -371,13 +371,16 @@ def purge_erased_history(
     job = {"run_id": certificate["run_id"], "job": JOB}
     tables = {name: path for name, path in cfg.tables.all().items() if delta_io.table_exists(path)}
     versions = {name: delta_io.purge_history(path, **job) for name, path in tables.items()}
-    left = sum(len(delta_io.files_of_earlier_versions(path)) for path in tables.values())
+    # Vacuum leaves what is hidden at a table's top (a `_temporary` folder another writer left): named, to remove.
+    left = [
+        str(f.relative_to(cfg.lakehouse)) for path in tables.values() for f in delta_io.files_of_earlier_versions(path)
+    ]
     logs = [f for path in tables.values() for f in (path / "_delta_log").rglob("*") if f.is_file()]
     hits = len(scan_for_values(cfg.lakehouse, evidence, logs))
     if left or hits:
         raise IdresError(
-            f"erasure incomplete: {left} file(s) of earlier versions left, {hits} log file(s) holding values of "
-            f"subject {certificate['subject_reference']}"
+            f"erasure incomplete: {len(left)} file(s) of earlier versions left ({', '.join(left[:5])}), {hits} log "
+            f"file(s) holding values of subject {certificate['subject_reference']}; remove the files and retry"
         )
     return {**certificate, "table_versions_after": versions}
 

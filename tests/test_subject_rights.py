@@ -266,3 +266,23 @@ def test_an_erasure_killed_while_purging_history_is_finished_by_its_retry(spark,
     # A later request for the erased subject has nothing left to erase or check, and says so.
     with pytest.raises(IdresError, match="in the erasure register already"):
         subject_rights.run(spark, cfg, run_id="sr-again", action="erase", record=["ua_crm:UA-9"])
+
+
+def test_a_file_vacuum_leaves_in_a_table_fails_the_purge_naming_it_and_the_retry_after_its_removal_finishes(
+    tmp_path,
+):
+    from tests.conftest import config_in
+
+    cfg = config_in(tmp_path)
+    for value in (1, 2):
+        write_deltalake(str(cfg.tables.silver), pa.table({"a": [value]}), mode="overwrite")
+    leftover = cfg.tables.silver / "_temporary" / "0" / "part-0.parquet"  # another writer's, killed
+    leftover.parent.mkdir(parents=True)
+    pq.write_table(pa.table({"a": [3]}), leftover)
+    certificate = {"run_id": "sr-x", "subject_reference": "ref"}
+
+    relative = leftover.relative_to(cfg.lakehouse)
+    with pytest.raises(IdresError, match=rf"1 file\(s\) of earlier versions left \({re.escape(str(relative))}\)"):
+        subject_rights.purge_erased_history(cfg, certificate)
+    leftover.unlink()
+    assert set(subject_rights.purge_erased_history(cfg, certificate)["table_versions_after"]) == {"silver"}
