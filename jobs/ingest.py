@@ -128,8 +128,9 @@ def json_lines(lines: DataFrame, schema: T.StructType) -> DataFrame:
 
     Spark's JSON reader would turn a line holding an array of objects into several records, and one holding
     an empty array into none; parsing line by line keeps read = lines. A UTF-8 byte-order mark is dropped.
+    Single-quoted pseudo-JSON (a Python dict's repr) is no JSON, so it is corrupt too.
     """
-    options = {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT}
+    options = {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT, "allowSingleQuotes": "false"}
     text = F.col("_text")
     corrupt = F.struct(*[(text if f.name == CORRUPT else F.lit(None)).cast(f.dataType).alias(f.name) for f in schema])
     record = F.when(single_json_value(text), F.from_json(text, schema, options)).otherwise(corrupt)

@@ -204,7 +204,7 @@ def test_quoted_line_breaks_stay_in_their_record_whatever_the_line_endings(spark
     assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
 
 
-def test_a_jsonl_line_holding_more_than_one_json_object_is_quarantined_whole(spark, cfg, tmp_path):
+def test_a_jsonl_line_holding_anything_but_one_json_object_is_quarantined_whole(spark, cfg, tmp_path):
     lines = [
         '{"id_client": "R0", "nume": "Pop"}',
         '{"id_client": "R1", "nume": "Pop"}{"id_client": "R2", "nume": "Ion"}',
@@ -213,13 +213,14 @@ def test_a_jsonl_line_holding_more_than_one_json_object_is_quarantined_whole(spa
         '{"id_client": "R5", "nume": "Pop"}]',  # the last line of a pretty-printed array
         '{"id_client": "R6", "nume": "Pop"}}',
         '{"id_client": "R7", "nume": "Pop"}, {"id_client": "R8", "nume": "Ion"}',
+        "{'id_client': 'R9', 'nume': 'Pop'}",  # a Python dict's repr, not JSON
     ]
     path = tmp_path / "customers.jsonl"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     source = dataclasses.replace(cfg.source("ro_shop"), path=path)
     actual = validated_rows(spark, source).select("source_record_id", "last_name", ingest.REASON)
     malformed = (None, None, "malformed_record")
-    expected = spark.createDataFrame([("R0", "Pop", None)] + [malformed] * 6, actual.schema)
+    expected = spark.createDataFrame([("R0", "Pop", None)] + [malformed] * 7, actual.schema)
     assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
 
 
