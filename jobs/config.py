@@ -428,7 +428,11 @@ def _read_conf_file(path: Path, problems: _Problems) -> dict[str, Any]:
     if not path.is_file():
         problems.add(path.name, "<file>", f"not found in {path.parent}")
         return {}
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        problems.add(path.name, "<file>", f"cannot be read ({exc.strerror or type(exc).__name__})")
+        return {}
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

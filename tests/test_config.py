@@ -365,6 +365,18 @@ def test_a_conf_file_that_is_not_utf8_is_named(tmp_path, file):
     ]
 
 
+def test_a_conf_file_that_cannot_be_read_is_named_with_the_other_problems(tmp_path):
+    conf = tmp_path / "conf"
+    shutil.copytree(DEFAULT_CONF_DIR, conf)
+    (conf / "policy.yaml").unlink()
+    (conf / "policy.yaml").symlink_to("/proc/self/mem")  # a regular file every read of which fails (EIO), even as root
+    (conf / "splink.yaml").unlink()
+    with pytest.raises(ConfigError) as err:
+        load_config(conf)
+    assert "policy.yaml: <file>: cannot be read (Input/output error)" in err.value.problems
+    assert any(p.startswith("splink.yaml: <file>: not found") for p in err.value.problems)
+
+
 def test_splink_configure_options_and_a_unique_id_other_than_record_id_are_named(tmp_path):
     splink = yaml.safe_load((DEFAULT_CONF_DIR / "splink.yaml").read_text(encoding="utf-8"))
     phone = next(i for i, c in enumerate(splink["comparisons"]) if c.get("args", {}).get("col_name") == "phone")
