@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import shutil
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -221,12 +221,26 @@ def read_delta_or_empty(spark: SparkSession, path: Path | str, schema: str) -> D
     return read_delta(spark, path) if table_exists(path) else spark.createDataFrame([], schema)
 
 
-def query_delta(sql: str, **tables: Path | str) -> pa.Table:
-    """Run SQL over Delta tables with delta-rs' engine, outside Spark (summaries, CLI queries)."""
+def query_delta(sql: str, versions: Mapping[str, int] | None = None, **tables: Path | str) -> pa.Table:
+    """Run SQL over Delta tables with delta-rs' engine, outside Spark (summaries, CLI queries). Each table is read
+    at its current version, or at the version `versions` gives for its alias (time travel)."""
+    versions = versions or {}
     qb = QueryBuilder()
     for name, path in tables.items():
-        qb = qb.register(name, DeltaTable(str(path)))
+        qb = qb.register(name, DeltaTable(str(path), version=versions.get(name)))
     return pa.table(qb.execute(sql).read_all())
+
+
+def run_finished_at(paths: Iterable[Path | str], run_id: str) -> int | None:
+    """The commit time (epoch ms) of run_id's last commit to any of the tables; None when it committed to none."""
+    times = [c["timestamp"] for p in paths for c in history(p) if c.get("run_id") == run_id]
+    return max(times, default=None)
+
+
+def version_at(path: Path | str, timestamp_ms: int) -> int | None:
+    """The table's last version committed at or before timestamp_ms; None when it held none then (created later,
+    or the versions of that time purged by an erasure)."""
+    return max((c["version"] for c in history(path) if c["timestamp"] <= timestamp_ms), default=None)
 
 
 def row_count(path: Path | str) -> int:

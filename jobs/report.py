@@ -8,7 +8,7 @@ person's values or ids, not even pseudonymous profile ids.
 
 The page is self-contained and opens offline: charts are matplotlib SVG inlined with their text kept
 as text, the Splink model charts are copied beside it and framed, and nothing loads from a network.
-Tables hold their current version, which after a run is that run's result.
+Tables are read as the run left them (see RunResults), so a report regenerated later shows the same figures.
 
     python -m jobs.report --run-id <run id>
 """
@@ -72,18 +72,41 @@ def unpublished_candidates(tables: TablePaths, run_id: str) -> dict[str, Path]:
 
 
 class RunResults:
-    """The report's queries for one run, each executed once (a table and a chart may show one result)."""
+    """The report's queries for one run, each executed once (a table and a chart may show one result).
+
+    Each published table is read as the run left it: at its last version committed by the run's last commit
+    (time travel), so a report regenerated after later runs still shows this run's figures. A run that
+    committed nothing is reported on the current versions.
+    """
 
     def __init__(self, tables: TablePaths, run_id: str) -> None:
         self.tables, self.run_id = tables, run_id
         self.candidates = unpublished_candidates(tables, run_id)
+        existing = [p for p in tables.all().values() if delta_io.table_exists(p)]
+        self.finished_at = delta_io.run_finished_at(existing, run_id)
+        self._versions: dict[Path, int | None] = {}
         self._results: dict[int, pa.Table | None] = {}
 
+    def _version(self, path: Path) -> int | None:
+        if path not in self._versions:
+            self._versions[path] = delta_io.version_at(path, self.finished_at)
+        return self._versions[path]
+
     def table(self, query: RunQuery) -> pa.Table | None:
-        """The query's result, or None when a table it reads is missing."""
+        """The query's result, or None when a table it reads is missing, or held no version when the run ended."""
         if id(query) not in self._results:
-            available = query.available(self.tables, self.candidates)
-            result = query.execute(self.tables, self.run_id, self.candidates) if available else None
+            result = None
+            if query.available(self.tables, self.candidates):
+                versions = {}
+                if self.finished_at is not None:
+                    published = {
+                        a: p
+                        for a, p in query.paths(self.tables, self.candidates).items()
+                        if p not in self.candidates.values()
+                    }
+                    versions = {alias: self._version(path) for alias, path in published.items()}
+                if None not in versions.values():
+                    result = query.execute(self.tables, self.run_id, self.candidates, versions)
             self._results[id(query)] = result
         return self._results[id(query)]
 

@@ -46,9 +46,14 @@ class RunQuery:
         return self.sql.format(run=run_filter)
 
     def execute(
-        self, tables: TablePaths, run_id: str | None = None, instead: Mapping[str, Path] | None = None
+        self,
+        tables: TablePaths,
+        run_id: str | None = None,
+        instead: Mapping[str, Path] | None = None,
+        versions: Mapping[str, int] | None = None,
     ) -> pa.Table:
-        return delta_io.query_delta(self.statement(run_id), **self.paths(tables, instead))
+        """The query's result; `versions` gives an alias's table version to read, else its current one."""
+        return delta_io.query_delta(self.statement(run_id), versions, **self.paths(tables, instead))
 
 
 BRONZE_ROWS = RunQuery(

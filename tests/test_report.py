@@ -196,3 +196,25 @@ def test_a_run_report_folder_is_named_safely_from_the_run_id(cfg):
     assert folder == cfg.reports / "runs" / "manual__2026-11-22T08_21_18.831069_00_00"
     with pytest.raises(IdresError, match="run id"):
         cfg.run_report_dir("..")
+
+
+def test_a_report_regenerated_after_later_runs_shows_the_tables_as_its_run_left_them(spark, published, tmp_path):
+    cfg = copy_lakehouse(published, tmp_path)
+    bronze = delta_io.read_delta(spark, cfg.tables.bronze)
+    as_run_left_them = {
+        (r["region"], r["source_system"], str(r["count"]))
+        for r in bronze.groupBy("region", "source_system").count().collect()
+    }
+    eu_only = bronze.where("region = 'EU'").toArrow()
+    delta_io.overwrite_delta(eu_only, cfg.tables.bronze, run_id="later", job="ingest")
+
+    def bronze_rows(run_id: str) -> set[tuple[str, ...]] | None:
+        page = RenderedPage(write_auditor_report(cfg, run_id, cfg.run_report_dir(run_id)).read_text(encoding="utf-8"))
+        return {tuple(r) for r in page.tables["bronze-rows"][1:]} if "bronze-rows" in page.tables else None
+
+    assert bronze_rows(RUN) == as_run_left_them
+    assert bronze_rows("later") == {r for r in as_run_left_them if r[0] == "EU"}
+    assert {r[0] for r in as_run_left_them} == {"EU", "RO", "UA"}
+
+    delta_io.purge_history(cfg.tables.bronze, run_id="erasure-1", job="erase")  # what an erasure does
+    assert bronze_rows(RUN) is None  # its version is gone: not available, never the current one
