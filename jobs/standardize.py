@@ -238,7 +238,12 @@ def _latin_address_udf(texts: pd.Series) -> pd.Series:
 
 
 def latest_bronze_records(bronze: DataFrame) -> DataFrame:
-    """The current version of each source record: bronze keeps every version ever landed."""
+    """The current version of each source record: bronze keeps every version ever landed.
+
+    The version its source updated last (`updated_at`) is current, whenever it was ingested; a version without
+    an update time loses to a dated one. Among versions updated at the same time (or all undated), the one
+    ingested last wins, then the lowest record hash, so the choice never depends on the order of the rows.
+    """
     newest = Window.partitionBy("source_system", "source_record_id").orderBy(
         F.col("updated_at").desc_nulls_last(), F.col("ingested_at").desc(), F.col("record_hash")
     )

@@ -330,3 +330,93 @@ def test_an_incremental_rerun_of_a_run_records_the_counts_its_first_attempt_did(
     assert counts("r1") == first
     ingest.run(spark, cfg, run_id="r2", mode="incremental")  # a new run on the same extracts skips them
     assert counts("r2") == dict.fromkeys(first, 0)
+
+
+def ua_record(record_id: str, last_name: str, born: str = "24.08.1991") -> dict[str, str]:
+    return {
+        "source_record_id": record_id,
+        "last_name": last_name,
+        "first_name": "Олександр",
+        "date_of_birth": born,
+        "updated_at": "01.03.2025 10:15",
+    }
+
+
+def test_an_incremental_run_reads_a_changed_extract_whole_and_skips_the_unchanged_ones(spark, cfg):
+    from jobs import demo_data
+    from tests.conftest import write_ua_crm
+
+    demo_data.generate(cfg, people=5, seed=8)
+    first = [ua_record("UA-1", "Шевченко"), ua_record("UA-2", "Коваль")]
+    write_ua_crm(cfg, first)
+    ingest.run(spark, cfg, run_id="r1", mode="incremental")
+    write_ua_crm(cfg, [*first, ua_record("UA-3", "Бондар")])  # one record added; the other extracts as they were
+
+    result = ingest.run(spark, cfg, run_id="r2", mode="incremental")
+
+    # A changed extract is not skipped, so it is read whole (README: incremental skips only byte-identical
+    # extracts); bronze's merge then adds only the new record.
+    audit = (
+        delta_io.read_delta(spark, cfg.tables.ingest_runs)
+        .where("run_id = 'r2'")
+        .select("source_system", "rows_read", "rows_landed", "rows_quarantined")
+    )
+    expected_audit = spark.createDataFrame(
+        [("ua_crm", 3, 3, 0), ("ro_shop", 0, 0, 0), ("eu_loyalty", 0, 0, 0)], audit.schema
+    )
+    assert_df_equality(audit, expected_audit, ignore_row_order=True, ignore_nullable=True)
+    assert result.bronze_inserted == 1
+    bronze = (
+        delta_io.read_delta(spark, cfg.tables.bronze)
+        .where("source_system = 'ua_crm'")
+        .select("source_record_id", "last_name", "run_id")
+    )
+    expected_bronze = spark.createDataFrame(
+        [("UA-1", "Шевченко", "r1"), ("UA-2", "Коваль", "r1"), ("UA-3", "Бондар", "r2")], bronze.schema
+    )
+    assert_df_equality(bronze, expected_bronze, ignore_row_order=True, ignore_nullable=True)
+
+
+def test_every_record_of_an_extract_is_read_and_either_lands_in_bronze_or_in_quarantine(spark, cfg):
+    from jobs import demo_data
+
+    demo_data.generate(cfg, people=5, seed=8)
+    records = [
+        ua_row("UA-1", "вул. Хрещатик 1"),
+        ua_row("UA-2", '"вул. Франка 3\nкв. 5"'),  # one record on two lines
+        ua_row("UA-3", "вул. Бандери 7", ";unexpected"),  # wrong_field_count
+        "UA-4;Коваль;Ірина;;31.02.1990;ж;;;;;;;01.03.2025 10:16",  # unparseable_date
+        ";Бондар;Анна;;01.01.1980;ж;;;;;;;01.03.2025 10:17",  # missing_source_id
+        ua_row("UA-6", "вул. Шевченка 2"),
+    ]
+    written = 6  # counted by hand: records, not lines
+    cfg.source("ua_crm").path.write_text("\n".join([CSV_HEADER, *records]) + "\n", encoding="utf-8")
+
+    result = ingest.run(spark, cfg, run_id="r1")
+
+    ua = next(s for s in result.sources if s.source_system == "ua_crm")
+    assert ua.read == written
+    audit = delta_io.read_delta(spark, cfg.tables.ingest_runs).where("run_id = 'r1' AND source_system = 'ua_crm'")
+    assert audit.first()["rows_read"] == written
+    # Independent of the run's own counts: what the tables hold for this source and run.
+    bronze = (
+        delta_io.read_delta(spark, cfg.tables.bronze)
+        .where("source_system = 'ua_crm' AND run_id = 'r1'")
+        .select("source_record_id")
+    )
+    quarantine = (
+        delta_io.read_delta(spark, cfg.tables.quarantine)
+        .where("source_system = 'ua_crm' AND run_id = 'r1'")
+        .select("source_record_id", "reason")
+    )
+    assert bronze.count() + quarantine.count() == written
+    assert_df_equality(
+        bronze,
+        spark.createDataFrame([("UA-1",), ("UA-2",), ("UA-6",)], bronze.schema),
+        ignore_row_order=True,
+        ignore_nullable=True,
+    )
+    expected_quarantine = spark.createDataFrame(
+        [("UA-3", "wrong_field_count"), ("UA-4", "unparseable_date"), (None, "missing_source_id")], quarantine.schema
+    )
+    assert_df_equality(quarantine, expected_quarantine, ignore_row_order=True, ignore_nullable=True)

@@ -184,6 +184,46 @@ def test_the_current_version_of_each_record_wins(spark):
     assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
 
 
+VERSIONS_SCHEMA = (
+    "source_system string, source_record_id string, updated_at timestamp, ingested_at timestamp, "
+    "record_hash string, last_name string"
+)
+
+
+def test_the_version_updated_last_in_its_source_wins_whenever_it_was_ingested(spark):
+    df = spark.createDataFrame(
+        [
+            # An older version ingested later (a late or replayed extract) does not replace a newer one.
+            ("s", "1", dt.datetime(2025, 3, 1), dt.datetime(2025, 3, 2), "h1", "updated last"),
+            ("s", "1", dt.datetime(2025, 1, 1), dt.datetime(2025, 4, 1), "h2", "ingested last"),
+            # Versions updated at the same time: the one ingested last wins.
+            ("s", "2", dt.datetime(2025, 3, 1), dt.datetime(2025, 3, 2), "h3", "ingested first"),
+            ("s", "2", dt.datetime(2025, 3, 1), dt.datetime(2025, 4, 1), "h4", "ingested last"),
+        ],
+        VERSIONS_SCHEMA,
+    )
+    actual = df.transform(standardize.latest_bronze_records).select("source_record_id", "last_name")
+    expected = spark.createDataFrame([("1", "updated last"), ("2", "ingested last")], actual.schema)
+    assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
+
+
+def test_a_version_without_an_update_time_loses_to_a_dated_one(spark):
+    df = spark.createDataFrame(
+        [
+            # The undated version is ingested last, and still loses.
+            ("s", "1", dt.datetime(2025, 1, 1), dt.datetime(2025, 3, 2), "h1", "dated"),
+            ("s", "1", None, dt.datetime(2025, 4, 1), "h2", "undated"),
+            # Among undated versions only, the one ingested last wins.
+            ("s", "2", None, dt.datetime(2025, 3, 2), "h3", "ingested first"),
+            ("s", "2", None, dt.datetime(2025, 4, 1), "h4", "ingested last"),
+        ],
+        VERSIONS_SCHEMA,
+    )
+    actual = df.transform(standardize.latest_bronze_records).select("source_record_id", "last_name")
+    expected = spark.createDataFrame([("1", "dated"), ("2", "ingested last")], actual.schema)
+    assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
+
+
 def test_no_sensitive_column_reaches_silver(spark, corrupt_demo_cfg):
     from jobs import delta_io, ingest
 
