@@ -34,6 +34,7 @@ def ledger_row(subject, event_id, purpose, basis, status, event_time, recorded=N
 
 
 def test_effective_consent_takes_the_latest_event_and_withdrawal_wins_ties(spark):
+    cutoff = dt.datetime.fromisoformat(CUTOFF)
     rows = [
         ledger_row("1", "a", "profile_unification", "consent", "granted", ts("2025-01-01")),
         ledger_row("1", "b", "profile_unification", "consent", "withdrawn", ts("2025-02-01")),
@@ -49,9 +50,13 @@ def test_effective_consent_takes_the_latest_event_and_withdrawal_wins_ties(spark
         ledger_row("6", "k", "marketing_email", "consent", "granted", ts("2025-04-01"), expires=ts("2025-05-01")),
         ledger_row("7", "l", "marketing_email", "consent", "granted", ts("2025-01-01")),
         ledger_row("7", "m", "marketing_email", "consent", "granted", ts("2025-04-01"), expires=ts("2025-05-01")),
+        # At the cutoff exactly: a grant expiring then is no longer in force; an event then is counted.
+        ledger_row("8", "n", "profile_unification", "consent", "granted", ts("2025-01-01"), expires=cutoff),
+        ledger_row("9", "o", "profile_unification", "consent", "granted", ts("2025-01-01")),
+        ledger_row("9", "p", "profile_unification", "consent", "withdrawn", cutoff),
     ]
     ledger = spark.createDataFrame(rows, LEDGER_SCHEMA)
-    actual = consent.effective_consent(ledger, dt.datetime.fromisoformat(CUTOFF)).select(
+    actual = consent.effective_consent(ledger, cutoff).select(
         "source_record_id", "purpose", "lawful_basis", "effective_status", "is_granted", "deciding_event_id"
     )
     expected = spark.createDataFrame(
@@ -63,6 +68,8 @@ def test_effective_consent_takes_the_latest_event_and_withdrawal_wins_ties(spark
             ("5", "profile_unification", "contract", "granted", True, "h"),
             ("6", "marketing_email", "consent", "withdrawn", False, "j"),
             ("7", "marketing_email", "consent", "granted", True, "l"),
+            ("8", "profile_unification", "consent", "expired", False, "n"),
+            ("9", "profile_unification", "consent", "withdrawn", False, "p"),
         ],
         actual.schema,
     )
@@ -195,6 +202,9 @@ GOOD_EVENTS = [
     event("UA-5", "marketing_email", "consent", "granted", "2025-01-01T10:00:00+02:00"),
     event("UA-5", "marketing_sms", "consent", "granted", "2025-01-01T10:00:00+02:00"),
     event("UA-6", "profile_unification", "legitimate_interest", "granted", "2025-01-01T10:00:00+02:00"),
+    event("UA-7", "profile_unification", "consent", "denied", "2025-01-01T10:00:00+02:00"),
+    event("UA-8", "profile_unification", "consent", "granted", "2025-01-01T10:00:00+02:00"),
+    event("UA-8", "profile_unification", "consent", "denied", "2025-03-01T10:00:00+02:00"),
 ]
 BAD_EVENTS = [
     event("UA-5", "newsletter", "consent", "granted", "2025-01-01T10:00:00+02:00"),
@@ -222,6 +232,8 @@ def gate_world(spark, tmp_path_factory):
             person("UA-4"),
             person("UA-5"),
             person("UA-6", email="not an email"),
+            person("UA-7"),
+            person("UA-8"),
         ],
     )
     write_consent_feed(cfg, "ua_crm", GOOD_EVENTS + BAD_EVENTS)
@@ -250,6 +262,8 @@ def test_only_records_with_a_permitted_granted_basis_are_admitted(spark, gate_wo
             ("UA-4", "excluded", "no_lawful_basis_recorded", "2026-11-01.1"),
             ("UA-5", "admitted", "basis_granted", "2026-11-01.1"),
             ("UA-6", "excluded", "basis_not_permitted_for_purpose", "2026-11-01.1"),
+            ("UA-7", "excluded", "consent_denied", "2026-11-01.1"),
+            ("UA-8", "excluded", "consent_denied", "2026-11-01.1"),
         ],
         actual.schema,
     )
@@ -304,9 +318,9 @@ def test_admitted_records_keep_only_the_attributes_their_purposes_allow(spark, g
 
 def test_counts_reconcile_bronze_equals_admitted_plus_excluded(spark, gate_world):
     cfg, first, _ = gate_world
-    assert first.records == delta_io.read_delta(spark, cfg.tables.bronze).count() == 6
+    assert first.records == delta_io.read_delta(spark, cfg.tables.bronze).count() == 8
     assert first.admitted == 2
-    assert sum(first.excluded.values()) == 4
+    assert sum(first.excluded.values()) == 6
     assert first.reconciled
 
 
@@ -328,7 +342,7 @@ def test_invalid_consent_events_are_quarantined_with_reasons(spark, gate_world):
     assert first.events_read == len(GOOD_EVENTS) + len(BAD_EVENTS)
     assert delta_io.read_delta(spark, cfg.tables.consent_ledger).count() == len(GOOD_EVENTS)
     runs = delta_io.read_delta(spark, cfg.tables.consent_runs).where("run_id = 'r1'").drop("landed_at")
-    expected = spark.createDataFrame([("r1", "ua_crm", 15, 9, 6)], runs.schema)  # read = landed + quarantined
+    expected = spark.createDataFrame([("r1", "ua_crm", 18, 12, 6)], runs.schema)  # read = landed + quarantined
     assert_df_equality(runs, expected, ignore_nullable=True)
 
 
@@ -347,8 +361,11 @@ def test_audit_tables_hold_no_personal_values(spark, gate_world):
     assert silver.where(F.col("email") == CANARIES[2]).count() == 2
 
 
-def test_a_consent_event_arriving_in_a_later_run_admits_the_record(spark, gate_world):
-    cfg, first, _ = gate_world
+def test_a_consent_event_arriving_in_a_later_run_admits_the_record(spark, gate_world, tmp_path):
+    from tests.conftest import copy_lakehouse
+
+    first = gate_world[1]
+    cfg = copy_lakehouse(gate_world[0], tmp_path).with_paths(landing=tmp_path / "landing")
     assert first.excluded["no_lawful_basis_recorded"] == 1  # UA-4 has no event yet
     write_consent_feed(cfg, "ua_crm", [*GOOD_EVENTS, *BAD_EVENTS, LATE_EVENT])
     second = consent.run(spark, cfg, run_id="r2", cutoff=CUTOFF)
@@ -364,7 +381,7 @@ def test_a_retried_run_replaces_its_first_attempts_decisions_and_a_second_retry_
 
     cfg = copy_lakehouse(gate_world[0], tmp_path).with_paths(landing=tmp_path / "landing")
     withdrawal = event("UA-5", "profile_unification", "consent", "withdrawn", "2025-07-01T10:00:00+02:00")
-    # LATE_EVENT too: another test may have landed it in the shared world's ledger already.
+    # LATE_EVENT too: the retry decides UA-4, which the first attempt excluded, anew.
     write_consent_feed(cfg, "ua_crm", [*GOOD_EVENTS, *BAD_EVENTS, LATE_EVENT, withdrawal])
 
     consent.run(spark, cfg, run_id="r1", cutoff=CUTOFF)  # Airflow's retry of the fixture's run, same run id
@@ -383,6 +400,8 @@ def test_a_retried_run_replaces_its_first_attempts_decisions_and_a_second_retry_
             ("UA-4", "marketing_phone", "suppressed", "purpose_not_permitted"),
             ("UA-5", "*", "excluded", "consent_withdrawn"),
             ("UA-6", "*", "excluded", "basis_not_permitted_for_purpose"),
+            ("UA-7", "*", "excluded", "consent_denied"),
+            ("UA-8", "*", "excluded", "consent_denied"),
         ],
         decisions.schema,
     )
@@ -435,7 +454,7 @@ def test_an_erased_subjects_consent_events_are_not_landed_again(spark, gate_worl
     assert result.events_quarantined == {ingest.ERASED_SUBJECT: 8, "malformed_record": 1}
     assert result.events_read == len(GOOD_EVENTS) + len(BAD_EVENTS)
     runs = delta_io.read_delta(spark, cfg.tables.consent_runs).where("run_id = 'r4'").drop("landed_at")
-    assert_df_equality(runs, spark.createDataFrame([("r4", "ua_crm", 15, 6, 9)], runs.schema), ignore_nullable=True)
+    assert_df_equality(runs, spark.createDataFrame([("r4", "ua_crm", 18, 9, 9)], runs.schema), ignore_nullable=True)
     for table in (cfg.tables.consent_ledger, cfg.tables.effective_consent, cfg.tables.consent_quarantine):
         assert delta_io.read_delta(spark, table).where("source_record_id = 'UA-5'").count() == 0, table
     quarantined = (

@@ -204,6 +204,46 @@ def test_permissions_follow_the_latest_decision_across_the_profiles_records(spar
     assert_df_equality(permissions, expected, ignore_row_order=True, ignore_nullable=True)
 
 
+def test_a_withdrawal_beats_a_grant_at_the_same_time_and_a_lapsed_grant_decides_nothing_across_records(spark, cfg):
+    # P3: record 5 granted marketing email and record 6 withdrew it at the same instant; the grant's event id
+    # sorts first, so only the status decides the tie. P4: record 7's newer marketing grant has lapsed, record 8's
+    # older one is still in force.
+    contributors = spark.createDataFrame(
+        [("P3", "ua_crm", "5"), ("P3", "ro_shop", "6"), ("P4", "ua_crm", "7"), ("P4", "eu_loyalty", "8")],
+        "profile_id string, source_system string, source_record_id string",
+    )
+    effective = spark.createDataFrame(
+        [
+            ("ua_crm", "5", UNIFICATION, "consent", "granted", True, "e-u5", T(2026, 1, 1), None),
+            ("ua_crm", "5", "marketing_email", "consent", "granted", True, "e-m5", T(2026, 3, 1), None),
+            ("ro_shop", "6", UNIFICATION, "contract", "granted", True, "e-u6", T(2026, 1, 2), None),
+            ("ro_shop", "6", "marketing_email", "consent", "withdrawn", False, "e-m6", T(2026, 3, 1), None),
+            ("ua_crm", "7", UNIFICATION, "consent", "granted", True, "e-u7", T(2026, 1, 1), None),
+            ("ua_crm", "7", "marketing_email", "consent", "expired", False, "e-m7", T(2026, 4, 1), T(2026, 5, 1)),
+            ("eu_loyalty", "8", UNIFICATION, "consent", "granted", True, "e-u8", T(2026, 1, 3), None),
+            ("eu_loyalty", "8", "marketing_email", "consent", "granted", True, "e-m8", T(2026, 1, 1), None),
+        ],
+        EFFECTIVE_SCHEMA,
+    )
+    permissions = unify.profile_permissions(contributors, effective, cfg.policy).select(
+        "profile_id", "purpose", "allowed", "status", "lawful_basis", "deciding_source_record_id", "deciding_event_id"
+    )
+    expected = spark.createDataFrame(
+        [
+            ("P3", UNIFICATION, True, "granted", "contract", "6", "e-u6"),
+            ("P3", "marketing_email", False, "withdrawn", "consent", "6", "e-m6"),
+            ("P3", "marketing_sms", False, "none_recorded", None, None, None),
+            ("P3", "analytics", False, "none_recorded", None, None, None),
+            ("P4", UNIFICATION, True, "granted", "consent", "8", "e-u8"),
+            ("P4", "marketing_email", True, "granted", "consent", "8", "e-m8"),
+            ("P4", "marketing_sms", False, "none_recorded", None, None, None),
+            ("P4", "analytics", False, "none_recorded", None, None, None),
+        ],
+        permissions.schema,
+    )
+    assert_df_equality(permissions, expected, ignore_row_order=True, ignore_nullable=True)
+
+
 def test_profile_sources_carry_the_match_evidence(spark, cfg):
     sources = hand_gold(spark, cfg.policy).profile_sources.select(
         "profile_id", "record_id", "best_match_record_id", "best_match_probability"
