@@ -17,7 +17,8 @@ The subject is the given source records, or every source record of the given pro
   them, and writes an erasure certificate (hashes, tables, versions, time; no values). A retry of a failed
   erasure (same run id) reads the tables as its first attempt found them, so it erases and checks the same
   records and values; after the scan, the certificate waits under <lakehouse>/_erasures/ until the purge is
-  done, so a retry of an attempt killed in the purge finishes the purge from it.
+  done, so the next erasure (a retry, or any later one) finishes the purge from it. A rerun of a finished
+  erasure returns its certificate. A --record that no table holds (a typo) fails the request.
 Files go to <reports>/subject_requests/. Logs carry counts and hashes only.
 """
 
@@ -27,9 +28,11 @@ import argparse
 import hashlib
 import json
 import logging
-from collections.abc import Iterable, Sequence
+import re
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import reduce
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +112,12 @@ def find_subject(
             raise IdresError("--record must be <source_system>:<source_record_id>")
         wanted.append((source, record_id))
     given = spark.createDataFrame(wanted, "source_system string, source_record_id string")
+    unknown = len(set(wanted)) - held_records(spark, t, given, run_id)
+    if unknown:
+        raise IdresError(
+            f"{unknown} of the given record(s) are held in no table and not in the erasure register (source "
+            "systems and record ids are case-sensitive); nothing was done"
+        )
     if profile_id:
         if not delta_io.table_exists(t.record_profiles):
             raise IdresError("no record_profiles table: nothing is resolved yet")
@@ -128,6 +137,21 @@ def find_subject(
         profile_ids |= {r["profile_id"] for r in found.select("profile_id").distinct().collect()}
     reference = hashlib.sha256("\n".join(sorted(r["h"] for r in rows)).encode()).hexdigest()
     return Subject(records=subject, profile_ids=tuple(sorted(profile_ids)), reference=reference)
+
+
+def held_records(spark: SparkSession, t: TablePaths, records: DataFrame, run_id: str) -> int:
+    """How many of the distinct (source_system, source_record_id) records some record table holds (as the run
+    first found it) or the erasure register names: a reference that matches none is a typo, not a subject."""
+    keys = records.select(*SUBJECT).distinct()
+    tables = [getattr(t, name) for name in RECORD_TABLES if delta_io.table_exists(getattr(t, name))]
+    held = [as_first_found(spark, path, run_id).select(*SUBJECT) for path in tables]
+    found = reduce(DataFrame.unionByName, held, keys.limit(0)).join(keys, list(SUBJECT), "left_semi").distinct()
+    if delta_io.table_exists(t.erasure_register):
+        register = as_first_found(spark, t.erasure_register, run_id).select("subject_hash")
+        found = found.unionByName(
+            keys.withColumn("subject_hash", subject_hash()).join(register, "subject_hash", "left_semi").select(*SUBJECT)
+        )
+    return found.distinct().count()
 
 
 def _rows(df: DataFrame) -> list[dict[str, Any]]:
@@ -179,7 +203,7 @@ def export_subject(spark: SparkSession, cfg: PipelineConfig, subject: Subject) -
 
 def distinguishing_values(spark: SparkSession, t: TablePaths, subject: Subject, run_id: str) -> set[str]:
     """The subject's identifying values that no other record holds: what must not survive erasure (read as the
-    run first found bronze and silver, so a retry checks for the values its first attempt deleted)."""
+    run first found bronze, quarantine and silver, so a retry checks for the values its first attempt deleted)."""
 
     def values(df: DataFrame) -> set[str]:
         columns = [c for c in IDENTIFYING if c in df.columns]
@@ -188,35 +212,63 @@ def distinguishing_values(spark: SparkSession, t: TablePaths, subject: Subject, 
         exploded = df.select(F.explode(F.array(*[F.col(c).cast("string") for c in columns])).alias("v"))
         return {r["v"] for r in exploded.where(F.length("v") >= 3).distinct().collect()}
 
+    raw_fields = ", ".join(f"`{c}` string" for c in IDENTIFYING)
     mine: set[str] = set()
     others: set[str] = set()
-    for path in (t.bronze, t.silver):
+    for path in (t.bronze, t.quarantine, t.silver):
         if delta_io.table_exists(path):
             df = as_first_found(spark, path, run_id)
+            if path == t.quarantine:  # the raw record as JSON (unparsable text holds no named values)
+                df = df.select(*SUBJECT, F.from_json("raw_record", raw_fields).alias("_raw")).select(*SUBJECT, "_raw.*")
             keys = subject.records.select(*SUBJECT)
             mine |= values(df.join(keys, list(SUBJECT)))
             others |= values(df.join(keys, list(SUBJECT), "left_anti"))
     return mine - others
 
 
+def value_pattern(values: Iterable[str]) -> tuple[re.Pattern[str], dict[str, str]] | None:
+    """A regex of the values as whole values (not inside a longer word: `ivanov` is not in `ivanova`), each also as
+    JSON escapes it, and the map from each form back to its value; None when there is no value."""
+    forms = {}
+    for value in filter(None, set(values)):
+        for form in (value, json.dumps(value, ensure_ascii=False)[1:-1], json.dumps(value)[1:-1]):
+            forms[form] = value
+    if not forms:
+        return None
+    alternatives = "|".join(re.escape(f) for f in sorted(forms, key=len, reverse=True))
+    return re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)"), forms
+
+
+def _cell_texts(value: Any) -> Iterator[str]:
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, list | tuple):
+        for item in value:
+            yield from _cell_texts(item)
+    elif value is not None:
+        yield str(value)
+
+
 def scan_for_values(root: Path, values: Iterable[str], files: Iterable[Path] | None = None) -> dict[str, int]:
-    """Files under root (or the given ones) holding any of values: Parquet decoded cell by cell, other files as
-    text.
+    """Files under root (or the given ones) holding any of values as a whole value: Parquet cell by cell (nested
+    ones by their leaves, a JSON text cell as JSON escapes it), other files as text.
 
     Returns {path relative to root: number of values found}; an empty dict proves absence.
     """
-    needles = [v for v in set(values) if v]
+    pattern = value_pattern(values)
     hits: dict[str, int] = {}
-    if not needles:
+    if pattern is None:
         return hits
+    regex, forms = pattern
     for f in sorted(files if files is not None else (p for p in root.rglob("*") if p.is_file())):
         if f.suffix == ".parquet":
-            text = json.dumps(pq.read_table(f).to_pylist(), default=str, ensure_ascii=False)
+            cells = (t for column in pq.read_table(f).columns for t in _cell_texts(column.to_pylist()))
+            text = "\n".join(cells)
         else:
             text = f.read_bytes().decode("utf-8", errors="replace")
-        found = sum(1 for v in needles if v in text)
+        found = {forms[m] for m in regex.findall(text)}
         if found:
-            hits[str(f.relative_to(root))] = found
+            hits[str(f.relative_to(root))] = len(found)
     return hits
 
 
@@ -335,9 +387,12 @@ def erase_subject(spark: SparkSession, cfg: PipelineConfig, subject: Subject, ru
         cfg.lakehouse: files_kept_by_purge(cfg.lakehouse, t.all().values()),
         cfg.reports: [f for f in cfg.reports.rglob("*") if f.is_file()],
     }
-    hits = sum(len(scan_for_values(root, evidence, files)) for root, files in kept.items())
-    if hits:
-        raise IdresError(f"erasure incomplete: {hits} file(s) still hold values of subject {subject.reference}")
+    holding = [str(root / name) for root, files in kept.items() for name in scan_for_values(root, evidence, files)]
+    if holding:
+        raise IdresError(
+            f"erasure incomplete: {len(holding)} file(s) still hold values of subject {subject.reference} "
+            f"({', '.join(holding[:5])}); remove or fix them and retry"
+        )
     certificate = {
         "certificate": "erasure",
         "subject_reference": subject.reference,
@@ -348,7 +403,7 @@ def erase_subject(spark: SparkSession, cfg: PipelineConfig, subject: Subject, ru
         "history": "vacuumed with 0 h retention; Delta log before the erasure checkpoint removed",
         "incident_files_removed": removed[cfg.lakehouse / INCIDENTS_DIR],
         "export_files_removed": removed[exports],
-        "scan": {"files": sum(map(len, kept.values())), "values_checked": len(evidence), "hits": 0},
+        "scan": {"files": sum(map(len, kept.values())), "values_checked": len(evidence), "hits": len(holding)},
         "run_id": run_id,
         "erased_at": at.isoformat(),
     }
@@ -385,6 +440,28 @@ def purge_erased_history(
     return {**certificate, "table_versions_after": versions}
 
 
+def certificate_of_run(cfg: PipelineConfig, run_id: str) -> Path | None:
+    """The erasure certificate run_id wrote, if it finished."""
+    for path in sorted((cfg.reports / REQUESTS_DIR).glob("erasure-*.json")):
+        if json.loads(path.read_text(encoding="utf-8")).get("run_id") == run_id:
+            return path
+    return None
+
+
+def finish_pending_erasures(cfg: PipelineConfig) -> dict[str, Path]:
+    """Finish the history purge of every erasure killed in it, whatever its run id (its values are gone, its
+    certificate waits under _erasures/); returns run id -> certificate written."""
+    folder = cfg.lakehouse / PENDING_ERASURES_DIR
+    finished = {}
+    for pending in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        certificate = purge_erased_history(cfg, json.loads(pending.read_text(encoding="utf-8")))
+        path = write_report(cfg, "erasure", certificate["subject_reference"], certificate)
+        pending.unlink()
+        log.info("erase of run %s finished from its pending certificate: %s", certificate["run_id"], path)
+        finished[certificate["run_id"]] = path
+    return finished
+
+
 def write_report(cfg: PipelineConfig, kind: str, reference: str, content: dict[str, Any]) -> Path:
     """Write content as <reports>/subject_requests/<kind>-<subject ref>-<UTC time>.json; a certificate is sealed
     with the SHA-256 of its own content."""
@@ -414,12 +491,12 @@ def run(
     if not records and not profile_id:
         raise IdresError("name the subject with --record <source:id> (repeatable) or --profile-id")
     pending = _pending_erasure(cfg, run_id)
-    if action == "erase" and pending.exists():  # a retry after the scan: the values are gone, the purge is not done
-        certificate = purge_erased_history(cfg, json.loads(pending.read_text(encoding="utf-8")))
-        path = write_report(cfg, "erasure", certificate["subject_reference"], certificate)
-        pending.unlink()
-        log.info("erase for subject %s finished by a retry; written to %s", certificate["subject_reference"], path)
-        return path
+    if action == "erase":
+        done = certificate_of_run(cfg, run_id) or finish_pending_erasures(cfg).get(run_id)
+        if done is not None:  # a rerun of a finished erasure, or a retry of one killed in its purge
+            pending.unlink(missing_ok=True)
+            log.info("erase of run %s is done; its certificate: %s", run_id, done)
+            return done
     subject = find_subject(spark, cfg.tables, records, profile_id or None, run_id)
     if action == "export":
         path = write_report(cfg, "export", subject.reference, export_subject(spark, cfg, subject))

@@ -158,6 +158,10 @@ def test_export_holds_every_source_record_then_erasure_leaves_no_trace(spark, pu
     assert certificate["rows_deleted"]["bronze"] == 1
     assert not any(c in certificate_path.read_text(encoding="utf-8").lower() for c in CANARIES)
     assert "UA-9" not in certificate_path.read_text(encoding="utf-8")
+    versions = {name: delta_io.table_version(path) for name, path in cfg.tables.all().items()}
+    # Airflow clears the finished task: the rerun returns the run's certificate and changes nothing.
+    assert subject_rights.run(spark, cfg, run_id="sr-2", action="erase", record=["ua_crm:UA-9"]) == certificate_path
+    assert {name: delta_io.table_version(path) for name, path in cfg.tables.all().items()} == versions
     for name, path in cfg.tables.all().items():  # the purge's own commits name the run too
         if delta_io.table_exists(path):
             assert all("run_id" in c and "job" in c for c in DeltaTable(str(path)).history()), name
@@ -254,7 +258,17 @@ def test_an_erasure_killed_while_purging_history_is_finished_by_its_retry(spark,
             subject_rights.run(spark, cfg, run_id="sr-purge", action="erase", profile_id=iryna)
     assert len(purged) == 1 and canary_hits(cfg.lakehouse)  # one table purged, the others still hold the values
 
+    # The operator starts a new run for the same request instead of retrying: it finishes the killed one's purge
+    # first, then finds the subject erased already.
+    with pytest.raises(IdresError, match="in the erasure register already"):
+        subject_rights.run(spark, cfg, run_id="sr-purge-2", action="erase", record=["ua_crm:UA-9"])
+    assert canary_hits(cfg.lakehouse) == []
+    finished = subject_rights.certificate_of_run(cfg, "sr-purge")
+    assert finished is not None
+
+    # and Airflow's retry of the killed run gets the certificate the purge wrote
     certificate_path = subject_rights.run(spark, cfg, run_id="sr-purge", action="erase", profile_id=iryna)
+    assert certificate_path == finished
     certificate = json.loads(certificate_path.read_text(encoding="utf-8"))
     assert certificate["source_records_erased"] == len(IRYNA_IDS) and certificate["rows_deleted"]["bronze"] == 3
     assert certificate["scan"]["values_checked"] >= len(CANARIES) and certificate["scan"]["hits"] == 0
@@ -286,3 +300,87 @@ def test_a_file_vacuum_leaves_in_a_table_fails_the_purge_naming_it_and_the_retry
         subject_rights.purge_erased_history(cfg, certificate)
     leftover.unlink()
     assert set(subject_rights.purge_erased_history(cfg, certificate)["table_versions_after"]) == {"silver"}
+
+
+def test_the_scan_finds_whole_values_only_and_as_json_escapes_them(tmp_path):
+    street = 'ЖК "Сонячний" 5'
+    pq.write_table(
+        pa.table(
+            {
+                "email_valid": ["ivanova", "shevchenka 12"],  # longer values that contain the subject's
+                "raw_record": [json.dumps({"street": street}, ensure_ascii=False), None],  # a quarantined raw row
+                "tags": [["lin"], []],
+            }
+        ),
+        tmp_path / "part-0.parquet",
+    )
+    (tmp_path / "incident.txt").write_text('File "jobs/unify.py", line 4, in run\n<link href="x">\n', encoding="utf-8")
+    values = ["ivanov", "shevchenka 1", "ali", "lin", street]
+
+    assert subject_rights.scan_for_values(tmp_path, values) == {"part-0.parquet": 2}  # the street and "lin"
+    assert subject_rights.scan_for_values(tmp_path, ["unify.py"]) == {"incident.txt": 1}
+    assert subject_rights.scan_for_values(tmp_path, ["ivanov", "shevchenka 1", "ali"]) == {}
+
+
+def test_a_record_no_table_holds_is_refused_and_nothing_is_erased(spark, pristine, tmp_path):
+    cfg = copy_lakehouse(pristine, tmp_path)
+    versions = {name: delta_io.table_version(path) for name, path in cfg.tables.all().items()}
+    for ref in ("ua_crm:ua-9", "ua-crm:UA-9"):  # a case typo, a source typo
+        with pytest.raises(IdresError, match="1 of the given record"):
+            subject_rights.run(spark, cfg, run_id="sr-typo", action="erase", record=[ref, "ua_crm:UA-1"])
+    assert {name: delta_io.table_version(path) for name, path in cfg.tables.all().items()} == versions
+    assert not (cfg.reports / subject_rights.REQUESTS_DIR).exists()
+
+
+QUARANTINED_ONLY = {"source_system": "ua_crm", "source_record_id": "UA-77", "middle_name": "Xqxquar"}
+
+
+def test_a_subject_held_only_in_quarantine_is_exported_then_erased_with_its_export(spark, pristine, tmp_path):
+    cfg = copy_lakehouse(pristine, tmp_path)
+    raw = json.dumps({**QUARANTINED_ONLY, "email": "xqxquar@example.org", "date_of_birth": "31.02.1990"})
+    quarantined = (
+        bronze_rows(spark, [QUARANTINED_ONLY])
+        .withColumn(ingest.REASON, F.lit("unparseable_date"))
+        .withColumn(ingest.CORRUPT, F.lit(None).cast("string"))
+        .withColumn(ingest.SOURCE_FILE, F.lit("ua.csv"))
+        .transform(ingest.to_quarantine, F.lit(raw), "run-1", datetime(2026, 1, 1))
+    )
+    delta_io.overwrite_delta(quarantined, cfg.tables.quarantine, run_id="run-1", job="ingest")
+
+    def holding(root: Path) -> list[str]:
+        return [
+            str(f.relative_to(root))
+            for f in root.rglob("*")
+            if f.is_file() and "xqxquar" in f.read_bytes().decode(errors="replace").lower()
+        ]
+
+    export_path = subject_rights.run(spark, cfg, run_id="sr-q1", action="export", record=["ua_crm:UA-77"])
+    export = json.loads(export_path.read_text(encoding="utf-8"))
+    assert [json.loads(r["raw_record"])["email"] for r in export["source_records_quarantined"]] == [
+        "xqxquar@example.org"
+    ]
+
+    certificate_path = subject_rights.run(spark, cfg, run_id="sr-q2", action="erase", record=["ua_crm:UA-77"])
+    certificate = json.loads(certificate_path.read_text(encoding="utf-8"))
+    assert not export_path.exists() and certificate["export_files_removed"] == 1
+    assert certificate["rows_deleted"]["quarantine"] == 1 and certificate["scan"]["values_checked"] >= 2
+    assert delta_io.read_delta(spark, cfg.tables.quarantine).count() == 0
+    assert holding(cfg.reports) == [] and holding(cfg.lakehouse) == []
+
+
+def test_a_stray_file_holding_the_subjects_values_is_named_and_the_retry_after_its_removal_finishes(
+    spark, pristine, tmp_path
+):
+    cfg = copy_lakehouse(pristine, tmp_path)
+    iryna = profile_of(spark, cfg, "ua_crm:UA-9")
+    stray = cfg.lakehouse / "gold" / "_spill_profiles" / "part-0.parquet"  # a killed write's output, in no table
+    stray.parent.mkdir(parents=True)
+    pq.write_table(pa.table({"middle_name": [CANARY_BRIDGE["middle_name"]]}), stray)
+
+    with pytest.raises(IdresError, match=rf"1 file\(s\) still hold values .*\({re.escape(str(stray))}\)"):
+        subject_rights.run(spark, cfg, run_id="sr-stray", action="erase", profile_id=iryna)
+    stray.unlink()
+    certificate_path = subject_rights.run(spark, cfg, run_id="sr-stray", action="erase", profile_id=iryna)
+    certificate = json.loads(certificate_path.read_text(encoding="utf-8"))
+    assert certificate["source_records_erased"] == len(IRYNA_IDS) and certificate["scan"]["hits"] == 0
+    assert canary_hits(cfg.lakehouse) == [] and canary_hits(cfg.reports) == []
