@@ -7,7 +7,8 @@ The subject is the given source records, or every source record of the given pro
 - export writes a JSON file of everything held about the subject: source records as landed, quarantined,
   standardized and admitted, consent events (landed and quarantined) and effective consent, profile values
   with their lineage (source record, rule, purpose, lawful basis), the record-to-profile assignments,
-  permissions, and the match evidence that links the records.
+  permissions, and the match evidence that links the records; of its profiles, only what its own records
+  supplied or decided (another record of the profile may be another person's).
 - erase deletes the subject's rows from every table (bronze, quarantine, silver, consent ledger,
   gate audit, matches, gold), records the subject's hash in the erasure register (so neither ingest nor
   the consent gate lands its records or consent events again), re-resolves and re-unifies what the
@@ -169,8 +170,41 @@ def _table_rows(spark: SparkSession, path: Path, subject: Subject, by: str) -> l
     return []
 
 
+def _withheld(row: dict[str, Any], columns: Iterable[str]) -> dict[str, Any]:
+    return {k: None if k in columns else v for k, v in row.items()}
+
+
+def own_profile_rows(
+    sections: dict[str, list[dict[str, Any]]], ids: set[str], profile_columns: Sequence[str]
+) -> dict[str, list[dict[str, Any]]]:
+    """The profile sections cut to what the subject's own records supplied or decided: a profile may hold records
+    the request does not name (another person's, in an over-merge), whose values, ids and consent events are
+    that person's. A profile value is kept when its lineage names one of the subject's records."""
+    lineage = [r for r in sections["profile_values_lineage"] if r["record_id"] in ids]
+    supplied = {(r["profile_id"], r["column"]) for r in lineage}
+    match = ("best_match_record_id", "best_match_weight", "best_match_probability")
+    deciding = ("deciding_source_system", "deciding_source_record_id", "deciding_event_id", "decided_at", "expires_at")
+    return {
+        "profiles": [
+            _withheld(p, [c for c in profile_columns if (p["profile_id"], c) not in supplied])
+            for p in sections["profiles"]
+        ],
+        "profile_values_lineage": lineage,
+        "profile_sources": [
+            r if r["best_match_record_id"] in ids else _withheld(r, match)
+            for r in sections["profile_sources"]
+            if r["record_id"] in ids
+        ],
+        "profile_permissions": [
+            r if f"{r['deciding_source_system']}:{r['deciding_source_record_id']}" in ids else _withheld(r, deciding)
+            for r in sections["profile_permissions"]
+        ],
+    }
+
+
 def export_subject(spark: SparkSession, cfg: PipelineConfig, subject: Subject) -> dict[str, Any]:
-    """Everything held about the subject, each profile value with its source record, purpose and lawful basis."""
+    """Everything held about the subject, each profile value with its source record, purpose and lawful basis;
+    of its profiles, only what its own records supplied (own_profile_rows)."""
     t = cfg.tables
     ids = [r["record_id"] for r in subject.records.collect()]
     matches = []
@@ -183,10 +217,19 @@ def export_subject(spark: SparkSession, cfg: PipelineConfig, subject: Subject) -
         "subject_reference": subject.reference,
         "source_record_ids": sorted(ids),
         "profile_ids": list(subject.profile_ids),
-        "profiles": _table_rows(spark, t.profiles, subject, "profile"),
-        "profile_values_lineage": _table_rows(spark, t.profile_lineage, subject, "profile"),
-        "profile_permissions": _table_rows(spark, t.profile_permissions, subject, "profile"),
-        "profile_sources": _table_rows(spark, t.profile_sources, subject, "profile"),
+        **own_profile_rows(
+            {
+                name: _table_rows(spark, getattr(t, table), subject, "profile")
+                for name, table in (
+                    ("profiles", "profiles"),
+                    ("profile_values_lineage", "profile_lineage"),
+                    ("profile_permissions", "profile_permissions"),
+                    ("profile_sources", "profile_sources"),
+                )
+            },
+            set(ids),
+            cfg.survivorship.columns,
+        ),
         "match_evidence": matches,
         "record_profiles": _table_rows(spark, t.record_profiles, subject, "record"),
         "source_records_as_landed": _table_rows(spark, t.bronze, subject, "record"),

@@ -384,3 +384,20 @@ def test_a_stray_file_holding_the_subjects_values_is_named_and_the_retry_after_i
     certificate = json.loads(certificate_path.read_text(encoding="utf-8"))
     assert certificate["source_records_erased"] == len(IRYNA_IDS) and certificate["scan"]["hits"] == 0
     assert canary_hits(cfg.lakehouse) == [] and canary_hits(cfg.reports) == []
+
+
+def test_an_export_by_record_holds_of_its_profile_only_what_the_named_record_supplied(spark, pristine, tmp_path):
+    cfg = copy_lakehouse(pristine, tmp_path)
+    assert profile_of(spark, cfg, "ro_shop:R-1") == profile_of(spark, cfg, "ua_crm:UA-9")  # the bridge joined them
+
+    export_path = subject_rights.run(spark, cfg, run_id="sr-r1", action="export", record=["ro_shop:R-1"])
+
+    export = json.loads(export_path.read_text(encoding="utf-8"))
+    assert {r["record_id"] for r in export["profile_sources"]} == {"ro_shop:R-1"}
+    lineage_columns = {r["column"] for r in export["profile_values_lineage"]}
+    assert lineage_columns and {r["record_id"] for r in export["profile_values_lineage"]} == {"ro_shop:R-1"}
+    (profile,) = export["profiles"]
+    assert {c for c in cfg.survivorship.columns if profile[c] is not None} == lineage_columns
+    # The profile's other records (the bridge's canary values and ids among them) are not the named subject's.
+    text = export_path.read_text(encoding="utf-8")
+    assert canary_hits(cfg.reports) == [] and "UA-9" not in text and "LM-9" not in text
