@@ -210,7 +210,7 @@ def worker_idres(
 
 
 def _model(cfg: PipelineConfig):
-    model = latest_model(cfg.models, cfg.linkage)
+    model = latest_model(cfg.models, cfg.linkage, cfg.policy)
     if model is None:
         raise SystemExit(f"no model trained by the idres run under {cfg.models}")
     return model
@@ -241,7 +241,7 @@ def splink_duckdb_script(work: Path, cfg: PipelineConfig, mark: Callable[[str], 
     mark("load")
     records = pq.read_table(work / "linkage_input.parquet")
     db_api = DuckDBAPI()
-    linker = Linker(db_api.register(records), model_settings(_model(cfg), cfg.linkage, "duckdb"))
+    linker = Linker(db_api.register(records), model_settings(_model(cfg), cfg.linkage, cfg.policy, "duckdb"))
     predictions, clusters = predict_and_cluster(linker, cfg.linkage, mark)
     clusters.as_duckdbpyrelation().select("record_id, cluster_id AS cluster").to_parquet(
         str(work / "clusters-splink-duckdb.parquet")
@@ -283,7 +283,9 @@ def worker_splink_spark(work: Path, sampler: RssSampler, driver_memory: str | No
     records = spark.read.parquet(str(work / "linkage_input.parquet")).persist()
     records.count()
     with open_engine(spark, "spark") as db:  # Splink's Spark API, scoring Jaro-Winkler as DuckDB does
-        linker = linker_for(db, db.register("records", records), model_settings(_model(cfg), linkage, "spark"))
+        linker = linker_for(
+            db, db.register("records", records), model_settings(_model(cfg), linkage, cfg.policy, "spark")
+        )
         predictions, clusters = predict_and_cluster(linker, linkage, sampler.mark)
         clusters.as_spark_dataframe().selectExpr("record_id", "cast(cluster_id AS string) AS cluster").write.parquet(
             str(work / "clusters-splink-spark.parquet")

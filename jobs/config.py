@@ -19,7 +19,14 @@ from typing import Any, Literal
 
 import yaml
 
-from jobs.canonical import CANONICAL_COLUMNS, LAWFUL_BASES, LINKAGE_COLUMNS, PSEUDONYM_ATTRIBUTES, SILVER_ATTRIBUTES
+from jobs.canonical import (
+    CANONICAL_COLUMNS,
+    LAWFUL_BASES,
+    LINKAGE_COLUMNS,
+    PSEUDONYM_ATTRIBUTES,
+    SILVER_ATTRIBUTES,
+    SILVER_KEY_COLUMNS,
+)
 from jobs.errors import ConfigError, IdresError
 
 SourceFormat = Literal["csv", "jsonl", "parquet"]
@@ -99,6 +106,14 @@ class PurposePolicy:
     def silver_attributes(self) -> tuple[str, ...]:
         """The attributes silver holds: those not derived from a sensitive column, and enabled pseudonyms."""
         return silver_attributes(self.sensitive, self.pseudonymized)
+
+    @property
+    def silver_columns(self) -> tuple[str, ...]:
+        """Silver's columns: keys plus the columns of every attribute the policy lets silver hold."""
+        columns = dict.fromkeys(SILVER_KEY_COLUMNS)
+        for attribute in self.silver_attributes:
+            columns.update(dict.fromkeys(SILVER_ATTRIBUTES[attribute][1]))
+        return tuple(columns)
 
 
 def silver_attributes(sensitive: tuple[str, ...], pseudonymized: tuple[str, ...]) -> tuple[str, ...]:

@@ -30,7 +30,7 @@ from splink import Linker, SettingsCreator, block_on
 
 from jobs import delta_io
 from jobs.canonical import CANONICAL_FIELDS, LINKAGE_COLUMNS
-from jobs.config import LinkageConfig, PipelineConfig, ResolveConfig
+from jobs.config import LinkageConfig, PipelineConfig, PurposePolicy, ResolveConfig
 from jobs.engines import ENGINES, SqlEngine
 from jobs.errors import ModelError
 
@@ -49,7 +49,7 @@ class ModelVersion:
     path: Path
     version: str  # "<UTC timestamp>-<engine>-<settings hash>-<first 12 hex of the JSON's SHA-256>"
     engine: str  # the engine it was trained on, whose SQL dialect its JSON is written in
-    settings_hash: str  # settings_hash() of the conf/splink.yaml it was trained with
+    settings_hash: str  # settings_hash() of the conf/splink.yaml and policy columns it was trained with
 
 
 @dataclass(frozen=True)
@@ -130,9 +130,12 @@ def train(linker: Linker, linkage: LinkageConfig) -> None:
         )
 
 
-def settings_hash(linkage: LinkageConfig) -> str:
-    """12 hex of the SHA-256 of the model-shaping settings of conf/splink.yaml as loaded (all but the thresholds)."""
+def settings_hash(linkage: LinkageConfig, policy: PurposePolicy) -> str:
+    """12 hex of the SHA-256 of what shapes a model: conf/splink.yaml's settings as loaded (all but the thresholds)
+    and the compared columns the policy lets silver hold (the others are nulls a model learns nothing of, so a
+    policy that starts holding one, a pseudonym or a date of birth, needs a new model)."""
     shaping = {k: v for k, v in dataclasses.asdict(linkage).items() if k not in NOT_MODEL_SETTINGS}
+    shaping["held_columns"] = [c for c in LINKAGE_COLUMNS if c in policy.silver_columns]
     return hashlib.sha256(json.dumps(shaping, sort_keys=True, default=list).encode("utf-8")).hexdigest()[:12]
 
 
@@ -144,7 +147,12 @@ def _model_version(path: Path) -> ModelVersion | None:
 
 
 def save_model(
-    linker: Linker, linkage: LinkageConfig, engine: str, models_dir: Path, now: datetime | None = None
+    linker: Linker,
+    linkage: LinkageConfig,
+    policy: PurposePolicy,
+    engine: str,
+    models_dir: Path,
+    now: datetime | None = None,
 ) -> ModelVersion:
     """Write the trained model as JSON named by UTC time, engine, settings hash and content hash; return it."""
     models_dir.mkdir(parents=True, exist_ok=True)
@@ -152,24 +160,25 @@ def save_model(
     draft = models_dir / f".draft-{stamp}.json"
     linker.misc.save_model_to_json(str(draft), overwrite=True)
     digest = hashlib.sha256(draft.read_bytes()).hexdigest()[:12]
-    path = models_dir / f"{MODEL_PREFIX}{stamp}-{engine}-{settings_hash(linkage)}-{digest}.json"
+    path = models_dir / f"{MODEL_PREFIX}{stamp}-{engine}-{settings_hash(linkage, policy)}-{digest}.json"
     draft.replace(path)
     return _model_version(path)
 
 
-def latest_model(models_dir: Path, linkage: LinkageConfig) -> ModelVersion | None:
-    """The newest saved model trained with these settings, on any engine, or None.
+def latest_model(models_dir: Path, linkage: LinkageConfig, policy: PurposePolicy) -> ModelVersion | None:
+    """The newest saved model trained with these settings under this policy's columns, on any engine, or None.
 
-    Models trained with other settings (or named before settings were hashed) are ignored, so a
-    change to conf/splink.yaml leads to a new training rather than a stale model.
+    Models trained with other settings (or named before settings were hashed) are ignored, so a change to
+    conf/splink.yaml, or to the compared columns policy.yaml lets silver hold, leads to a new training rather
+    than a stale model.
     """
-    wanted = settings_hash(linkage)
+    wanted = settings_hash(linkage, policy)
     paths = sorted(models_dir.glob(f"{MODEL_PREFIX}*.json")) if models_dir.is_dir() else []
     models = [m for m in map(_model_version, paths) if m is not None and m.settings_hash == wanted]
     return models[-1] if models else None
 
 
-def model_settings(model: ModelVersion, linkage: LinkageConfig, engine: str) -> dict[str, Any]:
+def model_settings(model: ModelVersion, linkage: LinkageConfig, policy: PurposePolicy, engine: str) -> dict[str, Any]:
     """The saved model as the settings dict a Linker on `engine` takes.
 
     Splink writes a model's SQL in its training engine's dialect (function names, quoting, casts,
@@ -177,8 +186,10 @@ def model_settings(model: ModelVersion, linkage: LinkageConfig, engine: str) -> 
     For another engine the settings are rebuilt from conf/splink.yaml in that engine's dialect and
     the parameters copied over level by level, so one model serves both engines.
     """
-    if model.settings_hash != settings_hash(linkage):
-        raise ModelError(model.version, "was trained with other settings than conf/splink.yaml holds")
+    if model.settings_hash != settings_hash(linkage, policy):
+        raise ModelError(
+            model.version, "was trained with other settings than conf/splink.yaml holds, or other policy columns"
+        )
     trained = json.loads(model.path.read_text(encoding="utf-8"))
     if model.engine == engine:
         return trained

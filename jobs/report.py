@@ -250,7 +250,7 @@ def run_model_version(cfg: PipelineConfig, results: RunResults) -> tuple[str | N
     recorded = [r["model_version"] for r in results.rows(q.MODEL_VERSIONS) or [] if r["model_version"]]
     if recorded:
         return ", ".join(recorded), "recorded on the run's pairwise matches"
-    newest = latest_model(cfg.models, cfg.linkage)
+    newest = latest_model(cfg.models, cfg.linkage, cfg.policy)
     if newest is not None:
         return newest.version, "none recorded; the newest saved model for the current settings"
     return None, "no model recorded or saved"

@@ -78,7 +78,7 @@ def predict_and_cluster(
     engines materialize their output in these calls).
     """
     linkage = cfg.linkage
-    linker = linker_for(db, records, model_settings(model, linkage, db.name), validate=False)
+    linker = linker_for(db, records, model_settings(model, linkage, cfg.policy, db.name), validate=False)
     started = time.perf_counter()
     predictions = linker.inference.predict(threshold_match_probability=linkage.match_probability)
     predicted = time.perf_counter()
@@ -109,7 +109,7 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> ResolveResult:
     size_stage_to_input(spark, cfg.spark, count)
     with open_engine(spark, pick_engine(spark, cfg.resolve, count)) as db:
         records = linkage_records(db, cfg)
-        model = latest_model(cfg.models, cfg.linkage)
+        model = latest_model(cfg.models, cfg.linkage, cfg.policy)
         if model is None and count:
             model = train_and_save(db, cfg, records)
         result = ResolveResult(run_id, model.version if model else None, db.name, records=count)

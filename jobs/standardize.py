@@ -40,7 +40,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from jobs import delta_io
-from jobs.canonical import PSEUDONYM_ATTRIBUTES, SILVER_ATTRIBUTES, SILVER_KEY_COLUMNS, lookup
+from jobs.canonical import PSEUDONYM_ATTRIBUTES, lookup
 from jobs.config import PipelineConfig, PurposePolicy, SourceConfig
 from jobs.runner import run_job
 from jobs.spark_session import size_stage_to_input
@@ -328,14 +328,6 @@ def pseudonymize(df: DataFrame, policy: PurposePolicy) -> DataFrame:
     return df
 
 
-def silver_columns(policy: PurposePolicy) -> list[str]:
-    """Silver's columns: keys plus the columns of every attribute the policy lets silver hold."""
-    columns = list(SILVER_KEY_COLUMNS)
-    for attribute in policy.silver_attributes:
-        columns.extend(c for c in SILVER_ATTRIBUTES[attribute][1] if c not in columns)
-    return columns
-
-
 def standardize(bronze: DataFrame, sources: Sequence[SourceConfig], policy: PurposePolicy) -> DataFrame:
     """Bronze rows -> silver rows: the current version of each record, standardized, minimized."""
     default_countries = {s.name: s.default_country for s in sources}
@@ -347,7 +339,7 @@ def standardize(bronze: DataFrame, sources: Sequence[SourceConfig], policy: Purp
         .transform(standardize_address)
         .transform(standardize_gender)
         .transform(pseudonymize, policy)
-        .select(*silver_columns(policy))
+        .select(*policy.silver_columns)
     )
 
 

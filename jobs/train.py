@@ -40,7 +40,7 @@ def train_and_save(db: SqlEngine, cfg: PipelineConfig, records: str) -> ModelVer
     its charts."""
     linker = linker_for(db, records, splink_settings(cfg.linkage))
     train(linker, cfg.linkage)
-    model = save_model(linker, cfg.linkage, db.name, cfg.models)
+    model = save_model(linker, cfg.linkage, cfg.policy, db.name, cfg.models)
     save_model_charts(linker, cfg.reports / "models" / model.version)
     log.info("trained Splink model %s on %s", model.version, db.name)
     return model
@@ -52,7 +52,7 @@ class NothingToTrainError(IdresError):
 
 def training_needed(cfg: PipelineConfig) -> bool:
     """Whether resolve would train: no model trained with the current settings, and records to train on."""
-    return latest_model(cfg.models, cfg.linkage) is None and delta_io.row_count(cfg.tables.admitted) > 0
+    return latest_model(cfg.models, cfg.linkage, cfg.policy) is None and delta_io.row_count(cfg.tables.admitted) > 0
 
 
 def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> ModelVersion:

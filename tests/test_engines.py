@@ -155,41 +155,55 @@ def parameters_of(settings: dict[str, Any]) -> list[Any]:
 
 
 def test_one_model_serves_both_engines_and_only_with_its_settings(runs, trained):
-    spark_model = latest_model(trained.models, trained.linkage)
-    duckdb_model = latest_model(runs["duckdb_trained"][0].models, trained.linkage)
+    spark_model = latest_model(trained.models, trained.linkage, trained.policy)
+    duckdb_model = latest_model(runs["duckdb_trained"][0].models, trained.linkage, trained.policy)
     assert (spark_model.engine, duckdb_model.engine) == ("spark", "duckdb")
     assert runs["duckdb_trained"][1].model_version == duckdb_model.version
 
     saved_spark = json.loads(spark_model.path.read_text(encoding="utf-8"))
     saved_duckdb = json.loads(duckdb_model.path.read_text(encoding="utf-8"))
     assert sql_of(saved_spark) != sql_of(saved_duckdb)  # the dialects differ
-    as_spark = model_settings(duckdb_model, trained.linkage, "spark")
+    as_spark = model_settings(duckdb_model, trained.linkage, trained.policy, "spark")
     assert sql_of(as_spark) == sql_of(saved_spark)
     assert parameters_of(as_spark) == parameters_of(saved_duckdb)
-    assert model_settings(spark_model, trained.linkage, "spark") == saved_spark
+    assert model_settings(spark_model, trained.linkage, trained.policy, "spark") == saved_spark
 
     other_seed = dataclasses.replace(trained.linkage, seed=trained.linkage.seed + 1)
-    assert latest_model(trained.models, other_seed) is None
+    assert latest_model(trained.models, other_seed, trained.policy) is None
     with pytest.raises(ModelError, match=rf"'{spark_model.version}': was trained with other settings"):
-        model_settings(spark_model, other_seed, "duckdb")
+        model_settings(spark_model, other_seed, trained.policy, "duckdb")
     other_threshold = dataclasses.replace(trained.linkage, cluster_probability=0.95)
-    assert latest_model(trained.models, other_threshold) == spark_model  # thresholds need no new model
+    assert latest_model(trained.models, other_threshold, trained.policy) == spark_model  # thresholds need no new model
+
+    # A policy that lets silver hold a compared column the model never saw, or keeps one out that it learned
+    # from: the model's weights for it are Splink's defaults, or evidence that is gone, so it is not reused.
+    pseudonymized = dataclasses.replace(trained.policy, pseudonymized=("national_id",))
+    assert "national_id_hash" in pseudonymized.silver_columns
+    assert "national_id_hash" not in trained.policy.silver_columns
+    no_birth_dates = dataclasses.replace(trained.policy, sensitive=(*trained.policy.sensitive, "date_of_birth"))
+    for policy in (pseudonymized, no_birth_dates):
+        assert latest_model(trained.models, trained.linkage, policy) is None
+        with pytest.raises(ModelError, match="other policy columns"):
+            model_settings(spark_model, trained.linkage, policy, "spark")
+    no_gender = dataclasses.replace(trained.policy, sensitive=(*trained.policy.sensitive, "gender"))
+    assert "gender" not in no_gender.silver_columns
+    assert latest_model(trained.models, trained.linkage, no_gender) == spark_model  # gender is not compared
 
 
 def test_resolve_trains_a_new_model_when_none_has_the_current_settings(spark, trained, tmp_path):
     models = tmp_path / "models"
     shutil.copytree(trained.models, models)
-    spark_model = latest_model(models, trained.linkage)
+    spark_model = latest_model(models, trained.linkage, trained.policy)
     # the newest file, but named before settings were hashed: never used
     shutil.copy(spark_model.path, models / "splink-model-20991231T000000Z-0123456789ab.json")
     other_seed = dataclasses.replace(trained.linkage, seed=trained.linkage.seed + 1)
-    assert latest_model(models, other_seed) is None
+    assert latest_model(models, other_seed, trained.policy) is None
 
     _, result = resolve_on(spark, trained, tmp_path, "duckdb", models=models, linkage=other_seed)
-    retrained = latest_model(models, other_seed)
+    retrained = latest_model(models, other_seed, trained.policy)
     assert result.model_version == retrained.version != spark_model.version
-    assert (retrained.engine, retrained.settings_hash) == ("duckdb", settings_hash(other_seed))
-    assert latest_model(models, trained.linkage) == dataclasses.replace(
+    assert (retrained.engine, retrained.settings_hash) == ("duckdb", settings_hash(other_seed, trained.policy))
+    assert latest_model(models, trained.linkage, trained.policy) == dataclasses.replace(
         spark_model, path=models / spark_model.path.name
     )
 

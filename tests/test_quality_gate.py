@@ -14,7 +14,7 @@ from expectations import QualityInputs, TableCheck, must_hold, required_unique
 from expectations import silver as silver_suite
 from expectations.profile_sources import with_source_checks
 from expectations.profiles import cell_compliance
-from jobs import delta_io, resolve, standardize, unify
+from jobs import delta_io, resolve, unify
 from jobs.config import PUBLISHED_TABLES
 from jobs.quality_gate import QualityGateError, checked_frame, gate_checks, run, validate
 from tests.conftest import copy_lakehouse
@@ -229,7 +229,7 @@ def test_gx_gets_only_the_values_its_expectations_read_and_every_column_when_one
 @pytest.mark.parametrize("extra", [None, "national_id_hash", "national_id"])
 def test_silver_must_hold_exactly_the_columns_its_policy_allows(spark, cfg, extra):
     """A pseudonym the policy does not enable fails the column check as a sensitive column does."""
-    columns = [*standardize.silver_columns(cfg.policy), *([extra] if extra else [])]
+    columns = [*cfg.policy.silver_columns, *([extra] if extra else [])]
     frame = spark.createDataFrame([], ", ".join(f"{c} string" for c in columns))
     others = {f.name: None for f in dataclasses.fields(QualityInputs) if f.name not in ("cfg", "silver")}
     (check,) = silver_suite.checks(QualityInputs(cfg=cfg, silver=frame, **others))
@@ -244,7 +244,7 @@ def test_a_key_field_the_policy_keeps_out_of_silver_is_not_checked_for_its_forma
         sensitive=(*cfg.policy.sensitive, "date_of_birth"),
         attribute_purposes={a: p for a, p in cfg.policy.attribute_purposes.items() if a != "date_of_birth"},
     )
-    columns = standardize.silver_columns(policy)
+    columns = policy.silver_columns
     assert "date_of_birth" not in columns and "phone" in columns
     frame = spark.createDataFrame([], ", ".join(f"{c} string" for c in columns))
     others = {f.name: None for f in dataclasses.fields(QualityInputs) if f.name not in ("cfg", "silver")}

@@ -95,7 +95,7 @@ PEOPLE = [
 
 def with_population(spark, cfg, rows):
     """Hand-made rows among the demo's admitted records: term frequencies need a real population."""
-    demo = delta_io.read_delta(spark, cfg.tables.admitted).select(*standardize.silver_columns(cfg.policy))
+    demo = delta_io.read_delta(spark, cfg.tables.admitted).select(*cfg.policy.silver_columns)
     return demo.unionByName(silver_rows(spark, cfg, rows))
 
 
@@ -107,7 +107,7 @@ def clusters_of(spark, cfg, rows):
     groups: dict[str, set[str]] = {}
     with open_engine(spark, "duckdb") as db:
         records = db.register("records", linkage_input(with_population(spark, cfg, rows), cfg.linkage))
-        _, clusters = resolve.predict_and_cluster(db, cfg, records, latest_model(cfg.models, cfg.linkage))
+        _, clusters = resolve.predict_and_cluster(db, cfg, records, latest_model(cfg.models, cfg.linkage, cfg.policy))
         for r in db.to_arrow(clusters).to_pylist():
             if r["record_id"] in wanted:
                 groups.setdefault(r["cluster_key"], set()).add(r["record_id"])
@@ -229,9 +229,7 @@ def profiles(spark, cfg) -> dict[str, str]:
 def test_profile_ids_are_stable_and_bridges_merge_and_split_them(spark, trained, tmp_path):
     import dataclasses
 
-    population = (
-        delta_io.read_delta(spark, trained.tables.admitted).select(*standardize.silver_columns(trained.policy)).cache()
-    )
+    population = delta_io.read_delta(spark, trained.tables.admitted).select(*trained.policy.silver_columns).cache()
     cfg = dataclasses.replace(trained.with_paths(lakehouse=tmp_path / "lake"), models=trained.models)
     first = resolve_admitted(spark, population, cfg, PEOPLE + IRYNA, "run-1")
     ids1 = profiles(spark, cfg)
@@ -293,7 +291,7 @@ def test_a_fresh_lakehouse_with_no_records_trains_no_model_and_the_first_records
     first = pipeline.run(spark, cfg, run_id="empty", cutoff=DEMO_CUTOFF)
     assert "train" not in first.results
     assert first.results["resolve"].model_version is None
-    assert latest_model(cfg.models, cfg.linkage) is None  # nothing trained on nothing
+    assert latest_model(cfg.models, cfg.linkage, cfg.policy) is None  # nothing trained on nothing
     assert {name: delta_io.row_count(getattr(cfg.tables, name)) for name in PUBLISHED_TABLES} == dict.fromkeys(
         PUBLISHED_TABLES, 0
     )
@@ -302,6 +300,6 @@ def test_a_fresh_lakehouse_with_no_records_trains_no_model_and_the_first_records
 
     demo_data.generate(cfg, people=12, seed=5)
     second = pipeline.run(spark, cfg, run_id="first-records", cutoff=DEMO_CUTOFF)
-    assert second.results["train"].version == latest_model(cfg.models, cfg.linkage).version
+    assert second.results["train"].version == latest_model(cfg.models, cfg.linkage, cfg.policy).version
     assert second.results["resolve"].model_version == second.results["train"].version
     assert delta_io.row_count(cfg.tables.profiles) > 0

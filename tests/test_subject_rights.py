@@ -17,7 +17,7 @@ from chispa import assert_df_equality
 from deltalake import DeltaTable, write_deltalake
 from pyspark.sql import functions as F
 
-from jobs import delta_io, ingest, query, standardize, subject_rights
+from jobs import delta_io, ingest, query, subject_rights
 from jobs.errors import IdresError
 from jobs.runner import INCIDENTS_DIR, record_incident
 from tests.conftest import copy_lakehouse
@@ -35,7 +35,7 @@ IRYNA_IDS = ("ro_shop:R-1", "eu_loyalty:LM-9", "ua_crm:UA-9")
 @pytest.fixture(scope="module")
 def pristine(spark, trained, tmp_path_factory):
     """The hand records among the demo population, published by run-1; tests change copies of it only."""
-    population = delta_io.read_delta(spark, trained.tables.silver).select(*standardize.silver_columns(trained.policy))
+    population = delta_io.read_delta(spark, trained.tables.silver).select(*trained.policy.silver_columns)
     population_consent = delta_io.read_delta(spark, trained.tables.effective_consent)
     root = tmp_path_factory.mktemp("subject-rights")
     cfg = trained.with_paths(lakehouse=root / "lake", reports=root / "reports")

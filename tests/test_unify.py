@@ -8,7 +8,7 @@ import datetime as dt
 from chispa import assert_df_equality
 from pyspark.sql import functions as F
 
-from jobs import consent, delta_io, publication, resolve, standardize, unify
+from jobs import consent, delta_io, publication, resolve, unify
 from jobs.config import SurvivorshipConfig, SurvivorshipRule
 from tests.test_resolve import BRIDGE, IRYNA, PEOPLE, bronze_rows, silver_rows
 
@@ -323,7 +323,7 @@ def publish(spark, cfg, population, population_consent, events, run_id, hand=HAN
 
 
 def test_withdrawal_removes_values_and_splits_a_bridged_profile_and_reruns_change_nothing(spark, trained, tmp_path):
-    population = delta_io.read_delta(spark, trained.tables.silver).select(*standardize.silver_columns(trained.policy))
+    population = delta_io.read_delta(spark, trained.tables.silver).select(*trained.policy.silver_columns)
     population_consent = delta_io.read_delta(spark, trained.tables.effective_consent)
     cfg = dataclasses.replace(trained.with_paths(lakehouse=tmp_path / "lake"), models=trained.models)
     iryna = [f"{r['source_system']}:{r['source_record_id']}" for r in [*IRYNA, BRIDGE]]
