@@ -30,11 +30,15 @@ WHITESPACE_FORMULA_PREFIXES = ("\t", "\r")
 
 
 def connect(cfg: PipelineConfig) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection with a view of every existing Delta table of the lakehouse."""
+    """A DuckDB connection with a view of every existing Delta table of the lakehouse, and nothing else: no file
+    or network access (an analyst's `COPY ... TO`, `read_csv` or `ATTACH` would write past defusedcsv, over a
+    table's files, or read outside the lakehouse), and its configuration locked."""
     con = duckdb.connect()
     for name, path in cfg.tables.all().items():
         if delta_io.table_exists(path):
             con.register(name, delta_io.arrow_dataset(path, string_views=True))
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
     return con
 
 
@@ -48,11 +52,16 @@ def safe_cell(value: object) -> object:
     return "'" + value if isinstance(value, str) and value.startswith(WHITESPACE_FORMULA_PREFIXES) else value
 
 
+def result_rows(result: pa.Table) -> list[tuple[object, ...]]:
+    """The rows by column position: a join's columns of one name (`p.*, m.*`) each keep their own value."""
+    return list(zip(*(column.to_pylist() for column in result.columns), strict=True))
+
+
 def write_csv(result: pa.Table, out: TextIO) -> None:
     """The result as CSV with a header row, every cell safe to open in a spreadsheet (OWASP CSV injection)."""
     writer = csv.writer(out)
     writer.writerow(result.column_names)
-    writer.writerows([safe_cell(v) for v in row.values()] for row in result.to_pylist())
+    writer.writerows([safe_cell(v) for v in row] for row in result_rows(result))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -71,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     elif args.format == "csv":
         write_csv(result, sys.stdout)
     else:
-        print(tabulate(result.to_pylist(), headers="keys", tablefmt="simple"))
+        print(tabulate(result_rows(result), headers=result.column_names, tablefmt="simple"))
 
 
 if __name__ == "__main__":

@@ -96,6 +96,28 @@ def test_query_csv_cells_cannot_inject_formulas():
     ]
 
 
+def test_query_csv_keeps_each_value_under_its_own_header_when_names_repeat():
+    out = io.StringIO()
+    result = pa.table([pa.array(["a"]), pa.array(["b"]), pa.array(["=1+1"])], names=["profile_id", "profile_id", "y"])
+    query.write_csv(result, out)  # what `SELECT p.*, m.* FROM profiles p JOIN ... USING` gives
+    assert list(csv.reader(io.StringIO(out.getvalue()))) == [["profile_id", "profile_id", "y"], ["a", "b", "'=1+1"]]
+
+
+def test_the_analysts_sql_reaches_no_file_beyond_the_tables(cfg, tmp_path):
+    import duckdb
+
+    outside = tmp_path / "outside.csv"
+    outside.write_text("a\n1\n", encoding="utf-8")
+    for sql in (
+        f"COPY (SELECT '=1+1' AS a) TO '{tmp_path / 'written.csv'}'",  # past defusedcsv
+        f"SELECT * FROM read_csv('{outside}')",
+        "SET enable_external_access = true",
+    ):
+        with pytest.raises(duckdb.Error):
+            query.query(cfg, sql)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".csv") == ["outside.csv"]
+
+
 def canary_hits(root: Path) -> list[str]:
     """Every file under root whose content (Parquet decoded cell by cell) holds a canary value."""
     hits = []
