@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import os
 import re
@@ -65,6 +66,7 @@ def lakehouse_lock(cfg: PipelineConfig, job: str) -> Iterator[None]:
 
 
 INCIDENTS_DIR = "_incidents"
+MAX_RUN_ID_IN_NAME = 100  # characters of the run id an incident file's name keeps
 
 
 def record_incident(cfg: PipelineConfig, job: str, run_id: str, exc: BaseException) -> Path:
@@ -77,7 +79,10 @@ def record_incident(cfg: PipelineConfig, job: str, run_id: str, exc: BaseExcepti
     folder = cfg.lakehouse / INCIDENTS_DIR
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-    safe_run_id = re.sub(r"[^\w.-]", "_", run_id)
+    safe_run_id = re.sub(r"[^A-Za-z0-9_.-]", "_", run_id)
+    if len(safe_run_id) > MAX_RUN_ID_IN_NAME:  # Airflow allows 250 characters; a file name 255 bytes
+        digest = hashlib.sha256(run_id.encode("utf-8")).hexdigest()[:12]
+        safe_run_id = f"{safe_run_id[: MAX_RUN_ID_IN_NAME - 13]}-{digest}"
     path = folder / f"{stamp}-{job}-{safe_run_id}.txt"
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(descriptor, "w", encoding="utf-8") as incident:
@@ -133,7 +138,10 @@ def run_job(
     except Exception as exc:
         if cfg is None:
             raise
-        incident = record_incident(cfg, name, run_id, exc)
+        try:
+            incident = str(record_incident(cfg, name, run_id, exc))
+        except Exception as failure:  # whose chained traceback would print the text of exc
+            incident = f"no file: the incident could not be written ({type(failure).__name__})"
         log.error(
             "%s failed: %s. Its full text may quote personal data, so it is not logged; it is in %s",
             name,

@@ -19,9 +19,15 @@ from jobs.config import SparkConfig
 log = logging.getLogger("idres.spark_session")
 
 # Loggers that print a failed task's or query's error text, which can quote a data value: Spark's executor
-# and task scheduler (JVM), and PySpark's query-context loggers. A job logs such a failure by its class and
-# keeps the full text in an incident file instead (jobs.runner.record_incident).
-JVM_LOGGERS_QUOTING_ERRORS = ("org.apache.spark.executor.Executor", "org.apache.spark.scheduler.TaskSetManager")
+# and task scheduler, its file writer and the task-abort callbacks of Utils (a failed write; Utils' other
+# messages are start-up warnings), all JVM, and PySpark's query-context loggers. A job logs such a failure by
+# its class and keeps the full text in an incident file instead (jobs.runner.record_incident).
+JVM_LOGGERS_QUOTING_ERRORS = (
+    "org.apache.spark.executor.Executor",
+    "org.apache.spark.scheduler.TaskSetManager",
+    "org.apache.spark.sql.execution.datasources.FileFormatWriter",
+    "org.apache.spark.util.Utils",
+)
 PYSPARK_LOGGERS_QUOTING_ERRORS = ("DataFrameQueryContextLogger", "SQLQueryContextLogger")
 
 

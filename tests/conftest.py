@@ -167,17 +167,26 @@ def run(spark, cfg, run_id):
     def parse(name):
         raise ValueError(f"cannot parse {name!r}")
 
-    spark.createDataFrame([({name!r},)], "name string").select(parse("name")).collect()
+    parsed = spark.createDataFrame([({name!r},)], "name string").select(parse("name"))
+    {action}
 
-run_job("crashing", run, ["--run-id", "manual__crash"])
+run_job("crashing", run, ["--run-id", {run_id!r}])
 """
+CRASHING_ACTIONS = {
+    "collect": "parsed.collect()",
+    "write": "parsed.write.parquet(str(cfg.lakehouse / 'crashing_output'))",  # Spark's writer logs task failures
+}
 
 
-def run_crashing_job(cfg: PipelineConfig, folder: Path, **env: str) -> str:
-    """Run CRASHING_JOB, on the canary's first name, against cfg's data folders (env added to job_env's);
-    return its output, having checked it failed as an unexpected error does (exit code 1)."""
+def run_crashing_job(
+    cfg: PipelineConfig, folder: Path, action: str = "collect", run_id: str = "manual__crash", **env: str
+) -> str:
+    """Run CRASHING_JOB, on the canary's first name, against cfg's data folders (env added to job_env's), its
+    failing task in a collect or a write (CRASHING_ACTIONS); return its output, having checked it failed as an
+    unexpected error does (exit code 1)."""
     job = folder / "crashing_job.py"
-    job.write_text(CRASHING_JOB.format(name=CANARY["first_name"]), encoding="utf-8")
+    source = CRASHING_JOB.format(name=CANARY["first_name"], action=CRASHING_ACTIONS[action], run_id=run_id)
+    job.write_text(source, encoding="utf-8")
     proc = subprocess.run(
         [sys.executable, str(job)], env={**job_env(cfg), **env}, capture_output=True, text=True, timeout=300
     )
@@ -244,7 +253,7 @@ def trained(spark, tmp_path_factory):
     consent.run(spark, cfg, run_id="demo", cutoff=DEMO_CUTOFF)
     with open_engine(spark, "spark") as db:
         model = train_and_save(db, cfg, linkage_records(db, cfg))
-    assert latest_model(cfg.models, cfg.linkage) == model
+    assert latest_model(cfg.models, cfg.linkage, cfg.policy) == model
     assert {p.name for p in (cfg.reports / "models" / model.version).iterdir()} == {
         "match_weights.html",
         "m_u_parameters.html",

@@ -4,6 +4,7 @@ jobs on one lakehouse at once, and a PII canary through the real DAG."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import re
 import shutil
@@ -310,14 +311,31 @@ def test_a_canary_identity_reaches_the_tables_and_no_log_xcom_report_commit_or_d
     assert leaks == {where: set() for where in leaks}
 
 
-def test_a_crash_on_a_value_logs_only_the_error_class_and_keeps_its_text_beside_the_data(tmp_path):
+# Airflow allows run ids of 250 characters; these take 2 bytes each in UTF-8, a file name at most 255 bytes.
+LONG_RUN_ID = "manual__" + "й" * 242
+
+
+@pytest.mark.parametrize(
+    ("action", "run_id", "incident_name"),
+    [
+        ("collect", "manual__crash", "-crashing-manual__crash.txt"),
+        (
+            "write",
+            LONG_RUN_ID,
+            f"-crashing-manual__{'_' * 79}-{hashlib.sha256(LONG_RUN_ID.encode()).hexdigest()[:12]}.txt",
+        ),
+    ],
+)
+def test_a_crash_on_a_value_logs_only_the_error_class_and_keeps_its_text_beside_the_data(
+    tmp_path, action, run_id, incident_name
+):
     cfg = config_in(tmp_path)
-    log = run_crashing_job(cfg, tmp_path)
+    log = run_crashing_job(cfg, tmp_path, action=action, run_id=run_id)
     assert canary_found(log) == set()
-    said = r"crashing failed: PythonException at jobs/runner\.py:\d+ in run_job\. Its full text may quote personal data"
+    said = r"crashing failed: \w+ at jobs/runner\.py:\d+ in run_job\. Its full text may quote personal data"
     assert re.search(said, log), log[-3000:]
     incidents = list((cfg.lakehouse / "_incidents").iterdir())
-    assert [p.name.endswith("-crashing-manual__crash.txt") for p in incidents] == [True]
+    assert [p.name.endswith(incident_name) for p in incidents] == [True]
     assert str(incidents[0]) in log
     assert canary_found(incidents[0].read_text(encoding="utf-8")) == {"zqxcanar"}
     assert incidents[0].stat().st_mode & 0o777 == 0o600
