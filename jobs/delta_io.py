@@ -231,16 +231,30 @@ def query_delta(sql: str, versions: Mapping[str, int] | None = None, **tables: P
     return pa.table(qb.execute(sql).read_all())
 
 
-def run_finished_at(paths: Iterable[Path | str], run_id: str) -> int | None:
-    """The commit time (epoch ms) of run_id's last commit to any of the tables; None when it committed to none."""
-    times = [c["timestamp"] for p in paths for c in history(p) if c.get("run_id") == run_id]
-    return max(times, default=None)
+def versions_as_run_left(paths: Iterable[Path | str], run_id: str) -> dict[Path, int | None] | None:
+    """Per table, the version run_id left it at: the run's own last commit to it, else its last version before the
+    run ended; None for a table that held no version then (created later, or those versions purged).
 
-
-def version_at(path: Path | str, timestamp_ms: int) -> int | None:
-    """The table's last version committed at or before timestamp_ms; None when it held none then (created later,
-    or the versions of that time purged by an erasure)."""
-    return max((c["version"] for c in history(path) if c["timestamp"] <= timestamp_ms), default=None)
+    The run ends at its last commit before another run's first commit after it began: a publication another
+    run completes for it later is its own output, not its end. Returns None when the run committed nothing (no
+    commit of it and every log complete): the current versions are all there is. A run whose commits are gone
+    from incomplete logs (an erasure purges them) left versions no longer known, so every table is None.
+    """
+    histories = {Path(p): history(p) for p in paths}
+    commits = sorted((c["timestamp"], c.get("run_id"), path, c["version"]) for path, h in histories.items() for c in h)
+    own = [c for c in commits if c[1] == run_id]
+    if not own:
+        complete = all(min(c["version"] for c in h) == 0 for h in histories.values() if h)
+        return None if complete else dict.fromkeys(histories)
+    began = own[0][0]
+    next_run = min((c[0] for c in commits if c[0] > began and c[1] not in (None, run_id)), default=None)
+    ended = max(c[0] for c in own if next_run is None or c[0] < next_run)
+    versions: dict[Path, int | None] = {}
+    for path in histories:
+        mine = [c[3] for c in own if c[2] == path]
+        before = [c[3] for c in commits if c[2] == path and c[0] <= ended]
+        versions[path] = max(mine or before, default=None)
+    return versions
 
 
 def row_count(path: Path | str) -> int:

@@ -36,6 +36,7 @@ from jobs import run_queries as q
 from jobs.config import PUBLISHED_TABLES, PipelineConfig, TablePaths, load_config
 from jobs.errors import IdresError
 from jobs.linkage import latest_model
+from jobs.publication import JOB as PUBLISH_JOB
 from jobs.run_queries import RunQuery
 from jobs.runner import job_arg_parser
 
@@ -74,37 +75,35 @@ def unpublished_candidates(tables: TablePaths, run_id: str) -> dict[str, Path]:
 class RunResults:
     """The report's queries for one run, each executed once (a table and a chart may show one result).
 
-    Each published table is read as the run left it: at its last version committed by the run's last commit
-    (time travel), so a report regenerated after later runs still shows this run's figures. A run that
-    committed nothing is reported on the current versions.
+    Each table is read as the run left it (delta_io.versions_as_run_left: time travel), so a report regenerated
+    after later runs still shows this run's figures, or "not available" where those versions are gone. The
+    resolution and gold tables are the run's own only when it published them or left them staged: a run that
+    did neither (its gate failed and the candidates were replaced since, or it ended before) shows none. A run
+    that committed nothing is reported on the current versions.
     """
 
     def __init__(self, tables: TablePaths, run_id: str) -> None:
         self.tables, self.run_id = tables, run_id
         self.candidates = unpublished_candidates(tables, run_id)
         existing = [p for p in tables.all().values() if delta_io.table_exists(p)]
-        self.finished_at = delta_io.run_finished_at(existing, run_id)
-        self._versions: dict[Path, int | None] = {}
+        self.versions = delta_io.versions_as_run_left(existing, run_id)
+        published = delta_io.committed_in_run(tables.unify_runs, PUBLISH_JOB, run_id)
+        self.not_its_own = set() if published else {getattr(tables, name) for name in PUBLISHED_TABLES}
         self._results: dict[int, pa.Table | None] = {}
 
-    def _version(self, path: Path) -> int | None:
-        if path not in self._versions:
-            self._versions[path] = delta_io.version_at(path, self.finished_at)
-        return self._versions[path]
-
     def table(self, query: RunQuery) -> pa.Table | None:
-        """The query's result, or None when a table it reads is missing, or held no version when the run ended."""
+        """The query's result; None when a table it reads is missing, held no version when the run ended, or holds
+        another run's resolution."""
         if id(query) not in self._results:
             result = None
-            if query.available(self.tables, self.candidates):
-                versions = {}
-                if self.finished_at is not None:
-                    published = {
-                        a: p
-                        for a, p in query.paths(self.tables, self.candidates).items()
-                        if p not in self.candidates.values()
-                    }
-                    versions = {alias: self._version(path) for alias, path in published.items()}
+            paths = query.paths(self.tables, self.candidates)
+            if query.available(self.tables, self.candidates) and not self.not_its_own & set(paths.values()):
+                staged = set(self.candidates.values())
+                versions = {
+                    alias: self.versions[path]
+                    for alias, path in paths.items()
+                    if self.versions is not None and path not in staged
+                }
                 if None not in versions.values():
                     result = query.execute(self.tables, self.run_id, self.candidates, versions)
             self._results[id(query)] = result

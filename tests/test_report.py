@@ -258,13 +258,44 @@ def test_a_report_regenerated_after_later_runs_shows_the_tables_as_its_run_left_
     eu_only = bronze.where("region = 'EU'").toArrow()
     delta_io.overwrite_delta(eu_only, cfg.tables.bronze, run_id="later", job="ingest")
 
-    def bronze_rows(run_id: str) -> set[tuple[str, ...]] | None:
+    def report(run_id: str) -> dict[str, list[list[str]]]:
         page = RenderedPage(write_auditor_report(cfg, run_id, cfg.run_report_dir(run_id)).read_text(encoding="utf-8"))
-        return {tuple(r) for r in page.tables["bronze-rows"][1:]} if "bronze-rows" in page.tables else None
+        return page.tables
+
+    def bronze_rows(run_id: str) -> set[tuple[str, ...]] | None:
+        tables = report(run_id)
+        return {tuple(r) for r in tables["bronze-rows"][1:]} if "bronze-rows" in tables else None
 
     assert bronze_rows(RUN) == as_run_left_them
     assert bronze_rows("later") == {r for r in as_run_left_them if r[0] == "EU"}
     assert {r[0] for r in as_run_left_them} == {"EU", "RO", "UA"}
+    # "later" published no resolution and staged none: RUN's published profiles are not its own
+    assert "resolution-totals" in report(RUN) and "resolution-totals" not in report("later")
 
-    delta_io.purge_history(cfg.tables.bronze, run_id="erasure-1", job="erase")  # what an erasure does
-    assert bronze_rows(RUN) is None  # its version is gone: not available, never the current one
+    for path in cfg.tables.all().values():  # what an erasure does to every table
+        if delta_io.table_exists(path):
+            delta_io.purge_history(path, run_id="erasure-1", job="erase")
+    assert bronze_rows(RUN) is None  # its versions are gone: not available, never the current ones
+
+
+def test_a_run_left_each_table_at_its_own_last_commit_or_at_its_end(tmp_path):
+    import time
+
+    import pyarrow as pa
+
+    bronze, gold, later = (tmp_path / name for name in ("bronze", "gold", "later"))
+
+    def commit(path, run_id: str) -> None:
+        time.sleep(0.01)  # commit times are in milliseconds
+        delta_io.overwrite_delta(pa.table({"run": [run_id]}), path, run_id=run_id, job="test")
+
+    commit(bronze, "A")  # bronze v0
+    commit(gold, "A")  # gold v0
+    commit(bronze, "B")  # bronze v1: the next run began
+    commit(gold, "A")  # gold v1: B's gate completes A's interrupted publication
+    commit(later, "B")
+    tables = [bronze, gold, later]
+
+    assert delta_io.versions_as_run_left(tables, "A") == {bronze: 0, gold: 1, later: None}
+    assert delta_io.versions_as_run_left(tables, "B") == {bronze: 1, gold: 0, later: 0}
+    assert delta_io.versions_as_run_left(tables, "C") is None  # committed nothing: the current versions
