@@ -19,7 +19,7 @@ from jobs.config import SparkConfig
 log = logging.getLogger("idres.spark_session")
 
 # Loggers that print a failed task's or query's error text, which can quote a data value: Spark's executor
-# and task scheduler, its file writer and the task-abort callbacks of Utils (a failed write; Utils' other
+# and task scheduler, its file writer and Utils (a failed write's task abort, uncaught exceptions; its other
 # messages are start-up warnings), all JVM, and PySpark's query-context loggers. A job logs such a failure by
 # its class and keeps the full text in an incident file instead (jobs.runner.record_incident).
 JVM_LOGGERS_QUOTING_ERRORS = (

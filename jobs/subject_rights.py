@@ -113,7 +113,7 @@ def find_subject(
             raise IdresError("--record must be <source_system>:<source_record_id>")
         wanted.append((source, record_id))
     given = spark.createDataFrame(wanted, "source_system string, source_record_id string")
-    unknown = len(set(wanted)) - held_records(spark, t, given, run_id)
+    unknown = len(set(wanted)) - held_records(spark, t, given, run_id) if wanted else 0
     if unknown:
         raise IdresError(
             f"{unknown} of the given record(s) are held in no table and not in the erasure register (source "
@@ -182,21 +182,42 @@ def own_profile_rows(
     that person's. A profile value is kept when its lineage names one of the subject's records."""
     lineage = [r for r in sections["profile_values_lineage"] if r["record_id"] in ids]
     supplied = {(r["profile_id"], r["column"]) for r in lineage}
+    sources = [r for r in sections["profile_sources"] if r["record_id"] in ids]
     match = ("best_match_record_id", "best_match_weight", "best_match_probability")
-    deciding = ("deciding_source_system", "deciding_source_record_id", "deciding_event_id", "decided_at", "expires_at")
+    # A decision another record made is that record's: only the profile's outcome (allowed or not) is the subject's.
+    deciding = (
+        "status",
+        "lawful_basis",
+        "deciding_source_system",
+        "deciding_source_record_id",
+        "deciding_event_id",
+        "decided_at",
+        "expires_at",
+    )
+
+    def own_profile(profile: dict[str, Any]) -> dict[str, Any]:
+        mine = [r for r in sources if r["profile_id"] == profile["profile_id"]]
+        regions, systems = sorted({r["region"] for r in mine}), sorted({r["source_system"] for r in mine})
+        withheld = [c for c in profile_columns if (profile["profile_id"], c) not in supplied]
+        if len(mine) != profile["record_count"]:  # the profile's latest update may be another record's
+            withheld.append("last_updated_at")
+        return {
+            **_withheld(profile, withheld),
+            "regions": regions,
+            "region_count": len(regions),
+            "source_systems": systems,
+            "record_count": len(mine),
+        }
+
     return {
-        "profiles": [
-            _withheld(p, [c for c in profile_columns if (p["profile_id"], c) not in supplied])
-            for p in sections["profiles"]
-        ],
+        "profiles": [own_profile(p) for p in sections["profiles"]],
         "profile_values_lineage": lineage,
-        "profile_sources": [
-            r if r["best_match_record_id"] in ids else _withheld(r, match)
-            for r in sections["profile_sources"]
-            if r["record_id"] in ids
-        ],
+        "profile_sources": [r if r["best_match_record_id"] in ids else _withheld(r, match) for r in sources],
         "profile_permissions": [
-            r if f"{r['deciding_source_system']}:{r['deciding_source_record_id']}" in ids else _withheld(r, deciding)
+            r
+            if r["deciding_source_record_id"] is None
+            or f"{r['deciding_source_system']}:{r['deciding_source_record_id']}" in ids
+            else _withheld(r, deciding)
             for r in sections["profile_permissions"]
         ],
     }
@@ -279,7 +300,8 @@ def value_pattern(values: Iterable[str]) -> tuple[re.Pattern[str], dict[str, str
     if not forms:
         return None
     alternatives = "|".join(re.escape(f) for f in sorted(forms, key=len, reverse=True))
-    return re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)"), forms
+    # Not beside a word character, nor beside a JSON escape (`\u0406` of an escaped longer word).
+    return re.compile(rf"(?<!\w)(?<!\\u[0-9a-fA-F]{{4}})(?:{alternatives})(?!\w)(?!\\u[0-9a-fA-F]{{4}})"), forms
 
 
 def _cell_texts(value: Any) -> Iterator[str]:

@@ -17,7 +17,7 @@ from chispa import assert_df_equality
 from deltalake import DeltaTable, write_deltalake
 from pyspark.sql import functions as F
 
-from jobs import delta_io, ingest, query, subject_rights
+from jobs import delta_io, ingest, query, subject_rights, unify
 from jobs.errors import IdresError
 from jobs.runner import INCIDENTS_DIR, record_incident
 from tests.conftest import copy_lakehouse
@@ -342,6 +342,10 @@ def test_the_scan_finds_whole_values_only_and_as_json_escapes_them(tmp_path):
     assert subject_rights.scan_for_values(tmp_path, values) == {"part-0.parquet": 2}  # the street and "lin"
     assert subject_rights.scan_for_values(tmp_path, ["unify.py"]) == {"incident.txt": 1}
     assert subject_rights.scan_for_values(tmp_path, ["ivanov", "shevchenka 1", "ali"]) == {}
+    (tmp_path / "escaped.json").write_text(json.dumps(["Іванова", "Петро"]), encoding="ascii")  # \u0406\u0432...
+    assert subject_rights.scan_for_values(tmp_path, ["Іван", "Петро"], [tmp_path / "escaped.json"]) == {
+        "escaped.json": 1
+    }
 
 
 def test_a_record_no_table_holds_is_refused_and_nothing_is_erased(spark, pristine, tmp_path):
@@ -420,6 +424,16 @@ def test_an_export_by_record_holds_of_its_profile_only_what_the_named_record_sup
     assert lineage_columns and {r["record_id"] for r in export["profile_values_lineage"]} == {"ro_shop:R-1"}
     (profile,) = export["profiles"]
     assert {c for c in cfg.survivorship.columns if profile[c] is not None} == lineage_columns
+    # its own share of the profile's provenance; the latest update may be another record's
+    assert (profile["regions"], profile["source_systems"], profile["record_count"]) == (["RO"], ["ro_shop"], 1)
+    assert profile["region_count"] == 1 and profile["last_updated_at"] is None
+    decisions = [
+        (p["deciding_source_record_id"], p["status"], p["lawful_basis"]) for p in export["profile_permissions"]
+    ]
+    assert decisions and all(
+        r == "R-1" or (r is None and basis is None and status in (None, unify.NONE_RECORDED))
+        for r, status, basis in decisions
+    )
     # The profile's other records (the bridge's canary values and ids among them) are not the named subject's.
     text = export_path.read_text(encoding="utf-8")
     assert canary_hits(cfg.reports) == [] and "UA-9" not in text and "LM-9" not in text
