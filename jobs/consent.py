@@ -363,7 +363,12 @@ def land_consent_events(spark: SparkSession, cfg: PipelineConfig, run_id: str, a
     sources = [s for s in cfg.sources if s.consent_feed is not None]
     frames = [
         read_feed(
-            spark, f"{s.name} consent feed", s.consent_feed.path, s.consent_feed.format, s.consent_feed.columns.values()
+            spark,
+            f"{s.name} consent feed",
+            s.consent_feed.path,
+            s.consent_feed.format,
+            s.consent_feed.columns.values(),
+            id_column=s.consent_feed.columns.get("source_record_id"),
         )
         .transform(map_consent_events, s)
         .transform(assign_consent_reasons, cfg.policy)

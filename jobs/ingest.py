@@ -88,10 +88,12 @@ def read_feed(
     columns: Iterable[str],
     encoding: str = "UTF-8",
     delimiter: str = ",",
+    id_column: str | None = None,
 ) -> DataFrame:
     """A feed's rows with the named columns as strings, plus the corrupt-row and source-file columns.
 
-    encoding and delimiter apply to csv; jsonl is UTF-8 (RFC 8259), which the config loader checks.
+    encoding and delimiter apply to csv; jsonl is UTF-8 (RFC 8259), which the config loader checks. id_column,
+    the column holding the source record id, is recovered from a malformed JSONL line where it can be.
     Fails before anything is written when the file is missing or lacks one of the columns.
     """
     require_file(name, path)
@@ -113,7 +115,7 @@ def read_feed(
         raw = raw.csv(location).select("*", source_file)
     elif fmt == "jsonl":
         schema = T.StructType([T.StructField(c, T.StringType()) for c in columns] + [corrupt])
-        raw = json_lines(spark.read.text(location).select("value", source_file), schema)
+        raw = json_lines(spark.read.text(location).select("value", source_file), schema, id_column)
     else:
         raw = spark.read.parquet(location).select("*", F.lit(None).cast("string").alias(CORRUPT), source_file)
     missing = sorted(set(columns) - set(raw.columns))
@@ -122,9 +124,12 @@ def read_feed(
     return raw
 
 
-def json_lines(lines: DataFrame, schema: T.StructType) -> DataFrame:
+def json_lines(lines: DataFrame, schema: T.StructType, id_field: str | None = None) -> DataFrame:
     """One record per non-blank line of a JSONL extract (`value`), parsed with schema; a line that holds
-    anything but one JSON object keeps its text in the schema's corrupt-record column, every other field null.
+    anything but one JSON object keeps its text in the schema's corrupt-record column, every other field null
+    but id_field, the record's id as a lenient reader finds it (single quotes, the first of two objects), so the
+    quarantined line stays the subject's: found by an access request, deleted by an erasure, and held without
+    content when the subject is erased already.
 
     Spark's JSON reader would turn a line holding an array of objects into several records, and one holding
     an empty array into none; parsing line by line keeps read = lines. A UTF-8 byte-order mark is dropped.
@@ -134,6 +139,11 @@ def json_lines(lines: DataFrame, schema: T.StructType) -> DataFrame:
     text = F.col("_text")
     corrupt = F.struct(*[(text if f.name == CORRUPT else F.lit(None)).cast(f.dataType).alias(f.name) for f in schema])
     record = F.when(single_json_value(text), F.from_json(text, schema, options)).otherwise(corrupt)
+    if id_field is not None and re.fullmatch(r"\w+", id_field):  # a JSON path of one plain name
+        lenient_id = F.get_json_object(text, f"$.{id_field}")
+        record = record.withField(
+            id_field, F.coalesce(record[id_field], F.when(record[CORRUPT].isNotNull(), lenient_id))
+        )
     parsed = (
         lines.where(F.col("value").rlike(r"\S"))
         .withColumn("_text", F.regexp_replace("value", "^\ufeff", ""))
@@ -340,7 +350,14 @@ def check_source_schema(source: SourceConfig) -> None:
 def read_source(spark: SparkSession, source: SourceConfig) -> DataFrame:
     """A customer source's rows, every mapped column as a string (see read_feed)."""
     return read_feed(
-        spark, source.name, source.path, source.format, source.columns.values(), source.encoding, source.delimiter
+        spark,
+        source.name,
+        source.path,
+        source.format,
+        source.columns.values(),
+        source.encoding,
+        source.delimiter,
+        source.columns.get("source_record_id"),
     )
 
 

@@ -219,8 +219,29 @@ def test_a_jsonl_line_holding_anything_but_one_json_object_is_quarantined_whole(
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     source = dataclasses.replace(cfg.source("ro_shop"), path=path)
     actual = validated_rows(spark, source).select("source_record_id", "last_name", ingest.REASON)
-    malformed = (None, None, "malformed_record")
-    expected = spark.createDataFrame([("R0", "Pop", None)] + [malformed] * 7, actual.schema)
+    # Nothing of a malformed line lands, but its record id, as far as a lenient reader finds it (the first object's).
+    malformed = [(f"R{n}", None, "malformed_record") for n in (1, 3, 4, 5, 6, 7, 9)]
+    expected = spark.createDataFrame([("R0", "Pop", None), *malformed], actual.schema)
+    assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
+
+
+def test_a_malformed_line_of_an_erased_subject_is_quarantined_without_its_content(spark, cfg, tmp_path):
+    from jobs.canonical import subject_hash
+
+    path = tmp_path / "customers.jsonl"
+    lines = ["{'id_client': 'R1', 'nume': 'Zzerased'}", '{"id_client": "R2", "nume": "Pop"} trailing']
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    source = dataclasses.replace(cfg.source("ro_shop"), path=path)
+    register = spark.createDataFrame([("ro_shop", "R1")], "source_system string, source_record_id string").select(
+        subject_hash().alias("subject_hash")
+    )
+    validated = validated_rows(spark, source).transform(ingest.suppress_erased_subjects, register)
+    actual = ingest.to_quarantine(validated, F.lit(None).cast("string"), "r1", dt.datetime(2026, 1, 1)).select(
+        "source_record_id", "reason", "raw_record"
+    )
+    expected = spark.createDataFrame(
+        [(None, ingest.ERASED_SUBJECT, None), ("R2", "malformed_record", lines[1])], actual.schema
+    )
     assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
 
 
