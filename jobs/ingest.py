@@ -139,16 +139,18 @@ def json_lines(lines: DataFrame, schema: T.StructType, id_field: str | None = No
     text = F.col("_text")
     corrupt = F.struct(*[(text if f.name == CORRUPT else F.lit(None)).cast(f.dataType).alias(f.name) for f in schema])
     record = F.when(single_json_value(text), F.from_json(text, schema, options)).otherwise(corrupt)
-    if id_field is not None and re.fullmatch(r"\w+", id_field):  # a JSON path of one plain name
-        lenient_id = F.get_json_object(text, f"$.{id_field}")
-        record = record.withField(
-            id_field, F.coalesce(record[id_field], F.when(record[CORRUPT].isNotNull(), lenient_id))
-        )
     parsed = (
         lines.where(F.col("value").rlike(r"\S"))
         .withColumn("_text", F.regexp_replace("value", "^\ufeff", ""))
         .withColumn("_record", record)
     )
+    if id_field is not None and re.fullmatch(r"\w+", id_field):  # a JSON path of one plain name
+        # On the parsed column, so the parse runs once (the struct's fields are not computed anew per use).
+        parsed_record = F.col("_record")
+        lenient_id = F.when(parsed_record[CORRUPT].isNotNull(), F.get_json_object(text, f"$.{id_field}"))
+        parsed = parsed.withColumn(
+            "_record", parsed_record.withField(id_field, F.coalesce(parsed_record[id_field], lenient_id))
+        )
     return parsed.select("_record.*", *(c for c in lines.columns if c != "value"))
 
 
