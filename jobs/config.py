@@ -438,6 +438,49 @@ class _Problems:
             self.add(file, f"{key}.{name}" if key else str(name), "is not a known key")
 
 
+class _RepeatedKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that notes each key a mapping repeats (safe_load silently keeps the last one)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.repeated: list[tuple[int, str]] = []  # (line, key)
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[str] = set()
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                if key_node.value in seen:
+                    self.repeated.append((key_node.start_mark.line + 1, key_node.value))
+                seen.add(key_node.value)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _parse_conf_text(path: Path, text: str, problems: _Problems) -> Any:
+    """The document of a conf file; a key repeated within one mapping is a problem (a second `gender:` under
+    policy attributes would otherwise silently replace the first's purposes)."""
+    repeated: list[tuple[int | None, str]] = []
+    if path.suffix == ".json":
+
+        def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+            keys = [k for k, _ in pairs]
+            repeated.extend((None, k) for k in sorted({k for k in keys if keys.count(k) > 1}))
+            return dict(pairs)
+
+        data = json.loads(text, object_pairs_hook=unique)
+    else:
+        loader = _RepeatedKeyLoader(text)
+        try:
+            data = loader.get_single_data()
+        finally:
+            loader.dispose()
+        repeated.extend(loader.repeated)
+    for line, key in repeated:
+        problems.add(
+            path.name, f"line {line}" if line else "<file>", f"key '{key}' is repeated (only one may be given)"
+        )
+    return data
+
+
 def _read_conf_file(path: Path, problems: _Problems) -> dict[str, Any]:
     """The mapping a YAML file (or, for a .json file, a JSON object) holds; {} with a problem when it does not."""
     if not path.is_file():
@@ -455,7 +498,7 @@ def _read_conf_file(path: Path, problems: _Problems) -> dict[str, Any]:
         problems.add(path.name, f"line {line}", "not UTF-8 (save the file as UTF-8)")
         return {}
     try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text) or {}
+        data = _parse_conf_text(path, text, problems) or {}
     except json.JSONDecodeError as exc:
         problems.add(path.name, f"line {exc.lineno}", f"invalid JSON ({exc.msg})")
         return {}

@@ -399,3 +399,23 @@ def test_splink_configure_options_and_a_unique_id_other_than_record_id_are_named
         "splink.yaml: unique_id_column: must be record_id: the pipeline keys records as record_id (resolve, "
         "profile ids, expectations)",
     ]
+
+
+def test_a_key_repeated_in_a_mapping_is_named_instead_of_the_last_one_silently_winning(tmp_path):
+    conf = tmp_path / "conf"
+    shutil.copytree(DEFAULT_CONF_DIR, conf)
+    policy = (conf / "policy.yaml").read_text(encoding="utf-8")
+    held = "  gender: [profile_unification]\n"
+    assert held in policy
+    (conf / "policy.yaml").write_text(policy.replace(held, held + "  gender: [marketing_email]\n"), encoding="utf-8")
+    line = policy[: policy.index(held)].count("\n") + 2
+    (conf / "spark-submit.json").write_text(
+        '{"spark.driver.memory": "4g", "spark.driver.memory": "1g", "spark.eventLog.enabled": "false"}',
+        encoding="utf-8",
+    )
+    with pytest.raises(ConfigError) as err:
+        load_config(conf)
+    assert sorted(err.value.problems) == [
+        f"policy.yaml: line {line}: key 'gender' is repeated (only one may be given)",
+        "spark-submit.json: <file>: key 'spark.driver.memory' is repeated (only one may be given)",
+    ]
