@@ -23,7 +23,7 @@ DOC = """
 5. **resolve**: Splink (Fellegi-Sunter) with the latest model trained with the current `conf/splink.yaml`
    (trained when none exists), on Spark or on DuckDB inside the Spark driver (`resolve.engine` in
    `conf/pipeline.yaml`; `auto`: DuckDB for a local master and few records): pairwise matches, clusters,
-   and stable profile ids with created / merged / split / retired events, staged for the quality gate.
+   and stable profile ids with created / merged / split / moved / retired events, staged for the quality gate.
 6. **unify**: golden-profile candidates by the survivorship rules (`conf/survivorship.yaml`), with cell-level
    lineage (source record, rule, purpose, lawful basis, consent event) and per-purpose permissions, staged
    under `staging/gold/`; a withdrawn record's values leave its profile on this run.

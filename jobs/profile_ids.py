@@ -10,7 +10,9 @@ the previous ids by overlap:
    `merged` into it;
 3. a cluster no previous profile follows gets a new id: `split` from the profiles its records
    came from, or `created` when none of its records had a profile;
-4. a previous profile none of whose records is still clustered is `retired`.
+4. records that leave a profile for a cluster another previous profile keeps are `moved` to it (one event
+   per profile they came from, with the records from it; both profiles keep their ids);
+5. a previous profile none of whose records is still clustered is `retired`.
 
 Rerunning on the same clusters therefore changes nothing, and growing data keeps known people's ids.
 The rules are one SQL text, run on the engine that resolved the clusters (jobs.engines).
@@ -59,7 +61,7 @@ class ProfileIdAssignment:
 
     assignments: str  # record_id, profile_id
     registry: str  # REGISTRY_SCHEMA, every profile ever issued
-    events: str  # EVENTS_SCHEMA, this run's created / merged / split / retired
+    events: str  # EVENTS_SCHEMA, this run's created / merged / split / moved / retired
 
 
 def new_profile_id(run_id: str, first_record_id: str) -> str:
@@ -125,7 +127,8 @@ def assign_stable_profile_ids(
         WHERE NOT EXISTS (SELECT 1 FROM {overlap} o WHERE o.profile_id = a.profile_id)""",
     )
     # A new cluster whose records came from previous profiles is split from each of them (one row per profile, with
-    # the records that came from it); else created (with all its records).
+    # the records that came from it); else created (with all its records). A kept cluster's records from a profile
+    # that followed another cluster were moved from it.
     events = db.create(
         "ids_events",
         f"""SELECT {run} AS run_id, event_type, profile_id, related_profile_id, CAST(records AS BIGINT) AS records,
@@ -136,6 +139,11 @@ def assign_stable_profile_ids(
             FROM {fresh} f LEFT JOIN {overlap} o ON f.cluster_key = o.cluster_key
             UNION ALL
             SELECT 'merged', profile_id, related_profile_id, overlap FROM {merged}
+            UNION ALL
+            SELECT 'moved', s.profile_id, r.profile_id, o.overlap
+            FROM {overlap} o JOIN {survivors} s ON o.cluster_key = s.cluster_key
+                JOIN {ranked} r ON o.profile_id = r.profile_id
+            WHERE r.cluster_key <> o.cluster_key
             UNION ALL
             SELECT 'retired', profile_id, CAST(NULL AS VARCHAR), 0 FROM {retired}
         ) changes""",

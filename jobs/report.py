@@ -46,7 +46,7 @@ REPORT_FILE = "index.html"
 QUALITY_FILE = "quality.json"
 MODEL_FOLDER = "model"
 NOT_AVAILABLE = "not available for this run"
-PROFILE_EVENTS = ("created", "merged", "split", "retired")
+PROFILE_EVENTS = ("created", "merged", "split", "moved", "retired")
 GOLD_CHANGES = ("inserted", "updated", "retired")
 COLOURS = ("#3b6ea8", "#e08a2e", "#5a9e57", "#b5473e", "#7d5fa6", "#8c8c8c")
 
@@ -161,8 +161,8 @@ def consent_chart(purposes: Sequence[str], allowed: dict[str, dict[str, int]], n
 
 
 def profile_changes_chart(events: dict[str, int] | None, gold: dict[str, int] | None) -> Markup:
-    """Profile ids created / merged / split / retired, and golden-profile rows inserted / updated / retired;
-    a panel whose table is missing is left out."""
+    """Profile ids created / merged / split / moved into / retired, and golden-profile rows inserted / updated /
+    retired; a panel whose table is missing is left out."""
     panels = [
         (title, labels, counts, colour)
         for title, labels, counts, colour in (

@@ -11,7 +11,7 @@ none, so a failed gate leaves these tables as they were too):
   level (gamma_*) to explain the match;
 - gold/record_profiles: record -> profile_id;
 - gold/profile_registry: every profile id ever issued, active or merged/retired, and its successor;
-- audit/identity_events: this run's profiles created, merged, split and retired, with the run id.
+- audit/identity_events: this run's profiles created, merged, split, moved records and retired, with the run id.
 Profile ids follow the published record_profiles and registry: the last run that passed the gate.
 """
 

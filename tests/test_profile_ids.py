@@ -134,6 +134,27 @@ def test_removing_the_bridge_splits_the_profile_and_the_larger_part_keeps_the_id
     assert ids(assign(db, clusters, previous, registry, now=T1)) == after
 
 
+def test_records_that_change_between_two_kept_profiles_are_moved_events(spark, db):
+    """Undoing a wrong merge moves the bridging record back: both ids stay, and each move is an event."""
+    registry = arrow(
+        [("pr_p", "active", T0, "run0", None, None, None), ("pr_q", "active", T0, "run0", None, None, None)],
+        REGISTRY_SCHEMA,
+    )
+    previous = [("a", "pr_p"), ("b", "pr_p"), ("c", "pr_p"), ("f", "pr_p"), ("d", "pr_q"), ("e", "pr_q")]
+    clusters = [("a", "k1"), ("b", "k1"), ("c", "k2"), ("d", "k2"), ("e", "k2"), ("f", "k3")]
+    out = assign(db, clusters, previous, registry, "run2", T1)
+    assert ids(out) == {"a": "pr_p", "b": "pr_p", "c": "pr_q", "d": "pr_q", "e": "pr_q", "f": ids(out)["f"]}
+    at = T1.replace(tzinfo=dt.UTC)
+    new = "pr_" + hashlib.sha256(b"run2:f").hexdigest()[:20]
+    expected = arrow([("run2", "moved", "pr_q", "pr_p", 1, at), ("run2", "split", new, "pr_p", 1, at)], EVENTS_SCHEMA)
+    assert_same_rows(spark, out.events, expected)
+    assert_same_rows(
+        spark,
+        out.registry,
+        pa.concat_tables([registry, arrow([(new, "active", at, "run2", None, None, None)], REGISTRY_SCHEMA)]),
+    )
+
+
 def test_a_profile_with_no_records_left_is_retired(spark, db, first_run):
     before = ids(first_run)
     out = assign(db, [("a1", "k1"), ("a2", "k1")], first_run.assignments, first_run.registry, "run2", T1)
