@@ -26,6 +26,7 @@ from functools import reduce
 import pyarrow as pa
 from pyspark.sql import Column, DataFrame, Row, SparkSession, Window
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from jobs import delta_io
 from jobs.canonical import CONSENT_STATUSES, LAWFUL_BASES, SILVER_ATTRIBUTES, SUBJECT, lookup
@@ -51,7 +52,12 @@ log = logging.getLogger("idres.consent")
 
 EVENT_CONTENT = tuple(c for c in CONSENT_FEED_COLUMNS if c not in ("event_id", "source_record_id"))
 TIMESTAMP_FIELDS = ("event_time", "recorded_at", "expires_at")
-TZ_SUFFIX = r"(Z|[+-]\d{2}:?\d{2})$"
+# An ISO 8601 date and time (seconds optional), and the same followed by a time zone: an offset, Z, UTC or a
+# region id. Spark alone also reads a bare time as that time today, and a date-only value as its midnight.
+ISO_DATE_TIME = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?)?"
+ZONE = r"\s?(Z|UTC|[+-]\d{2}(:?\d{2})?|[A-Za-z]+/[A-Za-z_]+(/[A-Za-z_]+)?)$"
+ZONED_DATE_TIME = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?" + ZONE
+REVOKING_STATUSES = ("withdrawn", "denied")  # a refusal needs no basis, and its optional times decide nothing
 STATUS_PRECEDENCE = {"withdrawn": 0, "denied": 1, "granted": 2}
 ALL_ATTRIBUTES = "*"
 
@@ -114,8 +120,11 @@ class GateResult:
 
 
 def map_consent_events(raw: DataFrame, source: SourceConfig) -> DataFrame:
-    """A feed's rows in the ledger's column names, as trimmed strings."""
+    """A feed's rows in the ledger's column names, as trimmed strings. An instant a typed feed (Parquet) holds is
+    written with its zone, so it reads back as the same instant (a plain cast to string drops the zone)."""
     assert source.consent_feed is not None
+    instants = [f.name for f in raw.schema.fields if isinstance(f.dataType, T.TimestampType)]
+    raw = raw.withColumns({c: F.date_format(F.col(f"`{c}`"), "yyyy-MM-dd'T'HH:mm:ss.SSSSSSXXX") for c in instants})
     return raw.select(
         F.lit(source.name).alias("source_system"),
         F.lit(source.region).alias("region"),
@@ -129,11 +138,22 @@ def _in(column: str, allowed: Sequence[str]) -> Column:
     return F.col(column).isin(*allowed)
 
 
+def parse_event_time(raw: Column) -> Column:
+    """A feed's timestamp text as an instant: ISO 8601 with a time zone, seconds optional; null otherwise."""
+    with_seconds = F.regexp_replace(raw, r"^(\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2})(" + ZONE[:-1] + ")$", "$1:00$2")
+    return F.when(raw.rlike(ISO_DATE_TIME), F.try_to_timestamp(with_seconds))
+
+
 def assign_consent_reasons(events: DataFrame, policy: PurposePolicy) -> DataFrame:
-    """Parse timestamps (time-zone aware, to UTC) and give each unusable event a quarantine reason."""
+    """Parse timestamps (time-zone aware, to UTC) and give each unusable event a quarantine reason.
+
+    A withdrawal or denial must take effect whenever its subject, purpose and time are sound: its lawful basis
+    is not required (an invalid one is dropped), and an optional time it carries that cannot be read
+    (recorded_at, expires_at) is dropped instead of discarding the refusal and leaving an earlier grant in force.
+    """
     df = events
     for c in TIMESTAMP_FIELDS:
-        df = df.withColumn(f"_raw_{c}", F.col(c)).withColumn(c, F.try_to_timestamp(F.col(c)))
+        df = df.withColumn(f"_raw_{c}", F.col(c)).withColumn(c, parse_event_time(F.col(c)))
     text = F.concat_ws(
         "\u0001",
         *[
@@ -149,33 +169,40 @@ def assign_consent_reasons(events: DataFrame, policy: PurposePolicy) -> DataFram
             )
         ],
     )
-    bad_time = reduce(
-        lambda a, b: a | b, [F.col(f"_raw_{c}").isNotNull() & F.col(c).isNull() for c in TIMESTAMP_FIELDS]
-    )
-    no_zone = reduce(
-        lambda a, b: a | b,
-        [F.col(f"_raw_{c}").isNotNull() & ~F.col(f"_raw_{c}").rlike(TZ_SUFFIX) for c in TIMESTAMP_FIELDS],
-    )
+    revokes = F.coalesce(_in("status", REVOKING_STATUSES), F.lit(False))
+    valid_basis = F.coalesce(_in("lawful_basis", LAWFUL_BASES), F.lit(False))
+    unreadable = {c: F.col(f"_raw_{c}").isNotNull() & F.col(c).isNull() for c in TIMESTAMP_FIELDS}
+    unzoned = {c: F.col(f"_raw_{c}").isNotNull() & ~F.col(f"_raw_{c}").rlike(ZONED_DATE_TIME) for c in TIMESTAMP_FIELDS}
+    optional = [c for c in TIMESTAMP_FIELDS if c != "event_time"]
+    checked = {c: F.lit(True) if c == "event_time" else ~revokes for c in TIMESTAMP_FIELDS}
+    bad_time = reduce(lambda a, b: a | b, [checked[c] & unreadable[c] for c in TIMESTAMP_FIELDS])
+    no_zone = reduce(lambda a, b: a | b, [checked[c] & unzoned[c] for c in TIMESTAMP_FIELDS])
     reason = (
         F.when(badly_encoded(text), F.lit(BAD_ENCODING))
         .when(F.col(CORRUPT).isNotNull(), F.lit(MALFORMED_RECORD))
         .when(F.col("source_record_id").isNull(), F.lit(MISSING_SUBJECT))
         .when(~F.coalesce(_in("purpose", policy.purposes), F.lit(False)), F.lit(UNKNOWN_PURPOSE))
-        .when(~F.coalesce(_in("lawful_basis", LAWFUL_BASES), F.lit(False)), F.lit(INVALID_LAWFUL_BASIS))
+        .when(~revokes & ~valid_basis, F.lit(INVALID_LAWFUL_BASIS))
         .when(~F.coalesce(_in("status", CONSENT_STATUSES), F.lit(False)), F.lit(INVALID_STATUS))
         .when(F.col("_raw_event_time").isNull() | bad_time, F.lit(UNPARSEABLE_TIMESTAMP))
         .when(no_zone, F.lit(TIMESTAMP_WITHOUT_ZONE))
     )
     content = F.struct(*[F.col(c) for c in (*SUBJECT, *EVENT_CONTENT)])
+    exact = {"timestampFormat": "yyyy-MM-dd'T'HH:mm:ss.SSSSSSXXX"}  # to the microsecond, as held
     df = df.withColumn(REASON, reason).withColumn(
-        "event_id", F.coalesce(F.col("event_id"), F.concat(F.lit("h:"), F.sha2(F.to_json(content), 256)))
+        "event_id", F.coalesce(F.col("event_id"), F.concat(F.lit("h:"), F.sha2(F.to_json(content, exact), 256)))
     )
     # One event id carrying two different events cannot be trusted; exact replays are the same event.
     per_id = Window.partitionBy("source_system", "event_id")
     variants = F.size(F.collect_set(F.when(F.col(REASON).isNull(), content)).over(per_id))
-    return df.withColumn(
+    df = df.withColumn(
         REASON, F.when(F.col(REASON).isNull() & (variants > 1), F.lit(CONFLICTING_EVENT_ID)).otherwise(F.col(REASON))
     )
+    kept = F.col(REASON).isNull() & revokes  # a refusal that lands without what it cannot carry
+    df = df.withColumn("lawful_basis", F.when(kept & ~valid_basis, None).otherwise(F.col("lawful_basis")))
+    for c in optional:
+        df = df.withColumn(c, F.when(kept & (unreadable[c] | unzoned[c]), None).otherwise(F.col(c)))
+    return df
 
 
 def mark_ledger_conflicts(events: DataFrame, ledger: DataFrame | None) -> DataFrame:

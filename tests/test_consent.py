@@ -153,6 +153,134 @@ def test_one_event_id_with_two_contents_is_a_conflict_and_replays_are_one_event(
     assert [r[ingest.REASON] for r in rows[4:]] == [None, None, None]
 
 
+def mapped_events(spark, rows):
+    """Feed rows (subject, basis, status, event_time, recorded_at, expires_at, event_id) as map_consent_events
+    gives them."""
+    columns = ", ".join(f"{c} string" for c in ("source_system", "region", *CONSENT_FEED_COLUMNS))
+    return spark.createDataFrame(
+        [
+            (
+                "ua_crm",
+                "UA",
+                who,
+                "profile_unification",
+                basis,
+                status,
+                at,
+                recorded,
+                "web",
+                "v1",
+                expires,
+                eid,
+                None,
+                "f",
+            )
+            for who, basis, status, at, recorded, expires, eid in rows
+        ],
+        f"{columns}, {ingest.CORRUPT} string, {ingest.SOURCE_FILE} string",
+    )
+
+
+def test_event_times_must_be_a_zoned_iso_date_and_time(spark, cfg):
+    rows = [
+        ("T1", "consent", "granted", "10:00:00Z", None, None, "t1"),  # Spark alone reads a bare time as today's
+        ("T2", "consent", "granted", "T10:00:00+02:00", None, None, "t2"),
+        ("T3", "consent", "granted", "+12025-01-01T10:00:00Z", None, None, "t3"),
+        ("T4", "consent", "granted", "2025-01-01", None, None, "t4"),  # a date alone has no zone
+        ("T5", "consent", "granted", "2025-01-01T10:00Z", None, None, "t5"),  # seconds are optional in ISO 8601
+        ("T6", "consent", "granted", "2025-01-01 10:00:00+02", None, None, "t6"),
+        ("T7", "consent", "granted", "2025-01-01 10:00:00 UTC", None, None, "t7"),
+        ("T8", "consent", "granted", "2025-01-01T10:00:00.5Z", "2025-01-01T10:00:00", None, "t8"),
+    ]
+    actual = consent.assign_consent_reasons(mapped_events(spark, rows), cfg.policy).select(
+        "source_record_id", "event_time", ingest.REASON
+    )
+    expected = spark.createDataFrame(
+        [
+            ("T1", None, "unparseable_timestamp"),
+            ("T2", None, "unparseable_timestamp"),
+            ("T3", None, "unparseable_timestamp"),
+            ("T4", dt.datetime(2025, 1, 1, tzinfo=UTC), "timestamp_without_time_zone"),
+            ("T5", ts("2025-01-01"), None),
+            ("T6", ts("2025-01-01", 8), None),
+            ("T7", ts("2025-01-01"), None),
+            ("T8", ts("2025-01-01").replace(microsecond=500000), "timestamp_without_time_zone"),
+        ],
+        actual.schema,
+    )
+    assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
+
+
+def test_a_refusal_lands_without_a_basis_or_an_unreadable_optional_time_and_wins(spark, cfg):
+    """A withdrawal needs no lawful basis, and its recorded_at or expiry decides nothing: discarding it for them
+    left the earlier grant in force."""
+    grant = ("UA-1", "consent", "granted", "2025-01-01T10:00:00Z", None, None, None)
+    rows = [
+        grant,
+        ("UA-1", None, "withdrawn", "2025-06-01T10:00:00Z", "2025-06-01 10:00:05", None, None),
+        ("UA-2", "consent", "granted", "2025-01-01T10:00:00Z", None, None, "g2"),
+        ("UA-2", "because", "denied", "2025-06-01T10:00:00Z", None, "never", "d2"),
+        ("UA-3", "consent", "granted", "2025-01-01T10:00:00Z", None, None, "g3"),
+        ("UA-3", None, "granted", "2025-06-01T10:00:00Z", None, None, "g3b"),  # a grant still needs its basis
+        ("UA-4", "consent", "granted", "2025-01-01T10:00:00Z", "2025-01-01 10:00:05", None, "g4"),
+        # two withdrawals without ids, a microsecond apart at the same millisecond: two events, two ids
+        ("UA-5", "consent", "withdrawn", "2025-06-01T10:00:00.000100Z", None, None, None),
+        ("UA-5", "consent", "withdrawn", "2025-06-01T10:00:00.000900Z", None, None, None),
+    ]
+    events = consent.assign_consent_reasons(mapped_events(spark, rows), cfg.policy)
+    actual = events.select("source_record_id", "status", "lawful_basis", "recorded_at", "expires_at", ingest.REASON)
+    expected = spark.createDataFrame(
+        [
+            ("UA-1", "granted", "consent", None, None, None),
+            ("UA-1", "withdrawn", None, None, None, None),
+            ("UA-2", "granted", "consent", None, None, None),
+            ("UA-2", "denied", None, None, None, None),
+            ("UA-3", "granted", "consent", None, None, None),
+            ("UA-3", "granted", None, None, None, "invalid_lawful_basis"),
+            ("UA-4", "granted", "consent", ts("2025-01-01").replace(second=5), None, "timestamp_without_time_zone"),
+            ("UA-5", "withdrawn", "consent", None, None, None),
+            ("UA-5", "withdrawn", "consent", None, None, None),
+        ],
+        actual.schema,
+    )
+    assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
+    assert events.where("source_record_id = 'UA-5'").select("event_id").distinct().count() == 2
+
+    landed = events.where(F.col(ingest.REASON).isNull())
+    decided = consent.effective_consent(landed, ts("2026-01-01")).select("source_record_id", "effective_status")
+    expected = spark.createDataFrame(
+        [("UA-1", "withdrawn"), ("UA-2", "denied"), ("UA-3", "granted"), ("UA-5", "withdrawn")], decided.schema
+    )
+    assert_df_equality(decided, expected, ignore_row_order=True, ignore_nullable=True)
+
+
+def test_instants_of_a_typed_feed_keep_their_zone(spark, cfg):
+    """A Parquet feed's timestamp columns are instants: cast to text they lost the zone and were quarantined."""
+    source = cfg.source("ua_crm")
+    raw = spark.createDataFrame(
+        [
+            (
+                "e1",
+                "UA-1",
+                "profile_unification",
+                "consent",
+                "granted",
+                ts("2025-01-01"),
+                ts("2025-01-01"),
+                "web",
+                "v1",
+                None,
+            )
+        ],
+        "event_id string, subject_id string, purpose string, lawful_basis string, status string, "
+        "event_time timestamp, recorded_at timestamp, method string, notice_version string, expires_at timestamp",
+    ).select("*", F.lit(None).cast("string").alias(ingest.CORRUPT), F.lit("f").alias(ingest.SOURCE_FILE))
+    events = consent.assign_consent_reasons(consent.map_consent_events(raw, source), cfg.policy)
+    actual = events.select("source_record_id", "event_time", "recorded_at", ingest.REASON)
+    expected = spark.createDataFrame([("UA-1", ts("2025-01-01"), ts("2025-01-01"), None)], actual.schema)
+    assert_df_equality(actual, expected, ignore_nullable=True)
+
+
 @pytest.mark.parametrize("cutoff", ["2026-02-30T00:00:00+00:00", "yesterday", "2026-01-01T00:00:00"])
 def test_a_cutoff_that_is_no_zoned_iso_time_is_refused_before_anything_runs(spark, cfg, cutoff):
     with pytest.raises(IdresError, match=r"^--cutoff must be an ISO 8601 time with a time zone"):
@@ -488,3 +616,33 @@ def test_a_pseudonym_is_an_attribute_the_gate_suppresses_without_its_purpose(spa
         "UA-1": ("h1", []),
         "UA-2": (None, ["national_id_hash"]),
     }
+
+
+def test_a_purpose_the_policy_retired_fails_only_events_the_last_run_landed(spark):
+    """The ledger keeps every event: those landed under an earlier policy must not refuse every later run."""
+    from expectations import consent_ledger
+
+    ledger = spark.createDataFrame(
+        [("r1", "profile_unification"), ("r1", "newsletter"), ("r2", "profile_unification"), ("r3", "marketing_sms")],
+        "run_id string, purpose string",
+    )
+    runs = spark.createDataFrame(
+        [("r1", dt.datetime(2026, 1, 1)), ("r2", dt.datetime(2026, 2, 1))], "run_id string, landed_at timestamp"
+    )
+    purposes = ["profile_unification", "marketing_sms"]
+    checked = consent_ledger.with_purpose_checks(ledger, runs, purposes)
+    expected = spark.createDataFrame(
+        [
+            ("r1", "profile_unification", True),
+            ("r1", "newsletter", True),  # landed by r1, under the policy of its day
+            ("r2", "profile_unification", True),
+            ("r3", "marketing_sms", True),  # not the last consent run's: checked when it landed
+        ],
+        "run_id string, purpose string, purpose_declared boolean",
+    )
+    assert_df_equality(checked, expected, ignore_row_order=True, ignore_nullable=True)
+
+    later = runs.union(spark.createDataFrame([("r1", dt.datetime(2026, 3, 1))], runs.schema))  # r1 retried last
+    retried = consent_ledger.with_purpose_checks(ledger, later, purposes).where("run_id = 'r1'")
+    expected = spark.createDataFrame([("r1", "profile_unification", True), ("r1", "newsletter", False)], checked.schema)
+    assert_df_equality(retried, expected, ignore_row_order=True, ignore_nullable=True)
