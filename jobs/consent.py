@@ -31,6 +31,7 @@ from pyspark.sql import types as T
 from jobs import delta_io
 from jobs.canonical import CONSENT_STATUSES, LAWFUL_BASES, SILVER_ATTRIBUTES, SUBJECT, lookup
 from jobs.config import CONSENT_FEED_COLUMNS, PipelineConfig, PurposePolicy, SourceConfig
+from jobs.engines import sql_string
 from jobs.errors import IdresError
 from jobs.ingest import (
     BAD_ENCODING,
@@ -99,6 +100,7 @@ CONSENT_RUNS_SCHEMA = pa.schema(
         ("events_landed", pa.int64()),  # good events: each is in the ledger after the run (new, or landed before)
         ("events_quarantined", pa.int64()),
         ("landed_at", pa.timestamp("us", tz="UTC")),
+        ("cutoff", pa.timestamp("us", tz="UTC")),  # the effective-consent cutoff the run applied
     ]
 )
 
@@ -383,10 +385,12 @@ def decision_audit(gated: DataFrame, policy: PurposePolicy, run_id: str, decided
     )
 
 
-def land_consent_events(spark: SparkSession, cfg: PipelineConfig, run_id: str, at: datetime) -> tuple[int, dict]:
+def land_consent_events(
+    spark: SparkSession, cfg: PipelineConfig, run_id: str, at: datetime, cutoff: datetime
+) -> tuple[int, dict]:
     """Land every configured consent feed in the ledger; bad events go to the consent quarantine. Counts per
-    feed go to audit/consent_runs (read = landed + quarantined); returns the events read and quarantined by
-    reason."""
+    feed, with the cutoff the run applies, go to audit/consent_runs (read = landed + quarantined); returns the
+    events read and quarantined by reason."""
     sources = [s for s in cfg.sources if s.consent_feed is not None]
     frames = [
         read_feed(
@@ -402,7 +406,7 @@ def land_consent_events(spark: SparkSession, cfg: PipelineConfig, run_id: str, a
         for s in sources
     ]
     if not frames:
-        _record_consent_events(cfg, run_id, at, [], [])
+        _record_consent_events(cfg, run_id, at, cutoff, [], [])
         return 0, {}
     ledger_path = cfg.tables.consent_ledger
     held = delta_io.read_delta(spark, ledger_path) if delta_io.table_exists(ledger_path) else None
@@ -433,7 +437,7 @@ def land_consent_events(spark: SparkSession, cfg: PipelineConfig, run_id: str, a
         )
     finally:
         events.unpersist()
-    _record_consent_events(cfg, run_id, at, [s.name for s in sources], counts)
+    _record_consent_events(cfg, run_id, at, cutoff, [s.name for s in sources], counts)
     quarantined: dict[str, int] = {}
     for row in counts:
         if row[REASON] is not None:
@@ -442,7 +446,7 @@ def land_consent_events(spark: SparkSession, cfg: PipelineConfig, run_id: str, a
 
 
 def _record_consent_events(
-    cfg: PipelineConfig, run_id: str, at: datetime, sources: Sequence[str], counts: Sequence[Row]
+    cfg: PipelineConfig, run_id: str, at: datetime, cutoff: datetime, sources: Sequence[str], counts: Sequence[Row]
 ) -> None:
     """One row per consent feed in audit/consent_runs: events read, landed and quarantined in this run."""
     rows = []
@@ -458,6 +462,7 @@ def _record_consent_events(
                 "events_landed": landed,
                 "events_quarantined": quarantined,
                 "landed_at": at,
+                "cutoff": cutoff,
             }
         )
         log.info("consent feed %s: read=%d landed=%d quarantined=%d", name, landed + quarantined, landed, quarantined)
@@ -472,6 +477,21 @@ def _record_consent_events(
     )
 
 
+def latest_applied_cutoff(cfg: PipelineConfig, run_id: str) -> datetime | None:
+    """The latest cutoff another run applied (audit/consent_runs), or None. A run never takes consent as of an
+    earlier time: an older run cleared and rerun would else turn a withdrawal later runs applied back into the
+    grant before it, and publish it."""
+    path = cfg.tables.consent_runs
+    if not delta_io.table_exists(path) or "cutoff" not in delta_io.column_names(path):
+        return None
+    (latest,) = (
+        delta_io.query_delta(f"SELECT max(cutoff) AS cutoff FROM r WHERE run_id <> {sql_string(run_id)}", r=path)
+        .column("cutoff")
+        .to_pylist()
+    )
+    return latest
+
+
 def run(spark: SparkSession, cfg: PipelineConfig, run_id: str, cutoff: str | None = None) -> GateResult:
     """Land consent events, compute effective consent as of cutoff, and gate silver into admitted records."""
     try:
@@ -481,10 +501,14 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str, cutoff: str | Non
     if as_of is None or as_of.tzinfo is None:
         raise IdresError("--cutoff must be an ISO 8601 time with a time zone, e.g. 2026-11-22T00:00:00+00:00")
     now = datetime.now(UTC).replace(microsecond=0)
+    applied = latest_applied_cutoff(cfg, run_id)
+    if applied is not None and as_of < applied:
+        log.warning("cutoff %s is before %s, which a run applied: consent is taken as of the later", as_of, applied)
+        as_of = applied
     policy = cfg.policy
     silver_rows = delta_io.row_count(cfg.tables.silver)
     size_stage_to_input(spark, cfg.spark, silver_rows)
-    events_read, events_quarantined = land_consent_events(spark, cfg, run_id, now)
+    events_read, events_quarantined = land_consent_events(spark, cfg, run_id, now, as_of)
 
     effective = effective_consent(delta_io.read_delta(spark, cfg.tables.consent_ledger), as_of)
     delta_io.merge_delta(

@@ -470,7 +470,10 @@ def test_invalid_consent_events_are_quarantined_with_reasons(spark, gate_world):
     assert first.events_read == len(GOOD_EVENTS) + len(BAD_EVENTS)
     assert delta_io.read_delta(spark, cfg.tables.consent_ledger).count() == len(GOOD_EVENTS)
     runs = delta_io.read_delta(spark, cfg.tables.consent_runs).where("run_id = 'r1'").drop("landed_at")
-    expected = spark.createDataFrame([("r1", "ua_crm", 18, 12, 6)], runs.schema)  # read = landed + quarantined
+    at_cutoff = dt.datetime(2026, 6, 1, tzinfo=UTC)
+    expected = spark.createDataFrame(
+        [("r1", "ua_crm", 18, 12, 6, at_cutoff)], runs.schema
+    )  # read = landed + quarantined
     assert_df_equality(runs, expected, ignore_nullable=True)
 
 
@@ -568,6 +571,28 @@ def test_a_landed_event_delivered_again_with_other_content_is_quarantined_not_lo
     assert delta_io.read_delta(spark, cfg.tables.admitted).where("source_record_id = 'UA-2'").count() == 1
 
 
+def test_a_run_with_an_earlier_cutoff_does_not_bring_back_consent_a_later_run_saw_withdrawn(
+    spark, gate_world, tmp_path
+):
+    """An older DAG run cleared after a newer one published must not turn a withdrawal back into a grant."""
+    from tests.conftest import copy_lakehouse
+
+    cfg = copy_lakehouse(gate_world[0], tmp_path)
+    consent.run(spark, cfg, run_id="old-run", cutoff="2025-03-01T00:00:00+00:00")  # before UA-1's withdrawal
+
+    effective = (
+        delta_io.read_delta(spark, cfg.tables.effective_consent)
+        .where("source_record_id = 'UA-1'")
+        .select("source_record_id", "purpose", "effective_status")
+    )
+    expected = spark.createDataFrame([("UA-1", "profile_unification", "withdrawn")], effective.schema)
+    assert_df_equality(effective, expected, ignore_nullable=True)
+    assert delta_io.read_delta(spark, cfg.tables.admitted).where("source_record_id = 'UA-1'").count() == 0
+    runs = delta_io.read_delta(spark, cfg.tables.consent_runs).where("run_id = 'old-run'").select("cutoff")
+    applied = spark.createDataFrame([(dt.datetime(2026, 6, 1, tzinfo=UTC),)], runs.schema)  # the cutoff it applied
+    assert_df_equality(runs, applied, ignore_nullable=True)
+
+
 def test_an_erased_subjects_consent_events_are_not_landed_again(spark, gate_world, tmp_path):
     from jobs import subject_rights
     from tests.conftest import copy_lakehouse
@@ -582,7 +607,8 @@ def test_an_erased_subjects_consent_events_are_not_landed_again(spark, gate_worl
     assert result.events_quarantined == {ingest.ERASED_SUBJECT: 8, "malformed_record": 1}
     assert result.events_read == len(GOOD_EVENTS) + len(BAD_EVENTS)
     runs = delta_io.read_delta(spark, cfg.tables.consent_runs).where("run_id = 'r4'").drop("landed_at")
-    assert_df_equality(runs, spark.createDataFrame([("r4", "ua_crm", 18, 9, 9)], runs.schema), ignore_nullable=True)
+    expected = spark.createDataFrame([("r4", "ua_crm", 18, 9, 9, dt.datetime(2026, 6, 1, tzinfo=UTC))], runs.schema)
+    assert_df_equality(runs, expected, ignore_nullable=True)
     for table in (cfg.tables.consent_ledger, cfg.tables.effective_consent, cfg.tables.consent_quarantine):
         assert delta_io.read_delta(spark, table).where("source_record_id = 'UA-5'").count() == 0, table
     quarantined = (
