@@ -90,13 +90,15 @@ def profile_permissions(contributors: DataFrame, effective: DataFrame, policy: P
 
 
 def _has(column: str) -> str:
-    """The ranking keys' flag: does the record hold `column`."""
+    """The ranking keys' flag: does the record hold `column`, and may it supply it to its profile."""
     return f"_has_{column}"
 
 
-def ranking_keys(contributors: DataFrame, survivorship: SurvivorshipConfig) -> DataFrame:
+def ranking_keys(contributors: DataFrame, survivorship: SurvivorshipConfig, policy: PurposePolicy) -> DataFrame:
     """What survivorship ranks contributing records by, and no more: their ids, source and update time, which
-    of the rules' columns each holds, and the values most_frequent counts.
+    of the rules' columns each holds and may supply (a purpose both it and its profile are permitted covers the
+    column: else a record that may not supply a value could win and leave the profile without one), and the
+    values most_frequent counts.
 
     The ranking windows sort these narrow rows instead of whole records (tens of columns, at 1M demo records
     the larger part of unify's time).
@@ -109,7 +111,8 @@ def ranking_keys(contributors: DataFrame, survivorship: SurvivorshipConfig) -> D
         "source_system",
         "updated_at",
         *counted,
-        *(F.col(c).isNotNull().alias(_has(c)) for c in held),
+        *((F.col(c).isNotNull() & _lawful_purpose(c, policy).isNotNull()).alias(_has(c)) for c in held),
+        "_profile_purposes",
     )
 
 
@@ -161,15 +164,16 @@ def survivorship_cells(
     then join the whole records once, and each record's winning cells are exploded from it in one pass.
     """
     wins = {rule.attribute: f"_survives_{rule.attribute}" for rule in survivorship.rules}
-    winners = (
-        ranking_keys(contributors, survivorship)
-        .select(
-            "profile_id",
-            "record_id",
-            *(survives(rule, survivorship.source_priority).alias(wins[rule.attribute]) for rule in survivorship.rules),
-        )
-        .join(allowed, "profile_id", "left")
+    purposed = (
+        contributors.join(allowed, "profile_id", "left")
         .withColumn("_profile_purposes", F.coalesce("_profile_purposes", F.array().cast("array<string>")))
+        .withColumn("_record_purposes", F.split("permitted_purposes", ","))
+    )
+    winners = ranking_keys(purposed, survivorship, policy).select(
+        "profile_id",
+        "record_id",
+        "_profile_purposes",
+        *(survives(rule, survivorship.source_priority).alias(wins[rule.attribute]) for rule in survivorship.rules),
     )
     ranked = contributors.join(winners, ["profile_id", "record_id"]).withColumn(
         "_record_purposes", F.split("permitted_purposes", ",")

@@ -182,6 +182,49 @@ def test_a_value_several_purposes_cover_is_held_for_the_first_the_record_and_pro
         assert_df_equality(picked, expected, ignore_row_order=True, ignore_nullable=True)
 
 
+def test_the_survivor_is_the_best_record_that_may_supply_the_value_to_its_profile(spark, cfg):
+    """The newest marketing email is held under analytics alone, which the profile may not use (another record
+    withdrew it): the older one, held under marketing_email consent, survives instead of the profile losing it."""
+    u, m, a = UNIFICATION, "marketing_email", "analytics"
+    policy = dataclasses.replace(
+        cfg.policy, attribute_purposes={**cfg.policy.attribute_purposes, "marketing_email": (m, a)}
+    )
+    rules = SurvivorshipConfig((), (SurvivorshipRule("marketing_email", ("marketing_email",), "most_recent", ()),))
+    admitted = [
+        ("ua_crm", "A", "UA", T(2026, 5, 1), None, None, None, None, None, None, "new@x", f"{a},{u}", "consent", "eA"),
+        ("ro_shop", "B", "RO", T(2026, 1, 1), None, None, None, None, None, None, "old@x", f"{m},{u}", "consent", "eB"),
+        ("eu_loyalty", "C", "EU", T(2026, 1, 1), None, None, None, None, None, None, None, u, "consent", "eC"),
+    ]  # fmt: skip
+    effective = [
+        ("ua_crm", "A", u, "consent", "granted", True, "eA", T(2026, 1, 1), None),
+        ("ua_crm", "A", a, "consent", "granted", True, "eA2", T(2026, 1, 1), None),
+        ("ro_shop", "B", u, "consent", "granted", True, "eB", T(2026, 1, 1), None),
+        ("ro_shop", "B", m, "consent", "granted", True, "eB2", T(2026, 1, 1), None),
+        ("eu_loyalty", "C", u, "consent", "granted", True, "eC", T(2026, 1, 1), None),
+        ("eu_loyalty", "C", a, "consent", "withdrawn", False, "eC2", T(2026, 3, 1), None),
+    ]
+    gold = unify.build_gold(
+        spark.createDataFrame(
+            [(f"{s}:{i}", "P", s, i) for s, i, *_ in admitted],
+            "record_id string, profile_id string, source_system string, source_record_id string",
+        ),
+        spark.createDataFrame(admitted, ADMITTED_SCHEMA),
+        spark.createDataFrame(
+            [], "record_id_l string, record_id_r string, match_weight double, match_probability double"
+        ),
+        spark.createDataFrame(effective, EFFECTIVE_SCHEMA),
+        rules,
+        policy,
+    )
+    lineage = gold.profile_lineage.select(
+        "profile_id", "column", "record_id", "purpose", "lawful_basis", "consent_event_id"
+    )
+    expected = spark.createDataFrame([("P", "marketing_email", "ro_shop:B", m, "consent", "eB2")], lineage.schema)
+    assert_df_equality(lineage, expected, ignore_nullable=True)
+    profiles = gold.profiles.select("profile_id", "marketing_email")
+    assert_df_equality(profiles, spark.createDataFrame([("P", "old@x")], profiles.schema), ignore_nullable=True)
+
+
 def test_permissions_follow_the_latest_decision_across_the_profiles_records(spark, cfg):
     permissions = hand_gold(spark, cfg.policy).profile_permissions.select(
         "profile_id", "purpose", "allowed", "status", "lawful_basis", "deciding_source_record_id", "deciding_event_id"
