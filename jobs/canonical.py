@@ -125,6 +125,18 @@ def subject_hash(
     )
 
 
+# Characters a value may carry at either end without meaning anything: every Unicode space separator (U+00A0,
+# U+3000, ...), control character (tab, CR, ...) and format character (zero-width space, byte-order mark, ...).
+# F.trim removes only U+0020.
+EDGE_JUNK = r"[\p{Z}\p{Cc}\p{Cf}]+"
+
+
+def trimmed(text: Column | str) -> Column:
+    """text without the spaces, control and format characters at either end (see EDGE_JUNK), as a string."""
+    value = (F.col(text) if isinstance(text, str) else text).cast("string")
+    return F.regexp_replace(value, rf"\A{EDGE_JUNK}|{EDGE_JUNK}\z", "")
+
+
 def lookup(mapping: Mapping[str, object]) -> Column:
     """A literal map column, for `lookup(m)[F.col(key)]`."""
     return F.create_map(*[F.lit(x) for kv in mapping.items() for x in kv])

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import available_timezones
 
 import yaml
 
@@ -43,6 +44,7 @@ SOURCE_KEYS: tuple[str, ...] = (
     "delimiter",
     "date_format",
     "timestamp_format",
+    "time_zone",
     "default_country",
     "columns",
     "consent_feed",
@@ -85,6 +87,18 @@ class SourceConfig:
     consent_feed: ConsentFeedConfig | None = None
     ignored_columns: tuple[str, ...] = ()  # source columns present in the extract on purpose, not mapped
     schema_drift: str = "fail"  # one of SCHEMA_DRIFT_MODES
+    time_zone: str = "UTC"  # IANA zone of the source's timestamps when timestamp_format carries no offset
+
+    @property
+    def timestamp_has_zone(self) -> bool:
+        """Whether timestamp_format reads a zone or offset from each value (a pattern letter X, x, Z, z, O or V
+        outside quoted text), so that time_zone does not apply."""
+        return timestamp_format_has_zone(self.timestamp_format)
+
+
+def timestamp_format_has_zone(pattern: str) -> bool:
+    """Whether a Spark datetime pattern has a zone or offset field outside its quoted literals ('T')."""
+    return re.search(r"[XxZzOV]", re.sub(r"'[^']*'", "", pattern)) is not None
 
 
 @dataclass(frozen=True)
@@ -630,6 +644,7 @@ def _load_source(i: int, raw: Any, landing: Path, names: set[str], problems: _Pr
     drift = raw.get("schema_drift", "fail")
     if drift not in SCHEMA_DRIFT_MODES:
         problems.add(file, f"{key}.schema_drift", f"must be one of {', '.join(SCHEMA_DRIFT_MODES)}, got '{drift}'")
+    zone = _time_zone(file, key, raw, timestamp_format, problems)
     if None in (name, region, system, fmt, path, date_format, timestamp_format, country):
         return None
     return SourceConfig(
@@ -647,7 +662,29 @@ def _load_source(i: int, raw: Any, landing: Path, names: set[str], problems: _Pr
         consent_feed=feed,
         ignored_columns=ignored,
         schema_drift=drift if drift in SCHEMA_DRIFT_MODES else "fail",
+        time_zone=zone,
     )
+
+
+@functools.cache
+def _iana_zones() -> frozenset[str]:
+    """The IANA time zone names this machine's time zone database holds."""
+    return frozenset(available_timezones())
+
+
+def _time_zone(file: str, key: str, raw: Mapping[str, Any], timestamp_format: str | None, problems: _Problems) -> str:
+    """A source's `time_zone` (default UTC): an IANA zone name, for a timestamp_format without a zone or offset."""
+    zone = raw.get("time_zone", "UTC")
+    if not isinstance(zone, str) or zone not in _iana_zones():
+        problems.add(file, f"{key}.time_zone", f"is not an IANA time zone name (such as Europe/Kyiv), got '{zone}'")
+        return "UTC"
+    if "time_zone" in raw and isinstance(timestamp_format, str) and timestamp_format_has_zone(timestamp_format):
+        problems.add(
+            file,
+            f"{key}.time_zone",
+            f"applies only to timestamps without an offset; timestamp_format '{timestamp_format}' reads each value's",
+        )
+    return zone
 
 
 def _ignored_columns(file: str, key: str, raw: Any, columns: Mapping[str, str], problems: _Problems) -> tuple[str, ...]:

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import iuliia
 import phonenumbers
@@ -30,6 +31,8 @@ from anyascii import anyascii
 from faker import Faker
 
 from jobs.config import PipelineConfig, load_config
+
+KYIV = ZoneInfo("Europe/Kyiv")
 
 ORIGINS: dict[str, dict] = {
     # origin: faker locale, home country, share of the population, presence probability per source
@@ -366,7 +369,7 @@ def _ua_row(rid: str, a: Appearance, rng: random.Random) -> dict[str, str]:
         "misto": a.city or "",
         "indeks": a.postcode or "",
         "ipn": a.person.national_id if a.person.country == "UA" else "",
-        "onovleno": a.updated_at.strftime("%d.%m.%Y %H:%M"),
+        "onovleno": a.updated_at.astimezone(KYIV).strftime("%d.%m.%Y %H:%M"),  # the CRM records local time
     }
 
 

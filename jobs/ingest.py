@@ -34,6 +34,7 @@ from jobs.canonical import (
     EARLIEST_BIRTH_DATE,
     TYPED_COLUMNS,
     subject_hash,
+    trimmed,
 )
 from jobs.config import PipelineConfig, SourceConfig
 from jobs.errors import SourceSchemaError
@@ -107,7 +108,7 @@ def read_feed(
             "sep": delimiter,
             "encoding": encoding,
             "escape": '"',
-            **csv_record_options(path, encoding),
+            **csv_record_options(path, encoding, delimiter),
         }
         header = spark.read.options(**options).csv(location).columns
         schema = T.StructType([T.StructField(c, T.StringType()) for c in header] + [corrupt])
@@ -167,8 +168,9 @@ def single_json_value(text: Column) -> Column:
     return (in_array == 1) & as_member.isNotNull()
 
 
-def csv_record_options(path: Path, encoding: str = "UTF-8") -> dict[str, str]:
-    """Spark CSV options that keep a quoted field's line breaks in its record, for LF, CRLF or mixed endings.
+def csv_record_options(path: Path, encoding: str = "UTF-8", delimiter: str = ",") -> dict[str, str]:
+    """Spark CSV options that keep a quoted field's line breaks in its record, for LF, CRLF or mixed endings,
+    and let a record with any number of fields be read (and quarantined, when it has too many).
 
     multiLine parses the extract as one stream (one task per file; a quote left open takes the rest of the
     file into one wrong_field_count record). It ends records at a single separator, so records end at LF, and
@@ -177,8 +179,33 @@ def csv_record_options(path: Path, encoding: str = "UTF-8") -> dict[str, str]:
     with path.open(encoding=encoding, errors="replace", newline="") as fh:
         first_break = re.search(r"\r\n|\r|\n", fh.read(1 << 16))
     if first_break is not None and first_break.group() == "\r":
-        return {"multiLine": "true", "lineSep": "\r"}
-    return {"multiLine": "true", "lineSep": "\n", "ignoreTrailingWhiteSpace": "true"}
+        options = {"multiLine": "true", "lineSep": "\r"}
+    else:
+        options = {"multiLine": "true", "lineSep": "\n", "ignoreTrailingWhiteSpace": "true"}
+    return {**options, "maxColumns": str(csv_max_fields(path, encoding, delimiter, options["lineSep"]))}
+
+
+# The CSV parser's default limit on the fields of one record (univocity's maxColumns): a record with more fails
+# the whole read, not only its row.
+CSV_DEFAULT_MAX_COLUMNS = 20_480
+
+
+def csv_max_fields(path: Path, encoding: str, delimiter: str, line_sep: str) -> int:
+    """An upper bound on the fields of any one record of a CSV extract (at least the parser's default), for
+    Spark's maxColumns.
+
+    One pass over the lines, counting delimiters and quotes: a line with an odd number of quotes opens (or
+    closes) a quoted field, so the delimiters of the lines until it closes again count towards one record. A
+    delimiter inside quotes, or a stray quote inside an unquoted field, makes the bound higher, never lower.
+    """
+    most = in_record = 0
+    open_quote = False
+    with path.open(encoding=encoding, errors="replace", newline=line_sep) as fh:
+        for line in fh:
+            in_record = (in_record if open_quote else 0) + line.count(delimiter)
+            open_quote ^= line.count('"') % 2 == 1
+            most = max(most, in_record)
+    return max(CSV_DEFAULT_MAX_COLUMNS, most + 1)
 
 
 def require_file(name: str, path: Path) -> None:
@@ -364,12 +391,13 @@ def read_source(spark: SparkSession, source: SourceConfig) -> DataFrame:
 
 
 def mapped_strings(columns: Mapping[str, str], wanted: Iterable[str]) -> list[Column]:
-    """Each wanted column from its mapped source column as a trimmed string (blank -> null), else null."""
+    """Each wanted column from its mapped source column as a trimmed string (blank -> null), else null; trimmed of
+    every Unicode space, control and format character, so a tab, CR or no-break space is no id or date of its own."""
 
     def one(c: str) -> Column:
         if c not in columns:
             return F.lit(None).cast("string").alias(c)
-        value = F.trim(F.col(f"`{columns[c]}`").cast("string"))
+        value = trimmed(F.col(f"`{columns[c]}`"))
         return F.when(value != "", value).alias(c)
 
     return [one(c) for c in wanted]
@@ -387,10 +415,13 @@ def map_to_canonical(raw: DataFrame, source: SourceConfig) -> DataFrame:
 
 
 def _parse_typed(column: str, source: SourceConfig) -> Column:
+    """A typed column parsed with the source's format; a timestamp without an offset is read as the wall-clock
+    time of the source's time_zone (the session's zone is UTC), so every instant lands in UTC."""
     dtype = CANONICAL_FIELDS[column]
     if isinstance(dtype, T.DateType):
         return F.try_to_date(F.col(column), source.date_format)
-    return F.try_to_timestamp(F.col(column), F.lit(source.timestamp_format))
+    parsed = F.try_to_timestamp(F.col(column), F.lit(source.timestamp_format))
+    return parsed if source.timestamp_has_zone else F.to_utc_timestamp(parsed, source.time_zone)
 
 
 def badly_encoded(text: Column) -> Column:

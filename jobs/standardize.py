@@ -40,7 +40,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from jobs import delta_io
-from jobs.canonical import PSEUDONYM_ATTRIBUTES, lookup
+from jobs.canonical import PSEUDONYM_ATTRIBUTES, lookup, trimmed
 from jobs.config import PipelineConfig, PurposePolicy, SourceConfig
 from jobs.runner import run_job
 from jobs.spark_session import size_stage_to_input
@@ -68,6 +68,7 @@ TITLES = frozenset(
         "панi",
         "г-н",
         "г-жа",
+        "д-р",
         "гн",
         "проф",
         "др",
@@ -76,6 +77,17 @@ TITLES = frozenset(
 # Romanian legacy cedilla letters -> the comma-below letters of the Romanian standard (SR 13011).
 ROMANIAN_COMMA_BELOW = str.maketrans({"ş": "ș", "ţ": "ț", "Ş": "Ș", "Ţ": "Ț"})
 CYRILLIC = re.compile(r"[\u0400-\u04ff]")
+# Latin letters and the Cyrillic letters that look the same (in the same case), typed into a word of the other
+# script by keyboard-layout slips or OCR. A word's look-alikes are read in the script most of its letters use.
+LATIN_CYRILLIC_LOOKALIKES = {
+    **dict(zip("ABCEHIKMOPTXY", "АВСЕНІКМОРТХУ", strict=True)),
+    **dict(zip("aceiopxy", "асеіорху", strict=True)),
+}
+TO_CYRILLIC = str.maketrans(LATIN_CYRILLIC_LOOKALIKES)
+TO_LATIN = str.maketrans({cyrillic: latin for latin, cyrillic in LATIN_CYRILLIC_LOOKALIKES.items()})
+LETTER_RUN = re.compile(r"[^\W\d_]+")
+# Apostrophes as typed (the Ukrainian one as ' ’ ʼ ‘ ʻ or `) belong to the word: Мар’яна is Мар'яна, O’Neil O'Neil.
+APOSTROPHES = "'\u2019\u02bc\u2018\u02bb`"
 
 # Romanization systems disagree on a few letters: fold each group to one spelling. Consonant
 # clusters first (щ shch/schtsch/shh, ш sh/sch/š, ч ch/tsch/tch/č, ц ts/tz/c/z, ж zh/ž,
@@ -110,13 +122,41 @@ GENDERS = {"f": "F", "female": "F", "ж": "F", "жін": "F", "m": "M", "male": 
 
 
 def clean_text(raw: str | None) -> str | None:
-    """NFKC, casefold, legacy letters fixed, punctuation and symbols to spaces, whitespace collapsed."""
+    """NFKC, look-alike letters in their word's script, casefold, legacy letters fixed, apostrophes, invisible
+    format characters and leftover combining marks (a stress mark) dropped, punctuation and symbols to spaces,
+    whitespace collapsed."""
     if raw is None:
         return None
-    text = unicodedata.normalize("NFKC", raw).translate(ROMANIAN_COMMA_BELOW).casefold()
-    text = "".join(" " if unicodedata.category(ch)[0] in "PSZC" and ch != "'" else ch for ch in text)
-    text = " ".join(text.replace("'", "").split())
+    text = LETTER_RUN.sub(_one_script, unicodedata.normalize("NFKC", raw))
+    text = text.translate(ROMANIAN_COMMA_BELOW).casefold()
+    text = "".join(map(_in_clean_text, text))
+    text = " ".join(text.split())
     return text or None
+
+
+def _one_script(word: re.Match[str]) -> str:
+    """A word (a run of letters) with its Latin/Cyrillic look-alikes in the script most of its letters use
+    (Bасиль with a Latin B is Василь; Niсolae with a Cyrillic с is Nicolae); a tie leaves it as written."""
+    text = word.group()
+    cyrillic = len(CYRILLIC.findall(text))
+    if cyrillic in (0, len(text)):  # one script (or none of the two): nothing to read otherwise
+        return text
+    latin = sum(unicodedata.name(ch, "").startswith("LATIN") for ch in text)
+    if latin and cyrillic != latin:
+        return text.translate(TO_CYRILLIC if cyrillic > latin else TO_LATIN)
+    return text
+
+
+@lru_cache(maxsize=4096)
+def _in_clean_text(ch: str) -> str:
+    """What clean_text makes of one character. Dropped: apostrophes, and what NFKC leaves that shows nothing of its
+    own, format characters (soft hyphen, zero-width space and joiner; Cf) and the script-neutral diacritics no
+    letter absorbed (a stress mark; a script's own vowel signs and points stay). A space: other punctuation,
+    symbols, separators and control characters."""
+    category = unicodedata.category(ch)
+    if ch in APOSTROPHES or category == "Cf" or unicodedata.name(ch, "").startswith("COMBINING"):
+        return ""
+    return " " if category[0] in "PSZC" else ch
 
 
 def to_latin(text: str | None, keep_digits: bool = False) -> str | None:
@@ -143,12 +183,21 @@ def fold_key(latin: str | None) -> str | None:
     return key or None
 
 
+def is_title(word: str) -> bool:
+    """Whether a word as written is an honorific of TITLES, in any case, with or without its full stop, whatever
+    its dash (г‑н with a non-breaking hyphen)."""
+    folded = unicodedata.normalize("NFKC", word).casefold().strip(".")
+    return "".join("-" if unicodedata.category(ch) == "Pd" else ch for ch in folded) in TITLES
+
+
 @lru_cache(maxsize=200_000)
 def standardize_name(raw: str | None) -> tuple[str | None, str | None, str | None, str | None]:
     """(native, latin, key, phonetic) of one name; titles dropped. Null in, nulls out."""
-    native = clean_text(raw)
+    # A title is looked for in each word as written (г-н, д-р: clean_text makes their hyphen a space) and in each
+    # word clean_text leaves (Mr.John).
+    native = clean_text(" ".join(w for w in raw.split() if not is_title(w)) if raw is not None else None)
     if native is not None:
-        native = " ".join(t for t in native.split() if t.rstrip(".") not in TITLES) or None
+        native = " ".join(t for t in native.split() if t not in TITLES) or None
     latin = to_latin(native)
     key = fold_key(latin)
     return native, latin, key, (jellyfish.metaphone(key) or None) if key else None
@@ -310,7 +359,7 @@ def standardize_address(df: DataFrame) -> DataFrame:
 def standardize_gender(df: DataFrame) -> DataFrame:
     """F or M (or null) from the sources' many spellings."""
     mapping = lookup(GENDERS)
-    return df.withColumn("gender", mapping[F.lower(F.trim(F.col("gender")))])
+    return df.withColumn("gender", mapping[F.lower(trimmed("gender"))])
 
 
 def pseudonymize(df: DataFrame, policy: PurposePolicy) -> DataFrame:

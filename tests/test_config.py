@@ -187,6 +187,27 @@ def _edited_conf(tmp_path: Path, file: str, *changes: tuple[tuple[str | int, ...
     return conf
 
 
+def test_a_source_time_zone_is_an_iana_name_for_timestamps_without_an_offset(tmp_path):
+    cfg = load_config()
+    assert [s.time_zone for s in cfg.sources] == ["Europe/Kyiv", "UTC", "UTC"]  # ro_shop: the default
+    conf = _edited_conf(
+        tmp_path,
+        "sources.yaml",
+        (("sources", 0, "time_zone"), "Europe/Kiyv"),
+        (("sources", 1, "time_zone"), "Europe/Bucharest"),  # ro_shop's format reads each value's offset
+        (("sources", 2, "time_zone"), 2),
+    )
+    with pytest.raises(ConfigError) as err:
+        load_config(conf)
+    assert sorted(err.value.problems) == [
+        "sources.yaml: sources[0] (ua_crm).time_zone: is not an IANA time zone name (such as Europe/Kyiv), "
+        "got 'Europe/Kiyv'",
+        "sources.yaml: sources[1] (ro_shop).time_zone: applies only to timestamps without an offset; "
+        "timestamp_format 'yyyy-MM-dd'T'HH:mm:ssXXX' reads each value's",
+        "sources.yaml: sources[2] (eu_loyalty).time_zone: is not an IANA time zone name (such as Europe/Kyiv), got '2'",
+    ]
+
+
 def _policy_conf(tmp_path: Path, **changes: Any) -> Path:
     return _edited_conf(tmp_path, "policy.yaml", *(((key,), value) for key, value in changes.items()))
 

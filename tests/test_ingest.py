@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 from pathlib import Path
 
 import pytest
@@ -148,11 +149,63 @@ def test_a_date_of_birth_before_1900_or_after_the_run_day_is_quarantined_as_impl
 def test_typed_columns_are_parsed_with_the_source_format_and_bad_rows_get_a_reason(spark, tiny_ua_source):
     validated = validated_rows(spark, tiny_ua_source)
     actual = validated.select("source_record_id", "date_of_birth", "updated_at", ingest.REASON)
+    expected = spark.createDataFrame(  # update times in UTC: Kyiv's 10:15 on 1 March 2025 is 08:15 UTC
+        [
+            ("UA-1", dt.date(1991, 8, 24), dt.datetime(2025, 3, 1, 8, 15), None),
+            ("UA-2", None, dt.datetime(2025, 3, 1, 8, 16), "unparseable_date"),
+            (None, dt.date(1980, 1, 1), dt.datetime(2025, 3, 1, 8, 17), "missing_source_id"),
+        ],
+        actual.schema,
+    )
+    assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
+
+
+def test_values_lose_unicode_spaces_and_control_characters_at_both_ends(spark, cfg, tmp_path):
+    records = [
+        {"id_client": "\t", "nume": "Pop", "data_nasterii": "1990-02-01"},
+        {"id_client": "\u00a0\u3000", "nume": "Ion", "data_nasterii": "1990-02-01"},  # no-break, ideographic space
+        {"id_client": "R3", "nume": "Pop\u200b", "data_nasterii": "1990-02-01\t"},  # zero-width space, tab
+        {"id_client": "R4\r", "nume": "Pop", "data_nasterii": "1990-02-01"},
+        {"id_client": "R4", "nume": "Ion", "data_nasterii": "1990-02-01"},
+        {"id_client": "\u2007R5\n", "nume": "Dan", "data_nasterii": "\u00a01990-02-01\u00a0"},
+    ]
+    path = tmp_path / "customers.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    source = dataclasses.replace(cfg.source("ro_shop"), path=path)
+    actual = validated_rows(spark, source).select("source_record_id", "last_name", "date_of_birth", ingest.REASON)
+    born = dt.date(1990, 2, 1)
     expected = spark.createDataFrame(
         [
-            ("UA-1", dt.date(1991, 8, 24), dt.datetime(2025, 3, 1, 10, 15), None),
-            ("UA-2", None, dt.datetime(2025, 3, 1, 10, 16), "unparseable_date"),
-            (None, dt.date(1980, 1, 1), dt.datetime(2025, 3, 1, 10, 17), "missing_source_id"),
+            (None, "Pop", born, "missing_source_id"),
+            (None, "Ion", born, "missing_source_id"),
+            ("R3", "Pop", born, None),
+            ("R4", "Pop", born, "duplicate_source_id"),
+            ("R4", "Ion", born, "duplicate_source_id"),
+            ("R5", "Dan", born, None),
+        ],
+        actual.schema,
+    )
+    assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
+
+
+def test_timestamps_without_an_offset_are_read_in_the_source_time_zone_and_land_in_utc(spark, cfg, tmp_path):
+    path = tmp_path / "ua.csv"
+    updates = {  # Kyiv: UTC+2 in winter, UTC+3 in summer (from 30 March 2025, 03:00)
+        "UA-1": "15.01.2025 10:15",
+        "UA-2": "15.07.2025 10:15",
+        "UA-3": "30.03.2025 04:00",
+        "UA-4": "01.01.2025 00:30",  # the day before in UTC
+    }
+    rows = [f"{key};Бондар;Анна;;01.01.1980;ж;;;;;;;{at}" for key, at in updates.items()]
+    path.write_text("\n".join([CSV_HEADER, *rows]) + "\n", encoding="utf-8")
+    ua = dataclasses.replace(cfg.source("ua_crm"), path=path)
+    actual = validated_rows(spark, ua).select("source_record_id", "updated_at", ingest.REASON)
+    expected = spark.createDataFrame(
+        [
+            ("UA-1", dt.datetime(2025, 1, 15, 8, 15), None),
+            ("UA-2", dt.datetime(2025, 7, 15, 7, 15), None),
+            ("UA-3", dt.datetime(2025, 3, 30, 1, 0), None),
+            ("UA-4", dt.datetime(2024, 12, 31, 22, 30), None),
         ],
         actual.schema,
     )
@@ -191,7 +244,7 @@ def test_quoted_line_breaks_stay_in_their_record_whatever_the_line_endings(spark
     source = dataclasses.replace(cfg.source("ua_crm"), path=path)
     validated = validated_rows(spark, source)
     actual = validated.select("source_record_id", "street", "updated_at", ingest.REASON)
-    at = dt.datetime(2025, 3, 1, 10, 15)
+    at = dt.datetime(2025, 3, 1, 8, 15)  # 10:15 in Kyiv
     expected = spark.createDataFrame(
         [
             ("UA-1", "вул. Хрещатик, 1\r\nкв. 5", at, None),
@@ -200,6 +253,24 @@ def test_quoted_line_breaks_stay_in_their_record_whatever_the_line_endings(spark
             ("UA-4", 'Ocean "Drive"', at, None),
         ],
         actual.schema,
+    )
+    assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
+
+
+def test_a_csv_record_with_more_fields_than_the_parser_default_is_quarantined_and_the_others_land(spark, cfg, tmp_path):
+    lines = [
+        CSV_HEADER,
+        ua_row("UA-1", "вул. Хрещатик, 1"),
+        ua_row("UA-2", "вул. Франка 3", ";" * 25_000),  # 25,013 fields on one line
+        "UA-3" + ";" * 12_000 + '"вул. Бандери 7\nкв. 5"' + ";" * 12_000,  # 24,001 fields on two lines
+        ua_row("UA-4", "вул. Шевченка 2"),
+    ]
+    path = tmp_path / "wide.csv"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    source = dataclasses.replace(cfg.source("ua_crm"), path=path)
+    actual = validated_rows(spark, source).select("source_record_id", ingest.REASON)
+    expected = spark.createDataFrame(
+        [("UA-1", None), ("UA-2", "wrong_field_count"), ("UA-3", "wrong_field_count"), ("UA-4", None)], actual.schema
     )
     assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
 

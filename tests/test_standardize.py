@@ -74,6 +74,52 @@ def test_names_keep_the_native_form_and_lose_titles_and_punctuation():
     assert standardize_name("") == (None, None, None, None)
 
 
+MARIANA = ("маряна", "mariana", "mariana", "MRN")
+IVAN = ("ivan", "ivan", "ivan", "IFN")
+PETRENKO = ("петренко", "petrenko", "petrenko", "PTRNK")
+
+
+@pytest.mark.parametrize(
+    ("written", "expected"),
+    [
+        ("Мар'яна", MARIANA),
+        ("Мар\u2019яна", MARIANA),  # right single quotation mark, the apostrophe keyboards type
+        ("Мар\u02bcяна", MARIANA),  # modifier letter apostrophe, Ukraine's standard one
+        ("Мар\u2018яна", MARIANA),
+        ("Мар\u02bbяна", MARIANA),
+        ("Мар`яна", MARIANA),
+        ("O\u2019Neil", ("oneil", "oneil", "oneil", "ONL")),
+        ("Iv\u00adan", IVAN),  # soft hyphen
+        ("Iv\u200ban", IVAN),  # zero-width space
+        ("I\u200dvan", IVAN),  # zero-width joiner
+        ("Коваль\u0301", ("коваль", "koval", "koval", "KFL")),  # a stress mark no letter absorbs
+    ],
+)
+def test_apostrophes_invisible_characters_and_stress_marks_do_not_split_or_change_a_name(written, expected):
+    assert standardize_name(written) == expected
+
+
+@pytest.mark.parametrize("written", ["Г-Н Петренко", "г-жа Петренко", "Д-р Петренко", "д\u2011р. Петренко"])
+def test_hyphenated_titles_are_dropped(written):
+    assert standardize_name(written) == PETRENKO
+
+
+@pytest.mark.parametrize(
+    ("written", "expected"),
+    [
+        ("Bасиль", ("василь", "vasyl", "vasil", "FSL")),  # Latin B
+        ("Пeтpенко", PETRENKO),  # Latin e and p
+        ("Ковальчyк", ("ковальчук", "kovalchuk", "kovalcuk", "KFLKK")),  # Latin y
+        ("Hаталія", ("наталія", "nataliia", "natalia", "NTL")),  # Latin H
+        ("Niсolae", ("nicolae", "nicolae", "nicolae", "NKL")),  # Cyrillic с
+        ("Рopescu", ("popescu", "popescu", "popescu", "PPSK")),  # Cyrillic Р
+        ("Aleхandru", ("alexandru", "alexandru", "aleksandru", "ALKSNTR")),  # Cyrillic х
+    ],
+)
+def test_look_alike_letters_of_the_other_script_are_read_in_the_script_of_their_word(written, expected):
+    assert standardize_name(written) == expected
+
+
 def test_standardize_names_adds_native_latin_key_and_phonetic_columns(spark):
     df = spark.createDataFrame(
         [("1", "Олександр", "Петрович", "Шевченко"), ("2", "Dr. Ana-Maria", None, "Pușcașu")],
@@ -158,7 +204,10 @@ def test_countries_become_iso_3166_alpha2_with_the_source_default(spark):
 
 def test_addresses_and_gender_are_normalized(spark):
     df = spark.createDataFrame(
-        [("вул. Хрещатик, 1", "м. Київ", "01 001", "ж"), ("Strada Dochioiu Nr. 134", "Brașov", "sw1a-1aa", "M")],
+        [
+            ("вул. Хрещатик, 1", "м. Київ", "01 001", "\u00a0ж\t"),  # a no-break space and a tab around the gender
+            ("Strada Dochioiu Nr. 134", "Brașov", "sw1a-1aa", "M\u3000"),
+        ],
         "street string, city string, postcode string, gender string",
     )
     actual = df.transform(standardize.standardize_address).transform(standardize.standardize_gender)
