@@ -84,14 +84,22 @@ def run_transaction_id(job: str, run_id: str) -> str:
     return f"idres:{job}:{run_id}"
 
 
-def _commit_properties(run_id: str, job: str, once_per_run: bool = False) -> CommitProperties:
-    transactions = [Transaction(run_transaction_id(job, run_id), 1)] if once_per_run else None
+def _commit_properties(
+    run_id: str, job: str, once_per_run: bool = False, transaction_version: int = 1
+) -> CommitProperties:
+    transactions = [Transaction(run_transaction_id(job, run_id), transaction_version)] if once_per_run else None
     return CommitProperties(custom_metadata={"run_id": run_id, "job": job}, app_transactions=transactions)
+
+
+def run_transaction_version(path: Path | str, job: str, run_id: str) -> int | None:
+    """The version of this job's app transaction for this run in the table's log (the highest committed), or
+    None when the job has not committed to the table in this run."""
+    return DeltaTable(str(path)).transaction_version(run_transaction_id(job, run_id)) if table_exists(path) else None
 
 
 def committed_in_run(path: Path | str, job: str, run_id: str) -> bool:
     """True when this job already committed to the table in this run (its app transaction is in the log)."""
-    return table_exists(path) and DeltaTable(str(path)).transaction_version(run_transaction_id(job, run_id)) is not None
+    return run_transaction_version(path, job, run_id) is not None
 
 
 def version_before_run(path: Path | str, job: str, run_id: str) -> int | None:
@@ -268,7 +276,7 @@ def _collects(df: DataFrame) -> bool:
 
 def _commit_files(path: Path | str, folder: Path, schema: Schema, mode: str, commit: CommitProperties) -> int:
     """One commit adding the Parquet files of folder, a new folder inside the table: it creates the table, or
-    appends or overwrites (`mode`). Returns the rows committed.
+    appends or overwrites (`mode`; an overwrite replaces the schema too). Returns the rows committed.
 
     Each file's statistics hold its row count only, so the log holds no column values. Files of a job
     killed before its commit are never referenced, and vacuum removes them.
@@ -316,14 +324,15 @@ def _commit_spark_files(df: DataFrame, path: Path | str, mode: str, commit: Comm
     )
 
 
-def _commit_copied_files(source: DeltaSource, path: Path | str, commit: CommitProperties) -> int:
-    """A new table holding the source table's current files, copied byte for byte (no decoding)."""
+def _commit_copied_files(source: DeltaSource, path: Path | str, commit: CommitProperties, mode: str = "append") -> int:
+    """The source table's current files, copied byte for byte (no decoding) into a new table (`append`) or
+    replacing an existing table's files and schema (`overwrite`)."""
     table = DeltaTable(str(source.path))
     folder = _new_folder(path)
     folder.mkdir(parents=True)
     for number, file in enumerate(data_files(table)):
         shutil.copyfile(file, folder / f"{number:05d}-{Path(file).name}")
-    return _commit_files(path, folder, table.schema(), "append", commit)
+    return _commit_files(path, folder, table.schema(), mode, commit)
 
 
 def overwrite_delta(df: DataFrame | pa.Table, path: Path | str, *, run_id: str, job: str) -> None:
@@ -355,6 +364,8 @@ def merge_delta(
     delete_missing: bool = False,
     delete_missing_of_run: bool = False,
     once_per_run: bool = False,
+    transaction_version: int = 1,
+    schema_follows_source: bool = False,
 ) -> dict[str, int] | None:
     """Upsert source into the table on `keys`; a merge that changes nothing leaves the version as it was.
 
@@ -363,18 +374,32 @@ def merge_delta(
       ignore_changes_in, such as the time of a retried run's attempt);
     - with delete_missing, target rows absent from source are deleted; with delete_missing_of_run, only those
       whose run_id is this run's (a retried run's audit rows replace its first attempt's, other runs' stay).
-    - with once_per_run, the commit records an app transaction for (job, run_id), and a table that
-      already holds it is left alone: rerunning a run, or resuming one that died between tables,
-      does not write twice.
+    - with once_per_run, the commit records an app transaction for (job, run_id) at transaction_version, and a
+      table that already holds it at that version or a later one is left alone: resuming a run that died
+      between tables does not write twice. A run that writes its tables again with new content (a cleared
+      run published again) passes a higher version.
+    - with schema_follows_source, for a table the source replaces whole (update_changed and delete_missing;
+      a DeltaSource only): when the table has columns the source lacks, the source's files replace the
+      table's, schema included, in one overwrite commit (a merge keeps such a column with every old value).
+      Its metrics count every matched row as updated, and its commit metadata records them for
+      run_commit_metrics.
     The source must hold each key once (delta-rs#2407). A DeltaSource (another Delta table, e.g. staged
     rows) or an Arrow table (a few audit rows built in the driver) goes into the merge without passing
     through Spark. Returns delta-rs' merge metrics, or None when skipped because this run already committed.
     """
-    if once_per_run and committed_in_run(path, job, run_id):
+    if schema_follows_source and not isinstance(source, DeltaSource):
+        raise TypeError("merge_delta: schema_follows_source needs a DeltaSource")
+    if once_per_run and (run_transaction_version(path, job, run_id) or 0) >= transaction_version:
         return None
-    commit = _commit_properties(run_id, job, once_per_run)
+    commit = _commit_properties(run_id, job, once_per_run, transaction_version)
     if isinstance(source, DeltaSource) and not table_exists(path):
         return _inserted(_commit_copied_files(source, path, commit))
+    if (
+        isinstance(source, DeltaSource)
+        and schema_follows_source
+        and set(column_names(path)) - set(column_names(source.path))
+    ):
+        return _replace_with_copy(source, path, keys, commit)
     if isinstance(source, DataFrame) and not _collects(source) and not table_exists(path):
         return _inserted(_commit_spark_files(source, path, "append", commit))
     with _source_stream(source, path) as (batches, rows):
@@ -387,6 +412,33 @@ def merge_delta(
 def _inserted(rows: int) -> dict[str, int]:
     """Merge metrics of a merge into a new table: every source row inserted."""
     return {"num_target_rows_inserted": rows, "num_target_rows_updated": 0, "num_target_rows_deleted": 0}
+
+
+def _replace_with_copy(
+    source: DeltaSource, path: Path | str, keys: Sequence[str], commit: CommitProperties
+) -> dict[str, int]:
+    """Replace the table with the source's files and schema in one commit; returns the metrics the merge it
+    stands for would have (a matched row counts as updated, as its columns changed), also kept in the commit's
+    metadata, which holds counts only."""
+    on = " AND ".join(f"a.`{k}` = b.`{k}`" for k in keys)
+    key_list = ", ".join(f"`{k}`" for k in keys)
+    counts = query_delta(
+        "SELECT"
+        " coalesce(sum(CASE WHEN b.present IS NULL THEN 1 ELSE 0 END), 0) AS num_target_rows_inserted,"
+        " coalesce(sum(CASE WHEN a.present AND b.present THEN 1 ELSE 0 END), 0) AS num_target_rows_updated,"
+        " coalesce(sum(CASE WHEN a.present IS NULL THEN 1 ELSE 0 END), 0) AS num_target_rows_deleted"
+        f" FROM (SELECT {key_list}, true AS present FROM s) a"
+        f" FULL OUTER JOIN (SELECT {key_list}, true AS present FROM t) b ON {on}",
+        s=source.path,
+        t=path,
+    ).to_pylist()[0]
+    metrics = {name: int(count) for name, count in counts.items()}
+    recorded = CommitProperties(
+        custom_metadata={**(commit.custom_metadata or {}), **{k: str(v) for k, v in metrics.items()}},
+        app_transactions=commit.app_transactions,
+    )
+    _commit_copied_files(source, path, recorded, mode="overwrite")
+    return metrics
 
 
 def _merge(

@@ -1,10 +1,12 @@
 """Publish: merge a run's staged tables (resolve's and unify's candidates) into the published ones.
 
 Delta commits one table at a time, so a publication that dies between tables (a killed driver, a lost disk)
-leaves some tables at the new run and some at the previous one. Each table's commit is made once per run id
-(a Delta app transaction), and the publication is journalled: `staging/_publishing.json` names the run from
-its first commit until the staging is dropped. Any job that reads or replaces published or staged tables
-first calls finish_interrupted_publication, which completes that run's publication (roll forward: the
+leaves some tables at the new run and some at the previous one. Each table's commit is made once per
+publication (a Delta app transaction `idres:publish:<run id>` whose version numbers the run's publications:
+a run cleared and published again with new candidates is its second), and the publication is journalled:
+`staging/_publishing.json` names the run and its publication number from its first commit until the staging
+is dropped. Any job that reads or replaces published or staged tables first calls
+finish_interrupted_publication, which completes that publication under the same number (roll forward: the
 candidates had passed the quality gate), so no job ever works on a half-published lakehouse.
 """
 
@@ -66,7 +68,8 @@ UNIFY_RUNS_SCHEMA = pa.schema(
 
 @dataclass
 class PublishResult:
-    """What a publication changed in the profiles, and the tables this run had published before (a resume)."""
+    """What a publication changed in the profiles, and the tables this run had published before (a resume, or
+    a publication again of candidates it had published)."""
 
     run_id: str
     profiles: int = 0
@@ -77,9 +80,10 @@ class PublishResult:
     skipped_tables: list[str] = field(default_factory=list)
 
 
-def publish_table(cfg: PipelineConfig, name: str, run_id: str) -> dict[str, int] | None:
-    """Merge one staged table into its published table (PUBLICATIONS), once per run id; returns the merge
-    metrics, or None when this run already published it."""
+def publish_table(cfg: PipelineConfig, name: str, run_id: str, number: int = 1) -> dict[str, int] | None:
+    """Merge one staged table into its published table (PUBLICATIONS), once per publication (run id and
+    number); returns the merge metrics, or None when this publication already committed it. A table replaced
+    whole takes the staged table's schema: a column the candidates no longer have leaves it."""
     how = PUBLICATIONS[name]
     return delta_io.merge_delta(
         delta_io.DeltaSource(cfg.tables.staged(name)),
@@ -90,23 +94,44 @@ def publish_table(cfg: PipelineConfig, name: str, run_id: str) -> dict[str, int]
         update_changed=how.update_changed,
         delete_missing=how.replace,
         once_per_run=True,
+        transaction_version=number,
+        schema_follows_source=how.replace,
     )
 
 
-def publish(cfg: PipelineConfig, run_id: str) -> PublishResult:
-    """Merge the staged tables (resolve's and unify's) into the published ones, once per run id, then drop the
-    staging."""
+def _changed(metrics: dict[str, int]) -> bool:
+    return any(metrics.get(f"num_target_rows_{what}", 0) for what in ("inserted", "updated", "deleted"))
+
+
+def next_publication(cfg: PipelineConfig, run_id: str) -> int:
+    """The number of run_id's next publication: one more than the highest its commits to the published tables
+    and the publish audit record (1 for a run that never published)."""
     t = cfg.tables
+    paths = [getattr(t, name) for name in PUBLISHED_TABLES] + [t.unify_runs]
+    return 1 + max((delta_io.run_transaction_version(p, JOB, run_id) or 0 for p in paths), default=0)
+
+
+def publish(cfg: PipelineConfig, run_id: str, number: int | None = None) -> PublishResult:
+    """Merge the staged tables (resolve's and unify's) into the published ones as run_id's publication number
+    (a new one unless given: finish_interrupted_publication resumes the journalled one), then drop the staging.
+
+    A table this publication already committed is skipped, and so is one its merge leaves as this run
+    published it before; both report the run's commit to it, so a resumed or repeated publication reports
+    what an uninterrupted one did, and commits nothing where nothing changes.
+    """
+    t = cfg.tables
+    number = next_publication(cfg, run_id) if number is None else number
     result = PublishResult(run_id=run_id)
     metrics: dict[str, dict[str, int]] = {}
-    _journal_publication(cfg, run_id)
+    _journal_publication(cfg, run_id, number)
     for name in PUBLISHED_TABLES:
         if name in RESOLVED_TABLES and not delta_io.table_exists(t.staged(name)):
             continue  # nothing resolved to publish: unify ran on the published resolution (a rerun)
-        m = publish_table(cfg, name, run_id)
-        if m is None:  # committed earlier in this run, which died before the end: report that commit
+        published = getattr(t, name)
+        m = publish_table(cfg, name, run_id, number)
+        if m is None or (not _changed(m) and delta_io.committed_in_run(published, JOB, run_id)):
             result.skipped_tables.append(name)
-            m = delta_io.run_commit_metrics(getattr(t, name), JOB, run_id)
+            m = delta_io.run_commit_metrics(published, JOB, run_id)
         metrics[name] = m
     result.profiles = delta_io.row_count(t.profiles)
     result.inserted = int(metrics["profiles"].get("num_target_rows_inserted", 0))
@@ -128,7 +153,17 @@ def publish(cfg: PipelineConfig, run_id: str) -> PublishResult:
         ],
         schema=UNIFY_RUNS_SCHEMA,
     )
-    delta_io.merge_delta(audit, t.unify_runs, keys=("run_id",), run_id=run_id, job=JOB, once_per_run=True)
+    delta_io.merge_delta(
+        audit,
+        t.unify_runs,
+        keys=("run_id",),
+        run_id=run_id,
+        job=JOB,
+        update_changed=True,  # a publication again with new candidates replaces the run's row
+        ignore_changes_in=("unified_at",),
+        once_per_run=True,
+        transaction_version=number,
+    )
     drop_staging(cfg)
     log.info(
         "published: %d profiles (inserted %d, updated %d, retired %d), %d lineage rows%s",
@@ -153,11 +188,12 @@ def drop_staging(cfg: PipelineConfig) -> None:
         shutil.rmtree(dropped, ignore_errors=True)
 
 
-def _journal_publication(cfg: PipelineConfig, run_id: str) -> None:
-    """Record, before the first table's commit, that run_id's candidates are being published."""
+def _journal_publication(cfg: PipelineConfig, run_id: str, number: int) -> None:
+    """Record, before the first table's commit, that run_id's candidates are being published as its
+    publication number."""
     journal = cfg.tables.staging / JOURNAL
     partial = journal.with_suffix(".tmp")
-    partial.write_text(json.dumps({"run_id": run_id}) + "\n", encoding="utf-8")
+    partial.write_text(json.dumps({"run_id": run_id, "publication": number}) + "\n", encoding="utf-8")
     os.replace(partial, journal)  # atomic: a reader finds the whole journal or none
 
 
@@ -166,6 +202,7 @@ def finish_interrupted_publication(cfg: PipelineConfig) -> PublishResult | None:
     journal = cfg.tables.staging / JOURNAL
     if not journal.is_file():
         return None
-    run_id = json.loads(journal.read_text(encoding="utf-8"))["run_id"]
-    log.warning("publication of run %s was interrupted between tables; completing it first", run_id)
-    return publish(cfg, run_id)
+    entry = json.loads(journal.read_text(encoding="utf-8"))
+    run_id, number = entry["run_id"], int(entry.get("publication", 1))  # a journal without a number: the first
+    log.warning("publication %d of run %s was interrupted between tables; completing it first", number, run_id)
+    return publish(cfg, run_id, number)

@@ -3,10 +3,11 @@
 Write-audit-publish. Resolve stages its pairs, record -> profile ids, registry and identity events, and unify
 the gold candidates, under `staging/`; this job validates them, together with the upstream tables of the
 run (expectations/, one suite per table), and only when every expectation holds merges them all into the
-published tables (jobs.publication: each commit made once per run id, the publication journalled so one
-interrupted between tables is completed by the next job). When an expectation fails,
-nothing is published: every published table stays at its previous Delta version, the candidates stay
-staged for inspection, the run's report is still written, and the job fails naming the failed expectations.
+published tables (jobs.publication: each commit made once per publication of the run, the publication
+journalled so one interrupted between tables is completed by the next job; a run cleared and run again
+publishes its new candidates). When an expectation fails, nothing is published: every published table
+stays at its previous Delta version, the candidates stay staged for inspection, the run's report is still
+written, and the job fails naming the failed expectations.
 
 Per run, under `reports/runs/<run id>/`: quality.json (the results: counts, never values), the GX Data
 Docs (data_docs/index.html) and the auditor report (index.html).
@@ -266,23 +267,27 @@ def staged_by_other_runs(cfg: PipelineConfig, run_id: str) -> list[str]:
 
 
 def _published_result(cfg: PipelineConfig, run_id: str, report_dir: Path) -> GateResult:
-    """The result of a run already published: its recorded outcome, marked published and reported when an
-    earlier attempt died in the publication (completed by this one)."""
+    """The result of a run already published: its recorded outcome, marked published when an earlier attempt
+    died in the publication (completed by this one), and its auditor report written again.
+
+    The report is the gate's last step, after quality.json is marked published: an attempt that dies in it
+    (or is killed) leaves no report, or one of an earlier publication of the run, so the retry writes it.
+    """
     recorded = report_dir / "quality.json"
     outcome = QualityOutcome(run_id, True, [], published=True)
     if recorded.is_file():
         body = json.loads(recorded.read_text(encoding="utf-8"))
         outcome = QualityOutcome(**{k: v for k, v in body.items() if k != "failed"})
-    if outcome.published:
-        log.info("quality gate: run %s already published; nothing to do", run_id)
-    else:
+    by_this_retry = not outcome.published
+    if by_this_retry:
         outcome.published = True
         write_outcome(outcome, report_dir)
-        log.info(
-            "quality gate: run %s published by this retry; auditor report: %s",
-            run_id,
-            write_auditor_report(cfg, run_id, report_dir),
-        )
+    log.info(
+        "quality gate: run %s %s; auditor report: %s",
+        run_id,
+        "published by this retry" if by_this_retry else "already published",
+        write_auditor_report(cfg, run_id, report_dir),
+    )
     return GateResult(run_id, outcome, report_dir)
 
 

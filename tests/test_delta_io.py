@@ -150,3 +150,32 @@ def test_tables_delta_rs_writes_and_merges_log_row_counts_but_no_column_values(s
     logs = {t: "".join(p.read_text() for p in (tmp_path / t / "_delta_log").glob("*.json")) for t in written}
     assert {t: "canary" in log for t, log in logs.items()} == dict.fromkeys(written, False)
     assert all("numRecords" in log for log in logs.values())
+
+
+def test_a_table_replaced_whole_by_a_source_lacking_one_of_its_columns_takes_the_sources_schema_once(tmp_path):
+    staged, target = tmp_path / "staged", tmp_path / "target"
+    old = pa.table({"key": ["a", "b"], "value": [1, 2], "born": ["canary-1980", "canary-1990"]})
+    write_deltalake(str(target), old, configuration=delta_io.TABLE_PROPERTIES)
+    write_deltalake(str(staged), pa.table({"key": ["b", "c"], "value": [2, 3]}, schema=SCHEMA))
+    replace = {"update_changed": True, "delete_missing": True, "once_per_run": True, "schema_follows_source": True}
+
+    merged = delta_io.merge_delta(delta_io.DeltaSource(staged), target, keys=("key",), run_id="r", job="t", **replace)
+    again = delta_io.merge_delta(delta_io.DeltaSource(staged), target, keys=("key",), run_id="r", job="t", **replace)
+
+    # b is matched and loses a column, so it counts as updated, as a merge counts rows gaining one.
+    assert merged == {"num_target_rows_inserted": 1, "num_target_rows_updated": 1, "num_target_rows_deleted": 1}
+    assert again is None  # one commit per run, as a merge
+    assert delta_io.run_commit_metrics(target, "t", "r") == merged  # what a resumed run reports
+    assert delta_io.column_names(target) == ["key", "value"]
+    assert _rows(target) == [{"key": "b", "value": 2}, {"key": "c", "value": 3}]
+    assert DeltaTable(str(target)).version() == 1
+    assert DeltaTable(str(target)).metadata().configuration == delta_io.TABLE_PROPERTIES
+    log = "".join(p.read_text() for p in (target / "_delta_log").glob("*.json"))
+    assert "canary" not in log
+
+    # A later write of the run (a higher transaction version) with the same rows merges, and changes nothing.
+    same = delta_io.merge_delta(
+        delta_io.DeltaSource(staged), target, keys=("key",), run_id="r", job="t", transaction_version=2, **replace
+    )
+    assert {name: same[name] for name in merged} == dict.fromkeys(merged, 0)
+    assert DeltaTable(str(target)).version() == 1

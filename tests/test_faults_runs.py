@@ -16,6 +16,7 @@ import time
 from contextlib import closing
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 import yaml
 from chispa import assert_df_equality
@@ -128,18 +129,26 @@ def test_a_publish_killed_as_it_writes_profiles_and_rerun_equals_an_uninterrupte
     assert not killed.tables.staging.exists()
 
 
+def publish_dying_at_the_last_table(cfg: PipelineConfig, run_id: str, aside: Path) -> None:
+    """Publish run_id's candidates while the last staged table's log is moved to aside: the publication dies
+    there, after committing the other tables; the log is put back afterwards."""
+    last = cfg.tables.staged(PUBLISHED_TABLES[-1])
+    (last / "_delta_log").rename(aside)
+    try:
+        with pytest.raises(DeltaError):
+            publication.publish(cfg, run_id=run_id)
+    finally:
+        aside.rename(last / "_delta_log")
+
+
 def test_a_publication_that_died_between_tables_is_completed_before_the_next_run_resolves(spark, staged_demo, tmp_path):
     uninterrupted = copy_lakehouse(staged_demo, tmp_path / "uninterrupted")
     publication.publish(uninterrupted, run_id=RUN)
 
     cfg = copy_lakehouse(staged_demo, tmp_path / "interrupted")
-    last = cfg.tables.staged(PUBLISHED_TABLES[-1])
-    (last / "_delta_log").rename(tmp_path / "hidden_log")  # the last table cannot be read: publish dies there
-    with pytest.raises(DeltaError):
-        publication.publish(cfg, run_id=RUN)
+    publish_dying_at_the_last_table(cfg, RUN, tmp_path / "hidden_log")
     published = {n: delta_io.committed_in_run(getattr(cfg.tables, n), "publish", RUN) for n in PUBLISHED_TABLES}
     assert published == {name: name != PUBLISHED_TABLES[-1] for name in PUBLISHED_TABLES}
-    (tmp_path / "hidden_log").rename(last / "_delta_log")
 
     # The next run (not a retry of this one) completes that publication before it reads the published ids.
     resolve.run(spark, cfg, run_id="next")
@@ -176,10 +185,10 @@ def test_a_gate_retried_after_dying_in_its_publication_completes_it_without_vali
     cfg = copy_lakehouse(staged_demo, tmp_path / "interrupted")
     publish_table = publication.publish_table
 
-    def dies_at_the_last_table(cfg_: PipelineConfig, name: str, run_id: str) -> dict[str, int] | None:
+    def dies_at_the_last_table(cfg_: PipelineConfig, name: str, run_id: str, number: int) -> dict[str, int] | None:
         if name == PUBLISHED_TABLES[-1]:
             raise RuntimeError("injected: the gate dies in its publication")
-        return publish_table(cfg_, name, run_id)
+        return publish_table(cfg_, name, run_id, number)
 
     with monkeypatch.context() as patched:
         patched.setattr(publication, "publish_table", dies_at_the_last_table)
@@ -200,6 +209,119 @@ def test_a_gate_retried_after_dying_in_its_publication_completes_it_without_vali
     recorded = json.loads((cfg.run_report_dir(RUN) / "quality.json").read_text(encoding="utf-8"))
     assert recorded["success"] and recorded["published"] and recorded["suites"]
     assert (cfg.run_report_dir(RUN) / "index.html").is_file()
+
+
+def stage_candidates(cfg: PipelineConfig, run_id: str, profiles: dict[str, list[str]]) -> None:
+    """Hand-made candidates, staged as resolve and unify stage theirs: profiles as given, and in every other
+    published table two rows of its keys and a value."""
+    for name in PUBLISHED_TABLES:
+        keys = publication.PUBLICATIONS[name].keys
+        rows = profiles if name == "profiles" else {**{k: [f"{k}-1", f"{k}-2"] for k in keys}, "value": ["a", "b"]}
+        delta_io.overwrite_delta(pa.table(rows), cfg.tables.staged(name), run_id=run_id, job="unify")
+
+
+def published_profiles(cfg: PipelineConfig) -> list[dict[str, object]]:
+    return delta_io.query_delta("SELECT * FROM t ORDER BY profile_id", t=cfg.tables.profiles).to_pylist()
+
+
+def publish_audit(cfg: PipelineConfig) -> list[dict[str, object]]:
+    """The publish audit rows (unify_runs) without their wall-clock time."""
+    sql = "SELECT run_id, profiles, inserted, updated, retired, lineage_rows FROM t ORDER BY run_id"
+    return delta_io.query_delta(sql, t=cfg.tables.unify_runs).to_pylist()
+
+
+def test_a_column_the_candidates_no_longer_have_leaves_the_published_table_also_in_a_resumed_publication(tmp_path):
+    cfg = config_in(tmp_path)
+    with_birth_dates = {"profile_id": ["pr_1", "pr_2"], "first_name": ["bob", "ann"], "date_of_birth": ["1980", "1990"]}
+    stage_candidates(cfg, "r1", with_birth_dates)
+    publication.publish(cfg, run_id="r1")
+
+    # The policy now holds date_of_birth sensitive: unify stages profiles without it. That publication dies
+    # after committing profiles, and the next job completes it.
+    stage_candidates(cfg, "r2", {"profile_id": ["pr_2", "pr_3"], "first_name": ["ann", "ion"]})
+    publish_dying_at_the_last_table(cfg, "r2", tmp_path / "hidden_log")
+    assert delta_io.committed_in_run(cfg.tables.profiles, "publish", "r2")
+    resumed = publication.finish_interrupted_publication(cfg)
+
+    assert published_profiles(cfg) == [
+        {"profile_id": "pr_2", "first_name": "ann"},
+        {"profile_id": "pr_3", "first_name": "ion"},
+    ]
+    # pr_2 lost its date of birth: updated. The resume reports the commit the interrupted attempt made.
+    assert "profiles" in resumed.skipped_tables
+    assert (resumed.profiles, resumed.inserted, resumed.updated, resumed.retired) == (2, 1, 1, 1)
+    assert publish_audit(cfg)[1] == {
+        "run_id": "r2",
+        "profiles": 2,
+        "inserted": 1,
+        "updated": 1,
+        "retired": 1,
+        "lineage_rows": 2,
+    }
+    assert not cfg.tables.staging.exists()
+
+
+def test_a_run_published_again_publishes_its_new_candidates_and_commits_nothing_for_the_same_ones(tmp_path):
+    cfg = config_in(tmp_path)
+    stage_candidates(cfg, "r1", {"profile_id": ["pr_1", "pr_2"], "first_name": ["bob", "ann"]})
+    publication.publish(cfg, run_id="r1")
+
+    # Cleared in Airflow after its extract was fixed: the same run id stages other candidates, and publishes them.
+    fixed = {"profile_id": ["pr_1", "pr_2"], "first_name": ["bob", "anna"]}
+    stage_candidates(cfg, "r1", fixed)
+    again = publication.publish(cfg, run_id="r1")
+
+    assert published_profiles(cfg) == [
+        {"profile_id": "pr_1", "first_name": "bob"},
+        {"profile_id": "pr_2", "first_name": "anna"},
+    ]
+    assert (again.inserted, again.updated, again.retired) == (0, 1, 0)
+    audit = {"run_id": "r1", "profiles": 2, "inserted": 0, "updated": 1, "retired": 0, "lineage_rows": 2}
+    assert publish_audit(cfg) == [audit]
+    assert not cfg.tables.staging.exists()
+
+    # The same candidates once more (`airflow dags test` twice on one date): no table gets a commit.
+    versions = {**data_table_versions(cfg), "unify_runs": delta_io.table_version(cfg.tables.unify_runs)}
+    stage_candidates(cfg, "r1", fixed)
+    same = publication.publish(cfg, run_id="r1")
+    assert same.skipped_tables == list(PUBLISHED_TABLES)
+    assert (same.inserted, same.updated, same.retired) == (0, 1, 0)
+    assert {**data_table_versions(cfg), "unify_runs": delta_io.table_version(cfg.tables.unify_runs)} == versions
+
+    # Published again and interrupted between tables: the next job completes that publication, by its number.
+    stage_candidates(cfg, "r1", {"profile_id": ["pr_1", "pr_3"], "first_name": ["bob", "ion"]})
+    publish_dying_at_the_last_table(cfg, "r1", tmp_path / "hidden_log")
+    journal = json.loads((cfg.tables.staging / publication.JOURNAL).read_text(encoding="utf-8"))
+    assert journal == {"run_id": "r1", "publication": 3}  # the second committed; the third, nothing
+    resumed = publication.finish_interrupted_publication(cfg)
+
+    assert published_profiles(cfg) == [
+        {"profile_id": "pr_1", "first_name": "bob"},
+        {"profile_id": "pr_3", "first_name": "ion"},
+    ]
+    assert "profiles" in resumed.skipped_tables
+    assert (resumed.inserted, resumed.updated, resumed.retired) == (1, 0, 1)
+    assert publish_audit(cfg) == [{**audit, "inserted": 1, "updated": 0, "retired": 1}]
+
+
+def test_a_gate_retried_after_dying_in_its_report_writes_the_report(spark, staged_demo, tmp_path, monkeypatch):
+    cfg = copy_lakehouse(staged_demo, tmp_path)
+
+    def dies_writing_the_report(*_args: object) -> Path:
+        raise RuntimeError("injected: the gate dies writing its report")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(quality_gate, "write_auditor_report", dies_writing_the_report)
+        with pytest.raises(RuntimeError, match="injected"):
+            quality_gate.run(spark, cfg, run_id=RUN)
+    run_dir = cfg.run_report_dir(RUN)
+    assert json.loads((run_dir / "quality.json").read_text(encoding="utf-8"))["published"]
+    assert not (run_dir / "index.html").exists()
+
+    result = quality_gate.run(spark, cfg, run_id=RUN)
+
+    assert result.outcome.success and result.outcome.published
+    assert "passed, published" in (run_dir / "index.html").read_text(encoding="utf-8")
 
 
 def test_a_gate_refuses_candidates_another_run_staged_in_part_and_publishes_nothing(spark, staged_demo, tmp_path):
