@@ -533,6 +533,7 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str, cutoff: str | Non
             job="consent_gate",
             update_changed=True,
             delete_missing=True,
+            schema_follows_source=True,
         )
         audit = decision_audit(gated, policy, run_id, now)
         delta_io.merge_delta(

@@ -378,17 +378,16 @@ def merge_delta(
       table that already holds it at that version or a later one is left alone: resuming a run that died
       between tables does not write twice. A run that writes its tables again with new content (a cleared
       run published again) passes a higher version.
-    - with schema_follows_source, for a table the source replaces whole (update_changed and delete_missing;
-      a DeltaSource only): when the table has columns the source lacks, the source's files replace the
-      table's, schema included, in one overwrite commit (a merge keeps such a column with every old value).
-      Its metrics count every matched row as updated, and its commit metadata records them for
-      run_commit_metrics.
+    - with schema_follows_source, for a table the source replaces whole (update_changed and delete_missing):
+      a column the table has and the source lacks leaves the table (a merge keeps such a column with every old
+      value: a column the policy made sensitive would stay, personal values and all). From a DeltaSource, its
+      files replace the table's, schema included, in one overwrite commit whose metrics count every matched
+      row as updated (its commit metadata records them for run_commit_metrics); from rows, the merge is
+      followed by one commit rewriting the table without those columns.
     The source must hold each key once (delta-rs#2407). A DeltaSource (another Delta table, e.g. staged
     rows) or an Arrow table (a few audit rows built in the driver) goes into the merge without passing
     through Spark. Returns delta-rs' merge metrics, or None when skipped because this run already committed.
     """
-    if schema_follows_source and not isinstance(source, DeltaSource):
-        raise TypeError("merge_delta: schema_follows_source needs a DeltaSource")
     if once_per_run and (run_transaction_version(path, job, run_id) or 0) >= transaction_version:
         return None
     commit = _commit_properties(run_id, job, once_per_run, transaction_version)
@@ -397,7 +396,7 @@ def merge_delta(
     if (
         isinstance(source, DeltaSource)
         and schema_follows_source
-        and set(column_names(path)) - set(column_names(source.path))
+        and set(column_names(path)) - set(_column_names_of(source))
     ):
         return _replace_with_copy(source, path, keys, commit)
     if isinstance(source, DataFrame) and not _collects(source) and not table_exists(path):
@@ -406,7 +405,31 @@ def merge_delta(
         quoted_run_id = run_id.replace("'", "''")
         of_run = f"t.`run_id` = '{quoted_run_id}'" if delete_missing_of_run else None
         deletes = delete_missing or delete_missing_of_run
-        return _merge(batches, rows, path, keys, commit, update_changed, ignore_changes_in, deletes, of_run)
+        metrics = _merge(batches, rows, path, keys, commit, update_changed, ignore_changes_in, deletes, of_run)
+    if schema_follows_source:
+        _drop_columns_not_in(path, _column_names_of(source), commit)
+    return metrics
+
+
+def _column_names_of(source: DataFrame | DeltaSource | pa.Table) -> list[str]:
+    if isinstance(source, DeltaSource):
+        return column_names(source.path)
+    return source.columns if isinstance(source, DataFrame) else source.schema.names
+
+
+def _drop_columns_not_in(path: Path | str, kept: Sequence[str], commit: CommitProperties) -> None:
+    """Rewrite the table without the columns not in kept, in one commit; nothing when it has none."""
+    if set(column_names(path)) <= set(kept):
+        return
+    columns = [c for c in column_names(path) if c in set(kept)]
+    write_deltalake(
+        str(path),
+        arrow_dataset(path).to_table(columns=columns),
+        mode="overwrite",
+        schema_mode="overwrite",
+        configuration=TABLE_PROPERTIES,
+        commit_properties=commit,
+    )
 
 
 def _inserted(rows: int) -> dict[str, int]:

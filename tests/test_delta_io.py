@@ -152,6 +152,34 @@ def test_tables_delta_rs_writes_and_merges_log_row_counts_but_no_column_values(s
     assert all("numRecords" in log for log in logs.values())
 
 
+@pytest.mark.parametrize("as_frame", [False, True])
+def test_rows_that_replace_a_table_whole_drop_the_columns_they_no_longer_have(spark, tmp_path, as_frame):
+    """Silver and the admitted records follow the policy: a column it made sensitive leaves with its values."""
+    target = tmp_path / "target"
+    old = pa.table({"key": ["a", "b"], "value": [1, 2], "born": ["canary-1980", "canary-1990"]})
+    write_deltalake(str(target), old, configuration=delta_io.TABLE_PROPERTIES)
+    rows = pa.table({"key": ["b", "c"], "value": [20, 3]}, schema=SCHEMA)
+    source = spark.createDataFrame(rows.to_pylist(), "key string, value bigint") if as_frame else rows
+    replace = {"update_changed": True, "delete_missing": True, "schema_follows_source": True}
+
+    merged = delta_io.merge_delta(source, target, keys=("key",), run_id="r", job="t", **replace)
+
+    assert {
+        k: merged[k] for k in ("num_target_rows_inserted", "num_target_rows_updated", "num_target_rows_deleted")
+    } == {
+        "num_target_rows_inserted": 1,
+        "num_target_rows_updated": 1,
+        "num_target_rows_deleted": 1,
+    }
+    assert delta_io.column_names(target) == ["key", "value"]
+    assert _rows(target) == [{"key": "b", "value": 20}, {"key": "c", "value": 3}]
+    assert DeltaTable(str(target)).metadata().configuration == delta_io.TABLE_PROPERTIES
+    version = DeltaTable(str(target)).version()
+    again = delta_io.merge_delta(source, target, keys=("key",), run_id="r2", job="t", **replace)
+    assert DeltaTable(str(target)).version() == version  # a rerun commits nothing
+    assert again["num_target_rows_updated"] == 0
+
+
 def test_a_table_replaced_whole_by_a_source_lacking_one_of_its_columns_takes_the_sources_schema_once(tmp_path):
     staged, target = tmp_path / "staged", tmp_path / "target"
     old = pa.table({"key": ["a", "b"], "value": [1, 2], "born": ["canary-1980", "canary-1990"]})

@@ -289,6 +289,22 @@ def test_no_sensitive_column_reaches_silver(spark, corrupt_demo_cfg):
     assert "gender" not in standardize.standardize(bronze, corrupt_demo_cfg.sources, stricter).columns
 
 
+def test_a_column_the_policy_makes_sensitive_leaves_the_silver_table_written_before(spark, corrupt_demo_cfg, tmp_path):
+    import dataclasses
+
+    from jobs import delta_io, ingest
+
+    cfg = corrupt_demo_cfg.with_paths(lakehouse=tmp_path / "lakehouse")
+    ingest.run(spark, cfg, run_id="before")
+    standardize.run(spark, cfg, run_id="before")
+    assert "gender" in delta_io.column_names(cfg.tables.silver)
+    stricter = dataclasses.replace(cfg.policy, sensitive=(*cfg.policy.sensitive, "gender"))
+
+    standardize.run(spark, dataclasses.replace(cfg, policy=stricter), run_id="after")
+
+    assert delta_io.column_names(cfg.tables.silver) == list(stricter.silver_columns)
+
+
 def test_a_pseudonym_is_a_keyed_hash_of_the_digits():
     key = b"k"
     assert standardize.pseudonymize_identifier("1234 567-890", key) == standardize.pseudonymize_identifier(
