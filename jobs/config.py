@@ -950,6 +950,21 @@ def _load_linkage(raw: dict[str, Any], problems: _Problems) -> LinkageConfig | N
     )
 
 
+def _check_em_rules_against_policy(linkage: LinkageConfig, policy: PurposePolicy, problems: _Problems) -> None:
+    """An EM training rule on a column silver does not hold under the policy blocks no pair, and Splink's EM fails
+    on it: every resolve would fail once a model must be trained. (A deterministic rule on one only finds no
+    match, and a prediction rule no candidate.)"""
+    for i, rule in enumerate(linkage.em_blocking_rules):
+        for c in rule if isinstance(rule, tuple) else ():
+            if c in LINKAGE_COLUMNS and c not in policy.silver_columns:
+                problems.add(
+                    "splink.yaml",
+                    f"training.em_blocking_rules[{i}]",
+                    f"'{c}' is not held in silver under policy.yaml (a sensitive column, or a pseudonym "
+                    "pseudonymized_for_matching does not enable): EM would find no pair to train on",
+                )
+
+
 def _load_survivorship(
     raw: dict[str, Any], source_names: set[str], policy: PurposePolicy | None, problems: _Problems
 ) -> SurvivorshipConfig:
@@ -1174,6 +1189,8 @@ def load_config(conf_dir: Path | str | None = None) -> PipelineConfig:
         policy,
         problems,
     )
+    if linkage is not None and policy is not None:
+        _check_em_rules_against_policy(linkage, policy, problems)
     models = data_root("models", "models")
     reports = data_root("reports", "reports")
     quality = _load_quality(pipeline.get("quality") or {}, problems)

@@ -29,7 +29,7 @@ from pyspark.sql import types as T
 from splink import Linker, SettingsCreator, block_on
 
 from jobs import delta_io
-from jobs.canonical import CANONICAL_FIELDS, LINKAGE_COLUMNS
+from jobs.canonical import CANONICAL_FIELDS, LINKAGE_COLUMNS, SILVER_ATTRIBUTES
 from jobs.config import LinkageConfig, PipelineConfig, PurposePolicy, ResolveConfig
 from jobs.engines import ENGINES, SqlEngine
 from jobs.errors import ModelError
@@ -133,9 +133,16 @@ def train(linker: Linker, linkage: LinkageConfig) -> None:
 def settings_hash(linkage: LinkageConfig, policy: PurposePolicy) -> str:
     """12 hex of the SHA-256 of what shapes a model: conf/splink.yaml's settings as loaded (all but the thresholds)
     and the compared columns the policy lets silver hold (the others are nulls a model learns nothing of, so a
-    policy that starts holding one, a pseudonym or a date of birth, needs a new model)."""
+    policy that starts holding one, a pseudonym or a date of birth, needs a new model), with the purposes that
+    let an admitted record keep each (the gate nulls it for records without one: a model trained while emails
+    needed another purpose saw few of them)."""
     shaping = {k: v for k, v in dataclasses.asdict(linkage).items() if k not in NOT_MODEL_SETTINGS}
     shaping["held_columns"] = [c for c in LINKAGE_COLUMNS if c in policy.silver_columns]
+    shaping["held_purposes"] = {
+        attribute: sorted(purposes)
+        for attribute, purposes in policy.attribute_purposes.items()
+        if set(SILVER_ATTRIBUTES[attribute][1]) & set(shaping["held_columns"])
+    }
     return hashlib.sha256(json.dumps(shaping, sort_keys=True, default=list).encode("utf-8")).hexdigest()[:12]
 
 

@@ -32,7 +32,7 @@ from jobs import delta_io
 from jobs.config import PipelineConfig
 from jobs.engines import SqlEngine, open_engine, sql_string
 from jobs.linkage import ModelVersion, latest_model, linkage_records, linker_for, model_settings, pick_engine
-from jobs.profile_ids import ASSIGNMENTS_SCHEMA, CLUSTERS_SCHEMA, REGISTRY_SCHEMA, assign_stable_profile_ids
+from jobs.profile_ids import ASSIGNMENTS_SCHEMA, REGISTRY_SCHEMA, assign_stable_profile_ids
 from jobs.publication import finish_interrupted_publication
 from jobs.runner import run_job
 from jobs.spark_session import size_stage_to_input
@@ -110,16 +110,14 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> ResolveResult:
     with open_engine(spark, pick_engine(spark, cfg.resolve, count)) as db:
         records = linkage_records(db, cfg)
         model = latest_model(cfg.models, cfg.linkage, cfg.policy)
-        if model is None and count:
+        if model is None and count > 1:
             model = train_and_save(db, cfg, records)
         result = ResolveResult(run_id, model.version if model else None, db.name, records=count)
         if model is not None and count:
             pairs, clusters = predict_and_cluster(db, cfg, records, model, result.seconds)
-        else:
-            pairs, clusters = (
-                db.register("pairs", PAIRS_SCHEMA.empty_table()),
-                db.register("clusters", CLUSTERS_SCHEMA.empty_table()),
-            )
+        else:  # no record, or one and no model to score it with: each record is a profile of its own
+            pairs = db.register("pairs", PAIRS_SCHEMA.empty_table())
+            clusters = db.create("clusters", f"SELECT record_id, record_id AS cluster_key FROM {records}")
         published = db.read_delta("published_record_profiles", t.record_profiles, ASSIGNMENTS_SCHEMA)
         previous = db.create("previous", f"SELECT record_id, profile_id FROM {published}")
         registry = db.create(

@@ -58,6 +58,8 @@ def build_spark_session(
     jar = splink_similarity_jar()
     conf: dict[str, str] = {
         "spark.sql.session.timeZone": "UTC",
+        # SQL text is data here (ids and run ids quoted into it): no ${...} substitution inside its literals.
+        "spark.sql.variable.substitute": "false",
         "spark.sql.shuffle.partitions": str(settings.shuffle_partitions),
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         # Parquet that delta-rs reads back as timestamp[us, UTC], like toArrow() (Spark's default is INT96).

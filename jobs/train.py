@@ -13,6 +13,7 @@ import logging
 from collections.abc import Sequence
 
 from pyspark.sql import SparkSession
+from splink.internals.exceptions import EMTrainingException
 
 from jobs import delta_io
 from jobs.config import PipelineConfig
@@ -37,9 +38,15 @@ log = logging.getLogger("idres.train")
 
 def train_and_save(db: SqlEngine, cfg: PipelineConfig, records: str) -> ModelVersion:
     """Train on the engine db's table of linkage records (jobs.linkage.linkage_records); write the model and
-    its charts."""
+    its charts. Records too few for a training rule to find a pair raise NothingToTrainError."""
     linker = linker_for(db, records, splink_settings(cfg.linkage))
-    train(linker, cfg.linkage)
+    try:
+        train(linker, cfg.linkage)
+    except (EMTrainingException, ZeroDivisionError) as exc:  # a rule found no pair (lambda: no pair at all)
+        raise NothingToTrainError(
+            f"Splink cannot train a model on {db.count(records)} admitted records: a training rule of "
+            "conf/splink.yaml finds no pair among them; no model written (train on more records)"
+        ) from exc
     model = save_model(linker, cfg.linkage, cfg.policy, db.name, cfg.models)
     save_model_charts(linker, cfg.reports / "models" / model.version)
     log.info("trained Splink model %s on %s", model.version, db.name)
@@ -47,20 +54,21 @@ def train_and_save(db: SqlEngine, cfg: PipelineConfig, records: str) -> ModelVer
 
 
 class NothingToTrainError(IdresError):
-    """No admitted record to train on: Splink cannot estimate a model from nothing."""
+    """Too few admitted records to train on: Splink cannot estimate a model without pairs of them."""
 
 
 def training_needed(cfg: PipelineConfig) -> bool:
-    """Whether resolve would train: no model trained with the current settings, and records to train on."""
-    return latest_model(cfg.models, cfg.linkage, cfg.policy) is None and delta_io.row_count(cfg.tables.admitted) > 0
+    """Whether resolve would train: no model trained with the current settings, and records that make a pair."""
+    return latest_model(cfg.models, cfg.linkage, cfg.policy) is None and delta_io.row_count(cfg.tables.admitted) > 1
 
 
 def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> ModelVersion:
     """Train a new model version on the currently admitted records."""
     count = delta_io.row_count(cfg.tables.admitted)
-    if not count:
+    if count < 2:
         raise NothingToTrainError(
-            f"no admitted records to train on in {cfg.tables.admitted}; no model written (the latest stays in use)"
+            f"{'no admitted records' if not count else 'one admitted record'} to train on in {cfg.tables.admitted};"
+            " no model written (the latest stays in use)"
         )
     size_stage_to_input(spark, cfg.spark, count)
     with open_engine(spark, pick_engine(spark, cfg.resolve, count)) as db:

@@ -440,3 +440,20 @@ def test_a_key_repeated_in_a_mapping_is_named_instead_of_the_last_one_silently_w
         f"policy.yaml: line {line}: key 'gender' is repeated (only one may be given)",
         "spark-submit.json: <file>: key 'spark.driver.memory' is repeated (only one may be given)",
     ]
+
+
+def test_an_em_training_rule_on_a_column_the_policy_keeps_out_of_silver_is_named(tmp_path):
+    policy = yaml.safe_load((DEFAULT_CONF_DIR / "policy.yaml").read_text(encoding="utf-8"))
+    conf = _edited_conf(tmp_path, "policy.yaml", (("sensitive",), [*policy["sensitive"], "date_of_birth"]))
+    survivorship = yaml.safe_load((conf / "survivorship.yaml").read_text(encoding="utf-8"))
+    del survivorship["attributes"]["date_of_birth"]
+    (conf / "survivorship.yaml").write_text(yaml.safe_dump(survivorship, allow_unicode=True), encoding="utf-8")
+    splink = yaml.safe_load((conf / "splink.yaml").read_text(encoding="utf-8"))
+    dob = splink["training"]["em_blocking_rules"].index(["date_of_birth"])
+    with pytest.raises(ConfigError) as err:
+        load_config(conf)
+    assert err.value.problems == [
+        f"splink.yaml: training.em_blocking_rules[{dob}]: 'date_of_birth' is not held in silver under policy.yaml "
+        "(a sensitive column, or a pseudonym pseudonymized_for_matching does not enable): EM would find no pair to "
+        "train on"
+    ]

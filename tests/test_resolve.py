@@ -303,3 +303,26 @@ def test_a_fresh_lakehouse_with_no_records_trains_no_model_and_the_first_records
     assert second.results["train"].version == latest_model(cfg.models, cfg.linkage, cfg.policy).version
     assert second.results["resolve"].model_version == second.results["train"].version
     assert delta_io.row_count(cfg.tables.profiles) > 0
+
+
+def test_one_record_without_a_model_is_its_own_profile_and_records_no_rule_pairs_cannot_train(spark, tmp_path):
+    import hashlib
+
+    cfg = config_in(tmp_path)
+    delta_io.overwrite_delta(silver_rows(spark, cfg, PEOPLE[:1]), cfg.tables.admitted, run_id="one", job="test")
+    assert not train.training_needed(cfg)
+
+    result = resolve.run(spark, cfg, run_id="one")
+
+    assert (result.model_version, result.records, result.pairs, result.profiles) == (None, 1, 0, 1)
+    new_id = "pr_" + hashlib.sha256(b"one:ua_crm:UA-1").hexdigest()[:20]
+    assert staged_record_profiles(spark, cfg) == {"ua_crm:UA-1": new_id}
+    with pytest.raises(NothingToTrainError, match="one admitted record to train on"):
+        train.run(spark, cfg, run_id="train-one")
+
+    # Two people no training rule pairs (other names, other birth dates): Splink has nothing to estimate from.
+    delta_io.overwrite_delta(silver_rows(spark, cfg, PEOPLE[2:4]), cfg.tables.admitted, run_id="two", job="test")
+    assert train.training_needed(cfg)
+    with pytest.raises(NothingToTrainError, match="cannot train a model on 2 admitted records"):
+        resolve.run(spark, cfg, run_id="two")
+    assert latest_model(cfg.models, cfg.linkage, cfg.policy) is None
