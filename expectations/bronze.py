@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import great_expectations as gx
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from expectations import QualityInputs, TableCheck, holds, in_set, must_hold, required_unique, run_reconciliation
 from jobs.canonical import lookup
+
+
+def with_bronze_rows(ingest_runs: DataFrame, bronze: DataFrame) -> DataFrame:
+    """Ingest runs plus `bronze_within_landed`: the bronze rows a run wrote for a source (by their run id) are at
+    most the rows it counted as landed (a version landed before keeps its earlier run id; quarantined rows
+    never reach bronze)."""
+    written = bronze.groupBy("run_id", "source_system").agg(F.count("*").alias("_written"))
+    return (
+        ingest_runs.join(written, ["run_id", "source_system"], "left")
+        .withColumn("bronze_within_landed", holds(F.coalesce("_written", F.lit(0)) <= F.col("rows_landed")))
+        .drop("_written")
+    )
 
 
 def checks(inputs: QualityInputs) -> list[TableCheck]:
@@ -28,10 +43,11 @@ def checks(inputs: QualityInputs) -> list[TableCheck]:
     reconciliation = run_reconciliation(
         "ingest_reconciliation",
         "audit/ingest_runs",
-        inputs.ingest_runs,
+        with_bronze_rows(inputs.ingest_runs, inputs.bronze),
         "ingested_at",
         ("rows_read", "rows_landed", "rows_quarantined"),
         sources,
         "rows",
     )
-    return [bronze, reconciliation]
+    landed = must_hold("bronze_within_landed", "the last run wrote no more bronze rows per source than it landed")
+    return [bronze, dataclasses.replace(reconciliation, expectations=[*reconciliation.expectations, landed])]

@@ -1,12 +1,13 @@
-"""silver/consent_ledger, its feeds' reconciliation (audit/consent_runs) and the consent gate's
-(audit/consent_decisions)."""
+"""silver/consent_ledger, its feeds' reconciliation (audit/consent_runs), the consent gate's
+(audit/consent_decisions, every admitted record's grant in force at the cutoff) and the staged
+gold/profile_permissions against the ledger (here, as an erasure's re-resolution reads no ledger)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import great_expectations as gx
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from expectations import (
@@ -19,7 +20,9 @@ from expectations import (
     required_unique,
     run_reconciliation,
 )
-from jobs.canonical import CONSENT_STATUSES, LAWFUL_BASES
+from jobs.canonical import CONSENT_STATUSES, LAWFUL_BASES, SUBJECT
+from jobs.config import PurposePolicy
+from jobs.consent import accepted_bases
 
 
 def with_purpose_checks(ledger: DataFrame, consent_runs: DataFrame, purposes: Sequence[str]) -> DataFrame:
@@ -31,6 +34,76 @@ def with_purpose_checks(ledger: DataFrame, consent_runs: DataFrame, purposes: Se
         ledger.join(F.broadcast(last_run), F.col("run_id") == F.col("_last_run"), "left")
         .withColumn("purpose_declared", holds(F.col("_last_run").isNull() | F.col("purpose").isin(*purposes)))
         .drop("_last_run")
+    )
+
+
+def applied_cutoff(consent_runs: DataFrame) -> DataFrame:
+    """One row: `_cutoff`, the effective-consent cutoff the last consent run applied (null when none recorded it)."""
+    applied = F.col("cutoff") if "cutoff" in consent_runs.columns else F.lit(None).cast("timestamp")
+    return latest_run(consent_runs, "landed_at").agg(F.max(applied).alias("_cutoff"))
+
+
+def lapsed() -> Column:
+    """A grant whose expiry is at or before the cutoff (`_cutoff`): it decides nothing while a live event does."""
+    return (F.col("status") == "granted") & F.col("expires_at").isNotNull() & (F.col("expires_at") <= F.col("_cutoff"))
+
+
+def with_unification_in_force(
+    admitted: DataFrame, ledger: DataFrame, consent_runs: DataFrame, policy: PurposePolicy
+) -> DataFrame:
+    """Admitted records' keys plus `unification_in_force`: the ledger holds the record's unification event (source
+    system + event id), for this subject and the unification purpose, granted on a basis the policy accepts for
+    it, and not expired (`expires_at` null or after the cutoff the last consent run applied)."""
+    events = ledger.where(F.col("purpose") == policy.unification_purpose).select(
+        "source_system",
+        F.col("event_id").alias("unification_event_id"),
+        F.col("source_record_id").alias("_event_subject"),
+        "status",
+        "lawful_basis",
+        "expires_at",
+    )
+    bases = list(policy.purpose_bases[policy.unification_purpose])
+    in_force = (
+        (F.col("_event_subject") == F.col("source_record_id"))
+        & (F.col("status") == "granted")
+        & F.col("lawful_basis").isin(*bases)
+        & F.col("_cutoff").isNotNull()
+        & ~lapsed()
+    )
+    return (
+        admitted.select(*SUBJECT, "unification_event_id")
+        .join(events, ["source_system", "unification_event_id"], "left")
+        .crossJoin(F.broadcast(applied_cutoff(consent_runs)))
+        .select(*SUBJECT, holds(in_force).alias("unification_in_force"))
+    )
+
+
+def with_permission_checks(
+    permissions: DataFrame, sources: DataFrame, ledger: DataFrame, consent_runs: DataFrame, policy: PurposePolicy
+) -> DataFrame:
+    """Profile permissions plus `allowed_as_decided` (allowed exactly when the deciding status is granted on a basis
+    the policy accepts for the purpose) and `decided_by_latest` (decided_at is the time of the latest live ledger
+    event, as of the cutoff, of any of the profile's records for the purpose; of the latest lapsed grant when all
+    lapsed; null when there is none)."""
+    latest = (
+        sources.select("profile_id", *SUBJECT)
+        .join(ledger.select(*SUBJECT, "purpose", "status", "event_time", "expires_at"), list(SUBJECT))
+        .crossJoin(F.broadcast(applied_cutoff(consent_runs)))
+        .where(F.col("event_time") <= F.col("_cutoff"))
+        .groupBy("profile_id", "purpose")
+        .agg(
+            F.coalesce(F.max(F.when(~lapsed(), F.col("event_time"))), F.max("event_time")).alias("_latest"),
+        )
+    )
+    granted = holds(
+        (F.col("status") == "granted")
+        & F.array_contains(accepted_bases(policy)[F.col("purpose")], F.col("lawful_basis"))
+    )
+    return (
+        permissions.join(latest, ["profile_id", "purpose"], "left")
+        .withColumn("allowed_as_decided", holds(F.col("allowed") == granted))
+        .withColumn("decided_by_latest", F.col("decided_at").eqNullSafe(F.col("_latest")))
+        .drop("_latest")
     )
 
 
@@ -69,7 +142,14 @@ def checks(inputs: QualityInputs) -> list[TableCheck]:
         .crossJoin(
             inputs.silver.agg(F.count("*").alias("silver_records")),
         )
-        .crossJoin(inputs.admitted.agg(F.count("*").alias("admitted_rows")))
+        .crossJoin(
+            with_unification_in_force(
+                inputs.admitted, inputs.consent_ledger, inputs.consent_runs, inputs.cfg.policy
+            ).agg(
+                F.count("*").alias("admitted_rows"),
+                F.count(F.when(F.col("unification_in_force"), True)).alias("admitted_in_force"),
+            )
+        )
     )
     reconciliation = TableCheck(
         suite="consent_reconciliation",
@@ -89,6 +169,31 @@ def checks(inputs: QualityInputs) -> list[TableCheck]:
                 column_B="admitted_rows",
                 description="the admitted table holds exactly the admitted records",
             ),
+            expect.ExpectColumnPairValuesToBeEqual(
+                column_A="admitted_rows",
+                column_B="admitted_in_force",
+                description="every admitted record's unification grant is in the ledger, on an accepted basis, "
+                "and unexpired at the run's cutoff",
+            ),
         ],
     )
-    return [ledger, landing, reconciliation]
+    permissions = TableCheck(
+        suite="profile_permissions",
+        table="gold/profile_permissions",
+        frame=with_permission_checks(
+            inputs.profile_permissions,
+            inputs.profile_sources,
+            inputs.consent_ledger,
+            inputs.consent_runs,
+            inputs.cfg.policy,
+        ),
+        expectations=[
+            *required_unique("profile_id", "purpose", description="one permission per profile and purpose"),
+            must_hold("allowed_as_decided", "allowed only on a grant whose basis the policy accepts for the purpose"),
+            must_hold(
+                "decided_by_latest",
+                "decided by the latest live consent event of any of the profile's records as of the cutoff",
+            ),
+        ],
+    )
+    return [ledger, landing, reconciliation, permissions]

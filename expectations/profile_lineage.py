@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
@@ -11,32 +13,62 @@ from jobs.config import PurposePolicy
 from jobs.consent import accepted_bases
 
 
+def supplied_columns(sources: DataFrame, admitted: DataFrame, profiles: DataFrame, columns: Sequence[str]) -> DataFrame:
+    """Profile sources (profile_id and record) plus `supplied`: the columns whose value the admitted record holds as
+    its profile does, compared as unify writes them (cast to string; null equals null). Null when the record is
+    not admitted or the profile is not staged."""
+    record = admitted.select(
+        *SUBJECT, F.lit(True).alias("_admitted"), *[F.col(c).cast("string").alias(f"_r_{c}") for c in columns]
+    )
+    profile = profiles.select(
+        "profile_id", F.lit(True).alias("_profiled"), *[F.col(c).cast("string").alias(f"_p_{c}") for c in columns]
+    )
+    same = [F.when(F.col(f"_r_{c}").eqNullSafe(F.col(f"_p_{c}")), F.lit(c)) for c in columns]
+    return (
+        sources.select("profile_id", *SUBJECT)
+        .join(record, list(SUBJECT), "left")
+        .join(profile, "profile_id", "left")
+        .select(
+            "profile_id",
+            *SUBJECT,
+            F.when(F.col("_admitted") & F.col("_profiled"), F.filter(F.array(*same), lambda c: c.isNotNull())).alias(
+                "supplied"
+            ),
+        )
+    )
+
+
 def with_lineage_checks(
-    lineage: DataFrame, sources: DataFrame, permissions: DataFrame, policy: PurposePolicy
+    lineage: DataFrame, members: DataFrame, permissions: DataFrame, policy: PurposePolicy
 ) -> DataFrame:
-    """Lineage with `record_in_profile` (the source record is one of the profile's), `basis_accepted` (the
+    """Lineage with `record_in_profile` (the source record is one of the profile's `members`, as supplied_columns
+    gives them), `value_from_record` (that record holds the profile's value of the column), `basis_accepted` (the
     policy accepts the lawful basis for the purpose) and `purpose_permitted` (the profile may use it)."""
-    members = sources.select("profile_id", *SUBJECT, F.lit(True).alias("_member"))
     allowed = permissions.where(F.col("allowed")).select("profile_id", "purpose", F.lit(True).alias("_allowed"))
     return (
-        lineage.join(members, ["profile_id", *SUBJECT], "left")
+        lineage.join(members.withColumn("_member", F.lit(True)), ["profile_id", *SUBJECT], "left")
         .join(allowed, ["profile_id", "purpose"], "left")
         .withColumn("record_in_profile", holds(F.col("_member")))
+        .withColumn("value_from_record", holds(F.array_contains("supplied", F.col("column"))))
         .withColumn("purpose_permitted", holds(F.col("_allowed")))
         .withColumn(
             "basis_accepted", holds(F.array_contains(accepted_bases(policy)[F.col("purpose")], F.col("lawful_basis")))
         )
-        .drop("_member", "_allowed")
+        .drop("_member", "_allowed", "supplied")
     )
 
 
 def checks(inputs: QualityInputs) -> list[TableCheck]:
+    columns = [c for c in inputs.cfg.survivorship.columns if c in inputs.profiles.columns]
     return [
         TableCheck(
             suite="profile_lineage",
             table="gold/profile_lineage",
             frame=with_lineage_checks(
-                inputs.profile_lineage, inputs.profile_sources, inputs.profile_permissions, inputs.cfg.policy
+                inputs.profile_lineage,
+                supplied_columns(inputs.profile_sources, inputs.admitted, inputs.profiles, columns),
+                inputs.profile_permissions,
+                inputs.cfg.policy,
             ),
             expectations=[
                 *required_unique("profile_id", "column", description="one lineage row per profile value"),
@@ -45,6 +77,7 @@ def checks(inputs: QualityInputs) -> list[TableCheck]:
                     "rule", [r.description for r in inputs.cfg.survivorship.rules], "a configured survivorship rule"
                 ),
                 must_hold("record_in_profile", "the value comes from one of the profile's source records"),
+                must_hold("value_from_record", "the named record holds the profile's value of the column"),
                 must_hold("basis_accepted", "the policy accepts the lawful basis for the purpose"),
                 must_hold("purpose_permitted", "the profile is permitted the purpose the value is held for"),
             ],

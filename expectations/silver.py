@@ -6,13 +6,24 @@ from datetime import date
 
 import great_expectations as gx
 import pycountry
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
 
 from expectations import QualityInputs, TableCheck, in_set, required_unique
-from jobs.canonical import EARLIEST_BIRTH_DATE
+from jobs.canonical import EARLIEST_BIRTH_DATE, SUBJECT
 
 E164 = r"^\+[1-9][0-9]{6,14}$"
 EMAIL = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
 COUNTRY_CODES = [c.alpha_2 for c in pycountry.countries]
+
+
+def record_counts(bronze: DataFrame, silver: DataFrame) -> DataFrame:
+    """One row: `bronze_records` (distinct source records in bronze, which keeps every version) and
+    `silver_records` (silver's rows). Standardize keeps one row per bronze record and an erasure deletes a subject
+    from both, so they are equal."""
+    return bronze.agg(F.count_distinct(*SUBJECT).alias("bronze_records")).crossJoin(
+        silver.agg(F.count("*").alias("silver_records"))
+    )
 
 
 def checks(inputs: QualityInputs) -> list[TableCheck]:
@@ -46,5 +57,17 @@ def checks(inputs: QualityInputs) -> list[TableCheck]:
                     column_set=held, exact_match=True, description="no sensitive attribute in silver"
                 ),
             ],
-        )
+        ),
+        TableCheck(
+            suite="silver_reconciliation",
+            table="silver/customers",
+            frame=record_counts(inputs.bronze, inputs.silver),
+            expectations=[
+                gx.expectations.ExpectColumnPairValuesToBeEqual(
+                    column_A="bronze_records",
+                    column_B="silver_records",
+                    description="silver holds one row per source record in bronze (none dropped)",
+                )
+            ],
+        ),
     ]

@@ -11,10 +11,15 @@ from chispa import assert_df_equality
 from pyspark.sql import functions as F
 
 from expectations import QualityInputs, TableCheck, must_hold, required_unique
+from expectations import bronze as bronze_suite
+from expectations import consent_ledger as consent_suite
+from expectations import profile_lineage as lineage_suite
 from expectations import silver as silver_suite
+from expectations.profile_lineage import supplied_columns
 from expectations.profile_sources import with_source_checks
 from expectations.profiles import cell_compliance
 from jobs import delta_io, resolve, unify
+from jobs.canonical import SUBJECT
 from jobs.config import PUBLISHED_TABLES
 from jobs.quality_gate import QualityGateError, checked_frame, gate_checks, run, validate
 from tests.conftest import copy_lakehouse
@@ -35,6 +40,17 @@ def personal_values(spark, cfg) -> set[str]:
     return values
 
 
+def inputs_with(cfg, **tables) -> QualityInputs:
+    """QualityInputs holding only the named tables (the others None)."""
+    others = {f.name: None for f in dataclasses.fields(QualityInputs) if f.name not in ("cfg", *tables)}
+    return QualityInputs(cfg=cfg, **tables, **others)
+
+
+def suite_named(checks: list[TableCheck], suite: str) -> TableCheck:
+    (check,) = [c for c in checks if c.suite == suite]
+    return check
+
+
 @pytest.fixture(scope="module")
 def gated(spark, staged_demo, tmp_path_factory):
     """A copy of the staged demo run, passed through the gate once (run 'demo' published)."""
@@ -50,9 +66,11 @@ def test_a_clean_run_passes_every_suite_and_publishes_with_data_docs_and_report(
         "bronze",
         "ingest_reconciliation",
         "silver",
+        "silver_reconciliation",
         "consent_ledger",
         "consent_event_reconciliation",
         "consent_reconciliation",
+        "profile_permissions",
         "pairwise_matches",
         "profiles",
         "profile_sources",
@@ -231,8 +249,7 @@ def test_silver_must_hold_exactly_the_columns_its_policy_allows(spark, cfg, extr
     """A pseudonym the policy does not enable fails the column check as a sensitive column does."""
     columns = [*cfg.policy.silver_columns, *([extra] if extra else [])]
     frame = spark.createDataFrame([], ", ".join(f"{c} string" for c in columns))
-    others = {f.name: None for f in dataclasses.fields(QualityInputs) if f.name not in ("cfg", "silver")}
-    (check,) = silver_suite.checks(QualityInputs(cfg=cfg, silver=frame, **others))
+    check, _counts = silver_suite.checks(inputs_with(cfg, silver=frame, bronze=frame))
     column_set = [e for e in check.expectations if e.expectation_type == "expect_table_columns_to_match_set"]
     assert len(column_set) == 1
     assert validate([TableCheck("silver", "silver", frame, column_set)], "r").success is (extra is None)
@@ -247,27 +264,258 @@ def test_a_key_field_the_policy_keeps_out_of_silver_is_not_checked_for_its_forma
     columns = policy.silver_columns
     assert "date_of_birth" not in columns and "phone" in columns
     frame = spark.createDataFrame([], ", ".join(f"{c} string" for c in columns))
-    others = {f.name: None for f in dataclasses.fields(QualityInputs) if f.name not in ("cfg", "silver")}
-    (check,) = silver_suite.checks(QualityInputs(cfg=dataclasses.replace(cfg, policy=policy), silver=frame, **others))
+    check, _counts = silver_suite.checks(
+        inputs_with(dataclasses.replace(cfg, policy=policy), silver=frame, bronze=frame)
+    )
     assert validate([check], "r").success
 
 
 def test_a_bronze_row_must_carry_its_own_sources_region_not_just_a_known_one(spark, cfg):
-    from expectations import bronze as bronze_suite
-
     rows = [("ua_crm", "UA-1", "h1", "UA"), ("ro_shop", "R-1", "h2", "UA")]  # a Romanian record tagged Ukrainian
     frame = spark.createDataFrame(
         rows, "source_system string, source_record_id string, record_hash string, region string"
     )
-    frame = frame.withColumn("ingested_at", F.current_timestamp())
+    frame = frame.withColumns({"ingested_at": F.current_timestamp(), "run_id": F.lit("i1")})
     runs = spark.createDataFrame(
         [],
         "run_id string, source_system string, rows_read long, rows_landed long, rows_quarantined long, "
         "ingested_at timestamp",
     )
-    others = {f.name: None for f in dataclasses.fields(QualityInputs) if f.name not in ("cfg", "bronze", "ingest_runs")}
-    bronze, _reconciliation = bronze_suite.checks(QualityInputs(cfg=cfg, bronze=frame, ingest_runs=runs, **others))
+    bronze, _reconciliation = bronze_suite.checks(inputs_with(cfg, bronze=frame, ingest_runs=runs))
     outcome = validate([bronze], "r")
     assert outcome.failed == [
         "bronze: expect_column_values_to_be_in_set(region_of_source): every row carries its source's region"
+    ]
+
+
+# The columns the consent suites read, for the tables a test leaves empty.
+CONSENT_TABLES = {
+    "consent_ledger": "source_system string, event_id string, source_record_id string, purpose string, status string, "
+    "lawful_basis string, event_time timestamp, expires_at timestamp, run_id string",
+    "consent_runs": "run_id string, source_system string, events_read long, events_landed long, "
+    "events_quarantined long, landed_at timestamp, cutoff timestamp",
+    "consent_audit": "run_id string, source_system string, source_record_id string, attribute string, "
+    "decision string, decided_at timestamp",
+    "silver": "source_system string, source_record_id string",
+    "admitted": "source_system string, source_record_id string, unification_event_id string",
+    "profile_permissions": "profile_id string, purpose string, allowed boolean, lawful_basis string, status string, "
+    "decided_at timestamp",
+    "profile_sources": "profile_id string, source_system string, source_record_id string",
+}
+
+
+def consent_check(spark, cfg, suite: str, **tables) -> TableCheck:
+    """The named suite of expectations.consent_ledger on the given tables (the others empty)."""
+    empty = {name: spark.createDataFrame([], schema) for name, schema in CONSENT_TABLES.items() if name not in tables}
+    return suite_named(consent_suite.checks(inputs_with(cfg, **tables, **empty)), suite)
+
+
+def timestamps(df, *columns: str):
+    return df.withColumns({c: F.to_timestamp(c) for c in columns})
+
+
+def test_every_admitted_record_needs_a_ledger_grant_in_force_at_the_runs_cutoff(spark, cfg):
+    ledger = spark.createDataFrame(
+        [
+            ("s", "e1", "r1", "profile_unification", "granted", "consent", None),  # open-ended
+            ("s", "e2", "r2", "profile_unification", "granted", "contract", "2026-12-01 00:00:00"),  # after the cutoff
+            ("s", "e3", "r3", "profile_unification", "granted", "consent", "2026-10-01 00:00:00"),  # expired
+            ("s", "e4", "r4", "profile_unification", "withdrawn", "consent", None),
+            ("s", "e5", "r5", "profile_unification", "granted", "legitimate_interest", None),  # not accepted
+            ("s", "e6", "r6", "marketing_email", "granted", "consent", None),  # another purpose
+            ("s", "e7", "rX", "profile_unification", "granted", "consent", None),  # another subject's
+            ("s", "e9", "r9", "profile_unification", "granted", "consent", "2026-11-01 00:00:00"),  # at the cutoff
+        ],
+        "source_system string, event_id string, source_record_id string, purpose string, status string, "
+        "lawful_basis string, expires_at string",
+    ).withColumns(
+        {"expires_at": F.to_timestamp("expires_at"), "event_time": F.current_timestamp(), "run_id": F.lit("r2")}
+    )
+    runs = spark.createDataFrame(
+        [("r1", "2026-10-01 00:00:00", "2026-12-15 00:00:00"), ("r2", "2026-11-02 00:00:00", "2026-11-01 00:00:00")],
+        "run_id string, landed_at string, cutoff string",
+    ).select(
+        "run_id",
+        F.lit("s").alias("source_system"),
+        *[F.lit(0).alias(c) for c in ("events_read", "events_landed", "events_quarantined")],
+        *[F.to_timestamp(c).alias(c) for c in ("landed_at", "cutoff")],
+    )
+    subjects = {f"r{i}": f"e{i}" for i in range(1, 10)}  # e8 is in no ledger
+    admitted = spark.createDataFrame(
+        [("s", r, e) for r, e in subjects.items()],
+        "source_system string, source_record_id string, unification_event_id string",
+    )
+    in_force = consent_suite.with_unification_in_force(admitted, ledger, runs, cfg.policy)
+    assert {r["source_record_id"]: r["unification_in_force"] for r in in_force.collect()} == {
+        "r1": True,
+        "r2": True,
+        "r3": False,
+        "r4": False,
+        "r5": False,
+        "r6": False,
+        "r7": False,
+        "r8": False,
+        "r9": False,
+    }
+
+    def reconciliation(records: list[str]) -> TableCheck:
+        kept = admitted.where(F.col("source_record_id").isin(*records))
+        audit = kept.select(
+            *SUBJECT, F.lit("*").alias("attribute"), F.lit("admitted").alias("decision"), F.lit("x").alias("run_id")
+        ).withColumn("decided_at", F.current_timestamp())
+        tables = {"consent_ledger": ledger, "consent_runs": runs, "consent_audit": audit, "silver": kept}
+        return consent_check(spark, cfg, "consent_reconciliation", admitted=kept, **tables)
+
+    assert validate([reconciliation(["r1", "r2"])], "r").success
+    assert validate([reconciliation(["r1", "r3"])], "r").failed == [
+        "consent_reconciliation: expect_column_pair_values_to_be_equal(admitted_rows=admitted_in_force): every "
+        "admitted record's unification grant is in the ledger, on an accepted basis, and unexpired at the run's cutoff"
+    ]
+
+
+def test_silver_must_hold_one_row_per_source_record_of_bronze(spark, cfg):
+    schema = "source_system string, source_record_id string, record_hash string"
+    bronze = spark.createDataFrame([("s", "1", "h1"), ("s", "1", "h2"), ("s", "2", "h3"), ("t", "1", "h4")], schema)
+
+    def outcome(records: list[tuple[str, str]]):
+        frame = spark.createDataFrame(records, "source_system string, source_record_id string")
+        return validate(
+            [suite_named(silver_suite.checks(inputs_with(cfg, bronze=bronze, silver=frame)), "silver_reconciliation")],
+            "r",
+        )
+
+    assert outcome([("s", "1"), ("s", "2"), ("t", "1")]).success  # two versions of s/1, one record
+    assert outcome([("s", "1"), ("t", "1")]).failed == [
+        "silver_reconciliation: expect_column_pair_values_to_be_equal(bronze_records=silver_records): "
+        "silver holds one row per source record in bronze (none dropped)"
+    ]
+
+
+def test_a_lineage_row_must_name_a_record_that_holds_the_profiles_value(spark, cfg):
+    admitted = spark.createDataFrame(
+        [
+            ("s", "1", "Ann", None, "1990-01-02"),
+            ("s", "2", "Anna", None, "1990-01-02"),
+            ("s", "3", "Bo", "b@x.org", None),
+        ],
+        "source_system string, source_record_id string, first_name string, email string, date_of_birth string",
+    ).withColumn("date_of_birth", F.to_date("date_of_birth"))
+    profiles = spark.createDataFrame(
+        [("p1", "Ann", None, "1990-01-02"), ("p2", "Bo", "b@x.org", None)],
+        "profile_id string, first_name string, email string, date_of_birth string",
+    ).withColumn("date_of_birth", F.to_date("date_of_birth"))
+    sources = spark.createDataFrame(
+        [("p1", "s", "1"), ("p1", "s", "2"), ("p2", "s", "3"), ("p2", "s", "4")],  # s/4 is not admitted
+        "profile_id string, source_system string, source_record_id string",
+    )
+    supplied = supplied_columns(sources, admitted, profiles, ["first_name", "email", "date_of_birth"])
+    assert {r["source_record_id"]: r["supplied"] for r in supplied.collect()} == {
+        "1": ["first_name", "email", "date_of_birth"],  # the null email equals the profile's
+        "2": ["email", "date_of_birth"],  # Anna is not the profile's Ann
+        "3": ["first_name", "email", "date_of_birth"],
+        "4": None,
+    }
+
+    def lineage_outcome(record_of_first_name: str):
+        lineage = spark.createDataFrame(
+            [
+                ("p1", "first_name", "s", record_of_first_name),
+                ("p1", "date_of_birth", "s", "2"),
+                ("p2", "email", "s", "3"),
+            ],
+            "profile_id string, column string, source_system string, source_record_id string",
+        ).withColumns({"purpose": F.lit("profile_unification"), "lawful_basis": F.lit("consent"), "rule": F.lit("r")})
+        permissions = spark.createDataFrame([], "profile_id string, purpose string, allowed boolean")
+        tables = {"profile_sources": sources, "profile_permissions": permissions, "profile_lineage": lineage}
+        (check,) = lineage_suite.checks(inputs_with(cfg, admitted=admitted, profiles=profiles, **tables))
+        value_check = [e for e in check.expectations if e.configuration.kwargs.get("column") == "value_from_record"]
+        return validate([TableCheck(check.suite, check.table, check.frame, value_check)], "r")
+
+    assert lineage_outcome("1").success
+    assert lineage_outcome("2").failed == [
+        "profile_lineage: expect_column_values_to_be_in_set(value_from_record): "
+        "the named record holds the profile's value of the column"
+    ]
+
+
+def test_profile_permissions_follow_the_latest_live_consent_event_of_any_of_the_profiles_records(spark, cfg):
+    cutoff = "2026-11-01 00:00:00"
+    ledger = timestamps(
+        spark.createDataFrame(
+            [
+                ("e1", "r1", "profile_unification", "granted", "contract", "2026-07-01", None),
+                ("e2", "r2", "profile_unification", "granted", "consent", "2026-06-01", None),
+                ("e3", "r1", "marketing_email", "granted", "consent", "2026-09-01", None),
+                ("e4", "r2", "marketing_email", "withdrawn", "consent", "2026-10-01", None),
+                ("e5", "r2", "marketing_email", "granted", "consent", "2026-12-01", None),  # after the cutoff
+                ("e6", "r1", "analytics", "granted", "consent", "2026-08-01", "2026-10-15"),  # lapsed, the only one
+            ],
+            "event_id string, source_record_id string, purpose string, status string, lawful_basis string, "
+            "event_time string, expires_at string",
+        ),
+        "event_time",
+        "expires_at",
+    ).withColumns({"source_system": F.lit("s"), "run_id": F.lit("c1")})
+    runs = spark.createDataFrame(
+        [("c1", "s", 0, 0, 0, cutoff, cutoff)], CONSENT_TABLES["consent_runs"].replace("timestamp", "string")
+    ).transform(timestamps, "landed_at", "cutoff")
+    sources = spark.createDataFrame([("p1", "s", "r1"), ("p1", "s", "r2")], CONSENT_TABLES["profile_sources"])
+    decided = [
+        ("p1", "profile_unification", True, "contract", "granted", "2026-07-01"),
+        ("p1", "marketing_email", False, "consent", "withdrawn", "2026-10-01"),
+        ("p1", "analytics", False, "consent", "expired", "2026-08-01"),
+        ("p1", "marketing_sms", False, None, "none_recorded", None),
+    ]
+    earliest = ("p1", "marketing_email", True, "consent", "granted", "2026-09-01")  # the earliest event decided
+    lapsed_allowed = ("p1", "analytics", True, "consent", "expired", "2026-08-01")
+    schema = CONSENT_TABLES["profile_permissions"].replace("timestamp", "string")
+
+    def check(rows) -> TableCheck:
+        permissions = spark.createDataFrame(rows, schema).transform(timestamps, "decided_at")
+        tables = {"consent_ledger": ledger, "consent_runs": runs, "profile_sources": sources}
+        return consent_check(spark, cfg, "profile_permissions", profile_permissions=permissions, **tables)
+
+    flags = check([*decided, earliest, lapsed_allowed]).frame.collect()
+    assert sorted((r["purpose"], r["allowed"], r["allowed_as_decided"], r["decided_by_latest"]) for r in flags) == [
+        ("analytics", False, True, True),
+        ("analytics", True, False, True),
+        ("marketing_email", False, True, True),
+        ("marketing_email", True, True, False),
+        ("marketing_sms", False, True, True),
+        ("profile_unification", True, True, True),
+    ]
+    assert validate([check(decided)], "r").success
+    assert validate([check([*decided[:1], earliest, *decided[2:]])], "r").failed == [
+        "profile_permissions: expect_column_values_to_be_in_set(decided_by_latest): "
+        "decided by the latest live consent event of any of the profile's records as of the cutoff"
+    ]
+
+
+def test_the_last_ingest_run_writes_no_more_bronze_rows_per_source_than_it_landed(spark, cfg):
+    runs = spark.createDataFrame(
+        [
+            ("i1", "ua_crm", 5, 5, 0, "2026-10-01 00:00:00"),
+            ("i2", "ua_crm", 3, 2, 1, "2026-11-01 00:00:00"),
+            ("i2", "ro_shop", 2, 1, 1, "2026-11-01 00:00:00"),
+            ("i2", "eu_loyalty", 0, 0, 0, "2026-11-01 00:00:00"),
+        ],
+        "run_id string, source_system string, rows_read long, rows_landed long, rows_quarantined long, "
+        "ingested_at string",
+    ).transform(timestamps, "ingested_at")
+    earlier = [("i1", "ua_crm", str(i)) for i in range(5)]  # an earlier run's rows do not count against i2
+
+    def reconciliation(written: list[tuple[str, str, str]]) -> TableCheck:
+        bronze = spark.createDataFrame(
+            [*earlier, *written], "run_id string, source_system string, source_record_id string"
+        ).withColumns({"record_hash": F.col("source_record_id"), "region": F.lit("UA"), "ingested_at": F.lit(None)})
+        return suite_named(
+            bronze_suite.checks(inputs_with(cfg, bronze=bronze, ingest_runs=runs)), "ingest_reconciliation"
+        )
+
+    landed = [("i2", "ua_crm", "a"), ("i2", "ua_crm", "b"), ("i2", "ro_shop", "c")]
+    assert validate([reconciliation(landed)], "r").success
+    duplicate_landed = ("i2", "ro_shop", "d")  # the quarantined row written to bronze as well
+    assert validate([reconciliation([*landed, duplicate_landed])], "r").failed == [
+        "ingest_reconciliation: expect_column_values_to_be_in_set(bronze_within_landed): "
+        "the last run wrote no more bronze rows per source than it landed"
     ]
