@@ -51,6 +51,7 @@ class QualityInputs:
     profile_lineage: DataFrame
     profile_permissions: DataFrame
     previous_profile_sources: DataFrame  # the published profile_sources before this run (empty on the first)
+    quarantine: DataFrame  # bronze/quarantine (empty when no run quarantined a row)
 
 
 @dataclass(frozen=True)

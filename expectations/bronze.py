@@ -10,6 +10,7 @@ from pyspark.sql import functions as F
 
 from expectations import QualityInputs, TableCheck, holds, in_set, must_hold, required_unique, run_reconciliation
 from jobs.canonical import lookup
+from jobs.ingest import DUPLICATE_SOURCE_ID
 
 
 def with_bronze_rows(ingest_runs: DataFrame, bronze: DataFrame) -> DataFrame:
@@ -24,19 +25,37 @@ def with_bronze_rows(ingest_runs: DataFrame, bronze: DataFrame) -> DataFrame:
     )
 
 
+def with_quarantine_checks(bronze: DataFrame, quarantine: DataFrame) -> DataFrame:
+    """Bronze plus `not_quarantined_as_duplicate`: the run that landed the row did not also quarantine its
+    source record as a duplicate id (an id the extract repeats lands in no version: every copy is quarantined)."""
+    duplicates = (
+        quarantine.where(F.col("reason") == DUPLICATE_SOURCE_ID)
+        .select("run_id", "source_system", "source_record_id", F.lit(True).alias("_duplicate"))
+        .dropDuplicates(["run_id", "source_system", "source_record_id"])
+    )
+    return (
+        bronze.join(F.broadcast(duplicates), ["run_id", "source_system", "source_record_id"], "left")
+        .withColumn("not_quarantined_as_duplicate", holds(F.col("_duplicate").isNull()))
+        .drop("_duplicate")
+    )
+
+
 def checks(inputs: QualityInputs) -> list[TableCheck]:
     sources = [s.name for s in inputs.cfg.sources]
     source_region = lookup({s.name: s.region for s in inputs.cfg.sources})[F.col("source_system")]
     bronze = TableCheck(
         suite="bronze",
         table="bronze/customers",
-        frame=inputs.bronze.withColumn("region_of_source", holds(F.col("region") == source_region)),
+        frame=with_quarantine_checks(inputs.bronze, inputs.quarantine).withColumn(
+            "region_of_source", holds(F.col("region") == source_region)
+        ),
         expectations=[
             *required_unique(
                 "source_system", "source_record_id", "record_hash", description="one row per source record version"
             ),
             in_set("source_system", sources, "every row comes from a configured source"),
             must_hold("region_of_source", "every row carries its source's region"),
+            must_hold("not_quarantined_as_duplicate", "no row of a record its run quarantined as a duplicate id"),
             gx.expectations.ExpectColumnValuesToNotBeNull(column="ingested_at", description="load time recorded"),
         ],
     )

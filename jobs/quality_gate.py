@@ -111,7 +111,10 @@ def read_inputs(spark: SparkSession, cfg: PipelineConfig, upstream: Sequence[str
     previous = delta_io.read_delta_or_empty(
         spark, t.profile_sources, "profile_id string, source_system string, source_record_id string"
     )
-    return QualityInputs(cfg=cfg, **tables, **staged, previous_profile_sources=previous)
+    quarantine = delta_io.read_delta_or_empty(
+        spark, t.quarantine, "source_system string, source_record_id string, reason string, run_id string"
+    )
+    return QualityInputs(cfg=cfg, **tables, **staged, previous_profile_sources=previous, quarantine=quarantine)
 
 
 def gate_checks(spark: SparkSession, cfg: PipelineConfig) -> list[TableCheck]:

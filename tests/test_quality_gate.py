@@ -281,11 +281,38 @@ def test_a_bronze_row_must_carry_its_own_sources_region_not_just_a_known_one(spa
         "run_id string, source_system string, rows_read long, rows_landed long, rows_quarantined long, "
         "ingested_at timestamp",
     )
-    bronze, _reconciliation = bronze_suite.checks(inputs_with(cfg, bronze=frame, ingest_runs=runs))
+    quarantine = spark.createDataFrame([], QUARANTINE)
+    bronze, _reconciliation = bronze_suite.checks(
+        inputs_with(cfg, bronze=frame, ingest_runs=runs, quarantine=quarantine)
+    )
     outcome = validate([bronze], "r")
     assert outcome.failed == [
         "bronze: expect_column_values_to_be_in_set(region_of_source): every row carries its source's region"
     ]
+
+
+QUARANTINE = "source_system string, source_record_id string, reason string, run_id string"
+
+
+def test_a_bronze_row_of_a_record_its_run_quarantined_as_a_duplicate_id_fails(spark, cfg):
+    frame = spark.createDataFrame(
+        [("i2", "ua_crm", "UA-1"), ("i2", "ua_crm", "UA-2"), ("i2", "ua_crm", "UA-3")],
+        "run_id string, source_system string, source_record_id string",
+    )
+    quarantine = spark.createDataFrame(
+        [
+            ("ua_crm", "UA-1", "duplicate_source_id", "i2"),  # landed by the run that quarantined it
+            ("ua_crm", "UA-2", "duplicate_source_id", "i1"),  # an earlier extract repeated it; i2's had it once
+            ("ua_crm", "UA-3", "unparseable_date", "i2"),  # another version of it was bad
+        ],
+        QUARANTINE,
+    )
+    checked = bronze_suite.with_quarantine_checks(frame, quarantine)
+    expected = spark.createDataFrame(
+        [("i2", "ua_crm", "UA-1", False), ("i2", "ua_crm", "UA-2", True), ("i2", "ua_crm", "UA-3", True)],
+        "run_id string, source_system string, source_record_id string, not_quarantined_as_duplicate boolean",
+    )
+    assert_df_equality(checked, expected, ignore_row_order=True, ignore_nullable=True)
 
 
 # The columns the consent suites read, for the tables a test leaves empty.
@@ -509,7 +536,10 @@ def test_the_last_ingest_run_writes_no_more_bronze_rows_per_source_than_it_lande
             [*earlier, *written], "run_id string, source_system string, source_record_id string"
         ).withColumns({"record_hash": F.col("source_record_id"), "region": F.lit("UA"), "ingested_at": F.lit(None)})
         return suite_named(
-            bronze_suite.checks(inputs_with(cfg, bronze=bronze, ingest_runs=runs)), "ingest_reconciliation"
+            bronze_suite.checks(
+                inputs_with(cfg, bronze=bronze, ingest_runs=runs, quarantine=spark.createDataFrame([], QUARANTINE))
+            ),
+            "ingest_reconciliation",
         )
 
     landed = [("i2", "ua_crm", "a"), ("i2", "ua_crm", "b"), ("i2", "ro_shop", "c")]
