@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import great_expectations as gx
-from pyspark.sql import Column, DataFrame
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from expectations import (
@@ -22,7 +22,7 @@ from expectations import (
 )
 from jobs.canonical import CONSENT_STATUSES, LAWFUL_BASES, SUBJECT
 from jobs.config import PurposePolicy
-from jobs.consent import accepted_bases
+from jobs.consent import accepted_bases, lapsed_grant
 
 
 def with_purpose_checks(ledger: DataFrame, consent_runs: DataFrame, purposes: Sequence[str]) -> DataFrame:
@@ -41,11 +41,6 @@ def applied_cutoff(consent_runs: DataFrame) -> DataFrame:
     """One row: `_cutoff`, the effective-consent cutoff the last consent run applied (null when none recorded it)."""
     applied = F.col("cutoff") if "cutoff" in consent_runs.columns else F.lit(None).cast("timestamp")
     return latest_run(consent_runs, "landed_at").agg(F.max(applied).alias("_cutoff"))
-
-
-def lapsed() -> Column:
-    """A grant whose expiry is at or before the cutoff (`_cutoff`): it decides nothing while a live event does."""
-    return (F.col("status") == "granted") & F.col("expires_at").isNotNull() & (F.col("expires_at") <= F.col("_cutoff"))
 
 
 def with_unification_in_force(
@@ -68,7 +63,7 @@ def with_unification_in_force(
         & (F.col("status") == "granted")
         & F.col("lawful_basis").isin(*bases)
         & F.col("_cutoff").isNotNull()
-        & ~lapsed()
+        & ~lapsed_grant(F.col("_cutoff"))
     )
     return (
         admitted.select(*SUBJECT, "unification_event_id")
@@ -92,7 +87,9 @@ def with_permission_checks(
         .where(F.col("event_time") <= F.col("_cutoff"))
         .groupBy("profile_id", "purpose")
         .agg(
-            F.coalesce(F.max(F.when(~lapsed(), F.col("event_time"))), F.max("event_time")).alias("_latest"),
+            F.coalesce(F.max(F.when(~lapsed_grant(F.col("_cutoff")), F.col("event_time"))), F.max("event_time")).alias(
+                "_latest"
+            ),
         )
     )
     granted = holds(

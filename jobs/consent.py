@@ -235,6 +235,11 @@ def raw_event_values() -> Column:
     )
 
 
+def lapsed_grant(cutoff: Column) -> Column:
+    """An event that is a grant whose expiry is at or before cutoff: it decides nothing while a live event does."""
+    return (F.col("status") == "granted") & F.col("expires_at").isNotNull() & (F.col("expires_at") <= cutoff)
+
+
 def effective_consent(ledger: DataFrame, cutoff: datetime) -> DataFrame:
     """Per subject and purpose: the deciding event as of cutoff, its status, and whether it grants.
 
@@ -246,7 +251,7 @@ def effective_consent(ledger: DataFrame, cutoff: datetime) -> DataFrame:
     events = (
         ledger.where(F.col("event_time") <= F.lit(cutoff)).select(*SUBJECT, "event_id", *EVENT_CONTENT).dropDuplicates()
     )
-    expired = (F.col("status") == "granted") & F.col("expires_at").isNotNull() & (F.col("expires_at") <= F.lit(cutoff))
+    expired = lapsed_grant(F.lit(cutoff))
     latest_first = Window.partitionBy(*SUBJECT, "purpose").orderBy(
         expired.asc(),
         F.col("event_time").desc(),
