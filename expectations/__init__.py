@@ -35,7 +35,7 @@ PROFILE_ID_REGEX = r"^pr_[0-9a-f]{20}$"
 
 @dataclass(frozen=True)
 class QualityInputs:
-    """The tables one gate run validates: upstream tables as published, gold as staged by unify."""
+    """The tables one gate run validates: upstream tables as published, resolve's and unify's as staged."""
 
     cfg: PipelineConfig
     bronze: DataFrame
@@ -46,11 +46,15 @@ class QualityInputs:
     consent_runs: DataFrame
     admitted: DataFrame
     pairwise_matches: DataFrame
+    record_profiles: DataFrame
+    profile_registry: DataFrame
+    identity_events: DataFrame  # this run's (empty when resolve staged none)
     profiles: DataFrame
     profile_sources: DataFrame
     profile_lineage: DataFrame
     profile_permissions: DataFrame
     previous_profile_sources: DataFrame  # the published profile_sources before this run (empty on the first)
+    previous_profile_registry: DataFrame  # the published profile_registry before this run (empty on the first)
     quarantine: DataFrame  # bronze/quarantine (empty when no run quarantined a row)
 
 
@@ -88,6 +92,20 @@ def required_unique(*columns: str, description: str) -> list[Expectation]:
 
 def in_set(column: str, values: Sequence[str], description: str) -> Expectation:
     return gx.expectations.ExpectColumnValuesToBeInSet(column=column, value_set=sorted(values), description=description)
+
+
+def well_formed_profile_ids(column: str, description: str = "well-formed profile ids") -> Expectation:
+    """Every non-null value of the column is a profile id as jobs.profile_ids issues them."""
+    return gx.expectations.ExpectColumnValuesToMatchRegex(
+        column=column, regex=PROFILE_ID_REGEX, description=description
+    )
+
+
+def equal_columns(column_a: str, column_b: str, description: str) -> Expectation:
+    """Two columns hold the same value on every row (counts of one thing reached two ways)."""
+    return gx.expectations.ExpectColumnPairValuesToBeEqual(
+        column_A=column_a, column_B=column_b, description=description
+    )
 
 
 def latest_run(df: DataFrame, at: str) -> DataFrame:

@@ -13,6 +13,7 @@ from pyspark.sql import functions as F
 from expectations import (
     QualityInputs,
     TableCheck,
+    equal_columns,
     holds,
     in_set,
     latest_run,
@@ -153,23 +154,21 @@ def checks(inputs: QualityInputs) -> list[TableCheck]:
         table="audit/consent_decisions",
         frame=decided,
         expectations=[
-            expect.ExpectColumnPairValuesToBeEqual(
-                column_A="silver_records",
-                column_B="records_decided",
-                description="the gate decided every silver record (admitted + excluded = silver)",
+            equal_columns(
+                "silver_records",
+                "records_decided",
+                "the gate decided every silver record (admitted + excluded = silver)",
             ),
-            expect.ExpectColumnPairValuesToBeEqual(
-                column_A="records_decided", column_B="decisions", description="one record-level decision per record"
+            equal_columns("records_decided", "decisions", "one record-level decision per record"),
+            equal_columns(
+                "records_admitted",
+                "admitted_rows",
+                "the admitted table holds exactly the admitted records",
             ),
-            expect.ExpectColumnPairValuesToBeEqual(
-                column_A="records_admitted",
-                column_B="admitted_rows",
-                description="the admitted table holds exactly the admitted records",
-            ),
-            expect.ExpectColumnPairValuesToBeEqual(
-                column_A="admitted_rows",
-                column_B="admitted_in_force",
-                description="every admitted record's unification grant is in the ledger, on an accepted basis, "
+            equal_columns(
+                "admitted_rows",
+                "admitted_in_force",
+                "every admitted record's unification grant is in the ledger, on an accepted basis, "
                 "and unexpired at the run's cutoff",
             ),
         ],

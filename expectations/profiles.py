@@ -8,7 +8,15 @@ import great_expectations as gx
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from expectations import PROFILE_ID_REGEX, QualityInputs, TableCheck, holds, must_hold, required_unique
+from expectations import (
+    QualityInputs,
+    TableCheck,
+    equal_columns,
+    holds,
+    must_hold,
+    required_unique,
+    well_formed_profile_ids,
+)
 from jobs.canonical import lookup
 from jobs.config import PurposePolicy
 from jobs.consent import accepted_bases
@@ -80,18 +88,14 @@ def checks(inputs: QualityInputs) -> list[TableCheck]:
             expectations=[
                 must_hold("consent_compliant", CONSENT_COMPLIANCE),
                 *required_unique("profile_id", description="unique profile ids"),
-                expect.ExpectColumnValuesToMatchRegex(
-                    column="profile_id", regex=PROFILE_ID_REGEX, description="well-formed profile ids"
-                ),
+                well_formed_profile_ids("profile_id"),
                 expect.ExpectColumnValuesToBeBetween(
                     column="cluster_size",
                     min_value=1,
                     max_value=inputs.cfg.quality.max_cluster_size,
                     description="source records per profile within quality.max_cluster_size",
                 ),
-                expect.ExpectColumnPairValuesToBeEqual(
-                    column_A="record_count", column_B="cluster_size", description="record_count = source records"
-                ),
+                equal_columns("record_count", "cluster_size", "record_count = source records"),
             ],
         )
     ]

@@ -9,7 +9,7 @@ import pycountry
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from expectations import QualityInputs, TableCheck, in_set, required_unique
+from expectations import QualityInputs, TableCheck, equal_columns, in_set, required_unique
 from jobs.canonical import EARLIEST_BIRTH_DATE, SUBJECT
 
 E164 = r"^\+[1-9][0-9]{6,14}$"
@@ -63,10 +63,10 @@ def checks(inputs: QualityInputs) -> list[TableCheck]:
             table="silver/customers",
             frame=record_counts(inputs.bronze, inputs.silver),
             expectations=[
-                gx.expectations.ExpectColumnPairValuesToBeEqual(
-                    column_A="bronze_records",
-                    column_B="silver_records",
-                    description="silver holds one row per source record in bronze (none dropped)",
+                equal_columns(
+                    "bronze_records",
+                    "silver_records",
+                    "silver holds one row per source record in bronze (none dropped)",
                 )
             ],
         ),

@@ -224,9 +224,13 @@ def read_delta(spark: SparkSession, path: Path | str, version: int | None = None
     return spark.read.schema(spark_schema).parquet(*files)
 
 
-def read_delta_or_empty(spark: SparkSession, path: Path | str, schema: str) -> DataFrame:
-    """The table at its current version, or an empty DataFrame of schema when there is no table yet."""
-    return read_delta(spark, path) if table_exists(path) else spark.createDataFrame([], schema)
+def read_delta_or_empty(spark: SparkSession, path: Path | str, schema: str | pa.Schema) -> DataFrame:
+    """The table at its current version, or an empty DataFrame of schema (DDL or Arrow) when there is no table yet."""
+    if table_exists(path):
+        return read_delta(spark, path)
+    if isinstance(schema, pa.Schema):
+        return spark.createDataFrame(schema.empty_table())
+    return spark.createDataFrame([], schema)
 
 
 def query_delta(sql: str, versions: Mapping[str, int] | None = None, **tables: Path | str) -> pa.Table:

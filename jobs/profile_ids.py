@@ -49,9 +49,14 @@ EVENTS_SCHEMA = pa.schema(
         ("event_at", _UTC),
     ]
 )
+IDENTITY_EVENTS_SCHEMA = EVENTS_SCHEMA.append(pa.field("event_id", pa.string()))  # as resolve stages them
 ASSIGNMENTS_SCHEMA = pa.schema([("record_id", pa.string()), ("profile_id", pa.string())])
 CLUSTERS_SCHEMA = pa.schema([("record_id", pa.string()), ("cluster_key", pa.string())])  # this run's clusters
 ACTIVE = "active"
+MERGED = "merged"
+RETIRED = "retired"
+STATUSES = (ACTIVE, MERGED, RETIRED)  # a registry row's: held by records, or ended (a merged one has a successor)
+EVENT_TYPES = ("created", "split", MERGED, "moved", RETIRED)
 
 
 @dataclass
@@ -138,14 +143,14 @@ def assign_stable_profile_ids(
                 f.profile_id, o.profile_id AS related_profile_id, coalesce(o.overlap, f.records) AS records
             FROM {fresh} f LEFT JOIN {overlap} o ON f.cluster_key = o.cluster_key
             UNION ALL
-            SELECT 'merged', profile_id, related_profile_id, overlap FROM {merged}
+            SELECT '{MERGED}', profile_id, related_profile_id, overlap FROM {merged}
             UNION ALL
             SELECT 'moved', s.profile_id, r.profile_id, o.overlap
             FROM {overlap} o JOIN {survivors} s ON o.cluster_key = s.cluster_key
                 JOIN {ranked} r ON o.profile_id = r.profile_id
             WHERE r.cluster_key <> o.cluster_key
             UNION ALL
-            SELECT 'retired', profile_id, CAST(NULL AS VARCHAR), 0 FROM {retired}
+            SELECT '{RETIRED}', profile_id, CAST(NULL AS VARCHAR), 0 FROM {retired}
         ) changes""",
     )
     updated = db.create(
@@ -155,9 +160,9 @@ def assign_stable_profile_ids(
             CASE WHEN e.status IS NULL THEN r.ended_run_id ELSE {run} END AS ended_run_id,
             coalesce(e.successor_profile_id, r.successor_profile_id) AS successor_profile_id
         FROM {registry} r LEFT JOIN (
-            SELECT profile_id, 'merged' AS status, related_profile_id AS successor_profile_id FROM {merged}
+            SELECT profile_id, '{MERGED}' AS status, related_profile_id AS successor_profile_id FROM {merged}
             UNION ALL
-            SELECT profile_id, 'retired', CAST(NULL AS VARCHAR) FROM {retired}
+            SELECT profile_id, '{RETIRED}', CAST(NULL AS VARCHAR) FROM {retired}
         ) e ON r.profile_id = e.profile_id
         UNION ALL
         SELECT profile_id, '{ACTIVE}', {at}, {run}, CAST(NULL AS TIMESTAMPTZ), CAST(NULL AS VARCHAR),

@@ -31,15 +31,19 @@ from expectations import (
     TableCheck,
     bronze,
     consent_ledger,
+    identity_events,
     pairwise_matches,
     profile_lineage,
+    profile_registry,
     profile_sources,
     profiles,
+    record_profiles,
     silver,
 )
 from jobs import delta_io
 from jobs.config import GOLD_TABLES, PUBLISHED_TABLES, PipelineConfig
 from jobs.errors import IdresError
+from jobs.profile_ids import IDENTITY_EVENTS_SCHEMA, REGISTRY_SCHEMA
 from jobs.publication import JOB, PublishResult, finish_interrupted_publication, publish
 from jobs.report import write_auditor_report
 from jobs.runner import run_job
@@ -47,8 +51,17 @@ from jobs.spark_session import size_stage_to_input
 
 log = logging.getLogger("idres.quality_gate")
 
-SUITE_MODULES = (bronze, silver, consent_ledger, pairwise_matches, profiles, profile_sources, profile_lineage)
-GOLD_SUITE_MODULES = (pairwise_matches, profiles, profile_sources, profile_lineage)  # what resolve and unify stage
+# The suites of what resolve and unify stage: all an erasure validates before publishing its re-resolution.
+GOLD_SUITE_MODULES = (
+    pairwise_matches,
+    record_profiles,
+    profile_registry,
+    identity_events,
+    profiles,
+    profile_sources,
+    profile_lineage,
+)
+SUITE_MODULES = (bronze, silver, consent_ledger, *GOLD_SUITE_MODULES)
 
 
 # The upstream tables a gate run reads, and the stage that writes each.
@@ -61,6 +74,10 @@ UPSTREAM: dict[str, str] = {
     "consent_runs": "consent_gate",
     "admitted": "consent_gate",
 }
+# Resolve's tables, read as staged, or as published when none is (unify ran again on the published resolution,
+# whose tables the publication then skips). Its identity events are read as staged only (the published ones are
+# every run's), so no event is this run's when it staged none.
+RESOLVED_INPUTS = ("pairwise_matches", "record_profiles", "profile_registry")
 
 
 class QualityGateError(IdresError):
@@ -96,17 +113,22 @@ class GateResult:
 
 
 def read_inputs(spark: SparkSession, cfg: PipelineConfig, upstream: Sequence[str] = tuple(UPSTREAM)) -> QualityInputs:
-    """The run's upstream tables as published (those named in upstream; the others are None) and its resolved
-    pairs and gold candidates as staged."""
+    """The run's upstream tables as published (those named in upstream; the others are None), resolve's tables
+    (see RESOLVED_INPUTS) and unify's candidates as staged, and the profile sources and registry as last published
+    (what the candidates are checked against)."""
     t = cfg.tables
     missing = [f"{name} (run {UPSTREAM[name]})" for name in upstream if not delta_io.table_exists(getattr(t, name))]
-    if not delta_io.table_exists(delta_io.staged_or_published(t, "pairwise_matches")):
-        missing.append("pairwise_matches (run resolve)")
+    missing += [
+        f"{name} (run resolve)"
+        for name in RESOLVED_INPUTS
+        if not delta_io.table_exists(delta_io.staged_or_published(t, name))
+    ]
     missing += [f"staged {name} (run unify)" for name in GOLD_TABLES if not delta_io.table_exists(t.staged(name))]
     if missing:
         raise IdresError("quality gate: missing tables: " + ", ".join(missing))
     tables = {name: delta_io.read_delta(spark, getattr(t, name)) if name in upstream else None for name in UPSTREAM}
-    tables["pairwise_matches"] = delta_io.read_delta(spark, delta_io.staged_or_published(t, "pairwise_matches"))
+    resolved = {name: delta_io.read_delta(spark, delta_io.staged_or_published(t, name)) for name in RESOLVED_INPUTS}
+    events = delta_io.read_delta_or_empty(spark, t.staged("identity_events"), IDENTITY_EVENTS_SCHEMA)
     staged = {name: delta_io.read_delta(spark, t.staged(name)) for name in GOLD_TABLES}
     previous = delta_io.read_delta_or_empty(
         spark, t.profile_sources, "profile_id string, source_system string, source_record_id string"
@@ -114,7 +136,16 @@ def read_inputs(spark: SparkSession, cfg: PipelineConfig, upstream: Sequence[str
     quarantine = delta_io.read_delta_or_empty(
         spark, t.quarantine, "source_system string, source_record_id string, reason string, run_id string"
     )
-    return QualityInputs(cfg=cfg, **tables, **staged, previous_profile_sources=previous, quarantine=quarantine)
+    return QualityInputs(
+        cfg=cfg,
+        **tables,
+        **resolved,
+        identity_events=events,
+        **staged,
+        previous_profile_sources=previous,
+        previous_profile_registry=delta_io.read_delta_or_empty(spark, t.profile_registry, REGISTRY_SCHEMA),
+        quarantine=quarantine,
+    )
 
 
 def gate_checks(spark: SparkSession, cfg: PipelineConfig) -> list[TableCheck]:
@@ -140,13 +171,15 @@ def _expectation_result(result: Any) -> dict[str, Any]:
         or (f"{kwargs['column_A']}={kwargs['column_B']}" if "column_A" in kwargs else "table")
     )
     counts = result.result or {}
+    elements, unexpected = counts.get("element_count"), counts.get("unexpected_count")
     return {
         "expectation": config.type,
         "column": column,
         "description": config.description or "",
         "success": bool(result.success),
-        "element_count": counts.get("element_count"),
-        "unexpected_count": counts.get("unexpected_count"),
+        "element_count": elements,
+        # GX on Spark reports no unexpected count on an empty frame where pandas reports 0: the same result.
+        "unexpected_count": 0 if unexpected is None and elements == 0 else unexpected,
         "observed_value": counts.get("observed_value")
         if isinstance(counts.get("observed_value"), int | float)
         else None,

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 
 import great_expectations as gx
+import pyarrow as pa
 import pytest
 from chispa import assert_df_equality
 from pyspark.sql import functions as F
@@ -13,7 +15,10 @@ from pyspark.sql import functions as F
 from expectations import QualityInputs, TableCheck, must_hold, required_unique
 from expectations import bronze as bronze_suite
 from expectations import consent_ledger as consent_suite
+from expectations import identity_events as events_suite
 from expectations import profile_lineage as lineage_suite
+from expectations import profile_registry as registry_suite
+from expectations import record_profiles as record_profiles_suite
 from expectations import silver as silver_suite
 from expectations.profile_lineage import supplied_columns
 from expectations.profile_sources import with_source_checks
@@ -21,6 +26,7 @@ from expectations.profiles import cell_compliance
 from jobs import delta_io, resolve, unify
 from jobs.canonical import SUBJECT
 from jobs.config import PUBLISHED_TABLES
+from jobs.profile_ids import IDENTITY_EVENTS_SCHEMA, REGISTRY_SCHEMA
 from jobs.quality_gate import QualityGateError, checked_frame, gate_checks, run, validate
 from tests.conftest import copy_lakehouse
 from tests.test_report import RenderedPage
@@ -72,6 +78,10 @@ def test_a_clean_run_passes_every_suite_and_publishes_with_data_docs_and_report(
         "consent_reconciliation",
         "profile_permissions",
         "pairwise_matches",
+        "record_profiles",
+        "profile_registry",
+        "identity_events",
+        "identity_event_reconciliation",
         "profiles",
         "profile_sources",
         "profile_lineage",
@@ -549,3 +559,207 @@ def test_the_last_ingest_run_writes_no_more_bronze_rows_per_source_than_it_lande
         "ingest_reconciliation: expect_column_values_to_be_in_set(bronze_within_landed): "
         "the last run wrote no more bronze rows per source than it landed"
     ]
+
+
+def failed_checks(outcome) -> list[str]:
+    """The failed expectations as `suite: expectation(column)`, without their descriptions."""
+    return [
+        f"{s['suite']}: {e['expectation']}({e['column']})"
+        for s in outcome.suites
+        for e in s["expectations"]
+        if not e["success"]
+    ]
+
+
+def in_set_failure(suite: str, column: str) -> str:
+    return f"{suite}: expect_column_values_to_be_in_set({column})"
+
+
+def spark_schema(spark, schema: pa.Schema):
+    return spark.createDataFrame(schema.empty_table()).schema
+
+
+# Well-formed profile ids for the resolution suites' hand-made tables.
+P0, P1, P2, P3, P4 = (f"pr_{c * 20}" for c in "01234")
+T0, T1, T2 = (dt.datetime(2026, m, 1, tzinfo=dt.UTC) for m in (1, 2, 3))
+
+
+def test_record_profiles_must_assign_each_admitted_record_the_active_profile_its_profile_sources_give(spark, cfg):
+    admitted = spark.createDataFrame(
+        [("ua_crm", "1"), ("ua_crm", "2"), ("ro_shop", "3")], "source_system string, source_record_id string"
+    )
+    unified = [(P1, "ua_crm", "1"), (P1, "ua_crm", "2"), (P2, "ro_shop", "3")]
+    registry = spark.createDataFrame(
+        [(P0, "merged"), (P1, "active"), (P2, "active")], "profile_id string, status string"
+    )
+    schema = "record_id string, profile_id string, source_system string, source_record_id string"
+
+    def assignments(rows):
+        return spark.createDataFrame([(f"{s}:{r}", p, s, r) for p, s, r in rows], schema)
+
+    def outcome(assigned, sources=unified):
+        sources = spark.createDataFrame(sources, CONSENT_TABLES["profile_sources"])
+        tables = {"profile_sources": sources, "profile_registry": registry, "admitted": admitted}
+        (check,) = record_profiles_suite.checks(inputs_with(cfg, record_profiles=assignments(assigned), **tables))
+        return validate([check], "r")
+
+    checked = record_profiles_suite.with_assignment_checks(
+        spark.createDataFrame(
+            [
+                ("ua_crm:1", P1, "ua_crm", "1"),
+                ("ua_crm:9", P1, "ua_crm", "2"),  # another record's id
+                ("ro_shop:3", P0, "ro_shop", "3"),  # merged, and not what profile_sources says
+                ("ro_shop:4", P2, "ro_shop", "4"),  # in no profile_sources row
+            ],
+            schema,
+        ),
+        spark.createDataFrame(unified, CONSENT_TABLES["profile_sources"]),
+        registry,
+    )
+    expected = spark.createDataFrame(
+        [
+            ("ua_crm:1", P1, "ua_crm", "1", True, True, True),
+            ("ua_crm:9", P1, "ua_crm", "2", False, True, True),
+            ("ro_shop:3", P0, "ro_shop", "3", True, False, False),
+            ("ro_shop:4", P2, "ro_shop", "4", True, False, True),
+        ],
+        f"{schema}, record_id_of_source boolean, sources_agree boolean, profile_active boolean",
+    )
+    assert_df_equality(checked, expected, ignore_row_order=True, ignore_nullable=True, ignore_column_order=True)
+
+    agree = in_set_failure("record_profiles", "sources_agree")
+    assert outcome(unified).success
+    in_two = failed_checks(outcome([*unified, (P1, "ro_shop", "3")]))
+    assert "record_profiles: expect_column_values_to_be_unique(record_id)" in in_two
+    assert failed_checks(outcome([*unified[:2], (P2, "ro_shop", "4")])) == [agree]  # a record not admitted
+    assert failed_checks(outcome([*unified[:2], (P1, "ro_shop", "3")])) == [agree]  # another profile than gold's
+    assert failed_checks(outcome(unified[:2])) == ["record_profiles: expect_table_row_count_to_equal(table)"]
+    merged = [*unified[:2], (P0, "ro_shop", "3")]  # both tables give the record a profile merged away
+    assert failed_checks(outcome(merged, sources=merged)) == [in_set_failure("record_profiles", "profile_active")]
+
+
+def test_the_registry_keeps_every_published_id_and_is_active_exactly_where_records_are_assigned(spark, cfg):
+    published = [
+        (P0, "merged", T0, "r0", T0, "r0", P4),  # its successor was erased since
+        (P1, "active", T0, "r0", None, None, None),
+        (P2, "active", T0, "r0", None, None, None),
+    ]
+    # Run r2 merges P2 into P1 and issues P3.
+    staged = [
+        published[0],
+        published[1],
+        (P2, "merged", T0, "r0", T1, "r2", P1),
+        (P3, "active", T1, "r2", None, None, None),
+    ]
+    held = spark.createDataFrame([(P1,), (P1,), (P3,)], "profile_id string")
+    schema = spark_schema(spark, REGISTRY_SCHEMA)
+    previous = spark.createDataFrame(published, schema)
+
+    def outcome(rows):
+        registry = spark.createDataFrame(rows, schema)
+        tables = {"profile_registry": registry, "previous_profile_registry": previous, "record_profiles": held}
+        (check,) = registry_suite.checks(inputs_with(cfg, **tables))
+        return validate([check], "r")
+
+    unheld = (P4, "active", T1, "r2", None, None, None)
+    checked = registry_suite.with_registry_checks(spark.createDataFrame([*staged[1:], unheld], schema), previous, held)
+    expected = spark.createDataFrame(
+        [(P0, False, True), (P1, True, True), (P2, True, True), (P3, True, True), (P4, True, False)],
+        "profile_id string, still_issued boolean, active_as_held boolean",
+    )
+    assert_df_equality(
+        checked.select("profile_id", "still_issued", "active_as_held"),
+        expected,
+        ignore_row_order=True,
+        ignore_nullable=True,
+    )
+
+    def failure(column: str) -> list[str]:
+        return [in_set_failure("profile_registry", column)]
+
+    assert outcome(staged).success
+    assert failed_checks(outcome(staged[1:])) == failure("still_issued")  # a published id dropped
+    assert failed_checks(outcome([*staged, unheld])) == failure("active_as_held")
+    assert failed_checks(outcome([*staged[:2], (P2, "active", T0, "r0", None, None, None), staged[3]])) == failure(
+        "active_as_held"
+    )  # P2's records went to P1, yet it stays active
+    assert failed_checks(outcome([*staged[:2], (P2, "merged", T0, "r0", T1, "r2", P0), staged[3]])) == failure(
+        "successor_held"
+    )
+    assert failed_checks(outcome([(P0, "merged", T0, "r0", T1, "r2", P4), *staged[1:]])) == failure("ending_kept")
+    assert failed_checks(outcome([staged[0], (P1, "active", T1, "r2", None, None, None), *staged[2:]])) == failure(
+        "creation_kept"
+    )
+    assert failed_checks(outcome([*staged[:3], (P3, "active", T1, "r2", T1, "r2", None)])) == failure("ended_as_status")
+    assert failed_checks(outcome([*staged[:3], (P3, "active", T1, "r2", None, None, P1)])) == failure(
+        "successor_as_status"
+    )
+    unknown = failed_checks(outcome([*staged[:3], (P3, "issued", T1, "r2", None, None, None)]))
+    assert failure("status_known")[0] in unknown
+
+
+def test_identity_events_are_this_runs_known_changes_as_the_registry_records_them(spark, cfg):
+    registry = spark.createDataFrame(
+        [
+            (P1, "active", T0, "r1", None, None, None),
+            (P2, "merged", T0, "r1", T1, "r2", P1),
+            (P3, "active", T1, "r2", None, None, None),
+            (P4, "retired", T0, "r1", T1, "r2", None),
+        ],
+        spark_schema(spark, REGISTRY_SCHEMA),
+    )
+    schema = spark_schema(spark, IDENTITY_EVENTS_SCHEMA)
+    run2 = [
+        ("r2", "created", P3, None, 2, T1, "e1"),
+        ("r2", "merged", P2, P1, 1, T1, "e2"),
+        ("r2", "retired", P4, None, 0, T1, "e3"),
+    ]
+
+    def outcome(rows):
+        events = spark.createDataFrame(rows, schema)
+        return validate(events_suite.checks(inputs_with(cfg, identity_events=events, profile_registry=registry)), "r")
+
+    def failure(column: str) -> list[str]:
+        return [in_set_failure("identity_events", column)]
+
+    assert outcome(run2).success
+    assert outcome([]).success  # a run that changed no id
+    earlier = ("r1", "created", P1, None, 3, T0, "e0")  # as the registry has it, but run r1's
+    assert failed_checks(outcome([*run2, earlier])) == failure("of_latest_run")
+    unknown = failed_checks(outcome([*run2, ("r2", "renamed", P1, None, 1, T1, "e4")]))
+    assert in_set_failure("identity_events", "event_type") in unknown
+    assert failed_checks(outcome([run2[0], ("r2", "merged", P2, P3, 1, T1, "e2"), run2[2]])) == failure(
+        "registry_agrees"
+    )  # merged into another profile than the registry's successor
+    assert failed_checks(outcome([*run2[:2], ("r2", "retired", P4, None, 1, T1, "e3")])) == failure("records_as_type")
+    assert failed_checks(outcome([*run2[:2], ("r2", "retired", P4, P1, 0, T1, "e3")])) == failure("related_as_type")
+    assert failed_checks(outcome([*run2[:2], ("r2", "retired", P4, None, 0, T1, "e2")])) == [
+        "identity_events: expect_column_values_to_be_unique(event_id)"
+    ]
+
+    # The retirement's event missing: the registry ended two ids at the run's time, its events one.
+    counts = events_suite.change_counts(spark.createDataFrame(run2[:2], schema), registry)
+    expected = spark.createDataFrame(
+        [(1, 2, 1, 1)], "profiles_issued long, profiles_ended long, issued_events long, ended_events long"
+    )
+    assert_df_equality(counts, expected, ignore_nullable=True)
+    assert failed_checks(outcome(run2[:2])) == [
+        "identity_event_reconciliation: expect_column_pair_values_to_be_equal(profiles_ended=ended_events)"
+    ]
+
+
+def test_a_gate_after_unify_alone_validates_the_published_resolution_and_no_identity_event(spark, gated, tmp_path):
+    cfg = copy_lakehouse(gated[0], tmp_path)
+    unify.run(spark, cfg, run_id="unify-again")
+    assert not delta_io.table_exists(cfg.tables.staged("record_profiles"))
+
+    result = run(spark, cfg, run_id="unify-again")
+
+    assert result.outcome.success and result.outcome.published
+    counts = {
+        s["suite"]: {e["element_count"] for e in s["expectations"] if e["element_count"] is not None}
+        for s in result.outcome.suites
+    }
+    assert counts["record_profiles"] == {delta_io.row_count(cfg.tables.record_profiles)}
+    assert counts["profile_registry"] == {delta_io.row_count(cfg.tables.profile_registry)}
+    assert counts["identity_events"] == {0}
