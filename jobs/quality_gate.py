@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +49,7 @@ from jobs.profile_ids import IDENTITY_EVENTS_SCHEMA, REGISTRY_SCHEMA
 from jobs.publication import JOB, PublishResult, finish_interrupted_publication, publish
 from jobs.report import write_auditor_report
 from jobs.runner import run_job
-from jobs.spark_session import size_stage_to_input
+from jobs.spark_session import run_at_once, size_stage_to_input
 
 log = logging.getLogger("idres.quality_gate")
 
@@ -62,6 +64,7 @@ GOLD_SUITE_MODULES = (
     profile_lineage,
 )
 SUITE_MODULES = (bronze, silver, consent_ledger, *GOLD_SUITE_MODULES)
+SUITES_AT_ONCE = 3  # suites validated at once (see validate)
 
 
 # The upstream tables a gate run reads, and the stage that writes each.
@@ -224,12 +227,17 @@ def gx_batch(frame: DataFrame, pandas_max_rows: int) -> tuple[str, Any]:
 
 
 def validate(
-    checks: Sequence[TableCheck], run_id: str, docs_dir: Path | None = None, pandas_max_rows: int = 0
+    checks: Sequence[TableCheck],
+    run_id: str,
+    docs_dir: Path | None = None,
+    pandas_max_rows: int = 0,
+    suites_at_once: int = SUITES_AT_ONCE,
 ) -> QualityOutcome:
     """Run every check's suite on its frame in one ephemeral GX context; build Data Docs into docs_dir.
 
     Each frame is cut to the columns its expectations read (checked_frame); frames of at most pandas_max_rows
-    rows are validated in pandas (see gx_batch), the others on Spark.
+    rows are validated in pandas (see gx_batch), the others on Spark. Up to suites_at_once suites run at once:
+    GX builds its metrics in the driver between Spark jobs, which alone leave cores idle.
     """
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
@@ -245,34 +253,41 @@ def validate(
                 "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
             },
         )
-    sources = {"spark": context.data_sources.add_spark("idres"), "pandas": context.data_sources.add_pandas("idres_pd")}
-    suites: list[dict[str, Any]] = []
-    for check in checks:
+    adding = threading.Lock()  # GX's stores are plain dicts, added to from the worker threads
+
+    def validate_check(check: TableCheck) -> dict[str, Any]:
         frame = checked_frame(check).persist()
         try:
             engine, data = gx_batch(frame, pandas_max_rows)
-            batch = sources[engine].add_dataframe_asset(check.suite).add_batch_definition_whole_dataframe(check.suite)
-            suite = context.suites.add(gx.ExpectationSuite(name=check.suite, expectations=list(check.expectations)))
-            definition = context.validation_definitions.add(
-                gx.ValidationDefinition(name=check.suite, data=batch, suite=suite)
-            )
-            checkpoint = context.checkpoints.add(
-                gx.Checkpoint(name=check.suite, validation_definitions=[definition], result_format=SAFE_RESULT_FORMAT)
-            )
+            with adding:
+                # A data source per suite: each holds its own execution engine, whose loaded batches are not
+                # meant to be shared between validations running at once.
+                sources = context.data_sources
+                source = (sources.add_spark if engine == "spark" else sources.add_pandas)(f"idres_{check.suite}")
+                batch = source.add_dataframe_asset(check.suite).add_batch_definition_whole_dataframe(check.suite)
+                suite = context.suites.add(gx.ExpectationSuite(name=check.suite, expectations=list(check.expectations)))
+                definition = context.validation_definitions.add(
+                    gx.ValidationDefinition(name=check.suite, data=batch, suite=suite)
+                )
+                checkpoint = context.checkpoints.add(
+                    gx.Checkpoint(
+                        name=check.suite, validation_definitions=[definition], result_format=SAFE_RESULT_FORMAT
+                    )
+                )
             result = checkpoint.run(batch_parameters={"dataframe": data})
         finally:
             frame.unpersist()
         (validation,) = result.run_results.values()
-        suites.append(
-            {
-                "suite": check.suite,
-                "table": check.table,
-                "engine": engine,
-                "success": bool(validation.success),
-                "expectations": [_expectation_result(r) for r in validation.results],
-            }
-        )
         log.info("quality gate: %s %s (GX on %s)", check.suite, "passed" if validation.success else "FAILED", engine)
+        return {
+            "suite": check.suite,
+            "table": check.table,
+            "engine": engine,
+            "success": bool(validation.success),
+            "expectations": [_expectation_result(r) for r in validation.results],
+        }
+
+    suites = run_at_once(SparkSession.active(), [partial(validate_check, check) for check in checks], suites_at_once)
     data_docs = None
     if docs_dir is not None:
         context.build_data_docs(site_names=["run"])

@@ -20,12 +20,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 
 import pyarrow as pa
-from pyspark import inheritable_thread_target
 from pyspark.sql import SparkSession
 
 from jobs import delta_io
@@ -35,7 +34,7 @@ from jobs.linkage import ModelVersion, latest_model, linkage_records, linker_for
 from jobs.profile_ids import ASSIGNMENTS_SCHEMA, REGISTRY_SCHEMA, assign_stable_profile_ids
 from jobs.publication import finish_interrupted_publication
 from jobs.runner import run_job
-from jobs.spark_session import size_stage_to_input
+from jobs.spark_session import run_at_once, size_stage_to_input
 from jobs.train import train_and_save
 
 log = logging.getLogger("idres.resolve")
@@ -146,14 +145,9 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> ResolveResult:
                 ("identity_events", events),
             )
         }
-        # Four tables at once: delta-rs (and Spark) leave the GIL while they write. Spark jobs started in the
-        # writer threads keep this thread's job group (the pipeline counts a stage's jobs by it).
-        overwrite = inheritable_thread_target(spark)(delta_io.overwrite_delta)
-        with ThreadPoolExecutor(len(staged)) as writers:
-            for written in [
-                writers.submit(overwrite, rows, path, run_id=run_id, job="resolve") for path, rows in staged.items()
-            ]:
-                written.result()
+        # Four tables at once: delta-rs (and Spark) leave the GIL while they write.
+        overwrite = partial(delta_io.overwrite_delta, run_id=run_id, job="resolve")
+        run_at_once(spark, [partial(overwrite, rows, path) for path, rows in staged.items()])
 
         result.pairs = db.count(pairs)
         result.profiles = db.rows(f"SELECT count(DISTINCT profile_id) AS n FROM {record_profiles}")[0]["n"]

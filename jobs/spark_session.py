@@ -7,16 +7,20 @@ import math
 import os
 import sys
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
+from pyspark import inheritable_thread_target
 from pyspark.sql import DataFrame, SparkSession
 
 from jobs import delta_io
 from jobs.config import SparkConfig
 
 log = logging.getLogger("idres.spark_session")
+T = TypeVar("T")
 
 # Loggers that print a failed task's or query's error text, which can quote a data value: Spark's executor
 # and task scheduler, its file writer and Utils (a failed write's task abort, uncaught exceptions; its other
@@ -196,3 +200,17 @@ def persisting() -> Iterator[Callable[[DataFrame], DataFrame]]:
     finally:
         for df in kept:
             df.unpersist()
+
+
+def run_at_once(spark: SparkSession, calls: Sequence[Callable[[], T]], workers: int | None = None) -> list[T]:
+    """Each call's result, the calls run in up to `workers` threads at once (default: all); the first error
+    raised is re-raised once all have ended.
+
+    For independent steps that each wait on Spark or delta-rs (both leave the GIL), so one step's driver work
+    overlaps another's tasks. Spark jobs started in the threads keep this thread's job group (the pipeline
+    counts a stage's jobs by it).
+    """
+    in_job_group = inheritable_thread_target(spark)(lambda call: call())
+    with ThreadPoolExecutor(max(1, workers or len(calls))) as pool:
+        futures = [pool.submit(in_job_group, call) for call in calls]
+    return [future.result() for future in futures]

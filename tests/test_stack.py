@@ -3,17 +3,19 @@ from __future__ import annotations
 import json
 import re
 import sys
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
 import pyspark
+import pytest
 from pyspark.sql import functions as F
 from pyspark.sql.types import DoubleType, StringType
 
 from jobs import delta_io
 from jobs.config import SparkConfig
 from jobs.python_daemon import SPARK_ARCHIVE, without_spark_archives
-from jobs.spark_session import mapped_class_archives, size_stage_to_input
+from jobs.spark_session import mapped_class_archives, run_at_once, size_stage_to_input
 from tests.conftest import DRIVER_CLASS_ARCHIVE
 
 
@@ -98,3 +100,28 @@ def test_the_driver_jvm_maps_the_class_archive_make_install_built(spark):
     assert DRIVER_CLASS_ARCHIVE.is_file()
     # SPARK_SUBMIT_OPTS (exported by the Makefile) reaches the JVM that PySpark starts through spark-submit
     assert mapped_class_archives(spark) == [str(DRIVER_CLASS_ARCHIVE)]
+
+
+def test_steps_run_at_once_in_the_callers_job_group_and_an_error_waits_for_the_others(spark):
+    sc = spark.sparkContext
+    sc.setJobGroup("idres-test-group", "run_at_once")
+    ended = []
+
+    def group_of_step(step: int) -> str:
+        spark.range(1).count()  # a Spark job from the worker thread
+        ended.append(step)
+        return f"{step}:{sc.getLocalProperty('spark.jobGroup.id')}"
+
+    def failing() -> None:
+        raise ValueError("step failed")
+
+    try:
+        assert run_at_once(spark, [partial(group_of_step, 1), partial(group_of_step, 2)]) == [
+            "1:idres-test-group",
+            "2:idres-test-group",
+        ]
+        with pytest.raises(ValueError, match="step failed"):
+            run_at_once(spark, [failing, partial(group_of_step, 3)], workers=2)
+        assert 3 in ended
+    finally:
+        sc.setLocalProperty("spark.jobGroup.id", None)
