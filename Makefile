@@ -34,8 +34,8 @@ export SPARK_SUBMIT_OPTS ?= -XX:SharedArchiveFile=$(JVM_ARCHIVE) $(CDS_QUIET)
 help:
 	@echo "make run    run the identity_resolution DAG on the demo data and print a summary"
 	@echo "make run-cluster   the same on a Spark standalone master + worker started on 127.0.0.1 (stopped after)"
-	@echo "make test   run the test suite (all but the heavy fault tests)"
-	@echo "make test-faults   the fault-injection tests, the heavy ones included"
+	@echo "make test   run the test suite (all but the heavy tests)"
+	@echo "make test-faults   the fault-injection tests and the other heavy ones (the standalone cluster)"
 	@echo "make lint   ruff"
 	@echo "make query SQL='SELECT ...' [CSV=out.csv]   SQL (DuckDB) over the Delta tables, shown or written as CSV"
 	@echo "make bench-accuracy   FEBRL3/4 and demo accuracy, project vs bare Splink-DuckDB"
@@ -107,9 +107,10 @@ query: install
 test: install chromium
 	$(BIN)/python -m pytest -m "not heavy" --durations=10
 
-# Every fault-injection test, the heavy ones included (kill during publish and resume).
+# Every fault-injection test, and the heavy tests make test leaves out (kill during publish and resume, the DAG
+# on a standalone cluster).
 test-faults: install
-	$(BIN)/python -m pytest -m fault
+	$(BIN)/python -m pytest -m "fault or heavy"
 
 lint: install
 	$(BIN)/ruff check .

@@ -98,6 +98,8 @@ def standalone_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loc
         yield cluster
 
 
+# About 3.5 minutes (a second whole DAG run, on the cluster): make test-faults runs it, as make test's budget is spent.
+@pytest.mark.heavy
 @pytest.mark.slow
 def test_the_dag_on_a_standalone_cluster_publishes_what_a_local_run_does(
     local_dag_run, standalone_cluster, spark, tmp_path
