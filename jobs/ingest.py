@@ -397,8 +397,8 @@ def mapped_strings(columns: Mapping[str, str], wanted: Iterable[str]) -> list[Co
     def one(c: str) -> Column:
         if c not in columns:
             return F.lit(None).cast("string").alias(c)
-        value = trimmed(F.col(f"`{columns[c]}`"))
-        return F.when(value != "", value).alias(c)
+        # nullif computes the trimmed value once; when(value != "", value) ran its regex twice a cell.
+        return F.nullif(trimmed(F.col(f"`{columns[c]}`")), F.lit("")).alias(c)
 
     return [one(c) for c in wanted]
 
