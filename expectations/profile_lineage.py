@@ -12,13 +12,21 @@ from jobs.canonical import LAWFUL_BASES, SUBJECT
 from jobs.config import PurposePolicy
 from jobs.consent import accepted_bases
 
+# A grant as a lineage row names the consent event behind its value (the event id as consent_event_id).
+GRANT_FIELDS = ("purpose", "lawful_basis", "event_id")
 
-def supplied_columns(sources: DataFrame, admitted: DataFrame, profiles: DataFrame, columns: Sequence[str]) -> DataFrame:
+
+def supplied_columns(
+    sources: DataFrame, admitted: DataFrame, profiles: DataFrame, columns: Sequence[str], carried: Sequence[str] = ()
+) -> DataFrame:
     """Profile sources (profile_id and record) plus `supplied`: the columns whose value the admitted record holds as
     its profile does, compared as unify writes them (cast to string; null equals null). Null when the record is
-    not admitted or the profile is not staged."""
+    not admitted or the profile is not staged. The admitted record's `carried` columns come along."""
     record = admitted.select(
-        *SUBJECT, F.lit(True).alias("_admitted"), *[F.col(c).cast("string").alias(f"_r_{c}") for c in columns]
+        *SUBJECT,
+        *carried,
+        F.lit(True).alias("_admitted"),
+        *[F.col(c).cast("string").alias(f"_r_{c}") for c in columns],
     )
     profile = profiles.select(
         "profile_id", F.lit(True).alias("_profiled"), *[F.col(c).cast("string").alias(f"_p_{c}") for c in columns]
@@ -31,10 +39,20 @@ def supplied_columns(sources: DataFrame, admitted: DataFrame, profiles: DataFram
         .select(
             "profile_id",
             *SUBJECT,
+            *carried,
             F.when(F.col("_admitted") & F.col("_profiled"), F.filter(F.array(*same), lambda c: c.isNotNull())).alias(
                 "supplied"
             ),
         )
+    )
+
+
+def recorded_grants(ledger: DataFrame) -> DataFrame:
+    """Per record (subject), `grants`: the purpose, lawful basis and event id of each grant the consent ledger holds."""
+    return (
+        ledger.where(F.col("status") == "granted")
+        .groupBy(*SUBJECT)
+        .agg(F.collect_set(F.struct(*GRANT_FIELDS)).alias("grants"))
     )
 
 
@@ -43,8 +61,13 @@ def with_lineage_checks(
 ) -> DataFrame:
     """Lineage with `record_in_profile` (the source record is one of the profile's `members`, as supplied_columns
     gives them), `value_from_record` (that record holds the profile's value of the column), `basis_accepted` (the
-    policy accepts the lawful basis for the purpose) and `purpose_permitted` (the profile may use it)."""
+    policy accepts the lawful basis for the purpose), `purpose_permitted` (the profile may use it) and
+    `consent_event_recorded` (the record's `grants`, as recorded_grants gives them, hold the named consent event for
+    that purpose and basis: the reason a value is held points at a real decision of its subject).
+
+    The grants ride on the members, so the ledger meets each admitted record once, not each of its lineage rows."""
     allowed = permissions.where(F.col("allowed")).select("profile_id", "purpose", F.lit(True).alias("_allowed"))
+    named_grant = F.struct(*[F.col("consent_event_id" if c == "event_id" else c).alias(c) for c in GRANT_FIELDS])
     return (
         lineage.join(members.withColumn("_member", F.lit(True)), ["profile_id", *SUBJECT], "left")
         .join(allowed, ["profile_id", "purpose"], "left")
@@ -54,7 +77,8 @@ def with_lineage_checks(
         .withColumn(
             "basis_accepted", holds(F.array_contains(accepted_bases(policy)[F.col("purpose")], F.col("lawful_basis")))
         )
-        .drop("_member", "_allowed", "supplied")
+        .withColumn("consent_event_recorded", holds(F.array_contains("grants", named_grant)))
+        .drop("_member", "_allowed", "supplied", "grants")
     )
 
 
@@ -66,7 +90,13 @@ def checks(inputs: QualityInputs) -> list[TableCheck]:
             table="gold/profile_lineage",
             frame=with_lineage_checks(
                 inputs.profile_lineage,
-                supplied_columns(inputs.profile_sources, inputs.admitted, inputs.profiles, columns),
+                supplied_columns(
+                    inputs.profile_sources,
+                    inputs.admitted.join(recorded_grants(inputs.consent_ledger), list(SUBJECT), "left"),
+                    inputs.profiles,
+                    columns,
+                    carried=["grants"],
+                ),
                 inputs.profile_permissions,
                 inputs.cfg.policy,
             ),
@@ -80,6 +110,10 @@ def checks(inputs: QualityInputs) -> list[TableCheck]:
                 must_hold("value_from_record", "the named record holds the profile's value of the column"),
                 must_hold("basis_accepted", "the policy accepts the lawful basis for the purpose"),
                 must_hold("purpose_permitted", "the profile is permitted the purpose the value is held for"),
+                must_hold(
+                    "consent_event_recorded",
+                    "the consent ledger holds the named event: a grant of the purpose on the basis by the record",
+                ),
             ],
         )
     ]

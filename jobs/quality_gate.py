@@ -158,10 +158,10 @@ def gate_checks(spark: SparkSession, cfg: PipelineConfig) -> list[TableCheck]:
 
 
 def gold_checks(spark: SparkSession, cfg: PipelineConfig) -> list[TableCheck]:
-    """The checks of the staged candidates alone (GOLD_SUITE_MODULES), which read the admitted records besides:
-    what an erasure validates before it publishes its re-resolution, as it changes no upstream table but by
-    deleting the subject's rows."""
-    inputs = read_inputs(spark, cfg, upstream=("admitted",))
+    """The checks of the staged candidates alone (GOLD_SUITE_MODULES), which read the admitted records and the
+    consent ledger besides: what an erasure validates before it publishes its re-resolution, as it changes no
+    upstream table but by deleting the subject's rows."""
+    inputs = read_inputs(spark, cfg, upstream=("admitted", "consent_ledger"))
     return [check for module in GOLD_SUITE_MODULES for check in module.checks(inputs)]
 
 

@@ -31,6 +31,9 @@ from jobs.quality_gate import QualityGateError, checked_frame, gate_checks, run,
 from tests.conftest import copy_lakehouse
 from tests.test_report import RenderedPage
 
+LEDGER_DDL = (
+    "source_system string, event_id string, source_record_id string, purpose string, lawful_basis string, status string"
+)
 CONSENT_FAILURE = "profiles: expect_column_values_to_be_in_set(consent_compliant)"
 
 
@@ -461,9 +464,21 @@ def test_a_lineage_row_must_name_a_record_that_holds_the_profiles_value(spark, c
                 ("p2", "email", "s", "3"),
             ],
             "profile_id string, column string, source_system string, source_record_id string",
-        ).withColumns({"purpose": F.lit("profile_unification"), "lawful_basis": F.lit("consent"), "rule": F.lit("r")})
+        ).withColumns(
+            {
+                "purpose": F.lit("profile_unification"),
+                "lawful_basis": F.lit("consent"),
+                "consent_event_id": F.lit("e1"),
+                "rule": F.lit("r"),
+            }
+        )
         permissions = spark.createDataFrame([], "profile_id string, purpose string, allowed boolean")
-        tables = {"profile_sources": sources, "profile_permissions": permissions, "profile_lineage": lineage}
+        tables = {
+            "profile_sources": sources,
+            "profile_permissions": permissions,
+            "profile_lineage": lineage,
+            "consent_ledger": spark.createDataFrame([], LEDGER_DDL),
+        }
         (check,) = lineage_suite.checks(inputs_with(cfg, admitted=admitted, profiles=profiles, **tables))
         value_check = [e for e in check.expectations if e.configuration.kwargs.get("column") == "value_from_record"]
         return validate([TableCheck(check.suite, check.table, check.frame, value_check)], "r")
@@ -472,6 +487,68 @@ def test_a_lineage_row_must_name_a_record_that_holds_the_profiles_value(spark, c
     assert lineage_outcome("2").failed == [
         "profile_lineage: expect_column_values_to_be_in_set(value_from_record): "
         "the named record holds the profile's value of the column"
+    ]
+
+
+def test_a_lineage_row_must_name_a_ledger_grant_of_its_purpose_and_basis_by_its_record(spark, cfg):
+    ledger = spark.createDataFrame(
+        [
+            ("s", "e1", "1", "profile_unification", "consent", "granted"),
+            ("s", "e2", "1", "profile_unification", "consent", "withdrawn"),
+            ("s", "e3", "2", "profile_unification", "consent", "granted"),  # another record's grant
+            ("s", "e5", "1", "marketing_email", "consent", "granted"),
+            ("s", "e6", "1", "profile_unification", "contract", "granted"),
+            ("t", "e7", "1", "profile_unification", "consent", "granted"),  # the same ids in another source
+        ],
+        LEDGER_DDL,
+    )
+    cells = [
+        ("first_name", "e1"),
+        ("last_name", "e2"),
+        ("email", "e3"),
+        ("phone", "e4"),  # no such event
+        ("street", "e5"),
+        ("city", "e6"),
+        ("postcode", "e7"),
+        ("country", None),
+    ]
+    lineage = spark.createDataFrame(
+        [("p1", column, "s", "1", event) for column, event in cells],
+        "profile_id string, column string, source_system string, source_record_id string, consent_event_id string",
+    ).withColumns({"purpose": F.lit("profile_unification"), "lawful_basis": F.lit("consent"), "rule": F.lit("r")})
+    admitted = spark.createDataFrame(
+        [("s", "1", "Ann")], "source_system string, source_record_id string, first_name string"
+    )
+    tables = {
+        "admitted": admitted,
+        "profiles": spark.createDataFrame([("p1", "Ann")], "profile_id string, first_name string"),
+        "profile_sources": spark.createDataFrame(
+            [("p1", "s", "1")], "profile_id string, source_system string, source_record_id string"
+        ),
+        "profile_permissions": spark.createDataFrame(
+            [("p1", "profile_unification", True)], "profile_id string, purpose string, allowed boolean"
+        ),
+        "profile_lineage": lineage,
+        "consent_ledger": ledger,
+    }
+
+    (check,) = lineage_suite.checks(inputs_with(cfg, **tables))
+
+    expected = spark.createDataFrame(
+        [(column, event, column == "first_name") for column, event in cells],
+        "column string, consent_event_id string, consent_event_recorded boolean",
+    )
+    assert_df_equality(
+        check.frame.select("column", "consent_event_id", "consent_event_recorded"),
+        expected,
+        ignore_row_order=True,
+        ignore_nullable=True,
+    )
+    event_check = [e for e in check.expectations if e.configuration.kwargs.get("column") == "consent_event_recorded"]
+    outcome = validate([TableCheck(check.suite, check.table, check.frame, event_check)], "r")
+    assert outcome.failed == [
+        "profile_lineage: expect_column_values_to_be_in_set(consent_event_recorded): "
+        "the consent ledger holds the named event: a grant of the purpose on the basis by the record"
     ]
 
 

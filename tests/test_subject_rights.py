@@ -34,13 +34,15 @@ IRYNA_IDS = ("ro_shop:R-1", "eu_loyalty:LM-9", "ua_crm:UA-9")
 
 @pytest.fixture(scope="module")
 def pristine(spark, trained, tmp_path_factory):
-    """The hand records among the demo population, published by run-1; tests change copies of it only."""
+    """The hand records among the demo population, published by run-1 (with the population's consent ledger, which
+    an erasure's gold suites check lineage against); tests change copies of it only."""
     population = delta_io.read_delta(spark, trained.tables.silver).select(*trained.policy.silver_columns)
     population_consent = delta_io.read_delta(spark, trained.tables.effective_consent)
     root = tmp_path_factory.mktemp("subject-rights")
     cfg = trained.with_paths(lakehouse=root / "lake", reports=root / "reports")
     cfg = dataclasses.replace(cfg, models=trained.models)
-    publish(spark, cfg, population, population_consent, GRANTS, "run-1", hand=HAND)
+    population_ledger = delta_io.read_delta(spark, trained.tables.consent_ledger)
+    publish(spark, cfg, population, population_consent, GRANTS, "run-1", hand=HAND, population_ledger=population_ledger)
     return cfg
 
 

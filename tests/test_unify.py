@@ -333,9 +333,10 @@ GRANTS = [(r["source_system"], r["source_record_id"], UNIFICATION, "granted", "2
 GOLD = ("profiles", "profile_sources", "profile_lineage", "profile_permissions")
 
 
-def publish(spark, cfg, population, population_consent, events, run_id, hand=HAND):
-    """Land the hand records (bronze, silver) among the demo population, gate them with their consent events,
-    then resolve, unify and publish (the gate's validation is tested in test_quality_gate)."""
+def publish(spark, cfg, population, population_consent, events, run_id, hand=HAND, population_ledger=None):
+    """Land the hand records (bronze, silver) among the demo population, gate them with their consent events
+    (landed in the ledger after the population's ledger events, when given), then resolve, unify and publish
+    (the gate's validation is tested in test_quality_gate)."""
     silver = population.unionByName(silver_rows(spark, cfg, hand))
     delta_io.merge_delta(
         bronze_rows(spark, hand),
@@ -360,6 +361,10 @@ def publish(spark, cfg, population, population_consent, events, run_id, hand=HAN
     admitted = consent.admitted_records(gated, silver.columns, cfg.policy)
     delta_io.overwrite_delta(admitted, cfg.tables.admitted, run_id=run_id, job="test")
     delta_io.overwrite_delta(effective, cfg.tables.effective_consent, run_id=run_id, job="test")
+    landed = ledger(spark, events)
+    if population_ledger is not None:
+        landed = population_ledger.select(*landed.columns).unionByName(landed)
+    delta_io.overwrite_delta(landed, cfg.tables.consent_ledger, run_id=run_id, job="test")
     resolve.run(spark, cfg, run_id=run_id)
     unify.run(spark, cfg, run_id=run_id)
     return publication.publish(cfg, run_id=run_id)
