@@ -27,9 +27,12 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from deltalake import CommitProperties, DeltaTable, QueryBuilder, Schema, Transaction, write_deltalake
+from deltalake.schema import PrimitiveType
 from deltalake.transaction import AddAction, create_table_with_add_actions
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.pandas.types import to_arrow_schema
+
+from jobs.errors import ColumnTypeChangeError
 
 if TYPE_CHECKING:
     from jobs.config import TablePaths
@@ -43,6 +46,16 @@ ADDED_ROWS = "num_added_rows"  # delta-rs' operation metric of an append, and _c
 # file's smallest and largest values (names, emails, dates of birth), copies of personal data outside the data
 # files that outlive them in the log. Row counts stay; data skipping is lost, which tables of this size do not need.
 TABLE_PROPERTIES = {"delta.dataSkippingNumIndexedCols": "0"}
+# Type changes a merge carries without loss: delta-rs casts the source's values to the table's wider type.
+LOSSLESS_CASTS = {
+    ("byte", "short"),
+    ("byte", "integer"),
+    ("byte", "long"),
+    ("short", "integer"),
+    ("short", "long"),
+    ("integer", "long"),
+    ("float", "double"),
+}
 
 
 @dataclass(frozen=True)
@@ -72,6 +85,34 @@ def table_version(path: Path | str) -> int | None:
 def column_names(path: Path | str) -> list[str]:
     """The table's column names (current schema)."""
     return [f.name for f in DeltaTable(str(path)).schema().fields]
+
+
+def _column_types(schema: Schema) -> dict[str, str]:
+    return {f.name: f.type.type if isinstance(f.type, PrimitiveType) else str(f.type) for f in schema.fields}
+
+
+def _schema_of(source: DataFrame | DeltaSource | pa.Table) -> Schema:
+    if isinstance(source, DeltaSource):
+        return DeltaTable(str(source.path)).schema()
+    arrow = source.schema if isinstance(source, pa.Table) else to_arrow_schema(source.schema, timezone="UTC")
+    return Schema.from_arrow(_nullable(arrow))
+
+
+def retyped_columns(source: DataFrame | DeltaSource | pa.Table, path: Path | str) -> dict[str, tuple[str, str]]:
+    """The columns the table at path and the source both hold whose source type a merge cannot carry into the
+    table's, as {column: (table's type, source's)}; empty when there is no table.
+
+    delta-rs would cast each value to the table's type: 1.5 into a long column lands as 1, and a text value into
+    a number column fails with the value in the error message.
+    """
+    if not table_exists(path):
+        return {}
+    table = _column_types(DeltaTable(str(path)).schema())
+    return {
+        column: (table[column], type_)
+        for column, type_ in _column_types(_schema_of(source)).items()
+        if column in table and type_ != table[column] and (type_, table[column]) not in LOSSLESS_CASTS
+    }
 
 
 def history(path: Path | str) -> list[dict[str, Any]]:
@@ -341,7 +382,10 @@ def _commit_copied_files(source: DeltaSource, path: Path | str, commit: CommitPr
 
 def overwrite_delta(df: DataFrame | pa.Table, path: Path | str, *, run_id: str, job: str) -> None:
     """Replace the table's contents in one commit (creating the table if needed)."""
-    commit = _commit_properties(run_id, job)
+    _write_rows(df, path, _commit_properties(run_id, job))
+
+
+def _write_rows(df: DataFrame | pa.Table, path: Path | str, commit: CommitProperties) -> None:
     if isinstance(df, DataFrame) and not _collects(df):
         _commit_spark_files(df, path, "overwrite", commit)
         return
@@ -387,7 +431,10 @@ def merge_delta(
       value: a column the policy made sensitive would stay, personal values and all). From a DeltaSource, its
       files replace the table's, schema included, in one overwrite commit whose metrics count every matched
       row as updated (its commit metadata records them for run_commit_metrics); from rows, the merge is
-      followed by one commit rewriting the table without those columns.
+      followed by one commit rewriting the table without those columns. A column whose type the source changes
+      (retyped_columns) takes the source's type the same way: the source replaces the table in one overwrite
+      commit (rows first written as a Delta table beside it).
+    Without schema_follows_source, a changed column type raises ColumnTypeChangeError before any commit.
     The source must hold each key once (delta-rs#2407). A DeltaSource (another Delta table, e.g. staged
     rows) or an Arrow table (a few audit rows built in the driver) goes into the merge without passing
     through Spark. Returns delta-rs' merge metrics, or None when skipped because this run already committed.
@@ -397,10 +444,13 @@ def merge_delta(
     commit = _commit_properties(run_id, job, once_per_run, transaction_version)
     if isinstance(source, DeltaSource) and not table_exists(path):
         return _inserted(_commit_copied_files(source, path, commit))
-    if (
-        isinstance(source, DeltaSource)
-        and schema_follows_source
-        and set(column_names(path)) - set(_column_names_of(source))
+    retyped = retyped_columns(source, path)
+    if retyped and not schema_follows_source:
+        raise ColumnTypeChangeError(str(path), retyped)
+    if retyped and not isinstance(source, DeltaSource):
+        return _replace_with_rows(source, path, keys, commit)
+    if isinstance(source, DeltaSource) and (
+        retyped or (schema_follows_source and set(column_names(path)) - set(_column_names_of(source)))
     ):
         return _replace_with_copy(source, path, keys, commit)
     if isinstance(source, DataFrame) and not _collects(source) and not table_exists(path):
@@ -466,6 +516,20 @@ def _replace_with_copy(
     )
     _commit_copied_files(source, path, recorded, mode="overwrite")
     return metrics
+
+
+def _replace_with_rows(
+    source: DataFrame | pa.Table, path: Path | str, keys: Sequence[str], commit: CommitProperties
+) -> dict[str, int]:
+    """_replace_with_copy from rows: written first as a Delta table beside the target, removed afterwards."""
+    target = Path(path)
+    rows = target.parent / f"{SPILL_PREFIX}{target.name}_replacing"
+    shutil.rmtree(rows, ignore_errors=True)
+    try:
+        _write_rows(source, rows, CommitProperties())
+        return _replace_with_copy(DeltaSource(rows), path, keys, commit)
+    finally:
+        shutil.rmtree(rows, ignore_errors=True)
 
 
 def _merge(

@@ -43,3 +43,17 @@ class LakehouseBusyError(IdresError):
             f"lakehouse lock {lock_path} is held by another idres job; gave up after {timeout_seconds:g} s "
             "(pipeline.yaml concurrency.lock_timeout_seconds). Nothing was written; rerun once the other job ends."
         )
+
+
+class ColumnTypeChangeError(IdresError):
+    """A write would change the type of columns a Delta table already holds, which a merge cannot do."""
+
+    def __init__(self, table: str, retyped: dict[str, tuple[str, str]]) -> None:
+        self.table = table
+        self.retyped = dict(retyped)
+        changes = ", ".join(f"{column} ({old} -> {new})" for column, (old, new) in self.retyped.items())
+        super().__init__(
+            f"Delta table {table}: the write changes the type of column(s) {changes}; nothing was committed. "
+            "The table keeps rows of earlier runs, so its values must be migrated to the new type (or the change "
+            "reverted) before it can take this run's rows."
+        )

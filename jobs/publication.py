@@ -24,6 +24,7 @@ import pyarrow as pa
 
 from jobs import delta_io
 from jobs.config import PUBLISHED_TABLES, RESOLVED_TABLES, PipelineConfig
+from jobs.errors import ColumnTypeChangeError
 
 log = logging.getLogger("idres.publication")
 
@@ -123,10 +124,10 @@ def publish(cfg: PipelineConfig, run_id: str, number: int | None = None) -> Publ
     number = next_publication(cfg, run_id) if number is None else number
     result = PublishResult(run_id=run_id)
     metrics: dict[str, dict[str, int]] = {}
+    staged = [name for name in PUBLISHED_TABLES if name not in RESOLVED_TABLES or delta_io.table_exists(t.staged(name))]
+    _check_column_types(cfg, staged)
     _journal_publication(cfg, run_id, number)
-    for name in PUBLISHED_TABLES:
-        if name in RESOLVED_TABLES and not delta_io.table_exists(t.staged(name)):
-            continue  # nothing resolved to publish: unify ran on the published resolution (a rerun)
+    for name in staged:  # a resolved table not staged: unify ran on the published resolution (a rerun)
         published = getattr(t, name)
         m = publish_table(cfg, name, run_id, number)
         if m is None or (not _changed(m) and delta_io.committed_in_run(published, JOB, run_id)):
@@ -175,6 +176,17 @@ def publish(cfg: PipelineConfig, run_id: str, number: int | None = None) -> Publ
         f"; already published by this run: {', '.join(result.skipped_tables)}" if result.skipped_tables else "",
     )
     return result
+
+
+def _check_column_types(cfg: PipelineConfig, names: list[str]) -> None:
+    """Fail before the first commit when a staged table changes a column type of a published table it adds to
+    (one replaced whole takes the staged types): a publication that stopped there would leave the published
+    tables half-updated, every retry stopping at the same table."""
+    for name in names:
+        if not PUBLICATIONS[name].replace:
+            staged = delta_io.DeltaSource(cfg.tables.staged(name))
+            if retyped := delta_io.retyped_columns(staged, getattr(cfg.tables, name)):
+                raise ColumnTypeChangeError(str(getattr(cfg.tables, name)), retyped)
 
 
 def drop_staging(cfg: PipelineConfig) -> None:

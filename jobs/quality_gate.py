@@ -46,7 +46,7 @@ from jobs import delta_io
 from jobs.config import GOLD_TABLES, PUBLISHED_TABLES, PipelineConfig
 from jobs.errors import IdresError
 from jobs.profile_ids import IDENTITY_EVENTS_SCHEMA, REGISTRY_SCHEMA
-from jobs.publication import JOB, PublishResult, finish_interrupted_publication, publish
+from jobs.publication import JOB, PublishResult, finish_interrupted_publication, publish, require_whole_resolution
 from jobs.report import write_auditor_report
 from jobs.runner import run_job
 from jobs.spark_session import run_at_once, size_stage_to_input
@@ -350,6 +350,7 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> GateResult:
     finish_interrupted_publication(cfg)
     if _already_published(cfg, run_id):
         return _published_result(cfg, run_id, report_dir)
+    require_whole_resolution(cfg)
     foreign = staged_by_other_runs(cfg, run_id)
     if foreign:
         raise IdresError(

@@ -31,7 +31,7 @@ from jobs.canonical import SILVER_ATTRIBUTES, SUBJECT, lookup
 from jobs.config import GOLD_TABLES, PipelineConfig, PurposePolicy, SurvivorshipConfig, SurvivorshipRule
 from jobs.consent import STATUS_PRECEDENCE, accepted_bases
 from jobs.errors import IdresError
-from jobs.publication import finish_interrupted_publication
+from jobs.publication import finish_interrupted_publication, require_whole_resolution
 from jobs.runner import run_job
 from jobs.spark_session import persisting, size_stage_to_input
 
@@ -352,6 +352,7 @@ def _require(path, stage: str) -> None:
 def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> dict[str, Path]:
     """Build the golden-profile tables and stage them for the quality gate, which publishes them (WAP)."""
     finish_interrupted_publication(cfg)  # before staging over the candidates it would publish
+    require_whole_resolution(cfg)
     t = cfg.tables
     for path, stage in (
         (t.admitted, "consent_gate"),

@@ -6,6 +6,7 @@ from chispa import assert_df_equality
 from deltalake import DeltaTable, write_deltalake
 
 from jobs import delta_io
+from jobs.errors import ColumnTypeChangeError
 
 SCHEMA = pa.schema([("key", pa.string()), ("value", pa.int64())])
 
@@ -207,3 +208,50 @@ def test_a_table_replaced_whole_by_a_source_lacking_one_of_its_columns_takes_the
     )
     assert {name: same[name] for name in merged} == dict.fromkeys(merged, 0)
     assert DeltaTable(str(target)).version() == 1
+
+
+def test_a_merge_that_would_change_a_column_type_commits_nothing_and_names_the_column_but_no_value(tmp_path):
+    target = tmp_path / "target"
+    write_deltalake(str(target), pa.table({"key": ["a"], "value": [1]}, schema=SCHEMA))
+    version = DeltaTable(str(target)).version()
+
+    for source, types in [
+        (pa.table({"key": ["b"], "value": ["canary"]}), ("long", "string")),  # delta-rs' cast error names the value
+        (pa.table({"key": ["b"], "value": [2.5]}), ("long", "double")),  # delta-rs would land 2
+    ]:
+        with pytest.raises(ColumnTypeChangeError) as err:
+            delta_io.merge_delta(source, target, keys=("key",), run_id="r", job="t", update_changed=True)
+        assert err.value.retyped == {"value": types}
+        assert "canary" not in str(err.value) and "2.5" not in str(err.value)
+    assert DeltaTable(str(target)).version() == version
+
+    # A type the table's holds every value of exactly merges as before.
+    narrower = pa.table({"key": ["b"], "value": pa.array([2], pa.int32())})
+    delta_io.merge_delta(narrower, target, keys=("key",), run_id="r", job="t")
+    assert _rows(target) == [{"key": "a", "value": 1}, {"key": "b", "value": 2}]
+
+
+@pytest.mark.parametrize("source_kind", ["staged", "frame", "arrow"])
+def test_a_table_replaced_whole_takes_the_type_its_source_gives_a_column(spark, tmp_path, source_kind):
+    """Silver, the admitted records and the published profiles follow their source's types (a mapping or policy
+    change), with the merge's metrics, one commit per run, and nothing left beside the table."""
+    target = tmp_path / "target"
+    write_deltalake(str(target), pa.table({"key": ["a", "b"], "value": [1, 2]}, schema=SCHEMA))
+    rows = pa.table({"key": ["b", "c"], "value": [2.5, 3.0]})
+    source = {
+        "staged": lambda: delta_io.DeltaSource(tmp_path / "staged"),
+        "frame": lambda: spark.createDataFrame(rows.to_pylist(), "key string, value double"),
+        "arrow": lambda: rows,
+    }
+    write_deltalake(str(tmp_path / "staged"), rows)
+    replace = {"update_changed": True, "delete_missing": True, "once_per_run": True, "schema_follows_source": True}
+
+    merged = delta_io.merge_delta(source[source_kind](), target, keys=("key",), run_id="r", job="t", **replace)
+
+    assert merged == {"num_target_rows_inserted": 1, "num_target_rows_updated": 1, "num_target_rows_deleted": 1}
+    assert _rows(target) == [{"key": "b", "value": 2.5}, {"key": "c", "value": 3.0}]
+    assert delta_io.retyped_columns(delta_io.DeltaSource(tmp_path / "staged"), target) == {}
+    assert DeltaTable(str(target)).version() == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["staged", "target"]
+    again = delta_io.merge_delta(source[source_kind](), target, keys=("key",), run_id="r", job="t", **replace)
+    assert again is None

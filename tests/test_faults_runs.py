@@ -26,7 +26,7 @@ from pyspark.sql import SparkSession
 
 from jobs import delta_io, demo_data, ingest, pipeline, publication, quality_gate, resolve
 from jobs.config import DEFAULT_CONF_DIR, GOLD_TABLES, PUBLISHED_TABLES, PipelineConfig, load_config
-from jobs.errors import IdresError
+from jobs.errors import ColumnTypeChangeError, IdresError
 from jobs.runner import lakehouse_lock_path
 from tests.conftest import (
     DEMO_CUTOFF,
@@ -461,3 +461,34 @@ def test_a_crash_on_a_value_logs_only_the_error_class_and_keeps_its_text_beside_
     assert str(incidents[0]) in log
     assert canary_found(incidents[0].read_text(encoding="utf-8")) == {"zqxcanar"}
     assert incidents[0].stat().st_mode & 0o777 == 0o600
+
+
+def test_candidates_that_retype_a_column_replace_a_whole_table_and_stop_before_a_table_they_add_to(tmp_path):
+    cfg = config_in(tmp_path)
+    stage_candidates(cfg, "r1", {"profile_id": ["pr_1", "pr_2"], "first_name": ["bob", "ann"], "visits": [1, 2]})
+    publication.publish(cfg, run_id="r1")
+
+    # Unify now holds visits as a fraction. Profiles are replaced whole, so they take the new type: a merge would
+    # have cast 3.5 to the old long column as 3.
+    stage_candidates(cfg, "r2", {"profile_id": ["pr_2", "pr_3"], "first_name": ["ann", "ion"], "visits": [2.0, 3.5]})
+    result = publication.publish(cfg, run_id="r2")
+
+    assert published_profiles(cfg) == [
+        {"profile_id": "pr_2", "first_name": "ann", "visits": 2.0},
+        {"profile_id": "pr_3", "first_name": "ion", "visits": 3.5},
+    ]
+    assert (result.inserted, result.updated, result.retired) == (1, 1, 1)
+
+    # The registry keeps every id ever issued, so its rows cannot be replaced: a candidate registry that retypes a
+    # column stops the publication before its first commit, naming the column and both types.
+    versions = {**data_table_versions(cfg), "unify_runs": delta_io.table_version(cfg.tables.unify_runs)}
+    stage_candidates(cfg, "r3", {"profile_id": ["pr_3"], "first_name": ["ion"], "visits": [4.0]})
+    registry = pa.table({"profile_id": ["profile_id-1"], "value": [7]})
+    delta_io.overwrite_delta(registry, cfg.tables.staged("profile_registry"), run_id="r3", job="resolve")
+    with pytest.raises(ColumnTypeChangeError, match=r"profile_registry: .* value \(string -> long\); nothing") as err:
+        publication.publish(cfg, run_id="r3")
+
+    assert err.value.retyped == {"value": ("string", "long")}
+    assert {**data_table_versions(cfg), "unify_runs": delta_io.table_version(cfg.tables.unify_runs)} == versions
+    assert not (cfg.tables.staging / publication.JOURNAL).exists()
+    assert delta_io.table_exists(cfg.tables.staged("profiles"))  # left staged for inspection
