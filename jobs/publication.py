@@ -24,7 +24,7 @@ import pyarrow as pa
 
 from jobs import delta_io
 from jobs.config import PUBLISHED_TABLES, RESOLVED_TABLES, PipelineConfig
-from jobs.errors import ColumnTypeChangeError
+from jobs.errors import ColumnTypeChangeError, IdresError
 
 log = logging.getLogger("idres.publication")
 
@@ -176,6 +176,19 @@ def publish(cfg: PipelineConfig, run_id: str, number: int | None = None) -> Publ
         f"; already published by this run: {', '.join(result.skipped_tables)}" if result.skipped_tables else "",
     )
     return result
+
+
+def require_whole_resolution(cfg: PipelineConfig) -> None:
+    """Fail when resolve staged some of its tables but not all (it stages all four, so it died between them):
+    whatever read the rest as published would mix two resolutions, e.g. records assigned to profile ids the
+    published registry never issued."""
+    staged = [name for name in RESOLVED_TABLES if delta_io.table_exists(cfg.tables.staged(name))]
+    if staged and len(staged) < len(RESOLVED_TABLES):
+        missing = [name for name in RESOLVED_TABLES if name not in staged]
+        raise IdresError(
+            f"resolve did not finish: it staged {', '.join(staged)} but not {', '.join(missing)}; "
+            "rerun resolve for this run"
+        )
 
 
 def _check_column_types(cfg: PipelineConfig, names: list[str]) -> None:

@@ -24,7 +24,7 @@ from deltalake.exceptions import DeltaError
 from filelock import FileLock
 from pyspark.sql import SparkSession
 
-from jobs import delta_io, demo_data, ingest, pipeline, publication, quality_gate, resolve
+from jobs import delta_io, demo_data, ingest, pipeline, publication, quality_gate, resolve, unify
 from jobs.config import DEFAULT_CONF_DIR, GOLD_TABLES, PUBLISHED_TABLES, PipelineConfig, load_config
 from jobs.errors import ColumnTypeChangeError, IdresError
 from jobs.runner import lakehouse_lock_path
@@ -335,6 +335,21 @@ def test_a_gate_refuses_candidates_another_run_staged_in_part_and_publishes_noth
     with pytest.raises(IdresError, match=r"staged profile_permissions are not run demo's"):
         quality_gate.run(spark, cfg, run_id=RUN)
     assert data_table_versions(cfg) == before
+
+
+def test_unify_and_the_gate_refuse_the_staging_of_a_resolve_that_died_between_its_tables(spark, staged_demo, tmp_path):
+    cfg = copy_lakehouse(staged_demo, tmp_path)
+    # Resolve writes its four tables at once; killed, it left two of them (here: the last two never written).
+    for name in ("profile_registry", "identity_events"):
+        shutil.rmtree(cfg.tables.staged(name))
+    before = {**data_table_versions(cfg), **{n: delta_io.table_version(cfg.tables.staged(n)) for n in GOLD_TABLES}}
+    unfinished = r"resolve did not finish: it staged pairwise_matches, record_profiles but not profile_registry, "
+
+    for job in (unify, quality_gate):
+        with pytest.raises(IdresError, match=unfinished + r"identity_events; rerun resolve for this run"):
+            job.run(spark, cfg, run_id=RUN)
+    after = {**data_table_versions(cfg), **{n: delta_io.table_version(cfg.tables.staged(n)) for n in GOLD_TABLES}}
+    assert after == before
 
 
 def test_the_pipeline_run_again_on_the_same_extracts_commits_to_no_data_table(spark, staged_demo, tmp_path):
