@@ -25,7 +25,7 @@ import logging
 import os
 import re
 import unicodedata
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import lru_cache
 
 import jellyfish
@@ -34,6 +34,9 @@ import phonenumbers
 import pycountry
 import translitua
 from anyascii import anyascii
+from babel import Locale, UnknownLocaleError
+from babel.core import get_global
+from babel.languages import get_official_languages
 from email_validator import EmailNotValidError, validate_email
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
@@ -118,7 +121,11 @@ VOWEL_FOLDS: tuple[tuple[str, str], ...] = (("y", "i"), ("j", "i"), ("ie", "e"),
 # Development key for pseudonyms; set IDRES_PSEUDONYM_KEY (a secret) anywhere real data is processed.
 # Changing the key changes every pseudonym: retrain and re-resolve afterwards.
 DEV_PSEUDONYM_KEY = "idres-development-pseudonym-key"
-GENDERS = {"f": "F", "female": "F", "ж": "F", "жін": "F", "m": "M", "male": "M", "ч": "M", "чол": "M"}
+# Genders as the sources write them (lower-cased, without a closing full stop: жін., Fem.), in their languages.
+GENDERS = {
+    **dict.fromkeys(("f", "female", "fem", "w", "weiblich", "feminin", "ж", "жін", "жіноча", "жен", "женский"), "F"),
+    **dict.fromkeys(("m", "male", "masc", "männlich", "masculin", "ч", "чол", "чоловіча", "муж", "мужской"), "M"),
+}
 
 
 def clean_text(raw: str | None) -> str | None:
@@ -195,12 +202,21 @@ def standardize_name(raw: str | None) -> tuple[str | None, str | None, str | Non
     """(native, latin, key, phonetic) of one name; titles dropped. Null in, nulls out."""
     # A title is looked for in each word as written (г-н, д-р: clean_text makes their hyphen a space) and in each
     # word clean_text leaves (Mr.John).
-    native = clean_text(" ".join(w for w in raw.split() if not is_title(w)) if raw is not None else None)
+    native = clean_text(" ".join(_without_leading_titles(raw.split(), is_title)) if raw is not None else None)
     if native is not None:
-        native = " ".join(t for t in native.split() if t not in TITLES) or None
+        native = " ".join(_without_leading_titles(native.split(), TITLES.__contains__))
     latin = to_latin(native)
     key = fold_key(latin)
     return native, latin, key, (jellyfish.metaphone(key) or None) if key else None
+
+
+def _without_leading_titles(words: list[str], title: Callable[[str], bool]) -> list[str]:
+    """The words after the titles that open them: a title precedes a name, so one that is the last word left is
+    the name (Herr, Пан and Sir are surnames too), and one after the name is part of it."""
+    start = 0
+    while start < len(words) - 1 and title(words[start]):
+        start += 1
+    return words[start:]
 
 
 @lru_cache(maxsize=200_000)
@@ -232,14 +248,41 @@ def standardize_phone(raw: str | None, country: str | None) -> str | None:
 
 
 @lru_cache(maxsize=10_000)
-def standardize_country(raw: str | None) -> str | None:
-    """ISO 3166-1 alpha-2 from a code or an English name; None when unknown."""
+def standardize_country(raw: str | None, languages: tuple[str, ...] = ("en",)) -> str | None:
+    """ISO 3166-1 alpha-2 from a code or a name: the codes and English names `pycountry` knows, else a
+    country's name in one of `languages` or a code CLDR keeps as an alias (country_names); None when unknown."""
     if raw is None or not raw.strip():
         return None
     try:
         return pycountry.countries.lookup(raw.strip()).alpha_2
     except LookupError:
-        return None
+        return country_names(languages).get(" ".join(unicodedata.normalize("NFKC", raw).casefold().split()))
+
+
+@lru_cache(maxsize=16)
+def country_names(languages: tuple[str, ...]) -> dict[str, str]:
+    """Casefolded country names in the given languages (CLDR, through `babel`: Україна, România, Deutschland,
+    Russia) and CLDR's alias codes of one country (UK for GB), each to its ISO 3166-1 alpha-2 code."""
+    names = {
+        alias.casefold(): codes[0]
+        for alias, codes in get_global("territory_aliases").items()
+        if len(codes) == 1 and alias.isalpha() and pycountry.countries.get(alpha_2=codes[0])
+    }
+    for language in languages:
+        try:
+            territories = Locale.parse(language).territories
+        except (UnknownLocaleError, ValueError):
+            continue
+        for code, name in territories.items():
+            if pycountry.countries.get(alpha_2=code):  # not regions (EU, 001) nor unknown codes
+                names.setdefault(" ".join(name.casefold().split()), code)
+    return names
+
+
+def country_languages(countries: Iterable[str]) -> tuple[str, ...]:
+    """English and the official languages of the given countries: the languages the sources name countries in."""
+    official = {language for country in countries for language in get_official_languages(country)}
+    return ("en", *sorted(official - {"en"}))
 
 
 def pseudonym_key() -> bytes:
@@ -274,11 +317,6 @@ def _email_udf(emails: pd.Series) -> pd.DataFrame:
 @F.pandas_udf(T.StringType())
 def _phone_udf(phones: pd.Series, countries: pd.Series) -> pd.Series:
     return pd.Series([standardize_phone(p, c) for p, c in zip(phones, countries, strict=True)], dtype=object)
-
-
-@F.pandas_udf(T.StringType())
-def _country_udf(countries: pd.Series) -> pd.Series:
-    return pd.Series([standardize_country(c) for c in countries], dtype=object)
 
 
 @F.pandas_udf(T.StringType())
@@ -322,18 +360,26 @@ def source_default_country(default_countries: Mapping[str, str]) -> Column:
 
 
 def standardize_country_column(df: DataFrame, default_countries: Mapping[str, str]) -> DataFrame:
-    """ISO 3166 alpha-2 country; a record without one takes its source's default country."""
+    """ISO 3166 alpha-2 country, from codes and from names in English and the sources' countries' languages
+    (standardize_country); a record without one takes its source's default country."""
+    languages = country_languages(default_countries.values())
+
+    @F.pandas_udf(T.StringType())
+    def country(values: pd.Series) -> pd.Series:
+        return pd.Series([standardize_country(v, languages) for v in values], dtype=object)
+
     return df.withColumn(
         "country",
         F.when(F.col("country").isNull(), source_default_country(default_countries)).otherwise(
-            _country_udf(F.col("country"))
+            country(F.col("country"))
         ),
     )
 
 
 def standardize_contacts(df: DataFrame, default_countries: Mapping[str, str]) -> DataFrame:
     """Lower-cased, validated email; E.164 phone parsed with the record's standardized country, or its source's
-    default when that country is unknown (a name pycountry does not know, such as "Deutschland", is null)."""
+    default when that country is unknown (standardize_country makes a name it does not know null). A number not
+    valid for the record's country is null, not tried elsewhere: nearly any digits make a valid German number."""
     email = _email_udf(F.col("email"))
     region = F.coalesce(F.col("country"), source_default_country(default_countries))
     return (
@@ -359,7 +405,7 @@ def standardize_address(df: DataFrame) -> DataFrame:
 def standardize_gender(df: DataFrame) -> DataFrame:
     """F or M (or null) from the sources' many spellings."""
     mapping = lookup(GENDERS)
-    return df.withColumn("gender", mapping[F.lower(trimmed("gender"))])
+    return df.withColumn("gender", mapping[F.regexp_replace(F.lower(trimmed("gender")), r"\s*\.$", "")])
 
 
 def pseudonymize(df: DataFrame, policy: PurposePolicy) -> DataFrame:

@@ -74,6 +74,20 @@ def test_names_keep_the_native_form_and_lose_titles_and_punctuation():
     assert standardize_name("") == (None, None, None, None)
 
 
+@pytest.mark.parametrize(
+    ("written", "native"),
+    [
+        ("Herr", "herr"),  # a surname that is also a title: a title precedes a name, so alone it is the name
+        ("Пан", "пан"),
+        ("Herr Herr", "herr"),
+        ("Frau Anna Sir", "anna sir"),  # only the titles that open the name go
+        ("Mr.John", "john"),
+    ],
+)
+def test_only_titles_that_precede_a_name_are_dropped(written, native):
+    assert standardize_name(written)[0] == native
+
+
 MARIANA = ("маряна", "mariana", "mariana", "MRN")
 IVAN = ("ivan", "ivan", "ivan", "IFN")
 PETRENKO = ("петренко", "petrenko", "petrenko", "PTRNK")
@@ -173,9 +187,17 @@ def test_contacts_become_valid_lowercase_email_and_e164_phone(spark):
     assert_df_equality(actual, expected, ignore_row_order=True, ignore_column_order=True, ignore_nullable=True)
 
 
-def test_a_phone_is_parsed_with_the_source_default_country_when_the_country_is_unknown(spark):
+def test_a_phone_is_parsed_with_the_records_country_or_else_its_sources_default_country(spark):
     df = spark.createDataFrame(
-        [("eu_loyalty", "Deutschland", "0151 23456789"), ("ua_crm", "UK", "067 123 45 67")],
+        [
+            ("eu_loyalty", "UK", "07911 123456"),  # not +49 7911 123456, a valid German number too
+            ("eu_loyalty", "Deutschland", "0151 23456789"),
+            ("ua_crm", "Україна", "067 123 45 67"),
+            ("ro_shop", "România", "0722 123 456"),
+            ("ua_crm", "UK", "067 123 45 67"),  # not valid in GB, and not guessed elsewhere
+            ("ua_crm", "Narnia", "067 123 45 67"),
+            ("ro_shop", None, "0722 123 456"),
+        ],
         "source_system string, country string, phone string",
     ).withColumn("email", F.lit(None).cast("string"))
     actual = (
@@ -184,19 +206,56 @@ def test_a_phone_is_parsed_with_the_source_default_country_when_the_country_is_u
         .select("source_system", "country", "phone")
     )
     expected = spark.createDataFrame(
-        [("eu_loyalty", None, "+4915123456789"), ("ua_crm", None, "+380671234567")], actual.schema
+        [
+            ("eu_loyalty", "GB", "+447911123456"),
+            ("eu_loyalty", "DE", "+4915123456789"),
+            ("ua_crm", "UA", "+380671234567"),
+            ("ro_shop", "RO", "+40722123456"),
+            ("ua_crm", "GB", None),
+            ("ua_crm", None, "+380671234567"),
+            ("ro_shop", "RO", "+40722123456"),
+        ],
+        actual.schema,
     )
     assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
 
 
 def test_countries_become_iso_3166_alpha2_with_the_source_default(spark):
     df = spark.createDataFrame(
-        [("ua_crm", None), ("eu_loyalty", "Germany"), ("eu_loyalty", "gb"), ("ro_shop", "ROU"), ("ro_shop", "Narnia")],
+        [
+            ("ua_crm", None),
+            ("eu_loyalty", "Germany"),
+            ("eu_loyalty", "gb"),
+            ("ro_shop", "ROU"),
+            ("ro_shop", "Narnia"),
+            ("ro_shop", "EU"),  # a region, not a country
+            ("ua_crm", " україна "),  # names in the sources' countries' languages
+            ("ua_crm", "Велика Британія"),
+            ("ro_shop", "România"),
+            ("ro_shop", "Regatul Unit"),
+            ("eu_loyalty", "Deutschland"),
+            ("eu_loyalty", "UK"),  # CLDR's alias of GB
+            ("eu_loyalty", "Russia"),  # the English short name
+        ],
         "source_system string, country string",
     )
     actual = df.transform(standardize.standardize_country_column, SOURCE_DEFAULT_COUNTRIES)
     expected = spark.createDataFrame(
-        [("ua_crm", "UA"), ("eu_loyalty", "DE"), ("eu_loyalty", "GB"), ("ro_shop", "RO"), ("ro_shop", None)],
+        [
+            ("ua_crm", "UA"),
+            ("eu_loyalty", "DE"),
+            ("eu_loyalty", "GB"),
+            ("ro_shop", "RO"),
+            ("ro_shop", None),
+            ("ro_shop", None),
+            ("ua_crm", "UA"),
+            ("ua_crm", "GB"),
+            ("ro_shop", "RO"),
+            ("ro_shop", "GB"),
+            ("eu_loyalty", "DE"),
+            ("eu_loyalty", "GB"),
+            ("eu_loyalty", "RU"),
+        ],
         "source_system string, country string",
     )
     assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
@@ -207,12 +266,23 @@ def test_addresses_and_gender_are_normalized(spark):
         [
             ("вул. Хрещатик, 1", "м. Київ", "01 001", "\u00a0ж\t"),  # a no-break space and a tab around the gender
             ("Strada Dochioiu Nr. 134", "Brașov", "sw1a-1aa", "M\u3000"),
+            ("a", "b", "1", "жін."),  # abbreviated with its full stop
+            ("a", "b", "2", "Feminin"),
+            ("a", "b", "3", "männlich"),
+            ("a", "b", "4", "n/a"),
         ],
         "street string, city string, postcode string, gender string",
     )
     actual = df.transform(standardize.standardize_address).transform(standardize.standardize_gender)
     expected = spark.createDataFrame(
-        [("vul khreshchatyk 1", "m kyiv", "01001", "F"), ("strada dochioiu nr 134", "brasov", "SW1A1AA", "M")],
+        [
+            ("vul khreshchatyk 1", "m kyiv", "01001", "F"),
+            ("strada dochioiu nr 134", "brasov", "SW1A1AA", "M"),
+            ("a", "b", "1", "F"),
+            ("a", "b", "2", "F"),
+            ("a", "b", "3", "M"),
+            ("a", "b", "4", None),
+        ],
         "street string, city string, postcode string, gender string",
     )
     assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
