@@ -20,7 +20,7 @@ import argparse
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import reduce
 
 import pyarrow as pa
@@ -56,11 +56,13 @@ TIMESTAMP_FIELDS = ("event_time", "recorded_at", "expires_at")
 # An ISO 8601 date and time (seconds optional), and the same followed by a time zone: an offset, Z, UTC or a
 # region id. Spark alone also reads a bare time as that time today, and a date-only value as its midnight.
 ISO_DATE_TIME = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?)?"
-ZONE = r"\s?(Z|UTC|[+-]\d{2}(:?\d{2})?|[A-Za-z]+/[A-Za-z_]+(/[A-Za-z_]+)?)$"
+ZONE = r"\s?(Z|UTC|[+-]\d{2}(:?\d{2})?|[A-Za-z]+(/[A-Za-z0-9_+-]+){1,2})$"  # IANA: Asia/Ust-Nera, Etc/GMT+2
 ZONED_DATE_TIME = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?" + ZONE
 REVOKING_STATUSES = ("withdrawn", "denied")  # a refusal needs no basis, and its optional times decide nothing
+REFUSAL_OPTIONAL = ("lawful_basis", "recorded_at", "expires_at")  # what a refusal may carry and never decides by
 STATUS_PRECEDENCE = {"withdrawn": 0, "denied": 1, "granted": 2}
 ALL_ATTRIBUTES = "*"
+CUTOFF_CLOCK_SKEW = timedelta(minutes=5)  # how far a cutoff may lie ahead of this machine's clock (another's)
 
 # Consent-feed quarantine reasons (besides malformed_record and bad_encoding).
 MISSING_SUBJECT = "missing_subject"
@@ -194,17 +196,30 @@ def assign_consent_reasons(events: DataFrame, policy: PurposePolicy) -> DataFram
     df = df.withColumn(REASON, reason).withColumn(
         "event_id", F.coalesce(F.col("event_id"), F.concat(F.lit("h:"), F.sha2(F.to_json(content, exact), 256)))
     )
-    # One event id carrying two different events cannot be trusted; exact replays are the same event.
-    per_id = Window.partitionBy("source_system", "event_id")
-    variants = F.size(F.collect_set(F.when(F.col(REASON).isNull(), content)).over(per_id))
-    df = df.withColumn(
-        REASON, F.when(F.col(REASON).isNull() & (variants > 1), F.lit(CONFLICTING_EVENT_ID)).otherwise(F.col(REASON))
-    )
     kept = F.col(REASON).isNull() & revokes  # a refusal that lands without what it cannot carry
     df = df.withColumn("lawful_basis", F.when(kept & ~valid_basis, None).otherwise(F.col("lawful_basis")))
     for c in optional:
         df = df.withColumn(c, F.when(kept & (unreadable[c] | unzoned[c]), None).otherwise(F.col(c)))
-    return df
+    # One event id carrying two different events cannot be trusted; exact replays are the same event, and so are
+    # copies of a refusal that differ only in what it never decides by (as the ledger compares them).
+    per_id = Window.partitionBy("source_system", "event_id")
+    variants = F.size(F.collect_set(F.when(F.col(REASON).isNull(), decisive_content())).over(per_id))
+    return df.withColumn(
+        REASON, F.when(F.col(REASON).isNull() & (variants > 1), F.lit(CONFLICTING_EVENT_ID)).otherwise(F.col(REASON))
+    )
+
+
+def decisive_content(prefix: str = "") -> Column:
+    """What makes two copies of one event id the same event: the subject and the content, less REFUSAL_OPTIONAL
+    for a refusal (`prefix`: of the columns so prefixed, e.g. the ledger's held copy)."""
+    refusal = F.coalesce(F.col(f"{prefix}status").isin(*REVOKING_STATUSES), F.lit(False))
+    fields = [F.col(f"{prefix}{c}") for c in (*SUBJECT, *EVENT_CONTENT)]
+    return F.struct(
+        *[
+            (F.when(~refusal, field) if c in REFUSAL_OPTIONAL else field).alias(c)
+            for c, field in zip((*SUBJECT, *EVENT_CONTENT), fields, strict=True)
+        ]
+    )
 
 
 def mark_ledger_conflicts(events: DataFrame, ledger: DataFrame | None) -> DataFrame:
@@ -219,12 +234,26 @@ def mark_ledger_conflicts(events: DataFrame, ledger: DataFrame | None) -> DataFr
     held = ledger.select(
         "source_system", "event_id", *[F.col(c).alias(f"_held_{c}") for c in content], F.lit(True).alias("_held")
     )
-    same = reduce(lambda a, b: a & b, [F.col(c).eqNullSafe(F.col(f"_held_{c}")) for c in content])
+    held = held.withColumn("_held_source_system", F.col("source_system"))
+    same = decisive_content().eqNullSafe(decisive_content("_held_"))
     changed = F.col(REASON).isNull() & F.coalesce(F.col("_held"), F.lit(False)) & ~same
     return (
         events.join(held, ["source_system", "event_id"], "left")
         .withColumn(REASON, F.when(changed, F.lit(CONFLICTING_EVENT_ID)).otherwise(F.col(REASON)))
-        .drop("_held", *[f"_held_{c}" for c in content])
+        .drop("_held", "_held_source_system", *[f"_held_{c}" for c in content])
+    )
+
+
+def one_copy_per_event(events: DataFrame) -> DataFrame:
+    """One row per event id (source system and id) of the landing events: the same copy whatever their order, so
+    a rerun lands what the first run did. Copies differ at most in what a refusal never decides by; the one that
+    carries most of it wins."""
+    columns = [c for c in LEDGER_COLUMNS if c in events.columns]
+    preference = F.struct(*[e for c in REFUSAL_OPTIONAL for e in (F.col(c).isNotNull(), F.col(c))], "source_file")
+    return (
+        events.groupBy("source_system", "event_id")
+        .agg(F.max_by(F.struct(*columns), preference).alias("_copy"))
+        .select("_copy.*")
     )
 
 
@@ -425,8 +454,8 @@ def land_consent_events(
         counts = events.groupBy("source_system", REASON).count().collect()
         ledger = (
             events.where(F.col(REASON).isNull())
-            .dropDuplicates(["source_system", "event_id"])
             .withColumn("source_file", F.col(SOURCE_FILE))
+            .transform(one_copy_per_event)
             .withColumn("run_id", F.lit(run_id))
             .withColumn("landed_at", F.lit(at).cast("timestamp"))
             .select(*LEDGER_COLUMNS)
@@ -506,6 +535,11 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str, cutoff: str | Non
     if as_of is None or as_of.tzinfo is None:
         raise IdresError("--cutoff must be an ISO 8601 time with a time zone, e.g. 2026-11-22T00:00:00+00:00")
     now = datetime.now(UTC).replace(microsecond=0)
+    if as_of > now + CUTOFF_CLOCK_SKEW:
+        raise IdresError(
+            f"--cutoff {as_of.isoformat()} is in the future (now {now.isoformat()}): consent can be taken only as "
+            "of a time that has passed, and every later run would have to apply it too (audit/consent_runs)"
+        )
     applied = latest_applied_cutoff(cfg, run_id)
     if applied is not None and as_of < applied:
         log.warning("cutoff %s is before %s, which a run applied: consent is taken as of the later", as_of, applied)

@@ -191,6 +191,10 @@ def test_event_times_must_be_a_zoned_iso_date_and_time(spark, cfg):
         ("T6", "consent", "granted", "2025-01-01 10:00:00+02", None, None, "t6"),
         ("T7", "consent", "granted", "2025-01-01 10:00:00 UTC", None, None, "t7"),
         ("T8", "consent", "granted", "2025-01-01T10:00:00.5Z", "2025-01-01T10:00:00", None, "t8"),
+        # IANA region ids with a hyphen, a digit or a sign, and of three parts
+        ("T9", "consent", "granted", "2025-01-01T10:00:00 America/Port-au-Prince", None, None, "t9"),
+        ("T10", "consent", "granted", "2025-01-01T10:00:00 Etc/GMT+2", None, None, "t10"),
+        ("T11", "consent", "granted", "2025-01-01T10:00 America/Argentina/Buenos_Aires", None, None, "t11"),
     ]
     actual = consent.assign_consent_reasons(mapped_events(spark, rows), cfg.policy).select(
         "source_record_id", "event_time", ingest.REASON
@@ -205,6 +209,9 @@ def test_event_times_must_be_a_zoned_iso_date_and_time(spark, cfg):
             ("T6", ts("2025-01-01", 8), None),
             ("T7", ts("2025-01-01"), None),
             ("T8", ts("2025-01-01").replace(microsecond=500000), "timestamp_without_time_zone"),
+            ("T9", ts("2025-01-01", 15), None),
+            ("T10", ts("2025-01-01", 12), None),
+            ("T11", ts("2025-01-01", 13), None),
         ],
         actual.schema,
     )
@@ -254,6 +261,55 @@ def test_a_refusal_lands_without_a_basis_or_an_unreadable_optional_time_and_wins
     assert_df_equality(decided, expected, ignore_row_order=True, ignore_nullable=True)
 
 
+def test_copies_of_a_refusal_differing_only_in_what_it_never_decides_by_are_one_event_also_on_a_rerun(spark, cfg):
+    """Compared as they land: a copy's invalid basis or unzoned recorded_at is dropped from a refusal, so copies
+    differing only there were quarantined as conflicting (the withdrawal lost) or landed one arbitrary copy that
+    the ledger then found conflicting with the same feed's next run."""
+    rows = [
+        ("UA-1", "consent", "granted", "2025-01-01T10:00:00Z", None, None, "g1"),
+        ("UA-1", None, "withdrawn", "2025-06-01T10:00:00Z", None, None, "w1"),
+        ("UA-1", "n/a", "withdrawn", "2025-06-01T10:00:00Z", None, None, "w1"),
+        ("UA-2", "consent", "granted", "2025-01-01T10:00:00Z", None, None, "g2"),
+        ("UA-2", "consent", "withdrawn", "2025-06-01T10:00:00Z", "2025-06-01 10:00:05", None, "w2"),
+        ("UA-2", "consent", "withdrawn", "2025-06-01T10:00:00Z", "2025-06-01T10:00:05Z", None, "w2"),
+        ("UA-3", "consent", "granted", "2025-01-01T10:00:00Z", None, None, "g3"),
+        ("UA-3", "consent", "withdrawn", "2025-06-01T10:00:00Z", None, None, "g3"),  # one id, two events
+        ("UA-4", "consent", "granted", "2025-01-01T10:00:00Z", None, None, "g4"),
+        ("UA-4", "consent", "granted", "2025-01-01T10:00:00Z", "2025-01-01T10:00:05Z", None, "g4"),  # a grant's
+    ]
+    events = consent.assign_consent_reasons(mapped_events(spark, rows), cfg.policy)
+    reasons = events.select("source_record_id", "event_id", ingest.REASON).distinct()
+    expected = spark.createDataFrame(
+        [
+            ("UA-1", "g1", None),
+            ("UA-1", "w1", None),
+            ("UA-2", "g2", None),
+            ("UA-2", "w2", None),
+            ("UA-3", "g3", "conflicting_event_id"),
+            ("UA-4", "g4", "conflicting_event_id"),
+        ],
+        reasons.schema,
+    )
+    assert_df_equality(reasons, expected, ignore_row_order=True, ignore_nullable=True)
+
+    landing = events.where(F.col(ingest.REASON).isNull()).withColumn("source_file", F.col(ingest.SOURCE_FILE))
+    ledger = consent.one_copy_per_event(landing.orderBy(F.rand(7)))
+    landed = ledger.select("source_record_id", "event_id", "status", "lawful_basis", "recorded_at")
+    expected = spark.createDataFrame(
+        [
+            ("UA-1", "g1", "granted", "consent", None),
+            ("UA-1", "w1", "withdrawn", None, None),
+            ("UA-2", "g2", "granted", "consent", None),
+            ("UA-2", "w2", "withdrawn", "consent", ts("2025-06-01").replace(second=5)),  # the copy that carries it
+        ],
+        landed.schema,
+    )
+    assert_df_equality(landed, expected, ignore_row_order=True, ignore_nullable=True)
+
+    again = consent.mark_ledger_conflicts(events, ledger).where(F.col(ingest.REASON).isNull())
+    assert sorted(r.event_id for r in again.select("event_id").distinct().collect()) == ["g1", "g2", "w1", "w2"]
+
+
 def test_instants_of_a_typed_feed_keep_their_zone(spark, cfg):
     """A Parquet feed's timestamp columns are instants: cast to text they lost the zone and were quarantined."""
     source = cfg.source("ua_crm")
@@ -285,6 +341,15 @@ def test_instants_of_a_typed_feed_keep_their_zone(spark, cfg):
 def test_a_cutoff_that_is_no_zoned_iso_time_is_refused_before_anything_runs(spark, cfg, cutoff):
     with pytest.raises(IdresError, match=r"^--cutoff must be an ISO 8601 time with a time zone"):
         consent.run(spark, cfg, run_id="r", cutoff=cutoff)
+    assert not cfg.lakehouse.exists() or not any(cfg.lakehouse.iterdir())
+
+
+def test_a_cutoff_in_the_future_is_refused_before_anything_runs(spark, cfg):
+    """Every later run applies at least the latest cutoff applied: a mistyped year would expire grants early and
+    bring future-dated events into force for good."""
+    ahead = (dt.datetime.now(UTC) + dt.timedelta(hours=1)).isoformat()
+    with pytest.raises(IdresError, match=r"^--cutoff .* is in the future \(now "):
+        consent.run(spark, cfg, run_id="r", cutoff=ahead)
     assert not cfg.lakehouse.exists() or not any(cfg.lakehouse.iterdir())
 
 
