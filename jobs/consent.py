@@ -62,6 +62,7 @@ REVOKING_STATUSES = ("withdrawn", "denied")  # a refusal needs no basis, and its
 REFUSAL_OPTIONAL = ("lawful_basis", "recorded_at", "expires_at")  # what a refusal may carry and never decides by
 STATUS_PRECEDENCE = {"withdrawn": 0, "denied": 1, "granted": 2}
 ALL_ATTRIBUTES = "*"
+EXACT_JSON = {"timestampFormat": "yyyy-MM-dd'T'HH:mm:ss.SSSSSSXXX"}  # content hashed with times to the microsecond
 CUTOFF_CLOCK_SKEW = timedelta(minutes=5)  # how far a cutoff may lie ahead of this machine's clock (another's)
 
 # Consent-feed quarantine reasons (besides malformed_record and bad_encoding).
@@ -192,9 +193,8 @@ def assign_consent_reasons(events: DataFrame, policy: PurposePolicy) -> DataFram
         .when(no_zone, F.lit(TIMESTAMP_WITHOUT_ZONE))
     )
     content = F.struct(*[F.col(c) for c in (*SUBJECT, *EVENT_CONTENT)])
-    exact = {"timestampFormat": "yyyy-MM-dd'T'HH:mm:ss.SSSSSSXXX"}  # to the microsecond, as held
     df = df.withColumn(REASON, reason).withColumn(
-        "event_id", F.coalesce(F.col("event_id"), F.concat(F.lit("h:"), F.sha2(F.to_json(content, exact), 256)))
+        "event_id", F.coalesce(F.col("event_id"), F.concat(F.lit("h:"), F.sha2(F.to_json(content, EXACT_JSON), 256)))
     )
     kept = F.col(REASON).isNull() & revokes  # a refusal that lands without what it cannot carry
     df = df.withColumn("lawful_basis", F.when(kept & ~valid_basis, None).otherwise(F.col("lawful_basis")))
@@ -204,9 +204,27 @@ def assign_consent_reasons(events: DataFrame, policy: PurposePolicy) -> DataFram
     # copies of a refusal that differ only in what it never decides by (as the ledger compares them).
     per_id = Window.partitionBy("source_system", "event_id")
     variants = F.size(F.collect_set(F.when(F.col(REASON).isNull(), decisive_content())).over(per_id))
-    return df.withColumn(
-        REASON, F.when(F.col(REASON).isNull() & (variants > 1), F.lit(CONFLICTING_EVENT_ID)).otherwise(F.col(REASON))
+    return df.withColumn("_conflicting", F.col(REASON).isNull() & (variants > 1)).transform(
+        _refusals_apart_and_other_conflicts_quarantined, F.col("_conflicting")
     )
+
+
+def _refusals_apart_and_other_conflicts_quarantined(events: DataFrame, conflicting: Column) -> DataFrame:
+    """Where `conflicting` holds (an event id that carries another event too): a refusal lands under an id of its
+    own (refusal_own_id), so no withdrawal is lost to a source that reuses ids (a consent row updated in place); any
+    other event is quarantined as `conflicting_event_id`."""
+    refusal = F.coalesce(F.col("status").isin(*REVOKING_STATUSES), F.lit(False))
+    return (
+        events.withColumn("_conflict", conflicting)
+        .withColumn("event_id", F.when(F.col("_conflict") & refusal, refusal_own_id()).otherwise(F.col("event_id")))
+        .withColumn(REASON, F.when(F.col("_conflict") & ~refusal, F.lit(CONFLICTING_EVENT_ID)).otherwise(F.col(REASON)))
+        .drop("_conflict", "_conflicting")
+    )
+
+
+def refusal_own_id() -> Column:
+    """`<event id>#<SHA-256 of what decides the refusal>`: the same refusal gets the same id on every run."""
+    return F.concat(F.col("event_id"), F.lit("#"), F.sha2(F.to_json(decisive_content(), EXACT_JSON), 256))
 
 
 def decisive_content(prefix: str = "") -> Column:
@@ -223,10 +241,12 @@ def decisive_content(prefix: str = "") -> Column:
 
 
 def mark_ledger_conflicts(events: DataFrame, ledger: DataFrame | None) -> DataFrame:
-    """Give `conflicting_event_id` to a good event whose id the ledger already holds with other content.
+    """Give `conflicting_event_id` to a good event whose id the ledger already holds with other content, or, to a
+    refusal, an id of its own (refusal_own_id).
 
     The ledger is append-only: it keeps an event as first landed, and a correction is a new event. A copy
-    that changes a landed event (its status, basis, times) is quarantined instead of silently not landing.
+    that changes a landed event (its status, basis, times) is quarantined instead of silently not landing; a
+    withdrawal under the id of a landed grant (a source that updates its consent rows in place) still lands.
     """
     if ledger is None:
         return events
@@ -239,7 +259,7 @@ def mark_ledger_conflicts(events: DataFrame, ledger: DataFrame | None) -> DataFr
     changed = F.col(REASON).isNull() & F.coalesce(F.col("_held"), F.lit(False)) & ~same
     return (
         events.join(held, ["source_system", "event_id"], "left")
-        .withColumn(REASON, F.when(changed, F.lit(CONFLICTING_EVENT_ID)).otherwise(F.col(REASON)))
+        .transform(_refusals_apart_and_other_conflicts_quarantined, changed)
         .drop("_held", "_held_source_system", *[f"_held_{c}" for c in content])
     )
 

@@ -118,6 +118,8 @@ CANARIES = ("Qzxcanaryfirst", "Qzxcanarylast", "qzx.canary@example.org", "Qzxcan
 
 
 def test_one_event_id_with_two_contents_is_a_conflict_and_replays_are_one_event(spark, cfg):
+    """The grant of a conflicting id is quarantined; the refusal lands under an id of its own (see below)."""
+
     def mapped(event_id, status, subject="UA-1"):
         feed = (subject, "profile_unification", "consent", status, "2025-01-01T10:00:00Z", None, "web", "v1", None)
         return ("ua_crm", "UA", *feed, event_id, None, "feed.jsonl")
@@ -137,7 +139,10 @@ def test_one_event_id_with_two_contents_is_a_conflict_and_replays_are_one_event(
     )
 
     reasons = consent.assign_consent_reasons(events, cfg.policy).select(
-        "source_record_id", "status", "event_id", ingest.REASON
+        "source_record_id",
+        "status",
+        F.regexp_replace("event_id", "#[0-9a-f]{64}$", "#<sha256>").alias("event_id"),
+        ingest.REASON,
     )
 
     rows = sorted(reasons.collect(), key=lambda r: (r["source_record_id"], r["status"], r["event_id"]))
@@ -145,7 +150,7 @@ def test_one_event_id_with_two_contents_is_a_conflict_and_replays_are_one_event(
         ("e1", "granted", None),
         ("e1", "granted", None),
         ("e2", "granted", "conflicting_event_id"),
-        ("e2", "withdrawn", "conflicting_event_id"),
+        ("e2#<sha256>", "withdrawn", None),
     ]
     denied, granted, replayed = (r["event_id"] for r in rows[4:])
     assert granted == replayed != denied  # ids from the content: the same event, the same id
@@ -278,7 +283,8 @@ def test_copies_of_a_refusal_differing_only_in_what_it_never_decides_by_are_one_
         ("UA-4", "consent", "granted", "2025-01-01T10:00:00Z", "2025-01-01T10:00:05Z", None, "g4"),  # a grant's
     ]
     events = consent.assign_consent_reasons(mapped_events(spark, rows), cfg.policy)
-    reasons = events.select("source_record_id", "event_id", ingest.REASON).distinct()
+    own_id = F.regexp_replace("event_id", "#[0-9a-f]{64}$", "#<sha256>").alias("event_id")
+    reasons = events.select("source_record_id", own_id, ingest.REASON).distinct()
     expected = spark.createDataFrame(
         [
             ("UA-1", "g1", None),
@@ -286,6 +292,7 @@ def test_copies_of_a_refusal_differing_only_in_what_it_never_decides_by_are_one_
             ("UA-2", "g2", None),
             ("UA-2", "w2", None),
             ("UA-3", "g3", "conflicting_event_id"),
+            ("UA-3", "g3#<sha256>", None),  # the withdrawal under an id of its own
             ("UA-4", "g4", "conflicting_event_id"),
         ],
         reasons.schema,
@@ -294,20 +301,26 @@ def test_copies_of_a_refusal_differing_only_in_what_it_never_decides_by_are_one_
 
     landing = events.where(F.col(ingest.REASON).isNull()).withColumn("source_file", F.col(ingest.SOURCE_FILE))
     ledger = consent.one_copy_per_event(landing.orderBy(F.rand(7)))
-    landed = ledger.select("source_record_id", "event_id", "status", "lawful_basis", "recorded_at")
+    landed = ledger.select("source_record_id", own_id, "status", "lawful_basis", "recorded_at")
     expected = spark.createDataFrame(
         [
             ("UA-1", "g1", "granted", "consent", None),
             ("UA-1", "w1", "withdrawn", None, None),
             ("UA-2", "g2", "granted", "consent", None),
             ("UA-2", "w2", "withdrawn", "consent", ts("2025-06-01").replace(second=5)),  # the copy that carries it
+            ("UA-3", "g3#<sha256>", "withdrawn", "consent", None),
         ],
         landed.schema,
     )
     assert_df_equality(landed, expected, ignore_row_order=True, ignore_nullable=True)
 
-    again = consent.mark_ledger_conflicts(events, ledger).where(F.col(ingest.REASON).isNull())
-    assert sorted(r.event_id for r in again.select("event_id").distinct().collect()) == ["g1", "g2", "w1", "w2"]
+    # The same feed again, against what it landed: every landing event lands as the same event again.
+    delivered_again = consent.assign_consent_reasons(mapped_events(spark, rows), cfg.policy)
+    again = consent.mark_ledger_conflicts(delivered_again, ledger)
+    landing_again = again.where(F.col(ingest.REASON).isNull()).select("source_system", "event_id").distinct()
+    assert_df_equality(
+        landing_again, ledger.select("source_system", "event_id"), ignore_row_order=True, ignore_nullable=True
+    )
 
 
 def test_instants_of_a_typed_feed_keep_their_zone(spark, cfg):
@@ -607,16 +620,22 @@ def test_a_retried_run_replaces_its_first_attempts_decisions_and_a_second_retry_
     assert {t: delta_io.table_version(p) for t, p in cfg.tables.all().items() if delta_io.table_exists(p)} == versions
 
 
-def test_a_landed_event_delivered_again_with_other_content_is_quarantined_not_lost(spark, gate_world, tmp_path):
+def test_a_landed_grant_delivered_changed_is_quarantined_and_as_a_refusal_lands_apart(spark, gate_world, tmp_path):
+    """A source that updates its consent rows in place sends a withdrawal under the id of the grant it landed:
+    the withdrawal lands under an id of its own and takes effect; a grant changed in place is quarantined."""
     from tests.conftest import copy_lakehouse
 
     cfg = copy_lakehouse(gate_world[0], tmp_path).with_paths(landing=tmp_path / "landing")
-    landed_id = "UA-2-profile_unification-granted-2025-01-01T10:00:00+02:00"
-    changed = event("UA-2", "profile_unification", "contract", "withdrawn", "2025-01-01T10:00:00+02:00", eid=landed_id)
-    original = event("UA-2", "profile_unification", "contract", "granted", "2025-01-01T10:00:00+02:00")
-    assert original in GOOD_EVENTS  # the landed event the feed now delivers changed
-    write_consent_feed(cfg, "ua_crm", [changed if e == original else e for e in GOOD_EVENTS])
-    ledger_before = delta_io.read_delta(spark, cfg.tables.consent_ledger).toPandas()
+    at = "2025-01-01T10:00:00+02:00"
+    landed_id = f"UA-2-profile_unification-granted-{at}"
+    withdrawn = event("UA-2", "profile_unification", "contract", "withdrawn", at, eid=landed_id)
+    granted = event("UA-2", "profile_unification", "contract", "granted", at)
+    longer_id = f"UA-3-profile_unification-granted-{at}"
+    longer = event("UA-3", "profile_unification", "consent", "granted", at, eid=longer_id)  # no expiry any more
+    shorter = event("UA-3", "profile_unification", "consent", "granted", at, "2026-01-01T00:00:00Z")
+    assert granted in GOOD_EVENTS and shorter in GOOD_EVENTS  # landed events the feed now delivers changed
+    write_consent_feed(cfg, "ua_crm", [{granted: withdrawn, shorter: longer}.get(e, e) for e in GOOD_EVENTS])
+    ledger_before = delta_io.read_delta(spark, cfg.tables.consent_ledger)
 
     result = consent.run(spark, cfg, run_id="r3", cutoff=CUTOFF)
 
@@ -626,14 +645,20 @@ def test_a_landed_event_delivered_again_with_other_content_is_quarantined_not_lo
         .where("run_id = 'r3'")
         .select("source_record_id", "reason")
     )
-    expected = spark.createDataFrame([("UA-2", "conflicting_event_id")], quarantined.schema)
+    expected = spark.createDataFrame([("UA-3", "conflicting_event_id")], quarantined.schema)
     assert_df_equality(quarantined, expected, ignore_nullable=True)
-    ledger = delta_io.read_delta(spark, cfg.tables.consent_ledger).toPandas()
-    assert ledger.sort_values("event_id", ignore_index=True).equals(
-        ledger_before.sort_values("event_id", ignore_index=True)
+    ledger = delta_io.read_delta(spark, cfg.tables.consent_ledger)
+    added = ledger.join(ledger_before, ["source_system", "event_id"], "left_anti").select(
+        "source_record_id", F.regexp_replace("event_id", "#[0-9a-f]{64}$", "#<sha256>").alias("event_id"), "status"
     )
-    assert ledger.loc[ledger["event_id"] == landed_id, "status"].tolist() == ["granted"]
-    assert delta_io.read_delta(spark, cfg.tables.admitted).where("source_record_id = 'UA-2'").count() == 1
+    expected = spark.createDataFrame([("UA-2", f"{landed_id}#<sha256>", "withdrawn")], added.schema)
+    assert_df_equality(added, expected, ignore_nullable=True)
+    assert ledger.where(F.col("event_id") == landed_id).select("status").collect()[0]["status"] == "granted"
+    assert delta_io.read_delta(spark, cfg.tables.admitted).where("source_record_id = 'UA-2'").count() == 0
+
+    versions = {t: delta_io.table_version(t) for t in (cfg.tables.consent_ledger, cfg.tables.admitted)}
+    consent.run(spark, cfg, run_id="r4", cutoff=CUTOFF)  # the same feed again: nothing new lands
+    assert {t: delta_io.table_version(t) for t in versions} == versions
 
 
 def test_a_run_with_an_earlier_cutoff_does_not_bring_back_consent_a_later_run_saw_withdrawn(
