@@ -231,13 +231,8 @@ def decisive_content(prefix: str = "") -> Column:
     """What makes two copies of one event id the same event: the subject and the content, less REFUSAL_OPTIONAL
     for a refusal (`prefix`: of the columns so prefixed, e.g. the ledger's held copy)."""
     refusal = F.coalesce(F.col(f"{prefix}status").isin(*REVOKING_STATUSES), F.lit(False))
-    fields = [F.col(f"{prefix}{c}") for c in (*SUBJECT, *EVENT_CONTENT)]
-    return F.struct(
-        *[
-            (F.when(~refusal, field) if c in REFUSAL_OPTIONAL else field).alias(c)
-            for c, field in zip((*SUBJECT, *EVENT_CONTENT), fields, strict=True)
-        ]
-    )
+    fields = {c: F.col(f"{prefix}{c}") for c in (*SUBJECT, *EVENT_CONTENT)}
+    return F.struct(*[(F.when(~refusal, f) if c in REFUSAL_OPTIONAL else f).alias(c) for c, f in fields.items()])
 
 
 def mark_ledger_conflicts(events: DataFrame, ledger: DataFrame | None) -> DataFrame:
