@@ -204,9 +204,7 @@ def assign_consent_reasons(events: DataFrame, policy: PurposePolicy) -> DataFram
     # copies of a refusal that differ only in what it never decides by (as the ledger compares them).
     per_id = Window.partitionBy("source_system", "event_id")
     variants = F.size(F.collect_set(F.when(F.col(REASON).isNull(), decisive_content())).over(per_id))
-    return df.withColumn("_conflicting", F.col(REASON).isNull() & (variants > 1)).transform(
-        _refusals_apart_and_other_conflicts_quarantined, F.col("_conflicting")
-    )
+    return df.transform(_refusals_apart_and_other_conflicts_quarantined, F.col(REASON).isNull() & (variants > 1))
 
 
 def _refusals_apart_and_other_conflicts_quarantined(events: DataFrame, conflicting: Column) -> DataFrame:
@@ -218,7 +216,7 @@ def _refusals_apart_and_other_conflicts_quarantined(events: DataFrame, conflicti
         events.withColumn("_conflict", conflicting)
         .withColumn("event_id", F.when(F.col("_conflict") & refusal, refusal_own_id()).otherwise(F.col("event_id")))
         .withColumn(REASON, F.when(F.col("_conflict") & ~refusal, F.lit(CONFLICTING_EVENT_ID)).otherwise(F.col(REASON)))
-        .drop("_conflict", "_conflicting")
+        .drop("_conflict")
     )
 
 

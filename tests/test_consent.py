@@ -118,7 +118,7 @@ CANARIES = ("Qzxcanaryfirst", "Qzxcanarylast", "qzx.canary@example.org", "Qzxcan
 
 
 def test_one_event_id_with_two_contents_is_a_conflict_and_replays_are_one_event(spark, cfg):
-    """The grant of a conflicting id is quarantined; the refusal lands under an id of its own (see below)."""
+    """The grant of a conflicting id is quarantined; the refusal lands under an id of its own (refusal_own_id)."""
 
     def mapped(event_id, status, subject="UA-1"):
         feed = (subject, "profile_unification", "consent", status, "2025-01-01T10:00:00Z", None, "web", "v1", None)

@@ -225,7 +225,7 @@ def test_a_merge_that_would_change_a_column_type_commits_nothing_and_names_the_c
         assert "canary" not in str(err.value) and "2.5" not in str(err.value)
     assert DeltaTable(str(target)).version() == version
 
-    # A type the table's holds every value of exactly merges as before.
+    # A narrower type, every value of which the table's type holds exactly, merges as before.
     narrower = pa.table({"key": ["b"], "value": pa.array([2], pa.int32())})
     delta_io.merge_delta(narrower, target, keys=("key",), run_id="r", job="t")
     assert _rows(target) == [{"key": "a", "value": 1}, {"key": "b", "value": 2}]
