@@ -116,7 +116,9 @@ def read_feed(
         raw = raw.csv(location).select("*", source_file)
     elif fmt == "jsonl":
         schema = T.StructType([T.StructField(c, T.StringType()) for c in columns] + [corrupt])
-        raw = json_lines(spark.read.text(location).select("value", source_file), schema, id_column)
+        # JSON Lines ends a record at LF only: a CR is whitespace inside a record (and CRLF's is trailing).
+        lines = spark.read.option("lineSep", "\n").text(location)
+        raw = json_lines(lines.select("value", source_file), schema, id_column)
     else:
         raw = spark.read.parquet(location).select("*", F.lit(None).cast("string").alias(CORRUPT), source_file)
     missing = sorted(set(columns) - set(raw.columns))
@@ -289,11 +291,11 @@ def extract_columns(source: SourceConfig) -> dict[str, ColumnSeen]:
     strings: dict[str, bool] = {}
     holding: dict[str, int] = {}
     records = 0
-    with source.path.open(encoding=encoding, errors="replace") as fh:
+    with source.path.open(encoding=encoding, errors="replace", newline="\n") as fh:
         for line in itertools.islice(fh, JSONL_SAMPLE_LINES):
             try:
-                record = json.loads(line)
-            except ValueError:
+                record = json.loads(line, parse_constant=no_json_constant)
+            except (ValueError, RecursionError):  # RecursionError: nested deeper than Python's parser goes
                 continue
             if isinstance(record, dict):
                 records += 1
@@ -301,6 +303,11 @@ def extract_columns(source: SourceConfig) -> dict[str, ColumnSeen]:
                     strings[key] = strings.get(key, True) and (value is None or isinstance(value, str))
                     holding[key] = holding.get(key, 0) + 1
     return {key: ColumnSeen(strings[key], holding[key], holding[key] / records) for key in strings}
+
+
+def no_json_constant(name: str) -> None:
+    """Refuse NaN and Infinity, which Python's json reads as numbers but are no JSON (RFC 8259)."""
+    raise ValueError(f"{name} is not JSON")
 
 
 def header_encoding(encoding: str) -> str:

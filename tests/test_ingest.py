@@ -296,6 +296,35 @@ def test_a_jsonl_line_holding_anything_but_one_json_object_is_quarantined_whole(
     assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
 
 
+def test_a_jsonl_record_ends_at_lf_only_and_a_line_python_cannot_parse_is_quarantined(spark, cfg, tmp_path):
+    deep = "[" * 2000 + "]" * 2000  # deeper than Python's and Jackson's parsers go
+    lines = [
+        '{"id_client": "R1",\r"nume": "Pop"}',  # RFC 8259: a CR between tokens is whitespace
+        '{"id_client": "R2", "nume": "Ion"}\r',  # CRLF
+        "[" * 2000,
+        '{"id_client": "R3", "nume": ' + deep + "}",
+        '{"id_client": "R4", "nume": NaN}',  # no JSON, though Python's json and Jackson read NaN
+        '{"id_client": "R5", "nume": Infinity}',
+    ]
+    path = tmp_path / "customers.jsonl"
+    path.write_bytes(("\n".join(lines) + "\n").encode("utf-8"))
+    source = dataclasses.replace(cfg.source("ro_shop"), path=path)
+    ingest.check_source_schema(source)  # no drift: the sample skips what is no JSON object
+    actual = validated_rows(spark, source).select("source_record_id", "last_name", ingest.REASON)
+    expected = spark.createDataFrame(
+        [
+            ("R1", "Pop", None),
+            ("R2", "Ion", None),
+            (None, None, "malformed_record"),
+            (None, None, "malformed_record"),
+            (None, None, "malformed_record"),  # no lenient reader finds an id in these three
+            (None, None, "malformed_record"),
+        ],
+        actual.schema,
+    )
+    assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
+
+
 def test_a_malformed_line_of_an_erased_subject_is_quarantined_without_its_content(spark, cfg, tmp_path):
     from jobs.canonical import subject_hash
 
