@@ -12,7 +12,9 @@ profile_permissions, record_profiles, pairwise_matches, silver, bronze, ...), re
 from __future__ import annotations
 
 import argparse
+import re
 import sys
+import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
@@ -26,7 +28,8 @@ from jobs import delta_io
 from jobs.config import PipelineConfig, TablePaths, load_config
 
 # defusedcsv escapes cells starting with = + - @ | %; OWASP adds tab and carriage return.
-WHITESPACE_FORMULA_PREFIXES = ("\t", "\r")
+FORMULA_PREFIXES = ("=", "+", "-", "@", "|", "%", "\t", "\r")
+PLAIN_NUMBER = re.compile(r"-?[0-9,.]+")  # what defusedcsv leaves as it is, though it starts with a minus
 
 
 def connect(cfg: PipelineConfig) -> duckdb.DuckDBPyConnection:
@@ -48,8 +51,13 @@ def query(cfg: PipelineConfig, sql: str) -> pa.Table:
 
 
 def safe_cell(value: object) -> object:
-    """A cell that a spreadsheet will not run as a formula; defusedcsv escapes the rest when writing."""
-    return "'" + value if isinstance(value, str) and value.startswith(WHITESPACE_FORMULA_PREFIXES) else value
+    """A cell that a spreadsheet will not run as a formula: one that starts with a formula character, also
+    after leading whitespace or written full-width (＝, ＋, ＠: NFKC folds them), is prefixed with a quote."""
+    if not isinstance(value, str):
+        return value
+    folded = unicodedata.normalize("NFKC", value)
+    formula = any(text.startswith(FORMULA_PREFIXES) for text in (folded, folded.lstrip()))
+    return "'" + value if formula and not PLAIN_NUMBER.fullmatch(folded.strip()) else value
 
 
 def result_rows(result: pa.Table) -> list[tuple[object, ...]]:
@@ -60,7 +68,7 @@ def result_rows(result: pa.Table) -> list[tuple[object, ...]]:
 def write_csv(result: pa.Table, out: TextIO) -> None:
     """The result as CSV with a header row, every cell safe to open in a spreadsheet (OWASP CSV injection)."""
     writer = csv.writer(out)
-    writer.writerow(result.column_names)
+    writer.writerow([safe_cell(name) for name in result.column_names])  # a PIVOT names columns by values
     writer.writerows([safe_cell(v) for v in row] for row in result_rows(result))
 
 

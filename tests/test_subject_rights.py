@@ -81,7 +81,23 @@ def test_query_answers_the_readme_questions(spark, published):
 
 
 def test_query_csv_cells_cannot_inject_formulas():
-    cells = ['=HYPERLINK("http://x","y")', "+380671234567", "@SUM(1)", "-1+1", "\t=1", "\r=1", "Olena", "-12.5"]
+    cells = [
+        '=HYPERLINK("http://x","y")',
+        "+380671234567",
+        "@SUM(1)",
+        "-1+1",
+        "\t=1",
+        "\r=1",
+        "\tOlena",
+        '＝HYPERLINK("http://x","y")',  # full-width
+        "＠SUM(1)",
+        ' =HYPERLINK("http://x","y")',
+        "\u3000=1+1",  # after an ideographic space
+        "Olena",
+        "-12.5",
+        " 42",
+        "O'Neil = 1",
+    ]
     out = io.StringIO()
     query.write_csv(pa.table({"value": cells, "n": list(range(len(cells)))}), out)
     rows = list(csv.reader(io.StringIO(out.getvalue())))
@@ -93,9 +109,26 @@ def test_query_csv_cells_cannot_inject_formulas():
         "'-1+1",
         "'\t=1",
         "'\r=1",
+        "'\tOlena",
+        '\'＝HYPERLINK("http://x","y")',
+        "'＠SUM(1)",
+        '\' =HYPERLINK("http://x","y")',
+        "'\u3000=1+1",
         "Olena",
         "-12.5",
+        " 42",
+        "O'Neil = 1",
     ]
+
+
+def test_query_csv_header_cells_cannot_inject_formulas():
+    import duckdb
+
+    con = duckdb.connect()
+    con.register("cities", pa.table({"city": ["\t=1+1", "Kyiv"]}))
+    out = io.StringIO()
+    query.write_csv(con.sql("PIVOT cities ON city USING count(*) ORDER BY ALL").to_arrow_table(), out)
+    assert sorted(next(csv.reader(io.StringIO(out.getvalue())))) == ["'\t=1+1", "Kyiv"]
 
 
 def test_query_csv_keeps_each_value_under_its_own_header_when_names_repeat():
