@@ -118,12 +118,17 @@ def ranking_keys(contributors: DataFrame, survivorship: SurvivorshipConfig, poli
 
 def _order(strategy: str, rule: SurvivorshipRule, source_priority: Sequence[str]) -> Column:
     if strategy == "source_priority":
+        if not source_priority:  # every source unlisted: all rank alike
+            return F.lit(0).asc()
         rank = lookup({s: i for i, s in enumerate(source_priority)})
         return F.coalesce(rank[F.col("source_system")], F.lit(len(source_priority))).asc()
     if strategy == "most_recent":
         return F.col("updated_at").desc_nulls_last()
     if strategy == "most_frequent":
-        return F.count("*").over(Window.partitionBy("profile_id", rule.columns[0])).desc()
+        # Only records that hold the value and may supply it vote: not a missing value, nor one held for a purpose
+        # the profile may not use.
+        votes = F.count(F.when(F.col(_has(rule.columns[0])), 1))
+        return votes.over(Window.partitionBy("profile_id", rule.columns[0])).desc()
     if strategy == "most_complete":
         return reduce(lambda a, b: a + b, [F.col(_has(c)).cast("int") for c in rule.columns]).desc()
     raise IdresError(f"survivorship.yaml: attributes.{rule.attribute}: unknown strategy '{strategy}'")

@@ -182,6 +182,77 @@ def test_a_value_several_purposes_cover_is_held_for_the_first_the_record_and_pro
         assert_df_equality(picked, expected, ignore_row_order=True, ignore_nullable=True)
 
 
+def one_profile_gold(spark, admitted, effective, rules, policy):
+    """Gold of the admitted records (ADMITTED_SCHEMA rows) as one profile P, unmatched pairwise."""
+    return unify.build_gold(
+        spark.createDataFrame(
+            [(f"{s}:{i}", "P", s, i) for s, i, *_ in admitted],
+            "record_id string, profile_id string, source_system string, source_record_id string",
+        ),
+        spark.createDataFrame(admitted, ADMITTED_SCHEMA),
+        spark.createDataFrame(
+            [], "record_id_l string, record_id_r string, match_weight double, match_probability double"
+        ),
+        spark.createDataFrame(effective, EFFECTIVE_SCHEMA),
+        rules,
+        policy,
+    )
+
+
+def test_most_frequent_counts_only_records_that_may_supply_the_value(spark, cfg):
+    """A and B hold x@x under analytics alone, which the profile may not use (E withdrew it): they may not supply
+    it, so they do not vote. C (x@x) and D (y@x) tie, and the most recent, D, wins."""
+    u, m, a = UNIFICATION, "marketing_email", "analytics"
+    policy = dataclasses.replace(
+        cfg.policy, attribute_purposes={**cfg.policy.attribute_purposes, "marketing_email": (m, a)}
+    )
+    rules = SurvivorshipConfig(
+        (), (SurvivorshipRule("marketing_email", ("marketing_email",), "most_frequent", ("most_recent",)),)
+    )
+    admitted = [
+        ("ua_crm", "A", "UA", T(2026, 1, 1), None, None, None, None, None, None, "x@x", f"{a},{u}", "consent", "eA"),
+        ("ua_crm", "B", "UA", T(2026, 1, 1), None, None, None, None, None, None, "x@x", f"{a},{u}", "consent", "eB"),
+        ("ro_shop", "C", "RO", T(2026, 1, 1), None, None, None, None, None, None, "x@x", f"{m},{u}", "consent", "eC"),
+        ("ro_shop", "D", "RO", T(2026, 5, 1), None, None, None, None, None, None, "y@x", f"{m},{u}", "consent", "eD"),
+        ("eu_loyalty", "E", "EU", T(2026, 1, 1), None, None, None, None, None, None, None, u, "consent", "eE"),
+    ]  # fmt: skip
+    granted = [(s, i, p, "consent", "granted", True, f"{e}-{p}", T(2026, 1, 1), None) for s, i, *_, e in admitted
+               for p in (u, m if s == "ro_shop" else a)]  # fmt: skip
+    withdrawn = ("eu_loyalty", "E", a, "consent", "withdrawn", False, "eE-w", T(2026, 6, 1), None)
+    gold = one_profile_gold(spark, admitted, [*granted, withdrawn], rules, policy)
+    survivor = gold.profiles.join(gold.profile_lineage, "profile_id").select(
+        "profile_id", "marketing_email", "record_id"
+    )
+    expected = spark.createDataFrame([("P", "y@x", "ro_shop:D")], survivor.schema)
+    assert_df_equality(survivor, expected, ignore_nullable=True)
+
+
+def test_most_frequent_counts_no_missing_value_and_no_source_priority_ranks_sources_alike(spark, cfg):
+    """Address, most complete then most frequent: every record holds one of street and city. Two agree on a
+    street; the three without one do not outvote them. Email, by source priority with none listed: every source
+    ranks alike, so the smallest record id decides."""
+    u = UNIFICATION
+    rules = SurvivorshipConfig(
+        (),
+        (
+            SurvivorshipRule("address", ("street", "city"), "most_complete", ("most_frequent",)),
+            SurvivorshipRule("email", ("email",), "source_priority", ()),
+        ),
+    )
+    admitted = [
+        ("ua_crm", "1", "UA", T(2026, 1, 1), None, None, None, None, "Lviv", None, None, u, "consent", "e1"),
+        ("ua_crm", "2", "UA", T(2026, 1, 1), None, None, None, None, "Odesa", None, None, u, "consent", "e2"),
+        ("ua_crm", "3", "UA", T(2026, 1, 1), None, None, None, None, "Kharkiv", None, None, u, "consent", "e3"),
+        ("ua_crm", "4", "UA", T(2026, 1, 1), None, None, "b@x", "Str 1", None, None, None, u, "consent", "e4"),
+        ("ro_shop", "5", "RO", T(2026, 1, 1), None, None, "a@x", "Str 1", None, None, None, u, "consent", "e5"),
+    ]  # fmt: skip
+    effective = [(s, i, u, "consent", "granted", True, e, T(2026, 1, 1), None) for s, i, *_, e in admitted]
+    gold = one_profile_gold(spark, admitted, effective, rules, cfg.policy)
+    profiles = gold.profiles.select("profile_id", "street", "city", "email")
+    expected = spark.createDataFrame([("P", "Str 1", None, "a@x")], profiles.schema)
+    assert_df_equality(profiles, expected, ignore_nullable=True)
+
+
 def test_the_survivor_is_the_best_record_that_may_supply_the_value_to_its_profile(spark, cfg):
     """The newest marketing email is held under analytics alone, which the profile may not use (another record
     withdrew it): the older one, held under marketing_email consent, survives instead of the profile losing it."""
@@ -203,19 +274,7 @@ def test_the_survivor_is_the_best_record_that_may_supply_the_value_to_its_profil
         ("eu_loyalty", "C", u, "consent", "granted", True, "eC", T(2026, 1, 1), None),
         ("eu_loyalty", "C", a, "consent", "withdrawn", False, "eC2", T(2026, 3, 1), None),
     ]
-    gold = unify.build_gold(
-        spark.createDataFrame(
-            [(f"{s}:{i}", "P", s, i) for s, i, *_ in admitted],
-            "record_id string, profile_id string, source_system string, source_record_id string",
-        ),
-        spark.createDataFrame(admitted, ADMITTED_SCHEMA),
-        spark.createDataFrame(
-            [], "record_id_l string, record_id_r string, match_weight double, match_probability double"
-        ),
-        spark.createDataFrame(effective, EFFECTIVE_SCHEMA),
-        rules,
-        policy,
-    )
+    gold = one_profile_gold(spark, admitted, effective, rules, policy)
     lineage = gold.profile_lineage.select(
         "profile_id", "column", "record_id", "purpose", "lawful_basis", "consent_event_id"
     )
