@@ -163,6 +163,30 @@ class SparkEngine(SqlEngine):
             df.unpersist()
         for view in self._views:
             self.spark.catalog.dropTempView(view)
+        if self._splink_api is not None:
+            drop_splink_checkpoints(self.spark)
+
+
+SPLINK_TABLE_PREFIX = "__splink__"
+
+
+def drop_splink_checkpoints(spark: SparkSession) -> list[str]:
+    """Delete the tables Splink's Spark API wrote as Parquet into the checkpoint dir (its default way to break
+    lineage): copies of the compared records and scored pairs, which would outlive an erasure in a configured,
+    lasting spark.checkpoint.dir. Through Hadoop's file system, so shared storage is cleaned too; returns their
+    names."""
+    directory = spark.sparkContext.getCheckpointDir()
+    if not directory:
+        return []
+    jvm = spark.sparkContext._jvm
+    root = jvm.org.apache.hadoop.fs.Path(directory)
+    fs = root.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    if not fs.exists(root):
+        return []
+    dropped = [s.getPath() for s in fs.listStatus(root) if s.getPath().getName().startswith(SPLINK_TABLE_PREFIX)]
+    for path in dropped:
+        fs.delete(path, True)
+    return [path.getName() for path in dropped]
 
 
 class DuckDBEngine(SqlEngine):

@@ -36,6 +36,7 @@ from datetime import UTC, datetime
 from functools import reduce
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import pyarrow.parquet as pq
 from pyspark.sql import DataFrame, SparkSession
@@ -345,6 +346,14 @@ def files_kept_by_purge(root: Path, tables: Iterable[Path]) -> list[Path]:
     return kept + [f for t in purged for f in delta_io.current_data_files(t)]
 
 
+def lasting_checkpoint_dir(cfg: PipelineConfig) -> Path | None:
+    """The configured spark.checkpoint.dir when it is on this machine's file system, else None. Spark jobs drop
+    Splink's tables there when they end (jobs.engines.drop_splink_checkpoints); a killed one leaves them."""
+    configured = cfg.spark.conf.get("spark.checkpoint.dir")
+    location = urlparse(configured) if configured else None
+    return Path(location.path) if location and location.scheme in ("", "file") else None
+
+
 def _remove_files_quoting(folder: Path, values: Iterable[str]) -> int:
     """Delete the files under folder that hold any of values; returns how many."""
     quoting = scan_for_values(folder, values) if folder.is_dir() else {}
@@ -444,8 +453,11 @@ def erase_subject(spark: SparkSession, cfg: PipelineConfig, subject: Subject, ru
             deleted[name] = delta_io.delete_matching(gone, getattr(t, name), **job)
 
     # A failed job's incident file (jobs.runner.record_incident) and an earlier access export of the subject
-    # (or of a profile it belonged to) quote its values too.
-    removed = {folder: _remove_files_quoting(folder, evidence) for folder in (cfg.lakehouse / INCIDENTS_DIR, exports)}
+    # (or of a profile it belonged to) quote its values too, and so do the Splink tables a killed Spark job left
+    # in a lasting checkpoint dir (the lakehouse lock this job holds keeps every other job of it away).
+    checkpoints = lasting_checkpoint_dir(cfg)
+    folders = (cfg.lakehouse / INCIDENTS_DIR, exports, *([checkpoints] if checkpoints else []))
+    removed = {folder: _remove_files_quoting(folder, evidence) for folder in folders}
     # Scanned before the purge, which deletes files and writes value-free logs only, so from here on the erasure
     # needs no value: a retry after a kill in the purge finishes it from the pending certificate.
     kept = {
@@ -468,6 +480,7 @@ def erase_subject(spark: SparkSession, cfg: PipelineConfig, subject: Subject, ru
         "history": "vacuumed with 0 h retention; Delta log before the erasure checkpoint removed",
         "incident_files_removed": removed[cfg.lakehouse / INCIDENTS_DIR],
         "export_files_removed": removed[exports],
+        "checkpoint_files_removed": removed.get(checkpoints, 0) if checkpoints else 0,
         "scan": {"files": sum(map(len, kept.values())), "values_checked": len(evidence), "hits": len(holding)},
         "run_id": run_id,
         "erased_at": at.isoformat(),

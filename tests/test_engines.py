@@ -137,6 +137,13 @@ def test_resolve_on_spark_starts_every_job_in_its_callers_job_group(spark_run):
     assert jobs["ungrouped"] == 0
 
 
+def test_resolve_on_spark_leaves_no_splink_table_in_the_checkpoint_dir(spark, spark_run):
+    """Splink on Spark writes its tables (records, scored pairs) as Parquet into the checkpoint dir; on a
+    configured, lasting one they would outlive an erasure of the records they copy."""
+    root = Path(spark.sparkContext.getCheckpointDir().removeprefix("file:"))
+    assert sorted(p.name for p in root.iterdir() if p.name.startswith("__splink__")) == []
+
+
 def sql_of(settings: dict[str, Any]) -> list[Any]:
     comparisons = [
         (c["output_column_name"], [lv["sql_condition"] for lv in c["comparison_levels"]])

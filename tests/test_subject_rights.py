@@ -203,10 +203,21 @@ def test_export_holds_every_source_record_then_erasure_leaves_no_trace(spark, pu
     unrelated = record_incident(cfg, "unify", "r-2", ValueError("cannot parse 'x'"))
     assert canary_hits(cfg.lakehouse / INCIDENTS_DIR) == [quoting.name]
 
+    # a killed Spark job left a Splink table quoting her in a lasting checkpoint dir
+    checkpoints = cfg.lakehouse.parent / "checkpoints"
+    left = checkpoints / "app-1" / "__splink__df_concat_with_tf_1" / "part-0.parquet"
+    left.parent.mkdir(parents=True)
+    pq.write_table(pa.table({"middle_name": [CANARY_BRIDGE["middle_name"]]}), left)
+    spark_settings = dataclasses.replace(
+        cfg.spark, conf={**cfg.spark.conf, "spark.checkpoint.dir": f"file:{checkpoints}"}
+    )
+    cfg = dataclasses.replace(cfg, spark=spark_settings)
+
     certificate_path = subject_rights.run(spark, cfg, run_id="sr-2", action="erase", record=["ua_crm:UA-9"])
-    assert canary_hits(cfg.lakehouse) == [] and canary_hits(cfg.reports) == []
-    assert not quoting.exists() and unrelated.exists() and not export_path.exists()
+    assert canary_hits(cfg.lakehouse) == [] and canary_hits(cfg.reports) == [] and canary_hits(checkpoints) == []
+    assert not quoting.exists() and unrelated.exists() and not export_path.exists() and not left.exists()
     certificate = json.loads(certificate_path.read_text(encoding="utf-8"))
+    assert certificate["checkpoint_files_removed"] == 1
     assert certificate["scan"]["hits"] == 0 and certificate["scan"]["values_checked"] >= len(CANARIES)
     assert certificate["source_records_erased"] == 1 and len(certificate["certificate_sha256"]) == 64
     assert certificate["re_resolution"] == "published: the gold suites passed it"
