@@ -8,8 +8,8 @@ the previous ids by overlap:
 2. a cluster followed by several previous profiles keeps the id of the one with the largest
    overlap, and on a tie the oldest (created first, then the smaller id); the others are
    `merged` into it;
-3. a cluster no previous profile follows gets a new id: `split` from the profiles its records
-   came from, or `created` when none of its records had a profile;
+3. a cluster no previous profile follows gets a new id (new_profile_id, never one the registry holds):
+   `split` from the profiles its records came from, or `created` when none of its records had a profile;
 4. records that leave a profile for a cluster another previous profile keeps are `moved` to it (one event
    per profile they came from, with the records from it; both profiles keep their ids);
 5. a previous profile none of whose records is still clustered is `retired`.
@@ -69,9 +69,10 @@ class ProfileIdAssignment:
     events: str  # EVENTS_SCHEMA, this run's created / merged / split / moved / retired
 
 
-def new_profile_id(run_id: str, first_record_id: str) -> str:
-    """SQL of a new id, from the run and the cluster's smallest record id (so a rerun issues the same one)."""
-    return f"'pr_' || substring(sha256(concat_ws(':', {sql_string(run_id)}, {first_record_id})), 1, 20)"
+def new_profile_id(run_id: str, *parts: str) -> str:
+    """SQL of a new id, from the run and the SQL expressions given (the cluster's smallest record id, so a rerun
+    issues the same one)."""
+    return f"'pr_' || substring(sha256(concat_ws(':', {sql_string(run_id)}, {', '.join(parts)})), 1, 20)"
 
 
 def assign_stable_profile_ids(
@@ -111,13 +112,22 @@ def assign_stable_profile_ids(
         FROM {ranked} r JOIN {survivors} s ON r.cluster_key = s.cluster_key
         WHERE r.cluster_rank > 1""",
     )
+    # A run published and run again with its run id (cleared after a fix) may part a cluster it created from the
+    # records that keep its id: the part's new id would be that id again, so it takes one salted with how many ids
+    # the run has issued so far.
     fresh = db.create(
         "ids_fresh",
-        f"""SELECT cluster_key, {new_profile_id(run_id, "first_record_id")} AS profile_id, records
+        f"""SELECT f.cluster_key, CASE WHEN r.profile_id IS NULL THEN f.first_choice ELSE f.reissued END AS profile_id,
+            f.records
         FROM (
-            SELECT cluster_key, count(*) AS records, min(record_id) AS first_record_id
-            FROM {clusters} GROUP BY cluster_key
-        ) sizes WHERE NOT EXISTS (SELECT 1 FROM {survivors} s WHERE s.cluster_key = sizes.cluster_key)""",
+            SELECT cluster_key, records, {new_profile_id(run_id, "first_record_id")} AS first_choice,
+                {new_profile_id(run_id, "first_record_id", "CAST(issued AS VARCHAR)")} AS reissued
+            FROM (
+                SELECT cluster_key, count(*) AS records, min(record_id) AS first_record_id
+                FROM {clusters} GROUP BY cluster_key
+            ) sizes CROSS JOIN (SELECT count(*) AS issued FROM {registry} WHERE created_run_id = {run}) n
+            WHERE NOT EXISTS (SELECT 1 FROM {survivors} s WHERE s.cluster_key = sizes.cluster_key)
+        ) f LEFT JOIN {registry} r ON r.profile_id = f.first_choice""",
     )
     assignments = db.create(
         "ids_assignments",

@@ -102,6 +102,19 @@ def test_growing_data_keeps_known_ids_and_new_people_get_new_ones(db, first_run)
     assert events(out) == {("created", after["c1"], None, 1)}
 
 
+def test_a_run_published_and_run_again_with_its_run_id_gives_a_part_it_splits_off_an_id_of_its_own(db):
+    """run1 created X for {a1, b1, b2}, its id derived from run1 and a1. Run again with its run id after a fix,
+    it parts a1 off: X follows {b1, b2}, and {a1} cannot take X's id again. It takes one salted with the count
+    of ids run1 issued before (one)."""
+    first = assign(db, [("a1", "k1"), ("b1", "k1"), ("b2", "k1")], run_id="run1", now=T0)
+    x = ids(first)["a1"]
+    again = assign(db, [("a1", "a1"), ("b1", "b1"), ("b2", "b1")], first.assignments, first.registry, "run1", T1)
+    reissued = "pr_" + hashlib.sha256(b"run1:a1:1").hexdigest()[:20]
+    assert ids(again) == {"a1": reissued, "b1": x, "b2": x}
+    assert events(again) == {("split", reissued, x, 1)}
+    assert sorted(r["profile_id"] for r in again.registry.to_pylist()) == sorted([x, reissued])
+
+
 def test_a_bridging_record_merges_into_the_larger_profile(db, first_run):
     before = ids(first_run)
     clusters = [("a1", "k1"), ("a2", "k1"), ("b1", "k1"), ("ab", "k1")]
