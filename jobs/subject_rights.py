@@ -278,6 +278,7 @@ def distinguishing_values(spark: SparkSession, t: TablePaths, subject: Subject, 
         return {r["v"] for r in exploded.where(F.length("v") >= 3).distinct().collect()}
 
     raw_fields = ", ".join(f"`{c}` string" for c in IDENTIFYING)
+    keys = subject.records.select(*SUBJECT)
     mine: set[str] = set()
     others: set[str] = set()
     for path in (t.bronze, t.quarantine, t.silver):
@@ -285,10 +286,15 @@ def distinguishing_values(spark: SparkSession, t: TablePaths, subject: Subject, 
             df = as_first_found(spark, path, run_id)
             if path == t.quarantine:  # the raw record as JSON (unparsable text holds no named values)
                 df = df.select(*SUBJECT, F.from_json("raw_record", raw_fields).alias("_raw")).select(*SUBJECT, "_raw.*")
-            keys = subject.records.select(*SUBJECT)
             mine |= values(df.join(keys, list(SUBJECT)))
             others |= values(df.join(keys, list(SUBJECT), "left_anti"))
-    return mine - others
+    candidates = mine - others
+    if candidates and delta_io.table_exists(t.quarantine):
+        # Another record's quarantined text that is no JSON (a CSV line) names no field, but holds its values too.
+        quarantined = as_first_found(spark, t.quarantine, run_id).join(keys, list(SUBJECT), "left_anti")
+        quoting = reduce(lambda a, b: a | b, [F.col("raw_record").contains(v) for v in candidates])
+        candidates -= scan_texts([r["raw_record"] for r in quarantined.where(quoting).collect()], candidates)
+    return candidates
 
 
 def value_pattern(values: Iterable[str]) -> tuple[re.Pattern[str], dict[str, str]] | None:
@@ -313,6 +319,15 @@ def _cell_texts(value: Any) -> Iterator[str]:
             yield from _cell_texts(item)
     elif value is not None:
         yield str(value)
+
+
+def scan_texts(texts: Iterable[str], values: Iterable[str]) -> set[str]:
+    """The values that any of texts holds as a whole value (see value_pattern)."""
+    pattern = value_pattern(values)
+    if pattern is None:
+        return set()
+    regex, forms = pattern
+    return {forms[m] for text in texts for m in regex.findall(text)}
 
 
 def scan_for_values(root: Path, values: Iterable[str], files: Iterable[Path] | None = None) -> dict[str, int]:

@@ -404,20 +404,41 @@ def test_a_record_no_table_holds_is_refused_and_nothing_is_erased(spark, pristin
     assert not (cfg.reports / subject_rights.REQUESTS_DIR).exists()
 
 
+def quarantine_one(spark, cfg, record: dict[str, str], reason: str, raw: str) -> None:
+    """Make the quarantine table hold one row: record's (source and id) with reason and raw text."""
+    quarantined = (
+        bronze_rows(spark, [record])
+        .withColumn(ingest.REASON, F.lit(reason))
+        .withColumn(ingest.CORRUPT, F.lit(None).cast("string"))
+        .withColumn(ingest.SOURCE_FILE, F.lit("ua.csv"))
+        .transform(ingest.to_quarantine, F.lit(raw), "run-1", datetime(2026, 1, 1))
+    )
+    delta_io.overwrite_delta(quarantined, cfg.tables.quarantine, run_id="run-1", job="ingest")
+
+
+def test_a_value_another_records_quarantined_csv_line_holds_is_not_the_subjects_to_scan_for(spark, pristine, tmp_path):
+    """Her husband shares her street; his CSV line, one field too many, is quarantined as text that names no
+    field. The street is his too, so the erasure neither demands it gone nor fails on his row."""
+    cfg = copy_lakehouse(pristine, tmp_path)
+    husband = {"source_system": "ua_crm", "source_record_id": "UA-78"}
+    raw = f"UA-78;Мельник;Петро;;;;;;{CANARY_BRIDGE['street']};;;;;extra"
+    quarantine_one(spark, cfg, husband, "wrong_field_count", raw)
+
+    certificate_path = subject_rights.run(spark, cfg, run_id="sr-h", action="erase", record=["ua_crm:UA-9"])
+    certificate = json.loads(certificate_path.read_text(encoding="utf-8"))
+    assert certificate["scan"]["hits"] == 0
+    kept = delta_io.read_delta(spark, cfg.tables.quarantine).select("source_record_id", "raw_record")
+    assert_df_equality(kept, spark.createDataFrame([("UA-78", raw)], kept.schema), ignore_nullable=True)
+    assert [h for h in canary_hits(cfg.lakehouse) if "quarantine" not in h] == []
+
+
 QUARANTINED_ONLY = {"source_system": "ua_crm", "source_record_id": "UA-77", "middle_name": "Xqxquar"}
 
 
 def test_a_subject_held_only_in_quarantine_is_exported_then_erased_with_its_export(spark, pristine, tmp_path):
     cfg = copy_lakehouse(pristine, tmp_path)
     raw = json.dumps({**QUARANTINED_ONLY, "email": "xqxquar@example.org", "date_of_birth": "31.02.1990"})
-    quarantined = (
-        bronze_rows(spark, [QUARANTINED_ONLY])
-        .withColumn(ingest.REASON, F.lit("unparseable_date"))
-        .withColumn(ingest.CORRUPT, F.lit(None).cast("string"))
-        .withColumn(ingest.SOURCE_FILE, F.lit("ua.csv"))
-        .transform(ingest.to_quarantine, F.lit(raw), "run-1", datetime(2026, 1, 1))
-    )
-    delta_io.overwrite_delta(quarantined, cfg.tables.quarantine, run_id="run-1", job="ingest")
+    quarantine_one(spark, cfg, QUARANTINED_ONLY, "unparseable_date", raw)
 
     def holding(root: Path) -> list[str]:
         return [
