@@ -313,6 +313,7 @@ def effective_consent(ledger: DataFrame, cutoff: datetime) -> DataFrame:
             ((F.col("status") == "granted") & ~expired).alias("is_granted"),
             F.col("event_id").alias("deciding_event_id"),
             "event_time",
+            "recorded_at",  # what orders the decisions of a profile's records too (jobs.unify.profile_permissions)
             "expires_at",
         )
     )

@@ -53,11 +53,13 @@ def profile_permissions(contributors: DataFrame, effective: DataFrame, policy: P
     """Per profile and policy purpose: allowed or not, decided by the latest consent event of its records."""
     precedence = F.coalesce(lookup(STATUS_PRECEDENCE)[F.col("effective_status")], F.lit(STATUS_PRECEDENCE["granted"]))
     allowed_bases = accepted_bases(policy)
-    # As in effective consent, a lapsed grant decides nothing: a record left with one yields to any live decision.
+    # By effective consent's rule (a lapsed grant decides nothing: a record left with one yields to any live
+    # decision), then by record.
     latest_first = Window.partitionBy("profile_id", "purpose").orderBy(
         (F.col("effective_status") == "expired").asc(),
         F.col("event_time").desc(),
         precedence.asc(),
+        F.col("recorded_at").desc_nulls_last(),
         "deciding_event_id",
         *SUBJECT,
     )

@@ -47,7 +47,7 @@ ADMITTED = [
 RECORD_PROFILES = [("ua_crm:1", "P1"), ("ro_shop:2", "P1"), ("eu_loyalty:3", "P1"), ("ua_crm:4", "P2")]
 EFFECTIVE_SCHEMA = (
     "source_system string, source_record_id string, purpose string, lawful_basis string, effective_status string, "
-    "is_granted boolean, deciding_event_id string, event_time timestamp, expires_at timestamp"
+    "is_granted boolean, deciding_event_id string, event_time timestamp, expires_at timestamp, recorded_at timestamp"
 )
 EFFECTIVE = [
     ("ua_crm", "1", UNIFICATION, "consent", "granted", True, "e-a1", T(2026, 1, 1), None),
@@ -60,6 +60,11 @@ EFFECTIVE = [
     ("ua_crm", "4", "marketing_email", "consent", "granted", True, "e-d2", T(2026, 2, 1), None),
     ("ua_crm", "4", "marketing_sms", "contract", "granted", True, "e-d3", T(2026, 2, 1), None),
 ]
+
+
+def effective_frame(spark, rows):
+    """Effective consent of rows: EFFECTIVE_SCHEMA but its last column, recorded_at, which is left null."""
+    return spark.createDataFrame([(*r, None) for r in rows], EFFECTIVE_SCHEMA)
 
 
 def hand_gold(spark, policy):
@@ -75,7 +80,7 @@ def hand_gold(spark, policy):
         record_profiles,
         spark.createDataFrame(ADMITTED, ADMITTED_SCHEMA),
         pairs,
-        spark.createDataFrame(EFFECTIVE, EFFECTIVE_SCHEMA),
+        effective_frame(spark, EFFECTIVE),
         SURVIVORSHIP,
         policy,
     )
@@ -153,7 +158,7 @@ def test_a_value_whose_records_decision_is_no_grant_has_no_lawful_basis_in_its_l
         "profile_id string, column string, record_id string, source_system string, source_record_id string, "
         "attribute string, rule string, purpose string",
     )
-    lineage = unify.profile_lineage(cells, spark.createDataFrame(EFFECTIVE, EFFECTIVE_SCHEMA), cfg.policy)
+    lineage = unify.profile_lineage(cells, effective_frame(spark, EFFECTIVE), cfg.policy)
     actual = lineage.select("column", "record_id", "purpose", "lawful_basis", "consent_event_id")
     expected = spark.createDataFrame(
         [
@@ -193,7 +198,7 @@ def one_profile_gold(spark, admitted, effective, rules, policy):
         spark.createDataFrame(
             [], "record_id_l string, record_id_r string, match_weight double, match_probability double"
         ),
-        spark.createDataFrame(effective, EFFECTIVE_SCHEMA),
+        effective_frame(spark, effective),
         rules,
         policy,
     )
@@ -314,7 +319,8 @@ def test_a_withdrawal_beats_a_grant_at_the_same_time_and_a_lapsed_grant_decides_
         [("P3", "ua_crm", "5"), ("P3", "ro_shop", "6"), ("P4", "ua_crm", "7"), ("P4", "eu_loyalty", "8")],
         "profile_id string, source_system string, source_record_id string",
     )
-    effective = spark.createDataFrame(
+    effective = effective_frame(
+        spark,
         [
             ("ua_crm", "5", UNIFICATION, "consent", "granted", True, "e-u5", T(2026, 1, 1), None),
             ("ua_crm", "5", "marketing_email", "consent", "granted", True, "e-m5", T(2026, 3, 1), None),
@@ -325,7 +331,6 @@ def test_a_withdrawal_beats_a_grant_at_the_same_time_and_a_lapsed_grant_decides_
             ("eu_loyalty", "8", UNIFICATION, "consent", "granted", True, "e-u8", T(2026, 1, 3), None),
             ("eu_loyalty", "8", "marketing_email", "consent", "granted", True, "e-m8", T(2026, 1, 1), None),
         ],
-        EFFECTIVE_SCHEMA,
     )
     permissions = unify.profile_permissions(contributors, effective, cfg.policy).select(
         "profile_id", "purpose", "allowed", "status", "lawful_basis", "deciding_source_record_id", "deciding_event_id"
@@ -344,6 +349,36 @@ def test_a_withdrawal_beats_a_grant_at_the_same_time_and_a_lapsed_grant_decides_
         permissions.schema,
     )
     assert_df_equality(permissions, expected, ignore_row_order=True, ignore_nullable=True)
+
+
+def test_a_tie_across_a_profiles_records_follows_the_effective_consent_rule_the_later_recorded_decides(spark, cfg):
+    """Two records grant SMS marketing at the same instant: record 1 on a contract (which the policy does not
+    accept for it), record 2 on consent, recorded a day later. Within one record the later recorded decides;
+    across the profile's records so does it, not the event id that sorts first."""
+    u, sms = UNIFICATION, "marketing_sms"
+    t0, t1 = T(2026, 1, 1, tzinfo=dt.UTC), T(2026, 3, 1, tzinfo=dt.UTC)
+    events = [
+        ("ua_crm", "1", "a-u", u, "consent", "granted", t0, t0, "web", "v1", None),
+        ("ro_shop", "2", "b-u", u, "consent", "granted", t0, t0, "web", "v1", None),
+        ("ua_crm", "1", "a-sms", sms, "contract", "granted", t1, T(2026, 3, 1, 8, tzinfo=dt.UTC), "web", "v1", None),
+        ("ro_shop", "2", "b-sms", sms, "consent", "granted", t1, T(2026, 3, 2, 8, tzinfo=dt.UTC), "web", "v1", None),
+    ]
+    schema = ledger(spark, []).schema
+    cutoff = T(2026, 11, 1, tzinfo=dt.UTC)
+    one_record = [("ua_crm", "1", *e[2:]) for e in events]
+    within = consent.effective_consent(spark.createDataFrame(one_record, schema), cutoff).where(F.col("purpose") == sms)
+    assert [r["deciding_event_id"] for r in within.collect()] == ["b-sms"]
+    contributors = spark.createDataFrame(
+        [("P", "ua_crm", "1"), ("P", "ro_shop", "2")],
+        "profile_id string, source_system string, source_record_id string",
+    )
+    effective = consent.effective_consent(spark.createDataFrame(events, schema), cutoff)
+    permissions = unify.profile_permissions(contributors, effective, cfg.policy).where(F.col("purpose") == sms)
+    actual = permissions.select(
+        "profile_id", "allowed", "lawful_basis", "deciding_source_record_id", "deciding_event_id"
+    )
+    expected = spark.createDataFrame([("P", True, "consent", "2", "b-sms")], actual.schema)
+    assert_df_equality(actual, expected, ignore_nullable=True)
 
 
 def test_profile_sources_carry_the_match_evidence(spark, cfg):
