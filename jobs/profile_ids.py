@@ -8,7 +8,7 @@ the previous ids by overlap:
 2. a cluster followed by several previous profiles keeps the id of the one with the largest
    overlap, and on a tie the oldest (created first, then the smaller id); the others are
    `merged` into it;
-3. a cluster no previous profile follows gets a new id (new_profile_id, never one the registry holds):
+3. a cluster no previous profile follows gets a new id (new_profile_id, salted when the registry holds it):
    `split` from the profiles its records came from, or `created` when none of its records had a profile;
 4. records that leave a profile for a cluster another previous profile keeps are `moved` to it (one event
    per profile they came from, with the records from it; both profiles keep their ids);
