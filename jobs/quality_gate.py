@@ -329,6 +329,14 @@ def _published_result(cfg: PipelineConfig, run_id: str, report_dir: Path) -> Gat
     if recorded.is_file():
         body = json.loads(recorded.read_text(encoding="utf-8"))
         outcome = QualityOutcome(**{k: v for k, v in body.items() if k != "failed"})
+    if not outcome.success:
+        # This attempt's run refused its candidates, which are no longer staged (an erasure drops the staging):
+        # the publication on record is an earlier one of the run, and nothing of this one was published.
+        raise QualityGateError(
+            f"quality gate: run {run_id}'s last candidates failed {len(outcome.failed)} expectation(s) and are no "
+            f"longer staged, so nothing of them was published; rerun resolve and unify for this run. Report: "
+            f"{report_dir}"
+        )
     by_this_retry = not outcome.published
     if by_this_retry:
         outcome.published = True

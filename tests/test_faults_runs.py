@@ -324,6 +324,35 @@ def test_a_gate_retried_after_dying_in_its_report_writes_the_report(spark, stage
     assert "passed, published" in (run_dir / "index.html").read_text(encoding="utf-8")
 
 
+def test_a_gate_retried_after_its_refused_candidates_left_the_staging_fails_and_reports_nothing_published(
+    tmp_path, monkeypatch
+):
+    """Run r1 published, was run again, and its gate refused the new candidates; an erasure then dropped the
+    staging. The gate's retry finds r1 published (its first publication) and nothing staged: it must not report
+    the refused candidates published."""
+    cfg = config_in(tmp_path)
+    stage_candidates(cfg, "r1", {"profile_id": ["pr_1", "pr_2"], "first_name": ["bob", "ann"]})
+    publication.publish(cfg, run_id="r1")
+    stage_candidates(cfg, "r1", {"profile_id": ["pr_1", "pr_2"], "first_name": ["bob", "anna"]})
+    failed = {"expectation": "expect_column_values_to_be_in_set", "column": "consent_compliant", "description": "x"}
+    counts = {"success": False, "element_count": 2, "unexpected_count": 1, "observed_value": None}
+    suite = {"suite": "profiles", "table": "gold/profiles", "engine": "pandas", "success": False}
+    refused = quality_gate.QualityOutcome("r1", False, [{**suite, "expectations": [{**failed, **counts}]}])
+    quality_gate.write_outcome(refused, cfg.run_report_dir("r1"))
+    publication.drop_staging(cfg)
+    monkeypatch.setattr(quality_gate, "write_auditor_report", lambda *_args: "report")
+
+    with pytest.raises(quality_gate.QualityGateError, match="no longer staged"):
+        quality_gate.run(None, cfg, run_id="r1")
+
+    recorded = json.loads((cfg.run_report_dir("r1") / "quality.json").read_text(encoding="utf-8"))
+    assert (recorded["success"], recorded["published"]) == (False, False)
+    assert published_profiles(cfg) == [
+        {"profile_id": "pr_1", "first_name": "bob"},
+        {"profile_id": "pr_2", "first_name": "ann"},
+    ]
+
+
 def test_a_gate_refuses_candidates_another_run_staged_in_part_and_publishes_nothing(spark, staged_demo, tmp_path):
     cfg = copy_lakehouse(staged_demo, tmp_path)
     before = data_table_versions(cfg)
