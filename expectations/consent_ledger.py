@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import great_expectations as gx
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from expectations import (
@@ -21,9 +21,9 @@ from expectations import (
     required_unique,
     run_reconciliation,
 )
-from jobs.canonical import CONSENT_STATUSES, LAWFUL_BASES, SUBJECT
+from jobs.canonical import CONSENT_STATUSES, LAWFUL_BASES, SUBJECT, lookup
 from jobs.config import PurposePolicy
-from jobs.consent import accepted_bases, lapsed_grant
+from jobs.consent import NONE_RECORDED, STATUS_PRECEDENCE, accepted_bases, lapsed_grant
 
 
 def with_purpose_checks(ledger: DataFrame, consent_runs: DataFrame, purposes: Sequence[str]) -> DataFrame:
@@ -77,31 +77,60 @@ def with_unification_in_force(
 def with_permission_checks(
     permissions: DataFrame, sources: DataFrame, ledger: DataFrame, consent_runs: DataFrame, policy: PurposePolicy
 ) -> DataFrame:
-    """Profile permissions plus `allowed_as_decided` (allowed exactly when the deciding status is granted on a basis
-    the policy accepts for the purpose) and `decided_by_latest` (decided_at is the time of the latest live ledger
-    event, as of the cutoff, of any of the profile's records for the purpose; of the latest lapsed grant when all
-    lapsed; null when there is none)."""
-    latest = (
+    """Profile permissions plus three flags, each computed from the ledger as of the cutoff the last consent run
+    applied, over the events of the profile's records for the purpose:
+    - `allowed_as_decided`: allowed exactly when the deciding status is granted on a basis the policy accepts;
+    - `decided_by_latest`: decided_at is the time of the latest live event (of the latest lapsed grant when all
+      lapsed; null when there is none);
+    - `decided_as_recorded`: the deciding event named is one of the events that may decide (at that time, of
+      the strongest status: a withdrawal before a denial before a grant), and the row's status and basis are
+      that event's (`expired` for a lapsed grant); with no event, the status is none_recorded and no event is
+      named."""
+    by_purpose = Window.partitionBy("profile_id", "purpose")
+    events = (
         sources.select("profile_id", *SUBJECT)
-        .join(ledger.select(*SUBJECT, "purpose", "status", "event_time", "expires_at"), list(SUBJECT))
+        .join(
+            ledger.select(*SUBJECT, "purpose", "event_id", "status", "lawful_basis", "event_time", "expires_at"),
+            list(SUBJECT),
+        )
         .crossJoin(F.broadcast(applied_cutoff(consent_runs)))
         .where(F.col("event_time") <= F.col("_cutoff"))
-        .groupBy("profile_id", "purpose")
-        .agg(
-            F.coalesce(F.max(F.when(~lapsed_grant(F.col("_cutoff")), F.col("event_time"))), F.max("event_time")).alias(
-                "_latest"
-            ),
+        .withColumn("_live", ~lapsed_grant(F.col("_cutoff")))
+        .withColumn("_may_decide", F.col("_live") | ~F.max("_live").over(by_purpose))
+        .withColumn("_latest", F.max(F.when(F.col("_may_decide"), F.col("event_time"))).over(by_purpose))
+    )
+    latest = events.select("profile_id", "purpose", "_latest").distinct()
+    strength = lookup(STATUS_PRECEDENCE)[F.col("status")]
+    deciding = (
+        events.where(F.col("_may_decide") & (F.col("event_time") == F.col("_latest")))
+        .withColumn("_strength", strength)
+        .withColumn("_strongest", F.min("_strength").over(by_purpose))
+        .where(F.col("_strength") == F.col("_strongest"))
+        .select(
+            "profile_id",
+            "purpose",
+            F.col("source_system").alias("deciding_source_system"),
+            F.col("source_record_id").alias("deciding_source_record_id"),
+            F.col("event_id").alias("deciding_event_id"),
+            F.when(~F.col("_live"), F.lit("expired")).otherwise(F.col("status")).alias("_event_status"),
+            F.col("lawful_basis").alias("_event_basis"),
         )
     )
     granted = holds(
         (F.col("status") == "granted")
         & F.array_contains(accepted_bases(policy)[F.col("purpose")], F.col("lawful_basis"))
     )
+    as_recorded = F.when(
+        F.col("_latest").isNull(), (F.col("status") == NONE_RECORDED) & F.col("deciding_event_id").isNull()
+    ).otherwise((F.col("status") == F.col("_event_status")) & F.col("lawful_basis").eqNullSafe(F.col("_event_basis")))
+    named = ["profile_id", "purpose", "deciding_source_system", "deciding_source_record_id", "deciding_event_id"]
     return (
         permissions.join(latest, ["profile_id", "purpose"], "left")
+        .join(deciding, named, "left")
         .withColumn("allowed_as_decided", holds(F.col("allowed") == granted))
         .withColumn("decided_by_latest", F.col("decided_at").eqNullSafe(F.col("_latest")))
-        .drop("_latest")
+        .withColumn("decided_as_recorded", holds(as_recorded))
+        .drop("_latest", "_event_status", "_event_basis")
     )
 
 
@@ -189,6 +218,11 @@ def checks(inputs: QualityInputs) -> list[TableCheck]:
             must_hold(
                 "decided_by_latest",
                 "decided by the latest live consent event of any of the profile's records as of the cutoff",
+            ),
+            must_hold(
+                "decided_as_recorded",
+                "the deciding event named may decide (the latest, of the strongest status), and the status and "
+                "basis are its own",
             ),
         ],
     )

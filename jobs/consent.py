@@ -61,6 +61,7 @@ ZONED_DATE_TIME = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?" + ZO
 REVOKING_STATUSES = ("withdrawn", "denied")  # a refusal needs no basis, and its optional times decide nothing
 REFUSAL_OPTIONAL = ("lawful_basis", "recorded_at", "expires_at")  # what a refusal may carry and never decides by
 STATUS_PRECEDENCE = {"withdrawn": 0, "denied": 1, "granted": 2}
+NONE_RECORDED = "none_recorded"  # the status of a purpose no event decided (a profile's permission)
 ALL_ATTRIBUTES = "*"
 EXACT_JSON = {"timestampFormat": "yyyy-MM-dd'T'HH:mm:ss.SSSSSSXXX"}  # content hashed with times to the microsecond
 CUTOFF_CLOCK_SKEW = timedelta(minutes=5)  # how far a cutoff may lie ahead of this machine's clock (another's)

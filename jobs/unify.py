@@ -29,7 +29,7 @@ from pyspark.sql import functions as F
 from jobs import delta_io
 from jobs.canonical import SILVER_ATTRIBUTES, SUBJECT, lookup
 from jobs.config import GOLD_TABLES, PipelineConfig, PurposePolicy, SurvivorshipConfig, SurvivorshipRule
-from jobs.consent import STATUS_PRECEDENCE, accepted_bases
+from jobs.consent import NONE_RECORDED, STATUS_PRECEDENCE, accepted_bases
 from jobs.errors import IdresError
 from jobs.publication import finish_interrupted_publication, require_whole_resolution
 from jobs.runner import run_job
@@ -37,7 +37,6 @@ from jobs.spark_session import persisting, size_stage_to_input
 
 log = logging.getLogger("idres.unify")
 
-NONE_RECORDED = "none_recorded"
 JOB = "unify"
 
 # Silver column -> the policy attribute it belongs to (whose purposes justify holding it).

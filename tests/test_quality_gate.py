@@ -339,7 +339,7 @@ CONSENT_TABLES = {
     "silver": "source_system string, source_record_id string",
     "admitted": "source_system string, source_record_id string, unification_event_id string",
     "profile_permissions": "profile_id string, purpose string, allowed boolean, lawful_basis string, status string, "
-    "decided_at timestamp",
+    "decided_at timestamp, deciding_source_system string, deciding_source_record_id string, deciding_event_id string",
     "profile_sources": "profile_id string, source_system string, source_record_id string",
 }
 
@@ -575,13 +575,17 @@ def test_profile_permissions_follow_the_latest_live_consent_event_of_any_of_the_
     ).transform(timestamps, "landed_at", "cutoff")
     sources = spark.createDataFrame([("p1", "s", "r1"), ("p1", "s", "r2")], CONSENT_TABLES["profile_sources"])
     decided = [
-        ("p1", "profile_unification", True, "contract", "granted", "2026-07-01"),
-        ("p1", "marketing_email", False, "consent", "withdrawn", "2026-10-01"),
-        ("p1", "analytics", False, "consent", "expired", "2026-08-01"),
-        ("p1", "marketing_sms", False, None, "none_recorded", None),
+        ("p1", "profile_unification", True, "contract", "granted", "2026-07-01", "s", "r1", "e1"),
+        ("p1", "marketing_email", False, "consent", "withdrawn", "2026-10-01", "s", "r2", "e4"),
+        ("p1", "analytics", False, "consent", "expired", "2026-08-01", "s", "r1", "e6"),
+        ("p1", "marketing_sms", False, None, "none_recorded", None, None, None, None),
     ]
-    earliest = ("p1", "marketing_email", True, "consent", "granted", "2026-09-01")  # the earliest event decided
-    lapsed_allowed = ("p1", "analytics", True, "consent", "expired", "2026-08-01")
+    earliest = ("p1", "marketing_email", True, "consent", "granted", "2026-09-01", "s", "r1", "e3")  # not the latest
+    lapsed_allowed = ("p1", "analytics", True, "consent", "expired", "2026-08-01", "s", "r1", "e6")
+    # The latest event is r2's withdrawal: a row that calls it a grant, or names r1's earlier grant at its time.
+    withdrawal_as_grant = ("p1", "marketing_email", True, "consent", "granted", "2026-10-01", "s", "r2", "e4")
+    earlier_grant_named = ("p1", "marketing_email", True, "consent", "granted", "2026-10-01", "s", "r1", "e3")
+    invented = ("p1", "marketing_sms", True, "consent", "granted", None, None, None, None)  # no event at all
     schema = CONSENT_TABLES["profile_permissions"].replace("timestamp", "string")
 
     def check(rows) -> TableCheck:
@@ -589,19 +593,35 @@ def test_profile_permissions_follow_the_latest_live_consent_event_of_any_of_the_
         tables = {"consent_ledger": ledger, "consent_runs": runs, "profile_sources": sources}
         return consent_check(spark, cfg, "profile_permissions", profile_permissions=permissions, **tables)
 
-    flags = check([*decided, earliest, lapsed_allowed]).frame.collect()
-    assert sorted((r["purpose"], r["allowed"], r["allowed_as_decided"], r["decided_by_latest"]) for r in flags) == [
-        ("analytics", False, True, True),
-        ("analytics", True, False, True),
-        ("marketing_email", False, True, True),
-        ("marketing_email", True, True, False),
-        ("marketing_sms", False, True, True),
-        ("profile_unification", True, True, True),
-    ]
+    rows = [*decided, earliest, lapsed_allowed, withdrawal_as_grant, earlier_grant_named, invented]
+    flags = check(rows).frame.collect()
+    checked = ("allowed", "allowed_as_decided", "decided_by_latest", "decided_as_recorded")
+    assert sorted((r["purpose"], r["deciding_event_id"], *(r[c] for c in checked)) for r in flags) == sorted(
+        [
+            ("profile_unification", "e1", True, True, True, True),
+            ("marketing_email", "e4", False, True, True, True),
+            ("analytics", "e6", False, True, True, True),
+            ("marketing_sms", None, False, True, True, True),
+            ("marketing_email", "e3", True, True, False, False),  # earliest
+            ("analytics", "e6", True, False, True, True),  # lapsed_allowed
+            ("marketing_email", "e4", True, True, True, False),  # withdrawal_as_grant
+            ("marketing_email", "e3", True, True, True, False),  # earlier_grant_named
+            ("marketing_sms", None, True, True, True, False),  # invented
+        ],
+        key=str,
+    )
     assert validate([check(decided)], "r").success
     assert validate([check([*decided[:1], earliest, *decided[2:]])], "r").failed == [
         "profile_permissions: expect_column_values_to_be_in_set(decided_by_latest): "
-        "decided by the latest live consent event of any of the profile's records as of the cutoff"
+        "decided by the latest live consent event of any of the profile's records as of the cutoff",
+        "profile_permissions: expect_column_values_to_be_in_set(decided_as_recorded): "
+        "the deciding event named may decide (the latest, of the strongest status), and the status and basis are "
+        "its own",
+    ]
+    assert validate([check([*decided[:1], withdrawal_as_grant, *decided[2:3], invented])], "r").failed == [
+        "profile_permissions: expect_column_values_to_be_in_set(decided_as_recorded): "
+        "the deciding event named may decide (the latest, of the strongest status), and the status and basis are "
+        "its own",
     ]
 
 
