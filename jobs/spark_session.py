@@ -23,14 +23,16 @@ log = logging.getLogger("idres.spark_session")
 T = TypeVar("T")
 
 # Loggers that print a failed task's or query's error text, which can quote a data value: Spark's executor
-# and task scheduler, its file writer and Utils (a failed write's task abort, uncaught exceptions; its other
-# messages are start-up warnings), all JVM, and PySpark's query-context loggers. A job logs such a failure by
+# and task scheduler, its file writer, Utils (a failed write's task abort, uncaught exceptions; its other
+# messages are start-up warnings) and block manager (a task that fails computing a cached partition), all JVM,
+# and PySpark's query-context loggers. A job logs such a failure by
 # its class and keeps the full text in an incident file instead (jobs.runner.record_incident).
 JVM_LOGGERS_QUOTING_ERRORS = (
     "org.apache.spark.executor.Executor",
     "org.apache.spark.scheduler.TaskSetManager",
     "org.apache.spark.sql.execution.datasources.FileFormatWriter",
     "org.apache.spark.util.Utils",
+    "org.apache.spark.storage.BlockManager",
 )
 PYSPARK_LOGGERS_QUOTING_ERRORS = ("DataFrameQueryContextLogger", "SQLQueryContextLogger")
 

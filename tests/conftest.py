@@ -175,6 +175,7 @@ run_job("crashing", run, ["--run-id", {run_id!r}])
 CRASHING_ACTIONS = {
     "collect": "parsed.collect()",
     "write": "parsed.write.parquet(str(cfg.lakehouse / 'crashing_output'))",  # Spark's writer logs task failures
+    "persist": "parsed.persist().count()",  # the block manager logs a failure computing a cached partition
 }
 
 
@@ -182,8 +183,8 @@ def run_crashing_job(
     cfg: PipelineConfig, folder: Path, action: str = "collect", run_id: str = "manual__crash", **env: str
 ) -> str:
     """Run CRASHING_JOB, on the canary's first name, against cfg's data folders (env added to job_env's), its
-    failing task in a collect or a write (CRASHING_ACTIONS); return its output, having checked it failed as an
-    unexpected error does (exit code 1)."""
+    failing task in a collect, a write or a persisted frame (CRASHING_ACTIONS); return its output, having checked
+    it failed as an unexpected error does (exit code 1)."""
     job = folder / "crashing_job.py"
     source = CRASHING_JOB.format(name=CANARY["first_name"], action=CRASHING_ACTIONS[action], run_id=run_id)
     job.write_text(source, encoding="utf-8")

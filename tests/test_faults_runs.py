@@ -485,6 +485,7 @@ LONG_RUN_ID = "manual__" + "й" * 242
     ("action", "run_id", "incident_name"),
     [
         ("collect", "manual__crash", "-crashing-manual__crash.txt"),
+        ("persist", "manual__crash", "-crashing-manual__crash.txt"),
         (
             "write",
             LONG_RUN_ID,
