@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import codecs
 import functools
+import hashlib
 import inspect
 import json
 import os
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import available_timezones
@@ -115,6 +116,13 @@ class PurposePolicy:
     @property
     def purposes(self) -> tuple[str, ...]:
         return tuple(self.purpose_bases)
+
+    @property
+    def fingerprint(self) -> str:
+        """12 hex of the SHA-256 of the policy as loaded: which policy the consent gate applied (audit/consent_runs),
+        whatever its `version` says."""
+        content = json.dumps(asdict(self), sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(content.encode("utf-8")).hexdigest()[:12]
 
     @property
     def silver_attributes(self) -> tuple[str, ...]:

@@ -105,6 +105,7 @@ CONSENT_RUNS_SCHEMA = pa.schema(
         ("events_quarantined", pa.int64()),
         ("landed_at", pa.timestamp("us", tz="UTC")),
         ("cutoff", pa.timestamp("us", tz="UTC")),  # the effective-consent cutoff the run applied
+        ("policy_fingerprint", pa.string()),  # the purpose policy it gated the records under (PurposePolicy)
     ]
 )
 
@@ -512,6 +513,7 @@ def _record_consent_events(
                 "events_quarantined": quarantined,
                 "landed_at": at,
                 "cutoff": cutoff,
+                "policy_fingerprint": cfg.policy.fingerprint,
             }
         )
         log.info("consent feed %s: read=%d landed=%d quarantined=%d", name, landed + quarantined, landed, quarantined)
@@ -539,6 +541,16 @@ def latest_applied_cutoff(cfg: PipelineConfig, run_id: str) -> datetime | None:
         .to_pylist()
     )
     return latest
+
+
+def gating_policy(cfg: PipelineConfig) -> str | None:
+    """The fingerprint of the purpose policy the last consent run gated the admitted records under
+    (audit/consent_runs), or None when no run recorded one."""
+    path = cfg.tables.consent_runs
+    if not delta_io.table_exists(path) or "policy_fingerprint" not in delta_io.column_names(path):
+        return None
+    last = delta_io.query_delta("SELECT policy_fingerprint FROM r ORDER BY landed_at DESC LIMIT 1", r=path)
+    return next(iter(last.column("policy_fingerprint").to_pylist()), None)
 
 
 def run(spark: SparkSession, cfg: PipelineConfig, run_id: str, cutoff: str | None = None) -> GateResult:

@@ -17,6 +17,7 @@ from splink.internals.exceptions import EMTrainingException
 
 from jobs import delta_io
 from jobs.config import PipelineConfig
+from jobs.consent import gating_policy
 from jobs.engines import SqlEngine, open_engine
 from jobs.errors import IdresError
 from jobs.linkage import (
@@ -38,7 +39,18 @@ log = logging.getLogger("idres.train")
 
 def train_and_save(db: SqlEngine, cfg: PipelineConfig, records: str) -> ModelVersion:
     """Train on the engine db's table of linkage records (jobs.linkage.linkage_records); write the model and
-    its charts. Records too few for a training rule to find a pair raise NothingToTrainError."""
+    its charts. Records too few for a training rule to find a pair raise NothingToTrainError.
+
+    The model is keyed to the current purpose policy (jobs.linkage.settings_hash), so records the consent gate
+    admitted under another one (conf/policy.yaml changed since) are refused: it would be reused as this policy's
+    while it learned nothing of what the policy now lets silver hold."""
+    gated = gating_policy(cfg)
+    if gated is not None and gated != cfg.policy.fingerprint:
+        raise IdresError(
+            f"train: the admitted records were gated under another purpose policy (fingerprint {gated}; "
+            f"conf/policy.yaml is now {cfg.policy.fingerprint}); run the consent gate first (the "
+            "identity_resolution DAG), then train"
+        )
     linker = linker_for(db, records, splink_settings(cfg.linkage))
     try:
         train(linker, cfg.linkage)

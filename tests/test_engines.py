@@ -16,10 +16,10 @@ from chispa import assert_approx_df_equality, assert_df_equality
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from jobs import delta_io, resolve
+from jobs import consent, delta_io, resolve, train
 from jobs.config import LinkageConfig, PipelineConfig, ResolveConfig
 from jobs.engines import ENGINES, open_engine, sql_string
-from jobs.errors import ModelError
+from jobs.errors import IdresError, ModelError
 from jobs.linkage import choose_engine, latest_model, model_settings, settings_hash
 
 
@@ -220,6 +220,21 @@ def test_resolve_trains_a_new_model_when_none_has_the_current_settings(spark, tr
     assert latest_model(models, trained.linkage, trained.policy) == dataclasses.replace(
         spark_model, path=models / spark_model.path.name
     )
+
+
+def test_no_model_is_trained_on_records_the_consent_gate_admitted_under_another_policy(spark, trained, tmp_path):
+    """conf/policy.yaml now pseudonymizes national ids for matching, and the model is retrained before a consent
+    gate ran under it: the admitted records hold no national_id_hash, so a model keyed to the new policy would
+    have learned nothing of them and be reused as if it had."""
+    pseudonymized = dataclasses.replace(trained.policy, pseudonymized=("national_id",))
+    assert "national_id_hash" in pseudonymized.silver_columns
+    cfg = dataclasses.replace(
+        trained.with_paths(reports=tmp_path / "reports"), policy=pseudonymized, models=tmp_path / "models"
+    )
+    with pytest.raises(IdresError, match=r"gated under another purpose policy.*run the consent gate first"):
+        train.run(spark, cfg, run_id="retrain-after-policy-change")
+    assert latest_model(cfg.models, cfg.linkage, cfg.policy) is None
+    assert consent.gating_policy(trained) == trained.policy.fingerprint != pseudonymized.fingerprint
 
 
 def test_splink_on_spark_scores_jaro_winkler_as_duckdb_does(spark):
