@@ -9,6 +9,7 @@ results go to delta-rs as Arrow, so such a stage starts no Spark job at all.
 
 from __future__ import annotations
 
+import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -198,6 +199,10 @@ class DuckDBEngine(SqlEngine):
         super().__init__()
         self.con: duckdb.DuckDBPyConnection = duckdb.connect()
         self.con.execute("SET TimeZone = 'UTC'")  # TIMESTAMPTZ leaves as Arrow timestamp[us, UTC], as Delta holds it
+        # What DuckDB spills beyond its memory (copies of records and pairs) goes to a folder of its own, removed on
+        # close, not to `.tmp` in whatever folder the job runs in.
+        self.spill_dir = tempfile.TemporaryDirectory(prefix="idres-duckdb-", ignore_cleanup_errors=True)
+        self.con.execute(f"SET temp_directory = {sql_string(self.spill_dir.name)}")
         self._held: dict[str, pa.Table] = {}
 
     def register(self, name: str, data: DataFrame | pa.Table) -> str:
@@ -233,6 +238,7 @@ class DuckDBEngine(SqlEngine):
     def close(self) -> None:
         self.con.close()
         self._held.clear()
+        self.spill_dir.cleanup()
 
 
 @contextmanager

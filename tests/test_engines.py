@@ -256,7 +256,7 @@ def test_splink_on_spark_scores_jaro_winkler_as_duckdb_does(spark):
     )
 
 
-def test_a_duckdb_linker_database_is_closed_when_its_block_ends(spark):
+def test_a_duckdb_linker_database_and_its_spill_folder_are_gone_when_its_block_ends(spark):
     # Splink holds the database in reference cycles; without the close it outlives the stage that used it.
     import duckdb
 
@@ -268,8 +268,12 @@ def test_a_duckdb_linker_database_is_closed_when_its_block_ends(spark):
         linker = linker_for(db, db.register("records", records), settings)
         connection = linker._db_api.duckdb_con
         assert connection.execute("SELECT count(*) FROM idres_records").fetchone() == (1,)
+        # what it spills beyond its memory goes to a folder of its own, not `.tmp` where the job runs
+        (spill_dir,) = connection.execute("SELECT current_setting('temp_directory')").fetchone()
+        assert Path(spill_dir).name.startswith("idres-duckdb-") and Path(spill_dir).is_dir()
     with pytest.raises(duckdb.ConnectionException):
         connection.execute("SELECT 1")
+    assert not Path(spill_dir).exists()
 
 
 def test_a_date_of_birth_silver_does_not_hold_is_a_typed_null_the_duckdb_comparison_reads_as_no_evidence(spark, cfg):
