@@ -495,7 +495,7 @@ def erase_subject(spark: SparkSession, cfg: PipelineConfig, subject: Subject, ru
         "history": "vacuumed with 0 h retention; Delta log before the erasure checkpoint removed",
         "incident_files_removed": removed[cfg.lakehouse / INCIDENTS_DIR],
         "export_files_removed": removed[exports],
-        "checkpoint_files_removed": removed.get(checkpoints, 0) if checkpoints else 0,
+        "checkpoint_files_removed": removed[checkpoints] if checkpoints else 0,
         "scan": {"files": sum(map(len, kept.values())), "values_checked": len(evidence), "hits": len(holding)},
         "run_id": run_id,
         "erased_at": at.isoformat(),
