@@ -20,7 +20,7 @@ from expectations import (
 from jobs.canonical import lookup
 from jobs.config import PurposePolicy
 from jobs.consent import accepted_bases
-from jobs.unify import COLUMN_ATTRIBUTE
+from jobs.unify import COLUMN_ATTRIBUTE, PROFILE_SUMMARY_COLUMNS
 
 CONSENT_COMPLIANCE = "every profile value has a lawful basis the policy accepts for a purpose the profile is permitted"
 
@@ -53,6 +53,11 @@ def cell_compliance(
         )
         .select("profile_id", "column", "compliant")
     )
+
+
+def profile_columns(survivorship_columns: Sequence[str]) -> tuple[str, ...]:
+    """The columns of with_profile_checks' frame on good profiles: gold/profiles' and the two checks'."""
+    return ("profile_id", *survivorship_columns, *PROFILE_SUMMARY_COLUMNS, "consent_compliant", "cluster_size")
 
 
 def with_profile_checks(inputs: QualityInputs) -> DataFrame:
@@ -96,6 +101,12 @@ def checks(inputs: QualityInputs) -> list[TableCheck]:
                     description="source records per profile within quality.max_cluster_size",
                 ),
                 equal_columns("record_count", "cluster_size", "record_count = source records"),
+                # No column beyond the survivorship's reaches gold, where no lineage or consent check covers it.
+                expect.ExpectTableColumnsToMatchSet(
+                    column_set=list(profile_columns(inputs.cfg.survivorship.columns)),
+                    exact_match=True,
+                    description="only the survivorship's attributes and the records' summary",
+                ),
             ],
         )
     ]

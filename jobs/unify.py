@@ -242,6 +242,10 @@ def profile_lineage(cells: DataFrame, effective: DataFrame, policy: PurposePolic
     )
 
 
+# What a golden profile holds besides its id and surviving values: where its records come from.
+PROFILE_SUMMARY_COLUMNS = ("regions", "region_count", "source_systems", "record_count", "last_updated_at")
+
+
 def golden_profiles(contributors: DataFrame, cells: DataFrame, survivorship: SurvivorshipConfig) -> DataFrame:
     """One row per profile: its surviving values (typed as in silver) and where its records come from."""
     base = contributors.groupBy("profile_id").agg(
@@ -258,14 +262,9 @@ def golden_profiles(contributors: DataFrame, cells: DataFrame, survivorship: Sur
         .agg(F.first("_value"))
         .select("profile_id", *[F.col(c).cast(types[c]).alias(c) for c in columns])
     )
+    summary = {"region_count": F.size("regions")}
     return base.join(wide, "profile_id", "left").select(
-        "profile_id",
-        *columns,
-        "regions",
-        F.size("regions").alias("region_count"),
-        "source_systems",
-        "record_count",
-        "last_updated_at",
+        "profile_id", *columns, *(summary.get(c, F.col(c)).alias(c) for c in PROFILE_SUMMARY_COLUMNS)
     )
 
 

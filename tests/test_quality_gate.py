@@ -18,6 +18,7 @@ from expectations import consent_ledger as consent_suite
 from expectations import identity_events as events_suite
 from expectations import profile_lineage as lineage_suite
 from expectations import profile_registry as registry_suite
+from expectations import profiles as profiles_suite
 from expectations import record_profiles as record_profiles_suite
 from expectations import silver as silver_suite
 from expectations.profile_lineage import supplied_columns
@@ -266,6 +267,24 @@ def test_silver_must_hold_exactly_the_columns_its_policy_allows(spark, cfg, extr
     column_set = [e for e in check.expectations if e.expectation_type == "expect_table_columns_to_match_set"]
     assert len(column_set) == 1
     assert validate([TableCheck("silver", "silver", frame, column_set)], "r").success is (extra is None)
+
+
+@pytest.mark.parametrize("extra", [None, "national_id", "notes"])
+def test_gold_profiles_must_hold_only_the_survivorships_attributes_and_the_records_summary(spark, cfg, extra):
+    """A column beyond the survivorship's would reach gold unchecked by lineage and consent."""
+    summary = ("regions", "region_count", "source_systems", "record_count", "last_updated_at")
+    columns = ["profile_id", *cfg.survivorship.columns, *summary, *([extra] if extra else [])]
+    profiles = spark.createDataFrame([], ", ".join(f"`{c}` string" for c in columns))
+    empty = {
+        "profile_lineage": "profile_id string, column string, purpose string, lawful_basis string",
+        "profile_permissions": "profile_id string, purpose string, allowed boolean",
+        "profile_sources": "profile_id string, source_system string, source_record_id string",
+    }
+    tables = {name: spark.createDataFrame([], schema) for name, schema in empty.items()}
+    (check,) = profiles_suite.checks(inputs_with(cfg, profiles=profiles, **tables))
+    column_set = [e for e in check.expectations if e.expectation_type == "expect_table_columns_to_match_set"]
+    assert len(column_set) == 1
+    assert validate([TableCheck("profiles", "gold/profiles", check.frame, column_set)], "r").success is (extra is None)
 
 
 def test_a_key_field_the_policy_keeps_out_of_silver_is_not_checked_for_its_format(spark, cfg):
