@@ -20,8 +20,9 @@ def supplied_columns(
     sources: DataFrame, admitted: DataFrame, profiles: DataFrame, columns: Sequence[str], carried: Sequence[str] = ()
 ) -> DataFrame:
     """Profile sources (profile_id and record) plus `supplied`: the columns whose value the admitted record holds as
-    its profile does, compared as unify writes them (cast to string; null equals null). Null when the record is
-    not admitted or the profile is not staged. The admitted record's `carried` columns come along."""
+    its profile does, compared as unify writes them (cast to string; a value the profile lacks no record supplies).
+    Null when the record is not admitted or the profile is not staged. The admitted record's `carried` columns
+    come along."""
     record = admitted.select(
         *SUBJECT,
         *carried,
@@ -31,7 +32,7 @@ def supplied_columns(
     profile = profiles.select(
         "profile_id", F.lit(True).alias("_profiled"), *[F.col(c).cast("string").alias(f"_p_{c}") for c in columns]
     )
-    same = [F.when(F.col(f"_r_{c}").eqNullSafe(F.col(f"_p_{c}")), F.lit(c)) for c in columns]
+    same = [F.when(F.col(f"_r_{c}") == F.col(f"_p_{c}"), F.lit(c)) for c in columns]
     return (
         sources.select("profile_id", *SUBJECT)
         .join(record, list(SUBJECT), "left")

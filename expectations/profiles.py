@@ -94,6 +94,9 @@ def checks(inputs: QualityInputs) -> list[TableCheck]:
                 must_hold("consent_compliant", CONSENT_COMPLIANCE),
                 *required_unique("profile_id", description="unique profile ids"),
                 well_formed_profile_ids("profile_id"),
+                expect.ExpectColumnValuesToNotBeNull(
+                    column="cluster_size", description="every profile has source records in gold/profile_sources"
+                ),
                 expect.ExpectColumnValuesToBeBetween(
                     column="cluster_size",
                     min_value=1,

@@ -269,22 +269,44 @@ def test_silver_must_hold_exactly_the_columns_its_policy_allows(spark, cfg, extr
     assert validate([TableCheck("silver", "silver", frame, column_set)], "r").success is (extra is None)
 
 
+PROFILE_SUMMARY = ("regions", "region_count", "source_systems", "record_count", "last_updated_at")
+
+
+def profiles_check(spark, cfg, columns: list[str], rows: list[tuple], sources: list[tuple]) -> TableCheck:
+    """The profiles suite on profiles of the given (string) columns and rows, with the given profile sources and
+    no lineage or permission."""
+    tables = {
+        "profiles": spark.createDataFrame(rows, ", ".join(f"`{c}` string" for c in columns)),
+        "profile_lineage": spark.createDataFrame(
+            [], "profile_id string, column string, purpose string, lawful_basis string"
+        ),
+        "profile_permissions": spark.createDataFrame([], "profile_id string, purpose string, allowed boolean"),
+        "profile_sources": spark.createDataFrame(
+            sources, "profile_id string, source_system string, source_record_id string"
+        ),
+    }
+    (check,) = profiles_suite.checks(inputs_with(cfg, **tables))
+    return check
+
+
 @pytest.mark.parametrize("extra", [None, "national_id", "notes"])
 def test_gold_profiles_must_hold_only_the_survivorships_attributes_and_the_records_summary(spark, cfg, extra):
     """A column beyond the survivorship's would reach gold unchecked by lineage and consent."""
-    summary = ("regions", "region_count", "source_systems", "record_count", "last_updated_at")
-    columns = ["profile_id", *cfg.survivorship.columns, *summary, *([extra] if extra else [])]
-    profiles = spark.createDataFrame([], ", ".join(f"`{c}` string" for c in columns))
-    empty = {
-        "profile_lineage": "profile_id string, column string, purpose string, lawful_basis string",
-        "profile_permissions": "profile_id string, purpose string, allowed boolean",
-        "profile_sources": "profile_id string, source_system string, source_record_id string",
-    }
-    tables = {name: spark.createDataFrame([], schema) for name, schema in empty.items()}
-    (check,) = profiles_suite.checks(inputs_with(cfg, profiles=profiles, **tables))
+    columns = ["profile_id", *cfg.survivorship.columns, *PROFILE_SUMMARY, *([extra] if extra else [])]
+    check = profiles_check(spark, cfg, columns, [], [])
     column_set = [e for e in check.expectations if e.expectation_type == "expect_table_columns_to_match_set"]
     assert len(column_set) == 1
     assert validate([TableCheck("profiles", "gold/profiles", check.frame, column_set)], "r").success is (extra is None)
+
+
+def test_a_profile_without_source_records_fails_the_profiles_suite(spark, cfg):
+    columns = ["profile_id", *cfg.survivorship.columns, *PROFILE_SUMMARY]
+    empty_profile = ("pr_" + "0" * 20, *([None] * (len(columns) - 1)))  # no value, no record_count
+    check = profiles_check(spark, cfg, columns, [empty_profile], [])
+    assert validate([check], "r").failed == [
+        "profiles: expect_column_values_to_not_be_null(cluster_size): every profile has source records in "
+        "gold/profile_sources"
+    ]
 
 
 def test_a_key_field_the_policy_keeps_out_of_silver_is_not_checked_for_its_format(spark, cfg):
@@ -469,18 +491,19 @@ def test_a_lineage_row_must_name_a_record_that_holds_the_profiles_value(spark, c
     )
     supplied = supplied_columns(sources, admitted, profiles, ["first_name", "email", "date_of_birth"])
     assert {r["source_record_id"]: r["supplied"] for r in supplied.collect()} == {
-        "1": ["first_name", "email", "date_of_birth"],  # the null email equals the profile's
-        "2": ["email", "date_of_birth"],  # Anna is not the profile's Ann
-        "3": ["first_name", "email", "date_of_birth"],
+        "1": ["first_name", "date_of_birth"],  # the profile holds no email, which no record supplies
+        "2": ["date_of_birth"],  # Anna is not the profile's Ann
+        "3": ["first_name", "email"],
         "4": None,
     }
 
-    def lineage_outcome(record_of_first_name: str):
+    def lineage_outcome(record_of_first_name: str, *more: tuple[str, str, str, str]):
         lineage = spark.createDataFrame(
             [
                 ("p1", "first_name", "s", record_of_first_name),
                 ("p1", "date_of_birth", "s", "2"),
                 ("p2", "email", "s", "3"),
+                *more,
             ],
             "profile_id string, column string, source_system string, source_record_id string",
         ).withColumns(
@@ -503,10 +526,12 @@ def test_a_lineage_row_must_name_a_record_that_holds_the_profiles_value(spark, c
         return validate([TableCheck(check.suite, check.table, check.frame, value_check)], "r")
 
     assert lineage_outcome("1").success
-    assert lineage_outcome("2").failed == [
+    failed = [
         "profile_lineage: expect_column_values_to_be_in_set(value_from_record): "
         "the named record holds the profile's value of the column"
     ]
+    assert lineage_outcome("2").failed == failed
+    assert lineage_outcome("1", ("p2", "date_of_birth", "s", "3")).failed == failed  # a row for a value p2 lacks
 
 
 def test_a_lineage_row_must_name_a_ledger_grant_of_its_purpose_and_basis_by_its_record(spark, cfg):
