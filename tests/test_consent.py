@@ -550,7 +550,7 @@ def test_invalid_consent_events_are_quarantined_with_reasons(spark, gate_world):
     runs = delta_io.read_delta(spark, cfg.tables.consent_runs).where("run_id = 'r1'").drop("landed_at")
     at_cutoff = dt.datetime(2026, 6, 1, tzinfo=UTC)
     expected = spark.createDataFrame(
-        [("r1", "ua_crm", 18, 12, 6, at_cutoff)], runs.schema
+        [("r1", "ua_crm", 18, 12, 6, at_cutoff, cfg.policy.fingerprint)], runs.schema
     )  # read = landed + quarantined
     assert_df_equality(runs, expected, ignore_nullable=True)
 
@@ -697,7 +697,9 @@ def test_an_erased_subjects_consent_events_are_not_landed_again(spark, gate_worl
     assert result.events_quarantined == {ingest.ERASED_SUBJECT: 8, "malformed_record": 1}
     assert result.events_read == len(GOOD_EVENTS) + len(BAD_EVENTS)
     runs = delta_io.read_delta(spark, cfg.tables.consent_runs).where("run_id = 'r4'").drop("landed_at")
-    expected = spark.createDataFrame([("r4", "ua_crm", 18, 9, 9, dt.datetime(2026, 6, 1, tzinfo=UTC))], runs.schema)
+    expected = spark.createDataFrame(
+        [("r4", "ua_crm", 18, 9, 9, dt.datetime(2026, 6, 1, tzinfo=UTC), cfg.policy.fingerprint)], runs.schema
+    )
     assert_df_equality(runs, expected, ignore_nullable=True)
     for table in (cfg.tables.consent_ledger, cfg.tables.effective_consent, cfg.tables.consent_quarantine):
         assert delta_io.read_delta(spark, table).where("source_record_id = 'UA-5'").count() == 0, table
