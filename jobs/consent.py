@@ -55,9 +55,10 @@ EVENT_CONTENT = tuple(c for c in CONSENT_FEED_COLUMNS if c not in ("event_id", "
 TIMESTAMP_FIELDS = ("event_time", "recorded_at", "expires_at")
 # An ISO 8601 date and time (seconds optional), and the same followed by a time zone: an offset, Z, UTC or a
 # region id. Spark alone also reads a bare time as that time today, and a date-only value as its midnight.
-ISO_DATE_TIME = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?)?"
-ZONE = r"\s?(Z|UTC|[+-]\d{2}(:?\d{2})?|[A-Za-z]+(/[A-Za-z0-9_+-]+){1,2})$"  # IANA: Asia/Ust-Nera, Etc/GMT+2
-ZONED_DATE_TIME = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?" + ZONE
+ISO_DATE_TIME = r"^\d{4}-\d{2}-\d{2}([Tt ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?)?"
+# IANA ids with or without an area (Asia/Ust-Nera, Etc/GMT+2, GMT, EET); an unknown one leaves the time unreadable.
+ZONE = r"\s?([Zz]|UTC|[+-]\d{2}(:?\d{2})?|[A-Za-z]+(/[A-Za-z0-9_+-]+){0,2})$"
+ZONED_DATE_TIME = r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?" + ZONE
 REVOKING_STATUSES = ("withdrawn", "denied")  # a refusal needs no basis, and its optional times decide nothing
 REFUSAL_OPTIONAL = ("lawful_basis", "recorded_at", "expires_at")  # what a refusal may carry and never decides by
 STATUS_PRECEDENCE = {"withdrawn": 0, "denied": 1, "granted": 2}
@@ -147,7 +148,8 @@ def _in(column: str, allowed: Sequence[str]) -> Column:
 
 def parse_event_time(raw: Column) -> Column:
     """A feed's timestamp text as an instant: ISO 8601 with a time zone, seconds optional; null otherwise."""
-    with_seconds = F.regexp_replace(raw, r"^(\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2})(" + ZONE[:-1] + ")$", "$1:00$2")
+    upper_t_z = F.regexp_replace(F.regexp_replace(raw, r"^(\d{4}-\d{2}-\d{2})t", "$1T"), r"(\d)z$", "$1Z")  # RFC 3339
+    with_seconds = F.regexp_replace(upper_t_z, r"^(\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2})(" + ZONE[:-1] + ")$", "$1:00$2")
     return F.when(raw.rlike(ISO_DATE_TIME), F.try_to_timestamp(with_seconds))
 
 
@@ -203,10 +205,14 @@ def assign_consent_reasons(events: DataFrame, policy: PurposePolicy) -> DataFram
     for c in optional:
         df = df.withColumn(c, F.when(kept & (unreadable[c] | unzoned[c]), None).otherwise(F.col(c)))
     # One event id carrying two different events cannot be trusted; exact replays are the same event, and so are
-    # copies of a refusal that differ only in what it never decides by (as the ledger compares them).
+    # copies of a refusal that differ only in what it never decides by (as the ledger compares them). A refusal
+    # beside another event lands apart, so a grant conflicts only with another grant (as it would with the ledger).
     per_id = Window.partitionBy("source_system", "event_id")
-    variants = F.size(F.collect_set(F.when(F.col(REASON).isNull(), decisive_content())).over(per_id))
-    return df.transform(_refusals_apart_and_other_conflicts_quarantined, F.col(REASON).isNull() & (variants > 1))
+    good = F.col(REASON).isNull()
+    variants = F.size(F.collect_set(F.when(good, decisive_content())).over(per_id))
+    grant_variants = F.size(F.collect_set(F.when(good & ~revokes, decisive_content())).over(per_id))
+    conflicting = good & F.when(revokes, variants > 1).otherwise(grant_variants > 1)
+    return df.transform(_refusals_apart_and_other_conflicts_quarantined, conflicting)
 
 
 def _refusals_apart_and_other_conflicts_quarantined(events: DataFrame, conflicting: Column) -> DataFrame:

@@ -118,7 +118,8 @@ CANARIES = ("Qzxcanaryfirst", "Qzxcanarylast", "qzx.canary@example.org", "Qzxcan
 
 
 def test_one_event_id_with_two_contents_is_a_conflict_and_replays_are_one_event(spark, cfg):
-    """The grant of a conflicting id is quarantined; the refusal lands under an id of its own (refusal_own_id)."""
+    """A refusal under the id of another event lands under an id of its own (refusal_own_id), beside the grant;
+    two grants under one id are a conflict."""
 
     def mapped(event_id, status, subject="UA-1"):
         feed = (subject, "profile_unification", "consent", status, "2025-01-01T10:00:00Z", None, "web", "v1", None)
@@ -131,6 +132,8 @@ def test_one_event_id_with_two_contents_is_a_conflict_and_replays_are_one_event(
             mapped("e1", "granted"),  # a replay
             mapped("e2", "granted"),
             mapped("e2", "withdrawn"),  # the same id, another event
+            mapped("e3", "granted"),
+            mapped("e3", "granted", "UA-2"),  # the same id, another grant
             mapped(None, "granted", "UA-7"),
             mapped(None, "granted", "UA-7"),  # a replay without an id
             mapped(None, "denied", "UA-7"),
@@ -146,16 +149,18 @@ def test_one_event_id_with_two_contents_is_a_conflict_and_replays_are_one_event(
     )
 
     rows = sorted(reasons.collect(), key=lambda r: (r["source_record_id"], r["status"], r["event_id"]))
-    assert [(r["event_id"], r["status"], r[ingest.REASON]) for r in rows[:4]] == [
-        ("e1", "granted", None),
-        ("e1", "granted", None),
-        ("e2", "granted", "conflicting_event_id"),
-        ("e2#<sha256>", "withdrawn", None),
+    assert [(r["source_record_id"], r["event_id"], r["status"], r[ingest.REASON]) for r in rows[:6]] == [
+        ("UA-1", "e1", "granted", None),
+        ("UA-1", "e1", "granted", None),
+        ("UA-1", "e2", "granted", None),
+        ("UA-1", "e3", "granted", "conflicting_event_id"),
+        ("UA-1", "e2#<sha256>", "withdrawn", None),
+        ("UA-2", "e3", "granted", "conflicting_event_id"),
     ]
-    denied, granted, replayed = (r["event_id"] for r in rows[4:])
+    denied, granted, replayed = (r["event_id"] for r in rows[6:])
     assert granted == replayed != denied  # ids from the content: the same event, the same id
     assert all(i.startswith("h:") and len(i) == 2 + 64 for i in (denied, granted))
-    assert [r[ingest.REASON] for r in rows[4:]] == [None, None, None]
+    assert [r[ingest.REASON] for r in rows[6:]] == [None, None, None]
 
 
 def mapped_events(spark, rows):
@@ -200,6 +205,13 @@ def test_event_times_must_be_a_zoned_iso_date_and_time(spark, cfg):
         ("T9", "consent", "granted", "2025-01-01T10:00:00 America/Port-au-Prince", None, None, "t9"),
         ("T10", "consent", "granted", "2025-01-01T10:00:00 Etc/GMT+2", None, None, "t10"),
         ("T11", "consent", "granted", "2025-01-01T10:00 America/Argentina/Buenos_Aires", None, None, "t11"),
+        # ids without an area, RFC 3339's lower-case t and z, and an id no zone has
+        ("T12", "consent", "granted", "2025-01-01T10:00:00 GMT", None, None, "t12"),
+        ("T13", "consent", "granted", "2025-01-01T12:00:00 EET", None, None, "t13"),
+        ("T14", "consent", "granted", "2025-01-01T10:00 Zulu", None, None, "t14"),
+        ("T15", "consent", "granted", "2025-01-01t10:00:00z", None, None, "t15"),
+        ("T16", "consent", "granted", "2025-01-01T06:00:00 America/La_Paz", None, None, "t16"),
+        ("T17", "consent", "granted", "2025-01-01T10:00:00 Mars", None, None, "t17"),
     ]
     actual = consent.assign_consent_reasons(mapped_events(spark, rows), cfg.policy).select(
         "source_record_id", "event_time", ingest.REASON
@@ -217,6 +229,12 @@ def test_event_times_must_be_a_zoned_iso_date_and_time(spark, cfg):
             ("T9", ts("2025-01-01", 15), None),
             ("T10", ts("2025-01-01", 12), None),
             ("T11", ts("2025-01-01", 13), None),
+            ("T12", ts("2025-01-01"), None),
+            ("T13", ts("2025-01-01"), None),
+            ("T14", ts("2025-01-01"), None),
+            ("T15", ts("2025-01-01"), None),
+            ("T16", ts("2025-01-01"), None),
+            ("T17", None, "unparseable_timestamp"),
         ],
         actual.schema,
     )
@@ -291,8 +309,8 @@ def test_copies_of_a_refusal_differing_only_in_what_it_never_decides_by_are_one_
             ("UA-1", "w1", None),
             ("UA-2", "g2", None),
             ("UA-2", "w2", None),
-            ("UA-3", "g3", "conflicting_event_id"),
-            ("UA-3", "g3#<sha256>", None),  # the withdrawal under an id of its own
+            ("UA-3", "g3", None),
+            ("UA-3", "g3#<sha256>", None),  # the withdrawal under an id of its own, beside the grant
             ("UA-4", "g4", "conflicting_event_id"),
         ],
         reasons.schema,
@@ -308,6 +326,7 @@ def test_copies_of_a_refusal_differing_only_in_what_it_never_decides_by_are_one_
             ("UA-1", "w1", "withdrawn", None, None),
             ("UA-2", "g2", "granted", "consent", None),
             ("UA-2", "w2", "withdrawn", "consent", ts("2025-06-01").replace(second=5)),  # the copy that carries it
+            ("UA-3", "g3", "granted", "consent", None),
             ("UA-3", "g3#<sha256>", "withdrawn", "consent", None),
         ],
         landed.schema,
@@ -618,6 +637,33 @@ def test_a_retried_run_replaces_its_first_attempts_decisions_and_a_second_retry_
     versions = {t: delta_io.table_version(p) for t, p in cfg.tables.all().items() if delta_io.table_exists(p)}
     consent.run(spark, cfg, run_id="r1", cutoff=CUTOFF)
     assert {t: delta_io.table_version(p) for t, p in cfg.tables.all().items() if delta_io.table_exists(p)} == versions
+
+
+def test_a_landed_grant_delivered_again_beside_a_refusal_under_its_id_counts_as_landed(spark, gate_world, tmp_path):
+    """An appending source delivers the grant it landed and, under the same id, its withdrawal: the withdrawal
+    lands apart and the unchanged grant is the event the ledger holds. It was quarantined as conflicting."""
+    from tests.conftest import copy_lakehouse
+
+    cfg = copy_lakehouse(gate_world[0], tmp_path).with_paths(landing=tmp_path / "landing")
+    at = "2025-01-01T10:00:00+02:00"
+    granted = event("UA-2", "profile_unification", "contract", "granted", at)
+    withdrawn = event(
+        "UA-2",
+        "profile_unification",
+        "contract",
+        "withdrawn",
+        "2025-02-01T10:00:00Z",
+        eid=json.loads(granted)["event_id"],
+    )
+    assert granted in GOOD_EVENTS
+    write_consent_feed(cfg, "ua_crm", [*GOOD_EVENTS, withdrawn])
+
+    result = consent.run(spark, cfg, run_id="r3", cutoff=CUTOFF)
+
+    assert result.events_quarantined == {}
+    runs = delta_io.read_delta(spark, cfg.tables.consent_runs).where("run_id = 'r3'")
+    assert [(r.events_read, r.events_landed, r.events_quarantined) for r in runs.collect()] == [(13, 13, 0)]
+    assert delta_io.read_delta(spark, cfg.tables.admitted).where("source_record_id = 'UA-2'").count() == 0
 
 
 def test_a_landed_grant_delivered_changed_is_quarantined_and_as_a_refusal_lands_apart(spark, gate_world, tmp_path):
