@@ -486,6 +486,12 @@ def _drop_columns_not_in(path: Path | str, kept: Sequence[str], commit: CommitPr
     )
 
 
+def keys_match(keys: Sequence[str], left: str, right: str) -> str:
+    """A merge or join predicate: the rows agree on every key, a null key equal to a null one (with `=` a
+    row with a null key never matched, so a rerun inserted it again)."""
+    return " AND ".join(f"{left}.`{k}` IS NOT DISTINCT FROM {right}.`{k}`" for k in keys)
+
+
 def _inserted(rows: int) -> dict[str, int]:
     """Merge metrics of a merge into a new table: every source row inserted."""
     return {"num_target_rows_inserted": rows, "num_target_rows_updated": 0, "num_target_rows_deleted": 0}
@@ -497,7 +503,7 @@ def _replace_with_copy(
     """Replace the table with the source's files and schema in one commit; returns the metrics the merge it
     stands for would have (a matched row counts as updated, as its columns changed), also kept in the commit's
     metadata, which holds counts only."""
-    on = " AND ".join(f"a.`{k}` = b.`{k}`" for k in keys)
+    on = keys_match(keys, "a", "b")
     key_list = ", ".join(f"`{k}`" for k in keys)
     counts = query_delta(
         "SELECT"
@@ -548,7 +554,7 @@ def _merge(
         return _inserted(rows)
     target = DeltaTable(str(path))
     target_columns = {f.name for f in target.schema().fields}
-    predicate = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
+    predicate = keys_match(keys, "t", "s")
     merger = target.merge(
         source,
         predicate=predicate,
@@ -588,7 +594,7 @@ def delete_matching(keys_df: DataFrame, path: Path | str, *, run_id: str, job: s
         metrics = (
             target.merge(
                 source,
-                predicate=" AND ".join(f"t.`{k}` = s.`{k}`" for k in keys),
+                predicate=keys_match(keys, "t", "s"),
                 source_alias="s",
                 target_alias="t",
                 commit_properties=_commit_properties(run_id, job),
