@@ -489,7 +489,7 @@ def _drop_columns_not_in(path: Path | str, kept: Sequence[str], commit: CommitPr
 def keys_match(keys: Sequence[str], left: str, right: str) -> str:
     """A merge or join predicate: the rows agree on every key, a null key equal to a null one (with `=` a
     row with a null key never matched, so a rerun inserted it again)."""
-    return " AND ".join(f"{left}.`{k}` IS NOT DISTINCT FROM {right}.`{k}`" for k in keys)
+    return " AND ".join(f"({left}.`{k}` IS NOT DISTINCT FROM {right}.`{k}`)" for k in keys)
 
 
 def _inserted(rows: int) -> dict[str, int]:

@@ -260,19 +260,19 @@ def test_a_table_replaced_whole_takes_the_type_its_source_gives_a_column(spark, 
 @pytest.mark.parametrize("replace", [False, True], ids=["merged", "replaced_whole"])
 def test_rows_with_a_null_key_merged_again_change_nothing_and_can_be_deleted(spark, tmp_path, replace):
     """A null key equals a null key: with `=` the row never matched, so every rerun inserted it again."""
-    rows = pa.table({"key": ["a", None], "value": [1, 2]})
+    rows = pa.table({"key": ["a", None], "part": ["x", "x"], "value": [1, 2]})
     target = tmp_path / "t"
-    how = {"update_changed": True, "delete_missing": replace}
-    delta_io.merge_delta(rows, target, keys=("key",), run_id="r", job="t", **how)
+    how = {"keys": ("key", "part"), "update_changed": True, "delete_missing": replace}
+    delta_io.merge_delta(rows, target, run_id="r", job="t", **how)
     version = delta_io.table_version(target)
 
-    again = delta_io.merge_delta(rows, target, keys=("key",), run_id="r", job="t", **how)
+    again = delta_io.merge_delta(rows, target, run_id="r", job="t", **how)
 
     assert {k: again[k] for k in ("num_target_rows_inserted", "num_target_rows_updated")} == {
         "num_target_rows_inserted": 0,
         "num_target_rows_updated": 0,
     }
     assert delta_io.table_version(target) == version
-    null_key = spark.createDataFrame([(None,)], "key string")
+    null_key = spark.createDataFrame([(None, "x")], "key string, part string")
     assert delta_io.delete_matching(null_key, target, run_id="r", job="t") == 1
-    assert delta_io.arrow_dataset(target).to_table().to_pylist() == [{"key": "a", "value": 1}]
+    assert delta_io.arrow_dataset(target).to_table().to_pylist() == [{"key": "a", "part": "x", "value": 1}]
