@@ -212,6 +212,9 @@ def test_event_times_must_be_a_zoned_iso_date_and_time(spark, cfg):
         ("T15", "consent", "granted", "2025-01-01t10:00:00z", None, None, "t15"),
         ("T16", "consent", "granted", "2025-01-01T06:00:00 America/La_Paz", None, None, "t16"),
         ("T17", "consent", "granted", "2025-01-01T10:00:00 Mars", None, None, "t17"),
+        # RFC 3339 as feeds mostly write it, read without the normalizations: an offset and a fraction, a bad date
+        ("T18", "consent", "granted", "2025-01-01T12:30:00.25+02:30", None, None, "t18"),
+        ("T19", "consent", "granted", "2025-02-30T10:00:00Z", None, None, "t19"),
     ]
     actual = consent.assign_consent_reasons(mapped_events(spark, rows), cfg.policy).select(
         "source_record_id", "event_time", ingest.REASON
@@ -235,6 +238,8 @@ def test_event_times_must_be_a_zoned_iso_date_and_time(spark, cfg):
             ("T15", ts("2025-01-01"), None),
             ("T16", ts("2025-01-01"), None),
             ("T17", None, "unparseable_timestamp"),
+            ("T18", ts("2025-01-01").replace(microsecond=250000), None),
+            ("T19", None, "unparseable_timestamp"),
         ],
         actual.schema,
     )
