@@ -596,6 +596,63 @@ def test_a_lineage_row_must_name_a_ledger_grant_of_its_purpose_and_basis_by_its_
     ]
 
 
+def test_a_lineage_row_must_name_a_member_record_a_permitted_purpose_and_an_accepted_basis(spark, cfg):
+    rows = [
+        # profile, column, record, purpose, basis
+        ("p1", "first_name", "1", "profile_unification", "contract"),
+        ("p1", "last_name", "1", "marketing_email", "consent"),  # p1's marketing_email is not allowed
+        ("p1", "email", "1", "analytics", "consent"),  # p1 has no analytics permission
+        ("p1", "phone", "1", "marketing_sms", "legitimate_interest"),  # allowed, but consent is the only basis
+        ("p2", "first_name", "2", "profile_unification", "consent"),
+        ("p2", "last_name", "1", "profile_unification", "consent"),  # s/1 is p1's record
+        ("p3", "first_name", "3", "profile_unification", "consent"),  # p3 has no permission at all
+    ]
+    lineage = spark.createDataFrame(
+        rows, "profile_id string, column string, source_record_id string, purpose string, lawful_basis string"
+    ).withColumns({"source_system": F.lit("s"), "consent_event_id": F.lit("e"), "rule": F.lit("r")})
+    members = [("p1", "1"), ("p2", "2"), ("p3", "3")]
+    tables = {
+        "admitted": spark.createDataFrame(
+            [("s", r) for _, r in members], "source_system string, source_record_id string"
+        ),
+        "profiles": spark.createDataFrame([(p,) for p, _ in members], "profile_id string"),
+        "profile_sources": spark.createDataFrame(
+            [(p, "s", r) for p, r in members], "profile_id string, source_system string, source_record_id string"
+        ),
+        "profile_permissions": spark.createDataFrame(
+            [
+                ("p1", "profile_unification", True),
+                ("p1", "marketing_email", False),
+                ("p1", "marketing_sms", True),
+                ("p2", "profile_unification", True),
+                ("p2", "analytics", True),
+            ],
+            "profile_id string, purpose string, allowed boolean",
+        ),
+        "profile_lineage": lineage,
+        "consent_ledger": spark.createDataFrame([], LEDGER_DDL),
+    }
+
+    (check,) = lineage_suite.checks(inputs_with(cfg, **tables))
+
+    flags = "record_in_profile", "purpose_permitted", "basis_accepted"
+    expected = spark.createDataFrame(
+        [
+            ("p1", "first_name", True, True, True),
+            ("p1", "last_name", True, False, True),
+            ("p1", "email", True, False, True),
+            ("p1", "phone", True, True, False),
+            ("p2", "first_name", True, True, True),
+            ("p2", "last_name", False, True, True),
+            ("p3", "first_name", True, False, True),
+        ],
+        "profile_id string, column string, " + ", ".join(f"{f} boolean" for f in flags),
+    )
+    assert_df_equality(
+        check.frame.select("profile_id", "column", *flags), expected, ignore_row_order=True, ignore_nullable=True
+    )
+
+
 def test_profile_permissions_follow_the_latest_live_consent_event_of_any_of_the_profiles_records(spark, cfg):
     cutoff = "2026-11-01 00:00:00"
     ledger = timestamps(
