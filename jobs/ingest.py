@@ -157,6 +157,16 @@ def json_lines(lines: DataFrame, schema: T.StructType, id_field: str | None = No
     return parsed.select("_record.*", *(c for c in lines.columns if c != "value"))
 
 
+def names_several_records(text: str | None, id_field: str | None) -> bool:
+    """True when a quarantined line names id_field as a key more than once, double- or single-quoted: an exporter
+    joined records on one line, or wrote an array of them. json_lines holds such a line under its first record's id,
+    yet the others' values in it are not that record's subject's (jobs.subject_rights keeps the text out of an
+    access export)."""
+    if not text or not id_field:
+        return False
+    return len(re.findall(rf"[\"']{re.escape(id_field)}[\"']\s*:", text)) > 1
+
+
 def single_json_value(text: Column) -> Column:
     """True when text is one JSON value and nothing else.
 

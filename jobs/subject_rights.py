@@ -30,7 +30,7 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import reduce
@@ -46,6 +46,7 @@ from jobs import delta_io, publication, quality_gate, resolve, unify
 from jobs.canonical import SUBJECT, subject_hash
 from jobs.config import PipelineConfig, TablePaths
 from jobs.errors import IdresError
+from jobs.ingest import names_several_records
 from jobs.runner import INCIDENTS_DIR, job_arg_parser, run_job
 
 log = logging.getLogger("idres.subject_rights")
@@ -175,6 +176,20 @@ def _withheld(row: dict[str, Any], columns: Iterable[str]) -> dict[str, Any]:
     return {k: None if k in columns else v for k, v in row.items()}
 
 
+def _quarantined_rows(
+    spark: SparkSession, path: Path, subject: Subject, id_fields: Mapping[str, str | None]
+) -> list[dict[str, Any]]:
+    """The subject's quarantined rows, each with `raw_record_withheld`: a line that names several records (an
+    exporter joined them; jobs.ingest.names_several_records, by its source's id field in id_fields) keeps its
+    reason, file and hash but not its text, which holds another person's values (GDPR Art. 15(4))."""
+    rows = _table_rows(spark, path, subject, "record")
+    several = [names_several_records(r["raw_record"], id_fields.get(r["source_system"])) for r in rows]
+    return [
+        {**(_withheld(row, ["raw_record"]) if withheld else row), "raw_record_withheld": withheld}
+        for row, withheld in zip(rows, several, strict=True)
+    ]
+
+
 def own_profile_rows(
     sections: dict[str, list[dict[str, Any]]], ids: set[str], profile_columns: Sequence[str]
 ) -> dict[str, list[dict[str, Any]]]:
@@ -255,11 +270,18 @@ def export_subject(spark: SparkSession, cfg: PipelineConfig, subject: Subject) -
         "match_evidence": matches,
         "record_profiles": _table_rows(spark, t.record_profiles, subject, "record"),
         "source_records_as_landed": _table_rows(spark, t.bronze, subject, "record"),
-        "source_records_quarantined": _table_rows(spark, t.quarantine, subject, "record"),
+        "source_records_quarantined": _quarantined_rows(
+            spark, t.quarantine, subject, {s.name: s.columns.get("source_record_id") for s in cfg.sources}
+        ),
         "source_records_standardized": _table_rows(spark, t.silver, subject, "record"),
         "source_records_admitted": _table_rows(spark, t.admitted, subject, "record"),
         "consent_events": _table_rows(spark, t.consent_ledger, subject, "record"),
-        "consent_events_quarantined": _table_rows(spark, t.consent_quarantine, subject, "record"),
+        "consent_events_quarantined": _quarantined_rows(
+            spark,
+            t.consent_quarantine,
+            subject,
+            {s.name: s.consent_feed.columns.get("source_record_id") for s in cfg.sources if s.consent_feed},
+        ),
         "effective_consent": _table_rows(spark, t.effective_consent, subject, "record"),
         "consent_gate_decisions": _table_rows(spark, t.consent_audit, subject, "record"),
         "identity_events": _table_rows(spark, t.identity_events, subject, "profile"),

@@ -296,6 +296,25 @@ def test_a_jsonl_line_holding_anything_but_one_json_object_is_quarantined_whole(
     assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
 
 
+@pytest.mark.parametrize(
+    ("line", "several"),
+    [
+        ('{"id_client": "R1", "nume": "Pop"}{"id_client": "R2", "nume": "Ion"}', True),
+        ('{"id_client": "R7", "nume": "Pop"}, {"id_client": "R8", "nume": "Ion"}', True),
+        ('[{"id_client": "R1"}, {"id_client" : "R2"}]', True),
+        ("{'id_client': 'R9'} {'id_client': 'R10'}", True),  # single-quoted, as the lenient reader takes them
+        ('{"id_client": "R3", "nume": "Pop"} garbage', False),
+        ("{'id_client': 'R9', 'nume': 'Pop'}", False),
+        ('{"id_client": "R1", "nota": "\\"id_client\\": R2"}', False),  # the name inside a value is no key
+        ('{"id_client_vechi": "R0", "id_client": "R1"}', False),
+        ("R1;Pop;Ion;;extra", False),  # CSV text names no key
+        (None, False),  # an erased subject's row holds no text
+    ],
+)
+def test_a_quarantined_line_names_several_records_when_it_holds_the_id_key_twice(line, several):
+    assert ingest.names_several_records(line, "id_client") is several
+
+
 def test_a_jsonl_record_ends_at_lf_only_and_a_line_python_cannot_parse_is_quarantined(spark, cfg, tmp_path):
     deep = "[" * 2000 + "]" * 2000  # deeper than Python's and Jackson's parsers go
     lines = [

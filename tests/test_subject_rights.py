@@ -461,6 +461,30 @@ def test_a_subject_held_only_in_quarantine_is_exported_then_erased_with_its_expo
     assert holding(cfg.reports) == [] and holding(cfg.lakehouse) == []
 
 
+def test_an_export_withholds_the_text_of_a_quarantined_line_that_holds_another_persons_record_too(
+    spark, pristine, tmp_path
+):
+    """An exporter joined two people's records on one line: the line is quarantined under the first record's id, so
+    that person's export shows it is held, with its reason, but not its text, which holds the other's values."""
+    cfg = copy_lakehouse(pristine, tmp_path)
+    first = {"source_system": "ro_shop", "source_record_id": "RO-77"}
+
+    def exported(raw: str) -> dict:
+        quarantine_one(spark, cfg, first, "malformed_record", raw)
+        path = subject_rights.run(spark, cfg, run_id=f"sr-{len(raw)}", action="export", record=["ro_shop:RO-77"])
+        text = path.read_text(encoding="utf-8")
+        assert "Xqxsecond" not in text
+        return json.loads(text)
+
+    joined = '{"id_client": "RO-77", "nume": "Xqxfirst"}{"id_client": "RO-78", "nume": "Xqxsecond"}'
+    (row,) = exported(joined)["source_records_quarantined"]
+    assert (row["reason"], row["raw_record"], row["raw_record_withheld"]) == ("malformed_record", None, True)
+
+    own = '{"id_client": "RO-77", "nume": "Xqxfirst"} trailing text'  # malformed, but only this person's
+    (row,) = exported(own)["source_records_quarantined"]
+    assert (row["raw_record"], row["raw_record_withheld"]) == (own, False)
+
+
 def test_a_stray_file_holding_the_subjects_values_is_named_and_the_retry_after_its_removal_finishes(
     spark, pristine, tmp_path
 ):
