@@ -158,13 +158,15 @@ def json_lines(lines: DataFrame, schema: T.StructType, id_field: str | None = No
 
 
 def names_several_records(text: str | None, id_field: str | None) -> bool:
-    """True when a quarantined line names id_field as a key more than once, double- or single-quoted: an exporter
-    joined records on one line, or wrote an array of them. json_lines holds such a line under its first record's id,
-    yet the others' values in it are not that record's subject's (jobs.subject_rights keeps the text out of an
-    access export)."""
+    """True when a quarantined line gives id_field, as a key double- or single-quoted, more than one value: an
+    exporter joined records on one line, or wrote an array of them. json_lines holds such a line under its first
+    record's id, yet the others' values in it are not that record's subject's (jobs.subject_rights keeps the text
+    out of an access export). The same id twice is one record's."""
     if not text or not id_field:
         return False
-    return len(re.findall(rf"[\"']{re.escape(id_field)}[\"']\s*:", text)) > 1
+    value = r"""\s*:\s*(?:"((?:[^"\\]|\\.)*)"|'([^']*)'|([^\s,}\]]+))"""
+    ids = {"".join(found) for found in re.findall(rf"[\"']{re.escape(id_field)}[\"']{value}", text)}
+    return len(ids) > 1
 
 
 def single_json_value(text: Column) -> Column:

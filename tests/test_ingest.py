@@ -307,6 +307,8 @@ def test_a_jsonl_line_holding_anything_but_one_json_object_is_quarantined_whole(
         ("{'id_client': 'R9', 'nume': 'Pop'}", False),
         ('{"id_client": "R1", "nota": "\\"id_client\\": R2"}', False),  # the name inside a value is no key
         ('{"id_client_vechi": "R0", "id_client": "R1"}', False),
+        ('{"id_client": "R1", "nume": "Pop"}{"id_client": "R1", "nume": "Pop"}', False),  # one record, twice
+        ('{"id_client": 17}{"id_client": 18}', True),
         ("R1;Pop;Ion;;extra", False),  # CSV text names no key
         (None, False),  # an erased subject's row holds no text
     ],
