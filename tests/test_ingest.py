@@ -313,7 +313,7 @@ def test_a_jsonl_line_holding_anything_but_one_json_object_is_quarantined_whole(
         (None, False),  # an erased subject's row holds no text
     ],
 )
-def test_a_quarantined_line_names_several_records_when_it_holds_the_id_key_twice(line, several):
+def test_a_quarantined_line_names_several_records_when_it_gives_the_id_key_two_values(line, several):
     assert ingest.names_several_records(line, "id_client") is several
 
 
