@@ -15,11 +15,12 @@ Docs (data_docs/index.html) and the auditor report (index.html).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from typing import Any
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+import expectations
 from expectations import (
     SAFE_RESULT_FORMAT,
     QualityInputs,
@@ -96,6 +98,7 @@ class QualityOutcome:
     suites: list[dict[str, Any]]
     published: bool = False
     data_docs: str | None = None
+    inputs: str | None = None  # inputs_fingerprint of what was validated
 
     @property
     def failed(self) -> list[str]:
@@ -300,6 +303,45 @@ def _already_published(cfg: PipelineConfig, run_id: str) -> bool:
     return not delta_io.table_exists(t.staged("profiles")) and delta_io.committed_in_run(t.unify_runs, JOB, run_id)
 
 
+def _stable(value: Any) -> Any:
+    return sorted(map(str, value)) if isinstance(value, set | frozenset) else str(value)
+
+
+def inputs_fingerprint(cfg: PipelineConfig) -> str:
+    """SHA-256 of what a gate run's outcome depends on: the version of every table and staged candidate, the
+    configuration, and the code of the suites. A refused run retried with the same fingerprint would be refused
+    again (GX on the same frames finds the same)."""
+    t = cfg.tables
+    tables = {**t.all(), **{f"staged/{name}": t.staged(name) for name in PUBLISHED_TABLES}}
+    code = [*sorted(Path(expectations.__file__).parent.glob("*.py")), Path(__file__)]
+    digest = hashlib.sha256()
+    digest.update(json.dumps({n: delta_io.table_version(p) for n, p in sorted(tables.items())}).encode())
+    digest.update(json.dumps(asdict(cfg), sort_keys=True, default=_stable).encode())
+    for path in code:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def read_outcome(report_dir: Path) -> QualityOutcome | None:
+    """The run's recorded quality.json, or None when there is none."""
+    recorded = report_dir / "quality.json"
+    if not recorded.is_file():
+        return None
+    body = json.loads(recorded.read_text(encoding="utf-8"))
+    return QualityOutcome(**{f.name: body[f.name] for f in fields(QualityOutcome) if f.name in body})
+
+
+def refusal(cfg: PipelineConfig, outcome: QualityOutcome, report_dir: Path, again: bool = False) -> QualityGateError:
+    """The error of a refused run, naming its failed expectations (and, when `again`, that a retry found the inputs
+    unchanged since and did not validate them a second time)."""
+    versions = {name: delta_io.table_version(getattr(cfg.tables, name)) for name in PUBLISHED_TABLES}
+    unchanged = "refused again, not validated: tables, configuration and suites unchanged since; " if again else ""
+    return QualityGateError(
+        f"quality gate failed; {unchanged}nothing published (tables stay at versions {versions}); "
+        f"{len(outcome.failed)} failed expectation(s): " + "; ".join(outcome.failed) + f"; report: {report_dir}"
+    )
+
+
 def write_outcome(outcome: QualityOutcome, report_dir: Path) -> Path:
     """quality.json of the run (results with counts only)."""
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -324,11 +366,7 @@ def _published_result(cfg: PipelineConfig, run_id: str, report_dir: Path) -> Gat
     The report is the gate's last step, after quality.json is marked published: an attempt that dies in it
     (or is killed) leaves no report, or one of an earlier publication of the run, so the retry writes it.
     """
-    recorded = report_dir / "quality.json"
-    outcome = QualityOutcome(run_id, True, [], published=True)
-    if recorded.is_file():
-        body = json.loads(recorded.read_text(encoding="utf-8"))
-        outcome = QualityOutcome(**{k: v for k, v in body.items() if k != "failed"})
+    outcome = read_outcome(report_dir) or QualityOutcome(run_id, True, [], published=True)
     if not outcome.success:
         # This attempt's run refused its candidates, which are no longer staged (an erasure drops the staging):
         # the publication on record is an earlier one of the run, and nothing of this one was published.
@@ -365,6 +403,11 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> GateResult:
             f"quality gate: the staged {', '.join(foreign)} are not run {run_id}'s (another run's resolve or unify "
             "staged them last); rerun resolve and unify for this run before its gate"
         )
+    fingerprint = inputs_fingerprint(cfg)
+    recorded = read_outcome(report_dir)
+    if recorded is not None and not recorded.success and recorded.inputs == fingerprint:
+        log.info("quality gate: run %s was refused on these very inputs; not validated again", run_id)
+        raise refusal(cfg, recorded, report_dir, again=True)  # an Airflow retry of a refusal costs no second gate
     checks = gate_checks(spark, cfg)  # names any missing table before the admitted count reads one
     size_stage_to_input(spark, cfg.spark, delta_io.row_count(cfg.tables.admitted))
     outcome = validate(
@@ -373,6 +416,7 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> GateResult:
         report_dir / "data_docs",
         cfg.quality.pandas_max_rows,
     )
+    outcome.inputs = fingerprint
     result = GateResult(run_id=run_id, outcome=outcome, report_dir=report_dir)
     if outcome.success:
         write_outcome(outcome, report_dir)  # what a retry that finds the publication interrupted reports
@@ -381,11 +425,7 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> GateResult:
     write_outcome(outcome, report_dir)
     log.info("auditor report: %s", write_auditor_report(cfg, run_id, report_dir))
     if not outcome.success:
-        versions = {name: delta_io.table_version(getattr(cfg.tables, name)) for name in PUBLISHED_TABLES}
-        raise QualityGateError(
-            f"quality gate failed; nothing published (tables stay at versions {versions}); "
-            f"{len(outcome.failed)} failed expectation(s): " + "; ".join(outcome.failed) + f"; report: {report_dir}"
-        )
+        raise refusal(cfg, outcome, report_dir)
     return result
 
 

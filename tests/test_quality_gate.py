@@ -164,6 +164,20 @@ def test_a_profile_with_a_marketing_email_without_consent_fails_the_gate_and_pub
     assert {s["engine"] for s in on_spark.suites} == {"spark"}
     assert [{**s, "engine": "-"} for s in on_spark.suites] == [{**s, "engine": "-"} for s in quality["suites"]]
 
+    # A retry on the same inputs (Airflow's) is refused at once: the same failures, no second validation.
+    docs = run_dir / "data_docs" / "index.html"
+    built = docs.stat().st_mtime_ns
+    with pytest.raises(QualityGateError, match="refused again, not validated") as again:
+        run(spark, cfg, run_id="run-2")
+    assert CONSENT_FAILURE in str(again.value) and docs.stat().st_mtime_ns == built
+    # Any change to what the outcome depends on (here a setting) validates again.
+    changed = dataclasses.replace(cfg, quality=dataclasses.replace(cfg.quality, pandas_max_rows=100_000))
+    with pytest.raises(QualityGateError) as validated:
+        run(spark, changed, run_id="run-2")
+    assert CONSENT_FAILURE in str(validated.value) and "refused again" not in str(validated.value)
+    assert docs.stat().st_mtime_ns != built
+    assert published_versions(cfg) == before
+
 
 def test_cell_compliance_needs_lineage_an_accepted_basis_and_a_permitted_purpose(spark, cfg):
     profiles = spark.createDataFrame(
