@@ -323,12 +323,13 @@ def inputs_fingerprint(cfg: PipelineConfig) -> str:
 
 
 def read_outcome(report_dir: Path) -> QualityOutcome | None:
-    """The run's recorded quality.json, or None when there is none."""
+    """The run's recorded quality.json, or None when there is none (or none that reads whole)."""
     recorded = report_dir / "quality.json"
-    if not recorded.is_file():
+    try:
+        body = json.loads(recorded.read_text(encoding="utf-8"))
+        return QualityOutcome(**{f.name: body[f.name] for f in fields(QualityOutcome) if f.name in body})
+    except (OSError, ValueError, TypeError):
         return None
-    body = json.loads(recorded.read_text(encoding="utf-8"))
-    return QualityOutcome(**{f.name: body[f.name] for f in fields(QualityOutcome) if f.name in body})
 
 
 def refusal(cfg: PipelineConfig, outcome: QualityOutcome, report_dir: Path, again: bool = False) -> QualityGateError:
@@ -347,7 +348,9 @@ def write_outcome(outcome: QualityOutcome, report_dir: Path) -> Path:
     report_dir.mkdir(parents=True, exist_ok=True)
     body = {**asdict(outcome), "failed": outcome.failed}
     path = report_dir / "quality.json"
-    path.write_text(json.dumps(body, indent=2, default=str) + "\n", encoding="utf-8")
+    draft = path.with_suffix(".json.draft")  # replaced whole, so a killed write leaves the previous one
+    draft.write_text(json.dumps(body, indent=2, default=str) + "\n", encoding="utf-8")
+    draft.replace(path)
     return path
 
 

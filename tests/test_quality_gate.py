@@ -28,7 +28,16 @@ from jobs import delta_io, resolve, unify
 from jobs.canonical import SUBJECT
 from jobs.config import PUBLISHED_TABLES
 from jobs.profile_ids import IDENTITY_EVENTS_SCHEMA, REGISTRY_SCHEMA
-from jobs.quality_gate import QualityGateError, checked_frame, gate_checks, run, validate
+from jobs.quality_gate import (
+    QualityGateError,
+    QualityOutcome,
+    checked_frame,
+    gate_checks,
+    read_outcome,
+    run,
+    validate,
+    write_outcome,
+)
 from tests.conftest import copy_lakehouse
 from tests.test_report import RenderedPage
 
@@ -177,6 +186,16 @@ def test_a_profile_with_a_marketing_email_without_consent_fails_the_gate_and_pub
     assert CONSENT_FAILURE in str(validated.value) and "refused again" not in str(validated.value)
     assert docs.stat().st_mtime_ns != built
     assert published_versions(cfg) == before
+
+
+def test_a_quality_json_cut_short_reads_as_none_and_a_whole_one_as_written(tmp_path):
+    """A retry must not fail on a quality.json a killed attempt left half-written: it validates again."""
+    outcome = QualityOutcome("r1", False, [], inputs="f" * 64)
+    path = write_outcome(outcome, tmp_path)
+    assert read_outcome(tmp_path) == outcome and [p.name for p in tmp_path.iterdir()] == ["quality.json"]
+    path.write_text(path.read_text(encoding="utf-8")[:20], encoding="utf-8")
+    assert read_outcome(tmp_path) is None
+    assert read_outcome(tmp_path / "no-run") is None
 
 
 def test_cell_compliance_needs_lineage_an_accepted_basis_and_a_permitted_purpose(spark, cfg):
