@@ -37,12 +37,15 @@ from jobs.ingest import (
     BAD_ENCODING,
     CORRUPT,
     MALFORMED_RECORD,
+    QUARANTINE_KEYS,
     REASON,
     SOURCE_FILE,
     badly_encoded,
     erasure_register,
+    json_id_fields,
     mapped_strings,
     read_feed,
+    suppress_erased_named_records,
     suppress_erased_subjects,
     to_quarantine,
 )
@@ -471,12 +474,14 @@ def land_consent_events(
         return 0, {}
     ledger_path = cfg.tables.consent_ledger
     held = delta_io.read_delta(spark, ledger_path) if delta_io.table_exists(ledger_path) else None
-    events = (
+    erased = erasure_register(spark, cfg)
+    checked = (
         reduce(lambda a, b: a.unionByName(b), frames)
         .transform(mark_ledger_conflicts, held)
-        .transform(suppress_erased_subjects, erasure_register(spark, cfg))  # an erasure is not undone by a feed
+        .transform(suppress_erased_subjects, erased)  # an erasure is not undone by a feed
         .persist()
     )
+    events = checked.transform(suppress_erased_named_records, erased, json_id_fields(cfg, consent=True))
     try:
         counts = events.groupBy("source_system", REASON).count().collect()
         ledger = (
@@ -492,12 +497,12 @@ def land_consent_events(
         delta_io.merge_delta(
             quarantine,
             cfg.tables.consent_quarantine,
-            keys=("source_system", "raw_hash", "reason"),
+            keys=QUARANTINE_KEYS,
             run_id=run_id,
             job="consent_gate",
         )
     finally:
-        events.unpersist()
+        checked.unpersist()
     _record_consent_events(cfg, run_id, at, cutoff, [s.name for s in sources], counts)
     quarantined: dict[str, int] = {}
     for row in counts:

@@ -46,6 +46,7 @@ log = logging.getLogger("idres.ingest")
 CORRUPT = "_corrupt_record"
 SOURCE_FILE = "_source_file"
 REASON = "quarantine_reason"
+QUARANTINE_KEYS = ("source_system", "raw_hash", "reason")  # a quarantined line, in either quarantine table
 
 # Reason codes, in the order they are checked: a row gets the first that applies. Undecodable bytes come
 # first, as they also break the parse of a JSON line.
@@ -157,16 +158,63 @@ def json_lines(lines: DataFrame, schema: T.StructType, id_field: str | None = No
     return parsed.select("_record.*", *(c for c in lines.columns if c != "value"))
 
 
-def names_several_records(text: str | None, id_field: str | None) -> bool:
-    """True when a quarantined line gives id_field, as a key double- or single-quoted, more than one value: an
-    exporter joined records on one line, or wrote an array of them. json_lines holds such a line under its first
-    record's id, yet the others' values in it are not that record's subject's (jobs.subject_rights keeps the text
-    out of an access export). The same id twice is one record's."""
-    if not text or not id_field:
-        return False
+def named_record_ids(text: Column, id_field: str) -> Column:
+    """The distinct values a quarantined line's text gives id_field, as a key double- or single-quoted (null for
+    null text). More than one: an exporter joined records on one line, or wrote an array of them. json_lines
+    holds such a line under its first record's id, yet it holds the others' values too, so an access export
+    withholds its text and a request or an erasure for any record it names finds it (jobs.subject_rights). The
+    same id twice is one record's."""
     value = r"""\s*:\s*(?:"((?:[^"\\]|\\.)*)"|'([^']*)'|([^\s,}\]]+))"""
-    ids = {"".join(found) for found in re.findall(rf"[\"']{re.escape(id_field)}[\"']{value}", text)}
-    return len(ids) > 1
+    pattern = F.lit(rf"[\"']{re.escape(id_field)}[\"']{value}")
+    # One of the three groups takes part in each match; the others extract as "".
+    double, single, bare = (F.regexp_extract_all(text, pattern, F.lit(group)) for group in (1, 2, 3))
+    joined = F.zip_with(F.zip_with(double, single, lambda a, b: F.concat(a, b)), bare, lambda a, b: F.concat(a, b))
+    return F.array_distinct(joined)
+
+
+def named_by_source(text: Column, id_fields: Mapping[str, str]) -> Column:
+    """named_record_ids of text by its row's source_system's id field (id_fields: source -> field); null for a
+    source that has none."""
+    by_source = [F.when(F.col("source_system") == name, named_record_ids(text, f)) for name, f in id_fields.items()]
+    return F.coalesce(*by_source) if by_source else F.lit(None).cast("array<string>")
+
+
+def json_id_fields(cfg: PipelineConfig, consent: bool = False) -> dict[str, str]:
+    """Each JSON Lines source's id field (its customer extract's, or with consent its consent feed's): the key a
+    quarantined line names its records by. Text of other formats names no key."""
+    feeds = ((s.name, s.consent_feed if consent else s) for s in cfg.sources)
+    return {
+        name: feed.columns["source_record_id"]
+        for name, feed in feeds
+        if feed is not None and feed.format == "jsonl" and "source_record_id" in feed.columns
+    }
+
+
+def suppress_erased_named_records(
+    validated: DataFrame, erased: DataFrame | None, id_fields: Mapping[str, str]
+) -> DataFrame:
+    """Rows whose quarantined line names an erased record beside its own (joined records, see
+    named_record_ids) get the reason erased_subject and that record's id, so to_quarantine keeps no content of
+    them: an erasure is not undone by the line that joined the subject to another record. Scans `validated`
+    twice when there is a register, so give it persisted rows."""
+    if erased is None or not id_fields:
+        return validated
+    named = named_by_source(F.col(CORRUPT), id_fields)
+    hashes = erased.select(F.col("subject_hash").alias("_erased")).distinct()
+    erased_lines = (
+        validated.where(F.size(named) > 1)
+        .select("source_system", CORRUPT, F.explode(named).alias("_named"))
+        .join(F.broadcast(hashes), subject_hash("source_system", "_named") == F.col("_erased"), "left_semi")
+        .groupBy("source_system", CORRUPT)
+        .agg(F.min("_named").alias("_erased_id"))
+    )
+    erased_id = F.col("_erased_id")
+    return (
+        validated.join(F.broadcast(erased_lines), ["source_system", CORRUPT], "left")
+        .withColumn(REASON, F.when(erased_id.isNotNull(), F.lit(ERASED_SUBJECT)).otherwise(F.col(REASON)))
+        .withColumn("source_record_id", F.coalesce(erased_id, F.col("source_record_id")))
+        .drop("_erased_id")
+    )
 
 
 def single_json_value(text: Column) -> Column:
@@ -625,11 +673,9 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str, mode: str = "full
     to_read = [s for s in cfg.sources if s.name not in skipped]
     if not to_read:
         return _record_ingest(cfg, run_id, ingested_at, _count_rows([], cfg), fingerprints, 0)
-    validated = (
-        validated_sources(spark, cfg, to_read)
-        .transform(suppress_erased_subjects, erasure_register(spark, cfg))
-        .persist()
-    )
+    erased = erasure_register(spark, cfg)
+    checked = validated_sources(spark, cfg, to_read).transform(suppress_erased_subjects, erased).persist()
+    validated = checked.transform(suppress_erased_named_records, erased, json_id_fields(cfg))
     try:
         counts = _count(validated, cfg)
         size_stage_to_input(spark, cfg.spark, sum(c.read for c in counts))
@@ -642,11 +688,9 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str, mode: str = "full
             job="ingest",
         )
         quarantine = to_quarantine(validated, raw_canonical_values(), run_id, ingested_at)
-        delta_io.merge_delta(
-            quarantine, cfg.tables.quarantine, keys=("source_system", "raw_hash", "reason"), run_id=run_id, job="ingest"
-        )
+        delta_io.merge_delta(quarantine, cfg.tables.quarantine, keys=QUARANTINE_KEYS, run_id=run_id, job="ingest")
     finally:
-        validated.unpersist()
+        checked.unpersist()
     return _record_ingest(cfg, run_id, ingested_at, counts, fingerprints, int(metrics["num_target_rows_inserted"]))
 
 

@@ -46,7 +46,7 @@ from jobs import delta_io, publication, quality_gate, resolve, unify
 from jobs.canonical import SUBJECT, subject_hash
 from jobs.config import PipelineConfig, TablePaths
 from jobs.errors import IdresError
-from jobs.ingest import names_several_records
+from jobs.ingest import QUARANTINE_KEYS, json_id_fields, named_by_source
 from jobs.runner import INCIDENTS_DIR, job_arg_parser, run_job
 
 log = logging.getLogger("idres.subject_rights")
@@ -104,10 +104,11 @@ def as_first_found(spark: SparkSession, path: Path, run_id: str) -> DataFrame:
 
 
 def find_subject(
-    spark: SparkSession, t: TablePaths, records: Sequence[str], profile_id: str | None, run_id: str
+    spark: SparkSession, cfg: PipelineConfig, records: Sequence[str], profile_id: str | None, run_id: str
 ) -> Subject:
     """The subject's source records: the given `source:id` references and every record of the given profile
     (as the run first found them, so a retried erasure finds the records its first attempt deleted)."""
+    t = cfg.tables
     wanted = []
     for ref in records:
         source, sep, record_id = ref.partition(":")
@@ -115,7 +116,7 @@ def find_subject(
             raise IdresError("--record must be <source_system>:<source_record_id>")
         wanted.append((source, record_id))
     given = spark.createDataFrame(wanted, "source_system string, source_record_id string")
-    unknown = len(set(wanted)) - held_records(spark, t, given, run_id) if wanted else 0
+    unknown = len(set(wanted)) - held_records(spark, cfg, given, run_id) if wanted else 0
     if unknown:
         raise IdresError(
             f"{unknown} of the given record(s) are held in no table and not in the erasure register (source "
@@ -142,12 +143,19 @@ def find_subject(
     return Subject(records=subject, profile_ids=tuple(sorted(profile_ids)), reference=reference)
 
 
-def held_records(spark: SparkSession, t: TablePaths, records: DataFrame, run_id: str) -> int:
+def held_records(spark: SparkSession, cfg: PipelineConfig, records: DataFrame, run_id: str) -> int:
     """How many of the distinct (source_system, source_record_id) records some record table holds (as the run
-    first found it) or the erasure register names: a reference that matches none is a typo, not a subject."""
+    first found it; a quarantined line holds every record it names) or the erasure register names: a reference
+    that matches none is a typo, not a subject."""
+    t = cfg.tables
     keys = records.select(*SUBJECT).distinct()
     tables = [getattr(t, name) for name in RECORD_TABLES if delta_io.table_exists(getattr(t, name))]
     held = [as_first_found(spark, path, run_id).select(*SUBJECT) for path in tables]
+    for name, id_fields in quarantine_id_fields(cfg).items():
+        if delta_io.table_exists(path := getattr(t, name)):
+            named = named_by_source(F.col("raw_record"), id_fields)
+            lines = as_first_found(spark, path, run_id)
+            held.append(lines.select("source_system", F.explode(named).alias("source_record_id")))
     found = reduce(DataFrame.unionByName, held, keys.limit(0)).join(keys, list(SUBJECT), "left_semi").distinct()
     if delta_io.table_exists(t.erasure_register):
         register = as_first_found(spark, t.erasure_register, run_id).select("subject_hash")
@@ -176,18 +184,37 @@ def _withheld(row: dict[str, Any], columns: Iterable[str]) -> dict[str, Any]:
     return {k: None if k in columns else v for k, v in row.items()}
 
 
+def quarantine_id_fields(cfg: PipelineConfig) -> dict[str, dict[str, str]]:
+    """Each quarantine table (by name), with the id field by which its sources' JSON Lines text names records."""
+    return {"quarantine": json_id_fields(cfg), "consent_quarantine": json_id_fields(cfg, consent=True)}
+
+
+def subjects_lines(lines: DataFrame, subject: Subject, id_fields: Mapping[str, str]) -> DataFrame:
+    """The quarantined lines (of a table read as lines) that are the subject's: held under one of its records,
+    or naming one of them beside another record (joined records, jobs.ingest.named_record_ids)."""
+    keys = subject.records.select(F.col("source_system").alias("_system"), F.col("source_record_id").alias("_id"))
+    named = lines.withColumn("_named", named_by_source(F.col("raw_record"), id_fields))
+    held_or_named = (F.col("source_system") == F.col("_system")) & (
+        (F.col("source_record_id") == F.col("_id")) | F.coalesce(F.array_contains("_named", F.col("_id")), F.lit(False))
+    )
+    return named.join(F.broadcast(keys), held_or_named, "left_semi").drop("_named")
+
+
 def _quarantined_rows(
-    spark: SparkSession, path: Path, subject: Subject, id_fields: Mapping[str, str | None]
+    spark: SparkSession, path: Path, subject: Subject, id_fields: Mapping[str, str]
 ) -> list[dict[str, Any]]:
-    """The subject's quarantined rows, each with `raw_record_withheld`: a line that names several records (an
-    exporter joined them; jobs.ingest.names_several_records, by its source's id field in id_fields) keeps its
-    reason, file and hash but not its text, which holds another person's values (GDPR Art. 15(4))."""
-    rows = _table_rows(spark, path, subject, "record")
-    several = [names_several_records(r["raw_record"], id_fields.get(r["source_system"])) for r in rows]
-    return [
-        {**(_withheld(row, ["raw_record"]) if withheld else row), "raw_record_withheld": withheld}
-        for row, withheld in zip(rows, several, strict=True)
-    ]
+    """The subject's quarantined lines (subjects_lines), each with `raw_record_withheld`: a line that names
+    several records keeps its reason, file and hash but not its text, which holds another person's values
+    (GDPR Art. 15(4))."""
+    if not delta_io.table_exists(path):
+        return []
+    several = F.coalesce(F.size(named_by_source(F.col("raw_record"), id_fields)) > 1, F.lit(False))
+    lines = subjects_lines(delta_io.read_delta(spark, path), subject, id_fields)
+    return _rows(
+        lines.withColumn("raw_record_withheld", several).withColumn(
+            "raw_record", F.when(~F.col("raw_record_withheld"), F.col("raw_record"))
+        )
+    )
 
 
 def own_profile_rows(
@@ -244,6 +271,7 @@ def export_subject(spark: SparkSession, cfg: PipelineConfig, subject: Subject) -
     of its profiles, only what its own records supplied (own_profile_rows)."""
     t = cfg.tables
     ids = [r["record_id"] for r in subject.records.collect()]
+    id_fields = quarantine_id_fields(cfg)
     matches = []
     if delta_io.table_exists(t.pairwise_matches):
         pairs = delta_io.read_delta(spark, t.pairwise_matches)
@@ -270,17 +298,12 @@ def export_subject(spark: SparkSession, cfg: PipelineConfig, subject: Subject) -
         "match_evidence": matches,
         "record_profiles": _table_rows(spark, t.record_profiles, subject, "record"),
         "source_records_as_landed": _table_rows(spark, t.bronze, subject, "record"),
-        "source_records_quarantined": _quarantined_rows(
-            spark, t.quarantine, subject, {s.name: s.columns.get("source_record_id") for s in cfg.sources}
-        ),
+        "source_records_quarantined": _quarantined_rows(spark, t.quarantine, subject, id_fields["quarantine"]),
         "source_records_standardized": _table_rows(spark, t.silver, subject, "record"),
         "source_records_admitted": _table_rows(spark, t.admitted, subject, "record"),
         "consent_events": _table_rows(spark, t.consent_ledger, subject, "record"),
         "consent_events_quarantined": _quarantined_rows(
-            spark,
-            t.consent_quarantine,
-            subject,
-            {s.name: s.consent_feed.columns.get("source_record_id") for s in cfg.sources if s.consent_feed},
+            spark, t.consent_quarantine, subject, id_fields["consent_quarantine"]
         ),
         "effective_consent": _table_rows(spark, t.effective_consent, subject, "record"),
         "consent_gate_decisions": _table_rows(spark, t.consent_audit, subject, "record"),
@@ -288,7 +311,7 @@ def export_subject(spark: SparkSession, cfg: PipelineConfig, subject: Subject) -
     }
 
 
-def distinguishing_values(spark: SparkSession, t: TablePaths, subject: Subject, run_id: str) -> set[str]:
+def distinguishing_values(spark: SparkSession, cfg: PipelineConfig, subject: Subject, run_id: str) -> set[str]:
     """The subject's identifying values that no other record holds: what must not survive erasure (read as the
     run first found bronze, quarantine and silver, so a retry checks for the values its first attempt deleted)."""
 
@@ -299,23 +322,32 @@ def distinguishing_values(spark: SparkSession, t: TablePaths, subject: Subject, 
         exploded = df.select(F.explode(F.array(*[F.col(c).cast("string") for c in columns])).alias("v"))
         return {r["v"] for r in exploded.where(F.length("v") >= 3).distinct().collect()}
 
-    raw_fields = ", ".join(f"`{c}` string" for c in IDENTIFYING)
+    def parsed(lines: DataFrame) -> DataFrame:  # the raw record as JSON (unparsable text holds no named values)
+        raw_fields = ", ".join(f"`{c}` string" for c in IDENTIFYING)
+        return lines.select(*SUBJECT, F.from_json("raw_record", raw_fields).alias("_raw")).select(*SUBJECT, "_raw.*")
+
+    t = cfg.tables
     keys = subject.records.select(*SUBJECT)
     mine: set[str] = set()
     others: set[str] = set()
+    others_lines = None  # the quarantined lines the erasure keeps
     for path in (t.bronze, t.quarantine, t.silver):
         if delta_io.table_exists(path):
             df = as_first_found(spark, path, run_id)
-            if path == t.quarantine:  # the raw record as JSON (unparsable text holds no named values)
-                df = df.select(*SUBJECT, F.from_json("raw_record", raw_fields).alias("_raw")).select(*SUBJECT, "_raw.*")
-            mine |= values(df.join(keys, list(SUBJECT)))
-            others |= values(df.join(keys, list(SUBJECT), "left_anti"))
+            theirs = df.join(keys, list(SUBJECT), "left_anti")
+            if path == t.quarantine:  # a line naming the subject beside another record goes too (subjects_lines)
+                subjects = subjects_lines(df, subject, quarantine_id_fields(cfg)["quarantine"])
+                others_lines = theirs = df.join(subjects, list(QUARANTINE_KEYS), "left_anti")
+                mine |= values(parsed(df.join(keys, list(SUBJECT))))
+                others |= values(parsed(theirs))
+            else:
+                mine |= values(df.join(keys, list(SUBJECT)))
+                others |= values(theirs)
     candidates = mine - others
-    if candidates and delta_io.table_exists(t.quarantine):
+    if candidates and others_lines is not None:
         # Another record's quarantined text that is no JSON (a CSV line) names no field, but holds its values too.
-        quarantined = as_first_found(spark, t.quarantine, run_id).join(keys, list(SUBJECT), "left_anti")
         quoting = reduce(lambda a, b: a | b, [F.col("raw_record").contains(v) for v in candidates])
-        candidates -= scan_texts([r["raw_record"] for r in quarantined.where(quoting).collect()], candidates)
+        candidates -= scan_texts([r["raw_record"] for r in others_lines.where(quoting).collect()], candidates)
     return candidates
 
 
@@ -448,7 +480,7 @@ def erase_subject(spark: SparkSession, cfg: PipelineConfig, subject: Subject, ru
     t = cfg.tables
     exports = cfg.reports / REQUESTS_DIR
     job = {"run_id": run_id, "job": JOB}
-    evidence = distinguishing_values(spark, t, subject, run_id)
+    evidence = distinguishing_values(spark, cfg, subject, run_id)
     if not evidence and _erased_before(spark, t, subject, run_id):
         raise IdresError(
             f"subject {subject.reference} is in the erasure register already and none of its values is held any "
@@ -467,6 +499,10 @@ def erase_subject(spark: SparkSession, cfg: PipelineConfig, subject: Subject, ru
     keys = subject.records.select(*SUBJECT)
     for name in RECORD_TABLES:
         deleted[name] = delta_io.delete_matching(keys, getattr(t, name), **job)
+    for name, id_fields in quarantine_id_fields(cfg).items():  # the lines that name the subject beside another
+        if delta_io.table_exists(path := getattr(t, name)):
+            lines = subjects_lines(as_first_found(spark, path, run_id), subject, id_fields)
+            deleted[name] += delta_io.delete_matching(lines.select(*QUARANTINE_KEYS), path, **job)
     ids = subject.records.select("record_id")
     deleted["pairwise_matches"] = sum(
         delta_io.delete_matching(ids.withColumnRenamed("record_id", side), t.pairwise_matches, **job)
@@ -612,7 +648,7 @@ def run(
             pending.unlink(missing_ok=True)
             log.info("erase of run %s is done; its certificate: %s", run_id, done)
             return done
-    subject = find_subject(spark, cfg.tables, records, profile_id or None, run_id)
+    subject = find_subject(spark, cfg, records, profile_id or None, run_id)
     if action == "export":
         path = write_report(cfg, "export", subject.reference, export_subject(spark, cfg, subject))
     elif action == "erase":

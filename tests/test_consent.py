@@ -740,16 +740,20 @@ def test_an_erased_subjects_consent_events_are_not_landed_again(spark, gate_worl
 
     cfg = copy_lakehouse(gate_world[0], tmp_path).with_paths(landing=tmp_path / "landing")
     subject_rights.run(spark, cfg, run_id="sr-1", action="erase", record=["ua_crm:UA-5"])
-    write_consent_feed(cfg, "ua_crm", GOOD_EVENTS + BAD_EVENTS)  # the feed still delivers the subject's events
+    # The feed still delivers the subject's events, one of them on a line joined to another subject's event.
+    joined = event("UA-1", "analytics", "consent", "granted", "2025-03-01T10:00:00Z") + event(
+        "UA-5", "analytics", "consent", "denied", "2025-03-01T10:00:00Z"
+    )
+    write_consent_feed(cfg, "ua_crm", [*GOOD_EVENTS, *BAD_EVENTS, joined])
     assert len([e for e in GOOD_EVENTS + BAD_EVENTS if '"subject_id": "UA-5"' in e]) == 8
 
     result = consent.run(spark, cfg, run_id="r4", cutoff=CUTOFF)
 
-    assert result.events_quarantined == {ingest.ERASED_SUBJECT: 8, "malformed_record": 1}
-    assert result.events_read == len(GOOD_EVENTS) + len(BAD_EVENTS)
+    assert result.events_quarantined == {ingest.ERASED_SUBJECT: 9, "malformed_record": 1}
+    assert result.events_read == len(GOOD_EVENTS) + len(BAD_EVENTS) + 1
     runs = delta_io.read_delta(spark, cfg.tables.consent_runs).where("run_id = 'r4'").drop("landed_at")
     expected = spark.createDataFrame(
-        [("r4", "ua_crm", 18, 9, 9, dt.datetime(2026, 6, 1, tzinfo=UTC), cfg.policy.fingerprint)], runs.schema
+        [("r4", "ua_crm", 19, 9, 10, dt.datetime(2026, 6, 1, tzinfo=UTC), cfg.policy.fingerprint)], runs.schema
     )
     assert_df_equality(runs, expected, ignore_nullable=True)
     for table in (cfg.tables.consent_ledger, cfg.tables.effective_consent, cfg.tables.consent_quarantine):

@@ -296,25 +296,29 @@ def test_a_jsonl_line_holding_anything_but_one_json_object_is_quarantined_whole(
     assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
 
 
-@pytest.mark.parametrize(
-    ("line", "several"),
-    [
-        ('{"id_client": "R1", "nume": "Pop"}{"id_client": "R2", "nume": "Ion"}', True),
-        ('{"id_client": "R7", "nume": "Pop"}, {"id_client": "R8", "nume": "Ion"}', True),
-        ('[{"id_client": "R1"}, {"id_client" : "R2"}]', True),
-        ("{'id_client': 'R9'} {'id_client': 'R10'}", True),  # single-quoted, as the lenient reader takes them
-        ('{"id_client": "R3", "nume": "Pop"} garbage', False),
-        ("{'id_client': 'R9', 'nume': 'Pop'}", False),
-        ('{"id_client": "R1", "nota": "\\"id_client\\": R2"}', False),  # the name inside a value is no key
-        ('{"id_client_vechi": "R0", "id_client": "R1"}', False),
-        ('{"id_client": "R1", "nume": "Pop"}{"id_client": "R1", "nume": "Pop"}', False),  # one record, twice
-        ('{"id_client": 17}{"id_client": 18}', True),
-        ("R1;Pop;Ion;;extra", False),  # CSV text names no key
-        (None, False),  # an erased subject's row holds no text
-    ],
-)
-def test_a_quarantined_line_names_several_records_when_it_gives_the_id_key_two_values(line, several):
-    assert ingest.names_several_records(line, "id_client") is several
+def test_named_record_ids_are_the_values_a_line_gives_the_id_key(spark):
+    """A line that gives the id key several values joins several records (an exporter's error); a value that
+    only contains the key's name, or a longer key, names none."""
+    lines = [
+        ('{"id_client": "R1", "nume": "Pop"}{"id_client": "R2", "nume": "Ion"}', ["R1", "R2"]),
+        ('{"id_client": "R7", "nume": "Pop"}, {"id_client": "R8", "nume": "Ion"}', ["R7", "R8"]),
+        ('[{"id_client": "R1"}, {"id_client" : "R2"}]', ["R1", "R2"]),
+        ("{'id_client': 'R9'} {'id_client': 'R10'}", ["R9", "R10"]),  # single-quoted, as the lenient reader takes them
+        ('{"id_client": "R3", "nume": "Pop"} garbage', ["R3"]),
+        ("{'id_client': 'R9', 'nume': 'Pop'}", ["R9"]),
+        ('{"id_client": "R1", "nota": "\\"id_client\\": R2"}', ["R1"]),  # the name inside a value is no key
+        ('{"id_client_vechi": "R0", "id_client": "R1"}', ["R1"]),
+        ('{"id_client": "R1", "nume": "Pop"}{"id_client": "R1", "nume": "Pop"}', ["R1"]),  # one record, twice
+        ('{"id_client": 17}{"id_client": 18}', ["17", "18"]),
+        ("R1;Pop;Ion;;extra", []),  # CSV text names no key
+        (None, None),  # an erased subject's row holds no text
+    ]
+    schema = "line string, ids array<string>"
+    actual = spark.createDataFrame([(line, None) for line, _ in lines], schema).select(
+        "line", ingest.named_record_ids(F.col("line"), "id_client").alias("ids")
+    )
+    expected = spark.createDataFrame(lines, schema)
+    assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
 
 
 def test_a_jsonl_record_ends_at_lf_only_and_a_line_python_cannot_parse_is_quarantined(spark, cfg, tmp_path):

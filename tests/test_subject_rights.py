@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import io
 import json
 import re
@@ -483,6 +484,44 @@ def test_an_export_withholds_the_text_of_a_quarantined_line_that_holds_another_p
     own = '{"id_client": "RO-77", "nume": "Xqxfirst"} trailing text'  # malformed, but only this person's
     (row,) = exported(own)["source_records_quarantined"]
     assert (row["raw_record"], row["raw_record_withheld"]) == (own, False)
+
+
+def test_the_second_record_of_a_joined_line_finds_it_and_its_erasure_outlasts_a_rerun_of_the_extract(
+    spark, pristine, tmp_path
+):
+    """The line is held under its first record's id, yet it holds the second person's values too: their access
+    request lists it (text withheld), their erasure deletes it, and ingesting the extract again keeps the line
+    without content, under the erased record's hash."""
+    cfg = copy_lakehouse(pristine, tmp_path)
+    source = dataclasses.replace(cfg.source("ro_shop"), path=tmp_path / "customers.jsonl")
+    cfg = dataclasses.replace(cfg, sources=(source,))
+
+    def record(record_id: str, last_name: str) -> str:
+        fields = dict.fromkeys(source.columns.values(), "x") | {"id_client": record_id, "nume": last_name}
+        fields |= {"data_nasterii": "1990-01-01", "actualizat_la": "2024-01-01T00:00:00+02:00"}
+        return json.dumps(fields)
+
+    joined = record("RO-77", "Xqxfirst") + record("RO-78", "Xqxsecond")
+    quarantine_one(spark, cfg, {"source_system": "ro_shop", "source_record_id": "RO-77"}, "malformed_record", joined)
+
+    export_path = subject_rights.run(spark, cfg, run_id="sr-j1", action="export", record=["ro_shop:RO-78"])
+    (row,) = json.loads(export_path.read_text(encoding="utf-8"))["source_records_quarantined"]
+    assert (row["source_record_id"], row["raw_record"], row["raw_record_withheld"]) == ("RO-77", None, True)
+
+    certificate_path = subject_rights.run(spark, cfg, run_id="sr-j2", action="erase", record=["ro_shop:RO-78"])
+    assert json.loads(certificate_path.read_text(encoding="utf-8"))["rows_deleted"]["quarantine"] == 1
+    assert delta_io.read_delta(spark, cfg.tables.quarantine).count() == 0
+
+    source.path.write_text(record("RO-1", "Pop") + "\n" + joined + "\n", encoding="utf-8")
+    assert ingest.run(spark, cfg, run_id="rerun").reconciled
+    kept = (
+        delta_io.read_delta(spark, cfg.tables.quarantine)
+        .where(F.col("run_id") == "rerun")
+        .select("source_system", "source_record_id", "reason", "raw_record", "raw_hash")
+    )
+    erased_hash = hashlib.sha256(b"idres-subject:ro_shop:RO-78").hexdigest()
+    expected = spark.createDataFrame([("ro_shop", None, ingest.ERASED_SUBJECT, None, erased_hash)], kept.schema)
+    assert_df_equality(kept, expected, ignore_row_order=True, ignore_nullable=True)
 
 
 def test_a_stray_file_holding_the_subjects_values_is_named_and_the_retry_after_its_removal_finishes(
