@@ -159,17 +159,25 @@ def json_lines(lines: DataFrame, schema: T.StructType, id_field: str | None = No
 
 
 def named_record_ids(text: Column, id_field: str) -> Column:
-    """The distinct values a quarantined line's text gives id_field, as a key double- or single-quoted (null for
-    null text). More than one: an exporter joined records on one line, or wrote an array of them. json_lines
-    holds such a line under its first record's id, yet it holds the others' values too, so an access export
-    withholds its text and a request or an erasure for any record it names finds it (jobs.subject_rights). The
-    same id twice is one record's."""
-    value = r"""\s*:\s*(?:"((?:[^"\\]|\\.)*)"|'([^']*)'|([^\s,}\]]+))"""
+    """The distinct ids a quarantined line's text gives id_field, as a key double- or single-quoted, decoded from
+    JSON and trimmed as landed ids are (null for null text). More than one: an exporter joined records on one
+    line, or wrote an array of them. json_lines holds such a line under its first record's id, yet it holds the
+    others' values too, so an access export withholds its text, and a request or an erasure for any record it
+    names finds it (jobs.subject_rights). The same id twice is one record's.
+
+    Text that failed to parse has no reliable structure, so the key counts wherever it stands (in a nested
+    object too): an erasure then takes a line that may name its subject rather than keep one that does."""
+    # Possessive quantifiers: the JVM's regex engine recurses per repetition of a backtracking group, and a
+    # 1 MB value would overflow its stack (which kills the executor, not just the task).
+    value = r"""\s*:\s*(?:"([^"\\]*+(?:\\.[^"\\]*+)*+)"|'([^']*+)'|([^\s,}\]]++))"""
     pattern = F.lit(rf"[\"']{re.escape(id_field)}[\"']{value}")
     # One of the three groups takes part in each match; the others extract as "".
     double, single, bare = (F.regexp_extract_all(text, pattern, F.lit(group)) for group in (1, 2, 3))
-    joined = F.zip_with(F.zip_with(double, single, lambda a, b: F.concat(a, b)), bare, lambda a, b: F.concat(a, b))
-    return F.array_distinct(joined)
+    decoded = F.transform(
+        double, lambda v: F.coalesce(F.get_json_object(F.concat(F.lit('{"v":"'), v, F.lit('"}')), "$.v"), v)
+    )
+    joined = F.zip_with(F.zip_with(decoded, single, lambda a, b: F.concat(a, b)), bare, lambda a, b: F.concat(a, b))
+    return F.array_distinct(F.filter(F.transform(joined, trimmed), lambda v: v != ""))
 
 
 def named_by_source(text: Column, id_fields: Mapping[str, str]) -> Column:
@@ -193,16 +201,16 @@ def json_id_fields(cfg: PipelineConfig, consent: bool = False) -> dict[str, str]
 def suppress_erased_named_records(
     validated: DataFrame, erased: DataFrame | None, id_fields: Mapping[str, str]
 ) -> DataFrame:
-    """Rows whose quarantined line names an erased record beside its own (joined records, see
-    named_record_ids) get the reason erased_subject and that record's id, so to_quarantine keeps no content of
-    them: an erasure is not undone by the line that joined the subject to another record. Scans `validated`
-    twice when there is a register, so give it persisted rows."""
+    """Rows whose quarantined line names an erased record (beside its own, in joined records, or where the
+    lenient reader found no id; see named_record_ids) get the reason erased_subject and that record's id, so
+    to_quarantine keeps no content of them: an erasure is not undone by a line that holds the subject. Scans
+    `validated` twice when there is a register, so give it persisted rows."""
     if erased is None or not id_fields:
         return validated
     named = named_by_source(F.col(CORRUPT), id_fields)
     hashes = erased.select(F.col("subject_hash").alias("_erased")).distinct()
     erased_lines = (
-        validated.where(F.size(named) > 1)
+        validated.where(F.size(named) > 0)
         .select("source_system", CORRUPT, F.explode(named).alias("_named"))
         .join(F.broadcast(hashes), subject_hash("source_system", "_named") == F.col("_erased"), "left_semi")
         .groupBy("source_system", CORRUPT)

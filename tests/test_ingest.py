@@ -312,6 +312,9 @@ def test_named_record_ids_are_the_values_a_line_gives_the_id_key(spark):
         ('{"id_client": 17}{"id_client": 18}', ["17", "18"]),
         ("R1;Pop;Ion;;extra", []),  # CSV text names no key
         (None, None),  # an erased subject's row holds no text
+        ('{"id_client": "RO\\/78"}{"id_client": "\\u015eT-1 "}', ["RO/78", "ŞT-1"]),  # as landed: decoded, trimmed
+        ('{"id_client": "R4", "nume": NaN}', ["R4"]),  # held under no id: no lenient reader finds one
+        ('{"id_client": " "}', []),
     ]
     schema = "line string, ids array<string>"
     actual = spark.createDataFrame([(line, None) for line, _ in lines], schema).select(
@@ -319,6 +322,16 @@ def test_named_record_ids_are_the_values_a_line_gives_the_id_key(spark):
     )
     expected = spark.createDataFrame(lines, schema)
     assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
+
+
+def test_named_record_ids_read_a_megabyte_value_without_overflowing_the_jvms_stack(spark):
+    value = "x" * 1_000_000
+    escaped = 'a\\"' * 100_000  # every other character an escape
+    lines = [f'{{"id_client": "{value}"}}', f'{{"id_client": "{escaped}"}}{{"id_client": "R2"}}']
+    named = spark.createDataFrame([(line,) for line in lines], "line string").select(
+        ingest.named_record_ids(F.col("line"), "id_client").alias("ids")
+    )
+    assert [[len(i) for i in r["ids"]] for r in named.collect()] == [[1_000_000], [200_000, 2]]
 
 
 def test_a_jsonl_record_ends_at_lf_only_and_a_line_python_cannot_parse_is_quarantined(spark, cfg, tmp_path):

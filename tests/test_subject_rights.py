@@ -491,10 +491,9 @@ def test_the_second_record_of_a_joined_line_finds_it_and_its_erasure_outlasts_a_
 ):
     """The line is held under its first record's id, yet it holds the second person's values too: their access
     request lists it (text withheld), their erasure deletes it, and ingesting the extract again keeps the line
-    without content, under the erased record's hash."""
+    without content, under the erased record's hash (and so a line of theirs held under no id)."""
     cfg = copy_lakehouse(pristine, tmp_path)
     source = dataclasses.replace(cfg.source("ro_shop"), path=tmp_path / "customers.jsonl")
-    cfg = dataclasses.replace(cfg, sources=(source,))
 
     def record(record_id: str, last_name: str) -> str:
         fields = dict.fromkeys(source.columns.values(), "x") | {"id_client": record_id, "nume": last_name}
@@ -509,11 +508,14 @@ def test_the_second_record_of_a_joined_line_finds_it_and_its_erasure_outlasts_a_
     assert (row["source_record_id"], row["raw_record"], row["raw_record_withheld"]) == ("RO-77", None, True)
 
     certificate_path = subject_rights.run(spark, cfg, run_id="sr-j2", action="erase", record=["ro_shop:RO-78"])
-    assert json.loads(certificate_path.read_text(encoding="utf-8"))["rows_deleted"]["quarantine"] == 1
+    certificate = json.loads(certificate_path.read_text(encoding="utf-8"))
+    assert certificate["rows_deleted"]["quarantine"] == 1
+    assert certificate["re_resolution"] == "published: the gold suites passed it"
     assert delta_io.read_delta(spark, cfg.tables.quarantine).count() == 0
 
-    source.path.write_text(record("RO-1", "Pop") + "\n" + joined + "\n", encoding="utf-8")
-    assert ingest.run(spark, cfg, run_id="rerun").reconciled
+    unread = record("RO-78", "Xqxsecond")[:-1] + ', "nota": NaN}'  # no JSON: quarantined under no id
+    source.path.write_text("\n".join([record("RO-1", "Pop"), joined, unread]) + "\n", encoding="utf-8")
+    assert ingest.run(spark, dataclasses.replace(cfg, sources=(source,)), run_id="rerun").reconciled
     kept = (
         delta_io.read_delta(spark, cfg.tables.quarantine)
         .where(F.col("run_id") == "rerun")
