@@ -21,7 +21,9 @@ import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
+from datetime import date
 from functools import partial
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 import expectations
+import jobs
 from expectations import (
     SAFE_RESULT_FORMAT,
     QualityInputs,
@@ -49,7 +52,7 @@ from jobs.config import GOLD_TABLES, PUBLISHED_TABLES, PipelineConfig
 from jobs.errors import IdresError
 from jobs.profile_ids import IDENTITY_EVENTS_SCHEMA, REGISTRY_SCHEMA
 from jobs.publication import JOB, PublishResult, finish_interrupted_publication, publish, require_whole_resolution
-from jobs.report import write_auditor_report
+from jobs.report import REPORT_FILE, write_auditor_report
 from jobs.runner import run_job
 from jobs.spark_session import run_at_once, size_stage_to_input
 
@@ -309,16 +312,21 @@ def _stable(value: Any) -> Any:
 
 def inputs_fingerprint(cfg: PipelineConfig) -> str:
     """SHA-256 of what a gate run's outcome depends on: the version of every table and staged candidate, the
-    configuration, and the code of the suites. A refused run retried with the same fingerprint would be refused
-    again (GX on the same frames finds the same)."""
+    configuration, the day (the silver suite checks dates of birth against it), the code of the suites and of
+    the jobs modules they import, and the versions of GX and Spark. A refused run retried with the same
+    fingerprint would be refused again (GX on the same frames finds the same)."""
     t = cfg.tables
     tables = {**t.all(), **{f"staged/{name}": t.staged(name) for name in PUBLISHED_TABLES}}
-    code = [*sorted(Path(expectations.__file__).parent.glob("*.py")), Path(__file__)]
-    digest = hashlib.sha256()
-    digest.update(json.dumps({n: delta_io.table_version(p) for n, p in sorted(tables.items())}).encode())
-    digest.update(json.dumps(asdict(cfg), sort_keys=True, default=_stable).encode())
-    for path in code:
-        digest.update(path.read_bytes())
+    inputs = {
+        "tables": {n: delta_io.table_version(p) for n, p in sorted(tables.items())},
+        "configuration": asdict(cfg),
+        "today": date.today().isoformat(),
+        "packages": {name: metadata.version(name) for name in ("great_expectations", "pyspark")},
+    }
+    digest = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=_stable).encode())
+    for package in (expectations, jobs):
+        for path in sorted(Path(package.__file__).parent.glob("*.py")):
+            digest.update(path.read_bytes())
     return digest.hexdigest()
 
 
@@ -410,6 +418,8 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> GateResult:
     recorded = read_outcome(report_dir)
     if recorded is not None and not recorded.success and recorded.inputs == fingerprint:
         log.info("quality gate: run %s was refused on these very inputs; not validated again", run_id)
+        if not (report_dir / REPORT_FILE).is_file():  # the refused attempt died before its auditor report
+            write_auditor_report(cfg, run_id, report_dir)
         raise refusal(cfg, recorded, report_dir, again=True)  # an Airflow retry of a refusal costs no second gate
     checks = gate_checks(spark, cfg)  # names any missing table before the admitted count reads one
     size_stage_to_input(spark, cfg.spark, delta_io.row_count(cfg.tables.admitted))

@@ -24,7 +24,7 @@ from expectations import silver as silver_suite
 from expectations.profile_lineage import supplied_columns
 from expectations.profile_sources import with_source_checks
 from expectations.profiles import cell_compliance
-from jobs import delta_io, resolve, unify
+from jobs import delta_io, quality_gate, resolve, unify
 from jobs.canonical import SUBJECT
 from jobs.config import PUBLISHED_TABLES
 from jobs.profile_ids import IDENTITY_EVENTS_SCHEMA, REGISTRY_SCHEMA
@@ -33,6 +33,7 @@ from jobs.quality_gate import (
     QualityOutcome,
     checked_frame,
     gate_checks,
+    inputs_fingerprint,
     read_outcome,
     run,
     validate,
@@ -173,12 +174,15 @@ def test_a_profile_with_a_marketing_email_without_consent_fails_the_gate_and_pub
     assert {s["engine"] for s in on_spark.suites} == {"spark"}
     assert [{**s, "engine": "-"} for s in on_spark.suites] == [{**s, "engine": "-"} for s in quality["suites"]]
 
-    # A retry on the same inputs (Airflow's) is refused at once: the same failures, no second validation.
+    # A retry on the same inputs (Airflow's) is refused at once: the same failures, no second validation; it
+    # writes the auditor report only when the refused attempt died before it.
     docs = run_dir / "data_docs" / "index.html"
     built = docs.stat().st_mtime_ns
+    (run_dir / "index.html").unlink()
     with pytest.raises(QualityGateError, match="refused again, not validated") as again:
         run(spark, cfg, run_id="run-2")
     assert CONSENT_FAILURE in str(again.value) and docs.stat().st_mtime_ns == built
+    assert "FAILED, not published" in (run_dir / "index.html").read_text()
     # Any change to what the outcome depends on (here a setting) validates again.
     changed = dataclasses.replace(cfg, quality=dataclasses.replace(cfg.quality, pandas_max_rows=100_000))
     with pytest.raises(QualityGateError) as validated:
@@ -186,6 +190,21 @@ def test_a_profile_with_a_marketing_email_without_consent_fails_the_gate_and_pub
     assert CONSENT_FAILURE in str(validated.value) and "refused again" not in str(validated.value)
     assert docs.stat().st_mtime_ns != built
     assert published_versions(cfg) == before
+
+
+def test_the_inputs_fingerprint_changes_with_the_day_that_dates_of_birth_are_checked_against(gated, monkeypatch):
+    """A date of birth of tomorrow fails today's gate and passes tomorrow's: a retry then validates again."""
+    cfg = gated[0]
+    today = inputs_fingerprint(cfg)
+    assert inputs_fingerprint(cfg) == today
+
+    class Tomorrow(dt.date):
+        @classmethod
+        def today(cls) -> dt.date:
+            return dt.date.today() + dt.timedelta(days=1)
+
+    monkeypatch.setattr(quality_gate, "date", Tomorrow)
+    assert inputs_fingerprint(cfg) != today
 
 
 def test_a_quality_json_cut_short_reads_as_none_and_a_whole_one_as_written(tmp_path):
