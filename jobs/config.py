@@ -985,6 +985,8 @@ def _load_survivorship(
     for name in priority:
         if source_names and name not in source_names:
             problems.add(file, "source_priority", f"'{name}' is not a source in sources.yaml")
+    for name in sorted({n for n in priority if priority.count(n) > 1}):
+        problems.add(file, "source_priority", f"'{name}' is listed more than once: the order would be ambiguous")
     attributes = problems.require(file, "", raw, "attributes", dict) or {}
     rules: list[SurvivorshipRule] = []
     seen: dict[str, str] = {}

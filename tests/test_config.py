@@ -372,6 +372,16 @@ def test_a_list_item_that_is_itself_a_list_or_mapping_is_named_instead_of_crashi
     assert err.value.problems == [f"{file}: {problem}"]
 
 
+def test_a_source_listed_twice_in_source_priority_is_named(tmp_path):
+    """The later position would win silently, against the order the file shows first."""
+    priority = ["eu_loyalty", "ro_shop", "eu_loyalty", "ua_crm"]
+    with pytest.raises(ConfigError) as err:
+        load_config(_edited_conf(tmp_path, "survivorship.yaml", (("source_priority",), priority)))
+    assert err.value.problems == [
+        "survivorship.yaml: source_priority: 'eu_loyalty' is listed more than once: the order would be ambiguous"
+    ]
+
+
 @pytest.mark.parametrize("file", ["pipeline.yaml", "policy.yaml", "splink.yaml"])
 def test_a_conf_file_that_is_not_utf8_is_named(tmp_path, file):
     conf = tmp_path / "conf"
