@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
+import zoneinfo
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -59,9 +61,20 @@ TIMESTAMP_FIELDS = ("event_time", "recorded_at", "expires_at")
 # An ISO 8601 date and time (seconds optional), and the same followed by a time zone: an offset, Z, UTC or a
 # region id. Spark alone also reads a bare time as that time today, and a date-only value as its midnight.
 ISO_DATE_TIME = r"^\d{4}-\d{2}-\d{2}([Tt ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?)?"
+# IANA ids without an area (GMT, EET, EST5EDT): Java reads its own short ids too, most of them no IANA id and
+# read as a zone the feed hardly meant (BST as Asia/Dhaka, IST as Asia/Kolkata, PST as America/Los_Angeles).
+AREA_LESS_ZONES = sorted(
+    (z for z in zoneinfo.available_timezones() if "/" not in z and z not in ("localtime", "Factory")), key=len
+)
 # IANA ids with or without an area (Asia/Ust-Nera, Etc/GMT+2, GMT, EET); an unknown one leaves the time unreadable.
-ZONE = r"\s?([Zz]|UTC|[+-]\d{2}(:?\d{2})?|[A-Za-z]+(/[A-Za-z0-9_+-]+){0,2})$"
-ZONED_DATE_TIME = r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?" + ZONE
+ZONE = (
+    r"\s?([Zz]|UTC|[+-]\d{2}(:?\d{2})?|"
+    + "|".join(re.escape(z) for z in reversed(AREA_LESS_ZONES))  # the longest first: EST5EDT before EST
+    + r"|[A-Za-z]+(/[A-Za-z0-9_+-]+){1,2})$"
+)
+DATE_TIME = r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?"
+ZONED_DATE_TIME = DATE_TIME + ZONE
+NAMED_ZONE = DATE_TIME + r"\s?[A-Za-z]"  # a date and time followed by a zone name, known or not
 # The form nearly every feed writes (RFC 3339 with seconds, an upper-case T, and Z or an offset), which Spark reads
 # as it is: parse_event_time skips its normalizations for it (about 8 s of the consent gate at 2.4M events).
 RFC_3339_DATE_TIME = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$"
@@ -156,8 +169,9 @@ def parse_event_time(raw: Column) -> Column:
     """A feed's timestamp text as an instant: ISO 8601 with a time zone, seconds optional; null otherwise."""
     upper_t_z = F.regexp_replace(F.regexp_replace(raw, r"^(\d{4}-\d{2}-\d{2})t", "$1T"), r"(\d)z$", "$1Z")  # RFC 3339
     with_seconds = F.regexp_replace(upper_t_z, r"^(\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2})(" + ZONE[:-1] + ")$", "$1:00$2")
+    unknown_zone = raw.rlike(NAMED_ZONE) & ~raw.rlike(ZONED_DATE_TIME)  # not left to Java's short ids
     return F.when(raw.rlike(RFC_3339_DATE_TIME), F.try_to_timestamp(raw)).when(
-        raw.rlike(ISO_DATE_TIME), F.try_to_timestamp(with_seconds)
+        raw.rlike(ISO_DATE_TIME) & ~unknown_zone, F.try_to_timestamp(with_seconds)
     )
 
 

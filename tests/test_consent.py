@@ -215,6 +215,11 @@ def test_event_times_must_be_a_zoned_iso_date_and_time(spark, cfg):
         # RFC 3339 as feeds mostly write it, read without the normalizations: an offset and a fraction, a bad date
         ("T18", "consent", "granted", "2025-01-01T12:30:00.25+02:30", None, None, "t18"),
         ("T19", "consent", "granted", "2025-02-30T10:00:00Z", None, None, "t19"),
+        # Java's short ids that IANA does not have (British summer time read as Dhaka's), and an IANA id with digits
+        ("T20", "consent", "granted", "2025-06-01T10:00:00 BST", None, None, "t20"),
+        ("T21", "consent", "granted", "2025-06-01T10:00 IST", None, None, "t21"),
+        ("T22", "consent", "granted", "2025-01-01 10:00:00PST", None, None, "t22"),
+        ("T23", "consent", "granted", "2025-01-01T05:00:00 EST5EDT", None, None, "t23"),
     ]
     actual = consent.assign_consent_reasons(mapped_events(spark, rows), cfg.policy).select(
         "source_record_id", "event_time", ingest.REASON
@@ -240,6 +245,10 @@ def test_event_times_must_be_a_zoned_iso_date_and_time(spark, cfg):
             ("T17", None, "unparseable_timestamp"),
             ("T18", ts("2025-01-01").replace(microsecond=250000), None),
             ("T19", None, "unparseable_timestamp"),
+            ("T20", None, "unparseable_timestamp"),
+            ("T21", None, "unparseable_timestamp"),
+            ("T22", None, "unparseable_timestamp"),
+            ("T23", ts("2025-01-01"), None),
         ],
         actual.schema,
     )
