@@ -83,14 +83,17 @@ def with_permission_checks(
     - `decided_by_latest`: decided_at is the time of the latest live event (of the latest lapsed grant when all
       lapsed; null when there is none);
     - `decided_as_recorded`: the deciding event named is one of the events that may decide (at that time, of
-      the strongest status: a withdrawal before a denial before a grant), and the row's status and basis are
+      the strongest status: a withdrawal before a denial before a grant, then the latest recorded), and the
+      row's status and basis are
       that event's (`expired` for a lapsed grant); with no event, the status is none_recorded and no event is
       named."""
     by_purpose = Window.partitionBy("profile_id", "purpose")
     events = (
         sources.select("profile_id", *SUBJECT)
         .join(
-            ledger.select(*SUBJECT, "purpose", "event_id", "status", "lawful_basis", "event_time", "expires_at"),
+            ledger.select(
+                *SUBJECT, "purpose", "event_id", "status", "lawful_basis", "event_time", "recorded_at", "expires_at"
+            ),
             list(SUBJECT),
         )
         .crossJoin(F.broadcast(applied_cutoff(consent_runs)))
@@ -100,12 +103,14 @@ def with_permission_checks(
         .withColumn("_latest", F.max(F.when(F.col("_may_decide"), F.col("event_time"))).over(by_purpose))
     )
     latest = events.select("profile_id", "purpose", "_latest").distinct()
-    strength = lookup(STATUS_PRECEDENCE)[F.col("status")]
+    # Of the strongest status, then the latest recorded (one with no recorded_at last), as effective consent orders.
+    recorded_late_first = F.coalesce(-F.unix_micros("recorded_at"), F.lit(2**62))
+    precedence = F.struct(lookup(STATUS_PRECEDENCE)[F.col("status")].alias("status"), recorded_late_first.alias("r"))
     deciding = (
         events.where(F.col("_may_decide") & (F.col("event_time") == F.col("_latest")))
-        .withColumn("_strength", strength)
-        .withColumn("_strongest", F.min("_strength").over(by_purpose))
-        .where(F.col("_strength") == F.col("_strongest"))
+        .withColumn("_precedence", precedence)
+        .withColumn("_first", F.min("_precedence").over(by_purpose))
+        .where(F.col("_precedence") == F.col("_first"))
         .select(
             "profile_id",
             "purpose",
@@ -221,8 +226,8 @@ def checks(inputs: QualityInputs) -> list[TableCheck]:
             ),
             must_hold(
                 "decided_as_recorded",
-                "the deciding event named may decide (the latest, of the strongest status), and the status and "
-                "basis are its own",
+                "the deciding event named may decide (the latest, of the strongest status, the latest recorded), "
+                "and the status and basis are its own",
             ),
         ],
     )

@@ -710,28 +710,35 @@ def test_profile_permissions_follow_the_latest_live_consent_event_of_any_of_the_
     ledger = timestamps(
         spark.createDataFrame(
             [
-                ("e1", "r1", "profile_unification", "granted", "contract", "2026-07-01", None),
-                ("e2", "r2", "profile_unification", "granted", "consent", "2026-06-01", None),
-                ("e3", "r1", "marketing_email", "granted", "consent", "2026-09-01", None),
-                ("e4", "r2", "marketing_email", "withdrawn", "consent", "2026-10-01", None),
-                ("e5", "r2", "marketing_email", "granted", "consent", "2026-12-01", None),  # after the cutoff
-                ("e6", "r1", "analytics", "granted", "consent", "2026-08-01", "2026-10-15"),  # lapsed, the only one
+                ("e1", "r1", "profile_unification", "granted", "contract", "2026-07-01", None, None),
+                ("e2", "r2", "profile_unification", "granted", "consent", "2026-06-01", None, None),
+                ("e3", "r1", "marketing_email", "granted", "consent", "2026-09-01", None, None),
+                ("e4", "r2", "marketing_email", "withdrawn", "consent", "2026-10-01", None, None),
+                ("e5", "r2", "marketing_email", "granted", "consent", "2026-12-01", None, None),  # after the cutoff
+                ("e6", "r1", "analytics", "granted", "consent", "2026-08-01", "2026-10-15", None),  # lapsed, alone
+                # p2: two grants at one instant; the later recorded (on a basis SMS does not accept) decides
+                ("e7", "r3", "marketing_sms", "granted", "consent", "2026-09-01", None, "2026-09-01 10:00:00"),
+                ("e8", "r4", "marketing_sms", "granted", "contract", "2026-09-01", None, "2026-09-02 10:00:00"),
             ],
             "event_id string, source_record_id string, purpose string, status string, lawful_basis string, "
-            "event_time string, expires_at string",
+            "event_time string, expires_at string, recorded_at string",
         ),
         "event_time",
         "expires_at",
+        "recorded_at",
     ).withColumns({"source_system": F.lit("s"), "run_id": F.lit("c1")})
     runs = spark.createDataFrame(
         [("c1", "s", 0, 0, 0, cutoff, cutoff)], CONSENT_TABLES["consent_runs"].replace("timestamp", "string")
     ).transform(timestamps, "landed_at", "cutoff")
-    sources = spark.createDataFrame([("p1", "s", "r1"), ("p1", "s", "r2")], CONSENT_TABLES["profile_sources"])
+    sources = spark.createDataFrame(
+        [("p1", "s", "r1"), ("p1", "s", "r2"), ("p2", "s", "r3"), ("p2", "s", "r4")], CONSENT_TABLES["profile_sources"]
+    )
     decided = [
         ("p1", "profile_unification", True, "contract", "granted", "2026-07-01", "s", "r1", "e1"),
         ("p1", "marketing_email", False, "consent", "withdrawn", "2026-10-01", "s", "r2", "e4"),
         ("p1", "analytics", False, "consent", "expired", "2026-08-01", "s", "r1", "e6"),
         ("p1", "marketing_sms", False, None, "none_recorded", None, None, None, None),
+        ("p2", "marketing_sms", False, "contract", "granted", "2026-09-01", "s", "r4", "e8"),
     ]
     earliest = ("p1", "marketing_email", True, "consent", "granted", "2026-09-01", "s", "r1", "e3")  # not the latest
     lapsed_allowed = ("p1", "analytics", True, "consent", "expired", "2026-08-01", "s", "r1", "e6")
@@ -739,6 +746,7 @@ def test_profile_permissions_follow_the_latest_live_consent_event_of_any_of_the_
     withdrawal_as_grant = ("p1", "marketing_email", True, "consent", "granted", "2026-10-01", "s", "r2", "e4")
     earlier_grant_named = ("p1", "marketing_email", True, "consent", "granted", "2026-10-01", "s", "r1", "e3")
     invented = ("p1", "marketing_sms", True, "consent", "granted", None, None, None, None)  # no event at all
+    earlier_recorded = ("p2", "marketing_sms", True, "consent", "granted", "2026-09-01", "s", "r3", "e7")
     schema = CONSENT_TABLES["profile_permissions"].replace("timestamp", "string")
 
     def check(rows) -> TableCheck:
@@ -746,20 +754,22 @@ def test_profile_permissions_follow_the_latest_live_consent_event_of_any_of_the_
         tables = {"consent_ledger": ledger, "consent_runs": runs, "profile_sources": sources}
         return consent_check(spark, cfg, "profile_permissions", profile_permissions=permissions, **tables)
 
-    rows = [*decided, earliest, lapsed_allowed, withdrawal_as_grant, earlier_grant_named, invented]
+    rows = [*decided, earliest, lapsed_allowed, withdrawal_as_grant, earlier_grant_named, invented, earlier_recorded]
     flags = check(rows).frame.collect()
     checked = ("allowed", "allowed_as_decided", "decided_by_latest", "decided_as_recorded")
-    assert sorted((r["purpose"], r["deciding_event_id"], *(r[c] for c in checked)) for r in flags) == sorted(
+    assert sorted(((r["purpose"], r["deciding_event_id"], *(r[c] for c in checked)) for r in flags), key=str) == sorted(
         [
             ("profile_unification", "e1", True, True, True, True),
             ("marketing_email", "e4", False, True, True, True),
             ("analytics", "e6", False, True, True, True),
             ("marketing_sms", None, False, True, True, True),
+            ("marketing_sms", "e8", False, True, True, True),
             ("marketing_email", "e3", True, True, False, False),  # earliest
             ("analytics", "e6", True, False, True, True),  # lapsed_allowed
             ("marketing_email", "e4", True, True, True, False),  # withdrawal_as_grant
             ("marketing_email", "e3", True, True, True, False),  # earlier_grant_named
             ("marketing_sms", None, True, True, True, False),  # invented
+            ("marketing_sms", "e7", True, True, True, False),  # earlier_recorded
         ],
         key=str,
     )
@@ -768,13 +778,13 @@ def test_profile_permissions_follow_the_latest_live_consent_event_of_any_of_the_
         "profile_permissions: expect_column_values_to_be_in_set(decided_by_latest): "
         "decided by the latest live consent event of any of the profile's records as of the cutoff",
         "profile_permissions: expect_column_values_to_be_in_set(decided_as_recorded): "
-        "the deciding event named may decide (the latest, of the strongest status), and the status and basis are "
-        "its own",
+        "the deciding event named may decide (the latest, of the strongest status, the latest recorded), and the "
+        "status and basis are its own",
     ]
     assert validate([check([*decided[:1], withdrawal_as_grant, *decided[2:3], invented])], "r").failed == [
         "profile_permissions: expect_column_values_to_be_in_set(decided_as_recorded): "
-        "the deciding event named may decide (the latest, of the strongest status), and the status and basis are "
-        "its own",
+        "the deciding event named may decide (the latest, of the strongest status, the latest recorded), and the "
+        "status and basis are its own",
     ]
 
 
