@@ -42,6 +42,7 @@ class QualityInputs:
     ingest_runs: DataFrame
     silver: DataFrame
     consent_ledger: DataFrame
+    effective_consent: DataFrame
     consent_audit: DataFrame
     consent_runs: DataFrame
     admitted: DataFrame

@@ -12,8 +12,8 @@ from jobs.canonical import LAWFUL_BASES, SUBJECT
 from jobs.config import PurposePolicy
 from jobs.consent import accepted_bases
 
-# A grant as a lineage row names the consent event behind its value (the event id as consent_event_id).
-GRANT_FIELDS = ("purpose", "lawful_basis", "event_id")
+# A grant as a lineage row names the consent decision behind its value (the deciding event as consent_event_id).
+GRANT_FIELDS = ("purpose", "lawful_basis", "consent_event_id")
 
 
 def supplied_columns(
@@ -48,13 +48,12 @@ def supplied_columns(
     )
 
 
-def recorded_grants(ledger: DataFrame) -> DataFrame:
-    """Per record (subject), `grants`: the purpose, lawful basis and event id of each grant the consent ledger holds."""
-    return (
-        ledger.where(F.col("status") == "granted")
-        .groupBy(*SUBJECT)
-        .agg(F.collect_set(F.struct(*GRANT_FIELDS)).alias("grants"))
-    )
+def granted_decisions(effective: DataFrame) -> DataFrame:
+    """Per record (subject), `grants`: the purpose, lawful basis and deciding event of each purpose its effective
+    consent (silver/effective_consent, as of the last consent run's cutoff) grants: not a grant since withdrawn,
+    lapsed or replaced."""
+    grant = F.struct("purpose", "lawful_basis", F.col("deciding_event_id").alias("consent_event_id"))
+    return effective.where(F.col("is_granted")).groupBy(*SUBJECT).agg(F.collect_set(grant).alias("grants"))
 
 
 def with_lineage_checks(
@@ -63,12 +62,12 @@ def with_lineage_checks(
     """Lineage with `record_in_profile` (the source record is one of the profile's `members`, as supplied_columns
     gives them), `value_from_record` (that record holds the profile's value of the column), `basis_accepted` (the
     policy accepts the lawful basis for the purpose), `purpose_permitted` (the profile may use it) and
-    `consent_event_recorded` (the record's `grants`, as recorded_grants gives them, hold the named consent event for
-    that purpose and basis: the reason a value is held points at a real decision of its subject).
+    `consent_event_recorded` (the record's `grants`, as granted_decisions gives them, hold the named consent event
+    for that purpose and basis: the reason a value is held is its subject's decision in force).
 
     The grants ride on the members, so the ledger meets each admitted record once, not each of its lineage rows."""
     allowed = permissions.where(F.col("allowed")).select("profile_id", "purpose", F.lit(True).alias("_allowed"))
-    named_grant = F.struct(*[F.col("consent_event_id" if c == "event_id" else c).alias(c) for c in GRANT_FIELDS])
+    named_grant = F.struct(*GRANT_FIELDS)
     return (
         lineage.join(members.withColumn("_member", F.lit(True)), ["profile_id", *SUBJECT], "left")
         .join(allowed, ["profile_id", "purpose"], "left")
@@ -93,7 +92,7 @@ def checks(inputs: QualityInputs) -> list[TableCheck]:
                 inputs.profile_lineage,
                 supplied_columns(
                     inputs.profile_sources,
-                    inputs.admitted.join(recorded_grants(inputs.consent_ledger), list(SUBJECT), "left"),
+                    inputs.admitted.join(granted_decisions(inputs.effective_consent), list(SUBJECT), "left"),
                     inputs.profiles,
                     columns,
                     carried=["grants"],
@@ -113,7 +112,7 @@ def checks(inputs: QualityInputs) -> list[TableCheck]:
                 must_hold("purpose_permitted", "the profile is permitted the purpose the value is held for"),
                 must_hold(
                     "consent_event_recorded",
-                    "the consent ledger holds the named event: a grant of the purpose on the basis by the record",
+                    "the named event is the record's grant in force of the purpose on the basis (effective consent)",
                 ),
             ],
         )

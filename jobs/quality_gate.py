@@ -78,6 +78,7 @@ UPSTREAM: dict[str, str] = {
     "ingest_runs": "ingest",
     "silver": "standardize",
     "consent_ledger": "consent_gate",
+    "effective_consent": "consent_gate",
     "consent_audit": "consent_gate",
     "consent_runs": "consent_gate",
     "admitted": "consent_gate",
@@ -167,7 +168,7 @@ def gold_checks(spark: SparkSession, cfg: PipelineConfig) -> list[TableCheck]:
     """The checks of the staged candidates alone (GOLD_SUITE_MODULES), which read the admitted records and the
     consent ledger besides: what an erasure validates before it publishes its re-resolution, as it changes no
     upstream table but by deleting the subject's rows."""
-    inputs = read_inputs(spark, cfg, upstream=("admitted", "consent_ledger"))
+    inputs = read_inputs(spark, cfg, upstream=("admitted", "consent_ledger", "effective_consent"))
     return [check for module in GOLD_SUITE_MODULES for check in module.checks(inputs)]
 
 

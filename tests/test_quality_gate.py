@@ -42,8 +42,9 @@ from jobs.quality_gate import (
 from tests.conftest import copy_lakehouse
 from tests.test_report import RenderedPage
 
-LEDGER_DDL = (
-    "source_system string, event_id string, source_record_id string, purpose string, lawful_basis string, status string"
+EFFECTIVE_DDL = (
+    "source_system string, source_record_id string, purpose string, lawful_basis string, is_granted boolean, "
+    "deciding_event_id string"
 )
 CONSENT_FAILURE = "profiles: expect_column_values_to_be_in_set(consent_compliant)"
 
@@ -462,7 +463,12 @@ def test_every_admitted_record_needs_a_ledger_grant_in_force_at_the_runs_cutoff(
         "source_system string, event_id string, source_record_id string, purpose string, status string, "
         "lawful_basis string, expires_at string",
     ).withColumns(
-        {"expires_at": F.to_timestamp("expires_at"), "event_time": F.current_timestamp(), "run_id": F.lit("r2")}
+        {
+            "expires_at": F.to_timestamp("expires_at"),
+            "event_time": F.current_timestamp(),
+            "recorded_at": F.lit(None).cast("timestamp"),
+            "run_id": F.lit("r2"),
+        }
     )
     runs = spark.createDataFrame(
         [("r1", "2026-10-01 00:00:00", "2026-12-15 00:00:00"), ("r2", "2026-11-02 00:00:00", "2026-11-01 00:00:00")],
@@ -571,7 +577,7 @@ def test_a_lineage_row_must_name_a_record_that_holds_the_profiles_value(spark, c
             "profile_sources": sources,
             "profile_permissions": permissions,
             "profile_lineage": lineage,
-            "consent_ledger": spark.createDataFrame([], LEDGER_DDL),
+            "effective_consent": spark.createDataFrame([], EFFECTIVE_DDL),
         }
         (check,) = lineage_suite.checks(inputs_with(cfg, admitted=admitted, profiles=profiles, **tables))
         value_check = [e for e in check.expectations if e.configuration.kwargs.get("column") == "value_from_record"]
@@ -586,25 +592,26 @@ def test_a_lineage_row_must_name_a_record_that_holds_the_profiles_value(spark, c
     assert lineage_outcome("1", ("p2", "date_of_birth", "s", "3")).failed == failed  # a row for a value p2 lacks
 
 
-def test_a_lineage_row_must_name_a_ledger_grant_of_its_purpose_and_basis_by_its_record(spark, cfg):
-    ledger = spark.createDataFrame(
+def test_a_lineage_row_must_name_its_records_grant_in_force_of_its_purpose_and_basis(spark, cfg):
+    """Effective consent holds each record's deciding event per purpose: an earlier grant it replaced (e2), another
+    record's (e3), another purpose's (e5) or a refusal (e8) is no reason to hold a value."""
+    effective = spark.createDataFrame(
         [
-            ("s", "e1", "1", "profile_unification", "consent", "granted"),
-            ("s", "e2", "1", "profile_unification", "consent", "withdrawn"),
-            ("s", "e3", "2", "profile_unification", "consent", "granted"),  # another record's grant
-            ("s", "e5", "1", "marketing_email", "consent", "granted"),
-            ("s", "e6", "1", "profile_unification", "contract", "granted"),
-            ("t", "e7", "1", "profile_unification", "consent", "granted"),  # the same ids in another source
+            ("s", "1", "profile_unification", "consent", True, "e1"),
+            ("s", "2", "profile_unification", "consent", True, "e3"),  # another record's grant
+            ("s", "1", "marketing_email", "consent", True, "e5"),
+            ("s", "1", "analytics", "consent", False, "e8"),  # withdrawn
+            ("t", "1", "profile_unification", "consent", True, "e7"),  # the same ids in another source
         ],
-        LEDGER_DDL,
+        EFFECTIVE_DDL,
     )
     cells = [
         ("first_name", "e1"),
-        ("last_name", "e2"),
+        ("last_name", "e2"),  # replaced by e1
         ("email", "e3"),
         ("phone", "e4"),  # no such event
         ("street", "e5"),
-        ("city", "e6"),
+        ("city", "e8"),
         ("postcode", "e7"),
         ("country", None),
     ]
@@ -625,7 +632,7 @@ def test_a_lineage_row_must_name_a_ledger_grant_of_its_purpose_and_basis_by_its_
             [("p1", "profile_unification", True)], "profile_id string, purpose string, allowed boolean"
         ),
         "profile_lineage": lineage,
-        "consent_ledger": ledger,
+        "effective_consent": effective,
     }
 
     (check,) = lineage_suite.checks(inputs_with(cfg, **tables))
@@ -644,7 +651,7 @@ def test_a_lineage_row_must_name_a_ledger_grant_of_its_purpose_and_basis_by_its_
     outcome = validate([TableCheck(check.suite, check.table, check.frame, event_check)], "r")
     assert outcome.failed == [
         "profile_lineage: expect_column_values_to_be_in_set(consent_event_recorded): "
-        "the consent ledger holds the named event: a grant of the purpose on the basis by the record"
+        "the named event is the record's grant in force of the purpose on the basis (effective consent)"
     ]
 
 
@@ -682,7 +689,7 @@ def test_a_lineage_row_must_name_a_member_record_a_permitted_purpose_and_an_acce
             "profile_id string, purpose string, allowed boolean",
         ),
         "profile_lineage": lineage,
-        "consent_ledger": spark.createDataFrame([], LEDGER_DDL),
+        "effective_consent": spark.createDataFrame([], EFFECTIVE_DDL),
     }
 
     (check,) = lineage_suite.checks(inputs_with(cfg, **tables))
