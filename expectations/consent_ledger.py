@@ -84,9 +84,8 @@ def with_permission_checks(
       lapsed; null when there is none);
     - `decided_as_recorded`: the deciding event named is one of the events that may decide (at that time, of
       the strongest status: a withdrawal before a denial before a grant, then the latest recorded), and the
-      row's status and basis are
-      that event's (`expired` for a lapsed grant); with no event, the status is none_recorded and no event is
-      named."""
+      row's status and basis are that event's (`expired` for a lapsed grant); with no event, the status is
+      none_recorded and no event is named."""
     by_purpose = Window.partitionBy("profile_id", "purpose")
     events = (
         sources.select("profile_id", *SUBJECT)

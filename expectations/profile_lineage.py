@@ -65,7 +65,8 @@ def with_lineage_checks(
     `consent_event_recorded` (the record's `grants`, as granted_decisions gives them, hold the named consent event
     for that purpose and basis: the reason a value is held is its subject's decision in force).
 
-    The grants ride on the members, so the ledger meets each admitted record once, not each of its lineage rows."""
+    The grants ride on the members, so effective consent meets each admitted record once, not each of its lineage
+    rows."""
     allowed = permissions.where(F.col("allowed")).select("profile_id", "purpose", F.lit(True).alias("_allowed"))
     named_grant = F.struct(*GRANT_FIELDS)
     return (
