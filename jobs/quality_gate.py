@@ -165,9 +165,9 @@ def gate_checks(spark: SparkSession, cfg: PipelineConfig) -> list[TableCheck]:
 
 
 def gold_checks(spark: SparkSession, cfg: PipelineConfig) -> list[TableCheck]:
-    """The checks of the staged candidates alone (GOLD_SUITE_MODULES), which read the admitted records and the
-    consent ledger besides: what an erasure validates before it publishes its re-resolution, as it changes no
-    upstream table but by deleting the subject's rows."""
+    """The checks of the staged candidates alone (GOLD_SUITE_MODULES), which read the admitted records, the
+    consent ledger and effective consent besides: what an erasure validates before it publishes its
+    re-resolution, as it changes no upstream table but by deleting the subject's rows."""
     inputs = read_inputs(spark, cfg, upstream=("admitted", "consent_ledger", "effective_consent"))
     return [check for module in GOLD_SUITE_MODULES for check in module.checks(inputs)]
 
