@@ -12,6 +12,7 @@ profile_permissions, record_profiles, pairwise_matches, silver, bronze, ...), re
 from __future__ import annotations
 
 import argparse
+import itertools
 import re
 import sys
 import unicodedata
@@ -26,37 +27,67 @@ from tabulate import tabulate
 
 from jobs import delta_io
 from jobs.config import PipelineConfig, TablePaths, load_config
+from jobs.errors import IdresError
 
 # defusedcsv escapes cells starting with = + - @ | %; OWASP adds tab and carriage return.
 FORMULA_PREFIXES = ("=", "+", "-", "@", "|", "%", "\t", "\r")
 PLAIN_NUMBER = re.compile(r"-?[0-9,.]+")  # what defusedcsv leaves as it is, though it starts with a minus
+# A query is one statement that reads: SELECT (with FROM-first, VALUES, DESCRIBE, SHOW, SUMMARIZE), EXPLAIN, and
+# PIVOT, which DuckDB plans as several statements (MULTI) when it first collects the pivoted values.
+READING_STATEMENTS = frozenset({duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN, duckdb.StatementType.MULTI})
+# No file or network access: with external access off, DuckDB still allows its temporary directory (.tmp in
+# the working directory), where an EXPORT DATABASE or COPY would leave table copies that no erasure finds. So no
+# temporary directory either (a query that outgrows memory fails instead of spilling), no extension loaded or
+# installed, and the configuration locked.
+SANDBOX = {
+    "enable_external_access": False,
+    "temp_directory": "",
+    "autoinstall_known_extensions": False,
+    "autoload_known_extensions": False,
+    "allow_community_extensions": False,
+    "lock_configuration": True,
+}
+
+
+class QueryError(IdresError):
+    """An analyst's SQL is not one statement that reads."""
 
 
 def connect(cfg: PipelineConfig) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection with a view of every existing Delta table of the lakehouse, and nothing else: no file
     or network access (an analyst's `COPY ... TO`, `read_csv` or `ATTACH` would write past defusedcsv, over a
-    table's files, or read outside the lakehouse), and its configuration locked."""
-    con = duckdb.connect()
+    table's files, or read outside the lakehouse), and its configuration locked (SANDBOX)."""
+    con = duckdb.connect(config=SANDBOX)
     for name, path in cfg.tables.all().items():
         if delta_io.table_exists(path):
             con.register(name, delta_io.arrow_dataset(path, string_views=True))
-    con.execute("SET enable_external_access = false")
-    con.execute("SET lock_configuration = true")
     return con
 
 
+def reading_statement(sql: str) -> str:
+    """sql, when it is one statement that reads (READING_STATEMENTS); a QueryError naming what it is otherwise."""
+    statements = duckdb.extract_statements(sql)
+    if len(statements) != 1:
+        raise QueryError(f"a query is one SQL statement; this is {len(statements)}")
+    if statements[0].type not in READING_STATEMENTS:
+        raise QueryError(f"a query reads the tables; this is a {statements[0].type.name} statement")
+    return sql
+
+
 def query(cfg: PipelineConfig, sql: str) -> pa.Table:
-    """The result of sql over the lakehouse, as Arrow."""
-    return connect(cfg).sql(sql).to_arrow_table()
+    """The result of sql, one statement that reads, over the lakehouse, as Arrow."""
+    return connect(cfg).sql(reading_statement(sql)).to_arrow_table()
 
 
 def safe_cell(value: object) -> object:
     """A cell that a spreadsheet will not run as a formula: one that starts with a formula character, also
-    after leading whitespace or written full-width (＝, ＋, ＠: NFKC folds them), is prefixed with a quote."""
+    after leading whitespace or invisible format characters (a BOM, a zero-width space) or written full-width
+    (＝, ＋, ＠: NFKC folds them), is prefixed with a quote."""
     if not isinstance(value, str):
         return value
     folded = unicodedata.normalize("NFKC", value)
-    formula = any(text.startswith(FORMULA_PREFIXES) for text in (folded, folded.lstrip()))
+    shown = "".join(itertools.dropwhile(lambda ch: ch.isspace() or unicodedata.category(ch) == "Cf", folded))
+    formula = any(text.startswith(FORMULA_PREFIXES) for text in (folded, shown))
     return "'" + value if formula and not PLAIN_NUMBER.fullmatch(folded.strip()) else value
 
 
@@ -66,8 +97,10 @@ def result_rows(result: pa.Table) -> list[tuple[object, ...]]:
 
 
 def write_csv(result: pa.Table, out: TextIO) -> None:
-    """The result as CSV with a header row, every cell safe to open in a spreadsheet (OWASP CSV injection)."""
-    writer = csv.writer(out)
+    """The result as CSV with a header row, every cell safe to open in a spreadsheet (OWASP CSV injection). Every
+    cell is quoted: a spreadsheet whose list separator is `;` (uk, ro and de locales) would split an unquoted
+    `Kyiv;=1+1` into a second cell that starts a formula."""
+    writer = csv.writer(out, quoting=csv.QUOTE_ALL)
     writer.writerow([safe_cell(name) for name in result.column_names])  # a PIVOT names columns by values
     writer.writerows([safe_cell(v) for v in row] for row in result_rows(result))
 

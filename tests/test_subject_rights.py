@@ -98,6 +98,9 @@ def test_query_csv_cells_cannot_inject_formulas():
         "-12.5",
         " 42",
         "O'Neil = 1",
+        "\ufeff=1+1",  # after a byte order mark
+        "\u200b=1+1",  # after a zero-width space
+        "Kyiv;=1+1;",  # a spreadsheet splitting at ; would start a cell with =: quoted, it keeps the line whole
     ]
     out = io.StringIO()
     query.write_csv(pa.table({"value": cells, "n": list(range(len(cells)))}), out)
@@ -119,7 +122,11 @@ def test_query_csv_cells_cannot_inject_formulas():
         "-12.5",
         " 42",
         "O'Neil = 1",
+        "'\ufeff=1+1",
+        "'\u200b=1+1",
+        "Kyiv;=1+1;",
     ]
+    assert out.getvalue().splitlines()[-1] == '"Kyiv;=1+1;","17"'  # every cell quoted, numbers too
 
 
 def test_query_csv_header_cells_cannot_inject_formulas():
@@ -149,9 +156,29 @@ def test_the_analysts_sql_reaches_no_file_beyond_the_tables(cfg, tmp_path):
         f"SELECT * FROM read_csv('{outside}')",
         "SET enable_external_access = true",
     ):
-        with pytest.raises(duckdb.Error):
+        with pytest.raises((duckdb.Error, query.QueryError)):
             query.query(cfg, sql)
     assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".csv") == ["outside.csv"]
+
+
+def test_the_analysts_sql_is_one_reading_statement_and_has_no_temporary_directory(cfg, tmp_path, monkeypatch):
+    import duckdb
+
+    # DuckDB keeps its temporary directory (.tmp in the working directory) open to a connection whose external
+    # access is off; EXPORT DATABASE would create it and a COPY fill it with table copies no erasure finds.
+    monkeypatch.chdir(tmp_path)
+    for sql in ("EXPORT DATABASE '.tmp'", "COPY (SELECT 1 AS a) TO '.tmp/a.csv'"):
+        with pytest.raises(query.QueryError):
+            query.query(cfg, sql)
+        with pytest.raises(duckdb.PermissionException):  # refused by the sandbox too, not only by the check
+            query.connect(cfg).sql(sql)
+    with pytest.raises(query.QueryError, match="ATTACH statement"):
+        query.query(cfg, "ATTACH ':memory:' AS m")
+    with pytest.raises(query.QueryError, match="one SQL statement; this is 2"):
+        query.query(cfg, "SELECT 1 AS a; SELECT 2 AS b")
+    assert query.connect(cfg).sql("SELECT current_setting('allowed_directories') AS d").fetchall() == [([],)]
+    assert list(tmp_path.iterdir()) == []
+    assert query.query(cfg, "PIVOT (SELECT 'kyiv' AS city) ON city USING count(*)").to_pylist() == [{"kyiv": 1}]
 
 
 def canary_hits(root: Path) -> list[str]:
