@@ -14,6 +14,7 @@ import itertools
 import json
 import logging
 import re
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -285,6 +286,7 @@ def require_file(name: str, path: Path) -> None:
 
 
 JSONL_SAMPLE_LINES = 1000
+CSV_HEADER_MAX_CHARS = 1 << 20
 # A JSONL key outside the mapping is named in messages and logs only when at least half the sampled records,
 # and at least this many, carry it. A key few records carry may be a value (a line like {"ivan@example.org":
 # ...}); in a one- or two-record extract "half" is a single record, while a value is not the key of 20 records.
@@ -352,8 +354,7 @@ def extract_columns(source: SourceConfig) -> dict[str, ColumnSeen]:
     """
     encoding = header_encoding(source.encoding)
     if source.format == "csv":
-        with source.path.open(encoding=encoding, errors="replace", newline="") as fh:
-            return dict.fromkeys(next(csv.reader(fh, delimiter=source.delimiter), []), ColumnSeen(True))
+        return dict.fromkeys(csv_header(source), ColumnSeen(True))
     if source.format == "parquet":
         return {f.name: ColumnSeen(arrow_text(f.type)) for f in parquet_schema(source)}
     strings: dict[str, bool] = {}
@@ -371,6 +372,36 @@ def extract_columns(source: SourceConfig) -> dict[str, ColumnSeen]:
                     strings[key] = strings.get(key, True) and (value is None or isinstance(value, str))
                     holding[key] = holding.get(key, 0) + 1
     return {key: ColumnSeen(strings[key], holding[key], holding[key] / records) for key in strings}
+
+
+def csv_header(source: SourceConfig) -> list[str]:
+    """The column names on a CSV extract's header line, its first line that is not blank (as Spark reads it).
+
+    Only that line is parsed: a quote it opens and does not close would otherwise carry the records below into
+    a column name, and from there into the drift message. Such a header, or one whose line runs past
+    CSV_HEADER_MAX_CHARS, fails naming the source; so does a column named twice (Spark would rename both)."""
+    with source.path.open(encoding=header_encoding(source.encoding), errors="replace", newline=None) as fh:
+        line = ""
+        while not line.strip():
+            line = fh.readline(CSV_HEADER_MAX_CHARS + 1)
+            if not line or len(line) > CSV_HEADER_MAX_CHARS:
+                break
+    if len(line) > CSV_HEADER_MAX_CHARS:
+        raise SourceSchemaError(source.name, f"header line longer than {CSV_HEADER_MAX_CHARS} characters")
+    try:
+        names = next(csv.reader([line.rstrip("\n")], delimiter=source.delimiter, strict=True), [])
+    except csv.Error:
+        raise SourceSchemaError(
+            source.name, "unreadable header line (a quote it opens and does not close, or an overlong name)"
+        ) from None
+    known = {*source.columns.values(), *source.ignored_columns}
+    twice = [name for name, count in Counter(names).items() if count > 1]
+    if twice:
+        named = sorted(name for name in twice if name in known)
+        unnamed = len(twice) - len(named)
+        listed = ", ".join([*named, *([f"{unnamed} unmapped, unnamed here"] if unnamed else [])])
+        raise SourceSchemaError(source.name, f"column(s) named twice in the header: {listed}")
+    return names
 
 
 def no_json_constant(name: str) -> None:

@@ -393,6 +393,30 @@ def test_a_csv_beginning_with_a_byte_order_mark_lands_its_first_column(spark, cf
     assert_df_equality(actual, expected, ignore_nullable=True)
 
 
+@pytest.mark.parametrize("drift", ["fail", "allow_added"])
+def test_a_header_quote_left_open_fails_without_the_records_it_would_swallow(cfg, tmp_path, drift):
+    path = tmp_path / "ua.csv"
+    rows = "\n".join(ua_row(f"UA-{i}", "вул. Хрещатик, 1") for i in range(3))
+    path.write_text(CSV_HEADER + ';"notes\n' + rows + "\n", encoding="utf-8")
+    source = dataclasses.replace(cfg.source("ua_crm"), path=path, schema_drift=drift)
+    with pytest.raises(SourceSchemaError) as raised:
+        ingest.check_source_schema(source)
+    assert str(raised.value) == (
+        "source 'ua_crm': unreadable header line (a quote it opens and does not close, or an overlong name)"
+    )
+
+
+def test_a_csv_header_is_its_first_line_that_is_not_blank_and_names_each_column_once(cfg, tmp_path):
+    path = tmp_path / "ua.csv"
+    source = dataclasses.replace(cfg.source("ua_crm"), path=path)
+    path.write_text("\n \n" + CSV_HEADER + "\n" + ua_row("UA-1", "вул. Хрещатик, 1") + "\n", encoding="utf-8")
+    ingest.check_source_schema(source)  # no drift
+    path.write_text(f"{CSV_HEADER};imia;olena@example.org;olena@example.org\n", encoding="utf-8")
+    with pytest.raises(SourceSchemaError) as raised:
+        ingest.check_source_schema(source)
+    assert str(raised.value) == "source 'ua_crm': column(s) named twice in the header: imia, 1 unmapped, unnamed here"
+
+
 def test_a_missing_mapped_column_fails_before_anything_is_written(spark, cfg, tmp_path):
     path = tmp_path / "drift.csv"
     path.write_text(CSV_HEADER.replace("prizvyshche", "surname") + "\n", encoding="utf-8")
