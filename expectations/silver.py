@@ -10,9 +10,8 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from expectations import QualityInputs, TableCheck, equal_columns, in_set, required_unique
-from jobs.canonical import EARLIEST_BIRTH_DATE, SUBJECT
+from jobs.canonical import E164, EARLIEST_BIRTH_DATE, SUBJECT
 
-E164 = r"^\+[1-9][0-9]{6,14}$"
 EMAIL = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
 COUNTRY_CODES = [c.alpha_2 for c in pycountry.countries]
 

@@ -32,6 +32,10 @@ CANONICAL_FIELDS: dict[str, T.DataType] = {
 # A date of birth before this day, or after the day of the run, parses but cannot be real: ingest quarantines
 # it, and the silver suite checks that none reached silver.
 EARLIEST_BIRTH_DATE = date(1900, 1, 1)
+# A phone as silver holds it: E.164, a country code and subscriber number of 7 to 15 digits in all.
+# Standardize nulls a number libphonenumber accepts outside it (a short German service number, a number with
+# an extension run into it), and the silver suite checks that every phone fits it.
+E164 = r"^\+[1-9][0-9]{6,14}$"
 
 CANONICAL_COLUMNS: tuple[str, ...] = tuple(CANONICAL_FIELDS)
 TYPED_COLUMNS: tuple[str, ...] = tuple(c for c, t in CANONICAL_FIELDS.items() if not isinstance(t, T.StringType))

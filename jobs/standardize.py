@@ -43,7 +43,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from jobs import delta_io
-from jobs.canonical import PSEUDONYM_ATTRIBUTES, lookup, trimmed
+from jobs.canonical import E164, PSEUDONYM_ATTRIBUTES, lookup, trimmed
 from jobs.config import PipelineConfig, PurposePolicy, SourceConfig
 from jobs.runner import run_job
 from jobs.spark_session import size_stage_to_input
@@ -91,6 +91,11 @@ TO_LATIN = str.maketrans({cyrillic: latin for latin, cyrillic in LATIN_CYRILLIC_
 LETTER_RUN = re.compile(r"[^\W\d_]+")
 # Apostrophes as typed (the Ukrainian one as ' ’ ʼ ‘ ʻ or `) belong to the word: Мар’яна is Мар'яна, O’Neil O'Neil.
 APOSTROPHES = "'\u2019\u02bc\u2018\u02bb`"
+# Typed for one too: the acute accent (NFKC makes it a space and a combining mark), the primes ′ and ʹ.
+APOSTROPHE_STAND_INS = str.maketrans(dict.fromkeys("\u00b4\u2032\u02b9", "'"))
+E164_PHONE = re.compile(E164)
+TITLE_WORD_BREAK = re.compile(r"\s+|(?<=[.,;:)])")
+TITLE_PUNCTUATION = ".,;:()"
 
 # Romanization systems disagree on a few letters: fold each group to one spelling. Consonant
 # clusters first (щ shch/schtsch/shh, ш sh/sch/š, ч ch/tsch/tch/č, ц ts/tz/c/z, ж zh/ž,
@@ -124,7 +129,7 @@ DEV_PSEUDONYM_KEY = "idres-development-pseudonym-key"
 # Genders as the sources write them (lower-cased, without a closing full stop: жін., Fem.), in their languages.
 GENDERS = {
     **dict.fromkeys(("f", "female", "fem", "w", "weiblich", "feminin", "ж", "жін", "жіноча", "жен", "женский"), "F"),
-    **dict.fromkeys(("m", "male", "masc", "männlich", "masculin", "ч", "чол", "чоловіча", "муж", "мужской"), "M"),
+    **dict.fromkeys(("m", "male", "masc", "männlich", "masculin", "ч", "м", "чол", "чоловіча", "муж", "мужской"), "M"),
 }
 
 
@@ -134,7 +139,7 @@ def clean_text(raw: str | None) -> str | None:
     whitespace collapsed."""
     if raw is None:
         return None
-    text = LETTER_RUN.sub(_one_script, unicodedata.normalize("NFKC", raw))
+    text = LETTER_RUN.sub(_one_script, unicodedata.normalize("NFKC", raw.translate(APOSTROPHE_STAND_INS)))
     text = text.translate(ROMANIAN_COMMA_BELOW).casefold()
     text = "".join(map(_in_clean_text, text))
     text = " ".join(text.split())
@@ -191,20 +196,19 @@ def fold_key(latin: str | None) -> str | None:
 
 
 def is_title(word: str) -> bool:
-    """Whether a word as written is an honorific of TITLES, in any case, with or without its full stop, whatever
-    its dash (г‑н with a non-breaking hyphen)."""
-    folded = unicodedata.normalize("NFKC", word).casefold().strip(".")
-    return "".join("-" if unicodedata.category(ch) == "Pd" else ch for ch in folded) in TITLES
+    """Whether a word as written is an honorific of TITLES, in any case, with or without its full stop or the
+    punctuation around it ((Mr)), whatever its dash (г‑н with a non-breaking hyphen)."""
+    folded = "".join("-" if unicodedata.category(ch) == "Pd" else ch for ch in unicodedata.normalize("NFKC", word))
+    return folded.casefold().strip(TITLE_PUNCTUATION) in TITLES
 
 
 @lru_cache(maxsize=200_000)
 def standardize_name(raw: str | None) -> tuple[str | None, str | None, str | None, str | None]:
     """(native, latin, key, phonetic) of one name; titles dropped. Null in, nulls out."""
-    # A title is looked for in each word as written (г-н, д-р: clean_text makes their hyphen a space) and in each
-    # word clean_text leaves (Mr.John).
-    native = clean_text(" ".join(_without_leading_titles(raw.split(), is_title)) if raw is not None else None)
-    if native is not None:
-        native = " ".join(_without_leading_titles(native.split(), TITLES.__contains__))
+    # Titles are looked for in the words as written, before clean_text makes the hyphen of г-н or д-р a space, and
+    # so that of a double-barrelled Herr-Schmidt; a full stop or comma ends a word (Mr.John, Д-р.Петренко).
+    words = [word for word in TITLE_WORD_BREAK.split(raw) if word] if raw is not None else []
+    native = clean_text(" ".join(_without_leading_titles(words, is_title))) if raw is not None else None
     latin = to_latin(native)
     key = fold_key(latin)
     return native, latin, key, (jellyfish.metaphone(key) or None) if key else None
@@ -233,30 +237,32 @@ def standardize_email(raw: str | None) -> tuple[str | None, bool | None]:
 
 @lru_cache(maxsize=200_000)
 def standardize_phone(raw: str | None, country: str | None) -> str | None:
-    """E.164, or None when the number is not a valid number for its country."""
+    """E.164, or None when the number is not a valid number for its country or does not fit E.164's 7-15 digits
+    (canonical.E164, which the silver suite checks)."""
     if raw is None or not raw.strip():
         return None
     try:
         parsed = phonenumbers.parse(raw, country)
     except phonenumbers.NumberParseException:
         return None
-    return (
-        phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
-        if phonenumbers.is_valid_number(parsed)
-        else None
-    )
+    if not phonenumbers.is_valid_number(parsed):
+        return None
+    e164 = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+    return e164 if E164_PHONE.fullmatch(e164) else None
 
 
 @lru_cache(maxsize=10_000)
 def standardize_country(raw: str | None, languages: tuple[str, ...] = ("en",)) -> str | None:
     """ISO 3166-1 alpha-2 from a code or a name: the codes and English names `pycountry` knows, else a
-    country's name in one of `languages` or a code CLDR keeps as an alias (country_names); None when unknown."""
+    country's name in one of `languages` (Romanian ones with ş and ţ written as CLDR's ș and ț) or a code CLDR
+    keeps as an alias (country_names); None when unknown."""
     if raw is None or not raw.strip():
         return None
     try:
         return pycountry.countries.lookup(raw.strip()).alpha_2
     except LookupError:
-        return country_names(languages).get(" ".join(unicodedata.normalize("NFKC", raw).casefold().split()))
+        name = unicodedata.normalize("NFKC", raw).translate(ROMANIAN_COMMA_BELOW).casefold()
+        return country_names(languages).get(" ".join(name.split()))
 
 
 @lru_cache(maxsize=16)
@@ -295,9 +301,14 @@ def pseudonym_key() -> bytes:
 
 
 def pseudonymize_identifier(raw: str | None, key: bytes) -> str | None:
-    """HMAC-SHA256 (hex) of an identifier's digits, so formatting does not matter; None when it has none."""
-    digits = re.sub(r"[^0-9]", "", unicodedata.normalize("NFKC", raw)) if raw else ""
-    return hmac.new(key, digits.encode("ascii"), hashlib.sha256).hexdigest() if digits else None
+    """HMAC-SHA256 (hex) of an identifier's letters and digits, upper-cased, Cyrillic look-alike letters read as
+    Latin, so formatting does not matter (a passport series АА or AA stays part of it); None when it has no digit,
+    or only one digit repeated (a placeholder such as 000-000-00-00 would link everyone who has it)."""
+    if not raw:
+        return None
+    kept = "".join(ch for ch in unicodedata.normalize("NFKC", raw) if ch.isalnum()).upper().translate(TO_LATIN)
+    digits = {ch for ch in kept if ch.isdecimal()}
+    return hmac.new(key, kept.encode("utf-8"), hashlib.sha256).hexdigest() if len(digits) > 1 else None
 
 
 NAME_SCHEMA = T.StructType([T.StructField(f, T.StringType()) for f in ("native", "latin", "key", "phonetic")])

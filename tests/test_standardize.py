@@ -82,6 +82,10 @@ def test_names_keep_the_native_form_and_lose_titles_and_punctuation():
         ("Herr Herr", "herr"),
         ("Frau Anna Sir", "anna sir"),  # only the titles that open the name go
         ("Mr.John", "john"),
+        ("(Mr) John", "john"),
+        ("Mr.", "mr"),
+        ("Herr-Schmidt", "herr schmidt"),  # a double-barrelled name keeps both parts
+        ("Пан-Петренко", "пан петренко"),
     ],
 )
 def test_only_titles_that_precede_a_name_are_dropped(written, native):
@@ -103,6 +107,10 @@ PETRENKO = ("петренко", "petrenko", "petrenko", "PTRNK")
         ("Мар\u02bbяна", MARIANA),
         ("Мар`яна", MARIANA),
         ("O\u2019Neil", ("oneil", "oneil", "oneil", "ONL")),
+        ("O\u00b4Neil", ("oneil", "oneil", "oneil", "ONL")),  # the acute accent of a German keyboard
+        ("Мар\u00b4яна", MARIANA),
+        ("Мар\u2032яна", MARIANA),  # prime
+        ("Мар\u02b9яна", MARIANA),  # modifier letter prime
         ("Iv\u00adan", IVAN),  # soft hyphen
         ("Iv\u200ban", IVAN),  # zero-width space
         ("I\u200dvan", IVAN),  # zero-width joiner
@@ -113,7 +121,9 @@ def test_apostrophes_invisible_characters_and_stress_marks_do_not_split_or_chang
     assert standardize_name(written) == expected
 
 
-@pytest.mark.parametrize("written", ["Г-Н Петренко", "г-жа Петренко", "Д-р Петренко", "д\u2011р. Петренко"])
+@pytest.mark.parametrize(
+    "written", ["Г-Н Петренко", "г-жа Петренко", "Д-р Петренко", "д\u2011р. Петренко", "Д-р.Петренко", "Г-н.Петренко"]
+)
 def test_hyphenated_titles_are_dropped(written):
     assert standardize_name(written) == PETRENKO
 
@@ -375,7 +385,7 @@ def test_a_column_the_policy_makes_sensitive_leaves_the_silver_table_written_bef
     assert delta_io.column_names(cfg.tables.silver) == list(stricter.silver_columns)
 
 
-def test_a_pseudonym_is_a_keyed_hash_of_the_digits():
+def test_a_pseudonym_is_a_keyed_hash_of_the_letters_and_digits():
     key = b"k"
     assert standardize.pseudonymize_identifier("1234 567-890", key) == standardize.pseudonymize_identifier(
         "1234567890", key
@@ -385,6 +395,36 @@ def test_a_pseudonym_is_a_keyed_hash_of_the_digits():
     )
     assert standardize.pseudonymize_identifier(" - ", key) is None
     assert standardize.pseudonymize_identifier(None, key) is None
+    # a passport series is part of the identifier, in either script's look-alike letters
+    assert standardize.pseudonymize_identifier("МЕ 123456", key) == standardize.pseudonymize_identifier("me123456", key)
+    assert standardize.pseudonymize_identifier("МЕ123456", key) != standardize.pseudonymize_identifier("АА123456", key)
+    assert standardize.pseudonymize_identifier("000-000-00-00", key) is None  # a placeholder links no one
+    assert standardize.pseudonymize_identifier("0000000000", key) is None
+
+
+@pytest.mark.parametrize(
+    ("raw", "country", "e164"),
+    [
+        ("+49 151 23456789", "DE", "+4915123456789"),
+        ("067 123 4567", "UA", "+380671234567"),
+        ("0722 123 456", "RO", "+40722123456"),
+        ("1640", "DE", None),  # a valid German service number, too short for E.164 (and the silver suite)
+        ("030 67531120 1397", "DE", None),  # an extension run into the number: 16 digits
+        ("01 110", "AT", None),
+        ("n/a", "DE", None),
+    ],
+)
+def test_a_phone_is_e164_or_null(raw, country, e164):
+    assert standardize.standardize_phone(raw, country) == e164
+
+
+def test_romanian_country_names_with_the_legacy_cedilla_are_found():
+    languages = standardize.country_languages(["RO"])
+    assert [standardize.standardize_country(n, languages) for n in ("Elveţia", "Elveția", "Ţările de Jos")] == [
+        "CH",
+        "CH",
+        "NL",
+    ]
 
 
 def test_national_ids_reach_silver_only_as_a_keyed_hash_and_only_when_the_policy_says_so(
