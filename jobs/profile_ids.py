@@ -180,3 +180,17 @@ def assign_stable_profile_ids(
         FROM {fresh}""",
     )
     return ProfileIdAssignment(assignments=assignments, registry=updated, events=events)
+
+
+def with_event_ids(db: SqlEngine, events: str, staged_at: datetime) -> str:
+    """This run's identity events (EVENTS_SCHEMA), each with its event_id: a hash of the run, the instant resolve
+    staged it, the event type and its profiles. The instant, because a run published again under its run id
+    (cleared in Airflow after an extract was fixed) may repeat an event of its first publication, a record moved
+    between the same two profiles, and the published events, which take only ids they do not hold, must record
+    it again; a resumed publication reads the staged ids, so it adds each event once."""
+    at = sql_string(staged_at.isoformat())
+    return db.create(
+        "events",
+        f"""SELECT *, sha256(concat_ws('|', run_id, {at}, event_type, profile_id, related_profile_id)) AS event_id
+        FROM {events}""",
+    )

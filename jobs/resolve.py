@@ -31,7 +31,7 @@ from jobs import delta_io
 from jobs.config import PipelineConfig
 from jobs.engines import SqlEngine, open_engine, sql_string
 from jobs.linkage import ModelVersion, latest_model, linkage_records, linker_for, model_settings, pick_engine
-from jobs.profile_ids import ASSIGNMENTS_SCHEMA, REGISTRY_SCHEMA, assign_stable_profile_ids
+from jobs.profile_ids import ASSIGNMENTS_SCHEMA, REGISTRY_SCHEMA, assign_stable_profile_ids, with_event_ids
 from jobs.publication import finish_interrupted_publication
 from jobs.runner import run_job
 from jobs.spark_session import run_at_once, size_stage_to_input
@@ -130,11 +130,7 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> ResolveResult:
                 substring(a.record_id, length(r.source_system) + 2) AS source_record_id
             FROM {ids.assignments} a JOIN {records} r ON a.record_id = r.record_id""",
         )
-        events = db.create(
-            "events",
-            f"""SELECT *, sha256(concat_ws('|', run_id, event_type, profile_id, related_profile_id)) AS event_id
-            FROM {ids.events}""",
-        )
+        events = with_event_ids(db, ids.events, now)
 
         staged = {
             t.staged(name): db.write_source(table)

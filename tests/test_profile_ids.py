@@ -17,6 +17,7 @@ from jobs.profile_ids import (
     EVENTS_SCHEMA,
     REGISTRY_SCHEMA,
     assign_stable_profile_ids,
+    with_event_ids,
 )
 
 T0 = dt.datetime(2026, 1, 1)
@@ -201,3 +202,13 @@ def test_a_cluster_made_of_parts_of_two_profiles_is_one_split_with_the_records_f
     write_deltalake(str(cfg.tables.identity_events), out.events)
     counts = run_queries.IDENTITY_EVENTS.execute(cfg.tables, "run2").to_pylist()
     assert counts == [{"run_id": "run2", "event_type": "split", "profiles": 1}]
+
+
+def test_an_event_repeated_by_a_later_publication_of_the_run_gets_its_own_id(db):
+    moved = arrow([("run1", "moved", "p2", "p1", 1, T0)], EVENTS_SCHEMA)
+    staged = {at: db.to_arrow(with_event_ids(db, db.register("moved", moved), at)) for at in (T0, T1)}
+    ids_at = {at: table.column("event_id").to_pylist() for at, table in staged.items()}
+    assert ids_at == {
+        at: [hashlib.sha256(f"run1|{at.isoformat()}|moved|p2|p1".encode()).hexdigest()] for at in (T0, T1)
+    }
+    assert staged[T0].drop_columns("event_id") == moved
