@@ -45,6 +45,17 @@ class LakehouseBusyError(IdresError):
         )
 
 
+class LakehouseLockUnsupportedError(IdresError):
+    """The lakehouse's file system has no OS file lock (flock), so jobs cannot keep each other out safely."""
+
+    def __init__(self, lock_path: str) -> None:
+        self.lock_path = lock_path
+        super().__init__(
+            f"lakehouse lock {lock_path}: the file system does not support flock (a FUSE or SMB mount?). Put the "
+            "lakehouse on a file system that does: a lock held by a marker file outlives a killed job."
+        )
+
+
 class ColumnTypeChangeError(IdresError):
     """A write would change the type of columns a Delta table already holds, which a merge cannot do."""
 

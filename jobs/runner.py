@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import hashlib
 import logging
 import os
@@ -19,7 +20,7 @@ from filelock import FileLock, Timeout
 from pyspark.sql import SparkSession
 
 from jobs.config import PROJECT_ROOT, PipelineConfig, load_config
-from jobs.errors import IdresError, LakehouseBusyError
+from jobs.errors import IdresError, LakehouseBusyError, LakehouseLockUnsupportedError
 from jobs.spark_session import build_spark_session
 
 log = logging.getLogger("idres")
@@ -44,21 +45,26 @@ def lakehouse_lock(cfg: PipelineConfig, job: str) -> Iterator[None]:
 
     Airflow's max_active_runs covers one DAG only: a CLI run beside a DAG run, or identity_resolution beside
     subject_requests, would otherwise write the same tables at once. The lock is an OS file lock (flock),
-    released by the kernel if the holder dies, so a killed job never leaves the lakehouse locked.
-    Raises LakehouseBusyError when the wait runs out.
+    released by the kernel if the holder dies, so a killed job never leaves the lakehouse locked; on a file
+    system without flock, filelock's marker-file fallback would stay held after a killed job (forever, from
+    another container), so that fails instead. Raises LakehouseBusyError when the wait runs out.
     """
     path = lakehouse_lock_path(cfg)
     path.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(path))
+    lock = FileLock(str(path), fallback_to_soft=False)
     timeout = cfg.concurrency.lock_timeout_seconds
     try:
         lock.acquire(timeout=0)
-    except Timeout:
+    except Timeout:  # a TimeoutError, so an OSError: before the clause below
         log.info("%s: waiting up to %g s for the lakehouse lock %s held by another job", job, timeout, path)
         try:
             lock.acquire(timeout=timeout)
         except Timeout:
             raise LakehouseBusyError(str(path), timeout) from None
+    except OSError as err:
+        if err.errno != errno.ENOSYS:
+            raise
+        raise LakehouseLockUnsupportedError(str(path)) from None
     try:
         yield
     finally:

@@ -467,3 +467,20 @@ def test_an_em_training_rule_on_a_column_the_policy_keeps_out_of_silver_is_named
         "(a sensitive column, or a pseudonym pseudonymized_for_matching does not enable): EM would find no pair to "
         "train on"
     ]
+
+
+def test_a_lakehouse_on_a_file_system_without_flock_fails_instead_of_taking_a_marker_lock(cfg, monkeypatch):
+    import errno
+    import fcntl
+
+    from jobs.errors import LakehouseLockUnsupportedError
+    from jobs.runner import lakehouse_lock, lakehouse_lock_path
+
+    def no_flock(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)  # what a FUSE or SMB mount answers
+    with pytest.raises(LakehouseLockUnsupportedError, match="does not support flock"), lakehouse_lock(cfg, "ingest"):
+        pass
+    marker_left = [p.name for p in lakehouse_lock_path(cfg).parent.iterdir() if p.name != "_idres.lock"]
+    assert marker_left == []
