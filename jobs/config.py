@@ -33,6 +33,29 @@ from jobs.errors import ConfigError, IdresError
 
 SourceFormat = Literal["csv", "jsonl", "parquet"]
 SOURCE_FORMATS: tuple[str, ...] = ("csv", "jsonl", "parquet")
+# A CSV extract's encoding as Python's codecs name it (codecs.lookup(...).name) -> the name Java's charsets, and so
+# Spark's CSV reader, know it by, where they differ (Spark drops a UTF-8 byte-order mark itself).
+JAVA_CHARSET_NAMES = {
+    "utf-8-sig": "utf-8",
+    "utf-16-le": "utf-16le",
+    "utf-16-be": "utf-16be",
+    "utf-32-le": "utf-32le",
+    "utf-32-be": "utf-32be",
+}
+# Python's text encodings that Java 17 also knows by that name (checked with java.nio.charset.Charset.isSupported),
+# which Spark reads with spark.sql.legacy.javaCharsets (jobs/spark_session.py): without it, Spark 4 knows only
+# seven Unicode and Latin-1 names, and a Ukrainian CRM's cp1251 or a Romanian shop's ISO 8859-2 could not be read.
+SPARK_CSV_CHARSETS = frozenset(
+    {
+        *("ascii", "utf-8", "utf-16", "utf-16le", "utf-16be", "utf-32", "utf-32le", "utf-32be"),
+        *(f"iso8859-{n}" for n in (1, 2, 3, 4, 5, 6, 7, 8, 9, 13, 15)),
+        *(f"cp{n}" for n in range(1250, 1259)),
+        *("cp037", "cp1006", "cp1026", "cp1140", "cp273", "cp424", "cp437", "cp500", "cp737", "cp775", "cp850"),
+        *("cp852", "cp855", "cp856", "cp857", "cp858", "cp860", "cp861", "cp862", "cp863", "cp864", "cp865"),
+        *("cp866", "cp869", "cp874", "cp875", "cp932", "cp949", "cp950", "koi8-r", "koi8-u", "tis-620"),
+        *("big5", "big5hkscs", "euc_jp", "euc_kr", "gb18030", "gb2312", "gbk", "johab", "shift_jis"),
+    }
+)
 # What ingest lets through when an extract's columns differ from the mapping (sources.yaml `schema_drift`).
 SCHEMA_DRIFT_MODES: tuple[str, ...] = ("fail", "allow_added", "allow")
 SOURCE_KEYS: tuple[str, ...] = (
@@ -620,8 +643,15 @@ def _load_source(i: int, raw: Any, landing: Path, names: set[str], problems: _Pr
     except LookupError:
         problems.add(file, f"{key}.encoding", f"is not a known text encoding, got '{encoding}'")
     else:
+        codec = JAVA_CHARSET_NAMES.get(codec, codec)
         if fmt == "jsonl" and codec != "utf-8":
             problems.add(file, f"{key}.encoding", f"must be UTF-8 for jsonl (RFC 8259), got '{encoding}'")
+        elif codec not in SPARK_CSV_CHARSETS:
+            problems.add(
+                file, f"{key}.encoding", f"is not an encoding Spark's CSV reader (Java) knows, got '{encoding}'"
+            )
+        else:
+            encoding = codec
     columns = _columns(file, f"{key}.columns", raw.get("columns"), CANONICAL_COLUMNS, ("source_record_id",), problems)
     feed = None
     raw_feed = raw.get("consent_feed")

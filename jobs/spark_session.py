@@ -68,6 +68,9 @@ def build_spark_session(
         "spark.sql.variable.substitute": "false",
         "spark.sql.shuffle.partitions": str(settings.shuffle_partitions),
         "spark.sql.execution.arrow.pyspark.enabled": "true",
+        # CSV extracts in any Java charset (cp1251, ISO 8859-2), not only the seven Unicode and Latin-1 names Spark 4
+        # knows without it; the config loader checks each source's encoding (config.SPARK_CSV_CHARSETS).
+        "spark.sql.legacy.javaCharsets": "true",
         # Parquet that delta-rs reads back as timestamp[us, UTC], like toArrow() (Spark's default is INT96).
         "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
         "spark.ui.showConsoleProgress": "false",

@@ -393,6 +393,56 @@ def test_a_csv_beginning_with_a_byte_order_mark_lands_its_first_column(spark, cf
     assert_df_equality(actual, expected, ignore_nullable=True)
 
 
+@pytest.mark.parametrize(("encoding", "codec"), [("windows-1251", "cp1251"), ("latin2", "iso8859-2")])
+def test_a_csv_in_a_regional_single_byte_encoding_lands_its_letters(spark, cfg, tmp_path, encoding, codec):
+    import shutil
+
+    import yaml
+
+    from jobs.config import DEFAULT_CONF_DIR, load_config
+
+    conf = shutil.copytree(DEFAULT_CONF_DIR, tmp_path / "conf")
+    sources = yaml.safe_load((conf / "sources.yaml").read_text(encoding="utf-8"))
+    sources["sources"][0]["encoding"] = encoding
+    (conf / "sources.yaml").write_text(yaml.safe_dump(sources, allow_unicode=True), encoding="utf-8")
+    source = load_config(conf).source("ua_crm")
+    assert source.encoding == codec  # the name Spark's reader (Java) knows
+    path = tmp_path / "ua.csv"
+    street = "вул. Хрещатик, 1" if codec == "cp1251" else "Strada Mărţişor"  # ţ ş: in ISO 8859-2, not in 8859-1
+    text = CSV_HEADER + "\n" + ua_row("UA-1", street) + "\n"
+    if codec != "cp1251":
+        romanian = {"Шевченко": "Ştefănescu", "Олександр": "Ioana", "Київ": "Iaşi", ";ч;": ";m;"}
+        for ukrainian, value in romanian.items():
+            text = text.replace(ukrainian, value)
+    path.write_bytes(text.encode(codec))
+    source = dataclasses.replace(source, path=path)
+    ingest.check_source_schema(source)
+    actual = validated_rows(spark, source).select("source_record_id", "last_name", "street", ingest.REASON)
+    last_name = "Шевченко" if codec == "cp1251" else "Ştefănescu"
+    expected = spark.createDataFrame([("UA-1", last_name, street, None)], actual.schema)
+    assert_df_equality(actual, expected, ignore_nullable=True)
+
+
+def test_an_encoding_spark_cannot_read_csv_in_is_a_config_problem(tmp_path):
+    import shutil
+
+    import yaml
+
+    from jobs.config import DEFAULT_CONF_DIR, load_config
+    from jobs.errors import ConfigError
+
+    conf = shutil.copytree(DEFAULT_CONF_DIR, tmp_path / "conf")
+    sources = yaml.safe_load((conf / "sources.yaml").read_text(encoding="utf-8"))
+    sources["sources"][0]["encoding"] = "mac-cyrillic"  # Python knows it, Java only as x-MacCyrillic
+    (conf / "sources.yaml").write_text(yaml.safe_dump(sources, allow_unicode=True), encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        load_config(conf)
+    assert err.value.problems == [
+        "sources.yaml: sources[0] (ua_crm).encoding: is not an encoding Spark's CSV reader (Java) knows, "
+        "got 'mac-cyrillic'"
+    ]
+
+
 @pytest.mark.parametrize("drift", ["fail", "allow_added"])
 def test_a_header_quote_left_open_fails_without_the_records_it_would_swallow(cfg, tmp_path, drift):
     path = tmp_path / "ua.csv"
