@@ -492,7 +492,8 @@ def _corrupt(source: str, rows: list[dict]) -> tuple[list[dict], list[str], list
     """Bad rows a real extract carries, one kind each. Returns rows, kinds, and raw lines to append."""
     if source == "ua_crm":
         good = rows[0]
-        wrong_count = ";".join([*list(good.values()), "unexpected", "fields"]).encode("utf-8")
+        # under an id of its own: a copy under the good record's id would quarantine both (duplicate_source_id)
+        wrong_count = ";".join([*{**good, "kod_kliienta": "UA-9999989"}.values(), "unexpected", "fields"]).encode()
         bad_encoding = ";".join(v if k != "prizvyshche" else "Ковал" for k, v in good.items())
         bad_encoding = bad_encoding.replace(good["kod_kliienta"], "UA-9999990").encode("utf-8")
         bad_encoding = bad_encoding.replace("Ковал".encode(), b"\xca\xee\xe2\xe0\xeb\xfc")  # cp1251 bytes

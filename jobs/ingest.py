@@ -566,11 +566,12 @@ def assign_quarantine_reasons(mapped: DataFrame, source: SourceConfig) -> DataFr
         )
     )
     df = df.withColumn(REASON, reason)
-    # An id that occurs more than once among otherwise good rows cannot be trusted in either row.
-    per_id = Window.partitionBy("source_system", "source_record_id")
-    clean_count = F.sum(F.when(F.col(REASON).isNull(), 1).otherwise(0)).over(per_id)
+    # An id that occurs more than once in the extract cannot be trusted in any of its rows: a good copy beside a
+    # bad one (a date of birth that does not parse) is not known to be the current version. A bad copy keeps its
+    # own reason, the first that applies.
+    copies = F.count("source_record_id").over(Window.partitionBy("source_system", "source_record_id"))
     return df.withColumn(
-        REASON, F.when(F.col(REASON).isNull() & (clean_count > 1), F.lit(DUPLICATE_SOURCE_ID)).otherwise(F.col(REASON))
+        REASON, F.when(F.col(REASON).isNull() & (copies > 1), F.lit(DUPLICATE_SOURCE_ID)).otherwise(F.col(REASON))
     )
 
 

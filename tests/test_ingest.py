@@ -214,12 +214,20 @@ def test_timestamps_without_an_offset_are_read_in_the_source_time_zone_and_land_
 
 def test_a_repeated_source_id_quarantines_every_copy(spark, cfg, tmp_path):
     path = tmp_path / "dup.csv"
-    path.write_text(CSV_HEADER + "\nUA-7;A;B;;;;;;;;;;\nUA-7;C;D;;;;;;;;;;\nUA-8;E;F;;;;;;;;;;\n", encoding="utf-8")
+    rows = ["UA-7;A;B;;;;;;;;;;", "UA-7;C;D;;;;;;;;;;", "UA-8;E;F;;;;;;;;;;", "UA-9;G;H;;;;;;;;;;"]
+    rows.append("UA-9;I;J;;31.02.1990;;;;;;;;")  # a bad copy does not make the good one trusted
+    path.write_text(CSV_HEADER + "\n" + "\n".join(rows) + "\n", encoding="utf-8")
     source = dataclasses.replace(cfg.source("ua_crm"), path=path)
     validated = validated_rows(spark, source)
     actual = validated.select("source_record_id", "last_name", ingest.REASON)
     expected = spark.createDataFrame(
-        [("UA-7", "A", "duplicate_source_id"), ("UA-7", "C", "duplicate_source_id"), ("UA-8", "E", None)],
+        [
+            ("UA-7", "A", "duplicate_source_id"),
+            ("UA-7", "C", "duplicate_source_id"),
+            ("UA-8", "E", None),
+            ("UA-9", "G", "duplicate_source_id"),
+            ("UA-9", "I", "unparseable_date"),
+        ],
         actual.schema,
     )
     assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
@@ -485,7 +493,7 @@ def test_every_bad_row_is_quarantined_with_its_reason(spark, ingested):
     actual = delta_io.read_delta(spark, cfg.tables.quarantine).select("source_system", "source_record_id", "reason")
     expected = spark.createDataFrame(
         [
-            ("ua_crm", "UA-1000000", "wrong_field_count"),  # a copy of the first record with extra fields
+            ("ua_crm", "UA-9999989", "wrong_field_count"),  # the first record's values with extra fields
             ("ua_crm", "UA-9999990", "bad_encoding"),
             ("ro_shop", None, "malformed_record"),
             ("ro_shop", "9999991", "unparseable_date"),
