@@ -138,12 +138,15 @@ def json_lines(lines: DataFrame, schema: T.StructType, id_field: str | None = No
 
     Spark's JSON reader would turn a line holding an array of objects into several records, and one holding
     an empty array into none; parsing line by line keeps read = lines. A UTF-8 byte-order mark is dropped.
-    Single-quoted pseudo-JSON (a Python dict's repr) is no JSON, so it is corrupt too.
+    Single-quoted pseudo-JSON (a Python dict's repr) is no JSON, so it is corrupt too, and so is an object that
+    holds a key twice.
     """
     options = {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT, "allowSingleQuotes": "false"}
     text = F.col("_text")
     corrupt = F.struct(*[(text if f.name == CORRUPT else F.lit(None)).cast(f.dataType).alias(f.name) for f in schema])
-    record = F.when(single_json_value(text), F.from_json(text, schema, options)).otherwise(corrupt)
+    record = F.when(single_json_value(text) & repeats_no_key(text), F.from_json(text, schema, options)).otherwise(
+        corrupt
+    )
     parsed = (
         lines.where(F.col("value").rlike(r"\S"))
         .withColumn("_text", F.regexp_replace("value", "^\ufeff", ""))
@@ -237,6 +240,14 @@ def single_json_value(text: Column) -> Column:
     in_array = F.json_array_length(F.concat(F.lit("["), text, F.lit("]")))
     as_member = F.json_object_keys(F.concat(F.lit('{"v":'), text, F.lit("}")))
     return (in_array == 1) & as_member.isNotNull()
+
+
+def repeats_no_key(text: Column) -> Column:
+    """False when text is a JSON object that holds one key twice (`{"nume": "Pop", "nume": "Ion"}`, also written
+    `"num\\u0065"`): a reader keeps one of the values and drops the other unseen, so the line is no record to trust.
+    True for anything else (what is no object is left to single_json_value)."""
+    keys = F.json_object_keys(text)
+    return F.coalesce(F.size(keys) == F.size(F.array_distinct(keys)), F.lit(True))
 
 
 def csv_record_options(path: Path, encoding: str = "UTF-8", delimiter: str = ",") -> dict[str, str]:

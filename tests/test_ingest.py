@@ -293,14 +293,17 @@ def test_a_jsonl_line_holding_anything_but_one_json_object_is_quarantined_whole(
         '{"id_client": "R6", "nume": "Pop"}}',
         '{"id_client": "R7", "nume": "Pop"}, {"id_client": "R8", "nume": "Ion"}',
         "{'id_client': 'R9', 'nume': 'Pop'}",  # a Python dict's repr, not JSON
+        '{"id_client": "R10", "nume": "Pop", "nume": "Ion"}',  # a key twice: a reader would keep one value
+        '{"id_client": "R11", "nume": "Pop", "num\\u0065": "Ion"}',  # the same key, escaped
+        '{"id_client": "R12", "nume": "Pop", "adresa": {"x": 1, "x": 2}}',  # in a nested object: not a field read
     ]
     path = tmp_path / "customers.jsonl"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     source = dataclasses.replace(cfg.source("ro_shop"), path=path)
     actual = validated_rows(spark, source).select("source_record_id", "last_name", ingest.REASON)
     # Nothing of a malformed line lands, but its record id, as far as a lenient reader finds it (the first object's).
-    malformed = [(f"R{n}", None, "malformed_record") for n in (1, 3, 4, 5, 6, 7, 9)]
-    expected = spark.createDataFrame([("R0", "Pop", None), *malformed], actual.schema)
+    malformed = [(f"R{n}", None, "malformed_record") for n in (1, 3, 4, 5, 6, 7, 9, 10, 11)]
+    expected = spark.createDataFrame([("R0", "Pop", None), ("R12", "Pop", None), *malformed], actual.schema)
     assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
 
 
