@@ -25,6 +25,7 @@ import pyarrow as pa
 from jobs import delta_io
 from jobs.config import PUBLISHED_TABLES, RESOLVED_TABLES, PipelineConfig
 from jobs.errors import ColumnTypeChangeError, IdresError
+from jobs.runner import lakehouse_lock
 
 log = logging.getLogger("idres.publication")
 
@@ -222,11 +223,26 @@ def _journal_publication(cfg: PipelineConfig, run_id: str, number: int) -> None:
     os.replace(partial, journal)  # atomic: a reader finds the whole journal or none
 
 
+def publishing(cfg: PipelineConfig) -> bool:
+    """Whether a publication is journalled: under way, or interrupted between its tables."""
+    return (cfg.tables.staging / JOURNAL).is_file()
+
+
+def complete_for_readers(cfg: PipelineConfig, reader: str) -> None:
+    """For a reader outside the jobs (the query command, the run summary, a report written by hand): while a
+    publication is journalled, wait for the lakehouse lock, so for the job publishing to end, and complete a
+    publication that was interrupted (as the next job would), so the reader never sees half of one. A job holds
+    the lock already and calls finish_interrupted_publication itself."""
+    if publishing(cfg):
+        with lakehouse_lock(cfg, reader):
+            finish_interrupted_publication(cfg)
+
+
 def finish_interrupted_publication(cfg: PipelineConfig) -> PublishResult | None:
     """Complete a publication that died between its tables, if the journal names one; returns its result."""
-    journal = cfg.tables.staging / JOURNAL
-    if not journal.is_file():
+    if not publishing(cfg):
         return None
+    journal = cfg.tables.staging / JOURNAL
     entry = json.loads(journal.read_text(encoding="utf-8"))
     run_id, number = entry["run_id"], int(entry.get("publication", 1))  # a journal without a number: the first
     log.warning("publication %d of run %s was interrupted between tables; completing it first", number, run_id)

@@ -25,7 +25,7 @@ import pyarrow as pa
 from defusedcsv import csv
 from tabulate import tabulate
 
-from jobs import delta_io
+from jobs import delta_io, publication
 from jobs.config import PipelineConfig, TablePaths, load_config
 from jobs.errors import IdresError
 
@@ -56,12 +56,23 @@ class QueryError(IdresError):
 def connect(cfg: PipelineConfig) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection with a view of every existing Delta table of the lakehouse, and nothing else: no file
     or network access (an analyst's `COPY ... TO`, `read_csv` or `ATTACH` would write past defusedcsv, over a
-    table's files, or read outside the lakehouse), and its configuration locked (SANDBOX)."""
+    table's files, or read outside the lakehouse), and its configuration locked (SANDBOX).
+
+    A publication commits the published tables one by one. While one is journalled, before or as the views are
+    made, they are made again once it is complete (publication.complete_for_readers): never half of one."""
     con = duckdb.connect(config=SANDBOX)
+    _register_tables(con, cfg)
+    if publication.publishing(cfg):
+        publication.complete_for_readers(cfg, "query")
+        _register_tables(con, cfg)
+    return con
+
+
+def _register_tables(con: duckdb.DuckDBPyConnection, cfg: PipelineConfig) -> None:
+    """A view of each existing Delta table at its current version (one already registered is replaced)."""
     for name, path in cfg.tables.all().items():
         if delta_io.table_exists(path):
             con.register(name, delta_io.arrow_dataset(path, string_views=True))
-    return con
 
 
 def reading_statement(sql: str) -> str:

@@ -37,6 +37,7 @@ from jobs.config import PUBLISHED_TABLES, PipelineConfig, TablePaths, load_confi
 from jobs.errors import IdresError
 from jobs.linkage import latest_model
 from jobs.publication import JOB as PUBLISH_JOB
+from jobs.publication import complete_for_readers
 from jobs.run_queries import RunQuery
 from jobs.runner import job_arg_parser
 
@@ -430,6 +431,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     if not args.run_id:
         parser.error("--run-id is required")
     cfg = load_config(args.conf)
+    complete_for_readers(cfg, "report")
     path = write_auditor_report(cfg, args.run_id, cfg.run_report_dir(args.run_id))
     print(f"Auditor report: {path.as_uri()}")
     return path

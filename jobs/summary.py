@@ -11,6 +11,7 @@ from tabulate import tabulate
 from jobs import delta_io
 from jobs import run_queries as q
 from jobs.config import PipelineConfig, load_config
+from jobs.publication import complete_for_readers
 from jobs.report import latest_auditor_report
 from jobs.run_queries import RunQuery
 
@@ -64,7 +65,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Print where the tables are and what the last run did.")
     parser.add_argument("--conf", help="config directory")
     args = parser.parse_args(argv)
-    print("\n\n".join(summary_sections(load_config(args.conf))))
+    cfg = load_config(args.conf)
+    complete_for_readers(cfg, "summary")
+    print("\n\n".join(summary_sections(cfg)))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from deltalake.exceptions import DeltaError
 from filelock import FileLock
 from pyspark.sql import SparkSession
 
-from jobs import delta_io, demo_data, ingest, pipeline, publication, quality_gate, resolve, unify
+from jobs import delta_io, demo_data, ingest, pipeline, publication, quality_gate, query, resolve, unify
 from jobs.config import DEFAULT_CONF_DIR, GOLD_TABLES, PUBLISHED_TABLES, PipelineConfig, load_config
 from jobs.errors import ColumnTypeChangeError, IdresError
 from jobs.runner import lakehouse_lock_path
@@ -259,6 +259,24 @@ def test_a_column_the_candidates_no_longer_have_leaves_the_published_table_also_
         "lineage_rows": 2,
     }
     assert not cfg.tables.staging.exists()
+
+
+def test_the_analysts_query_reads_an_interrupted_publication_completed_never_half_of_it(tmp_path):
+    cfg = config_in(tmp_path)
+    stage_candidates(cfg, "r1", {"profile_id": ["pr_1", "pr_2"], "first_name": ["bob", "ann"]})
+    publication.publish(cfg, run_id="r1")
+    stage_candidates(cfg, "r2", {"profile_id": ["pr_1", "pr_3"], "first_name": ["bob", "ion"]})
+    last = PUBLISHED_TABLES[-1]
+    keys = {k: [f"{k}-1", f"{k}-2"] for k in publication.PUBLICATIONS[last].keys}
+    delta_io.overwrite_delta(pa.table({**keys, "value": ["c", "d"]}), cfg.tables.staged(last), run_id="r2", job="unify")
+    publish_dying_at_the_last_table(cfg, "r2", tmp_path / "hidden_log")  # profiles at r2, the last table at r1
+
+    sql = (
+        "SELECT (SELECT string_agg(profile_id, ',' ORDER BY profile_id) FROM profiles) AS profiles, "
+        f"(SELECT string_agg(value, ',' ORDER BY value) FROM {last}) AS last"
+    )
+    assert query.query(cfg, sql).to_pylist() == [{"profiles": "pr_1,pr_3", "last": "c,d"}]
+    assert not publication.publishing(cfg)
 
 
 def test_a_run_published_again_publishes_its_new_candidates_and_commits_nothing_for_the_same_ones(tmp_path):
