@@ -33,8 +33,14 @@ with DAG(
     default_args=DEFAULT_ARGS,
     params={
         "action": Param("export", enum=["export", "erase"], description="export (access) or erase (erasure)"),
-        "record": Param("", type="string", description="<source_system>:<source_record_id>, or empty"),
-        "profile_id": Param("", type="string", description="a profile id, or empty"),
+        # Patterns keep a value typed in the wrong field (an email) out of the spark-submit command line and its logs.
+        "record": Param(
+            "",
+            type="string",
+            pattern=r"^([A-Za-z0-9_-]+:[^\s@]{1,200})?$",
+            description="<source_system>:<source_record_id>, or empty",
+        ),
+        "profile_id": Param("", type="string", pattern=r"^(pr_[0-9a-f]{20})?$", description="a profile id, or empty"),
     },
 ) as dag:
     spark_job(

@@ -48,6 +48,7 @@ def test_dag_files_import_only_airflow_and_the_standard_library():
 
 def test_dags_load_without_errors_and_carry_docs_tags_and_retries(airflow_env, monkeypatch):
     from airflow.dag_processing.dagbag import DagBag
+    from airflow.sdk.exceptions import ParamValidationError
 
     monkeypatch.syspath_prepend(str(DAGS))  # as Airflow's DAG processor does for the dags folder
 
@@ -77,6 +78,12 @@ def test_dags_load_without_errors_and_carry_docs_tags_and_retries(airflow_env, m
     assert outlets["resolve"] == set()  # it stages; the gate publishes
     assert "idres.bronze.customers" in outlets["ingest"]
     assert "idres.gold.profiles" in {a.name for t in bag.dags["subject_requests"].tasks for a in t.outlets}
+    requests = bag.dags["subject_requests"].params
+    requests.get_param("record").resolve("ua_crm:UA-1000123")
+    requests.get_param("profile_id").resolve("pr_0123456789abcdef0123")
+    for param, value in (("record", "olena@example.com"), ("record", "ua_crm:olena@example.com"), ("profile_id", "x")):
+        with pytest.raises(ParamValidationError):  # kept out of the spark-submit command line and its log
+            requests.get_param(param).resolve(value)
 
 
 def test_a_relative_lakehouse_for_the_dags_is_taken_relative_to_the_project(tmp_path):
