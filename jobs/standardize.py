@@ -339,13 +339,20 @@ def latest_bronze_records(bronze: DataFrame) -> DataFrame:
     """The current version of each source record: bronze keeps every version ever landed.
 
     The version its source updated last (`updated_at`) is current, whenever it was ingested; a version without
-    an update time loses to a dated one. Among versions updated at the same time (or all undated), the one
-    ingested last wins, then the lowest record hash, so the choice never depends on the order of the rows.
+    an update time loses to a dated one. An update time after the version's ingestion cannot be real (a typo:
+    2205 for 2025): it is taken as the ingestion time, here and in silver (where unify's most_recent reads it), so
+    it does not outrank every later update for good. Among versions updated at the same time (or all undated),
+    the one ingested last wins, then the lowest record hash, so the choice never depends on the order of the rows.
     """
     newest = Window.partitionBy("source_system", "source_record_id").orderBy(
         F.col("updated_at").desc_nulls_last(), F.col("ingested_at").desc(), F.col("record_hash")
     )
-    return bronze.withColumn("_rank", F.row_number().over(newest)).where("_rank = 1").drop("_rank")
+    return (
+        bronze.withColumn("updated_at", F.when(F.col("updated_at").isNotNull(), F.least("updated_at", "ingested_at")))
+        .withColumn("_rank", F.row_number().over(newest))
+        .where("_rank = 1")
+        .drop("_rank")
+    )
 
 
 def standardize_names(df: DataFrame) -> DataFrame:

@@ -328,11 +328,24 @@ def test_the_version_updated_last_in_its_source_wins_whenever_it_was_ingested(sp
             # Versions updated at the same time: the one ingested last wins.
             ("s", "2", dt.datetime(2025, 3, 1), dt.datetime(2025, 3, 2), "h3", "ingested first"),
             ("s", "2", dt.datetime(2025, 3, 1), dt.datetime(2025, 4, 1), "h4", "ingested last"),
+            # An update time after the ingestion (2205 for 2025) counts as the ingestion: a later update wins.
+            ("s", "3", dt.datetime(2205, 3, 1), dt.datetime(2025, 3, 2), "h5", "typo"),
+            ("s", "3", dt.datetime(2025, 4, 1), dt.datetime(2025, 4, 2), "h6", "updated later"),
+            ("s", "4", dt.datetime(2205, 3, 1), dt.datetime(2025, 3, 2), "h7", "typo, newest"),
+            ("s", "4", dt.datetime(2025, 1, 1), dt.datetime(2025, 1, 2), "h8", "older"),
         ],
         VERSIONS_SCHEMA,
     )
-    actual = df.transform(standardize.latest_bronze_records).select("source_record_id", "last_name")
-    expected = spark.createDataFrame([("1", "updated last"), ("2", "ingested last")], actual.schema)
+    actual = df.transform(standardize.latest_bronze_records).select("source_record_id", "last_name", "updated_at")
+    expected = spark.createDataFrame(
+        [
+            ("1", "updated last", dt.datetime(2025, 3, 1)),
+            ("2", "ingested last", dt.datetime(2025, 3, 1)),
+            ("3", "updated later", dt.datetime(2025, 4, 1)),
+            ("4", "typo, newest", dt.datetime(2025, 3, 2)),  # held as its ingestion time
+        ],
+        actual.schema,
+    )
     assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
 
 
