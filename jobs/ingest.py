@@ -16,7 +16,7 @@ import logging
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from functools import reduce
 from pathlib import Path
@@ -698,16 +698,33 @@ def source_fingerprint(source: SourceConfig) -> str | None:
     return digest.hexdigest()
 
 
-def unchanged_sources(cfg: PipelineConfig, fingerprints: Mapping[str, str | None], run_id: str) -> set[str]:
-    """Sources whose extract is byte-identical to the one their last ingest before this run read (a rerun of
-    the run compares with the same earlier run as its first attempt did, so it records the same counts)."""
+# The code that decides what an extract's bytes land as, besides the source's settings.
+INGEST_CODE = (Path(__file__), Path(__file__).with_name("canonical.py"))
+
+
+def read_settings_fingerprint(source: SourceConfig) -> str:
+    """SHA-256 of what decides how an extract is read besides its bytes: the source's settings but its path
+    (date_format, columns, encoding...) and ingest's code. Incremental skips an extract only when these match too,
+    so a fixed date_format or parser reads again an extract whose rows an earlier setting quarantined."""
+    settings = {f.name: getattr(source, f.name) for f in fields(source) if f.name != "path"}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode("utf-8"))
+    for code in INGEST_CODE:
+        digest.update(code.read_bytes())
+    return digest.hexdigest()
+
+
+def unchanged_sources(cfg: PipelineConfig, fingerprints: Mapping[str, tuple[str | None, str]], run_id: str) -> set[str]:
+    """Sources whose extract is byte-identical to the one their last ingest before this run read, under the same
+    settings and code (fingerprints: extract and settings digests; a rerun of the run compares with the same
+    earlier run as its first attempt did, so it records the same counts)."""
     runs = cfg.tables.ingest_runs
-    if not delta_io.table_exists(runs) or "source_sha256" not in delta_io.column_names(runs):
+    if not delta_io.table_exists(runs) or "read_settings_sha256" not in delta_io.column_names(runs):
         return set()
-    rows = delta_io.query_delta("SELECT run_id, source_system, source_sha256, ingested_at FROM r", r=runs).to_pylist()
+    sql = "SELECT run_id, source_system, source_sha256, read_settings_sha256, ingested_at FROM r"
+    rows = delta_io.query_delta(sql, r=runs).to_pylist()
     earlier = sorted((r for r in rows if r["run_id"] != run_id), key=lambda r: r["ingested_at"])
-    last = {r["source_system"]: r["source_sha256"] for r in earlier}
-    return {name for name, sha in last.items() if sha is not None and sha == fingerprints.get(name)}
+    last = {r["source_system"]: (r["source_sha256"], r["read_settings_sha256"]) for r in earlier}
+    return {name for name, read in last.items() if None not in read and read == fingerprints.get(name)}
 
 
 def run(spark: SparkSession, cfg: PipelineConfig, run_id: str, mode: str = "full") -> IngestResult:
@@ -717,7 +734,7 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str, mode: str = "full
     last ingest read (its rows are in bronze already), recording zero counts for it.
     """
     ingested_at = datetime.now(UTC).replace(microsecond=0)
-    fingerprints = {s.name: source_fingerprint(s) for s in cfg.sources}
+    fingerprints = {s.name: (source_fingerprint(s), read_settings_fingerprint(s)) for s in cfg.sources}
     skipped = unchanged_sources(cfg, fingerprints, run_id) if mode == "incremental" else set()
     for name in sorted(skipped):
         log.info("ingest %s: extract unchanged since its last ingest; skipped (incremental)", name)
@@ -750,7 +767,7 @@ def _record_ingest(
     run_id: str,
     ingested_at: datetime,
     counts: list[SourceCounts],
-    fingerprints: Mapping[str, str | None],
+    fingerprints: Mapping[str, tuple[str | None, str]],
     bronze_inserted: int,
 ) -> IngestResult:
     audit = pa.Table.from_pylist(
@@ -763,7 +780,8 @@ def _record_ingest(
                 "rows_landed": c.landed,
                 "rows_quarantined": c.quarantined,
                 "ingested_at": ingested_at,
-                "source_sha256": fingerprints[c.source_system],
+                "source_sha256": fingerprints[c.source_system][0],
+                "read_settings_sha256": fingerprints[c.source_system][1],
             }
             for c in counts
         ],
@@ -803,6 +821,7 @@ INGEST_RUNS_SCHEMA = pa.schema(
         ("rows_quarantined", pa.int64()),
         ("ingested_at", pa.timestamp("us", tz="UTC")),
         ("source_sha256", pa.string()),
+        ("read_settings_sha256", pa.string()),  # the source's settings and ingest's code (read_settings_fingerprint)
     ]
 )
 

@@ -621,6 +621,26 @@ def test_an_incremental_run_reads_a_changed_extract_whole_and_skips_the_unchange
     assert_df_equality(bronze, expected_bronze, ignore_row_order=True, ignore_nullable=True)
 
 
+def test_an_incremental_run_reads_an_unchanged_extract_again_once_its_source_settings_change(spark, cfg):
+    from jobs import demo_data
+    from tests.conftest import write_ua_crm
+
+    demo_data.generate(cfg, people=5, seed=8)
+    write_ua_crm(cfg, [ua_record("UA-1", "Шевченко"), ua_record("UA-2", "Коваль")])
+    ua = cfg.source("ua_crm")
+    wrong = dataclasses.replace(
+        cfg, sources=tuple(dataclasses.replace(s, date_format="dd/MM/yyyy") if s is ua else s for s in cfg.sources)
+    )
+    ingest.run(spark, wrong, run_id="r1", mode="incremental")  # every date of birth unparseable
+    ingest.run(spark, cfg, run_id="r2", mode="incremental")  # the date format fixed; the extract as it was
+    ingest.run(spark, cfg, run_id="r3", mode="incremental")  # nothing changed: skipped
+
+    audit = delta_io.read_delta(spark, cfg.tables.ingest_runs).where("source_system = 'ua_crm'")
+    actual = audit.select("run_id", "rows_read", "rows_landed", "rows_quarantined")
+    expected = spark.createDataFrame([("r1", 2, 0, 2), ("r2", 2, 2, 0), ("r3", 0, 0, 0)], actual.schema)
+    assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
+
+
 def test_every_record_of_an_extract_is_read_and_either_lands_in_bronze_or_in_quarantine(spark, cfg):
     from jobs import demo_data
 
