@@ -94,8 +94,6 @@ APOSTROPHES = "'\u2019\u02bc\u2018\u02bb`"
 # Typed for one too: the acute accent (NFKC makes it a space and a combining mark), the primes ′ and ʹ.
 APOSTROPHE_STAND_INS = str.maketrans(dict.fromkeys("\u00b4\u2032\u02b9", "'"))
 E164_PHONE = re.compile(E164)
-TITLE_WORD_BREAK = re.compile(r"\s+|(?<=[.,;:)])")
-TITLE_PUNCTUATION = ".,;:()"
 
 # Romanization systems disagree on a few letters: fold each group to one spelling. Consonant
 # clusters first (щ shch/schtsch/shh, ш sh/sch/š, ч ch/tsch/tch/č, ц ts/tz/c/z, ж zh/ž,
@@ -196,22 +194,29 @@ def fold_key(latin: str | None) -> str | None:
 
 
 def is_title(word: str) -> bool:
-    """Whether a word as written is an honorific of TITLES, in any case, with or without its full stop or the
-    punctuation around it ((Mr)), whatever its dash (г‑н with a non-breaking hyphen)."""
+    """Whether a word as written is an honorific of TITLES, in any case, with or without its full stop, whatever
+    its dash (г‑н with a non-breaking hyphen)."""
     folded = "".join("-" if unicodedata.category(ch) == "Pd" else ch for ch in unicodedata.normalize("NFKC", word))
-    return folded.casefold().strip(TITLE_PUNCTUATION) in TITLES
+    return folded.casefold().strip(".") in TITLES
 
 
 @lru_cache(maxsize=200_000)
 def standardize_name(raw: str | None) -> tuple[str | None, str | None, str | None, str | None]:
     """(native, latin, key, phonetic) of one name; titles dropped. Null in, nulls out."""
-    # Titles are looked for in the words as written, before clean_text makes the hyphen of г-н or д-р a space, and
-    # so that of a double-barrelled Herr-Schmidt; a full stop or comma ends a word (Mr.John, Д-р.Петренко).
-    words = [word for word in TITLE_WORD_BREAK.split(raw) if word] if raw is not None else []
-    native = clean_text(" ".join(_without_leading_titles(words, is_title))) if raw is not None else None
+    # Titles are looked for before clean_text makes the hyphen of г-н or д-р a space, and so that of a
+    # double-barrelled Herr-Schmidt, whose first part is no title.
+    native = clean_text(" ".join(_without_leading_titles(name_words(raw), is_title))) if raw is not None else None
     latin = to_latin(native)
     key = fold_key(latin)
     return native, latin, key, (jellyfish.metaphone(key) or None) if key else None
+
+
+def name_words(raw: str) -> list[str]:
+    """The words of a name as clean_text splits them (at spaces, punctuation and symbols: Mr.John, «Пан», Dr./Prof.,
+    Mr．John), but for dashes, which stay in their word (г-н, Herr-Schmidt)."""
+    text = unicodedata.normalize("NFKC", raw.translate(APOSTROPHE_STAND_INS))
+    marked = "".join("\n" if _in_clean_text(ch) == " " and unicodedata.category(ch) != "Pd" else ch for ch in text)
+    return [word for word in marked.split("\n") if word.strip()]
 
 
 def _without_leading_titles(words: list[str], title: Callable[[str], bool]) -> list[str]:
@@ -301,14 +306,10 @@ def pseudonym_key() -> bytes:
 
 
 def pseudonymize_identifier(raw: str | None, key: bytes) -> str | None:
-    """HMAC-SHA256 (hex) of an identifier's letters and digits, upper-cased, Cyrillic look-alike letters read as
-    Latin, so formatting does not matter (a passport series АА or AA stays part of it); None when it has no digit,
-    or only one digit repeated (a placeholder such as 000-000-00-00 would link everyone who has it)."""
-    if not raw:
-        return None
-    kept = "".join(ch for ch in unicodedata.normalize("NFKC", raw) if ch.isalnum()).upper().translate(TO_LATIN)
-    digits = {ch for ch in kept if ch.isdecimal()}
-    return hmac.new(key, kept.encode("utf-8"), hashlib.sha256).hexdigest() if len(digits) > 1 else None
+    """HMAC-SHA256 (hex) of an identifier's digits, so formatting and labels (ІПН, №) do not matter; None when it
+    has no digit, or only one digit repeated (a placeholder such as 000-000-00-00 would link everyone who has it)."""
+    digits = re.sub(r"[^0-9]", "", unicodedata.normalize("NFKC", raw)) if raw else ""
+    return hmac.new(key, digits.encode("ascii"), hashlib.sha256).hexdigest() if len(set(digits)) > 1 else None
 
 
 NAME_SCHEMA = T.StructType([T.StructField(f, T.StringType()) for f in ("native", "latin", "key", "phonetic")])
