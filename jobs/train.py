@@ -54,11 +54,17 @@ def train_and_save(db: SqlEngine, cfg: PipelineConfig, records: str) -> ModelVer
     linker = linker_for(db, records, splink_settings(cfg.linkage))
     try:
         train(linker, cfg.linkage)
-    except (EMTrainingException, ZeroDivisionError) as exc:  # a rule found no pair (lambda: no pair at all)
+    except (EMTrainingException, ZeroDivisionError, ValueError) as exc:
+        if isinstance(exc, IdresError):
+            raise
+        # Too few or too alike records: a rule found no pair (lambda: no pair at all, ZeroDivisionError), more
+        # pairs than the recall allows among all pairs, or none to estimate lambda from while EM found some
+        # (Splink's ValueErrors). Splink's message is not repeated: it is not ours to keep free of values.
         raise NothingToTrainError(
-            f"Splink cannot train a model on {db.count(records)} admitted records: a training rule of "
-            "conf/splink.yaml finds no pair among them; no model written (train on more records)"
-        ) from exc
+            f"Splink cannot train a model on {db.count(records)} admitted records ({type(exc).__name__} while "
+            "estimating): too few, or too alike, for the training rules of conf/splink.yaml; no model written "
+            "(train on more records)"
+        ) from None
     model = save_model(linker, cfg.linkage, cfg.policy, db.name, cfg.models)
     save_model_charts(linker, cfg.reports / "models" / model.version)
     log.info("trained Splink model %s on %s", model.version, db.name)

@@ -326,3 +326,9 @@ def test_one_record_without_a_model_is_its_own_profile_and_records_no_rule_pairs
     with pytest.raises(NothingToTrainError, match="cannot train a model on 2 admitted records"):
         resolve.run(spark, cfg, run_id="two")
     assert latest_model(cfg.models, cfg.linkage, cfg.policy) is None
+
+    # Two records of one person: the one pair of all pairs is more than recall 0.8 allows (Splink's ValueError).
+    delta_io.overwrite_delta(silver_rows(spark, cfg, PEOPLE[:2]), cfg.tables.admitted, run_id="pair", job="test")
+    with pytest.raises(NothingToTrainError, match=r"cannot train a model on 2 admitted records \(ValueError"):
+        resolve.run(spark, cfg, run_id="pair")
+    assert latest_model(cfg.models, cfg.linkage, cfg.policy) is None
