@@ -26,7 +26,7 @@ from defusedcsv import csv
 from tabulate import tabulate
 
 from jobs import delta_io, publication
-from jobs.config import PipelineConfig, TablePaths, load_config
+from jobs.config import PUBLISHED_TABLES, PipelineConfig, TablePaths, load_config
 from jobs.errors import IdresError
 
 # defusedcsv escapes cells starting with = + - @ | %; OWASP adds tab and carriage return.
@@ -35,6 +35,8 @@ PLAIN_NUMBER = re.compile(r"-?[0-9,.]+")  # what defusedcsv leaves as it is, tho
 # A query is one statement that reads: SELECT (with FROM-first, VALUES, DESCRIBE, SHOW, SUMMARIZE), EXPLAIN, and
 # PIVOT, which DuckDB plans as several statements (MULTI) when it first collects the pivoted values.
 READING_STATEMENTS = frozenset({duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN, duckdb.StatementType.MULTI})
+READING_START = re.compile(r"[\s(]*(SELECT|FROM|WITH|PIVOT|UNPIVOT|VALUES)\b", re.IGNORECASE)
+OPEN_ATTEMPTS = 3
 # No file or network access: with external access off, DuckDB still allows its temporary directory (.tmp in
 # the working directory), where an EXPORT DATABASE or COPY would leave table copies that no erasure finds. So no
 # temporary directory either (a query that outgrows memory fails instead of spilling), no extension loaded or
@@ -58,14 +60,21 @@ def connect(cfg: PipelineConfig) -> duckdb.DuckDBPyConnection:
     or network access (an analyst's `COPY ... TO`, `read_csv` or `ATTACH` would write past defusedcsv, over a
     table's files, or read outside the lakehouse), and its configuration locked (SANDBOX).
 
-    A publication commits the published tables one by one. While one is journalled, before or as the views are
-    made, they are made again once it is complete (publication.complete_for_readers): never half of one."""
+    A publication commits the published tables one by one, so the views are made again while one is journalled
+    (after publication.complete_for_readers) or a published table got a commit as they were made: never half of
+    a publication."""
     con = duckdb.connect(config=SANDBOX)
-    _register_tables(con, cfg)
-    if publication.publishing(cfg):
+    for _ in range(OPEN_ATTEMPTS):
         publication.complete_for_readers(cfg, "query")
+        before = _published_versions(cfg)
         _register_tables(con, cfg)
-    return con
+        if not publication.publishing(cfg) and _published_versions(cfg) == before:
+            return con
+    raise QueryError(f"the published tables changed each of the {OPEN_ATTEMPTS} times they were opened; try again")
+
+
+def _published_versions(cfg: PipelineConfig) -> dict[str, int | None]:
+    return {name: delta_io.table_version(getattr(cfg.tables, name)) for name in PUBLISHED_TABLES}
 
 
 def _register_tables(con: duckdb.DuckDBPyConnection, cfg: PipelineConfig) -> None:
@@ -80,8 +89,10 @@ def reading_statement(sql: str) -> str:
     statements = duckdb.extract_statements(sql)
     if len(statements) != 1:
         raise QueryError(f"a query is one SQL statement; this is {len(statements)}")
-    if statements[0].type not in READING_STATEMENTS:
-        raise QueryError(f"a query reads the tables; this is a {statements[0].type.name} statement")
+    kind = statements[0].type
+    # DuckDB calls any statement holding a PIVOT several (MULTI): a COPY (PIVOT ...) TO too.
+    if kind not in READING_STATEMENTS or (kind == duckdb.StatementType.MULTI and not READING_START.match(sql)):
+        raise QueryError(f"a query reads the tables; this is a {kind.name} statement")
     return sql
 
 
@@ -124,7 +135,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--csv", type=Path, metavar="OUT", help="write the result to this CSV file instead")
     args = parser.parse_args(argv)
     cfg = load_config(args.conf)
-    result = query(cfg, args.sql)
+    try:
+        result = query(cfg, args.sql)
+    except IdresError as err:  # a refused statement, a lakehouse busy past the lock's timeout
+        parser.exit(2, f"query: {err}\n")
     if args.csv is not None:
         with args.csv.open("w", encoding="utf-8", newline="") as fh:
             write_csv(result, fh)

@@ -279,6 +279,33 @@ def test_the_analysts_query_reads_an_interrupted_publication_completed_never_hal
     assert not publication.publishing(cfg)
 
 
+def test_the_analysts_query_opens_the_tables_again_when_a_publication_commits_as_it_opens_them(tmp_path, monkeypatch):
+    cfg = config_in(tmp_path)
+    stage_candidates(cfg, "r1", {"profile_id": ["pr_1", "pr_2"], "first_name": ["bob", "ann"]})
+    publication.publish(cfg, run_id="r1")
+    stage_candidates(cfg, "r2", {"profile_id": ["pr_1", "pr_3"], "first_name": ["bob", "ion"]})
+    last = PUBLISHED_TABLES[-1]
+    keys = {k: [f"{k}-1", f"{k}-2"] for k in publication.PUBLICATIONS[last].keys}
+    delta_io.overwrite_delta(pa.table({**keys, "value": ["c", "d"]}), cfg.tables.staged(last), run_id="r2", job="unify")
+
+    register = query._register_tables
+    opened = []
+
+    def register_while_r2_publishes(con, cfg):  # the gate's publication commits while the views are made
+        register(con, cfg)
+        opened.append(True)
+        if len(opened) == 1:
+            publication.publish(cfg, run_id="r2")
+
+    monkeypatch.setattr(query, "_register_tables", register_while_r2_publishes)
+    sql = (
+        "SELECT (SELECT string_agg(profile_id, ',' ORDER BY profile_id) FROM profiles) AS profiles, "
+        f"(SELECT string_agg(value, ',' ORDER BY value) FROM {last}) AS last"
+    )
+    assert query.query(cfg, sql).to_pylist() == [{"profiles": "pr_1,pr_3", "last": "c,d"}]
+    assert len(opened) == 2
+
+
 def test_a_run_published_again_publishes_its_new_candidates_and_commits_nothing_for_the_same_ones(tmp_path):
     cfg = config_in(tmp_path)
     stage_candidates(cfg, "r1", {"profile_id": ["pr_1", "pr_2"], "first_name": ["bob", "ann"]})
