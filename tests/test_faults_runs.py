@@ -261,7 +261,8 @@ def test_a_column_the_candidates_no_longer_have_leaves_the_published_table_also_
     assert not cfg.tables.staging.exists()
 
 
-def test_the_analysts_query_reads_an_interrupted_publication_completed_never_half_of_it(tmp_path):
+def r1_published_and_r2_staged(tmp_path: Path) -> PipelineConfig:
+    """A lakehouse with run r1 published and run r2 staged: other profiles, and other values in the last table."""
     cfg = config_in(tmp_path)
     stage_candidates(cfg, "r1", {"profile_id": ["pr_1", "pr_2"], "first_name": ["bob", "ann"]})
     publication.publish(cfg, run_id="r1")
@@ -269,24 +270,28 @@ def test_the_analysts_query_reads_an_interrupted_publication_completed_never_hal
     last = PUBLISHED_TABLES[-1]
     keys = {k: [f"{k}-1", f"{k}-2"] for k in publication.PUBLICATIONS[last].keys}
     delta_io.overwrite_delta(pa.table({**keys, "value": ["c", "d"]}), cfg.tables.staged(last), run_id="r2", job="unify")
-    publish_dying_at_the_last_table(cfg, "r2", tmp_path / "hidden_log")  # profiles at r2, the last table at r1
+    return cfg
 
+
+def assert_query_reads_r2(cfg: PipelineConfig) -> None:
+    """The analysts' query reads r2's profiles and r2's last table: the whole publication."""
     sql = (
         "SELECT (SELECT string_agg(profile_id, ',' ORDER BY profile_id) FROM profiles) AS profiles, "
-        f"(SELECT string_agg(value, ',' ORDER BY value) FROM {last}) AS last"
+        f"(SELECT string_agg(value, ',' ORDER BY value) FROM {PUBLISHED_TABLES[-1]}) AS last"
     )
     assert query.query(cfg, sql).to_pylist() == [{"profiles": "pr_1,pr_3", "last": "c,d"}]
+
+
+def test_the_analysts_query_reads_an_interrupted_publication_completed_never_half_of_it(tmp_path):
+    cfg = r1_published_and_r2_staged(tmp_path)
+    publish_dying_at_the_last_table(cfg, "r2", tmp_path / "hidden_log")  # profiles at r2, the last table at r1
+
+    assert_query_reads_r2(cfg)
     assert not publication.publishing(cfg)
 
 
 def test_the_analysts_query_opens_the_tables_again_when_a_publication_commits_as_it_opens_them(tmp_path, monkeypatch):
-    cfg = config_in(tmp_path)
-    stage_candidates(cfg, "r1", {"profile_id": ["pr_1", "pr_2"], "first_name": ["bob", "ann"]})
-    publication.publish(cfg, run_id="r1")
-    stage_candidates(cfg, "r2", {"profile_id": ["pr_1", "pr_3"], "first_name": ["bob", "ion"]})
-    last = PUBLISHED_TABLES[-1]
-    keys = {k: [f"{k}-1", f"{k}-2"] for k in publication.PUBLICATIONS[last].keys}
-    delta_io.overwrite_delta(pa.table({**keys, "value": ["c", "d"]}), cfg.tables.staged(last), run_id="r2", job="unify")
+    cfg = r1_published_and_r2_staged(tmp_path)
 
     register = query._register_tables
     opened = []
@@ -298,11 +303,7 @@ def test_the_analysts_query_opens_the_tables_again_when_a_publication_commits_as
             publication.publish(cfg, run_id="r2")
 
     monkeypatch.setattr(query, "_register_tables", register_while_r2_publishes)
-    sql = (
-        "SELECT (SELECT string_agg(profile_id, ',' ORDER BY profile_id) FROM profiles) AS profiles, "
-        f"(SELECT string_agg(value, ',' ORDER BY value) FROM {last}) AS last"
-    )
-    assert query.query(cfg, sql).to_pylist() == [{"profiles": "pr_1,pr_3", "last": "c,d"}]
+    assert_query_reads_r2(cfg)
     assert len(opened) == 2
 
 
