@@ -33,14 +33,17 @@ with DAG(
     default_args=DEFAULT_ARGS,
     params={
         "action": Param("export", enum=["export", "erase"], description="export (access) or erase (erasure)"),
-        # Patterns keep a value typed in the wrong field (an email) out of the spark-submit command line and its logs.
+        # Patterns keep a value typed in the wrong field (an email, a phone, a name) out of the spark-submit command
+        # line and its logs: a record id is ASCII letters, digits and . _ : / # -; `(?!\n)` as `$` lets one end it.
         "record": Param(
             "",
             type="string",
-            pattern=r"^([A-Za-z0-9_-]+:[^\s@]{1,200})?$",
+            pattern=r"^([A-Za-z0-9_-]+:[A-Za-z0-9._:/#-]{1,200})?$(?!\n)",
             description="<source_system>:<source_record_id>, or empty",
         ),
-        "profile_id": Param("", type="string", pattern=r"^(pr_[0-9a-f]{20})?$", description="a profile id, or empty"),
+        "profile_id": Param(
+            "", type="string", pattern=r"^(pr_[0-9a-f]{20})?$(?!\n)", description="a profile id, or empty"
+        ),
     },
 ) as dag:
     spark_job(
