@@ -914,8 +914,10 @@ def _load_linkage(raw: dict[str, Any], problems: _Problems) -> LinkageConfig | N
         ),
     )
     link_type = problems.require(file, "", raw, "link_type", str)
-    if link_type is not None and link_type not in ("dedupe_only", "link_and_dedupe"):
-        problems.add(file, "link_type", "must be dedupe_only or link_and_dedupe")
+    if link_type is not None and link_type != "dedupe_only":
+        # idres resolves all admitted records as one table (across sources and within them): Splink's
+        # link_and_dedupe needs a source_dataset column and a table per dataset.
+        problems.add(file, "link_type", f"must be dedupe_only (all admitted records as one table), got '{link_type}'")
     unique_id = problems.require(file, "", raw, "unique_id_column", str)
     if unique_id is not None and unique_id != UNIQUE_ID_COLUMN:
         problems.add(

@@ -39,7 +39,8 @@ log = logging.getLogger("idres.linkage")
 MODEL_PREFIX = "splink-model-"
 # "<UTC time>-<engine trained on>-<settings hash>-<content hash>"; names sort by time.
 MODEL_VERSION = re.compile(r"(?P<stamp>\d{8}T\d{6}Z)-(?P<engine>[a-z]+)-(?P<settings>[0-9a-f]{12})-[0-9a-f]{12}")
-LOCAL_MASTER = re.compile(r"local(\[(\*|\d+)(,\d+)?\])?")  # local, local[N], local[*], local[N,retries]
+# local, local[N], local[*], local[N,retries] (Spark allows spaces around the comma)
+LOCAL_MASTER = re.compile(r"local(\[(\*|\d+)(\s*,\s*\d+)?\])?")
 # Thresholds only cut predictions and clusters; a change to them needs no new model.
 NOT_MODEL_SETTINGS = ("match_probability", "cluster_probability")
 

@@ -285,6 +285,13 @@ def test_the_splink_training_sample_sizes_are_checked(tmp_path):
     del splink["training"]["em_max_pairs"], splink["training"]["u_max_pairs"]
     (conf / "splink.yaml").write_text(yaml.safe_dump(splink), encoding="utf-8")
     assert (load_config(conf).linkage.u_max_pairs, load_config(conf).linkage.em_max_pairs) == (1_000_000, 0)
+    splink["link_type"] = "link_and_dedupe"  # Splink would need a source_dataset column and a table per dataset
+    (conf / "splink.yaml").write_text(yaml.safe_dump(splink), encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        load_config(conf)
+    assert err.value.problems == [
+        "splink.yaml: link_type: must be dedupe_only (all admitted records as one table), got 'link_and_dedupe'"
+    ]
 
 
 def test_sources_that_are_not_a_list_and_survivorship_of_columns_silver_does_not_hold_are_named(tmp_path):

@@ -25,17 +25,22 @@ from jobs.linkage import choose_engine, latest_model, model_settings, settings_h
 
 def test_auto_picks_duckdb_only_for_few_records_on_a_local_master():
     auto = ResolveConfig(engine="auto", duckdb_max_records=1000)
-    masters = ("local", "local[*]", "local[4]", "spark://10.0.0.1:7077", "yarn", "k8s://https://k8s:443")
+    masters = ("local", "local[*]", "local[4]", "local[4, 2]", "spark://10.0.0.1:7077", "yarn", "k8s://https://k8s:443")
     picked = {(master, n): choose_engine(auto, master, n).engine for master in masters for n in (1000, 1001)}
-    assert picked == {
-        ("local", 1000): "duckdb",
-        ("local", 1001): "spark",
-        ("local[*]", 1000): "duckdb",
-        ("local[*]", 1001): "spark",
-        ("local[4]", 1000): "duckdb",
-        ("local[4]", 1001): "spark",
-        **{(cluster, n): "spark" for cluster in masters[3:] for n in (1000, 1001)},
-    }
+    assert (
+        picked
+        == {
+            ("local", 1000): "duckdb",
+            ("local", 1001): "spark",
+            ("local[*]", 1000): "duckdb",
+            ("local[*]", 1001): "spark",
+            ("local[4]", 1000): "duckdb",
+            ("local[4]", 1001): "spark",
+            ("local[4, 2]", 1000): "duckdb",  # with task retries, spaces around the comma as Spark allows
+            ("local[4, 2]", 1001): "spark",
+            **{(cluster, n): "spark" for cluster in masters[4:] for n in (1000, 1001)},
+        }
+    )
     assert choose_engine(auto, "local[2]", 490).reason == "auto: 490 records <= duckdb_max_records 1000 on local[2]"
     assert choose_engine(auto, "yarn", 5).reason == "auto: Spark master yarn is a cluster"
     assert choose_engine(ResolveConfig(engine="duckdb"), "yarn", 10**9).engine == "duckdb"
