@@ -303,8 +303,12 @@ def validate(
 
 
 def _already_published(cfg: PipelineConfig, run_id: str) -> bool:
+    """Whether run_id published and its candidates are no longer staged: the staging was dropped, or another run
+    staged its own since (a retry of run_id's gate after it published, with a CLI run's refused candidates left)."""
     t = cfg.tables
-    return not delta_io.table_exists(t.staged("profiles")) and delta_io.committed_in_run(t.unify_runs, JOB, run_id)
+    if not delta_io.committed_in_run(t.unify_runs, JOB, run_id):
+        return False
+    return not delta_io.table_exists(t.staged("profiles")) or "profiles" in staged_by_other_runs(cfg, run_id)
 
 
 def _stable(value: Any) -> Any:

@@ -370,6 +370,26 @@ def test_a_gate_retried_after_dying_in_its_report_writes_the_report(spark, stage
     assert "passed, published" in (run_dir / "index.html").read_text(encoding="utf-8")
 
 
+def test_a_gate_retried_after_it_published_and_another_run_staged_reports_its_publication(tmp_path, monkeypatch):
+    """Run r1's gate published and died writing its report; before Airflow retried it, a CLI run b staged
+    candidates its gate refused. The retry finds r1 published, not b's candidates to refuse as foreign."""
+    cfg = config_in(tmp_path)
+    stage_candidates(cfg, "r1", {"profile_id": ["pr_1", "pr_2"], "first_name": ["bob", "ann"]})
+    publication.publish(cfg, run_id="r1")
+    quality_gate.write_outcome(quality_gate.QualityOutcome("r1", True, [], published=True), cfg.run_report_dir("r1"))
+    stage_candidates(cfg, "b", {"profile_id": ["pr_1", "pr_9"], "first_name": ["bob", "eve"]})
+    monkeypatch.setattr(quality_gate, "write_auditor_report", lambda *_args: "report")
+
+    result = quality_gate.run(None, cfg, run_id="r1")
+
+    assert (result.outcome.success, result.outcome.published) == (True, True)
+    assert published_profiles(cfg) == [
+        {"profile_id": "pr_1", "first_name": "bob"},
+        {"profile_id": "pr_2", "first_name": "ann"},
+    ]
+    assert quality_gate.staged_by_other_runs(cfg, "r1") == list(PUBLISHED_TABLES)  # b's, left for b's own gate
+
+
 def test_a_gate_retried_after_its_refused_candidates_left_the_staging_fails_and_reports_nothing_published(
     tmp_path, monkeypatch
 ):
