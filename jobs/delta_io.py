@@ -428,12 +428,11 @@ def merge_delta(
       run published again) passes a higher version.
     - with schema_follows_source, for a table the source replaces whole (update_changed and delete_missing):
       a column the table has and the source lacks leaves the table (a merge keeps such a column with every old
-      value: a column the policy made sensitive would stay, personal values and all). From a DeltaSource, its
-      files replace the table's, schema included, in one overwrite commit whose metrics count every matched
-      row as updated (its commit metadata records them for run_commit_metrics); from rows, the merge is
-      followed by one commit rewriting the table without those columns. A column whose type the source changes
-      (retyped_columns) takes the source's type the same way: the source replaces the table in one overwrite
-      commit (rows first written as a Delta table beside it).
+      value: a column the policy made sensitive would stay, personal values and all). The source's files
+      replace the table's, schema included, in one overwrite commit whose metrics count every matched row as
+      updated (its commit metadata records them for run_commit_metrics); rows are first written as a Delta
+      table beside it. A column whose type the source changes (retyped_columns) takes the source's type the
+      same way.
     Without schema_follows_source, a changed column type raises ColumnTypeChangeError before any commit.
     The source must hold each key once (delta-rs#2407). A DeltaSource (another Delta table, e.g. staged
     rows) or an Arrow table (a few audit rows built in the driver) goes into the merge without passing
@@ -447,11 +446,10 @@ def merge_delta(
     retyped = retyped_columns(source, path)
     if retyped and not schema_follows_source:
         raise ColumnTypeChangeError(str(path), retyped)
-    if retyped and not isinstance(source, DeltaSource):
+    dropped = schema_follows_source and table_exists(path) and set(column_names(path)) - set(_column_names_of(source))
+    if (retyped or dropped) and not isinstance(source, DeltaSource):
         return _replace_with_rows(source, path, keys, commit)
-    if isinstance(source, DeltaSource) and (
-        retyped or (schema_follows_source and set(column_names(path)) - set(_column_names_of(source)))
-    ):
+    if retyped or dropped:
         return _replace_with_copy(source, path, keys, commit)
     if isinstance(source, DataFrame) and not _collects(source) and not table_exists(path):
         return _inserted(_commit_spark_files(source, path, "append", commit))
@@ -459,31 +457,13 @@ def merge_delta(
         quoted_run_id = run_id.replace("'", "''")
         of_run = f"t.`run_id` = '{quoted_run_id}'" if delete_missing_of_run else None
         deletes = delete_missing or delete_missing_of_run
-        metrics = _merge(batches, rows, path, keys, commit, update_changed, ignore_changes_in, deletes, of_run)
-    if schema_follows_source:
-        _drop_columns_not_in(path, _column_names_of(source), commit)
-    return metrics
+        return _merge(batches, rows, path, keys, commit, update_changed, ignore_changes_in, deletes, of_run)
 
 
 def _column_names_of(source: DataFrame | DeltaSource | pa.Table) -> list[str]:
     if isinstance(source, DeltaSource):
         return column_names(source.path)
     return source.columns if isinstance(source, DataFrame) else source.schema.names
-
-
-def _drop_columns_not_in(path: Path | str, kept: Sequence[str], commit: CommitProperties) -> None:
-    """Rewrite the table without the columns not in kept, in one commit; nothing when it has none."""
-    if set(column_names(path)) <= set(kept):
-        return
-    columns = [c for c in column_names(path) if c in set(kept)]
-    write_deltalake(
-        str(path),
-        arrow_dataset(path).to_table(columns=columns),
-        mode="overwrite",
-        schema_mode="overwrite",
-        configuration=TABLE_PROPERTIES,
-        commit_properties=commit,
-    )
 
 
 def keys_match(keys: Sequence[str], left: str, right: str) -> str:
