@@ -303,12 +303,14 @@ def validate(
 
 
 def _already_published(cfg: PipelineConfig, run_id: str) -> bool:
-    """Whether run_id published and its candidates are no longer staged: the staging was dropped, or another run
-    staged its own since (a retry of run_id's gate after it published, with a CLI run's refused candidates left)."""
+    """Whether run_id published and staged nothing since: a publication drops the staging, so no staged table
+    holds a commit of run_id (the staging is gone, or another run's, such as a CLI run's refused candidates left
+    before a retry of run_id's gate). A run cleared and staged again under its id publishes again."""
     t = cfg.tables
     if not delta_io.committed_in_run(t.unify_runs, JOB, run_id):
         return False
-    return not delta_io.table_exists(t.staged("profiles")) or "profiles" in staged_by_other_runs(cfg, run_id)
+    staged = [t.staged(name) for name in PUBLISHED_TABLES if delta_io.table_exists(t.staged(name))]
+    return not any(commit.get("run_id") == run_id for path in staged for commit in delta_io.history(path))
 
 
 def _stable(value: Any) -> Any:

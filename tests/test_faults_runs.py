@@ -389,6 +389,14 @@ def test_a_gate_retried_after_it_published_and_another_run_staged_reports_its_pu
     ]
     assert quality_gate.staged_by_other_runs(cfg, "r1") == list(PUBLISHED_TABLES)  # b's, left for b's own gate
 
+    # But r1 cleared and staged again after it published, then overwritten by b: r1's new candidates were never
+    # published, so its gate refuses b's instead of reporting the first publication.
+    publication.drop_staging(cfg)
+    stage_candidates(cfg, "r1", {"profile_id": ["pr_1", "pr_3"], "first_name": ["bob", "ion"]})
+    stage_candidates(cfg, "b", {"profile_id": ["pr_1", "pr_9"], "first_name": ["bob", "eve"]})
+    with pytest.raises(IdresError, match="are not run r1's"):
+        quality_gate.run(None, cfg, run_id="r1")
+
 
 def test_a_gate_retried_after_its_refused_candidates_left_the_staging_fails_and_reports_nothing_published(
     tmp_path, monkeypatch
