@@ -55,8 +55,8 @@ def train_and_save(db: SqlEngine, cfg: PipelineConfig, records: str) -> ModelVer
     try:
         train(linker, cfg.linkage)
     except (EMTrainingException, ZeroDivisionError, ValueError) as exc:
-        if isinstance(exc, IdresError):
-            raise
+        if isinstance(exc, ValueError) and not any(sign in str(exc) for sign in TOO_FEW_RECORDS_SIGNS):
+            raise  # a settings problem Splink names, or a bug: its own message, in the incident file
         # Too few or too alike records: a rule found no pair (lambda: no pair at all, ZeroDivisionError), more
         # pairs than the recall allows among all pairs, or none to estimate lambda from while EM found some
         # (Splink's ValueErrors). Splink's message is not repeated: it is not ours to keep free of values.
@@ -69,6 +69,16 @@ def train_and_save(db: SqlEngine, cfg: PipelineConfig, records: str) -> ModelVer
     save_model_charts(linker, cfg.reports / "models" / model.version)
     log.info("trained Splink model %s on %s", model.version, db.name)
     return model
+
+
+# What Splink's ValueErrors say when the records are too few or too alike to train on: more pairs by the
+# deterministic rules than the recall allows among all pairs, lambda 0 (no deterministic pair) while EM found
+# pairs (log of 0), and an m EM drove to 0.
+TOO_FEW_RECORDS_SIGNS = (
+    "more observed matches than is consistent with supplied recall",
+    "math domain error",
+    "below the minimum allowed value",
+)
 
 
 class NothingToTrainError(IdresError):
