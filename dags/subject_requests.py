@@ -33,12 +33,12 @@ with DAG(
     default_args=DEFAULT_ARGS,
     params={
         "action": Param("export", enum=["export", "erase"], description="export (access) or erase (erasure)"),
-        # Patterns keep a value typed in the wrong field (an email, a phone, a name) out of the spark-submit command
-        # line and its logs: a record id is ASCII letters, digits and . _ : / # -; `(?!\n)` as `$` lets one end it.
+        # Patterns keep a value typed in the wrong field (an email, text with spaces) out of the spark-submit command
+        # line and its logs; a source's record ids may hold any other character. `(?!\n)`: `$` lets a newline end it.
         "record": Param(
             "",
             type="string",
-            pattern=r"^([A-Za-z0-9_-]+:[A-Za-z0-9._:/#-]{1,200})?$(?!\n)",
+            pattern=r"^([A-Za-z0-9_-]+:[^\s@]{1,200})?$(?!\n)",
             description="<source_system>:<source_record_id>, or empty",
         ),
         "profile_id": Param(

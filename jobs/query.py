@@ -35,7 +35,12 @@ PLAIN_NUMBER = re.compile(r"-?[0-9,.]+")  # what defusedcsv leaves as it is, tho
 # A query is one statement that reads: SELECT (with FROM-first, VALUES, DESCRIBE, SHOW, SUMMARIZE), EXPLAIN, and
 # PIVOT, which DuckDB plans as several statements (MULTI) when it first collects the pivoted values.
 READING_STATEMENTS = frozenset({duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN, duckdb.StatementType.MULTI})
-READING_START = re.compile(r"[\s(]*(SELECT|FROM|WITH|PIVOT|UNPIVOT|VALUES)\b", re.IGNORECASE)
+# How a statement that reads may begin, after blanks, comments, a byte-order mark and opening parentheses.
+READING_START = re.compile(
+    r"(?:\s|\ufeff|\(|--[^\n]*(?:\n|$)|/\*.*?\*/)*"
+    r"(SELECT|FROM|WITH|VALUES|PIVOT|PIVOT_WIDER|PIVOT_LONGER|UNPIVOT|EXPLAIN|DESCRIBE|SUMMARIZE|SHOW)\b",
+    re.IGNORECASE | re.DOTALL,
+)
 OPEN_ATTEMPTS = 3
 # No file or network access: with external access off, DuckDB still allows its temporary directory (.tmp in
 # the working directory), where an EXPORT DATABASE or COPY would leave table copies that no erasure finds. So no

@@ -181,6 +181,9 @@ def test_the_analysts_sql_is_one_reading_statement_and_has_no_temporary_director
     assert query.connect(cfg).sql("SELECT current_setting('allowed_directories') AS d").fetchall() == [([],)]
     assert list(tmp_path.iterdir()) == []
     assert query.query(cfg, "PIVOT (SELECT 'kyiv' AS city) ON city USING count(*)").to_pylist() == [{"kyiv": 1}]
+    pivot = "PIVOT (SELECT 'kyiv' AS city) ON city USING count(*)"
+    for reading in (f"-- per city\n{pivot}", f"/* a note */ SELECT * FROM ({pivot})", f"DESCRIBE ({pivot})"):
+        assert query.query(cfg, reading).num_rows == 1, reading
 
 
 def canary_hits(root: Path) -> list[str]:
