@@ -97,7 +97,7 @@ def reading_statement(sql: str) -> str:
     kind = statements[0].type
     # DuckDB calls any statement holding a PIVOT several (MULTI): a COPY (PIVOT ...) TO too.
     if kind not in READING_STATEMENTS or (kind == duckdb.StatementType.MULTI and not READING_START.match(sql)):
-        raise QueryError(f"a query reads the tables; this is a {kind.name} statement")
+        raise QueryError(f"a query reads the tables; this is a statement of type {kind.name}")
     return sql
 
 
