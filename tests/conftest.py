@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 from pyspark.sql import SparkSession
 
 from jobs import consent, delta_io, demo_data, ingest, standardize
-from jobs.config import PipelineConfig, SparkConfig, load_config
+from jobs.config import DEFAULT_CONF_DIR, PipelineConfig, SparkConfig, load_config
 from jobs.engines import open_engine
 from jobs.linkage import latest_model, linkage_records
 from jobs.spark_session import build_spark_session
@@ -37,6 +40,20 @@ def spark(tmp_path_factory: pytest.TempPathFactory) -> SparkSession:
     session = build_spark_session(TEST_SPARK, "idres-tests", checkpoint_dir=str(tmp_path_factory.mktemp("checkpoints")))
     yield session
     session.stop()
+
+
+def edited_conf(tmp_path: Path, file: str, *changes: tuple[tuple[str | int, ...], Any]) -> Path:
+    """A copy of the project's conf whose YAML file has each (key path, value) change set."""
+    conf = tmp_path / "conf"
+    shutil.copytree(DEFAULT_CONF_DIR, conf)
+    data = yaml.safe_load((conf / file).read_text(encoding="utf-8"))
+    for (*parents, last), value in changes:
+        node = data
+        for step in parents:
+            node = node[step]
+        node[last] = value
+    (conf / file).write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+    return conf
 
 
 def config_in(root: Path) -> PipelineConfig:

@@ -10,6 +10,7 @@ import yaml
 
 from jobs.config import DEFAULT_CONF_DIR, ResolveConfig, load_config
 from jobs.errors import ConfigError
+from tests.conftest import edited_conf
 
 
 def test_the_project_config_loads():
@@ -173,24 +174,10 @@ def test_adding_a_region_is_a_config_change(tmp_path):
     assert cfg.source("pl_store").path == cfg.landing / "pl" / "clients.csv"
 
 
-def _edited_conf(tmp_path: Path, file: str, *changes: tuple[tuple[str | int, ...], Any]) -> Path:
-    """A copy of the project's conf whose YAML file has each (key path, value) change set."""
-    conf = tmp_path / "conf"
-    shutil.copytree(DEFAULT_CONF_DIR, conf)
-    data = yaml.safe_load((conf / file).read_text(encoding="utf-8"))
-    for (*parents, last), value in changes:
-        node = data
-        for step in parents:
-            node = node[step]
-        node[last] = value
-    (conf / file).write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
-    return conf
-
-
 def test_a_source_time_zone_is_an_iana_name_for_timestamps_without_an_offset(tmp_path):
     cfg = load_config()
     assert [s.time_zone for s in cfg.sources] == ["Europe/Kyiv", "UTC", "UTC"]  # ro_shop: the default
-    conf = _edited_conf(
+    conf = edited_conf(
         tmp_path,
         "sources.yaml",
         (("sources", 0, "time_zone"), "Europe/Kiyv"),
@@ -209,7 +196,7 @@ def test_a_source_time_zone_is_an_iana_name_for_timestamps_without_an_offset(tmp
 
 
 def _policy_conf(tmp_path: Path, **changes: Any) -> Path:
-    return _edited_conf(tmp_path, "policy.yaml", *(((key,), value) for key, value in changes.items()))
+    return edited_conf(tmp_path, "policy.yaml", *(((key,), value) for key, value in changes.items()))
 
 
 def test_pseudonymizing_a_national_id_is_off_by_default_and_checked_when_on(tmp_path):
@@ -375,7 +362,7 @@ def test_a_list_item_that_is_itself_a_list_or_mapping_is_named_instead_of_crashi
     tmp_path, file, key_path, value, problem
 ):
     with pytest.raises(ConfigError) as err:
-        load_config(_edited_conf(tmp_path, file, (key_path, value)))
+        load_config(edited_conf(tmp_path, file, (key_path, value)))
     assert err.value.problems == [f"{file}: {problem}"]
 
 
@@ -383,7 +370,7 @@ def test_a_source_listed_twice_in_source_priority_is_named(tmp_path):
     """The later position would win silently, against the order the file shows first."""
     priority = ["eu_loyalty", "ro_shop", "eu_loyalty", "ua_crm"]
     with pytest.raises(ConfigError) as err:
-        load_config(_edited_conf(tmp_path, "survivorship.yaml", (("source_priority",), priority)))
+        load_config(edited_conf(tmp_path, "survivorship.yaml", (("source_priority",), priority)))
     assert err.value.problems == [
         "survivorship.yaml: source_priority: 'eu_loyalty' is listed more than once: the order would be ambiguous"
     ]
@@ -418,7 +405,7 @@ def test_a_conf_file_that_cannot_be_read_is_named_with_the_other_problems(tmp_pa
 def test_splink_configure_options_and_a_unique_id_other_than_record_id_are_named(tmp_path):
     splink = yaml.safe_load((DEFAULT_CONF_DIR / "splink.yaml").read_text(encoding="utf-8"))
     phone = next(i for i, c in enumerate(splink["comparisons"]) if c.get("args", {}).get("col_name") == "phone")
-    conf = _edited_conf(
+    conf = edited_conf(
         tmp_path,
         "splink.yaml",
         (("unique_id_column",), "customer_id"),
@@ -461,7 +448,7 @@ def test_a_key_repeated_in_a_mapping_is_named_instead_of_the_last_one_silently_w
 
 def test_an_em_training_rule_on_a_column_the_policy_keeps_out_of_silver_is_named(tmp_path):
     policy = yaml.safe_load((DEFAULT_CONF_DIR / "policy.yaml").read_text(encoding="utf-8"))
-    conf = _edited_conf(tmp_path, "policy.yaml", (("sensitive",), [*policy["sensitive"], "date_of_birth"]))
+    conf = edited_conf(tmp_path, "policy.yaml", (("sensitive",), [*policy["sensitive"], "date_of_birth"]))
     survivorship = yaml.safe_load((conf / "survivorship.yaml").read_text(encoding="utf-8"))
     del survivorship["attributes"]["date_of_birth"]
     (conf / "survivorship.yaml").write_text(yaml.safe_dump(survivorship, allow_unicode=True), encoding="utf-8")

@@ -11,8 +11,9 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from jobs import delta_io, ingest
-from jobs.config import PipelineConfig, SourceConfig
-from jobs.errors import SourceSchemaError
+from jobs.config import PipelineConfig, SourceConfig, load_config
+from jobs.errors import ConfigError, SourceSchemaError
+from tests.conftest import edited_conf
 
 CSV_HEADER = ";".join(
     [
@@ -404,48 +405,31 @@ def test_a_csv_beginning_with_a_byte_order_mark_lands_its_first_column(spark, cf
     assert_df_equality(actual, expected, ignore_nullable=True)
 
 
-@pytest.mark.parametrize(("encoding", "codec"), [("windows-1251", "cp1251"), ("latin2", "iso8859-2")])
-def test_a_csv_in_a_regional_single_byte_encoding_lands_its_letters(spark, cfg, tmp_path, encoding, codec):
-    import shutil
-
-    import yaml
-
-    from jobs.config import DEFAULT_CONF_DIR, load_config
-
-    conf = shutil.copytree(DEFAULT_CONF_DIR, tmp_path / "conf")
-    sources = yaml.safe_load((conf / "sources.yaml").read_text(encoding="utf-8"))
-    sources["sources"][0]["encoding"] = encoding
-    (conf / "sources.yaml").write_text(yaml.safe_dump(sources, allow_unicode=True), encoding="utf-8")
-    source = load_config(conf).source("ua_crm")
+@pytest.mark.parametrize(
+    ("encoding", "codec", "last_name", "street"),
+    [
+        ("windows-1251", "cp1251", "Шевченко", "вул. Хрещатик, 1"),
+        ("latin2", "iso8859-2", "Ştefănescu", "Strada Mărţişor"),  # ţ ş: in ISO 8859-2, not in 8859-1
+    ],
+)
+def test_a_csv_in_a_regional_single_byte_encoding_lands_its_letters(
+    spark, tmp_path, encoding, codec, last_name, street
+):
+    source = load_config(edited_conf(tmp_path, "sources.yaml", (("sources", 0, "encoding"), encoding))).source("ua_crm")
     assert source.encoding == codec  # the name Spark's reader (Java) knows
     path = tmp_path / "ua.csv"
-    street = "вул. Хрещатик, 1" if codec == "cp1251" else "Strada Mărţişor"  # ţ ş: in ISO 8859-2, not in 8859-1
-    text = CSV_HEADER + "\n" + ua_row("UA-1", street) + "\n"
-    if codec != "cp1251":
-        romanian = {"Шевченко": "Ştefănescu", "Олександр": "Ioana", "Київ": "Iaşi", ";ч;": ";m;"}
-        for ukrainian, value in romanian.items():
-            text = text.replace(ukrainian, value)
-    path.write_bytes(text.encode(codec))
+    row = f"UA-1;{last_name};Ivan;;24.08.1991;m;;;{street};Kyiv;;;01.03.2025 10:15"
+    path.write_bytes(f"{CSV_HEADER}\n{row}\n".encode(codec))
     source = dataclasses.replace(source, path=path)
     ingest.check_source_schema(source)
     actual = validated_rows(spark, source).select("source_record_id", "last_name", "street", ingest.REASON)
-    last_name = "Шевченко" if codec == "cp1251" else "Ştefănescu"
     expected = spark.createDataFrame([("UA-1", last_name, street, None)], actual.schema)
     assert_df_equality(actual, expected, ignore_nullable=True)
 
 
 def test_an_encoding_spark_cannot_read_csv_in_is_a_config_problem(tmp_path):
-    import shutil
-
-    import yaml
-
-    from jobs.config import DEFAULT_CONF_DIR, load_config
-    from jobs.errors import ConfigError
-
-    conf = shutil.copytree(DEFAULT_CONF_DIR, tmp_path / "conf")
-    sources = yaml.safe_load((conf / "sources.yaml").read_text(encoding="utf-8"))
-    sources["sources"][0]["encoding"] = "mac-cyrillic"  # Python knows it, Java only as x-MacCyrillic
-    (conf / "sources.yaml").write_text(yaml.safe_dump(sources, allow_unicode=True), encoding="utf-8")
+    # Python knows mac-cyrillic, Java only as x-MacCyrillic
+    conf = edited_conf(tmp_path, "sources.yaml", (("sources", 0, "encoding"), "mac-cyrillic"))
     with pytest.raises(ConfigError) as err:
         load_config(conf)
     assert err.value.problems == [
