@@ -168,6 +168,16 @@ def run_commit_metrics(path: Path | str, job: str, run_id: str) -> dict[str, int
     return {}
 
 
+def run_rows_deleted(path: Path | str, job: str, run_id: str) -> int:
+    """Rows that this job's commits in this run (every attempt of it) deleted from the table, from the log."""
+    commits = history(path) if table_exists(path) else []
+    return sum(
+        int((c.get("operationMetrics") or {}).get("num_target_rows_deleted", 0))
+        for c in commits
+        if c.get("job") == job and c.get("run_id") == run_id
+    )
+
+
 @contextmanager
 def _arrow_stream(df: DataFrame, path: Path | str) -> Iterator[tuple[pa.RecordBatchReader, int]]:
     """df as a stream of Arrow batches (every field nullable, so the Delta schema does not depend on one

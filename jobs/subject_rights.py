@@ -30,6 +30,7 @@ import hashlib
 import json
 import logging
 import re
+import shutil
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -238,11 +239,18 @@ def own_profile_rows(
         "expires_at",
     )
 
+    def own_sources(profile_id: str) -> list[dict[str, Any]]:
+        return [r for r in sources if r["profile_id"] == profile_id]
+
+    # Whole: the subject holds every record of the profile. Else the profile's latest update, and its identity
+    # events (counts of all its records, the profiles they came from or went to), may be another person's.
+    whole = {p["profile_id"] for p in sections["profiles"] if len(own_sources(p["profile_id"])) == p["record_count"]}
+
     def own_profile(profile: dict[str, Any]) -> dict[str, Any]:
-        mine = [r for r in sources if r["profile_id"] == profile["profile_id"]]
+        mine = own_sources(profile["profile_id"])
         regions, systems = sorted({r["region"] for r in mine}), sorted({r["source_system"] for r in mine})
         withheld = [c for c in profile_columns if (profile["profile_id"], c) not in supplied]
-        if len(mine) != profile["record_count"]:  # the profile's latest update may be another record's
+        if profile["profile_id"] not in whole:
             withheld.append("last_updated_at")
         return {
             **_withheld(profile, withheld),
@@ -254,6 +262,10 @@ def own_profile_rows(
 
     return {
         "profiles": [own_profile(p) for p in sections["profiles"]],
+        "identity_events": [
+            r if r["profile_id"] in whole else _withheld(r, ("related_profile_id", "records"))
+            for r in sections["identity_events"]
+        ],
         "profile_values_lineage": lineage,
         "profile_sources": [r if r["best_match_record_id"] in ids else _withheld(r, match) for r in sources],
         "profile_permissions": [
@@ -290,6 +302,7 @@ def export_subject(spark: SparkSession, cfg: PipelineConfig, subject: Subject) -
                     ("profile_values_lineage", "profile_lineage"),
                     ("profile_permissions", "profile_permissions"),
                     ("profile_sources", "profile_sources"),
+                    ("identity_events", "identity_events"),
                 )
             },
             set(ids),
@@ -307,7 +320,6 @@ def export_subject(spark: SparkSession, cfg: PipelineConfig, subject: Subject) -
         ),
         "effective_consent": _table_rows(spark, t.effective_consent, subject, "record"),
         "consent_gate_decisions": _table_rows(spark, t.consent_audit, subject, "record"),
-        "identity_events": _table_rows(spark, t.identity_events, subject, "profile"),
     }
 
 
@@ -431,18 +443,44 @@ def _remove_files_quoting(folder: Path, values: Iterable[str]) -> int:
     return len(quoting)
 
 
-def _erased_before(spark: SparkSession, t: TablePaths, subject: Subject, run_id: str) -> bool:
-    """Whether every record of the subject was in the erasure register before this run (as first found)."""
+def _remove_exports_of(folder: Path, record_ids: Iterable[str], values: Iterable[str]) -> int:
+    """Delete the earlier access exports that hold the subject: those that list one of its records (found by id,
+    so a subject whose only copy was a quarantined CSV line, whose text names no field, finds its export too) and
+    those that quote one of its values; returns how many."""
+    ids = set(record_ids)
+    listing = [
+        f
+        for f in (folder.glob("export-*.json") if folder.is_dir() else [])
+        if ids & set(json.loads(f.read_text(encoding="utf-8")).get("source_record_ids", []))
+    ]
+    for f in listing:
+        f.unlink()
+    return len(listing) + _remove_files_quoting(folder, values)
+
+
+def _remove_splink_tables_quoting(checkpoints: Path, values: Iterable[str]) -> int:
+    """Delete, whole, the Splink tables that a killed Spark job left in the checkpoint dir (`__splink__*`
+    folders in it or in an application's folder in it) and that hold any of values; returns how many. Nothing
+    else there is touched: the folder may be shared with other applications."""
+    values = list(values)
+    tables = [t for t in (*checkpoints.glob("__splink__*"), *checkpoints.glob("*/__splink__*")) if t.is_dir()]
+    quoting = [t for t in tables if scan_for_values(t, values)]
+    for table in quoting:
+        shutil.rmtree(table)
+    return len(quoting)
+
+
+def _erased_before(spark: SparkSession, t: TablePaths, subject: Subject, run_id: str) -> list[str]:
+    """The runs that put the subject's records in the erasure register before this run (as first found) when
+    every record is there, else none."""
     if not delta_io.table_exists(t.erasure_register):
-        return False
+        return []
     hashes = subject.records.select(subject_hash().alias("subject_hash"))
-    registered = hashes.join(as_first_found(spark, t.erasure_register, run_id), "subject_hash")
-    return registered.count() == hashes.count()
+    registered = hashes.join(as_first_found(spark, t.erasure_register, run_id), "subject_hash").collect()
+    return sorted({r["run_id"] for r in registered}) if len(registered) == hashes.count() else []
 
 
-def republish_without_subject(
-    spark: SparkSession, cfg: PipelineConfig, subject: Subject, run_id: str, deleted: dict[str, int]
-) -> str:
+def republish_without_subject(spark: SparkSession, cfg: PipelineConfig, subject: Subject, run_id: str) -> str:
     """Re-cluster what the subject's records bridged and publish it when the gold suites pass it; returns what
     happened, for the certificate.
 
@@ -465,7 +503,7 @@ def republish_without_subject(
     if subject.profile_ids:
         profiles = spark.createDataFrame([(p,) for p in subject.profile_ids], "profile_id string")
         for name in ("record_profiles", "profile_sources", "profile_lineage"):
-            deleted[name] += delta_io.delete_matching(profiles, getattr(t, name), **job)
+            delta_io.delete_matching(profiles, getattr(t, name), **job)
     log.warning("erasure %s: re-resolution not published; %d expectation(s) failed", run_id, len(outcome.failed))
     return (
         f"not published: {len(outcome.failed)} expectation(s) of the gold suites failed ("
@@ -474,18 +512,25 @@ def republish_without_subject(
     )
 
 
-def erase_subject(spark: SparkSession, cfg: PipelineConfig, subject: Subject, run_id: str) -> dict[str, Any]:
+def erase_subject(
+    spark: SparkSession, cfg: PipelineConfig, subject: Subject, run_id: str, request: str = ""
+) -> dict[str, Any]:
     """Delete the subject everywhere, re-resolve what it bridged, purge history, prove it (in the lakehouse and
-    the reports, earlier access exports removed), and certify."""
+    the reports, earlier access exports removed), and certify (request: request_sha256 of what was asked)."""
     t = cfg.tables
     exports = cfg.reports / REQUESTS_DIR
     job = {"run_id": run_id, "job": JOB}
     evidence = distinguishing_values(spark, cfg, subject, run_id)
-    if not evidence and _erased_before(spark, t, subject, run_id):
+    if not evidence and (erased_by := _erased_before(spark, t, subject, run_id)):
+        unfinished = [r for r in erased_by if certificate_of_run(cfg, r) is None]
         raise IdresError(
-            f"subject {subject.reference} is in the erasure register already and none of its values is held any "
-            "more, so there is nothing left to erase or to scan for (see the certificate of the erasure that "
-            "did it, or the log of an earlier attempt of this run)"
+            f"subject {subject.reference} is in the erasure register already (erased by run {', '.join(erased_by)}) "
+            "and none of its values is held any more, so there is nothing left to erase or to scan for"
+            + (
+                f"; run {', '.join(unfinished)} wrote no certificate: retry it with its run id"
+                if unfinished
+                else " (see that run's certificate)"
+            )
         )
     at = datetime.now(UTC).replace(microsecond=0)
     register = subject.records.select(
@@ -495,27 +540,26 @@ def erase_subject(spark: SparkSession, cfg: PipelineConfig, subject: Subject, ru
     )
     delta_io.merge_delta(register, t.erasure_register, keys=("subject_hash",), **job)
 
-    deleted: dict[str, int] = {}
+    erased_from = [*RECORD_TABLES, "pairwise_matches"]
     keys = subject.records.select(*SUBJECT)
     for name in RECORD_TABLES:
-        deleted[name] = delta_io.delete_matching(keys, getattr(t, name), **job)
+        delta_io.delete_matching(keys, getattr(t, name), **job)
     for name, id_fields in quarantine_id_fields(cfg).items():  # the lines that name the subject beside another
         if delta_io.table_exists(path := getattr(t, name)):
             lines = subjects_lines(as_first_found(spark, path, run_id), subject, id_fields)
-            deleted[name] += delta_io.delete_matching(lines.select(*QUARANTINE_KEYS), path, **job)
+            delta_io.delete_matching(lines.select(*QUARANTINE_KEYS), path, **job)
     ids = subject.records.select("record_id")
-    deleted["pairwise_matches"] = sum(
+    for side in MATCH_SIDES:
         delta_io.delete_matching(ids.withColumnRenamed("record_id", side), t.pairwise_matches, **job)
-        for side in MATCH_SIDES
-    )
     if subject.profile_ids:
         profiles = spark.createDataFrame([(p,) for p in subject.profile_ids], "profile_id string")
         for name in ("profiles", "profile_permissions"):
-            deleted[name] = delta_io.delete_matching(profiles, getattr(t, name), **job)
+            erased_from.append(name)
+            delta_io.delete_matching(profiles, getattr(t, name), **job)
 
     re_resolution = "nothing resolved yet"
     if delta_io.table_exists(t.admitted) and delta_io.table_exists(t.record_profiles):
-        re_resolution = republish_without_subject(spark, cfg, subject, run_id, deleted)
+        re_resolution = republish_without_subject(spark, cfg, subject, run_id)
     publication.drop_staging(cfg)  # candidates of an earlier, failed gate hold the subject too
     if subject.profile_ids and delta_io.table_exists(t.record_profiles):
         remaining = delta_io.read_delta(spark, t.record_profiles).select("profile_id").distinct()
@@ -523,14 +567,20 @@ def erase_subject(spark: SparkSession, cfg: PipelineConfig, subject: Subject, ru
             remaining, "profile_id", "left_anti"
         )
         for name in ("profile_registry", "identity_events"):
-            deleted[name] = delta_io.delete_matching(gone, getattr(t, name), **job)
+            erased_from.append(name)
+            delta_io.delete_matching(gone, getattr(t, name), **job)
+    # Counted from the tables' logs: what every attempt of this run deleted (a retry finds deleted what its first
+    # attempt did), the withdrawal of a refused re-resolution's profiles with it.
+    deleted = {name: delta_io.run_rows_deleted(getattr(t, name), JOB, run_id) for name in erased_from}
 
     # A failed job's incident file (jobs.runner.record_incident) and an earlier access export of the subject
     # (or of a profile it belonged to) quote its values too, and so do the Splink tables a killed Spark job left
     # in a lasting checkpoint dir (the lakehouse lock this job holds keeps every other job of it away).
     checkpoints = lasting_checkpoint_dir(cfg)
-    folders = (cfg.lakehouse / INCIDENTS_DIR, exports, *([checkpoints] if checkpoints else []))
-    removed = {folder: _remove_files_quoting(folder, evidence) for folder in folders}
+    incidents_removed = _remove_files_quoting(cfg.lakehouse / INCIDENTS_DIR, evidence)
+    record_ids = [r["record_id"] for r in subject.records.collect()]
+    exports_removed = _remove_exports_of(exports, record_ids, evidence)
+    splink_tables_removed = _remove_splink_tables_quoting(checkpoints, evidence) if checkpoints else 0
     # Scanned before the purge, which deletes files and writes value-free logs only, so from here on the erasure
     # needs no value: a retry after a kill in the purge finishes it from the pending certificate.
     kept = {
@@ -551,11 +601,12 @@ def erase_subject(spark: SparkSession, cfg: PipelineConfig, subject: Subject, ru
         "rows_deleted": deleted,
         "re_resolution": re_resolution,
         "history": "vacuumed with 0 h retention; Delta log before the erasure checkpoint removed",
-        "incident_files_removed": removed[cfg.lakehouse / INCIDENTS_DIR],
-        "export_files_removed": removed[exports],
-        "checkpoint_files_removed": removed[checkpoints] if checkpoints else 0,
+        "incident_files_removed": incidents_removed,
+        "export_files_removed": exports_removed,
+        "checkpoint_splink_tables_removed": splink_tables_removed,
         "scan": {"files": sum(map(len, kept.values())), "values_checked": len(evidence), "hits": len(holding)},
         "run_id": run_id,
+        "request_sha256": request,
         "erased_at": at.isoformat(),
     }
     pending = _pending_erasure(cfg, run_id)
@@ -589,6 +640,12 @@ def purge_erased_history(
             f"file(s) holding values of subject {certificate['subject_reference']}; remove the files and retry"
         )
     return {**certificate, "table_versions_after": versions}
+
+
+def request_sha256(records: Sequence[str], profile_id: str | None) -> str:
+    """SHA-256 of an erasure request (its records and profile id, in any order): a certificate carries it, so a
+    run id reused for another subject is told apart from a rerun of the same request."""
+    return hashlib.sha256(json.dumps([sorted(set(records)), profile_id or None]).encode()).hexdigest()
 
 
 def certificate_of_run(cfg: PipelineConfig, run_id: str) -> Path | None:
@@ -642,17 +699,24 @@ def run(
     if not records and not profile_id:
         raise IdresError("name the subject with --record <source:id> (repeatable) or --profile-id")
     pending = _pending_erasure(cfg, run_id)
+    request = request_sha256(records, profile_id)
     if action == "erase":
         done = certificate_of_run(cfg, run_id) or finish_pending_erasures(cfg).get(run_id)
         if done is not None:  # a rerun of a finished erasure, or a retry of one killed in its purge
             pending.unlink(missing_ok=True)
+            if json.loads(done.read_text(encoding="utf-8")).get("request_sha256") != request:
+                raise IdresError(
+                    f"run id {run_id} has erased another subject already (certificate {done.name}); give this "
+                    "request a run id of its own"
+                )
             log.info("erase of run %s is done; its certificate: %s", run_id, done)
             return done
     subject = find_subject(spark, cfg, records, profile_id or None, run_id)
     if action == "export":
         path = write_report(cfg, "export", subject.reference, export_subject(spark, cfg, subject))
     elif action == "erase":
-        path = write_report(cfg, "erasure", subject.reference, erase_subject(spark, cfg, subject, run_id))
+        certificate = erase_subject(spark, cfg, subject, run_id, request)
+        path = write_report(cfg, "erasure", subject.reference, certificate)
         pending.unlink()
     else:
         raise IdresError(f"unknown action '{action}' (export or erase)")

@@ -227,6 +227,8 @@ def test_export_holds_every_source_record_then_erasure_leaves_no_trace(spark, pu
     assert {r["purpose"] for r in export["profile_values_lineage"]} == {"profile_unification"}
     assert all(r["lawful_basis"] and r["source_record_id"] for r in export["profile_values_lineage"])
     assert export["match_evidence"] and export["profiles"][0]["profile_id"] == iryna
+    # the whole profile is the subject's, so are its identity events
+    assert [(e["event_type"], e["records"]) for e in export["identity_events"]] == [("created", len(IRYNA_IDS))]
     # pairs that link the subject's records to each other; a pair with someone else's record is theirs too
     assert {r[side] for r in export["match_evidence"] for side in subject_rights.MATCH_SIDES} <= set(IRYNA_IDS)
     assert canary_hits(cfg.reports) == [str(export_path.relative_to(cfg.reports))]  # the export quotes the bridge
@@ -241,16 +243,21 @@ def test_export_holds_every_source_record_then_erasure_leaves_no_trace(spark, pu
     left = checkpoints / "app-1" / "__splink__df_concat_with_tf_1" / "part-0.parquet"
     left.parent.mkdir(parents=True)
     pq.write_table(pa.table({"middle_name": [CANARY_BRIDGE["middle_name"]]}), left)
+    # and another application shares the checkpoint dir: its files are not the erasure's to delete
+    other_app = checkpoints / "app-2" / "extract.csv"
+    other_app.parent.mkdir()
+    other_app.write_text(f"id;middle_name\n1;{CANARY_BRIDGE['middle_name']}\n", encoding="utf-8")
     spark_settings = dataclasses.replace(
         cfg.spark, conf={**cfg.spark.conf, "spark.checkpoint.dir": f"file:{checkpoints}"}
     )
     cfg = dataclasses.replace(cfg, spark=spark_settings)
 
     certificate_path = subject_rights.run(spark, cfg, run_id="sr-2", action="erase", record=["ua_crm:UA-9"])
-    assert canary_hits(cfg.lakehouse) == [] and canary_hits(cfg.reports) == [] and canary_hits(checkpoints) == []
-    assert not quoting.exists() and unrelated.exists() and not export_path.exists() and not left.exists()
+    assert canary_hits(cfg.lakehouse) == [] and canary_hits(cfg.reports) == []
+    assert canary_hits(checkpoints) == ["app-2/extract.csv"] and not left.parent.exists()
+    assert not quoting.exists() and unrelated.exists() and not export_path.exists()
     certificate = json.loads(certificate_path.read_text(encoding="utf-8"))
-    assert certificate["checkpoint_files_removed"] == 1
+    assert certificate["checkpoint_splink_tables_removed"] == 1
     assert certificate["scan"]["hits"] == 0 and certificate["scan"]["values_checked"] >= len(CANARIES)
     assert certificate["source_records_erased"] == 1 and len(certificate["certificate_sha256"]) == 64
     assert certificate["re_resolution"] == "published: the gold suites passed it"
@@ -263,6 +270,10 @@ def test_export_holds_every_source_record_then_erasure_leaves_no_trace(spark, pu
     # Airflow clears the finished task: the rerun returns the run's certificate and changes nothing.
     assert subject_rights.run(spark, cfg, run_id="sr-2", action="erase", record=["ua_crm:UA-9"]) == certificate_path
     assert {name: delta_io.table_version(path) for name, path in cfg.tables.all().items()} == versions
+    # The run id given again for another subject: refused, not answered with this subject's certificate.
+    with pytest.raises(IdresError, match="run id sr-2 has erased another subject already"):
+        subject_rights.run(spark, cfg, run_id="sr-2", action="erase", record=["ua_crm:UA-1"])
+    assert profile_of(spark, cfg, "ua_crm:UA-1") is not None
     for name, path in cfg.tables.all().items():  # the purge's own commits name the run too
         if delta_io.table_exists(path):
             assert all("run_id" in c and "job" in c for c in DeltaTable(str(path)).history()), name
@@ -326,6 +337,9 @@ def test_a_retried_erasure_finds_what_its_failed_first_attempt_deleted(spark, pr
             subject_rights.run(spark, cfg, run_id="sr-retry", action="erase", profile_id=iryna)
     assert profile_of(spark, cfg, "ua_crm:UA-9") is None  # the first attempt deleted the records
     assert canary_hits(cfg.lakehouse)  # and their values are still in the tables' history
+    # A request under a new run id finds nothing left to scan for, and names the run to retry.
+    with pytest.raises(IdresError, match=r"erased by run sr-retry.*run sr-retry wrote no certificate: retry it"):
+        subject_rights.run(spark, cfg, run_id="sr-new", action="erase", record=["ua_crm:UA-9"])
 
     # Airflow's retry: same run id, same request. It finds the profile's records and values as the first
     # attempt did, so it erases all three records and scans for the values, instead of failing or
@@ -334,10 +348,12 @@ def test_a_retried_erasure_finds_what_its_failed_first_attempt_deleted(spark, pr
     certificate = json.loads(certificate_path.read_text(encoding="utf-8"))
     assert certificate["source_records_erased"] == len(IRYNA_IDS)
     assert certificate["scan"]["values_checked"] >= len(CANARIES) and certificate["scan"]["hits"] == 0
+    # the rows both attempts deleted: the retry's own deletions found nothing left
+    assert {certificate["rows_deleted"][name] for name in ("bronze", "silver", "admitted")} == {len(IRYNA_IDS)}
     assert canary_hits(cfg.lakehouse) == []
 
     # A later request for the erased subject has nothing left to erase or check, and says so.
-    with pytest.raises(IdresError, match="in the erasure register already"):
+    with pytest.raises(IdresError, match=r"in the erasure register already \(erased by run sr-retry\).*certificate"):
         subject_rights.run(spark, cfg, run_id="sr-again", action="erase", record=["ua_crm:UA-9"])
 
 
@@ -494,6 +510,22 @@ def test_a_subject_held_only_in_quarantine_is_exported_then_erased_with_its_expo
     assert holding(cfg.reports) == [] and holding(cfg.lakehouse) == []
 
 
+def test_the_export_of_a_subject_held_only_in_a_quarantined_csv_line_goes_with_its_erasure(spark, pristine, tmp_path):
+    """A CSV line names no field, so its values are not known to scan for: the export is found by its records."""
+    cfg = copy_lakehouse(pristine, tmp_path)
+    subject = {"source_system": "ua_crm", "source_record_id": "UA-76"}
+    quarantine_one(spark, cfg, subject, "wrong_field_count", "UA-76;Xqxcsv;Олена;;;;;;Xqxstreet 1;;;;;extra")
+    export_path = subject_rights.run(spark, cfg, run_id="sr-c1", action="export", record=["ua_crm:UA-76"])
+    other_path = subject_rights.run(spark, cfg, run_id="sr-c2", action="export", record=["ua_crm:UA-1"])
+
+    certificate_path = subject_rights.run(spark, cfg, run_id="sr-c3", action="erase", record=["ua_crm:UA-76"])
+
+    certificate = json.loads(certificate_path.read_text(encoding="utf-8"))
+    assert (certificate["export_files_removed"], certificate["rows_deleted"]["quarantine"]) == (1, 1)
+    assert not export_path.exists() and other_path.exists()
+    assert "xqxcsv" not in "".join(f.read_text(encoding="utf-8").lower() for f in cfg.reports.rglob("*.json"))
+
+
 def test_an_export_withholds_the_text_of_a_quarantined_line_that_holds_another_persons_record_too(
     spark, pristine, tmp_path
 ):
@@ -598,6 +630,10 @@ def test_an_export_by_record_holds_of_its_profile_only_what_the_named_record_sup
         r == "R-1" or (r is None and basis is None and status in (None, unify.NONE_RECORDED))
         for r, status, basis in decisions
     )
+    # Its identity events count all the profile's records: their counts and related profiles are withheld.
+    assert [(e["event_type"], e["records"], e["related_profile_id"]) for e in export["identity_events"]] == [
+        ("created", None, None)
+    ]
     # The profile's other records (the bridge's canary values and ids among them) are not the named subject's.
     text = export_path.read_text(encoding="utf-8")
     assert canary_hits(cfg.reports) == [] and "UA-9" not in text and "LM-9" not in text
