@@ -581,6 +581,13 @@ def erase_subject(
     record_ids = [r["record_id"] for r in subject.records.collect()]
     exports_removed = _remove_exports_of(exports, record_ids, evidence)
     splink_tables_removed = _remove_splink_tables_quoting(checkpoints, evidence) if checkpoints else 0
+    log.info(
+        "erasure %s: removed %d incident file(s), %d access export(s), %d Splink table(s)",
+        run_id,
+        incidents_removed,
+        exports_removed,
+        splink_tables_removed,
+    )
     # Scanned before the purge, which deletes files and writes value-free logs only, so from here on the erasure
     # needs no value: a retry after a kill in the purge finishes it from the pending certificate.
     kept = {
