@@ -1219,6 +1219,12 @@ def load_config(conf_dir: Path | str | None = None) -> PipelineConfig:
             src = _load_source(i, raw, landing, names, problems)
             if src is not None:
                 sources.append(src)
+        if all(isinstance(raw, dict) and raw.get("consent_feed") is None for raw in sources_raw):
+            problems.add(
+                "sources.yaml",
+                "sources",
+                "no source has a consent_feed: no record could be admitted (each needs a lawful basis on record)",
+            )
 
     policy = _load_policy(_read_conf_file(conf / "policy.yaml", problems), problems)
     linkage = _load_linkage(_read_conf_file(conf / "splink.yaml", problems), problems)

@@ -185,22 +185,17 @@ def assign_consent_reasons(events: DataFrame, policy: PurposePolicy) -> DataFram
     df = events
     for c in TIMESTAMP_FIELDS:
         df = df.withColumn(f"_raw_{c}", F.col(c)).withColumn(c, parse_event_time(F.col(c)))
+    revokes = F.coalesce(_in("status", REVOKING_STATUSES), F.lit(False))
+    # The text fields checked for undecodable bytes: a refusal's basis decides nothing, so a mis-encoded one is
+    # dropped as an invalid one is, not the refusal with it.
     text = F.concat_ws(
         "\u0001",
         *[
             F.col(c)
-            for c in (
-                "event_id",
-                "source_record_id",
-                "purpose",
-                "lawful_basis",
-                "status",
-                "collection_method",
-                "notice_version",
-            )
+            for c in ("event_id", "source_record_id", "purpose", "status", "collection_method", "notice_version")
         ],
+        F.when(~revokes, F.col("lawful_basis")),
     )
-    revokes = F.coalesce(_in("status", REVOKING_STATUSES), F.lit(False))
     valid_basis = F.coalesce(_in("lawful_basis", LAWFUL_BASES), F.lit(False))
     unreadable = {c: F.col(f"_raw_{c}").isNotNull() & F.col(c).isNull() for c in TIMESTAMP_FIELDS}
     unzoned = {c: F.col(f"_raw_{c}").isNotNull() & ~F.col(f"_raw_{c}").rlike(ZONED_DATE_TIME) for c in TIMESTAMP_FIELDS}
@@ -290,9 +285,12 @@ def mark_ledger_conflicts(events: DataFrame, ledger: DataFrame | None) -> DataFr
 def one_copy_per_event(events: DataFrame) -> DataFrame:
     """One row per event id (source system and id) of the landing events: the same copy whatever their order, so
     a rerun lands what the first run did. Copies differ at most in what a refusal never decides by; the one that
-    carries most of it wins."""
+    carries most of those fields wins (on a tie, the one carrying the first of them, then the greater values)."""
     columns = [c for c in LEDGER_COLUMNS if c in events.columns]
-    preference = F.struct(*[e for c in REFUSAL_OPTIONAL for e in (F.col(c).isNotNull(), F.col(c))], "source_file")
+    carried = reduce(lambda a, b: a + b, [F.col(c).isNotNull().cast("int") for c in REFUSAL_OPTIONAL])
+    preference = F.struct(
+        carried, *[e for c in REFUSAL_OPTIONAL for e in (F.col(c).isNotNull(), F.col(c))], "source_file"
+    )
     return (
         events.groupBy("source_system", "event_id")
         .agg(F.max_by(F.struct(*columns), preference).alias("_copy"))

@@ -300,6 +300,23 @@ def test_sources_that_are_not_a_list_and_survivorship_of_columns_silver_does_not
     ]
 
 
+def test_sources_none_of_which_has_a_consent_feed_are_refused(tmp_path):
+    """The consent gate admits a record on a lawful basis from its source's consent feed: with no feed at all,
+    nothing could be admitted, and the gate had no ledger to read."""
+    conf = tmp_path / "conf"
+    shutil.copytree(DEFAULT_CONF_DIR, conf)
+    sources = yaml.safe_load((conf / "sources.yaml").read_text(encoding="utf-8"))
+    for source in sources["sources"]:
+        del source["consent_feed"]
+    (conf / "sources.yaml").write_text(yaml.safe_dump(sources, allow_unicode=True), encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        load_config(conf)
+    assert err.value.problems == [
+        "sources.yaml: sources: no source has a consent_feed: no record could be admitted (each needs a lawful "
+        "basis on record)"
+    ]
+
+
 def test_splink_comparisons_whose_args_do_not_fit_or_name_no_linkage_column_are_named(tmp_path):
     conf = tmp_path / "conf"
     shutil.copytree(DEFAULT_CONF_DIR, conf)

@@ -270,6 +270,10 @@ def test_a_refusal_lands_without_a_basis_or_an_unreadable_optional_time_and_wins
         # two withdrawals without ids, a microsecond apart at the same millisecond: two events, two ids
         ("UA-5", "consent", "withdrawn", "2025-06-01T10:00:00.000100Z", None, None, None),
         ("UA-5", "consent", "withdrawn", "2025-06-01T10:00:00.000900Z", None, None, None),
+        # a basis with a byte the feed's encoding could not decode: a grant's is bad input, a refusal's is dropped
+        ("UA-6", "consent", "granted", "2025-01-01T10:00:00Z", None, None, "g6"),
+        ("UA-6", "cons\ufffdnt", "withdrawn", "2025-06-01T10:00:00Z", None, None, "w6"),
+        ("UA-7", "cons\ufffdnt", "granted", "2025-01-01T10:00:00Z", None, None, "g7"),
     ]
     events = consent.assign_consent_reasons(mapped_events(spark, rows), cfg.policy)
     actual = events.select("source_record_id", "status", "lawful_basis", "recorded_at", "expires_at", ingest.REASON)
@@ -284,6 +288,9 @@ def test_a_refusal_lands_without_a_basis_or_an_unreadable_optional_time_and_wins
             ("UA-4", "granted", "consent", ts("2025-01-01").replace(second=5), None, "timestamp_without_time_zone"),
             ("UA-5", "withdrawn", "consent", None, None, None),
             ("UA-5", "withdrawn", "consent", None, None, None),
+            ("UA-6", "granted", "consent", None, None, None),
+            ("UA-6", "withdrawn", None, None, None, None),
+            ("UA-7", "granted", "cons\ufffdnt", None, None, "bad_encoding"),
         ],
         actual.schema,
     )
@@ -293,7 +300,8 @@ def test_a_refusal_lands_without_a_basis_or_an_unreadable_optional_time_and_wins
     landed = events.where(F.col(ingest.REASON).isNull())
     decided = consent.effective_consent(landed, ts("2026-01-01")).select("source_record_id", "effective_status")
     expected = spark.createDataFrame(
-        [("UA-1", "withdrawn"), ("UA-2", "denied"), ("UA-3", "granted"), ("UA-5", "withdrawn")], decided.schema
+        [("UA-1", "withdrawn"), ("UA-2", "denied"), ("UA-3", "granted"), ("UA-5", "withdrawn"), ("UA-6", "withdrawn")],
+        decided.schema,
     )
     assert_df_equality(decided, expected, ignore_row_order=True, ignore_nullable=True)
 
@@ -313,6 +321,9 @@ def test_copies_of_a_refusal_differing_only_in_what_it_never_decides_by_are_one_
         ("UA-3", "consent", "withdrawn", "2025-06-01T10:00:00Z", None, None, "g3"),  # one id, two events
         ("UA-4", "consent", "granted", "2025-01-01T10:00:00Z", None, None, "g4"),
         ("UA-4", "consent", "granted", "2025-01-01T10:00:00Z", "2025-01-01T10:00:05Z", None, "g4"),  # a grant's
+        # one copy carries a basis, the other (its basis invalid, dropped) a recorded_at and an expiry: the latter
+        ("UA-5", "consent", "withdrawn", "2025-06-01T10:00:00Z", None, None, "w5"),
+        ("UA-5", "n/a", "withdrawn", "2025-06-01T10:00:00Z", "2025-06-01T10:00:05Z", "2027-01-01T00:00:00Z", "w5"),
     ]
     events = consent.assign_consent_reasons(mapped_events(spark, rows), cfg.policy)
     own_id = F.regexp_replace("event_id", "#[0-9a-f]{64}$", "#<sha256>").alias("event_id")
@@ -326,6 +337,7 @@ def test_copies_of_a_refusal_differing_only_in_what_it_never_decides_by_are_one_
             ("UA-3", "g3", None),
             ("UA-3", "g3#<sha256>", None),  # the withdrawal under an id of its own, beside the grant
             ("UA-4", "g4", "conflicting_event_id"),
+            ("UA-5", "w5", None),
         ],
         reasons.schema,
     )
@@ -342,6 +354,7 @@ def test_copies_of_a_refusal_differing_only_in_what_it_never_decides_by_are_one_
             ("UA-2", "w2", "withdrawn", "consent", ts("2025-06-01").replace(second=5)),  # the copy that carries it
             ("UA-3", "g3", "granted", "consent", None),
             ("UA-3", "g3#<sha256>", "withdrawn", "consent", None),
+            ("UA-5", "w5", "withdrawn", None, ts("2025-06-01").replace(second=5)),
         ],
         landed.schema,
     )
