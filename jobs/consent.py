@@ -285,12 +285,10 @@ def mark_ledger_conflicts(events: DataFrame, ledger: DataFrame | None) -> DataFr
 def one_copy_per_event(events: DataFrame) -> DataFrame:
     """One row per event id (source system and id) of the landing events: the same copy whatever their order, so
     a rerun lands what the first run did. Copies differ at most in what a refusal never decides by; the one that
-    carries most of those fields wins (on a tie, the one carrying the first of them, then the greater values)."""
+    carries most of those fields wins (on a tie, the one carrying the earlier of them, then the greater values)."""
     columns = [c for c in LEDGER_COLUMNS if c in events.columns]
     carried = reduce(lambda a, b: a + b, [F.col(c).isNotNull().cast("int") for c in REFUSAL_OPTIONAL])
-    preference = F.struct(
-        carried, *[e for c in REFUSAL_OPTIONAL for e in (F.col(c).isNotNull(), F.col(c))], "source_file"
-    )
+    preference = F.struct(carried, *[F.col(c).isNotNull() for c in REFUSAL_OPTIONAL], *REFUSAL_OPTIONAL, "source_file")
     return (
         events.groupBy("source_system", "event_id")
         .agg(F.max_by(F.struct(*columns), preference).alias("_copy"))

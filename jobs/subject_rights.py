@@ -448,11 +448,15 @@ def _remove_exports_of(folder: Path, record_ids: Iterable[str], values: Iterable
     so a subject whose only copy was a quarantined CSV line, whose text names no field, finds its export too) and
     those that quote one of its values; returns how many."""
     ids = set(record_ids)
-    listing = [
-        f
-        for f in (folder.glob("export-*.json") if folder.is_dir() else [])
-        if ids & set(json.loads(f.read_text(encoding="utf-8")).get("source_record_ids", []))
-    ]
+
+    def lists_the_subject(export: Path) -> bool:
+        try:
+            listed = json.loads(export.read_text(encoding="utf-8")).get("source_record_ids") or []
+            return bool(ids & set(listed))
+        except (ValueError, AttributeError, TypeError):  # not an export as written (cut short, edited): left to
+            return False  # the value scan, as any other file
+
+    listing = [f for f in (folder.glob("export-*.json") if folder.is_dir() else []) if lists_the_subject(f)]
     for f in listing:
         f.unlink()
     return len(listing) + _remove_files_quoting(folder, values)
@@ -523,14 +527,18 @@ def erase_subject(
     evidence = distinguishing_values(spark, cfg, subject, run_id)
     if not evidence and (erased_by := _erased_before(spark, t, subject, run_id)):
         unfinished = [r for r in erased_by if certificate_of_run(cfg, r) is None]
+        if run_id in unfinished:  # this run's own earlier attempt, whose history a later erasure purged
+            advice = (
+                "; a later erasure purged the tables' history this retry would read the values from, and its scan "
+                "is the last one made: check the files this run's failed attempt named by hand"
+            )
+        elif unfinished:
+            advice = f"; run {', '.join(unfinished)} wrote no certificate: retry it with its run id"
+        else:
+            advice = " (see that run's certificate)"
         raise IdresError(
             f"subject {subject.reference} is in the erasure register already (erased by run {', '.join(erased_by)}) "
-            "and none of its values is held any more, so there is nothing left to erase or to scan for"
-            + (
-                f"; run {', '.join(unfinished)} wrote no certificate: retry it with its run id"
-                if unfinished
-                else " (see that run's certificate)"
-            )
+            "and none of its values is held any more, so there is nothing left to erase or to scan for" + advice
         )
     at = datetime.now(UTC).replace(microsecond=0)
     register = subject.records.select(
@@ -538,6 +546,9 @@ def erase_subject(
         F.lit(run_id).alias("run_id"),
         F.lit(at).cast("timestamp").alias("erased_at"),
     )
+    claim = _request_claim(cfg, run_id)  # before the first change: another request under this run id is refused
+    claim.parent.mkdir(exist_ok=True)
+    claim.write_text(request, encoding="utf-8")
     delta_io.merge_delta(register, t.erasure_register, keys=("subject_hash",), **job)
 
     erased_from = [*RECORD_TABLES, "pairwise_matches"]
@@ -627,6 +638,11 @@ def _pending_erasure(cfg: PipelineConfig, run_id: str) -> Path:
     return cfg.lakehouse / PENDING_ERASURES_DIR / f"{hashlib.sha256(run_id.encode()).hexdigest()[:20]}.json"
 
 
+def _request_claim(cfg: PipelineConfig, run_id: str) -> Path:
+    """Where an erasure keeps its request's hash (request_sha256) from its first change until its certificate."""
+    return _pending_erasure(cfg, run_id).with_suffix(".request")
+
+
 def purge_erased_history(
     cfg: PipelineConfig, certificate: dict[str, Any], evidence: Iterable[str] = ()
 ) -> dict[str, Any]:
@@ -672,6 +688,7 @@ def finish_pending_erasures(cfg: PipelineConfig) -> dict[str, Path]:
         certificate = purge_erased_history(cfg, json.loads(pending.read_text(encoding="utf-8")))
         path = write_report(cfg, "erasure", certificate["subject_reference"], certificate)
         pending.unlink()
+        pending.with_suffix(".request").unlink(missing_ok=True)  # its _request_claim
         log.info("erase of run %s finished from its pending certificate: %s", certificate["run_id"], path)
         finished[certificate["run_id"]] = path
     return finished
@@ -706,18 +723,25 @@ def run(
     if not records and not profile_id:
         raise IdresError("name the subject with --record <source:id> (repeatable) or --profile-id")
     pending = _pending_erasure(cfg, run_id)
+    claim = _request_claim(cfg, run_id)
     request = request_sha256(records, profile_id)
     if action == "erase":
         done = certificate_of_run(cfg, run_id) or finish_pending_erasures(cfg).get(run_id)
         if done is not None:  # a rerun of a finished erasure, or a retry of one killed in its purge
             pending.unlink(missing_ok=True)
-            if json.loads(done.read_text(encoding="utf-8")).get("request_sha256") != request:
+            claim.unlink(missing_ok=True)
+            if json.loads(done.read_text(encoding="utf-8")).get("request_sha256", request) != request:
                 raise IdresError(
                     f"run id {run_id} has erased another subject already (certificate {done.name}); give this "
                     "request a run id of its own"
                 )
             log.info("erase of run %s is done; its certificate: %s", run_id, done)
             return done
+        if claim.is_file() and claim.read_text(encoding="utf-8") != request:
+            raise IdresError(
+                f"run id {run_id} is erasing another subject (an earlier attempt did not finish): retry that "
+                "request under it, and give this one a run id of its own"
+            )
     subject = find_subject(spark, cfg, records, profile_id or None, run_id)
     if action == "export":
         path = write_report(cfg, "export", subject.reference, export_subject(spark, cfg, subject))
@@ -725,6 +749,7 @@ def run(
         certificate = erase_subject(spark, cfg, subject, run_id, request)
         path = write_report(cfg, "erasure", subject.reference, certificate)
         pending.unlink()
+        claim.unlink()
     else:
         raise IdresError(f"unknown action '{action}' (export or erase)")
     log.info("%s for subject %s written to %s", action, subject.reference, path)

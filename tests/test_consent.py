@@ -324,6 +324,9 @@ def test_copies_of_a_refusal_differing_only_in_what_it_never_decides_by_are_one_
         # one copy carries a basis, the other (its basis invalid, dropped) a recorded_at and an expiry: the latter
         ("UA-5", "consent", "withdrawn", "2025-06-01T10:00:00Z", None, None, "w5"),
         ("UA-5", "n/a", "withdrawn", "2025-06-01T10:00:00Z", "2025-06-01T10:00:05Z", "2027-01-01T00:00:00Z", "w5"),
+        # two fields each, a basis each: the one carrying a recorded_at (the README's order), whatever the bases
+        ("UA-6", "legitimate_interest", "withdrawn", "2025-06-01T10:00:00Z", None, "2027-01-01T00:00:00Z", "w6"),
+        ("UA-6", "consent", "withdrawn", "2025-06-01T10:00:00Z", "2025-06-01T10:00:05Z", None, "w6"),
     ]
     events = consent.assign_consent_reasons(mapped_events(spark, rows), cfg.policy)
     own_id = F.regexp_replace("event_id", "#[0-9a-f]{64}$", "#<sha256>").alias("event_id")
@@ -338,6 +341,7 @@ def test_copies_of_a_refusal_differing_only_in_what_it_never_decides_by_are_one_
             ("UA-3", "g3#<sha256>", None),  # the withdrawal under an id of its own, beside the grant
             ("UA-4", "g4", "conflicting_event_id"),
             ("UA-5", "w5", None),
+            ("UA-6", "w6", None),
         ],
         reasons.schema,
     )
@@ -355,6 +359,7 @@ def test_copies_of_a_refusal_differing_only_in_what_it_never_decides_by_are_one_
             ("UA-3", "g3", "granted", "consent", None),
             ("UA-3", "g3#<sha256>", "withdrawn", "consent", None),
             ("UA-5", "w5", "withdrawn", None, ts("2025-06-01").replace(second=5)),
+            ("UA-6", "w6", "withdrawn", "consent", ts("2025-06-01").replace(second=5)),
         ],
         landed.schema,
     )

@@ -274,6 +274,10 @@ def test_export_holds_every_source_record_then_erasure_leaves_no_trace(spark, pu
     with pytest.raises(IdresError, match="run id sr-2 has erased another subject already"):
         subject_rights.run(spark, cfg, run_id="sr-2", action="erase", record=["ua_crm:UA-1"])
     assert profile_of(spark, cfg, "ua_crm:UA-1") is not None
+    # A certificate written before requests were fingerprinted is still the answer to its rerun.
+    older = {k: v for k, v in certificate.items() if k != "request_sha256"}
+    certificate_path.write_text(json.dumps(older), encoding="utf-8")
+    assert subject_rights.run(spark, cfg, run_id="sr-2", action="erase", record=["ua_crm:UA-9"]) == certificate_path
     for name, path in cfg.tables.all().items():  # the purge's own commits name the run too
         if delta_io.table_exists(path):
             assert all("run_id" in c and "job" in c for c in DeltaTable(str(path)).history()), name
@@ -340,6 +344,10 @@ def test_a_retried_erasure_finds_what_its_failed_first_attempt_deleted(spark, pr
     # A request under a new run id finds nothing left to scan for, and names the run to retry.
     with pytest.raises(IdresError, match=r"erased by run sr-retry.*run sr-retry wrote no certificate: retry it"):
         subject_rights.run(spark, cfg, run_id="sr-new", action="erase", record=["ua_crm:UA-9"])
+    # Another subject's request under the unfinished run's id is refused before it erases anything.
+    with pytest.raises(IdresError, match="run id sr-retry is erasing another subject"):
+        subject_rights.run(spark, cfg, run_id="sr-retry", action="erase", record=["ua_crm:UA-1"])
+    assert profile_of(spark, cfg, "ua_crm:UA-1") is not None
 
     # Airflow's retry: same run id, same request. It finds the profile's records and values as the first
     # attempt did, so it erases all three records and scans for the values, instead of failing or
@@ -355,6 +363,24 @@ def test_a_retried_erasure_finds_what_its_failed_first_attempt_deleted(spark, pr
     # A later request for the erased subject has nothing left to erase or check, and says so.
     with pytest.raises(IdresError, match=r"in the erasure register already \(erased by run sr-retry\).*certificate"):
         subject_rights.run(spark, cfg, run_id="sr-again", action="erase", record=["ua_crm:UA-9"])
+
+
+def test_a_retry_whose_history_a_later_erasure_purged_says_what_is_left_to_check(
+    spark, pristine, tmp_path, monkeypatch
+):
+    cfg = copy_lakehouse(pristine, tmp_path)
+
+    def dies(*_args, **_kwargs):
+        raise RuntimeError("injected: the job dies after its deletions")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(subject_rights.resolve, "run", dies)
+        with pytest.raises(RuntimeError, match="injected"):
+            subject_rights.run(spark, cfg, run_id="sr-a", action="erase", record=["ua_crm:UA-9"])
+    subject_rights.run(spark, cfg, run_id="sr-b", action="erase", record=["ua_crm:UA-1"])  # purges every history
+
+    with pytest.raises(IdresError, match=r"erased by run sr-a\).*check the files this run's failed attempt named"):
+        subject_rights.run(spark, cfg, run_id="sr-a", action="erase", record=["ua_crm:UA-9"])
 
 
 def test_an_erasure_killed_while_purging_history_is_finished_by_its_retry(spark, pristine, tmp_path, monkeypatch):
@@ -510,6 +536,48 @@ def test_a_subject_held_only_in_quarantine_is_exported_then_erased_with_its_expo
     assert holding(cfg.reports) == [] and holding(cfg.lakehouse) == []
 
 
+def test_a_by_record_export_withholds_what_identity_events_say_of_a_profile_with_other_records():
+    """Identity events count and name the records and profiles of all of a profile's members."""
+    profile = {"profile_id": "pr_a", "record_count": 2, "last_updated_at": None}
+    sections = {
+        "profiles": [profile, {"profile_id": "pr_b", "record_count": 1, "last_updated_at": None}],
+        "profile_values_lineage": [],
+        "profile_permissions": [],
+        "profile_sources": [
+            {
+                "profile_id": "pr_a",
+                "record_id": "s:1",
+                "region": "UA",
+                "source_system": "s",
+                "best_match_record_id": None,
+            },
+            {
+                "profile_id": "pr_a",
+                "record_id": "s:2",
+                "region": "UA",
+                "source_system": "s",
+                "best_match_record_id": None,
+            },
+            {
+                "profile_id": "pr_b",
+                "record_id": "s:3",
+                "region": "UA",
+                "source_system": "s",
+                "best_match_record_id": None,
+            },
+        ],
+        "identity_events": [
+            {"event_type": "moved", "profile_id": "pr_a", "related_profile_id": "pr_c", "records": 1},
+            {"event_type": "split", "profile_id": "pr_b", "related_profile_id": "pr_c", "records": 1},
+        ],
+    }
+    events = subject_rights.own_profile_rows(sections, {"s:1", "s:3"}, [])["identity_events"]
+    assert events == [
+        {"event_type": "moved", "profile_id": "pr_a", "related_profile_id": None, "records": None},
+        {"event_type": "split", "profile_id": "pr_b", "related_profile_id": "pr_c", "records": 1},  # all hers
+    ]
+
+
 def test_the_export_of_a_subject_held_only_in_a_quarantined_csv_line_goes_with_its_erasure(spark, pristine, tmp_path):
     """A CSV line names no field, so its values are not known to scan for: the export is found by its records."""
     cfg = copy_lakehouse(pristine, tmp_path)
@@ -517,12 +585,14 @@ def test_the_export_of_a_subject_held_only_in_a_quarantined_csv_line_goes_with_i
     quarantine_one(spark, cfg, subject, "wrong_field_count", "UA-76;Xqxcsv;Олена;;;;;;Xqxstreet 1;;;;;extra")
     export_path = subject_rights.run(spark, cfg, run_id="sr-c1", action="export", record=["ua_crm:UA-76"])
     other_path = subject_rights.run(spark, cfg, run_id="sr-c2", action="export", record=["ua_crm:UA-1"])
+    cut_short = other_path.with_name("export-cut-short.json")  # a write killed halfway: no JSON to read ids from
+    cut_short.write_text('{"source_record_ids": ["ua_crm:UA-1"', encoding="utf-8")
 
     certificate_path = subject_rights.run(spark, cfg, run_id="sr-c3", action="erase", record=["ua_crm:UA-76"])
 
     certificate = json.loads(certificate_path.read_text(encoding="utf-8"))
     assert (certificate["export_files_removed"], certificate["rows_deleted"]["quarantine"]) == (1, 1)
-    assert not export_path.exists() and other_path.exists()
+    assert not export_path.exists() and other_path.exists() and cut_short.exists()
     assert "xqxcsv" not in "".join(f.read_text(encoding="utf-8").lower() for f in cfg.reports.rglob("*.json"))
 
 
