@@ -69,10 +69,12 @@ class ProfileIdAssignment:
     events: str  # EVENTS_SCHEMA, this run's created / merged / split / moved / retired
 
 
-def new_profile_id(run_id: str, *parts: str) -> str:
+def new_profile_id(run_id: str, *parts: str, reissued: bool = False) -> str:
     """SQL of a new id, from the run and the SQL expressions given (the cluster's smallest record id, so a rerun
-    issues the same one)."""
-    return f"'pr_' || substring(sha256(concat_ws(':', {sql_string(run_id)}, {', '.join(parts)})), 1, 20)"
+    issues the same one). A reissued id takes the hash's next 20 hex digits: no text a record id can hold makes
+    it another cluster's first choice."""
+    first = 21 if reissued else 1
+    return f"'pr_' || substring(sha256(concat_ws(':', {sql_string(run_id)}, {', '.join(parts)})), {first}, 20)"
 
 
 def assign_stable_profile_ids(
@@ -113,19 +115,19 @@ def assign_stable_profile_ids(
         WHERE r.cluster_rank > 1""",
     )
     # A run published and run again with its run id (cleared after a fix) may part a cluster it created from the
-    # records that keep its id: the part's new id would be that id again, so it takes one salted with how many ids
-    # the run has issued so far.
+    # records that keep its id: the part's new id would be that id again, so it takes one reissued with this
+    # resolve's instant (never an earlier attempt's, whose ids the registry may hold, merged or retired).
     fresh = db.create(
         "ids_fresh",
         f"""SELECT f.cluster_key, CASE WHEN r.profile_id IS NULL THEN f.first_choice ELSE f.reissued END AS profile_id,
             f.records
         FROM (
             SELECT cluster_key, records, {new_profile_id(run_id, "first_record_id")} AS first_choice,
-                {new_profile_id(run_id, "first_record_id", "CAST(issued AS VARCHAR)")} AS reissued
+                {new_profile_id(run_id, "first_record_id", sql_string(now.isoformat()), reissued=True)} AS reissued
             FROM (
                 SELECT cluster_key, count(*) AS records, min(record_id) AS first_record_id
                 FROM {clusters} GROUP BY cluster_key
-            ) sizes CROSS JOIN (SELECT count(*) AS issued FROM {registry} WHERE created_run_id = {run}) n
+            ) sizes
             WHERE NOT EXISTS (SELECT 1 FROM {survivors} s WHERE s.cluster_key = sizes.cluster_key)
         ) f LEFT JOIN {registry} r ON r.profile_id = f.first_choice""",
     )

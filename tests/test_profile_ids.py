@@ -105,15 +105,42 @@ def test_growing_data_keeps_known_ids_and_new_people_get_new_ones(db, first_run)
 
 def test_a_run_published_and_run_again_with_its_run_id_gives_a_part_it_splits_off_an_id_of_its_own(db):
     """run1 created X for {a1, b1, b2}, its id derived from run1 and a1. Run again with its run id after a fix,
-    it parts a1 off: X follows {b1, b2}, and {a1} cannot take X's id again. It takes one salted with the count
-    of ids run1 issued before (one)."""
+    it parts a1 off: X follows {b1, b2}, and {a1} cannot take X's id again. It takes the next 20 hex digits of
+    a hash with the instant of this resolve."""
     first = assign(db, [("a1", "k1"), ("b1", "k1"), ("b2", "k1")], run_id="run1", now=T0)
     x = ids(first)["a1"]
     again = assign(db, [("a1", "a1"), ("b1", "b1"), ("b2", "b1")], first.assignments, first.registry, "run1", T1)
-    reissued = "pr_" + hashlib.sha256(b"run1:a1:1").hexdigest()[:20]
+    reissued = "pr_" + hashlib.sha256(f"run1:a1:{T1.isoformat()}".encode()).hexdigest()[20:40]
     assert ids(again) == {"a1": reissued, "b1": x, "b2": x}
     assert events(again) == {("split", reissued, x, 1)}
     assert sorted(r["profile_id"] for r in again.registry.to_pylist()) == sorted([x, reissued])
+
+
+def test_a_reissued_id_is_neither_a_new_records_id_nor_one_an_earlier_attempt_issued(db):
+    """Record ids hold colons: {crm:A}'s id reissued with a count of the run's ids ("run1:crm:A:1") was the first
+    choice of a new record crm:A:1. And that count falls when an erasure drops a registry row: the next attempt
+    reissued an id the registry still held, merged."""
+    first = assign(db, [("crm:A", "k1"), ("crm:B", "k1"), ("crm:C", "k1")], run_id="run1", now=T0)
+    x = ids(first)["crm:A"]
+    parted = [("crm:A", "k1"), ("crm:B", "k2"), ("crm:C", "k2"), ("crm:A:1", "k3")]
+    again = assign(db, parted, first.assignments, first.registry, "run1", T1)
+    assert len(set(ids(again).values())) == 3 and ids(again)["crm:B"] == x
+
+    # run1 issues X for {a, b} and Y for {s}; run again, it parts a off as R; run2 merges R back into X
+    first = assign(db, [("a", "k1"), ("b", "k1"), ("s", "k2")], run_id="run1", now=T0)
+    again = assign(db, [("a", "k9"), ("b", "k1"), ("s", "k2")], first.assignments, first.registry, "run1", T1)
+    merged = assign(db, [("a", "k1"), ("b", "k1"), ("s", "k2")], again.assignments, again.registry, "run2", T1)
+    reissued = ids(again)["a"]
+    assert {r["profile_id"]: r["status"] for r in merged.registry.to_pylist()}[reissued] == "merged"
+    # the erasure of s drops Y's registry row; run1 is run again and parts a off once more
+    y = ids(merged)["s"]
+    kept = [r for r in merged.registry.to_pylist() if r["profile_id"] != y]
+    registry = pa.Table.from_pylist(kept, REGISTRY_SCHEMA)
+    held = [r for r in merged.assignments.to_pylist() if r["record_id"] != "s"]
+    previous = pa.Table.from_pylist(held, ASSIGNMENTS_SCHEMA)
+    third = assign(db, [("a", "k9"), ("b", "k1")], previous, registry, "run1", T1 + dt.timedelta(hours=1))
+    assert ids(third)["a"] not in {r["profile_id"] for r in kept}
+    assert len({r["profile_id"] for r in third.registry.to_pylist()}) == third.registry.num_rows
 
 
 def test_a_bridging_record_merges_into_the_larger_profile(db, first_run):
