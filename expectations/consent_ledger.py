@@ -149,6 +149,7 @@ def checks(inputs: QualityInputs) -> list[TableCheck]:
             in_set("lawful_basis", LAWFUL_BASES, "a GDPR Art. 6 lawful basis"),
             must_hold("purpose_declared", "every event the last run landed names a purpose the policy declares"),
             in_set("status", CONSENT_STATUSES, "a known consent status"),
+            expect.ExpectColumnValuesToNotBeNull(column="status", description="every event has a status"),
             expect.ExpectColumnValuesToNotBeNull(column="source_record_id", description="every event has a subject"),
             expect.ExpectColumnValuesToNotBeNull(column="event_time", description="every event has a time"),
         ],

@@ -60,16 +60,17 @@ def with_event_checks(events: DataFrame, registry: DataFrame) -> DataFrame:
     )
 
 
-def change_counts(events: DataFrame, registry: DataFrame) -> DataFrame:
-    """One row: the profiles the newest events' run issued and ended, by the registry (`profiles_issued`,
-    `profiles_ended`: ids created or ended at that run's event time, as resolve stamps both) and by its events
-    (`issued_events`, `ended_events`: distinct profiles of its issuing and ending events). All 0 with no event."""
-    latest = latest_run(events, "event_at")
-    run = latest.agg(F.max("event_at").alias("_at"))
-    registry_counts = registry.crossJoin(F.broadcast(run)).agg(
-        F.count(F.when(F.col("created_at") == F.col("_at"), True)).alias("profiles_issued"),
-        F.count(F.when(F.col("ended_at") == F.col("_at"), True)).alias("profiles_ended"),
+def change_counts(events: DataFrame, registry: DataFrame, previous: DataFrame) -> DataFrame:
+    """One row: the profiles this run issued and ended by the registry against the published one before it
+    (`profiles_issued`: ids it did not hold; `profiles_ended`: ids it held active that are ended now), and by the
+    newest run's events (`issued_events`, `ended_events`: distinct profiles of its issuing and ending events).
+    Counted from the registries, not from the events' time: a run that staged no event still has to match."""
+    was = previous.select("profile_id", F.col("status").alias("_was"))
+    registry_counts = registry.join(was, "profile_id", "left").agg(
+        F.count(F.when(F.col("_was").isNull(), True)).alias("profiles_issued"),
+        F.count(F.when((F.col("_was") == ACTIVE) & (F.col("status") != ACTIVE), True)).alias("profiles_ended"),
     )
+    latest = latest_run(events, "event_at")
     event_counts = latest.agg(
         F.count_distinct(F.when(F.col("event_type").isin(*ISSUING), F.col("profile_id"))).alias("issued_events"),
         F.count_distinct(F.when(F.col("event_type").isin(*ENDING), F.col("profile_id"))).alias("ended_events"),
@@ -99,7 +100,7 @@ def checks(inputs: QualityInputs) -> list[TableCheck]:
     reconciliation = TableCheck(
         suite="identity_event_reconciliation",
         table="audit/identity_events",
-        frame=change_counts(inputs.identity_events, inputs.profile_registry),
+        frame=change_counts(inputs.identity_events, inputs.profile_registry, inputs.previous_profile_registry),
         expectations=[
             equal_columns(
                 "profiles_issued",

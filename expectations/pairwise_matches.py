@@ -10,7 +10,8 @@ from expectations import QualityInputs, TableCheck, holds, must_hold, required_u
 
 
 def with_pair_checks(pairs: DataFrame, admitted: DataFrame) -> DataFrame:
-    """Pairs with `distinct_records` and `records_admitted` (both ends are records the gate admitted)."""
+    """Pairs with `distinct_records`, `records_admitted` (both ends are records the gate admitted) and
+    `a_probability` (a match probability in [0, 1]: not null, not NaN, which a range expectation skips)."""
     ids = admitted.select(F.concat_ws(":", "source_system", "source_record_id").alias("_id"), F.lit(True).alias("_in"))
     return (
         pairs.join(ids.withColumnRenamed("_in", "_l"), F.col("record_id_l") == F.col("_id"), "left")
@@ -18,6 +19,7 @@ def with_pair_checks(pairs: DataFrame, admitted: DataFrame) -> DataFrame:
         .join(ids.withColumnRenamed("_in", "_r"), F.col("record_id_r") == F.col("_id"), "left")
         .withColumn("distinct_records", holds(F.col("record_id_l") != F.col("record_id_r")))
         .withColumn("records_admitted", holds(F.col("_l") & F.col("_r")))
+        .withColumn("a_probability", holds(~F.isnan("match_probability") & F.col("match_probability").between(0, 1)))
         .drop("_id", "_l", "_r")
     )
 
@@ -30,9 +32,7 @@ def checks(inputs: QualityInputs) -> list[TableCheck]:
             frame=with_pair_checks(inputs.pairwise_matches, inputs.admitted),
             expectations=[
                 *required_unique("record_id_l", "record_id_r", description="each pair scored once"),
-                gx.expectations.ExpectColumnValuesToBeBetween(
-                    column="match_probability", min_value=0, max_value=1, description="a probability"
-                ),
+                must_hold("a_probability", "a match probability, in [0, 1]"),
                 gx.expectations.ExpectColumnValuesToNotBeNull(column="match_weight", description="scored"),
                 must_hold("distinct_records", "no record is paired with itself"),
                 must_hold("records_admitted", "only records the consent gate admitted are compared"),

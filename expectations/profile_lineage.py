@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import great_expectations as gx
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
@@ -107,6 +108,7 @@ def checks(inputs: QualityInputs) -> list[TableCheck]:
                 in_set(
                     "rule", [r.description for r in inputs.cfg.survivorship.rules], "a configured survivorship rule"
                 ),
+                gx.expectations.ExpectColumnValuesToNotBeNull(column="rule", description="every value names its rule"),
                 must_hold("record_in_profile", "the value comes from one of the profile's source records"),
                 must_hold("value_from_record", "the named record holds the profile's value of the column"),
                 must_hold("basis_accepted", "the policy accepts the lawful basis for the purpose"),

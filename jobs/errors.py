@@ -68,3 +68,15 @@ class ColumnTypeChangeError(IdresError):
             "The table keeps rows of earlier runs, so its values must be migrated to the new type (or the change "
             "reverted) before it can take this run's rows."
         )
+
+
+class ExpectationNotComputedError(RuntimeError):
+    """Great Expectations could not compute an expectation (its Spark job or pandas step failed): not a verdict on
+    the data, so the gate records no refusal and a retry validates again. Not an IdresError: like any failure it
+    exits 1, its text (which may quote what the engine failed on) only in the incident file."""
+
+    def __init__(self, suite: str, expectations: list[str], details: list[str]) -> None:
+        self.suite = suite
+        super().__init__(
+            f"quality gate: suite {suite} could not compute {', '.join(expectations)}:\n" + "\n".join(details)
+        )

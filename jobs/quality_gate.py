@@ -49,7 +49,7 @@ from expectations import (
 )
 from jobs import delta_io
 from jobs.config import GOLD_TABLES, PUBLISHED_TABLES, PipelineConfig
-from jobs.errors import IdresError
+from jobs.errors import ExpectationNotComputedError, IdresError
 from jobs.profile_ids import IDENTITY_EVENTS_SCHEMA, REGISTRY_SCHEMA
 from jobs.publication import JOB, PublishResult, finish_interrupted_publication, publish, require_whole_resolution
 from jobs.report import REPORT_FILE, write_auditor_report
@@ -172,6 +172,14 @@ def gold_checks(spark: SparkSession, cfg: PipelineConfig) -> list[TableCheck]:
     return [check for module in GOLD_SUITE_MODULES for check in module.checks(inputs)]
 
 
+def _raised_exception(result: Any) -> bool:
+    """Whether GX caught an exception computing the result (one for the expectation, or one per metric)."""
+    info = result.exception_info or {}
+    if "raised_exception" in info:
+        return bool(info["raised_exception"])
+    return any(isinstance(metric, dict) and metric.get("raised_exception") for metric in info.values())
+
+
 def _expectation_result(result: Any) -> dict[str, Any]:
     config = result.expectation_config
     kwargs = config.kwargs
@@ -285,6 +293,9 @@ def validate(
         finally:
             frame.unpersist()
         (validation,) = result.run_results.values()
+        if raised := [r for r in validation.results if _raised_exception(r)]:
+            names = [f"{e['expectation']}({e['column']})" for e in map(_expectation_result, raised)]
+            raise ExpectationNotComputedError(check.suite, names, [str(r.exception_info) for r in raised])
         log.info("quality gate: %s %s (GX on %s)", check.suite, "passed" if validation.success else "FAILED", engine)
         return {
             "suite": check.suite,

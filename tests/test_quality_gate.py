@@ -16,6 +16,7 @@ from expectations import QualityInputs, TableCheck, must_hold, required_unique
 from expectations import bronze as bronze_suite
 from expectations import consent_ledger as consent_suite
 from expectations import identity_events as events_suite
+from expectations import pairwise_matches as pairwise_suite
 from expectations import profile_lineage as lineage_suite
 from expectations import profile_registry as registry_suite
 from expectations import profiles as profiles_suite
@@ -27,6 +28,7 @@ from expectations.profiles import cell_compliance
 from jobs import delta_io, quality_gate, resolve, unify
 from jobs.canonical import SUBJECT
 from jobs.config import PUBLISHED_TABLES
+from jobs.errors import ExpectationNotComputedError
 from jobs.profile_ids import IDENTITY_EVENTS_SCHEMA, REGISTRY_SCHEMA
 from jobs.quality_gate import (
     QualityGateError,
@@ -975,6 +977,9 @@ def test_identity_events_are_this_runs_known_changes_as_the_registry_records_the
         ],
         spark_schema(spark, REGISTRY_SCHEMA),
     )
+    previous = spark.createDataFrame(  # as run r1 published it
+        [(p, "active", T0, "r1", None, None, None) for p in (P1, P2, P4)], spark_schema(spark, REGISTRY_SCHEMA)
+    )
     schema = spark_schema(spark, IDENTITY_EVENTS_SCHEMA)
     run2 = [
         ("r2", "created", P3, None, 2, T1, "e1"),
@@ -982,15 +987,20 @@ def test_identity_events_are_this_runs_known_changes_as_the_registry_records_the
         ("r2", "retired", P4, None, 0, T1, "e3"),
     ]
 
-    def outcome(rows):
+    def outcome(rows, before=previous):
         events = spark.createDataFrame(rows, schema)
-        return validate(events_suite.checks(inputs_with(cfg, identity_events=events, profile_registry=registry)), "r")
+        tables = {"identity_events": events, "profile_registry": registry, "previous_profile_registry": before}
+        return validate(events_suite.checks(inputs_with(cfg, **tables)), "r")
 
     def failure(column: str) -> list[str]:
         return [in_set_failure("identity_events", column)]
 
     assert outcome(run2).success
-    assert outcome([]).success  # a run that changed no id
+    assert outcome([], before=registry).success  # a run that changed no id
+    assert failed_checks(outcome([])) == [  # a run that changed ids and staged no event of them
+        "identity_event_reconciliation: expect_column_pair_values_to_be_equal(profiles_issued=issued_events)",
+        "identity_event_reconciliation: expect_column_pair_values_to_be_equal(profiles_ended=ended_events)",
+    ]
     earlier = ("r1", "created", P1, None, 3, T0, "e0")  # as the registry has it, but run r1's
     assert failed_checks(outcome([*run2, earlier])) == failure("of_latest_run")
     unknown = failed_checks(outcome([*run2, ("r2", "renamed", P1, None, 1, T1, "e4")]))
@@ -1004,8 +1014,8 @@ def test_identity_events_are_this_runs_known_changes_as_the_registry_records_the
         "identity_events: expect_column_values_to_be_unique(event_id)"
     ]
 
-    # The retirement's event missing: the registry ended two ids at the run's time, its events one.
-    counts = events_suite.change_counts(spark.createDataFrame(run2[:2], schema), registry)
+    # The retirement's event missing: the registry ended two ids of the published ones, its events one.
+    counts = events_suite.change_counts(spark.createDataFrame(run2[:2], schema), registry, previous)
     expected = spark.createDataFrame(
         [(1, 2, 1, 1)], "profiles_issued long, profiles_ended long, issued_events long, ended_events long"
     )
@@ -1030,3 +1040,40 @@ def test_a_gate_after_unify_alone_validates_the_published_resolution_and_no_iden
     assert counts["record_profiles"] == {delta_io.row_count(cfg.tables.record_profiles)}
     assert counts["profile_registry"] == {delta_io.row_count(cfg.tables.profile_registry)}
     assert counts["identity_events"] == {0}
+
+
+def test_a_missing_probability_or_status_fails_its_suite(spark, cfg):
+    """A range or set expectation skips nulls (and GX's pandas engine NaN too): each of these needs its own check."""
+    admitted = spark.createDataFrame([("s", "1"), ("s", "2")], "source_system string, source_record_id string")
+    pairs = spark.createDataFrame(
+        [("s:1", "s:2", 0.9, 3.0), ("s:2", "s:1", None, 3.0), ("s:2", "s:2", float("nan"), 3.0)],
+        "record_id_l string, record_id_r string, match_probability double, match_weight double",
+    )
+    checked = pairwise_suite.with_pair_checks(pairs, admitted).select("record_id_l", "record_id_r", "a_probability")
+    expected = spark.createDataFrame(
+        [("s:1", "s:2", True), ("s:2", "s:1", False), ("s:2", "s:2", False)],
+        "record_id_l string, record_id_r string, a_probability boolean",
+    )
+    assert_df_equality(checked, expected, ignore_row_order=True, ignore_nullable=True)
+    one_missing = pairs.where(F.col("record_id_l") == "s:1").union(pairs.where(F.col("match_probability").isNull()))
+    outcome = validate(pairwise_suite.checks(inputs_with(cfg, pairwise_matches=one_missing, admitted=admitted)), "r")
+    assert failed_checks(outcome) == ["pairwise_matches: expect_column_values_to_be_in_set(a_probability)"]
+
+    ledger = spark.createDataFrame(
+        [("s", "e1", "1", "profile_unification", None, "consent", None, "r")],
+        "source_system string, event_id string, source_record_id string, purpose string, status string, "
+        "lawful_basis string, expires_at timestamp, run_id string",
+    ).withColumns({"event_time": F.current_timestamp(), "recorded_at": F.lit(None).cast("timestamp")})
+    check = consent_check(spark, cfg, "consent_ledger", consent_ledger=ledger)
+    assert "consent_ledger: expect_column_values_to_not_be_null(status)" in failed_checks(validate([check], "r"))
+
+
+@pytest.mark.parametrize("pandas_max_rows", [0, 1000], ids=["spark", "pandas"])
+def test_an_expectation_gx_could_not_compute_fails_the_gate_as_an_error_not_as_a_refusal(spark, pandas_max_rows):
+    """GX catches what a metric's computation raises (a lost executor, here a pattern the engine cannot compile)
+    and reports a plain failure: recorded as a refusal, every retry of the run was refused again unvalidated."""
+    frame = spark.createDataFrame([("a",)], "value string")
+    unreadable = gx.expectations.ExpectColumnValuesToMatchRegex(column="value", regex="(")
+    check = TableCheck("broken", "t", frame, [unreadable])
+    with pytest.raises(ExpectationNotComputedError, match=r"suite broken could not compute .*\(value\)"):
+        validate([check], "r", pandas_max_rows=pandas_max_rows)
