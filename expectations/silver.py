@@ -10,9 +10,9 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from expectations import QualityInputs, TableCheck, equal_columns, in_set, required_unique
-from jobs.canonical import E164, EARLIEST_BIRTH_DATE, SUBJECT
+from jobs.canonical import E164, EARLIEST_BIRTH_DATE, END_OF_TEXT, SUBJECT, WHITESPACE
 
-EMAIL = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
+EMAIL = rf"^[^@{WHITESPACE}]+@[^@{WHITESPACE}]+\.[^@{WHITESPACE}]+{END_OF_TEXT}"
 COUNTRY_CODES = [c.alpha_2 for c in pycountry.countries]
 
 

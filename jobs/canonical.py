@@ -35,7 +35,12 @@ EARLIEST_BIRTH_DATE = date(1900, 1, 1)
 # A phone as silver holds it: E.164, a country code and subscriber number of 7 to 15 digits in all.
 # Standardize nulls a number libphonenumber accepts outside it (a short German service number, a number with
 # an extension run into it), and the silver suite checks that every phone fits it.
-E164 = r"^\+[1-9][0-9]{6,14}$"
+# Regexes the silver suite runs on pandas (Python's re) and on Spark (Java's): written so both read them alike.
+# Java's `$` also matches before a final \r, \u0085, \u2028 or \u2029 and Python's only before \n, so a
+# pattern ends at END_OF_TEXT; Java's `\s` is ASCII and Python's Unicode, so a pattern names WHITESPACE.
+END_OF_TEXT = r"(?![\s\S])"
+WHITESPACE = r"\t\n\x0B\f\r \x1c-\x1f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+E164 = r"^\+[1-9][0-9]{6,14}" + END_OF_TEXT
 
 CANONICAL_COLUMNS: tuple[str, ...] = tuple(CANONICAL_FIELDS)
 TYPED_COLUMNS: tuple[str, ...] = tuple(c for c, t in CANONICAL_FIELDS.items() if not isinstance(t, T.StringType))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import re
 
 import great_expectations as gx
 import pyarrow as pa
@@ -26,7 +27,7 @@ from expectations.profile_lineage import supplied_columns
 from expectations.profile_sources import with_source_checks
 from expectations.profiles import cell_compliance
 from jobs import delta_io, quality_gate, resolve, unify
-from jobs.canonical import SUBJECT
+from jobs.canonical import E164, SUBJECT
 from jobs.config import PUBLISHED_TABLES
 from jobs.errors import ExpectationNotComputedError
 from jobs.profile_ids import IDENTITY_EVENTS_SCHEMA, REGISTRY_SCHEMA
@@ -1077,3 +1078,30 @@ def test_an_expectation_gx_could_not_compute_fails_the_gate_as_an_error_not_as_a
     check = TableCheck("broken", "t", frame, [unreadable])
     with pytest.raises(ExpectationNotComputedError, match=r"suite broken could not compute .*\(value\)"):
         validate([check], "r", pandas_max_rows=pandas_max_rows)
+
+
+def test_the_silver_patterns_read_the_same_on_pandas_and_on_spark(spark):
+    """GX matches a regex with Python's re on pandas and Java's on Spark: `\\s` and `$` differ between them."""
+    values = [
+        "a@b.co",
+        "a b@x.com",
+        "a\u00a0b@x.com",
+        "a\u2028b@x.com",
+        "a@b.co\n",
+        "+380501234567",
+        "+380501234567\n",
+        "+380501234567\r",
+        "+380501234567\u2028",
+        "+380501234567\u0085",
+    ]
+    patterns = {"email": silver_suite.EMAIL, "phone": E164}
+    expected = {
+        "email": [True] + [False] * 9,
+        "phone": [False] * 5 + [True] + [False] * 4,
+    }
+    frame = spark.createDataFrame([(i, v) for i, v in enumerate(values)], "i int, v string")
+    on_spark = frame.select("i", *[F.col("v").rlike(p).alias(name) for name, p in patterns.items()]).orderBy("i")
+    rows = on_spark.collect()
+    for name, pattern in patterns.items():
+        assert [bool(re.search(pattern, v)) for v in values] == expected[name], name
+        assert [r[name] for r in rows] == expected[name], name
