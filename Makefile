@@ -101,8 +101,12 @@ bench-scale: install
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]' >$(VENV)/install-bench.log 2>&1
 	PYTHONPATH=$(CURDIR) $(BIN)/python benchmarks/scale.py --sizes $(SIZES) $(SCALE_ARGS)
 
+# A variable given on make's command line as one shell word, as typed: neither make nor the shell expands a `$`,
+# quote or backtick in it (SQL="SELECT ... WHERE city = 'Kyiv'").
+quoted = '$(subst ','\'',$(value $(1)))'
+
 query: install
-	@$(BIN)/python -m jobs.query $(if $(CSV),--csv "$(CSV)") "$(SQL)"
+	@$(BIN)/python -m jobs.query $(if $(value CSV),--csv $(call quoted,CSV)) $(call quoted,SQL)
 
 test: install chromium
 	$(BIN)/python -m pytest -m "not heavy" --durations=10

@@ -8,6 +8,8 @@ import hashlib
 import io
 import json
 import re
+import shlex
+import subprocess
 from datetime import datetime
 from pathlib import Path
 
@@ -79,6 +81,22 @@ def test_query_answers_the_readme_questions(spark, published):
     assert sorted(r["profile_id"] for r in query.query(published, marketing).to_pylist()) == sorted(
         r["profile_id"] for r in expected.collect()
     )
+
+
+def test_make_query_hands_the_sql_to_the_command_as_typed():
+    """Quotes, `$` and backticks in SQL= reached the shell inside double quotes: identifiers lost their quotes,
+    `$n` became nothing and a `$(...)` ran."""
+    sql = """SELECT "region", count(*) AS $n, `x`, $(id) FROM profiles WHERE region = 'UA' AND c LIKE '%\\_%'"""
+    csv_out = "out $1.csv"
+    make = subprocess.run(
+        ["make", "-n", "-s", "query", f"SQL={sql}", f"CSV={csv_out}"],
+        cwd=README.parent,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    command = shlex.split(make.stdout.strip().splitlines()[-1])
+    assert command[-3:] == ["--csv", csv_out, sql]
 
 
 def test_query_csv_cells_cannot_inject_formulas():
