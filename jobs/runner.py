@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import hashlib
 import logging
@@ -98,8 +99,10 @@ def record_incident(cfg: PipelineConfig, job: str, run_id: str, exc: BaseExcepti
 
 def describe_without_values(exc: BaseException) -> str:
     """The error's class (the JVM's, for a Py4J error) and the innermost line of jobs/ it passed: no message."""
-    java = getattr(exc, "java_exception", None)
-    kind = java.getClass().getName() if java is not None else type(exc).__name__
+    kind = type(exc).__name__
+    if (java := getattr(exc, "java_exception", None)) is not None:
+        with contextlib.suppress(Exception):  # the JVM died with the job: the Python class, never the message
+            kind = java.getClass().getName()
     frames = [(Path(f.filename).resolve(), f) for f in traceback.extract_tb(exc.__traceback__)]
     ours = [(path, f) for path, f in frames if path.is_relative_to(PROJECT_ROOT / "jobs")]
     if not ours:

@@ -27,7 +27,7 @@ from pyspark.sql import SparkSession
 from jobs import delta_io, demo_data, ingest, pipeline, publication, quality_gate, query, resolve, unify
 from jobs.config import DEFAULT_CONF_DIR, GOLD_TABLES, PUBLISHED_TABLES, PipelineConfig, load_config
 from jobs.errors import ColumnTypeChangeError, IdresError
-from jobs.runner import lakehouse_lock_path
+from jobs.runner import describe_without_values, lakehouse_lock_path
 from tests.conftest import (
     DEMO_CUTOFF,
     PROJECT,
@@ -580,6 +580,19 @@ def test_a_crash_on_a_value_logs_only_the_error_class_and_keeps_its_text_beside_
     assert str(incidents[0]) in log
     assert canary_found(incidents[0].read_text(encoding="utf-8")) == {"zqxcanar"}
     assert incidents[0].stat().st_mode & 0o777 == 0o600
+
+
+def test_an_error_whose_jvm_died_is_described_by_its_class_never_its_message():
+    """The failure handler asked the JVM for a Py4J error's Java class: with the JVM gone that raised too, and
+    Python printed the original error, message and all."""
+
+    class GoneJvm:
+        def getClass(self):  # Py4J's name
+            raise ConnectionRefusedError("the gateway is gone")
+
+    error = RuntimeError("cannot parse 'zqxcanar'")
+    error.java_exception = GoneJvm()
+    assert describe_without_values(error) == "RuntimeError"
 
 
 def test_candidates_that_retype_a_column_replace_a_whole_table_and_stop_before_a_table_they_add_to(tmp_path):
