@@ -31,6 +31,7 @@ from anyascii import anyascii
 from faker import Faker
 
 from jobs.config import PipelineConfig, load_config
+from jobs.runner import lakehouse_lock
 
 KYIV = ZoneInfo("Europe/Kyiv")
 
@@ -587,7 +588,8 @@ def main(argv: Sequence[str] | None = None) -> DemoSummary | None:
         print("demo data: skipped (--people 0); the landing zone is left as it is")
         return None
     cfg = load_config(args.conf).with_paths(landing=args.landing, ground_truth=args.ground_truth)
-    summary = generate(cfg, people=args.people, seed=args.seed, corrupt=args.corrupt)
+    with lakehouse_lock(cfg, "demo_data"):  # an ingest holding it never reads an extract half rewritten
+        summary = generate(cfg, people=args.people, seed=args.seed, corrupt=args.corrupt)
     print(f"demo data: {summary.people} people -> " + ", ".join(f"{s}={n}" for s, n in summary.records.items()))
     return summary
 

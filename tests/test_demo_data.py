@@ -5,8 +5,13 @@ import hashlib
 import json
 from collections import Counter
 
+import pytest
+
 from jobs import demo_data
-from tests.conftest import config_in
+from jobs.config import load_config
+from jobs.errors import LakehouseBusyError
+from jobs.runner import lakehouse_lock
+from tests.conftest import config_in, edited_conf
 
 
 def _digest(root) -> dict[str, str]:
@@ -53,3 +58,20 @@ def test_the_ground_truth_is_kept_apart_from_the_landing_zone(tmp_path):
     assert not list(cfg.landing.rglob("records.csv"))
     for s in cfg.sources:
         assert s.consent_feed is not None and s.consent_feed.path.is_file()
+
+
+def test_the_demo_extracts_are_not_rewritten_while_a_job_holds_the_lakehouse(tmp_path):
+    """The DAG's demo task rewrote the extracts beside a CLI ingest holding the lock, which could land half a file."""
+    conf = edited_conf(
+        tmp_path,
+        "pipeline.yaml",
+        (("paths", "lakehouse"), str(tmp_path / "lake")),
+        (("concurrency", "lock_timeout_seconds"), 0),
+    )
+    args = ["--conf", str(conf), "--people", "5", "--landing", str(tmp_path / "landing")]
+    args += ["--ground-truth", str(tmp_path / "truth")]
+    cfg = load_config(conf)
+    with lakehouse_lock(cfg, "ingest"), pytest.raises(LakehouseBusyError):
+        demo_data.main(args)
+    assert not (tmp_path / "landing").exists()
+    assert demo_data.main(args).people == 5
