@@ -102,8 +102,12 @@ bench-scale: install
 	PYTHONPATH=$(CURDIR) $(BIN)/python benchmarks/scale.py --sizes $(SIZES) $(SCALE_ARGS)
 
 # A variable given on make's command line as one shell word, as typed: neither make nor the shell expands a `$`,
-# quote or backtick in it (SQL="SELECT ... WHERE city = 'Kyiv'").
-quoted = '$(subst ','\'',$(value $(1)))'
+# quote or backtick in it (SQL="SELECT ... WHERE city = 'Kyiv'"), and a line break stays one (bash's $'\n').
+define NL
+
+
+endef
+quoted = '$(subst $(NL),'$$'\n'',$(subst ','\'',$(value $(1))))'
 
 query: install
 	@$(BIN)/python -m jobs.query $(if $(value CSV),--csv $(call quoted,CSV)) $(call quoted,SQL)

@@ -19,6 +19,7 @@ from great_expectations.expectations import Expectation
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
+from jobs.canonical import END_OF_TEXT
 from jobs.config import PipelineConfig
 
 # Counts and percentages only: no unexpected values, rows or indexes in results or Data Docs.
@@ -30,7 +31,7 @@ SAFE_RESULT_FORMAT: dict[str, object] = {
     "return_unexpected_index_query": False,
 }
 
-PROFILE_ID_REGEX = r"^pr_[0-9a-f]{20}$"
+PROFILE_ID_REGEX = r"^pr_[0-9a-f]{20}" + END_OF_TEXT  # read alike by Python and Java
 
 
 @dataclass(frozen=True)

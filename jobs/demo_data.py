@@ -15,6 +15,7 @@ import argparse
 import csv
 import json
 import random
+import sys
 import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from anyascii import anyascii
 from faker import Faker
 
 from jobs.config import PipelineConfig, load_config
+from jobs.errors import IdresError
 from jobs.runner import lakehouse_lock
 
 KYIV = ZoneInfo("Europe/Kyiv")
@@ -588,8 +590,12 @@ def main(argv: Sequence[str] | None = None) -> DemoSummary | None:
         print("demo data: skipped (--people 0); the landing zone is left as it is")
         return None
     cfg = load_config(args.conf).with_paths(landing=args.landing, ground_truth=args.ground_truth)
-    with lakehouse_lock(cfg, "demo_data"):  # an ingest holding it never reads an extract half rewritten
-        summary = generate(cfg, people=args.people, seed=args.seed, corrupt=args.corrupt)
+    try:
+        with lakehouse_lock(cfg, "demo_data"):  # an ingest holding it never reads an extract half rewritten
+            summary = generate(cfg, people=args.people, seed=args.seed, corrupt=args.corrupt)
+    except IdresError as error:  # the lock held past its timeout: exit 2 naming it, as every job does
+        print(f"demo_data failed: {error}", file=sys.stderr)
+        sys.exit(2)
     print(f"demo data: {summary.people} people -> " + ", ".join(f"{s}={n}" for s, n in summary.records.items()))
     return summary
 

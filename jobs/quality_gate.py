@@ -204,6 +204,12 @@ def _expectation_result(result: Any) -> dict[str, Any]:
     }
 
 
+def _named_columns(kwargs: dict[str, Any]) -> list[str]:
+    """The columns an expectation's arguments name."""
+    named = [kwargs.get(k) for k in ("column", "column_A", "column_B")] + list(kwargs.get("column_list") or [])
+    return [c for c in named if c]
+
+
 def checked_frame(check: TableCheck) -> DataFrame:
     """The check's frame cut to the columns its expectations read, so GX computes, caches and (in pandas)
     collects only those, and never holds a personal column it does not check. When an expectation inspects the
@@ -216,8 +222,7 @@ def checked_frame(check: TableCheck) -> DataFrame:
         if kwargs.get("row_condition"):
             return check.frame
         inspects_columns |= "table_column" in expectation.expectation_type
-        named = [kwargs.get(k) for k in ("column", "column_A", "column_B")] + list(kwargs.get("column_list") or [])
-        columns += [c for c in named if c and c not in columns]
+        columns += [c for c in _named_columns(kwargs) if c not in columns]
     if inspects_columns:
         return check.frame.select(
             *[
@@ -272,6 +277,7 @@ def validate(
 
     def validate_check(check: TableCheck) -> dict[str, Any]:
         frame = checked_frame(check).persist()
+        present = set(frame.columns)
         try:
             engine, data = gx_batch(frame, pandas_max_rows)
             with adding:
@@ -293,7 +299,9 @@ def validate(
         finally:
             frame.unpersist()
         (validation,) = result.run_results.values()
-        if raised := [r for r in validation.results if _raised_exception(r)]:
+        # A column the table lacks is a finding (a failed expectation), not an engine that failed.
+        computable = [r for r in validation.results if set(_named_columns(r.expectation_config.kwargs)) <= present]
+        if raised := [r for r in computable if _raised_exception(r)]:
             names = [f"{e['expectation']}({e['column']})" for e in map(_expectation_result, raised)]
             raise ExpectationNotComputedError(check.suite, names, [str(r.exception_info) for r in raised])
         log.info("quality gate: %s %s (GX on %s)", check.suite, "passed" if validation.success else "FAILED", engine)

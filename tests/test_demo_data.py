@@ -9,7 +9,6 @@ import pytest
 
 from jobs import demo_data
 from jobs.config import load_config
-from jobs.errors import LakehouseBusyError
 from jobs.runner import lakehouse_lock
 from tests.conftest import config_in, edited_conf
 
@@ -60,7 +59,7 @@ def test_the_ground_truth_is_kept_apart_from_the_landing_zone(tmp_path):
         assert s.consent_feed is not None and s.consent_feed.path.is_file()
 
 
-def test_the_demo_extracts_are_not_rewritten_while_a_job_holds_the_lakehouse(tmp_path):
+def test_the_demo_extracts_are_not_rewritten_while_a_job_holds_the_lakehouse(tmp_path, capsys):
     """The DAG's demo task rewrote the extracts beside a CLI ingest holding the lock, which could land half a file."""
     conf = edited_conf(
         tmp_path,
@@ -71,7 +70,8 @@ def test_the_demo_extracts_are_not_rewritten_while_a_job_holds_the_lakehouse(tmp
     args = ["--conf", str(conf), "--people", "5", "--landing", str(tmp_path / "landing")]
     args += ["--ground-truth", str(tmp_path / "truth")]
     cfg = load_config(conf)
-    with lakehouse_lock(cfg, "ingest"), pytest.raises(LakehouseBusyError):
+    with lakehouse_lock(cfg, "ingest"), pytest.raises(SystemExit) as exited:
         demo_data.main(args)
+    assert exited.value.code == 2 and "_idres.lock" in capsys.readouterr().err
     assert not (tmp_path / "landing").exists()
     assert demo_data.main(args).people == 5

@@ -13,7 +13,7 @@ import pytest
 from chispa import assert_df_equality
 from pyspark.sql import functions as F
 
-from expectations import QualityInputs, TableCheck, must_hold, required_unique
+from expectations import PROFILE_ID_REGEX, QualityInputs, TableCheck, must_hold, required_unique
 from expectations import bronze as bronze_suite
 from expectations import consent_ledger as consent_suite
 from expectations import identity_events as events_suite
@@ -1094,10 +1094,12 @@ def test_the_silver_patterns_read_the_same_on_pandas_and_on_spark(spark):
         "+380501234567\u2028",
         "+380501234567\u0085",
     ]
-    patterns = {"email": silver_suite.EMAIL, "phone": E164}
+    values += ["pr_" + "0" * 20, "pr_" + "0" * 20 + "\u2028", "pr_" + "0" * 20 + "\r"]
+    patterns = {"email": silver_suite.EMAIL, "phone": E164, "profile_id": PROFILE_ID_REGEX}
     expected = {
-        "email": [True] + [False] * 9,
-        "phone": [False] * 5 + [True] + [False] * 4,
+        "email": [True] + [False] * 12,
+        "phone": [False] * 5 + [True] + [False] * 7,
+        "profile_id": [False] * 10 + [True, False, False],
     }
     frame = spark.createDataFrame([(i, v) for i, v in enumerate(values)], "i int, v string")
     on_spark = frame.select("i", *[F.col("v").rlike(p).alias(name) for name, p in patterns.items()]).orderBy("i")
@@ -1105,3 +1107,23 @@ def test_the_silver_patterns_read_the_same_on_pandas_and_on_spark(spark):
     for name, pattern in patterns.items():
         assert [bool(re.search(pattern, v)) for v in values] == expected[name], name
         assert [r[name] for r in rows] == expected[name], name
+
+
+def test_an_expectation_of_a_column_the_table_lacks_is_a_failed_check_not_an_error(spark):
+    """A column the policy lets silver hold since the table was written: a finding to report, as GX's column-set
+    check reports it, not an engine failure that stops the gate without a verdict."""
+    frame = spark.createDataFrame([("a",)], "value string")
+    check = TableCheck(
+        "held",
+        "t",
+        frame,
+        [
+            gx.expectations.ExpectTableColumnsToMatchSet(column_set=["value", "date_of_birth"], exact_match=True),
+            gx.expectations.ExpectColumnValuesToNotBeNull(column="date_of_birth"),
+            gx.expectations.ExpectColumnValuesToNotBeNull(column="value"),
+        ],
+    )
+    assert sorted(failed_checks(validate([check], "r", pandas_max_rows=1000))) == [
+        "held: expect_column_values_to_not_be_null(date_of_birth)",
+        "held: expect_table_columns_to_match_set(table)",
+    ]

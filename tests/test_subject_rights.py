@@ -8,7 +8,6 @@ import hashlib
 import io
 import json
 import re
-import shlex
 import subprocess
 from datetime import datetime
 from pathlib import Path
@@ -85,8 +84,8 @@ def test_query_answers_the_readme_questions(spark, published):
 
 def test_make_query_hands_the_sql_to_the_command_as_typed():
     """Quotes, `$` and backticks in SQL= reached the shell inside double quotes: identifiers lost their quotes,
-    `$n` became nothing and a `$(...)` ran."""
-    sql = """SELECT "region", count(*) AS $n, `x`, $(id) FROM profiles WHERE region = 'UA' AND c LIKE '%\\_%'"""
+    `$n` became nothing and a `$(...)` ran; a line break split the recipe."""
+    sql = """SELECT "region", count(*) AS $n, `x`, $(id)\nFROM profiles WHERE region = 'UA' AND c LIKE '%\\_%'"""
     csv_out = "out $1.csv"
     make = subprocess.run(
         ["make", "-n", "-s", "query", f"SQL={sql}", f"CSV={csv_out}"],
@@ -95,8 +94,14 @@ def test_make_query_hands_the_sql_to_the_command_as_typed():
         text=True,
         check=True,
     )
-    command = shlex.split(make.stdout.strip().splitlines()[-1])
-    assert command[-3:] == ["--csv", csv_out, sql]
+    command = make.stdout.strip().splitlines()[-1]
+    prefix = f"{README.parent}/.venv/bin/python -m jobs.query"
+    assert command.startswith(prefix)
+    # the arguments as bash hands them to the command (a line break as bash's $'\n')
+    words = subprocess.run(
+        ["bash", "-c", "printf '%s\\0' " + command.removeprefix(prefix)], capture_output=True, text=True, check=True
+    ).stdout.split("\0")[:-1]
+    assert words == ["--csv", csv_out, sql]
 
 
 def test_query_csv_cells_cannot_inject_formulas():
