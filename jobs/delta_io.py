@@ -605,14 +605,19 @@ def purge_history(path: Path | str, run_id: str, job: str) -> int:
     """
     commit = _commit_properties(run_id, job)
     table = DeltaTable(str(path))
+    kept = table.metadata().configuration.get(LOG_RETENTION)
+    if kept in (None, NO_LOG_RETENTION):  # none set, or left by a purge that was killed
+        kept = DEFAULT_LOG_RETENTION
     table.vacuum(
         retention_hours=0, dry_run=False, enforce_retention_duration=False, full=True, commit_properties=commit
     )
-    table.alter.set_table_properties({LOG_RETENTION: "interval 0 seconds"}, commit_properties=commit)
-    table = DeltaTable(str(path))
-    table.create_checkpoint()
-    table.cleanup_metadata()
-    table.alter.set_table_properties({LOG_RETENTION: DEFAULT_LOG_RETENTION}, commit_properties=commit)
+    table.alter.set_table_properties({LOG_RETENTION: NO_LOG_RETENTION}, commit_properties=commit)
+    try:
+        table = DeltaTable(str(path))
+        table.create_checkpoint()
+        table.cleanup_metadata()
+    finally:  # the table's own retention back, however this ends: at none, the next checkpoint drops its history
+        DeltaTable(str(path)).alter.set_table_properties({LOG_RETENTION: kept}, commit_properties=commit)
     return DeltaTable(str(path)).version()
 
 
@@ -644,3 +649,4 @@ def files_of_earlier_versions(path: Path | str) -> list[Path]:
 
 LOG_RETENTION = "delta.logRetentionDuration"
 DEFAULT_LOG_RETENTION = "interval 30 days"
+NO_LOG_RETENTION = "interval 0 seconds"

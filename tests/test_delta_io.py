@@ -277,3 +277,27 @@ def test_rows_with_a_null_key_merged_again_change_nothing_and_can_be_deleted(spa
     null_key = spark.createDataFrame([(None, "x")], "key string, part string")
     assert delta_io.delete_matching(null_key, target, run_id="r", job="t") == 1
     assert delta_io.arrow_dataset(target).to_table().to_pylist() == [{"key": "a", "part": "x", "value": 1}]
+
+
+def test_a_history_purge_keeps_the_tables_log_retention_also_when_it_fails(tmp_path, monkeypatch):
+    """The purge sets the retention to none for its cleanup: left so by a failure, the next routine checkpoint
+    dropped the table's history; and a finished purge set 30 days over the table's own."""
+    path = tmp_path / "audit"
+    write_deltalake(
+        str(path), pa.table({"id": [1, 2]}), configuration={"delta.logRetentionDuration": "interval 90 days"}
+    )
+    write_deltalake(str(path), pa.table({"id": [3]}), mode="append")
+
+    def retention() -> str:
+        return DeltaTable(str(path)).metadata().configuration["delta.logRetentionDuration"]
+
+    delta_io.purge_history(path, run_id="e1", job="subject_rights")
+    assert retention() == "interval 90 days"
+
+    def fails(_table):
+        raise OSError("injected: the disk went away")
+
+    monkeypatch.setattr(delta_io.DeltaTable, "cleanup_metadata", fails)
+    with pytest.raises(OSError, match="injected"):
+        delta_io.purge_history(path, run_id="e2", job="subject_rights")
+    assert retention() == "interval 90 days"
