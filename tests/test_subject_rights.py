@@ -351,15 +351,17 @@ def test_an_erasure_whose_re_resolution_the_gold_suites_refuse_publishes_none_of
     assert canary_hits(cfg.lakehouse) == [] and canary_hits(cfg.reports) == []
 
 
+def dies_after_the_deletions(*_args, **_kwargs):
+    """In place of the re-resolution: an erasure that dies after deleting the subject's rows."""
+    raise RuntimeError("injected: the job dies after its deletions")
+
+
 def test_a_retried_erasure_finds_what_its_failed_first_attempt_deleted(spark, pristine, tmp_path, monkeypatch):
     cfg = copy_lakehouse(pristine, tmp_path)
     iryna = profile_of(spark, cfg, "ua_crm:UA-9")
 
-    def dies(*_args, **_kwargs):
-        raise RuntimeError("injected: the job dies after its deletions")
-
     with monkeypatch.context() as patched:
-        patched.setattr(subject_rights.resolve, "run", dies)
+        patched.setattr(subject_rights.resolve, "run", dies_after_the_deletions)
         with pytest.raises(RuntimeError, match="injected"):
             subject_rights.run(spark, cfg, run_id="sr-retry", action="erase", profile_id=iryna)
     assert profile_of(spark, cfg, "ua_crm:UA-9") is None  # the first attempt deleted the records
@@ -393,11 +395,8 @@ def test_a_retry_whose_history_a_later_erasure_purged_says_what_is_left_to_check
 ):
     cfg = copy_lakehouse(pristine, tmp_path)
 
-    def dies(*_args, **_kwargs):
-        raise RuntimeError("injected: the job dies after its deletions")
-
     with monkeypatch.context() as patched:
-        patched.setattr(subject_rights.resolve, "run", dies)
+        patched.setattr(subject_rights.resolve, "run", dies_after_the_deletions)
         with pytest.raises(RuntimeError, match="injected"):
             subject_rights.run(spark, cfg, run_id="sr-a", action="erase", record=["ua_crm:UA-9"])
     subject_rights.run(spark, cfg, run_id="sr-b", action="erase", record=["ua_crm:UA-1"])  # purges every history
@@ -567,27 +566,8 @@ def test_a_by_record_export_withholds_what_identity_events_say_of_a_profile_with
         "profile_values_lineage": [],
         "profile_permissions": [],
         "profile_sources": [
-            {
-                "profile_id": "pr_a",
-                "record_id": "s:1",
-                "region": "UA",
-                "source_system": "s",
-                "best_match_record_id": None,
-            },
-            {
-                "profile_id": "pr_a",
-                "record_id": "s:2",
-                "region": "UA",
-                "source_system": "s",
-                "best_match_record_id": None,
-            },
-            {
-                "profile_id": "pr_b",
-                "record_id": "s:3",
-                "region": "UA",
-                "source_system": "s",
-                "best_match_record_id": None,
-            },
+            {"profile_id": p, "record_id": r, "region": "UA", "source_system": "s", "best_match_record_id": None}
+            for p, r in (("pr_a", "s:1"), ("pr_a", "s:2"), ("pr_b", "s:3"))
         ],
         "identity_events": [
             {"event_type": "moved", "profile_id": "pr_a", "related_profile_id": "pr_c", "records": 1},
