@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from jobs.config import TablePaths
 
 SPILL_PREFIX = "_spill_"  # Spark's Parquet output on its way into a table (see _arrow_stream)
+PURGE_MARKER_PREFIX = "_purging_"  # beside a table while purge_history has its log retention at none
 # "true" while a stage's input is small (set by jobs.spark_session.size_stage_to_input): its writes then reach
 # delta-rs as Arrow collected into the driver instead of Parquet spilled beside the table (see _arrow_stream).
 COLLECT_WRITES_CONF = "spark.idres.delta.collectWrites"
@@ -187,8 +188,8 @@ def _arrow_stream(df: DataFrame, path: Path | str) -> Iterator[tuple[pa.RecordBa
     costs a job commit and small files, about half a second per write on a few thousand rows. Otherwise
     Spark's executors write df as Parquet to a spill folder beside the table and delta-rs reads it back
     batch by batch, so no table is ever collected whole into the driver (at a million records the lineage
-    table alone outgrows a 4g driver heap). The spill folder is removed afterwards, and a stale one a
-    killed job left behind is replaced on the table's next write.
+    table alone outgrows a 4g driver heap). The spill folder is removed afterwards; a stale one a killed job
+    left behind, by the next job to take the lakehouse lock (recover_from_killed_writes).
     """
     if _collects(df):
         yield _table_reader(df.toArrow())
@@ -605,20 +606,74 @@ def purge_history(path: Path | str, run_id: str, job: str) -> int:
     """
     commit = _commit_properties(run_id, job)
     table = DeltaTable(str(path))
-    kept = table.metadata().configuration.get(LOG_RETENTION)
-    if kept in (None, NO_LOG_RETENTION):  # none set, or left by a purge that was killed
-        kept = DEFAULT_LOG_RETENTION
+    marker = _purge_marker(path)
+    if marker.is_file():  # a purge of this table was killed: its retention is the one that purge kept
+        kept = json.loads(marker.read_text(encoding="utf-8"))[LOG_RETENTION]
+    else:
+        kept = table.metadata().configuration.get(LOG_RETENTION)
+        if kept in (None, NO_LOG_RETENTION):
+            kept = DEFAULT_LOG_RETENTION
     table.vacuum(
         retention_hours=0, dry_run=False, enforce_retention_duration=False, full=True, commit_properties=commit
     )
+    # A kill skips the finally below; the marker lets the next holder of the lakehouse lock put the retention back
+    # (recover_from_killed_writes) before any checkpoint at none drops the table's history.
+    marker.write_text(json.dumps({LOG_RETENTION: kept, "run_id": run_id, "job": job}), encoding="utf-8")
     table.alter.set_table_properties({LOG_RETENTION: NO_LOG_RETENTION}, commit_properties=commit)
     try:
         table = DeltaTable(str(path))
         table.create_checkpoint()
         table.cleanup_metadata()
     finally:  # the table's own retention back, however this ends: at none, the next checkpoint drops its history
-        DeltaTable(str(path)).alter.set_table_properties({LOG_RETENTION: kept}, commit_properties=commit)
+        _restore_log_retention(path, marker)
     return DeltaTable(str(path)).version()
+
+
+def _purge_marker(path: Path | str) -> Path:
+    """The file beside a table that holds its log retention while purge_history has set it to none."""
+    table = Path(path)
+    return table.parent / f"{PURGE_MARKER_PREFIX}{table.name}"
+
+
+def _restore_log_retention(path: Path | str, marker: Path) -> None:
+    """Set the table's log retention back to the one its purge marker kept, in a commit of that purge's run and
+    job (none when it is set already), and remove the marker."""
+    kept = json.loads(marker.read_text(encoding="utf-8"))
+    table = DeltaTable(str(path))
+    if table.metadata().configuration.get(LOG_RETENTION) != kept[LOG_RETENTION]:
+        table.alter.set_table_properties(
+            {LOG_RETENTION: kept[LOG_RETENTION]}, commit_properties=_commit_properties(kept["run_id"], kept["job"])
+        )
+    marker.unlink()
+
+
+def recover_from_killed_writes(tables: TablePaths) -> list[str]:
+    """Undo what a killed job left beside the lakehouse's tables and their staged candidates; returns the names
+    of the folders and markers it removed.
+
+    - Spill folders (_arrow_stream, _replace_with_rows) hold rows outside any table, so outside vacuum and out
+      of an erasure's reach: removed.
+    - A table whose history purge was killed stays at no log retention, so its next checkpoint would drop its
+      history: its own retention is set back.
+
+    Only for a holder of the lakehouse lock (jobs.runner.lakehouse_lock): a running job's spill would go too.
+    """
+    removed = []
+    folders = {p.parent for p in tables.all().values()} | {
+        tables.staging / p.parent.relative_to(tables.root) for p in tables.all().values()
+    }
+    for folder in sorted(f for f in folders if f.is_dir()):
+        for spill in sorted(folder.glob(f"{SPILL_PREFIX}*")):
+            shutil.rmtree(spill) if spill.is_dir() else spill.unlink()
+            removed.append(spill.name)
+        for marker in sorted(folder.glob(f"{PURGE_MARKER_PREFIX}*")):
+            table = folder / marker.name.removeprefix(PURGE_MARKER_PREFIX)
+            if table_exists(table):
+                _restore_log_retention(table, marker)
+            else:
+                marker.unlink()
+            removed.append(marker.name)
+    return removed
 
 
 def current_data_files(path: Path | str) -> list[Path]:

@@ -20,6 +20,7 @@ from typing import Any
 from filelock import FileLock, Timeout
 from pyspark.sql import SparkSession
 
+from jobs import delta_io
 from jobs.config import PROJECT_ROOT, PipelineConfig, load_config
 from jobs.errors import IdresError, LakehouseBusyError, LakehouseLockUnsupportedError
 from jobs.spark_session import build_spark_session
@@ -48,7 +49,8 @@ def lakehouse_lock(cfg: PipelineConfig, job: str) -> Iterator[None]:
     subject_requests, would otherwise write the same tables at once. The lock is an OS file lock (flock),
     released by the kernel if the holder dies, so a killed job never leaves the lakehouse locked; on a file
     system without flock, filelock's marker-file fallback would stay held after a killed job (forever, from
-    another container), so that fails instead. Raises LakehouseBusyError when the wait runs out.
+    another container), so that fails instead. Raises LakehouseBusyError when the wait runs out. Once held,
+    what a killed job left beside the tables is cleaned up first (delta_io.recover_from_killed_writes).
     """
     path = lakehouse_lock_path(cfg)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -67,6 +69,8 @@ def lakehouse_lock(cfg: PipelineConfig, job: str) -> Iterator[None]:
             raise
         raise LakehouseLockUnsupportedError(str(path)) from None
     try:
+        if recovered := delta_io.recover_from_killed_writes(cfg.tables):
+            log.warning("%s: removed what a killed job left beside the tables: %s", job, ", ".join(recovered))
         yield
     finally:
         lock.release()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import re
 import shutil
 import signal
@@ -17,9 +18,11 @@ from contextlib import closing
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from chispa import assert_df_equality
+from deltalake import DeltaTable, write_deltalake
 from deltalake.exceptions import DeltaError
 from filelock import FileLock
 from pyspark.sql import SparkSession
@@ -27,7 +30,7 @@ from pyspark.sql import SparkSession
 from jobs import delta_io, demo_data, ingest, pipeline, publication, quality_gate, query, resolve, unify
 from jobs.config import DEFAULT_CONF_DIR, GOLD_TABLES, PUBLISHED_TABLES, PipelineConfig, load_config
 from jobs.errors import ColumnTypeChangeError, IdresError
-from jobs.runner import describe_without_values, lakehouse_lock_path
+from jobs.runner import describe_without_values, lakehouse_lock, lakehouse_lock_path
 from tests.conftest import (
     DEMO_CUTOFF,
     PROJECT,
@@ -624,3 +627,53 @@ def test_candidates_that_retype_a_column_replace_a_whole_table_and_stop_before_a
     assert {**data_table_versions(cfg), "unify_runs": delta_io.table_version(cfg.tables.unify_runs)} == versions
     assert not (cfg.tables.staging / publication.JOURNAL).exists()
     assert delta_io.table_exists(cfg.tables.staged("profiles"))  # left staged for inspection
+
+
+KILLED_PURGE = """
+import os, signal, sys
+from deltalake import DeltaTable
+from jobs import delta_io
+DeltaTable.create_checkpoint = lambda table: os.kill(os.getpid(), signal.SIGKILL)
+delta_io.purge_history(sys.argv[1], run_id=sys.argv[2], job="subject_rights")
+"""
+
+
+def test_what_killed_purges_and_writes_left_is_undone_by_the_purges_retry_or_the_next_holder_of_the_lock(cfg):
+    """A purge killed between setting the table's log retention to none and setting it back (SIGKILL skips its
+    finally) left it at none, so the table's next checkpoint dropped its history. A killed write left its spill
+    folder: rows outside any table, out of vacuum's and an erasure's reach."""
+    path = cfg.tables.profile_registry
+    write_deltalake(str(path), pa.table({"id": [1, 2]}), configuration={delta_io.LOG_RETENTION: "interval 90 days"})
+    write_deltalake(str(path), pa.table({"id": [3]}), mode="append")
+
+    def retention() -> str:
+        return DeltaTable(str(path)).metadata().configuration[delta_io.LOG_RETENTION]
+
+    def killed_purge(run_id: str) -> None:
+        env = {**os.environ, "PYTHONPATH": str(PROJECT)}
+        purge = subprocess.run([sys.executable, "-c", KILLED_PURGE, str(path), run_id], env=env, check=False)
+        assert purge.returncode == -signal.SIGKILL
+        assert retention() == delta_io.NO_LOG_RETENTION
+
+    killed_purge("e1")
+    delta_io.purge_history(path, run_id="e1", job="subject_rights")  # the retry, with no lock taken
+    assert retention() == "interval 90 days"
+
+    killed_purge("e2")
+    spills = [
+        cfg.tables.profiles.parent / f"{delta_io.SPILL_PREFIX}profiles",
+        cfg.tables.staged("profile_lineage").parent / f"{delta_io.SPILL_PREFIX}profile_lineage_replacing",
+    ]
+    for spill in spills:
+        spill.mkdir(parents=True)
+        pq.write_table(pa.table({"middle_name": ["Bohdanivna"]}), spill / "part-0.parquet")
+    with lakehouse_lock(cfg, "ingest"):
+        assert retention() == "interval 90 days"
+        assert [s for s in spills if s.exists()] == []
+    restored = DeltaTable(str(path)).history(1)[0]
+    assert (restored["run_id"], restored["job"]) == ("e2", "subject_rights")
+    version = DeltaTable(str(path)).version()
+    with lakehouse_lock(cfg, "ingest"):
+        pass
+    assert DeltaTable(str(path)).version() == version
+    assert sorted(p.name for p in path.parent.iterdir()) == ["profile_registry"]
