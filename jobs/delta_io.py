@@ -295,23 +295,27 @@ def query_delta(sql: str, versions: Mapping[str, int] | None = None, **tables: P
     return pa.table(qb.execute(sql).read_all())
 
 
-def versions_as_run_left(paths: Iterable[Path | str], run_id: str) -> dict[Path, int | None] | None:
+def versions_as_run_left(paths: Iterable[Path | str], run_id: str) -> dict[Path, int | None]:
     """Per table, the version run_id left it at: the run's own last commit to it, else its last version before the
     run ended; None for a table that held no version then (created later, or those versions purged).
 
-    The run ends at its last commit before another run's first commit after it began: a publication another
-    run completes for it later is its own output, not its end. Returns None when the run committed nothing (no
-    commit of it and every log complete): the current versions are all there is. A run whose commits are gone
-    from incomplete logs (an erasure purges them) left versions no longer known, so every table is None.
+    The run ends at its last commit before the first commit of a run that began after it: a publication another
+    run completes for it later is its own output, not its end, and a publication it completes for an earlier
+    run is within it. A run with no commit in the logs left versions not known, so every table is None: it
+    committed nothing (it failed before its first commit, or its id is mistyped), or an erasure purged its
+    commits.
     """
     histories = {Path(p): history(p) for p in paths}
     commits = sorted((c["timestamp"], c.get("run_id"), path, c["version"]) for path, h in histories.items() for c in h)
     own = [c for c in commits if c[1] == run_id]
     if not own:
-        complete = all(min(c["version"] for c in h) == 0 for h in histories.values() if h)
-        return None if complete else dict.fromkeys(histories)
+        return dict.fromkeys(histories)
     began = own[0][0]
-    next_run = min((c[0] for c in commits if c[0] > began and c[1] not in (None, run_id)), default=None)
+    first_commits: dict[str, Any] = {}
+    for timestamp, committer, _, _ in commits:
+        if committer is not None:
+            first_commits.setdefault(committer, timestamp)
+    next_run = min((t for t in first_commits.values() if t > began), default=None)
     ended = max(c[0] for c in own if next_run is None or c[0] < next_run)
     versions: dict[Path, int | None] = {}
     for path in histories:

@@ -80,7 +80,7 @@ class RunResults:
     after later runs still shows this run's figures, or "not available" where those versions are gone. The
     resolution and gold tables are the run's own only when it published them or left them staged: a run that
     did neither (its gate failed and the candidates were replaced since, or it ended before) shows none. A run
-    that committed nothing is reported on the current versions.
+    that committed nothing (or a mistyped run id) shows none either, never the current figures as its own.
     """
 
     def __init__(self, tables: TablePaths, run_id: str) -> None:
@@ -100,11 +100,7 @@ class RunResults:
             paths = query.paths(self.tables, self.candidates)
             if query.available(self.tables, self.candidates) and not self.not_its_own & set(paths.values()):
                 staged = set(self.candidates.values())
-                versions = {
-                    alias: self.versions[path]
-                    for alias, path in paths.items()
-                    if self.versions is not None and path not in staged
-                }
+                versions = {alias: self.versions[path] for alias, path in paths.items() if path not in staged}
                 if None not in versions.values():
                     result = query.execute(self.tables, self.run_id, self.candidates, versions)
             self._results[id(query)] = result

@@ -271,6 +271,7 @@ def test_a_report_regenerated_after_later_runs_shows_the_tables_as_its_run_left_
     assert {r[0] for r in as_run_left_them} == {"EU", "RO", "UA"}
     # "later" published no resolution and staged none: RUN's published profiles are not its own
     assert "resolution-totals" in report(RUN) and "resolution-totals" not in report("later")
+    assert report("no-such-run") == {}  # a mistyped run id: none of the current figures as its own
 
     for path in cfg.tables.all().values():  # what an erasure does to every table
         if delta_io.table_exists(path):
@@ -294,8 +295,13 @@ def test_a_run_left_each_table_at_its_own_last_commit_or_at_its_end(tmp_path):
     commit(bronze, "B")  # bronze v1: the next run began
     commit(gold, "A")  # gold v1: B's gate completes A's interrupted publication
     commit(later, "B")
+    commit(bronze, "D")  # bronze v2: the run after B
+    commit(gold, "D")  # gold v2
     tables = [bronze, gold, later]
 
     assert delta_io.versions_as_run_left(tables, "A") == {bronze: 0, gold: 1, later: None}
-    assert delta_io.versions_as_run_left(tables, "B") == {bronze: 1, gold: 0, later: 0}
-    assert delta_io.versions_as_run_left(tables, "C") is None  # committed nothing: the current versions
+    # B ended after completing A's publication, with gold as that left it
+    assert delta_io.versions_as_run_left(tables, "B") == {bronze: 1, gold: 1, later: 0}
+    assert delta_io.versions_as_run_left(tables, "D") == {bronze: 2, gold: 2, later: 0}
+    # committed nothing, or a mistyped run id: its versions are not known, the current ones are not its own
+    assert delta_io.versions_as_run_left(tables, "C") == {bronze: None, gold: None, later: None}
