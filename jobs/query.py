@@ -35,12 +35,20 @@ PLAIN_NUMBER = re.compile(r"-?[0-9,.]+")  # what defusedcsv leaves as it is, tho
 # A query is one statement that reads: SELECT (with FROM-first, VALUES, DESCRIBE, SHOW, SUMMARIZE), EXPLAIN, and
 # PIVOT, which DuckDB plans as several statements (MULTI) when it first collects the pivoted values.
 READING_STATEMENTS = frozenset({duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN, duckdb.StatementType.MULTI})
-# How a statement that reads may begin, after blanks, comments, a byte-order mark and opening parentheses.
+# Blanks, comments, a byte-order mark and opening parentheses, which may come before a statement's first word.
+LEADING = r"(?:\s|\ufeff|\(|--[^\n]*(?:\n|$)|/\*.*?\*/)*"
+# How a statement that reads may begin.
 READING_START = re.compile(
-    r"(?:\s|\ufeff|\(|--[^\n]*(?:\n|$)|/\*.*?\*/)*"
-    r"(SELECT|FROM|WITH|VALUES|PIVOT|PIVOT_WIDER|PIVOT_LONGER|UNPIVOT|EXPLAIN|DESCRIBE|SUMMARIZE|SHOW)\b",
+    LEADING + r"(SELECT|FROM|WITH|VALUES|PIVOT|PIVOT_WIDER|PIVOT_LONGER|UNPIVOT|EXPLAIN|DESCRIBE|SUMMARIZE|SHOW)\b",
     re.IGNORECASE | re.DOTALL,
 )
+# EXPLAIN ANALYZE and EXPLAIN (ANALYZE, ...) run the statement they explain, which must then read too.
+EXPLAIN_OPTIONS = re.compile(
+    LEADING + r"EXPLAIN(?:\s|--[^\n]*(?:\n|$)|/\*.*?\*/)*(?:ANALY[SZ]E\b|\([^)]*\))?", re.IGNORECASE | re.DOTALL
+)
+# DuckDB errors about the statement itself, whose message quotes the SQL as typed. Others (a failed cast, a value
+# out of range) may quote a value of the tables, so their message is not shown.
+STATEMENT_ERRORS = (duckdb.ParserException, duckdb.BinderException, duckdb.CatalogException)
 OPEN_ATTEMPTS = 3
 # No file or network access: with external access off, DuckDB still allows its temporary directory (.tmp in
 # the working directory), where an EXPORT DATABASE or COPY would leave table copies that no erasure finds. So no
@@ -98,12 +106,15 @@ def reading_statement(sql: str) -> str:
     # DuckDB calls any statement holding a PIVOT several (MULTI): a COPY (PIVOT ...) TO too.
     if kind not in READING_STATEMENTS or (kind == duckdb.StatementType.MULTI and not READING_START.match(sql)):
         raise QueryError(f"a query reads the tables; this is a statement of type {kind.name}")
+    if kind == duckdb.StatementType.EXPLAIN and (explain := EXPLAIN_OPTIONS.match(sql)):
+        reading_statement(sql[explain.end() :])
     return sql
 
 
 def query(cfg: PipelineConfig, sql: str) -> pa.Table:
     """The result of sql, one statement that reads, over the lakehouse, as Arrow."""
-    return connect(cfg).sql(reading_statement(sql)).to_arrow_table()
+    statement = reading_statement(sql)  # before connect(), which may wait for the lock
+    return connect(cfg).sql(statement).to_arrow_table()
 
 
 def safe_cell(value: object) -> object:
@@ -142,8 +153,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     cfg = load_config(args.conf)
     try:
         result = query(cfg, args.sql)
-    except IdresError as err:  # a refused statement, a lakehouse busy past the lock's timeout
+    except (IdresError, *STATEMENT_ERRORS) as err:  # a refused or mistyped statement, a lakehouse busy too long
         parser.exit(2, f"query: {err}\n")
+    except duckdb.Error as err:
+        parser.exit(2, f"query: DuckDB {type(err).__name__} (its message may quote a value, so it is not shown)\n")
     if args.csv is not None:
         with args.csv.open("w", encoding="utf-8", newline="") as fh:
             write_csv(result, fh)

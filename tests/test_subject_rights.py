@@ -201,12 +201,33 @@ def test_the_analysts_sql_is_one_reading_statement_and_has_no_temporary_director
         query.query(cfg, "COPY (PIVOT (SELECT 'kyiv' AS city) ON city USING count(*)) TO '.tmp/p.csv'")
     with pytest.raises(query.QueryError, match="one SQL statement; this is 2"):
         query.query(cfg, "SELECT 1 AS a; SELECT 2 AS b")
+    # EXPLAIN ANALYZE runs what it explains
+    for explained, kind in (("ANALYZE CREATE TABLE t AS SELECT 1", "CREATE"), ("/* a */ (ANALYZE) CHECKPOINT", "CALL")):
+        with pytest.raises(query.QueryError, match=f"of type {kind}"):
+            query.query(cfg, f"EXPLAIN {explained}")
+    assert query.query(cfg, "EXPLAIN ANALYZE SELECT 1 AS a").num_rows == 1
     assert query.connect(cfg).sql("SELECT current_setting('allowed_directories') AS d").fetchall() == [([],)]
     assert list(tmp_path.iterdir()) == []
     assert query.query(cfg, "PIVOT (SELECT 'kyiv' AS city) ON city USING count(*)").to_pylist() == [{"kyiv": 1}]
     pivot = "PIVOT (SELECT 'kyiv' AS city) ON city USING count(*)"
     for reading in (f"-- per city\n{pivot}", f"/* a note */ SELECT * FROM ({pivot})", f"DESCRIBE ({pivot})"):
         assert query.query(cfg, reading).num_rows == 1, reading
+
+
+def test_the_query_command_shows_duckdbs_message_on_the_statement_but_none_that_may_quote_a_value(
+    cfg, monkeypatch, capsys
+):
+    monkeypatch.setenv("IDRES_LAKEHOUSE", str(cfg.lakehouse))
+    for sql, shown in (
+        ("SELECT CAST('zqxcanary@example.org' AS INTEGER) AS n", "DuckDB ConversionException (its message may quote"),
+        ("SELECT no_such_column FROM (SELECT 1 AS a)", 'Referenced column "no_such_column" not found'),
+        ("SELEKT 1", 'syntax error at or near "SELEKT"'),
+    ):
+        with pytest.raises(SystemExit) as exited:
+            query.main([sql])
+        printed = capsys.readouterr()
+        assert (exited.value.code, shown in printed.err, printed.out) == (2, True, ""), sql
+        assert "zqxcanary" not in printed.err
 
 
 def canary_hits(root: Path) -> list[str]:
