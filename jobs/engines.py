@@ -9,7 +9,6 @@ results go to delta-rs as Arrow, so such a stage starts no Spark job at all.
 
 from __future__ import annotations
 
-import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,6 +27,7 @@ from pyspark.sql import types as T
 
 from jobs import delta_io
 from jobs.errors import IdresError
+from jobs.scratch import scratch_dir
 
 if TYPE_CHECKING:
     from splink.internals.database_api import DatabaseAPI
@@ -200,8 +200,8 @@ class DuckDBEngine(SqlEngine):
         self.con: duckdb.DuckDBPyConnection = duckdb.connect()
         self.con.execute("SET TimeZone = 'UTC'")  # TIMESTAMPTZ leaves as Arrow timestamp[us, UTC], as Delta holds it
         # What DuckDB spills beyond its memory (copies of records and pairs) goes to a folder of its own, removed on
-        # close, not to `.tmp` in whatever folder the job runs in.
-        self.spill_dir = tempfile.TemporaryDirectory(prefix="idres-duckdb-", ignore_cleanup_errors=True)
+        # close (or by the next job, if this one is killed), not to `.tmp` in whatever folder the job runs in.
+        self.spill_dir = scratch_dir("duckdb")
         self.con.execute(f"SET temp_directory = {sql_string(self.spill_dir.name)}")
         self._held: dict[str, pa.Table] = {}
 

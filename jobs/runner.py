@@ -23,6 +23,7 @@ from pyspark.sql import SparkSession
 from jobs import delta_io
 from jobs.config import PROJECT_ROOT, PipelineConfig, load_config
 from jobs.errors import IdresError, LakehouseBusyError, LakehouseLockUnsupportedError
+from jobs.scratch import remove_dead_scratch_dirs
 from jobs.spark_session import build_spark_session
 
 log = logging.getLogger("idres")
@@ -50,7 +51,8 @@ def lakehouse_lock(cfg: PipelineConfig, job: str) -> Iterator[None]:
     released by the kernel if the holder dies, so a killed job never leaves the lakehouse locked; on a file
     system without flock, filelock's marker-file fallback would stay held after a killed job (forever, from
     another container), so that fails instead. Raises LakehouseBusyError when the wait runs out. Once held,
-    what a killed job left beside the tables is cleaned up first (delta_io.recover_from_killed_writes).
+    what a killed job left is cleaned up first: beside the tables (delta_io.recover_from_killed_writes) and its
+    scratch folders in the temp dir (jobs.scratch).
     """
     path = lakehouse_lock_path(cfg)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -69,8 +71,8 @@ def lakehouse_lock(cfg: PipelineConfig, job: str) -> Iterator[None]:
             raise
         raise LakehouseLockUnsupportedError(str(path)) from None
     try:
-        if recovered := delta_io.recover_from_killed_writes(cfg.tables):
-            log.warning("%s: removed what a killed job left beside the tables: %s", job, ", ".join(recovered))
+        if recovered := delta_io.recover_from_killed_writes(cfg.tables) + remove_dead_scratch_dirs():
+            log.warning("%s: removed what a killed job left: %s", job, ", ".join(recovered))
         yield
     finally:
         lock.release()

@@ -13,6 +13,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import closing
 from pathlib import Path
@@ -31,6 +32,7 @@ from jobs import delta_io, demo_data, ingest, pipeline, publication, quality_gat
 from jobs.config import DEFAULT_CONF_DIR, GOLD_TABLES, PUBLISHED_TABLES, PipelineConfig, load_config
 from jobs.errors import ColumnTypeChangeError, IdresError
 from jobs.runner import describe_without_values, lakehouse_lock, lakehouse_lock_path
+from jobs.scratch import scratch_dir
 from tests.conftest import (
     DEMO_CUTOFF,
     PROJECT,
@@ -677,3 +679,32 @@ def test_what_killed_purges_and_writes_left_is_undone_by_the_purges_retry_or_the
         pass
     assert DeltaTable(str(path)).version() == version
     assert sorted(p.name for p in path.parent.iterdir()) == ["profile_registry"]
+
+
+KILLED_WITH_SCRATCH = """
+import os, signal
+from pathlib import Path
+from jobs.scratch import scratch_dir
+held = [scratch_dir(kind) for kind in ("checkpoints", "duckdb")]
+for folder in held:
+    (Path(folder.name) / "part-0.parquet").write_text("Bohdanivna")
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_the_scratch_folders_of_a_killed_job_are_removed_by_the_next_holder_of_the_lock(cfg, tmp_path, monkeypatch):
+    """Splink's Spark checkpoints and DuckDB's spill hold copies of records; a killed job cannot remove its own."""
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    env = {**os.environ, "PYTHONPATH": str(PROJECT), "TMPDIR": str(temp)}
+    killed = subprocess.run([sys.executable, "-c", KILLED_WITH_SCRATCH], env=env, check=False)
+    assert killed.returncode == -signal.SIGKILL
+    assert len(list(temp.glob("idres-*"))) == 2
+    running = scratch_dir("duckdb")  # a running job's, this process's own
+    other = temp / "idres-notes"  # not a scratch folder
+
+    other.mkdir()
+    with lakehouse_lock(cfg, "ingest"):
+        assert sorted(temp.iterdir()) == sorted([Path(running.name), other])
+    running.cleanup()
