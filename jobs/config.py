@@ -192,6 +192,8 @@ class LinkageConfig:
     em_max_pairs: int  # blocked pairs EM samples per training rule; 0: every one
     match_probability: float
     cluster_probability: float
+    # A prediction rule pairs no records of a block (one value of its columns) larger than this; 0: no limit.
+    max_block_records: int = 0
 
 
 SURVIVORSHIP_STRATEGIES: tuple[str, ...] = ("source_priority", "most_recent", "most_frequent", "most_complete")
@@ -968,11 +970,17 @@ def _load_linkage(raw: dict[str, Any], problems: _Problems) -> LinkageConfig | N
     )
     seed = _integer(file, "training", training, "seed", 42, 0, "must be a non-negative integer", problems)
     thresholds = raw.get("thresholds") if isinstance(raw.get("thresholds"), dict) else {}
-    problems.unknown_keys(file, "thresholds", thresholds, ("match_probability", "cluster_probability"))
+    problems.unknown_keys(
+        file, "thresholds", thresholds, ("match_probability", "cluster_probability", "max_block_records")
+    )
     match_p = _probability(file, "thresholds.match_probability", thresholds.get("match_probability"), problems)
     cluster_p = _probability(file, "thresholds.cluster_probability", thresholds.get("cluster_probability"), problems)
     if cluster_p < match_p:
         problems.add(file, "thresholds.cluster_probability", "must not be below thresholds.match_probability")
+    max_block_message = "must be 0 (no limit) or an integer of at least 2"
+    max_block = _integer(file, "thresholds", thresholds, "max_block_records", 0, 0, max_block_message, problems)
+    if max_block == 1:
+        problems.add(file, "thresholds.max_block_records", max_block_message)
     if link_type is None or unique_id is None:
         return None
     return LinkageConfig(
@@ -988,6 +996,7 @@ def _load_linkage(raw: dict[str, Any], problems: _Problems) -> LinkageConfig | N
         em_max_pairs=em_max_pairs,
         match_probability=match_p,
         cluster_probability=cluster_p,
+        max_block_records=max_block,
     )
 
 

@@ -42,7 +42,7 @@ MODEL_VERSION = re.compile(r"(?P<stamp>\d{8}T\d{6}Z)-(?P<engine>[a-z]+)-(?P<sett
 # local, local[N], local[*], local[N,retries] (Spark allows spaces around the comma)
 LOCAL_MASTER = re.compile(r"local(\[(\*|\d+)(\s*,\s*\d+)?\])?")
 # Thresholds only cut predictions and clusters; a change to them needs no new model.
-NOT_MODEL_SETTINGS = ("match_probability", "cluster_probability")
+NOT_MODEL_SETTINGS = ("match_probability", "cluster_probability", "max_block_records")
 
 
 @dataclass(frozen=True)
@@ -114,6 +114,53 @@ def linkage_records(db: SqlEngine, cfg: PipelineConfig) -> str:
     admitted = db.read_delta("admitted", cfg.tables.admitted)
     columns = linkage_columns(delta_io.column_names(cfg.tables.admitted), cfg.linkage)
     return db.create("linkage_records", f"SELECT {', '.join(columns)} FROM {admitted}")
+
+
+def block_kept_column(rule: int) -> str:
+    """The linkage records' column that says whether a record's block under prediction rule `rule` (its index in
+    conf/splink.yaml) is small enough to pair (cap_oversized_blocks)."""
+    return f"idres_block_{rule}_kept"
+
+
+def cap_oversized_blocks(db: SqlEngine, records: str, linkage: LinkageConfig) -> tuple[str, list[int]]:
+    """The linkage records with a block_kept_column for each prediction rule given as columns that has a block of
+    more than max_block_records records, and those rules' indexes (none, and the records as they are, when no
+    block is that large).
+
+    Such a block makes pairs as the square of its size (a placeholder birth date on 60,000 records: 1.8 billion),
+    enough to exhaust memory or never end; capped_prediction_rules keeps the rule from pairing its records, and
+    the other rules still pair them."""
+    cap = linkage.max_block_records
+    keyed = {i: rule for i, rule in enumerate(linkage.blocking_rules) if isinstance(rule, tuple)}
+    if not cap or not keyed:
+        return records, []
+    per_rule = " UNION ALL ".join(
+        f"""SELECT {i} AS rule FROM {records} WHERE {" AND ".join(f"({c}) IS NOT NULL" for c in columns)}
+        GROUP BY {", ".join(columns)} HAVING count(*) > {cap}"""
+        for i, columns in keyed.items()
+    )
+    oversized = sorted(int(r["rule"]) for r in db.rows(f"SELECT DISTINCT rule FROM ({per_rule}) AS blocks"))
+    if not oversized:
+        return records, []
+    log.warning(
+        "prediction rules %s (conf/splink.yaml, from 0) have blocks of more than %d records: those rules pair none "
+        "of their records (thresholds.max_block_records); the other rules still do",
+        oversized,
+        cap,
+    )
+    kept = ", ".join(
+        f"count(*) OVER (PARTITION BY {', '.join(keyed[i])}) <= {cap} AS {block_kept_column(i)}" for i in oversized
+    )
+    return db.create("linkage_records_capped", f"SELECT *, {kept} FROM {records}"), oversized
+
+
+def capped_prediction_rules(settings: dict[str, Any], oversized: Sequence[int]) -> dict[str, Any]:
+    """A model's settings whose prediction rules `oversized` pair only records of blocks small enough
+    (cap_oversized_blocks); the records of one block share its values, so one side's column says it."""
+    rules = [dict(r) for r in settings["blocking_rules_to_generate_predictions"]]
+    for i in oversized:
+        rules[i]["blocking_rule"] = f"({rules[i]['blocking_rule']}) AND l.{block_kept_column(i)}"
+    return {**settings, "blocking_rules_to_generate_predictions": rules}
 
 
 def train(linker: Linker, linkage: LinkageConfig) -> None:

@@ -495,3 +495,15 @@ def test_a_lakehouse_on_a_file_system_without_flock_fails_instead_of_taking_a_ma
         pass
     marker_left = [p.name for p in lakehouse_lock_path(cfg).parent.iterdir() if p.name != "_idres.lock"]
     assert marker_left == []
+
+
+def test_the_block_size_limit_ships_and_a_limit_that_pairs_nothing_is_named(tmp_path):
+    assert load_config().linkage.max_block_records == 10_000
+    for value in (1, -5, "many", True):
+        with pytest.raises(ConfigError) as err:
+            load_config(edited_conf(tmp_path / str(value), "splink.yaml", (("thresholds", "max_block_records"), value)))
+        assert err.value.problems == [
+            "splink.yaml: thresholds.max_block_records: must be 0 (no limit) or an integer of at least 2"
+        ], value
+    unlimited = edited_conf(tmp_path / "zero", "splink.yaml", (("thresholds", "max_block_records"), 0))
+    assert load_config(unlimited).linkage.max_block_records == 0

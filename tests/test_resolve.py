@@ -6,6 +6,7 @@ tests/test_engines.py shows both engines give the same profiles.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import itertools
 from csv import DictReader
@@ -332,3 +333,46 @@ def test_one_record_without_a_model_is_its_own_profile_and_records_no_rule_pairs
     with pytest.raises(NothingToTrainError, match=r"cannot train a model on 2 admitted records \(ValueError"):
         resolve.run(spark, cfg, run_id="pair")
     assert latest_model(cfg.models, cfg.linkage, cfg.policy) is None
+
+
+def unrelated_person(record_id: str, first_name: str, last_name: str, born: dt.date, phone: str) -> dict:
+    return {
+        "source_system": "ua_crm",
+        "source_record_id": record_id,
+        "first_name": first_name,
+        "last_name": last_name,
+        "date_of_birth": born,
+        "phone": phone,
+    }
+
+
+@pytest.mark.parametrize("engine", ["duckdb", "spark"])
+def test_a_prediction_rule_pairs_no_block_over_the_limit_and_the_other_rules_still_pair_its_records(
+    spark, trained, engine
+):
+    """A placeholder birth date on many records would make pairs as the square of their number."""
+    from jobs.engines import open_engine
+    from jobs.linkage import cap_oversized_blocks, capped_prediction_rules, linkage_input, linker_for, model_settings
+
+    cfg = dataclasses.replace(trained, linkage=dataclasses.replace(trained.linkage, max_block_records=4))
+    placeholder, born = D(1900, 1, 1), D(1990, 2, 2)
+    rows = [
+        unrelated_person("P-1", "Андрій", "Бондар", placeholder, "067 100 00 01"),
+        unrelated_person("P-2", "Богдан", "Ткачук", placeholder, "067 100 00 02"),
+        unrelated_person("P-3", "Василь", "Мельник", placeholder, "067 100 00 03"),
+        unrelated_person("P-4", "Марія", "Кравчук", placeholder, "067 100 00 04"),
+        unrelated_person("P-5", "Марія", "Олійник", placeholder, "067 100 00 05"),  # the same first name as P-4
+        unrelated_person("Q-1", "Галина", "Лисенко", born, "067 100 00 06"),
+        unrelated_person("Q-2", "Дмитро", "Савченко", born, "067 100 00 07"),
+    ]
+    model = latest_model(cfg.models, cfg.linkage, cfg.policy)
+    with open_engine(spark, engine) as db:
+        records = db.register("records", linkage_input(silver_rows(spark, cfg, rows), cfg.linkage))
+        capped, oversized = cap_oversized_blocks(db, records, cfg.linkage)
+        settings = capped_prediction_rules(model_settings(model, cfg.linkage, cfg.policy, db.name), oversized)
+        predictions = linker_for(db, capped, settings, validate=False).inference.predict()
+        found = db.rows(f"SELECT record_id_l, record_id_r FROM {predictions.physical_name}")
+        assert cap_oversized_blocks(db, records, trained.linkage) == (records, [])  # the shipped limit
+    assert oversized == [cfg.linkage.blocking_rules.index(("date_of_birth",))]
+    candidates = {tuple(sorted((r["record_id_l"], r["record_id_r"]))) for r in found}
+    assert candidates == {("ua_crm:P-4", "ua_crm:P-5"), ("ua_crm:Q-1", "ua_crm:Q-2")}
