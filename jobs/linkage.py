@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,7 +39,9 @@ log = logging.getLogger("idres.linkage")
 
 MODEL_PREFIX = "splink-model-"
 # "<UTC time>-<engine trained on>-<settings hash>-<content hash>"; names sort by time.
-MODEL_VERSION = re.compile(r"(?P<stamp>\d{8}T\d{6}Z)-(?P<engine>[a-z]+)-(?P<settings>[0-9a-f]{12})-[0-9a-f]{12}")
+MODEL_VERSION = re.compile(
+    r"(?P<stamp>\d{8}T\d{6}Z)-(?P<engine>[a-z]+)-(?P<settings>[0-9a-f]{12})-(?P<content>[0-9a-f]{12})"
+)
 # local, local[N], local[*], local[N,retries] (Spark allows spaces around the comma)
 LOCAL_MASTER = re.compile(r"local(\[(\*|\d+)(\s*,\s*\d+)?\])?")
 # Thresholds only cut predictions and clusters; a change to them needs no new model.
@@ -214,10 +217,16 @@ def save_model(
     stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
     draft = models_dir / f".draft-{stamp}.json"
     linker.misc.save_model_to_json(str(draft), overwrite=True)
-    digest = hashlib.sha256(draft.read_bytes()).hexdigest()[:12]
+    digest = _content_hash(draft)
     path = models_dir / f"{MODEL_PREFIX}{stamp}-{engine}-{settings_hash(linkage, policy)}-{digest}.json"
+    with draft.open("rb") as written:
+        os.fsync(written.fileno())  # on disk before its name says it is whole
     draft.replace(path)
     return _model_version(path)
+
+
+def _content_hash(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
 
 
 def latest_model(models_dir: Path, linkage: LinkageConfig, policy: PurposePolicy) -> ModelVersion | None:
@@ -225,12 +234,17 @@ def latest_model(models_dir: Path, linkage: LinkageConfig, policy: PurposePolicy
 
     Models trained with other settings (or named before settings were hashed) are ignored, so a change to
     conf/splink.yaml, or to the compared columns policy.yaml lets silver hold, leads to a new training rather
-    than a stale model.
+    than a stale model. A file whose content no longer has the hash its name gives (cut short by a crash,
+    edited by hand) is passed over, named in the log.
     """
     wanted = settings_hash(linkage, policy)
     paths = sorted(models_dir.glob(f"{MODEL_PREFIX}*.json")) if models_dir.is_dir() else []
     models = [m for m in map(_model_version, paths) if m is not None and m.settings_hash == wanted]
-    return models[-1] if models else None
+    for model in reversed(models):
+        if _content_hash(model.path) == MODEL_VERSION.fullmatch(model.version)["content"]:
+            return model
+        log.warning("model %s is passed over: its content does not have the hash its name gives", model.path.name)
+    return None
 
 
 def model_settings(model: ModelVersion, linkage: LinkageConfig, policy: PurposePolicy, engine: str) -> dict[str, Any]:

@@ -209,6 +209,17 @@ def test_one_model_serves_both_engines_and_only_with_its_settings(runs, trained)
     assert latest_model(trained.models, trained.linkage, gender_for_analytics) == spark_model
 
 
+def test_a_model_file_cut_short_is_passed_over_for_the_newest_whole_one(trained, tmp_path):
+    models = tmp_path / "models"
+    shutil.copytree(trained.models, models)
+    whole = latest_model(models, trained.linkage, trained.policy)
+    newer = models / whole.path.name.replace(whole.version[:16], "20991231T000000Z")  # a crash cut it short
+    newer.write_bytes(whole.path.read_bytes()[:100])
+    assert latest_model(models, trained.linkage, trained.policy) == whole
+    newer.write_bytes(whole.path.read_bytes())  # whole again: its content has the hash its name gives
+    assert latest_model(models, trained.linkage, trained.policy).path == newer
+
+
 def test_resolve_trains_a_new_model_when_none_has_the_current_settings(spark, trained, tmp_path):
     models = tmp_path / "models"
     shutil.copytree(trained.models, models)
