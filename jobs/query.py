@@ -87,7 +87,8 @@ def connect(cfg: PipelineConfig) -> duckdb.DuckDBPyConnection:
 
 
 def _published_versions(cfg: PipelineConfig) -> dict[str, int | None]:
-    return {name: delta_io.table_version(getattr(cfg.tables, name)) for name in PUBLISHED_TABLES}
+    """The versions of what a publication commits: the published tables, then its audit row (unify_runs)."""
+    return {name: delta_io.table_version(getattr(cfg.tables, name)) for name in (*PUBLISHED_TABLES, "unify_runs")}
 
 
 def _register_tables(con: duckdb.DuckDBPyConnection, cfg: PipelineConfig) -> None:

@@ -312,6 +312,30 @@ def test_the_analysts_query_opens_the_tables_again_when_a_publication_commits_as
     assert len(opened) == 2
 
 
+def test_the_analysts_query_opens_the_tables_again_when_the_publications_audit_row_commits_as_it_opens_them(
+    tmp_path, monkeypatch
+):
+    """unify_runs is a publication's last commit: views made before it, checked after it, held the old row."""
+    cfg = config_in(tmp_path)
+    stage_candidates(cfg, "r1", {"profile_id": ["pr_1"], "first_name": ["bob"]})
+    publication.publish(cfg, run_id="r1")
+    register = query._register_tables
+    opened = []
+
+    def register_while_the_audit_row_commits(con, cfg):
+        register(con, cfg)
+        opened.append(True)
+        if len(opened) == 1:
+            row = delta_io.arrow_dataset(cfg.tables.unify_runs).to_table().to_pylist()[0]
+            audit = pa.Table.from_pylist([{**row, "run_id": "r2"}], schema=publication.UNIFY_RUNS_SCHEMA)
+            delta_io.merge_delta(audit, cfg.tables.unify_runs, keys=("run_id",), run_id="r2", job="publish")
+
+    monkeypatch.setattr(query, "_register_tables", register_while_the_audit_row_commits)
+    runs = query.query(cfg, "SELECT string_agg(run_id, ',' ORDER BY run_id) AS runs FROM unify_runs")
+    assert runs.to_pylist() == [{"runs": "r1,r2"}]
+    assert len(opened) == 2
+
+
 def test_a_run_published_again_publishes_its_new_candidates_and_commits_nothing_for_the_same_ones(tmp_path):
     cfg = config_in(tmp_path)
     stage_candidates(cfg, "r1", {"profile_id": ["pr_1", "pr_2"], "first_name": ["bob", "ann"]})
