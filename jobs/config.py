@@ -413,11 +413,14 @@ class PipelineConfig:
         """The folder of one run's reports (auditor report, quality results): reports/runs/<safe run id>.
 
         Airflow run ids hold ':' and '+', which some file systems and URLs mishandle; every character
-        outside [A-Za-z0-9._-] becomes '_'.
+        outside [A-Za-z0-9._-] becomes '_', and then 8 hex of the run id's SHA-256 follow, as other run ids read
+        the same once replaced (`test 1`, `test_1`).
         """
         safe = re.sub(r"[^A-Za-z0-9._-]", "_", run_id)
         if not safe.strip("."):
             raise IdresError(f"run id {run_id!r} cannot name a report folder")
+        if safe != run_id:
+            safe += "-" + hashlib.sha256(run_id.encode("utf-8")).hexdigest()[:8]
         return self.reports / "runs" / safe
 
     def with_paths(

@@ -243,7 +243,9 @@ def test_a_run_without_tables_or_quality_results_says_so(cfg):
 
 def test_a_run_report_folder_is_named_safely_from_the_run_id(cfg):
     folder = cfg.run_report_dir("manual__2026-11-22T08:21:18.831069+00:00")
-    assert folder == cfg.reports / "runs" / "manual__2026-11-22T08_21_18.831069_00_00"
+    assert folder == cfg.reports / "runs" / "manual__2026-11-22T08_21_18.831069_00_00-e61a9326"
+    assert cfg.run_report_dir("test_1") == cfg.reports / "runs" / "test_1"  # a safe run id names it as it is
+    assert cfg.run_report_dir("test 1") != cfg.run_report_dir("test_1")
     with pytest.raises(IdresError, match="run id"):
         cfg.run_report_dir("..")
 
