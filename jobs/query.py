@@ -130,6 +130,18 @@ def safe_cell(value: object) -> object:
     return "'" + value if formula and not PLAIN_NUMBER.fullmatch(folded.strip()) else value
 
 
+# C0 and C1 controls (an escape sequence can retitle a terminal, write its clipboard or hide text) and the bidi
+# overrides (which reorder what is shown), shown as escapes in the table printed to a terminal.
+TERMINAL_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def shown_cell(value: object) -> object:
+    """A cell as the table format prints it: its control characters as escapes (`\\x1b`), the rest as it is."""
+    if not isinstance(value, str):
+        return value
+    return TERMINAL_CONTROLS.sub(lambda m: m[0].encode("unicode_escape").decode("ascii"), value)
+
+
 def result_rows(result: pa.Table) -> list[tuple[object, ...]]:
     """The rows by column position: a join's columns of one name (`p.*, m.*`) each keep their own value."""
     return list(zip(*(column.to_pylist() for column in result.columns), strict=True))
@@ -165,7 +177,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     elif args.format == "csv":
         write_csv(result, sys.stdout)
     else:
-        print(tabulate(result_rows(result), headers=result.column_names, tablefmt="simple"))
+        rows = [[shown_cell(v) for v in row] for row in result_rows(result)]
+        print(tabulate(rows, headers=[shown_cell(c) for c in result.column_names], tablefmt="simple"))
 
 
 if __name__ == "__main__":

@@ -230,6 +230,15 @@ def test_the_query_command_shows_duckdbs_message_on_the_statement_but_none_that_
         assert "zqxcanary" not in printed.err
 
 
+def test_the_query_tables_shows_control_characters_as_escapes_never_to_the_terminal(cfg, monkeypatch, capsys):
+    """An escape sequence in a landed value could retitle the analyst's terminal or write its clipboard."""
+    monkeypatch.setenv("IDRES_LAKEHOUSE", str(cfg.lakehouse))
+    query.main(["SELECT 'Київ' || chr(27) || ']52;c;aGk=' || chr(7) || chr(8238) AS \"city\x1b[2J\""])
+    printed = capsys.readouterr().out
+    assert "Київ\\x1b]52;c;aGk=\\x07\\u202e" in printed and "city\\x1b[2J" in printed
+    assert not {"\x1b", "\x07", "\u202e"} & set(printed)
+
+
 def canary_hits(root: Path) -> list[str]:
     """Every file under root whose content (Parquet decoded cell by cell) holds a canary value."""
     hits = []
