@@ -14,6 +14,8 @@ would fail a spark-submit that had succeeded. delta-rs' own QueryBuilder does no
 from __future__ import annotations
 
 import json
+import logging
+import os
 import shutil
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -27,6 +29,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from deltalake import CommitProperties, DeltaTable, QueryBuilder, Schema, Transaction, write_deltalake
+from deltalake.exceptions import DeltaError
 from deltalake.schema import PrimitiveType
 from deltalake.transaction import AddAction, create_table_with_add_actions
 from pyspark.sql import DataFrame, SparkSession
@@ -36,6 +39,8 @@ from jobs.errors import ColumnTypeChangeError
 
 if TYPE_CHECKING:
     from jobs.config import TablePaths
+
+log = logging.getLogger("idres.delta_io")
 
 SPILL_PREFIX = "_spill_"  # Spark's Parquet output on its way into a table (see _arrow_stream)
 PURGE_MARKER_PREFIX = "_purging_"  # beside a table while purge_history has its log retention at none
@@ -611,18 +616,21 @@ def purge_history(path: Path | str, run_id: str, job: str) -> int:
     commit = _commit_properties(run_id, job)
     table = DeltaTable(str(path))
     marker = _purge_marker(path)
-    if marker.is_file():  # a purge of this table was killed: its retention is the one that purge kept
-        kept = json.loads(marker.read_text(encoding="utf-8"))[LOG_RETENTION]
-    else:
-        kept = table.metadata().configuration.get(LOG_RETENTION)
-        if kept in (None, NO_LOG_RETENTION):
-            kept = DEFAULT_LOG_RETENTION
+    # a purge of this table that was killed kept the table's own retention in its marker
+    kept = _purge_marker_content(marker).get(LOG_RETENTION) or table.metadata().configuration.get(LOG_RETENTION)
+    if kept in (None, NO_LOG_RETENTION):
+        kept = DEFAULT_LOG_RETENTION
     table.vacuum(
         retention_hours=0, dry_run=False, enforce_retention_duration=False, full=True, commit_properties=commit
     )
     # A kill skips the finally below; the marker lets the next holder of the lakehouse lock put the retention back
     # (recover_from_killed_writes) before any checkpoint at none drops the table's history.
-    marker.write_text(json.dumps({LOG_RETENTION: kept, "run_id": run_id, "job": job}), encoding="utf-8")
+    partial = marker.with_name(f".{marker.name}.partial")
+    with partial.open("w", encoding="utf-8") as written:
+        written.write(json.dumps({LOG_RETENTION: kept, "run_id": run_id, "job": job}))
+        written.flush()
+        os.fsync(written.fileno())
+    os.replace(partial, marker)  # whole or absent, also after a crash
     table.alter.set_table_properties({LOG_RETENTION: NO_LOG_RETENTION}, commit_properties=commit)
     try:
         table = DeltaTable(str(path))
@@ -639,10 +647,21 @@ def _purge_marker(path: Path | str) -> Path:
     return table.parent / f"{PURGE_MARKER_PREFIX}{table.name}"
 
 
+def _purge_marker_content(marker: Path) -> dict[str, str]:
+    """What a purge marker holds (the retention kept, the purge's run id and job); {} for none, or one that does
+    not read whole (written by hand)."""
+    try:
+        content = json.loads(marker.read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        return {}
+    return content if isinstance(content, dict) and all(isinstance(v, str) for v in content.values()) else {}
+
+
 def _restore_log_retention(path: Path | str, marker: Path) -> None:
-    """Set the table's log retention back to the one its purge marker kept, in a commit of that purge's run and
-    job (none when it is set already), and remove the marker."""
-    kept = json.loads(marker.read_text(encoding="utf-8"))
+    """Set the table's log retention back to the one its purge marker kept (the default when the marker does not
+    say), in a commit of that purge's run and job (none when it is set already), and remove the marker."""
+    kept = {LOG_RETENTION: DEFAULT_LOG_RETENTION, "run_id": "unrecorded", "job": "purge_history"}
+    kept.update(_purge_marker_content(marker))
     table = DeltaTable(str(path))
     if table.metadata().configuration.get(LOG_RETENTION) != kept[LOG_RETENTION]:
         table.alter.set_table_properties(
@@ -661,22 +680,26 @@ def recover_from_killed_writes(tables: TablePaths) -> list[str]:
       history: its own retention is set back.
 
     Only for a holder of the lakehouse lock (jobs.runner.lakehouse_lock): a running job's spill would go too.
+    What cannot be removed or set back now (a killed driver's executors still writing) is named in the log and
+    left for the next holder.
     """
     removed = []
     folders = {p.parent for p in tables.all().values()} | {
         tables.staging / p.parent.relative_to(tables.root) for p in tables.all().values()
     }
     for folder in sorted(f for f in folders if f.is_dir()):
-        for spill in sorted(folder.glob(f"{SPILL_PREFIX}*")):
-            shutil.rmtree(spill) if spill.is_dir() else spill.unlink()
-            removed.append(spill.name)
-        for marker in sorted(folder.glob(f"{PURGE_MARKER_PREFIX}*")):
-            table = folder / marker.name.removeprefix(PURGE_MARKER_PREFIX)
-            if table_exists(table):
-                _restore_log_retention(table, marker)
-            else:
-                marker.unlink()
-            removed.append(marker.name)
+        for left in sorted([*folder.glob(f"{SPILL_PREFIX}*"), *folder.glob(f"{PURGE_MARKER_PREFIX}*")]):
+            try:
+                if left.name.startswith(SPILL_PREFIX):
+                    shutil.rmtree(left) if left.is_dir() else left.unlink()
+                elif table_exists(table := folder / left.name.removeprefix(PURGE_MARKER_PREFIX)):
+                    _restore_log_retention(table, left)
+                else:
+                    left.unlink()
+            except (OSError, DeltaError) as err:
+                log.warning("%s left for the next job: %s", left, type(err).__name__)
+                continue
+            removed.append(left.name)
     return removed
 
 

@@ -27,7 +27,7 @@ from pyspark.sql import types as T
 
 from jobs import delta_io
 from jobs.errors import IdresError
-from jobs.scratch import scratch_dir
+from jobs.scratch import ScratchDir
 
 if TYPE_CHECKING:
     from splink.internals.database_api import DatabaseAPI
@@ -201,7 +201,7 @@ class DuckDBEngine(SqlEngine):
         self.con.execute("SET TimeZone = 'UTC'")  # TIMESTAMPTZ leaves as Arrow timestamp[us, UTC], as Delta holds it
         # What DuckDB spills beyond its memory (copies of records and pairs) goes to a folder of its own, removed on
         # close (or by the next job, if this one is killed), not to `.tmp` in whatever folder the job runs in.
-        self.spill_dir = scratch_dir("duckdb")
+        self.spill_dir = ScratchDir("duckdb")
         self.con.execute(f"SET temp_directory = {sql_string(self.spill_dir.name)}")
         self._held: dict[str, pa.Table] = {}
 

@@ -18,7 +18,7 @@ from pyspark.sql import DataFrame, SparkSession
 
 from jobs import delta_io
 from jobs.config import SparkConfig
-from jobs.scratch import scratch_dir
+from jobs.scratch import ScratchDir
 
 log = logging.getLogger("idres.spark_session")
 T = TypeVar("T")
@@ -113,7 +113,7 @@ _TEMPORARY_DIRS: list[tempfile.TemporaryDirectory[str]] = []
 def temporary_checkpoint_dir() -> str:
     """A fresh checkpoint dir that is removed when the process exits (or by the next job, if this one is killed),
     so no job leaves its Splink checkpoints (tables of candidate pairs on a large run) behind in the temp dir."""
-    directory = scratch_dir("checkpoints")
+    directory = ScratchDir("checkpoints")
     _TEMPORARY_DIRS.append(directory)  # held until exit, when its finalizer removes it
     return directory.name
 

@@ -4,6 +4,7 @@ jobs on one lakehouse at once, and a PII canary through the real DAG."""
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
@@ -32,7 +33,7 @@ from jobs import delta_io, demo_data, ingest, pipeline, publication, quality_gat
 from jobs.config import DEFAULT_CONF_DIR, GOLD_TABLES, PUBLISHED_TABLES, PipelineConfig, load_config
 from jobs.errors import ColumnTypeChangeError, IdresError
 from jobs.runner import describe_without_values, lakehouse_lock, lakehouse_lock_path
-from jobs.scratch import scratch_dir
+from jobs.scratch import ScratchDir
 from tests.conftest import (
     DEMO_CUTOFF,
     PROJECT,
@@ -704,12 +705,19 @@ def test_what_killed_purges_and_writes_left_is_undone_by_the_purges_retry_or_the
     assert DeltaTable(str(path)).version() == version
     assert sorted(p.name for p in path.parent.iterdir()) == ["profile_registry"]
 
+    # a marker that does not read whole (cut short by a crash before markers were written atomically)
+    DeltaTable(str(path)).alter.set_table_properties({delta_io.LOG_RETENTION: delta_io.NO_LOG_RETENTION})
+    (path.parent / f"{delta_io.PURGE_MARKER_PREFIX}profile_registry").write_text("{", encoding="utf-8")
+    with lakehouse_lock(cfg, "ingest"):
+        assert retention() == delta_io.DEFAULT_LOG_RETENTION
+    assert sorted(p.name for p in path.parent.iterdir()) == ["profile_registry"]
+
 
 KILLED_WITH_SCRATCH = """
 import os, signal
 from pathlib import Path
-from jobs.scratch import scratch_dir
-held = [scratch_dir(kind) for kind in ("checkpoints", "duckdb")]
+from jobs.scratch import ScratchDir
+held = [ScratchDir(kind) for kind in ("checkpoints", "duckdb")]
 for folder in held:
     (Path(folder.name) / "part-0.parquet").write_text("Bohdanivna")
 os.kill(os.getpid(), signal.SIGKILL)
@@ -725,10 +733,20 @@ def test_the_scratch_folders_of_a_killed_job_are_removed_by_the_next_holder_of_t
     killed = subprocess.run([sys.executable, "-c", KILLED_WITH_SCRATCH], env=env, check=False)
     assert killed.returncode == -signal.SIGKILL
     assert len(list(temp.glob("idres-*"))) == 2
-    running = scratch_dir("duckdb")  # a running job's, this process's own
+    running = ScratchDir("duckdb")  # a running job's, this process's own
+    # a running job's in another container sharing the temp dir: its pid is none here, but it holds the lock
+    elsewhere = temp / "idres-duckdb-4194304-abc"  # above the largest pid Linux gives
+    elsewhere.mkdir()
+    owner = (elsewhere / ".owner").open("w")
+    fcntl.flock(owner, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    not_a_pid = temp / "idres-x-99999999999-y"  # no process can have it: kept, and no job fails on it
     other = temp / "idres-notes"  # not a scratch folder
+    for folder in (not_a_pid, other):
+        folder.mkdir()
 
-    other.mkdir()
     with lakehouse_lock(cfg, "ingest"):
-        assert sorted(temp.iterdir()) == sorted([Path(running.name), other])
+        assert sorted(temp.iterdir()) == sorted([Path(running.name), elsewhere, not_a_pid, other])
+    owner.close()  # that job ended: the kernel dropped its lock
+    with lakehouse_lock(cfg, "ingest"):
+        assert sorted(temp.iterdir()) == sorted([Path(running.name), not_a_pid, other])
     running.cleanup()
