@@ -2,7 +2,8 @@
 
 For each size (source records from the demo generator), in a fresh temporary lakehouse and landing:
 1. demo data: the generator writes the sources and the ground truth (own process; timed, not in the total);
-2. idres: jobs.pipeline in one Spark session (own process): session start and every stage timed, peak RSS
+2. idres: jobs.pipeline in one Spark session (own process): the process's start and imports, session start and
+   every stage timed, peak RSS
    of the driver, its JVM and Python workers sampled every 0.2 s; then the admitted records' Splink input
    (jobs.linkage.linkage_input) is exported to Parquet, untimed;
 3. bare Splink-DuckDB and bare Splink-Spark (own processes): what a hand-written Splink script does for
@@ -12,7 +13,8 @@ For each size (source records from the demo generator), in a fresh temporary lak
    twice: predict + cluster alone (resolve_s), and the whole script (script_s: load + predict + cluster +
    write; starting Spark apart), which is what the resolve stage, reading its input and writing its tables,
    is like for like with. Up to REPEAT_MAX_RECORDS admitted records, where both take about a second and one
-   run's ratio moves by 0.2, the resolve stage (rerun after the pipeline, same run id) and the Splink-DuckDB
+   run's ratio moves by 0.2, the resolve stage (rerun after the pipeline on a copy of its lakehouse without the
+   ids it published, so doing the first load's work again) and the Splink-DuckDB
    script run --repeats times, and their medians are compared. Candidate pairs (all pairs the blocking
    rules make, which Splink scores) are counted once, exactly, on DuckDB.
 Cluster precision, recall and F1 (pairs implied by clusters, benchmarks/accuracy.py's helpers) are scored
@@ -85,7 +87,7 @@ RATIO_SAMPLE_PEOPLE = 2000
 # The issue's sizes for the 60 s and the 5 min / 12 GB targets. The generator lands within about 1% of the
 # records asked for (1M gives 993,634), so the large one is judged between 990,000 and 1,010,000 records
 # (3M has no time or memory target).
-SMALL_TARGET_RECORDS = 10_000
+SMALL_TARGET_RECORDS = 10_200  # "10k records" as the generator lands them, within 2% of the size asked
 LARGE_TARGET_RECORDS = range(990_000, 1_010_001)
 GB = 1024**3
 # Up to this many admitted records the resolve stage and the bare Splink-DuckDB script run --repeats times, and
@@ -190,10 +192,16 @@ def worker_idres(
     resolved = result.results["resolve"]
     sampler.mark("resolve_reruns")  # untimed in the total: the resolve stage again, for its median
     resolve_runs = [round(result.seconds["resolve"], 3)]
-    if resolved.records <= REPEAT_MAX_RECORDS:
-        for _ in range(repeats - 1):  # the same run id: the published ids are kept, the same tables staged again
+    if resolved.records <= REPEAT_MAX_RECORDS and repeats > 1:
+        # The same work as the pipeline's first load: on a copy of the lakehouse without the ids it published
+        first_load = cfg.with_paths(lakehouse=work / "first-load-lakehouse")
+        shutil.copytree(cfg.lakehouse, first_load.lakehouse)
+        for published in (first_load.tables.record_profiles, first_load.tables.profile_registry):
+            shutil.rmtree(published)
+        shutil.rmtree(first_load.tables.staging, ignore_errors=True)
+        for _ in range(repeats - 1):
             started = time.perf_counter()
-            resolve.run(spark, cfg, run_id="bench-scale")
+            resolve.run(spark, first_load, run_id="bench-scale")
             resolve_runs.append(round(time.perf_counter() - started, 3))
     return {
         "resolve_runs": resolve_runs,
@@ -310,6 +318,8 @@ def run_worker(args: argparse.Namespace) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     work = Path(args.work)
     sampler = RssSampler()
+    # The process's start and imports (pyspark, splink, great_expectations...), which a spark-submit pays too.
+    sampler.phase_starts["process_start"] = time.perf_counter() - (time.time() - psutil.Process().create_time())
     with sampler.running():
         out = WORKERS[args.worker](
             work=work, people=args.people, sampler=sampler, driver_memory=args.driver_memory, repeats=args.repeats
@@ -452,6 +462,8 @@ def targets(table: pd.DataFrame) -> list[str]:
             notes.append(f"- {r['records']} records: {r['note']}")
             continue
         checks = [f"F1 {r['cluster_F1']:.4f} {'>=' if r['cluster_F1'] >= 0.98 else '<'} 0.98"]
+        if r["note"] != "gate passed":  # nothing was published: every target is missed
+            checks.insert(0, f"{r['note']} (nothing published)")
         for ratio, label in (("resolve_vs_script", "resolve/script"), ("resolve_vs_bare", "resolve/(predict+cluster)")):
             if pd.notna(r.get(ratio)):
                 checks.append(f"{label} {r[ratio]:.2f} {'<=' if r[ratio] <= 1.2 else '>'} 1.2")
@@ -536,12 +548,14 @@ def main(argv: list[str] | None = None) -> pd.DataFrame | None:
             frame[c] = frame[c].round(decimals.get(c, 1))
     cores = os.cpu_count()
     notes = [
-        "Times in seconds. idres total_s: Spark session start + every pipeline stage (demo data generation apart); "
+        "Times in seconds. idres total_s: the process's start and imports + Spark session start + every pipeline "
+        "stage (demo data generation apart); "
         "bare Splink total_s = resolve_s: predict + cluster with idres' trained model on the same admitted input; "
         "script_s: the whole Splink script (load the input into a Linker, predict, cluster, write pairs and "
         "clusters to Parquet). resolve_vs_bare and resolve_vs_script: idres' resolve stage against each. "
         f"Up to {REPEAT_MAX_RECORDS:,} admitted records, idres' resolve_s and the Splink-DuckDB times are medians "
-        f"of {args.repeats} runs (resolve rerun in the same session after the pipeline). "
+        f"of {args.repeats} runs (resolve rerun in the same session after the pipeline, on a copy of the lakehouse "
+        "without the ids it published: the first load's work). "
         "candidates: pairs the blocking rules make (scored by predict); pairs_per_s = candidates / predict_s; "
         "matches: pairs at p >= match probability. peak_gb: RSS of the process with its JVM and Python workers. "
         "Cluster P/R/F1 over the admitted records. load_avg: 1-min load average before the system ran.",
