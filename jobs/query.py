@@ -35,20 +35,16 @@ PLAIN_NUMBER = re.compile(r"-?[0-9,.]+")  # what defusedcsv leaves as it is, tho
 # A query is one statement that reads: SELECT (with FROM-first, VALUES, DESCRIBE, SHOW, SUMMARIZE), EXPLAIN, and
 # PIVOT, which DuckDB plans as several statements (MULTI) when it first collects the pivoted values.
 READING_STATEMENTS = frozenset({duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN, duckdb.StatementType.MULTI})
-# Blanks, comments, a byte-order mark and opening parentheses, which may come before a statement's first word.
-LEADING = r"(?:\s|\ufeff|\(|--[^\n]*(?:\n|$)|/\*.*?\*/)*"
-# How a statement that reads may begin.
-READING_START = re.compile(
-    LEADING + r"(SELECT|FROM|WITH|VALUES|PIVOT|PIVOT_WIDER|PIVOT_LONGER|UNPIVOT|EXPLAIN|DESCRIBE|SUMMARIZE|SHOW)\b",
-    re.IGNORECASE | re.DOTALL,
+# How a statement that reads may begin (after comments and opening parentheses).
+READING_WORDS = frozenset(
+    {"SELECT", "FROM", "WITH", "VALUES", "PIVOT", "PIVOT_WIDER", "PIVOT_LONGER", "UNPIVOT", "EXPLAIN", "DESCRIBE"}
+    | {"SUMMARIZE", "SHOW"}
 )
-# EXPLAIN ANALYZE and EXPLAIN (ANALYZE, ...) run the statement they explain, which must then read too.
-EXPLAIN_OPTIONS = re.compile(
-    LEADING + r"EXPLAIN(?:\s|--[^\n]*(?:\n|$)|/\*.*?\*/)*(?:ANALY[SZ]E\b|\([^)]*\))?", re.IGNORECASE | re.DOTALL
-)
-# DuckDB errors about the statement itself, whose message quotes the SQL as typed. Others (a failed cast, a value
-# out of range) may quote a value of the tables, so their message is not shown.
+# DuckDB errors about the statement itself, whose message quotes the SQL as typed or names tables and columns.
+# Others (a failed cast, a value out of range) may quote a value of the tables, so their message is not shown; nor
+# a binder's when the SQL pivots, as a PIVOT names columns by values.
 STATEMENT_ERRORS = (duckdb.ParserException, duckdb.BinderException, duckdb.CatalogException)
+PIVOTING = re.compile(r"\b(?:UN)?PIVOT", re.IGNORECASE)
 OPEN_ATTEMPTS = 3
 # No file or network access: with external access off, DuckDB still allows its temporary directory (.tmp in
 # the working directory), where an EXPORT DATABASE or COPY would leave table copies that no erasure finds. So no
@@ -105,11 +101,37 @@ def reading_statement(sql: str) -> str:
         raise QueryError(f"a query is one SQL statement; this is {len(statements)}")
     kind = statements[0].type
     # DuckDB calls any statement holding a PIVOT several (MULTI): a COPY (PIVOT ...) TO too.
-    if kind not in READING_STATEMENTS or (kind == duckdb.StatementType.MULTI and not READING_START.match(sql)):
+    first = next((word for _, word in sql_words(sql) if word != "("), "")
+    if kind not in READING_STATEMENTS or (kind == duckdb.StatementType.MULTI and first.upper() not in READING_WORDS):
         raise QueryError(f"a query reads the tables; this is a statement of type {kind.name}")
-    if kind == duckdb.StatementType.EXPLAIN and (explain := EXPLAIN_OPTIONS.match(sql)):
-        reading_statement(sql[explain.end() :])
+    if kind == duckdb.StatementType.EXPLAIN:  # EXPLAIN ANALYZE runs what it explains, which must then read too
+        reading_statement(explained_statement(sql))
     return sql
+
+
+def sql_words(sql: str) -> list[tuple[int, str]]:
+    """The SQL's tokens outside comments, each with its byte offset in the UTF-8 text and its text. From DuckDB's
+    own tokenizer, as its comments nest (`/* /* */ ... */`), which no regular expression follows."""
+    text = sql.encode("utf-8")
+    tokens = duckdb.tokenize(sql)
+    ends = [start for start, _ in tokens[1:]] + [len(text)]
+    words = [
+        (start, text[start:end].decode("utf-8", "replace").strip().strip("\ufeff").strip())
+        for (start, kind), end in zip(tokens, ends, strict=True)
+        if kind != duckdb.token_type.comment
+    ]
+    return [(start, word) for start, word in words if word]
+
+
+def explained_statement(sql: str) -> str:
+    """The statement an EXPLAIN statement explains: after EXPLAIN and its ANALYZE or option list `(...)`."""
+    words = sql_words(sql)
+    after = 1  # the word after EXPLAIN
+    if after < len(words) and words[after][1].upper() in ("ANALYZE", "ANALYSE"):
+        after += 1
+    elif after < len(words) and words[after][1] == "(":
+        after = next((i + 1 for i in range(after, len(words)) if words[i][1] == ")"), len(words))
+    return sql.encode("utf-8")[words[after][0] :].decode("utf-8") if after < len(words) else ""
 
 
 def query(cfg: PipelineConfig, sql: str) -> pa.Table:
@@ -147,13 +169,18 @@ def result_rows(result: pa.Table) -> list[tuple[object, ...]]:
     return list(zip(*(column.to_pylist() for column in result.columns), strict=True))
 
 
-def write_csv(result: pa.Table, out: TextIO) -> None:
+def write_csv(result: pa.Table, out: TextIO, terminal: bool = False) -> None:
     """The result as CSV with a header row, every cell safe to open in a spreadsheet (OWASP CSV injection). Every
     cell is quoted: a spreadsheet whose list separator is `;` (uk, ro and de locales) would split an unquoted
-    `Kyiv;=1+1` into a second cell that starts a formula."""
+    `Kyiv;=1+1` into a second cell that starts a formula. To a terminal, control characters show as escapes
+    (shown_cell)."""
+
+    def cell(value: object) -> object:
+        return shown_cell(safe_cell(value)) if terminal else safe_cell(value)
+
     writer = csv.writer(out, quoting=csv.QUOTE_ALL)
-    writer.writerow([safe_cell(name) for name in result.column_names])  # a PIVOT names columns by values
-    writer.writerows([safe_cell(v) for v in row] for row in result_rows(result))
+    writer.writerow([cell(name) for name in result.column_names])  # a PIVOT names columns by values
+    writer.writerows([cell(v) for v in row] for row in result_rows(result))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -166,8 +193,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     cfg = load_config(args.conf)
     try:
         result = query(cfg, args.sql)
-    except (IdresError, *STATEMENT_ERRORS) as err:  # a refused or mistyped statement, a lakehouse busy too long
+    except IdresError as err:  # a refused statement, a lakehouse busy past the lock's timeout
         parser.exit(2, f"query: {err}\n")
+    except STATEMENT_ERRORS as err:  # a mistyped statement
+        if not (isinstance(err, duckdb.BinderException) and PIVOTING.search(args.sql)):
+            parser.exit(2, f"query: {err}\n")
+        parser.exit(2, f"query: DuckDB {type(err).__name__} (a PIVOT names columns by values, so it is not shown)\n")
     except duckdb.Error as err:
         parser.exit(2, f"query: DuckDB {type(err).__name__} (its message may quote a value, so it is not shown)\n")
     if args.csv is not None:
@@ -175,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             write_csv(result, fh)
         print(f"{result.num_rows} row(s) written to {args.csv}")
     elif args.format == "csv":
-        write_csv(result, sys.stdout)
+        write_csv(result, sys.stdout, terminal=sys.stdout.isatty())
     else:
         rows = [[shown_cell(v) for v in row] for row in result_rows(result)]
         print(tabulate(rows, headers=[shown_cell(c) for c in result.column_names], tablefmt="simple"))

@@ -9,6 +9,7 @@ import io
 import json
 import re
 import subprocess
+import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -202,9 +203,15 @@ def test_the_analysts_sql_is_one_reading_statement_and_has_no_temporary_director
     with pytest.raises(query.QueryError, match="one SQL statement; this is 2"):
         query.query(cfg, "SELECT 1 AS a; SELECT 2 AS b")
     # EXPLAIN ANALYZE runs what it explains
-    for explained, kind in (("ANALYZE CREATE TABLE t AS SELECT 1", "CREATE"), ("/* a */ (ANALYZE) CHECKPOINT", "CALL")):
+    for explained, kind in (
+        ("ANALYZE CREATE TABLE t AS SELECT 1", "CREATE"),
+        ("/* a */ (ANALYZE) CHECKPOINT", "CALL"),
+        ("/* /* */ SELECT 1 -- */ ANALYZE CREATE TABLE t AS SELECT 42", "CREATE"),  # DuckDB's comments nest
+    ):
         with pytest.raises(query.QueryError, match=f"of type {kind}"):
             query.query(cfg, f"EXPLAIN {explained}")
+    with pytest.raises(query.QueryError, match="of type MULTI"):
+        query.query(cfg, "/* /* */ SELECT 1 -- */ COPY (PIVOT (SELECT 'kyiv' AS c) ON c USING count(*)) TO 'p.csv'")
     assert query.query(cfg, "EXPLAIN ANALYZE SELECT 1 AS a").num_rows == 1
     assert query.connect(cfg).sql("SELECT current_setting('allowed_directories') AS d").fetchall() == [([],)]
     assert list(tmp_path.iterdir()) == []
@@ -222,6 +229,10 @@ def test_the_query_command_shows_duckdbs_message_on_the_statement_but_none_that_
         ("SELECT CAST('zqxcanary@example.org' AS INTEGER) AS n", "DuckDB ConversionException (its message may quote"),
         ("SELECT no_such_column FROM (SELECT 1 AS a)", 'Referenced column "no_such_column" not found'),
         ("SELEKT 1", 'syntax error at or near "SELEKT"'),
+        (  # a PIVOT names columns by values, which a binder's message lists as candidates
+            "SELECT zqx FROM (PIVOT (SELECT 'zqxcanary' AS n) ON n USING count(*))",
+            "DuckDB BinderException (a PIVOT names columns by values",
+        ),
     ):
         with pytest.raises(SystemExit) as exited:
             query.main([sql])
@@ -237,6 +248,9 @@ def test_the_query_tables_shows_control_characters_as_escapes_never_to_the_termi
     printed = capsys.readouterr().out
     assert "Київ\\x1b]52;c;aGk=\\x07\\u202e" in printed and "city\\x1b[2J" in printed
     assert not {"\x1b", "\x07", "\u202e"} & set(printed)
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    query.main(["--format", "csv", "SELECT 'Київ' || chr(27) || ']0;x' || chr(7) AS city"])
+    assert capsys.readouterr().out.splitlines() == ['"city"', '"Київ\\x1b]0;x\\x07"']
 
 
 def canary_hits(root: Path) -> list[str]:
