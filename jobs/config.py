@@ -380,6 +380,14 @@ class TablePaths:
         return {n: getattr(self, n) for n in names}
 
 
+def _names_run(quality: Path, run_id: str) -> bool:
+    """Whether the quality results file is run_id's."""
+    try:
+        return json.loads(quality.read_text(encoding="utf-8")).get("run_id") == run_id
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
     """Everything a job needs: where data lives, the sources, and the Spark settings."""
@@ -414,14 +422,17 @@ class PipelineConfig:
 
         Airflow run ids hold ':' and '+', which some file systems and URLs mishandle; every character
         outside [A-Za-z0-9._-] becomes '_', and then 8 hex of the run id's SHA-256 follow, as other run ids read
-        the same once replaced (`test 1`, `test_1`).
+        the same once replaced (`test 1`, `test_1`). A run's folder named before the hash was added (its
+        quality.json names the run) stays its folder.
         """
         safe = re.sub(r"[^A-Za-z0-9._-]", "_", run_id)
         if not safe.strip("."):
             raise IdresError(f"run id {run_id!r} cannot name a report folder")
-        if safe != run_id:
-            safe += "-" + hashlib.sha256(run_id.encode("utf-8")).hexdigest()[:8]
-        return self.reports / "runs" / safe
+        runs = self.reports / "runs"
+        if safe == run_id:
+            return runs / safe
+        hashed = runs / f"{safe}-{hashlib.sha256(run_id.encode('utf-8')).hexdigest()[:8]}"
+        return runs / safe if not hashed.exists() and _names_run(runs / safe / "quality.json", run_id) else hashed
 
     def with_paths(
         self,

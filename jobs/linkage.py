@@ -166,6 +166,16 @@ def capped_prediction_rules(settings: dict[str, Any], oversized: Sequence[int]) 
     return {**settings, "blocking_rules_to_generate_predictions": rules}
 
 
+def prediction_linker(
+    db: SqlEngine, records: str, model: ModelVersion, linkage: LinkageConfig, policy: PurposePolicy
+) -> Linker:
+    """A linker on the engine db that predicts over its table `records` with the saved model, each prediction rule
+    pairing no records of a block over thresholds.max_block_records (cap_oversized_blocks)."""
+    records, oversized = cap_oversized_blocks(db, records, linkage)
+    settings = capped_prediction_rules(model_settings(model, linkage, policy, db.name), oversized)
+    return linker_for(db, records, settings, validate=False)
+
+
 def train(linker: Linker, linkage: LinkageConfig) -> None:
     """Estimate lambda (deterministic rules), u (random sampling) and m (EM on each training rule, on at most
     em_max_pairs of its blocked pairs: Splink picks them by a hash of the record ids, so the same records give

@@ -30,16 +30,7 @@ from pyspark.sql import SparkSession
 from jobs import delta_io
 from jobs.config import PipelineConfig
 from jobs.engines import SqlEngine, open_engine, sql_string
-from jobs.linkage import (
-    ModelVersion,
-    cap_oversized_blocks,
-    capped_prediction_rules,
-    latest_model,
-    linkage_records,
-    linker_for,
-    model_settings,
-    pick_engine,
-)
+from jobs.linkage import ModelVersion, latest_model, linkage_records, pick_engine, prediction_linker
 from jobs.profile_ids import ASSIGNMENTS_SCHEMA, REGISTRY_SCHEMA, assign_stable_profile_ids, with_event_ids
 from jobs.publication import finish_interrupted_publication
 from jobs.runner import run_job
@@ -86,9 +77,7 @@ def predict_and_cluster(
     engines materialize their output in these calls).
     """
     linkage = cfg.linkage
-    records, oversized = cap_oversized_blocks(db, records, linkage)
-    settings = capped_prediction_rules(model_settings(model, linkage, cfg.policy, db.name), oversized)
-    linker = linker_for(db, records, settings, validate=False)
+    linker = prediction_linker(db, records, model, linkage, cfg.policy)
     started = time.perf_counter()
     predictions = linker.inference.predict(threshold_match_probability=linkage.match_probability)
     predicted = time.perf_counter()

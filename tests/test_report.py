@@ -246,6 +246,11 @@ def test_a_run_report_folder_is_named_safely_from_the_run_id(cfg):
     assert folder == cfg.reports / "runs" / "manual__2026-11-22T08_21_18.831069_00_00-e61a9326"
     assert cfg.run_report_dir("test_1") == cfg.reports / "runs" / "test_1"  # a safe run id names it as it is
     assert cfg.run_report_dir("test 1") != cfg.run_report_dir("test_1")
+    # a folder named before the hash was added stays the run's own, when its quality results name the run
+    legacy = cfg.reports / "runs" / "test_2"
+    legacy.mkdir(parents=True)
+    (legacy / "quality.json").write_text('{"run_id": "test 2", "success": true}', encoding="utf-8")
+    assert (cfg.run_report_dir("test 2"), cfg.run_report_dir("test:2")) == (legacy, legacy.with_name("test_2-8be23e91"))
     with pytest.raises(IdresError, match="run id"):
         cfg.run_report_dir("..")
 

@@ -352,7 +352,7 @@ def test_a_prediction_rule_pairs_no_block_over_the_limit_and_the_other_rules_sti
 ):
     """A placeholder birth date on many records would make pairs as the square of their number."""
     from jobs.engines import open_engine
-    from jobs.linkage import cap_oversized_blocks, capped_prediction_rules, linkage_input, linker_for, model_settings
+    from jobs.linkage import cap_oversized_blocks, linkage_input, prediction_linker
 
     cfg = dataclasses.replace(trained, linkage=dataclasses.replace(trained.linkage, max_block_records=4))
     placeholder, born = D(1900, 1, 1), D(1990, 2, 2)
@@ -368,10 +368,9 @@ def test_a_prediction_rule_pairs_no_block_over_the_limit_and_the_other_rules_sti
     model = latest_model(cfg.models, cfg.linkage, cfg.policy)
     with open_engine(spark, engine) as db:
         records = db.register("records", linkage_input(silver_rows(spark, cfg, rows), cfg.linkage))
-        capped, oversized = cap_oversized_blocks(db, records, cfg.linkage)
-        settings = capped_prediction_rules(model_settings(model, cfg.linkage, cfg.policy, db.name), oversized)
-        predictions = linker_for(db, capped, settings, validate=False).inference.predict()
+        predictions = prediction_linker(db, records, model, cfg.linkage, cfg.policy).inference.predict()
         found = db.rows(f"SELECT record_id_l, record_id_r FROM {predictions.physical_name}")
+        oversized = cap_oversized_blocks(db, records, cfg.linkage)[1]
         assert cap_oversized_blocks(db, records, trained.linkage) == (records, [])  # the shipped limit
     assert oversized == [cfg.linkage.blocking_rules.index(("date_of_birth",))]
     candidates = {tuple(sorted((r["record_id_l"], r["record_id_r"]))) for r in found}
