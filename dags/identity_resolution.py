@@ -22,7 +22,8 @@ DOC = """
    decision is audited in `audit/consent_decisions`.
 5. **resolve**: Splink (Fellegi-Sunter) with the latest model trained with the current `conf/splink.yaml`
    (trained when none exists), on Spark or on DuckDB inside the Spark driver (`resolve.engine` in
-   `conf/pipeline.yaml`; `auto`: DuckDB for a local master and few records): pairwise matches, clusters,
+   `conf/pipeline.yaml`; `auto`: DuckDB on a local master for at most `duckdb_max_records`, 3M, admitted
+   records): pairwise matches, clusters,
    and stable profile ids with created / merged / split / moved / retired events, staged for the quality gate.
 6. **unify**: golden-profile candidates by the survivorship rules (`conf/survivorship.yaml`), with cell-level
    lineage (source record, rule, purpose, lawful basis, consent event) and per-purpose permissions, staged
@@ -30,13 +31,16 @@ DOC = """
 7. **quality_gate**: write-audit-publish. Great Expectations suites (`expectations/`) validate the staged
    gold and the run's tables (consent compliance, unique ids, formats, cluster-size bound, profile-id churn,
    reconciliation counts). Only when all hold are resolve's and unify's staged tables merged into the
-   published ones (once per run id; a publish that dies between tables is completed by the task's retry, or
+   published ones (each table committed once per publication; a run cleared and run again publishes its new
+   candidates as its next publication; a publish that dies between tables is completed by the task's retry, or
    else first thing by the next run's resolve); otherwise the task fails naming the failed expectations and every
    published table stays at its previous version. Either way it writes `reports/runs/<run id>/`:
    quality.json, GX Data Docs and the auditor report (index.html).
 
-Param `mode`: `full` reads every source extract; `incremental` skips extracts byte-identical to the ones
-their last ingest read. Each stage outputs its Delta tables as Airflow Assets.
+Param `mode`: `full` reads every source extract; `incremental` skips an extract byte-identical to the one its
+last ingest read under the same source settings and ingest code (zero counts recorded for it). Each stage
+declares the tables it writes as Airflow Assets; resolve and unify only stage theirs, so quality_gate declares
+them.
 
 Each Spark stage is submitted through the `spark_default` connection (`local[*]` by default): point that
 connection at a cluster and the same jobs run there.
