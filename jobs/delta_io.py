@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -36,6 +35,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.pandas.types import to_arrow_schema
 
 from jobs.errors import ColumnTypeChangeError
+from jobs.files import write_whole
 
 if TYPE_CHECKING:
     from jobs.config import TablePaths
@@ -625,12 +625,7 @@ def purge_history(path: Path | str, run_id: str, job: str) -> int:
     )
     # A kill skips the finally below; the marker lets the next holder of the lakehouse lock put the retention back
     # (recover_from_killed_writes) before any checkpoint at none drops the table's history.
-    partial = marker.with_name(f".{marker.name}.partial")
-    with partial.open("w", encoding="utf-8") as written:
-        written.write(json.dumps({LOG_RETENTION: kept, "run_id": run_id, "job": job}))
-        written.flush()
-        os.fsync(written.fileno())
-    os.replace(partial, marker)  # whole or absent, also after a crash
+    write_whole(marker, json.dumps({LOG_RETENTION: kept, "run_id": run_id, "job": job}))
     table.alter.set_table_properties({LOG_RETENTION: NO_LOG_RETENTION}, commit_properties=commit)
     try:
         table = DeltaTable(str(path))

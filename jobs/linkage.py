@@ -15,7 +15,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from jobs.canonical import CANONICAL_FIELDS, LINKAGE_COLUMNS, SILVER_ATTRIBUTES
 from jobs.config import LinkageConfig, PipelineConfig, PurposePolicy, ResolveConfig
 from jobs.engines import ENGINES, SqlEngine
 from jobs.errors import ModelError
+from jobs.files import replace_durably
 
 log = logging.getLogger("idres.linkage")
 
@@ -229,10 +229,7 @@ def save_model(
     linker.misc.save_model_to_json(str(draft), overwrite=True)
     digest = _content_hash(draft)
     path = models_dir / f"{MODEL_PREFIX}{stamp}-{engine}-{settings_hash(linkage, policy)}-{digest}.json"
-    with draft.open("rb") as written:
-        os.fsync(written.fileno())  # on disk before its name says it is whole
-    draft.replace(path)
-    return _model_version(path)
+    return _model_version(replace_durably(draft, path))  # on disk before its name says it is whole
 
 
 def _content_hash(path: Path) -> str:

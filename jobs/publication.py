@@ -21,10 +21,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from jobs import delta_io
 from jobs.config import PUBLISHED_TABLES, RESOLVED_TABLES, PipelineConfig
 from jobs.errors import ColumnTypeChangeError, IdresError
+from jobs.files import write_whole
 from jobs.runner import lakehouse_lock
 
 log = logging.getLogger("idres.publication")
@@ -136,9 +138,12 @@ def publish(cfg: PipelineConfig, run_id: str, number: int | None = None) -> Publ
             m = delta_io.run_commit_metrics(published, JOB, run_id)
         metrics[name] = m
     result.profiles = delta_io.row_count(t.profiles)
-    result.inserted = int(metrics["profiles"].get("num_target_rows_inserted", 0))
-    result.updated = int(metrics["profiles"].get("num_target_rows_updated", 0))
-    result.retired = int(metrics["profiles"].get("num_target_rows_deleted", 0))
+    # A skipped table's counts come from the run's commit in its log; after a purge (an erasure) only the run's
+    # audit row still holds them.
+    profiles = metrics["profiles"] or _audited_counts(cfg, run_id)
+    result.inserted = int(profiles.get("num_target_rows_inserted", 0))
+    result.updated = int(profiles.get("num_target_rows_updated", 0))
+    result.retired = int(profiles.get("num_target_rows_deleted", 0))
     result.lineage_rows = delta_io.row_count(t.profile_lineage)
     at = datetime.now(UTC).replace(microsecond=0)
     audit = pa.Table.from_pylist(
@@ -179,6 +184,21 @@ def publish(cfg: PipelineConfig, run_id: str, number: int | None = None) -> Publ
     return result
 
 
+def _audited_counts(cfg: PipelineConfig, run_id: str) -> dict[str, int]:
+    """The profile counts (as merge metrics) of run_id's row in the publish audit (unify_runs); {} for none."""
+    if not delta_io.table_exists(cfg.tables.unify_runs):
+        return {}
+    rows = delta_io.arrow_dataset(cfg.tables.unify_runs).to_table(filter=pc.field("run_id") == run_id).to_pylist()
+    if not rows:
+        return {}
+    (row,) = rows
+    return {
+        "num_target_rows_inserted": row["inserted"],
+        "num_target_rows_updated": row["updated"],
+        "num_target_rows_deleted": row["retired"],
+    }
+
+
 def require_whole_resolution(cfg: PipelineConfig) -> None:
     """Fail when resolve staged some of its tables but not all (it stages all four, so it died between them):
     whatever read the rest as published would mix two resolutions, e.g. records assigned to profile ids the
@@ -194,13 +214,17 @@ def require_whole_resolution(cfg: PipelineConfig) -> None:
 
 def _check_column_types(cfg: PipelineConfig, names: list[str]) -> None:
     """Fail before the first commit when a staged table changes a column type of a published table it adds to
-    (one replaced whole takes the staged types): a publication that stopped there would leave the published
-    tables half-updated, every retry stopping at the same table."""
-    for name in names:
-        if not PUBLICATIONS[name].replace:
-            staged = delta_io.DeltaSource(cfg.tables.staged(name))
-            if retyped := delta_io.retyped_columns(staged, getattr(cfg.tables, name)):
-                raise ColumnTypeChangeError(str(getattr(cfg.tables, name)), retyped)
+    (one replaced whole takes the staged types), or the audit row one of unify_runs: a publication that stopped
+    there would leave the published tables half-updated, every retry stopping at the same table."""
+    sources = {
+        getattr(cfg.tables, name): delta_io.DeltaSource(cfg.tables.staged(name))
+        for name in names
+        if not PUBLICATIONS[name].replace
+    }
+    sources[cfg.tables.unify_runs] = UNIFY_RUNS_SCHEMA.empty_table()  # the publication's last commit
+    for published, source in sources.items():
+        if retyped := delta_io.retyped_columns(source, published):
+            raise ColumnTypeChangeError(str(published), retyped)
 
 
 def drop_staging(cfg: PipelineConfig) -> None:
@@ -218,9 +242,7 @@ def _journal_publication(cfg: PipelineConfig, run_id: str, number: int) -> None:
     """Record, before the first table's commit, that run_id's candidates are being published as its
     publication number."""
     journal = cfg.tables.staging / JOURNAL
-    partial = journal.with_suffix(".tmp")
-    partial.write_text(json.dumps({"run_id": run_id, "publication": number}) + "\n", encoding="utf-8")
-    os.replace(partial, journal)  # atomic: a reader finds the whole journal or none
+    write_whole(journal, json.dumps({"run_id": run_id, "publication": number}) + "\n")
 
 
 def publishing(cfg: PipelineConfig) -> bool:

@@ -50,6 +50,7 @@ from expectations import (
 from jobs import delta_io
 from jobs.config import GOLD_TABLES, PUBLISHED_TABLES, PipelineConfig
 from jobs.errors import ExpectationNotComputedError, IdresError
+from jobs.files import write_whole
 from jobs.profile_ids import IDENTITY_EVENTS_SCHEMA, REGISTRY_SCHEMA
 from jobs.publication import JOB, PublishResult, finish_interrupted_publication, publish, require_whole_resolution
 from jobs.report import REPORT_FILE, write_auditor_report
@@ -382,10 +383,7 @@ def write_outcome(outcome: QualityOutcome, report_dir: Path) -> Path:
     report_dir.mkdir(parents=True, exist_ok=True)
     body = {**asdict(outcome), "failed": outcome.failed}
     path = report_dir / "quality.json"
-    draft = path.with_suffix(".json.draft")  # replaced whole, so a killed write leaves the previous one
-    draft.write_text(json.dumps(body, indent=2, default=str) + "\n", encoding="utf-8")
-    draft.replace(path)
-    return path
+    return write_whole(path, json.dumps(body, indent=2, default=str) + "\n")  # a killed write leaves the last one
 
 
 def staged_by_other_runs(cfg: PipelineConfig, run_id: str) -> list[str]:

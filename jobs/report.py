@@ -35,6 +35,7 @@ from jobs import delta_io
 from jobs import run_queries as q
 from jobs.config import PUBLISHED_TABLES, PipelineConfig, TablePaths, load_config
 from jobs.errors import IdresError
+from jobs.files import write_whole
 from jobs.linkage import latest_model
 from jobs.publication import JOB as PUBLISH_JOB
 from jobs.publication import complete_for_readers
@@ -407,11 +408,7 @@ def write_auditor_report(cfg: PipelineConfig, run_id: str, run_dir: Path) -> Pat
     """Write run_dir/index.html, the run's auditor report, and the model charts it frames; return its path."""
     run_dir.mkdir(parents=True, exist_ok=True)
     page = _environment().get_template("auditor_report.html.j2").render(**report_context(cfg, run_id, run_dir))
-    path = run_dir / REPORT_FILE
-    draft = run_dir / f".{REPORT_FILE}.draft"
-    draft.write_text(page, encoding="utf-8")
-    draft.replace(path)  # a reader never sees half a page
-    return path
+    return write_whole(run_dir / REPORT_FILE, page)  # a reader never sees half a page
 
 
 def latest_auditor_report(cfg: PipelineConfig) -> Path | None:

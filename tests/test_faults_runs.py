@@ -337,6 +337,26 @@ def test_the_analysts_query_opens_the_tables_again_when_the_publications_audit_r
     assert len(opened) == 2
 
 
+def test_the_same_candidates_published_again_after_an_erasure_purged_the_logs_commit_nothing(tmp_path):
+    """A skipped table's counts came from the run's commit in its log, which a purge drops: the audit row was
+    rewritten with zeros."""
+    cfg = config_in(tmp_path)
+    candidates = {"profile_id": ["pr_1", "pr_2"], "first_name": ["bob", "ann"]}
+    stage_candidates(cfg, "r1", candidates)
+    publication.publish(cfg, run_id="r1")
+    for path in (*(getattr(cfg.tables, name) for name in PUBLISHED_TABLES), cfg.tables.unify_runs):
+        delta_io.purge_history(path, run_id="e1", job="subject_rights")
+    versions = {**data_table_versions(cfg), "unify_runs": delta_io.table_version(cfg.tables.unify_runs)}
+
+    stage_candidates(cfg, "r1", candidates)
+    same = publication.publish(cfg, run_id="r1")
+
+    assert (same.skipped_tables, same.inserted, same.updated, same.retired) == (list(PUBLISHED_TABLES), 2, 0, 0)
+    audit = {"run_id": "r1", "profiles": 2, "inserted": 2, "updated": 0, "retired": 0, "lineage_rows": 2}
+    assert publish_audit(cfg) == [audit]
+    assert {**data_table_versions(cfg), "unify_runs": delta_io.table_version(cfg.tables.unify_runs)} == versions
+
+
 def test_a_run_published_again_publishes_its_new_candidates_and_commits_nothing_for_the_same_ones(tmp_path):
     cfg = config_in(tmp_path)
     stage_candidates(cfg, "r1", {"profile_id": ["pr_1", "pr_2"], "first_name": ["bob", "ann"]})
@@ -654,6 +674,18 @@ def test_candidates_that_retype_a_column_replace_a_whole_table_and_stop_before_a
     assert {**data_table_versions(cfg), "unify_runs": delta_io.table_version(cfg.tables.unify_runs)} == versions
     assert not (cfg.tables.staging / publication.JOURNAL).exists()
     assert delta_io.table_exists(cfg.tables.staged("profiles"))  # left staged for inspection
+
+    # Likewise the audit row, the publication's last commit: a unify_runs whose counts are text (an older version's
+    # table, or one altered by hand) stops it before the first commit, not after every data table's.
+    stage_candidates(cfg, "r3", {"profile_id": ["pr_3"], "first_name": ["ion"], "visits": [4.0]})
+    audit = pa.table({"run_id": ["r0"], "profiles": ["2"]})
+    shutil.rmtree(cfg.tables.unify_runs)
+    delta_io.overwrite_delta(audit, cfg.tables.unify_runs, run_id="r0", job="publish")
+    versions = {**data_table_versions(cfg), "unify_runs": delta_io.table_version(cfg.tables.unify_runs)}
+    with pytest.raises(ColumnTypeChangeError, match=r"unify_runs: .* profiles \(string -> long\); nothing"):
+        publication.publish(cfg, run_id="r3")
+    assert {**data_table_versions(cfg), "unify_runs": delta_io.table_version(cfg.tables.unify_runs)} == versions
+    assert not (cfg.tables.staging / publication.JOURNAL).exists()
 
 
 KILLED_PURGE = """
