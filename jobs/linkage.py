@@ -135,7 +135,7 @@ def cap_oversized_blocks(db: SqlEngine, records: str, linkage: LinkageConfig) ->
     the other rules still pair them."""
     cap = linkage.max_block_records
     keyed = {i: rule for i, rule in enumerate(linkage.blocking_rules) if isinstance(rule, tuple)}
-    if not cap or not keyed:
+    if not cap or not keyed or db.count(records) <= cap:  # no block can be larger than all the records
         return records, []
     per_rule = " UNION ALL ".join(
         f"""SELECT {i} AS rule FROM {records} WHERE {" AND ".join(f"({c}) IS NOT NULL" for c in columns)}

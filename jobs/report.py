@@ -254,12 +254,14 @@ def run_model_version(cfg: PipelineConfig, results: RunResults) -> tuple[str | N
 
 
 def copy_model_charts(cfg: PipelineConfig, version: str | None, run_dir: Path) -> list[str]:
-    """Copy the model's Splink charts (self-contained HTML) beside the report; their relative paths."""
-    source = cfg.reports / "models" / version if version else None
+    """Copy the model's Splink charts (self-contained HTML) beside the report, in place of any copied before;
+    their relative paths. Of several versions (`v1, v2`), the newest's: versions begin with their UTC time."""
+    target = run_dir / MODEL_FOLDER
+    shutil.rmtree(target, ignore_errors=True)
+    source = cfg.reports / "models" / max(version.split(", ")) if version else None
     if source is None or not source.is_dir():
         return []
-    target = run_dir / MODEL_FOLDER
-    target.mkdir(parents=True, exist_ok=True)
+    target.mkdir(parents=True)
     copied = []
     for chart in sorted(source.glob("*.html")):
         shutil.copyfile(chart, target / chart.name)

@@ -139,6 +139,8 @@ def test_the_auditor_report_shows_every_section_with_independent_counts_and_no_p
     (run_dir / "quality.json").write_text(json.dumps(QUALITY), encoding="utf-8")
     (run_dir / "data_docs").mkdir()
     (run_dir / "data_docs" / "index.html").write_text("<html></html>", encoding="utf-8")
+    (run_dir / "model").mkdir()
+    (run_dir / "model" / "calibration.html").write_text("<html></html>", encoding="utf-8")  # an earlier model's
 
     path = write_auditor_report(cfg, RUN, run_dir)
 
