@@ -42,19 +42,26 @@ def _owned(folder: Path, pid: int) -> bool:
     """Whether a live process owns the folder: it holds the folder's owner lock, or, before it has taken it (the
     folder just made), runs under the pid its name gives."""
     try:
-        with (folder / OWNER_FILE).open("a") as owner:
-            fcntl.flock(owner, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return False
+        owner = os.open(folder / OWNER_FILE, os.O_RDONLY)  # never created here: a missing one means "not yet"
+    except FileNotFoundError:
+        return _running(pid)
+    try:
+        fcntl.flock(owner, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return True
-    except FileNotFoundError:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except (PermissionError, OverflowError):  # another user's process; a pid no process can have
-            return True
+    finally:
+        os.close(owner)
+    return False
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):  # another user's process; a pid no process can have
         return True
+    return True
 
 
 def remove_dead_scratch_dirs() -> list[str]:

@@ -771,14 +771,15 @@ def test_the_scratch_folders_of_a_killed_job_are_removed_by_the_next_holder_of_t
     elsewhere.mkdir()
     owner = (elsewhere / ".owner").open("w")
     fcntl.flock(owner, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    just_made = temp / f"idres-duckdb-{os.getpid()}-new"  # its owner lock not taken yet: its live pid keeps it
     not_a_pid = temp / "idres-x-99999999999-y"  # no process can have it: kept, and no job fails on it
     other = temp / "idres-notes"  # not a scratch folder
-    for folder in (not_a_pid, other):
+    for folder in (just_made, not_a_pid, other):
         folder.mkdir()
 
     with lakehouse_lock(cfg, "ingest"):
-        assert sorted(temp.iterdir()) == sorted([Path(running.name), elsewhere, not_a_pid, other])
+        assert sorted(temp.iterdir()) == sorted([Path(running.name), elsewhere, just_made, not_a_pid, other])
     owner.close()  # that job ended: the kernel dropped its lock
     with lakehouse_lock(cfg, "ingest"):
-        assert sorted(temp.iterdir()) == sorted([Path(running.name), not_a_pid, other])
+        assert sorted(temp.iterdir()) == sorted([Path(running.name), just_made, not_a_pid, other])
     running.cleanup()
