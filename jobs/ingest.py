@@ -302,6 +302,8 @@ CSV_HEADER_MAX_CHARS = 1 << 20
 # and at least this many, carry it. A key few records carry may be a value (a line like {"ivan@example.org":
 # ...}); in a one- or two-record extract "half" is a single record, while a value is not the key of 20 records.
 JSONL_MIN_RECORDS_TO_NAME = 20
+# A CSV header cell outside the mapping is named in messages only when it reads as a plain column name.
+PLAIN_COLUMN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -325,8 +327,9 @@ class SchemaDrift:
         if self.sporadic:
             added = (
                 *added,
-                f"{self.sporadic} more in fewer than half, or fewer than {JSONL_MIN_RECORDS_TO_NAME}, "
-                "of the sampled records, unnamed here",
+                f"{self.sporadic} more, unnamed here as they may be values (JSON keys in fewer than half, or fewer "
+                f"than {JSONL_MIN_RECORDS_TO_NAME}, of the sampled records; CSV header cells that are no plain "
+                "column name, or on a header longer than the record below it)",
             )
         parts = [
             f"{label}: {', '.join(names)}"
@@ -350,10 +353,14 @@ class ColumnSeen:
     holders: int | None = None  # sampled records that hold it (jsonl); a header or a schema: None
     share: float = 1.0  # of the sampled records that hold it (jsonl); a header or a schema: 1.0
 
+    named: bool = True  # False: a CSV header cell that may be a value (csv_columns)
+
     @property
     def nameable(self) -> bool:
         """Whether messages may name it: a header's or schema's column, or a key enough sampled records carry."""
-        return self.holders is None or (self.share >= 0.5 and self.holders >= JSONL_MIN_RECORDS_TO_NAME)
+        return self.named and (
+            self.holders is None or (self.share >= 0.5 and self.holders >= JSONL_MIN_RECORDS_TO_NAME)
+        )
 
 
 def extract_columns(source: SourceConfig) -> dict[str, ColumnSeen]:
@@ -365,7 +372,7 @@ def extract_columns(source: SourceConfig) -> dict[str, ColumnSeen]:
     """
     encoding = header_encoding(source.encoding)
     if source.format == "csv":
-        return dict.fromkeys(csv_header(source), ColumnSeen(True))
+        return csv_columns(source)
     if source.format == "parquet":
         return {f.name: ColumnSeen(arrow_text(f.type)) for f in parquet_schema(source)}
     strings: dict[str, bool] = {}
@@ -385,26 +392,59 @@ def extract_columns(source: SourceConfig) -> dict[str, ColumnSeen]:
     return {key: ColumnSeen(strings[key], holding[key], holding[key] / records) for key in strings}
 
 
+def csv_columns(source: SourceConfig) -> dict[str, ColumnSeen]:
+    """The CSV header's columns (csv_header), each text. A cell is named in messages only when it reads as a plain
+    column name and the header is no longer than the record below it: a header line that lost its line break
+    holds that record's values as cells. When the next two records agree on fewer fields, the header swallowed
+    a record (which no table would then hold), and the source fails, naming no cell."""
+    names = csv_header(source)
+    records = [csv_fields(source, line) for line in csv_lines(source, 3)[1:]]
+    shorter = [len(r) for r in records if r is not None and len(r) < len(names)]
+    if len(records) == 2 and len(shorter) == 2 and shorter[0] == shorter[1]:
+        raise SourceSchemaError(
+            source.name,
+            f"the header line has {len(names)} fields and the records below it {shorter[0]}: is the line break "
+            "after the header missing?",
+        )
+    plain = not records or records[0] is None or len(records[0]) >= len(names)
+    return {n: ColumnSeen(True, named=plain and PLAIN_COLUMN_NAME.fullmatch(n) is not None) for n in names}
+
+
+def csv_lines(source: SourceConfig, count: int) -> list[str]:
+    """A CSV extract's first `count` lines that are not blank, the header first; reading stops at a line longer
+    than CSV_HEADER_MAX_CHARS (returned cut there)."""
+    lines: list[str] = []
+    with source.path.open(encoding=header_encoding(source.encoding), errors="replace", newline=None) as fh:
+        while len(lines) < count and (line := fh.readline(CSV_HEADER_MAX_CHARS + 1)):
+            if line.strip():
+                lines.append(line)
+            if len(line) > CSV_HEADER_MAX_CHARS:
+                break
+    return lines
+
+
+def csv_fields(source: SourceConfig, line: str) -> list[str] | None:
+    """One CSV line's fields, parsed alone; None when it does not parse alone (a quote it leaves open)."""
+    try:
+        return next(csv.reader([line.rstrip("\n")], delimiter=source.delimiter, strict=True), [])
+    except csv.Error:
+        return None
+
+
 def csv_header(source: SourceConfig) -> list[str]:
     """The column names on a CSV extract's header line, its first line that is not blank (as Spark reads it).
 
     Only that line is parsed: a quote it opens and does not close would otherwise carry the records below into
     a column name, and from there into the drift message. Such a header, or one whose line runs past
     CSV_HEADER_MAX_CHARS, fails naming the source; so does a mapped column named twice."""
-    with source.path.open(encoding=header_encoding(source.encoding), errors="replace", newline=None) as fh:
-        line = ""
-        while not line.strip():
-            line = fh.readline(CSV_HEADER_MAX_CHARS + 1)
-            if not line or len(line) > CSV_HEADER_MAX_CHARS:
-                break
+    line = next(iter(csv_lines(source, 1)), "")
     if len(line) > CSV_HEADER_MAX_CHARS:
         raise SourceSchemaError(source.name, f"header line longer than {CSV_HEADER_MAX_CHARS} characters")
-    try:
-        names = next(csv.reader([line.rstrip("\n")], delimiter=source.delimiter, strict=True), [])
-    except csv.Error:
+    names = csv_fields(source, line)
+    if names is None:
         raise SourceSchemaError(
             source.name, "unreadable header line (a quote it opens and does not close, or an overlong name)"
-        ) from None
+        )
     # Spark tells header names apart ignoring case and renames every copy of a repeated one (email7, email13), so a
     # mapped column repeated so would read as missing. Other repeats, and empty names (a trailing delimiter), Spark
     # renames apart and the drift check sees them as unmapped.

@@ -121,8 +121,10 @@ def missing_file(cfg: PipelineConfig, folder: Path) -> tuple[str, Path]:
         (retyped_jsonl, r"source 'ro_shop': schema drift \(mapped column\(s\) no longer strings: id_client\)"),
         (
             sporadic_key_jsonl,
-            r"^source 'ro_shop': schema drift \(column\(s\) neither mapped nor in ignored_columns: 1 more in fewer "
-            r"than half, or fewer than 20, of the sampled records, unnamed here\); schema_drift is fail$",
+            r"^source 'ro_shop': schema drift \(column\(s\) neither mapped nor in ignored_columns: 1 more, unnamed "
+            r"here as they may be values \(JSON keys in fewer than half, or fewer than 20, of the sampled records; CSV "
+            r"header cells that are no plain column name, or on a header longer than the record below it\)\); "
+            r"schema_drift is fail$",
         ),
     ],
     ids=["missing_file", "added_column", "renamed_column", "retyped_parquet", "retyped_jsonl", "sporadic_jsonl_key"],
@@ -147,7 +149,7 @@ def test_a_key_of_a_tiny_jsonl_extract_is_counted_never_named(clean_batch, tmp_p
     path = tmp_path / "customers.jsonl"
     path.write_text(json.dumps(record) + "\n", encoding="utf-8")
     source = dataclasses.replace(source, path=path)
-    with pytest.raises(SourceSchemaError, match=r"1 more in fewer than half, or fewer than 20,") as err:
+    with pytest.raises(SourceSchemaError, match=r"1 more, unnamed here as they may be values") as err:
         ingest.check_source_schema(source)
     with caplog.at_level(logging.WARNING, logger="idres.ingest"):
         ingest.check_source_schema(dataclasses.replace(source, schema_drift="allow_added"))
@@ -205,6 +207,32 @@ def test_a_csv_without_its_header_line_fails_without_echoing_its_first_row(spark
     message = str(err.value)
     assert f"{len(rows[1])} unnamed here" in message
     assert [v for v in rows[1] if len(v) >= 4 and v in message] == []  # the customer's values stay out of it
+
+
+def test_a_csv_header_that_lost_its_line_break_names_no_value_and_loses_no_record(clean_batch, tmp_path, caplog):
+    """The first record joined to the header: its values were named as added columns, in the error and the log."""
+    src = clean_batch.source("ua_crm").path
+    with src.open(encoding="utf-8", newline="") as fh:
+        rows = list(csv.reader(fh, delimiter=";"))
+    joined = tmp_path / "customers.csv"
+
+    def write(records: list[list[str]]) -> None:
+        text = io.StringIO()
+        csv.writer(text, delimiter=";").writerows(records)
+        header, _, rest = text.getvalue().partition("\r\n")
+        joined.write_text(header + rest, encoding="utf-8")  # the first line break lost
+
+    write(rows[:4])  # two records below: they agree on fewer fields than the header, which swallowed one
+    source = dataclasses.replace(clean_batch.source("ua_crm"), path=joined, schema_drift="allow_added")
+    with pytest.raises(SourceSchemaError, match=r"records below it \d+: is the line break after the header missing"):
+        ingest.check_source_schema(source)
+    write(rows[:2])  # the only record joined: nothing to compare with, so its cells are counted, not named
+    for drift in ("fail", "allow_added"):
+        with caplog.at_level(logging.WARNING, logger="idres.ingest"), pytest.raises(SourceSchemaError) as err:
+            ingest.check_source_schema(dataclasses.replace(source, schema_drift=drift))
+            raise SourceSchemaError(source.name, "let through")
+        said = str(err.value) + caplog.text
+        assert [v for v in rows[1] if len(v) >= 4 and v in said] == [], drift
 
 
 def test_allowed_added_columns_land_with_a_log_line_naming_only_source_and_column(spark, clean_batch, tmp_path, caplog):
