@@ -139,14 +139,15 @@ def json_lines(lines: DataFrame, schema: T.StructType, id_field: str | None = No
     Spark's JSON reader would turn a line holding an array of objects into several records, and one holding
     an empty array into none; parsing line by line keeps read = lines. A UTF-8 byte-order mark is dropped.
     Single-quoted pseudo-JSON (a Python dict's repr) is no JSON, so it is corrupt too, and so is an object that
-    holds a key twice.
+    holds a key twice, or a line with a byte UTF-8 cannot decode.
     """
     options = {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT, "allowSingleQuotes": "false"}
     text = F.col("_text")
     corrupt = F.struct(*[(text if f.name == CORRUPT else F.lit(None)).cast(f.dataType).alias(f.name) for f in schema])
-    record = F.when(single_json_value(text) & repeats_no_key(text), F.from_json(text, schema, options)).otherwise(
-        corrupt
-    )
+    # A line with an undecodable byte is held whole, also when the byte is in a key: the value it keys would
+    # otherwise land as null, unseen (badly_encoded then quarantines it as bad_encoding).
+    whole = single_json_value(text) & repeats_no_key(text) & ~text.contains("\ufffd")
+    record = F.when(whole, F.from_json(text, schema, options)).otherwise(corrupt)
     parsed = (
         lines.where(F.col("value").rlike(r"\S"))
         .withColumn("_text", F.regexp_replace("value", "^\ufeff", ""))

@@ -235,6 +235,34 @@ def test_a_csv_header_that_lost_its_line_break_names_no_value_and_loses_no_recor
         assert [v for v in rows[1] if len(v) >= 4 and v in said] == [], drift
 
 
+def test_a_jsonl_line_with_an_undecodable_byte_in_a_key_is_quarantined_not_landed_without_its_value(
+    spark, clean_batch, tmp_path
+):
+    """The key no longer matched the mapping, so the value it held landed as null, unseen."""
+    cfg = copy_lakehouse(clean_batch, tmp_path / "copy")
+    columns = cfg.source("ro_shop").columns
+    id_key, last_name = columns["source_record_id"], columns["last_name"]
+    records = [
+        dict.fromkeys(columns.values()) | {id_key: f"RX-{n}", last_name: name} for n, name in ((1, "Pop"), (2, "Ion"))
+    ]
+    good, bad = (json.dumps(r).encode() for r in records)
+    bad = bad.replace(f'"{last_name}"'.encode(), f'"{last_name[:2]}'.encode() + b"\xff" + f'{last_name[2:]}"'.encode())
+    path = tmp_path / "customers.jsonl"
+    path.write_bytes(good + b"\n" + bad + b"\n")
+    cfg = with_source(cfg, "ro_shop", path=path, schema_drift="allow_added")  # the odd key: one unnamed, allowed
+
+    assert ingest.run(spark, cfg, run_id="bad-key").reconciled
+
+    def rows(table: Path, columns: str) -> list[dict]:
+        sql = f"SELECT {columns} FROM t WHERE run_id = 'bad-key' AND source_system = 'ro_shop'"
+        return delta_io.query_delta(sql, t=table).to_pylist()
+
+    assert rows(cfg.tables.quarantine, "source_record_id, reason") == [
+        {"source_record_id": "RX-2", "reason": "bad_encoding"}
+    ]
+    assert rows(cfg.tables.bronze, "source_record_id, last_name") == [{"source_record_id": "RX-1", "last_name": "Pop"}]
+
+
 def test_allowed_added_columns_land_with_a_log_line_naming_only_source_and_column(spark, clean_batch, tmp_path, caplog):
     cfg = copy_lakehouse(clean_batch, tmp_path)
     _, path = added_parquet(cfg, tmp_path)
