@@ -398,8 +398,9 @@ def csv_columns(source: SourceConfig) -> dict[str, ColumnSeen]:
     column name and the header is no longer than the record below it: a header line that lost its line break
     holds that record's values as cells. When the next two records agree on fewer fields, the header swallowed
     a record (which no table would then hold), and the source fails, naming no cell."""
-    names = csv_header(source)
-    records = [csv_fields(source, line) for line in csv_lines(source, 3)[1:]]
+    header, *below = csv_lines(source, 3) or [""]
+    names = csv_header(source, header)
+    records = [csv_fields(source, line) for line in below]
     shorter = [len(r) for r in records if r is not None and len(r) < len(names)]
     if len(records) == 2 and len(shorter) == 2 and shorter[0] == shorter[1]:
         raise SourceSchemaError(
@@ -432,13 +433,12 @@ def csv_fields(source: SourceConfig, line: str) -> list[str] | None:
         return None
 
 
-def csv_header(source: SourceConfig) -> list[str]:
+def csv_header(source: SourceConfig, line: str) -> list[str]:
     """The column names on a CSV extract's header line, its first line that is not blank (as Spark reads it).
 
     Only that line is parsed: a quote it opens and does not close would otherwise carry the records below into
     a column name, and from there into the drift message. Such a header, or one whose line runs past
     CSV_HEADER_MAX_CHARS, fails naming the source; so does a mapped column named twice."""
-    line = next(iter(csv_lines(source, 1)), "")
     if len(line) > CSV_HEADER_MAX_CHARS:
         raise SourceSchemaError(source.name, f"header line longer than {CSV_HEADER_MAX_CHARS} characters")
     names = csv_fields(source, line)
