@@ -137,13 +137,17 @@ def subject_hash(
 # Characters a value may carry at either end without meaning anything: every Unicode space separator (U+00A0,
 # U+3000, ...), control character (tab, CR, ...) and format character (zero-width space, byte-order mark, ...).
 # F.trim removes only U+0020.
-EDGE_JUNK = r"[\p{Z}\p{Cc}\p{Cf}]+"
+EDGE_JUNK_CHARACTER = r"[\p{Z}\p{Cc}\p{Cf}]"
+EDGE_JUNK = EDGE_JUNK_CHARACTER + "+"
+# The trailing run is tried only where a run begins: tried at every character of a long inner run, each attempt
+# would scan to the run's end, in time quadratic in its length.
+_EDGE_RUNS = rf"\A{EDGE_JUNK}|(?<!{EDGE_JUNK_CHARACTER}){EDGE_JUNK_CHARACTER}++\z"
 
 
 def trimmed(text: Column | str) -> Column:
     """text without the spaces, control and format characters at either end (see EDGE_JUNK), as a string."""
     value = (F.col(text) if isinstance(text, str) else text).cast("string")
-    return F.regexp_replace(value, rf"\A{EDGE_JUNK}|{EDGE_JUNK}\z", "")
+    return F.regexp_replace(value, _EDGE_RUNS, "")
 
 
 def lookup(mapping: Mapping[str, object]) -> Column:

@@ -422,9 +422,10 @@ def standardize_address(df: DataFrame) -> DataFrame:
 
 
 def standardize_gender(df: DataFrame) -> DataFrame:
-    """F or M (or null) from the sources' many spellings."""
+    """F or M (or null) from the sources' many spellings. The full stop is sought only where a run of spaces
+    begins: sought at every space of a long run, it took time quadratic in the run's length."""
     mapping = lookup(GENDERS)
-    return df.withColumn("gender", mapping[F.regexp_replace(F.lower(trimmed("gender")), r"\s*\.$", "")])
+    return df.withColumn("gender", mapping[F.regexp_replace(F.lower(trimmed("gender")), r"(?<!\s)\s*\.$", "")])
 
 
 def pseudonymize(df: DataFrame, policy: PurposePolicy) -> DataFrame:

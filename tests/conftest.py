@@ -8,8 +8,10 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import yaml
@@ -40,6 +42,33 @@ def spark(tmp_path_factory: pytest.TempPathFactory) -> SparkSession:
     session = build_spark_session(TEST_SPARK, "idres-tests", checkpoint_dir=str(tmp_path_factory.mktemp("checkpoints")))
     yield session
     session.stop()
+
+
+T = TypeVar("T")
+
+
+def run_or_cancel(spark: SparkSession, action: Callable[[], T], seconds: float) -> T:
+    """action's result; the test fails, and its Spark jobs are cancelled, if it runs longer than seconds.
+    For a guard against a hang, with a bound far above the work's normal time: not a speed target."""
+    outcome: dict[str, Any] = {}
+
+    def guarded() -> None:
+        spark.sparkContext.setJobGroup("idres-test-guarded", "a test's guarded action", interruptOnCancel=True)
+        try:
+            outcome["value"] = action()
+        except BaseException as error:  # re-raised in the test's thread
+            outcome["error"] = error
+
+    worker = threading.Thread(target=guarded, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        spark.sparkContext.cancelJobGroup("idres-test-guarded")
+        worker.join(60)
+        pytest.fail(f"the action was still running after {seconds} s; its Spark jobs were cancelled")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
 
 
 def edited_conf(tmp_path: Path, file: str, *changes: tuple[tuple[str | int, ...], Any]) -> Path:

@@ -10,10 +10,10 @@ from chispa import assert_df_equality
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs import delta_io, ingest
+from jobs import canonical, delta_io, ingest
 from jobs.config import PipelineConfig, SourceConfig, load_config
 from jobs.errors import ConfigError, SourceSchemaError
-from tests.conftest import edited_conf
+from tests.conftest import edited_conf, run_or_cancel
 
 CSV_HEADER = ";".join(
     [
@@ -187,6 +187,14 @@ def test_values_lose_unicode_spaces_and_control_characters_at_both_ends(spark, c
         actual.schema,
     )
     assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
+
+
+def test_trimming_a_value_with_a_long_inner_run_of_spaces_keeps_the_run_and_does_not_hang(spark):
+    inner = " \u00a0\t" * 100_000  # about 50 s to trim when every inner character began a trailing-run attempt
+    values = [f"\u200bPop{inner}escu\r\n", f"Pop{inner}", f"{inner}escu", inner, "\u3000Ion Pop "]
+    df = spark.createDataFrame([(v,) for v in values], "value string")
+    cells = run_or_cancel(spark, lambda: df.select(canonical.trimmed("value").alias("value")).collect(), seconds=30)
+    assert [r["value"] for r in cells] == [f"Pop{inner}escu", "Pop", "escu", "", "Ion Pop"]
 
 
 def test_timestamps_without_an_offset_are_read_in_the_source_time_zone_and_land_in_utc(spark, cfg, tmp_path):

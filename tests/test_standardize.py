@@ -10,6 +10,7 @@ from pyspark.sql import functions as F
 
 from jobs import standardize
 from jobs.standardize import standardize_name
+from tests.conftest import run_or_cancel
 
 SOURCE_DEFAULT_COUNTRIES = {"ua_crm": "UA", "ro_shop": "RO", "eu_loyalty": "DE"}
 # Real names, each in Cyrillic and in several Latin conventions found in the sources.
@@ -302,6 +303,13 @@ def test_addresses_and_gender_are_normalized(spark):
         "street string, city string, postcode string, gender string",
     )
     assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
+
+
+def test_a_gender_with_a_long_inner_run_of_spaces_is_read_without_hanging(spark):
+    spaces = " " * 200_000  # about a minute when the full stop was sought from every space of the run
+    df = spark.createDataFrame([(f"m{spaces}x",), (f"m{spaces}.",), ("жін .",)], "gender string")
+    genders = run_or_cancel(spark, lambda: df.transform(standardize.standardize_gender).collect(), seconds=30)
+    assert [r["gender"] for r in genders] == [None, "M", "F"]
 
 
 def test_the_current_version_of_each_record_wins(spark):
