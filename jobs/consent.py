@@ -42,6 +42,7 @@ from jobs.ingest import (
     QUARANTINE_KEYS,
     REASON,
     SOURCE_FILE,
+    UNDECODABLE_LINE,
     badly_encoded,
     erasure_register,
     json_id_fields,
@@ -50,6 +51,7 @@ from jobs.ingest import (
     suppress_erased_named_records,
     suppress_erased_subjects,
     to_quarantine,
+    undecodable,
 )
 from jobs.runner import job_arg_parser, run_job
 from jobs.spark_session import size_stage_to_input
@@ -80,6 +82,8 @@ NAMED_ZONE = DATE_TIME + r"\s?[A-Za-z]"  # a date and time followed by a zone na
 RFC_3339_DATE_TIME = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$"
 REVOKING_STATUSES = ("withdrawn", "denied")  # a refusal needs no basis, and its optional times decide nothing
 REFUSAL_OPTIONAL = ("lawful_basis", "recorded_at", "expires_at")  # what a refusal may carry and never decides by
+# What a refusal is decided by, besides its time: the rest of its text is dropped when a byte of it is undecodable.
+REFUSAL_DECIDING_TEXT = ("source_record_id", "purpose", "status")
 STATUS_PRECEDENCE = {"withdrawn": 0, "denied": 1, "granted": 2}
 NONE_RECORDED = "none_recorded"  # the status of a purpose no event decided (a profile's permission)
 ALL_ATTRIBUTES = "*"
@@ -158,6 +162,7 @@ def map_consent_events(raw: DataFrame, source: SourceConfig) -> DataFrame:
         *mapped_strings(source.consent_feed.columns, CONSENT_FEED_COLUMNS),
         F.col(CORRUPT),
         F.col(SOURCE_FILE),
+        F.col(UNDECODABLE_LINE),
     )
 
 
@@ -181,21 +186,19 @@ def assign_consent_reasons(events: DataFrame, policy: PurposePolicy) -> DataFram
     A withdrawal or denial must take effect whenever its subject, purpose and time are sound: its lawful basis
     is not required (an invalid one is dropped), and an optional time it carries that cannot be read
     (recorded_at, expires_at) is dropped instead of discarding the refusal and leaving an earlier grant in force.
+    So is any other text it carries with an undecodable byte (its id, basis, collection method or notice
+    version; the id is then made from its content), and a byte elsewhere in its JSONL line (in a key it does
+    not need) is no reason to discard it either. A grant must be decodable throughout, its line included. A
+    status is read in any letter case.
     """
-    df = events
+    df = events.withColumn("status", F.lower("status"))
     for c in TIMESTAMP_FIELDS:
         df = df.withColumn(f"_raw_{c}", F.col(c)).withColumn(c, parse_event_time(F.col(c)))
     revokes = F.coalesce(_in("status", REVOKING_STATUSES), F.lit(False))
-    # The text fields checked for undecodable bytes: a refusal's basis decides nothing, so a mis-encoded one is
-    # dropped as an invalid one is, not the refusal with it.
-    text = F.concat_ws(
-        "\u0001",
-        *[
-            F.col(c)
-            for c in ("event_id", "source_record_id", "purpose", "status", "collection_method", "notice_version")
-        ],
-        F.when(~revokes, F.col("lawful_basis")),
-    )
+    carried = [c for c in CONSENT_FEED_COLUMNS if c not in (*REFUSAL_DECIDING_TEXT, *TIMESTAMP_FIELDS)]
+    text = F.concat_ws("\u0001", *REFUSAL_DECIDING_TEXT, *[F.when(~revokes, F.col(c)) for c in carried])
+    decided_by = [F.col(c).isNotNull() for c in ("source_record_id", "purpose", "event_time")]
+    line_unsound = F.col(UNDECODABLE_LINE) & (~revokes | ~reduce(lambda a, b: a & b, decided_by))
     valid_basis = F.coalesce(_in("lawful_basis", LAWFUL_BASES), F.lit(False))
     unreadable = {c: F.col(f"_raw_{c}").isNotNull() & F.col(c).isNull() for c in TIMESTAMP_FIELDS}
     unzoned = {c: F.col(f"_raw_{c}").isNotNull() & ~F.col(f"_raw_{c}").rlike(ZONED_DATE_TIME) for c in TIMESTAMP_FIELDS}
@@ -204,21 +207,25 @@ def assign_consent_reasons(events: DataFrame, policy: PurposePolicy) -> DataFram
     bad_time = reduce(lambda a, b: a | b, [checked[c] & unreadable[c] for c in TIMESTAMP_FIELDS])
     no_zone = reduce(lambda a, b: a | b, [checked[c] & unzoned[c] for c in TIMESTAMP_FIELDS])
     reason = (
-        F.when(badly_encoded(text), F.lit(BAD_ENCODING))
+        F.when(badly_encoded(text) | line_unsound, F.lit(BAD_ENCODING))
         .when(F.col(CORRUPT).isNotNull(), F.lit(MALFORMED_RECORD))
         .when(F.col("source_record_id").isNull(), F.lit(MISSING_SUBJECT))
         .when(~F.coalesce(_in("purpose", policy.purposes), F.lit(False)), F.lit(UNKNOWN_PURPOSE))
-        .when(~revokes & ~valid_basis, F.lit(INVALID_LAWFUL_BASIS))
         .when(~F.coalesce(_in("status", CONSENT_STATUSES), F.lit(False)), F.lit(INVALID_STATUS))
+        .when(~revokes & ~valid_basis, F.lit(INVALID_LAWFUL_BASIS))
         .when(F.col("_raw_event_time").isNull() | bad_time, F.lit(UNPARSEABLE_TIMESTAMP))
         .when(no_zone, F.lit(TIMESTAMP_WITHOUT_ZONE))
     )
-    content = F.struct(*[F.col(c) for c in (*SUBJECT, *EVENT_CONTENT)])
-    df = df.withColumn(REASON, reason).withColumn(
-        "event_id", F.coalesce(F.col("event_id"), F.concat(F.lit("h:"), F.sha2(F.to_json(content, EXACT_JSON), 256)))
-    )
+    df = df.withColumn(REASON, reason)
     kept = F.col(REASON).isNull() & revokes  # a refusal that lands without what it cannot carry
-    df = df.withColumn("lawful_basis", F.when(kept & ~valid_basis, None).otherwise(F.col("lawful_basis")))
+    dropped = {c: kept & undecodable(F.col(c)) for c in carried}
+    dropped["lawful_basis"] = kept & ~valid_basis
+    content = F.struct(*[F.col(c) for c in (*SUBJECT, *EVENT_CONTENT)])
+    given_id = F.when(~dropped["event_id"], F.col("event_id"))
+    df = df.withColumn(
+        "event_id", F.coalesce(given_id, F.concat(F.lit("h:"), F.sha2(F.to_json(content, EXACT_JSON), 256)))
+    )
+    df = df.withColumns({c: F.when(dropped[c], None).otherwise(F.col(c)) for c in carried if c != "event_id"})
     for c in optional:
         df = df.withColumn(c, F.when(kept & (unreadable[c] | unzoned[c]), None).otherwise(F.col(c)))
     # One event id carrying two different events cannot be trusted; exact replays are the same event, and so are
@@ -474,6 +481,7 @@ def land_consent_events(
             s.consent_feed.format,
             s.consent_feed.columns.values(),
             id_column=s.consent_feed.columns.get("source_record_id"),
+            undecodable_lines_whole=False,
         )
         .transform(map_consent_events, s)
         .transform(assign_consent_reasons, cfg.policy)

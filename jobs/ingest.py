@@ -46,6 +46,7 @@ log = logging.getLogger("idres.ingest")
 
 CORRUPT = "_corrupt_record"
 SOURCE_FILE = "_source_file"
+UNDECODABLE_LINE = "_undecodable_line"  # a feed line held a byte its encoding could not decode (JSONL only)
 REASON = "quarantine_reason"
 QUARANTINE_KEYS = ("source_system", "raw_hash", "reason")  # a quarantined line, in either quarantine table
 
@@ -60,6 +61,18 @@ IMPLAUSIBLE_DATE = "implausible_date"
 INVALID_TYPE = "invalid_type"
 DUPLICATE_SOURCE_ID = "duplicate_source_id"
 ERASED_SUBJECT = "erased_subject"  # in the erasure register: never landed again, and its values not kept
+
+# A JSON escape of half a surrogate pair (`\ud83d` with no low half after it, or a low half alone), after an even
+# run of backslashes (group 1): it escapes no character, and Spark would land a `?` for it. A low half counts as
+# paired only after a high-half escape that is one itself (at most 128 backslashes before it are weighed); that
+# look back is tried only after a low half, as Java tries each of its lengths at every character.
+_HIGH_SURROGATE_ESCAPE = r"\\u[dD][89abAB][0-9a-fA-F]{2}"
+_LOW_SURROGATE_ESCAPE = r"\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+SURROGATE_ESCAPE = r"\\u[dD][89a-fA-F]"  # either half, paired or not: the lines the full pattern is run on
+LONE_SURROGATE_ESCAPE = (
+    rf"(?<!\\)((?:\\\\)*+)(?:{_HIGH_SURROGATE_ESCAPE}(?!{_LOW_SURROGATE_ESCAPE})"
+    rf"|{_LOW_SURROGATE_ESCAPE}(?<!(?:^|[^\\])(?:\\\\){{0,64}}{_HIGH_SURROGATE_ESCAPE}{_LOW_SURROGATE_ESCAPE}))"
+)
 
 
 @dataclass
@@ -92,11 +105,15 @@ def read_feed(
     encoding: str = "UTF-8",
     delimiter: str = ",",
     id_column: str | None = None,
+    undecodable_lines_whole: bool = True,
 ) -> DataFrame:
-    """A feed's rows with the named columns as strings, plus the corrupt-row and source-file columns.
+    """A feed's rows with the named columns as strings, plus the corrupt-row, source-file and UNDECODABLE_LINE
+    columns.
 
     encoding and delimiter apply to csv; jsonl is UTF-8 (RFC 8259), which the config loader checks. id_column,
-    the column holding the source record id, is recovered from a malformed JSONL line where it can be.
+    the column holding the source record id, is recovered from a malformed JSONL line where it can be. A JSONL
+    line with an undecodable byte is held whole as a corrupt record, unless undecodable_lines_whole is False
+    (see json_lines); a CSV or Parquet row's bytes are in its values, where the reader checks them.
     Fails before anything is written when the file is missing or lacks one of the columns.
     """
     require_file(name, path)
@@ -115,21 +132,25 @@ def read_feed(
         header = spark.read.options(**options).csv(location).columns
         schema = T.StructType([T.StructField(c, T.StringType()) for c in header] + [corrupt])
         raw = spark.read.schema(schema).options(**options, mode="PERMISSIVE", columnNameOfCorruptRecord=CORRUPT)
-        raw = raw.csv(location).select("*", source_file)
+        raw = raw.csv(location).select("*", source_file, F.lit(False).alias(UNDECODABLE_LINE))
     elif fmt == "jsonl":
         schema = T.StructType([T.StructField(c, T.StringType()) for c in columns] + [corrupt])
         # JSON Lines ends a record at LF only: a CR is whitespace inside a record (and CRLF's is trailing).
         lines = spark.read.option("lineSep", "\n").text(location)
-        raw = json_lines(lines.select("value", source_file), schema, id_column)
+        raw = json_lines(lines.select("value", source_file), schema, id_column, undecodable_lines_whole)
     else:
-        raw = spark.read.parquet(location).select("*", F.lit(None).cast("string").alias(CORRUPT), source_file)
+        raw = spark.read.parquet(location).select(
+            "*", F.lit(None).cast("string").alias(CORRUPT), source_file, F.lit(False).alias(UNDECODABLE_LINE)
+        )
     missing = sorted(set(columns) - set(raw.columns))
     if missing:
         raise SourceSchemaError(name, f"mapped column(s) missing from the file: {', '.join(missing)}")
     return raw
 
 
-def json_lines(lines: DataFrame, schema: T.StructType, id_field: str | None = None) -> DataFrame:
+def json_lines(
+    lines: DataFrame, schema: T.StructType, id_field: str | None = None, undecodable_whole: bool = True
+) -> DataFrame:
     """One record per non-blank line of a JSONL extract (`value`), parsed with schema; a line that holds
     anything but one JSON object keeps its text in the schema's corrupt-record column, every other field null
     but id_field, the record's id as a lenient reader finds it (single quotes, the first of two objects), so the
@@ -139,18 +160,25 @@ def json_lines(lines: DataFrame, schema: T.StructType, id_field: str | None = No
     Spark's JSON reader would turn a line holding an array of objects into several records, and one holding
     an empty array into none; parsing line by line keeps read = lines. A UTF-8 byte-order mark is dropped.
     Single-quoted pseudo-JSON (a Python dict's repr) is no JSON, so it is corrupt too, and so is an object that
-    holds a key twice, or a line with a byte UTF-8 cannot decode.
+    holds a key twice, or a line with a byte UTF-8 cannot decode (unless undecodable_whole is False: then such
+    a line is parsed, for its reader to judge field by field). An escape of half a surrogate pair is read as
+    such a byte: U+FFFD takes its place. UNDECODABLE_LINE says which lines had such a byte.
     """
     options = {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT, "allowSingleQuotes": "false"}
     text = F.col("_text")
     corrupt = F.struct(*[(text if f.name == CORRUPT else F.lit(None)).cast(f.dataType).alias(f.name) for f in schema])
     # A line with an undecodable byte is held whole, also when the byte is in a key: the value it keys would
     # otherwise land as null, unseen (badly_encoded then quarantines it as bad_encoding).
-    whole = single_json_value(text) & repeats_no_key(text) & ~text.contains("\ufffd")
+    whole = single_json_value(text) & repeats_no_key(text)
+    if undecodable_whole:
+        whole = whole & ~F.col(UNDECODABLE_LINE)
     record = F.when(whole, F.from_json(text, schema, options)).otherwise(corrupt)
+    lone_halves_marked = F.regexp_replace(text, LONE_SURROGATE_ESCAPE, "$1\ufffd")
     parsed = (
         lines.where(F.col("value").rlike(r"\S"))
         .withColumn("_text", F.regexp_replace("value", "^\ufeff", ""))
+        .withColumn("_text", F.when(text.rlike(SURROGATE_ESCAPE), lone_halves_marked).otherwise(text))
+        .withColumn(UNDECODABLE_LINE, text.contains("\ufffd"))
         .withColumn("_record", record)
     )
     if id_field is not None and re.fullmatch(r"\w+", id_field):  # a JSON path of one plain name
@@ -160,7 +188,7 @@ def json_lines(lines: DataFrame, schema: T.StructType, id_field: str | None = No
         parsed = parsed.withColumn(
             "_record", parsed_record.withField(id_field, F.coalesce(parsed_record[id_field], lenient_id))
         )
-    return parsed.select("_record.*", *(c for c in lines.columns if c != "value"))
+    return parsed.select("_record.*", *(c for c in lines.columns if c != "value"), UNDECODABLE_LINE)
 
 
 def named_record_ids(text: Column, id_field: str) -> Column:
@@ -586,8 +614,12 @@ def badly_encoded(text: Column) -> Column:
     """True for a row whose raw record (the parser's corrupt-record text, else `text`) holds bytes its encoding
     could not decode: U+FFFD from a CSV or JSON decoder, or the invalid UTF-8 a Parquet string column may carry
     as it is (which pandas and Arrow consumers reject)."""
-    raw = F.coalesce(F.col(CORRUPT), text)
-    return raw.contains("\ufffd") | ~F.is_valid_utf8(raw)
+    return undecodable(F.coalesce(F.col(CORRUPT), text))
+
+
+def undecodable(text: Column) -> Column:
+    """True when text holds U+FFFD (a decoder's stand-in for bytes it could not decode) or invalid UTF-8."""
+    return text.contains("\ufffd") | ~F.is_valid_utf8(text)
 
 
 def assign_quarantine_reasons(mapped: DataFrame, source: SourceConfig) -> DataFrame:

@@ -123,7 +123,7 @@ def test_one_event_id_with_two_contents_is_a_conflict_and_replays_are_one_event(
 
     def mapped(event_id, status, subject="UA-1"):
         feed = (subject, "profile_unification", "consent", status, "2025-01-01T10:00:00Z", None, "web", "v1", None)
-        return ("ua_crm", "UA", *feed, event_id, None, "feed.jsonl")
+        return ("ua_crm", "UA", *feed, event_id, None, "feed.jsonl", False)
 
     columns = ", ".join(f"{c} string" for c in ("source_system", "region", *CONSENT_FEED_COLUMNS))
     events = spark.createDataFrame(
@@ -138,7 +138,7 @@ def test_one_event_id_with_two_contents_is_a_conflict_and_replays_are_one_event(
             mapped(None, "granted", "UA-7"),  # a replay without an id
             mapped(None, "denied", "UA-7"),
         ],
-        f"{columns}, {ingest.CORRUPT} string, {ingest.SOURCE_FILE} string",
+        f"{columns}, {ingest.CORRUPT} string, {ingest.SOURCE_FILE} string, {ingest.UNDECODABLE_LINE} boolean",
     )
 
     reasons = consent.assign_consent_reasons(events, cfg.policy).select(
@@ -184,10 +184,11 @@ def mapped_events(spark, rows):
                 eid,
                 None,
                 "f",
+                False,
             )
             for who, basis, status, at, recorded, expires, eid in rows
         ],
-        f"{columns}, {ingest.CORRUPT} string, {ingest.SOURCE_FILE} string",
+        f"{columns}, {ingest.CORRUPT} string, {ingest.SOURCE_FILE} string, {ingest.UNDECODABLE_LINE} boolean",
     )
 
 
@@ -306,6 +307,68 @@ def test_a_refusal_lands_without_a_basis_or_an_unreadable_optional_time_and_wins
     assert_df_equality(decided, expected, ignore_row_order=True, ignore_nullable=True)
 
 
+def test_a_refusal_in_a_jsonl_feed_with_an_undecodable_byte_outside_what_decides_it_lands_and_wins(
+    spark, cfg, tmp_path
+):
+    """A withdrawal quarantined for a bad byte in its notice version, or in a key it does not need, left the
+    earlier grant in force. What it is decided by must be sound; a grant must be sound throughout."""
+
+    def line(subject, status, eid, **changes):
+        fields = {"event_id": eid, "subject_id": subject, "purpose": "profile_unification", "status": status}
+        fields |= {"lawful_basis": "consent", "event_time": "2025-06-01T10:00:00Z", "notice_version": "v1"}
+        text = json.dumps({k: v for k, v in (fields | changes).items() if v is not None}, ensure_ascii=False)
+        return text.encode().replace(b"@", b"\xe9").replace(b"^", b"\\ud83d")  # a Latin-1 byte; half an emoji
+
+    grants = [line(f"UA-{n}", "granted", f"g{n}", event_time="2025-01-01T10:00:00Z") for n in range(1, 9)]
+    lines = [
+        *grants,
+        line("UA-1", "withdrawn", "w1", lawful_basis="cons@nt"),
+        line("UA-2", "withdrawn", "w2", notice_version="v@1"),
+        line("UA-3", "withdrawn", "w3", **{"comm@nt": "x"}),  # a key the feed does not map
+        line("UA-4", "withdrawn", "w@4"),  # its id: the refusal lands under one made from its content
+        line("UA-5", "withdrawn", "w5", purpose="profile_unific@tion"),
+        line("UA-6", "withdrawn", "w6", notice_version="v^"),
+        line("UA-7", "Withdrawn", "w7"),  # a status in another letter case
+        line(None, "withdrawn", "w8", **{"subject_@id": "UA-8"}),  # the subject's key
+        line("UA-9", "granted", "g9", **{"comm@nt": "x"}),
+        line("UA-9", "granted", "g9b", notice_version="v^"),
+    ]
+    path = tmp_path / "consent_events.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    source = cfg.source("ua_crm")
+    source = dataclasses.replace(source, consent_feed=dataclasses.replace(source.consent_feed, path=path))
+    feed = source.consent_feed
+    raw = ingest.read_feed(
+        spark, "feed", path, "jsonl", feed.columns.values(), id_column="subject_id", undecodable_lines_whole=False
+    )
+    events = consent.assign_consent_reasons(consent.map_consent_events(raw, source), cfg.policy)
+    refusals = events.where("event_id not like 'g%'")
+    actual = refusals.select("source_record_id", "status", "lawful_basis", "notice_version", ingest.REASON)
+    expected = spark.createDataFrame(
+        [
+            ("UA-1", "withdrawn", None, "v1", None),
+            ("UA-2", "withdrawn", "consent", None, None),
+            ("UA-3", "withdrawn", "consent", "v1", None),
+            ("UA-4", "withdrawn", "consent", "v1", None),
+            ("UA-5", "withdrawn", "consent", "v1", "bad_encoding"),
+            ("UA-6", "withdrawn", "consent", None, None),
+            ("UA-7", "withdrawn", "consent", "v1", None),
+            (None, "withdrawn", "consent", "v1", "bad_encoding"),
+        ],
+        actual.schema,
+    )
+    assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
+    assert refusals.where("source_record_id = 'UA-4'").first()["event_id"].startswith("h:")
+    assert [r[ingest.REASON] for r in events.where("source_record_id = 'UA-9'").collect()] == ["bad_encoding"] * 2
+
+    landed = events.where(F.col(ingest.REASON).isNull())
+    decided = consent.effective_consent(landed, ts("2026-01-01")).select("source_record_id", "effective_status")
+    expected = spark.createDataFrame(
+        [(f"UA-{n}", "granted" if n in (5, 8) else "withdrawn") for n in range(1, 9)], decided.schema
+    )
+    assert_df_equality(decided, expected, ignore_row_order=True, ignore_nullable=True)
+
+
 def test_copies_of_a_refusal_differing_only_in_what_it_never_decides_by_are_one_event_also_on_a_rerun(spark, cfg):
     """Compared as they land: a copy's invalid basis or unzoned recorded_at is dropped from a refusal, so copies
     differing only there were quarantined as conflicting (the withdrawal lost) or landed one arbitrary copy that
@@ -394,7 +457,12 @@ def test_instants_of_a_typed_feed_keep_their_zone(spark, cfg):
         ],
         "event_id string, subject_id string, purpose string, lawful_basis string, status string, "
         "event_time timestamp, recorded_at timestamp, method string, notice_version string, expires_at timestamp",
-    ).select("*", F.lit(None).cast("string").alias(ingest.CORRUPT), F.lit("f").alias(ingest.SOURCE_FILE))
+    ).select(
+        "*",
+        F.lit(None).cast("string").alias(ingest.CORRUPT),
+        F.lit("f").alias(ingest.SOURCE_FILE),
+        F.lit(False).alias(ingest.UNDECODABLE_LINE),
+    )
     events = consent.assign_consent_reasons(consent.map_consent_events(raw, source), cfg.policy)
     actual = events.select("source_record_id", "event_time", "recorded_at", ingest.REASON)
     expected = spark.createDataFrame([("UA-1", ts("2025-01-01"), ts("2025-01-01"), None)], actual.schema)

@@ -316,6 +316,35 @@ def test_a_jsonl_line_holding_anything_but_one_json_object_is_quarantined_whole(
     assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
 
 
+def test_a_jsonl_escape_of_half_a_surrogate_pair_quarantines_its_line_as_bad_encoding(spark, cfg, tmp_path):
+    lines = [
+        r'{"id_client": "R1", "nume": "Pop\ud83d"}',  # a high half alone: Spark landed "Pop?"
+        r'{"id_client": "R2", "nume": "Pop\ud83d\ude00"}',  # a pair: one emoji
+        r'{"id_client": "R3", "nume": "Pop\\ud83d"}',  # an escaped backslash, then plain text
+        r'{"id_client": "R4", "nume": "Pop\\\ud83d"}',  # an escaped backslash, then a high half alone
+        r'{"id_client": "R5", "n\udc00ume": "Pop"}',  # a low half alone, in a key
+        r'{"id_client": "R6", "nume": "Pop\\ud83d\ude00"}',  # plain text, then a low half alone
+        r'{"id_client": "R7", "nume": "\uD83D\uDE00 Pop"}',  # a pair, in upper case
+    ]
+    path = tmp_path / "customers.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    source = dataclasses.replace(cfg.source("ro_shop"), path=path)
+    actual = validated_rows(spark, source).select("source_record_id", "last_name", ingest.REASON)
+    expected = spark.createDataFrame(
+        [
+            ("R1", None, "bad_encoding"),
+            ("R2", "Pop\U0001f600", None),
+            ("R3", "Pop\\ud83d", None),
+            ("R4", None, "bad_encoding"),
+            ("R5", None, "bad_encoding"),
+            ("R6", None, "bad_encoding"),
+            ("R7", "\U0001f600 Pop", None),
+        ],
+        actual.schema,
+    )
+    assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
+
+
 def test_named_record_ids_are_the_values_a_line_gives_the_id_key(spark):
     """A line that gives the id key several values joins several records (an exporter's error); a value that
     only contains the key's name, or a longer key, names none."""
