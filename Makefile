@@ -42,7 +42,7 @@ help:
 	@echo "make bench-scale [SIZES=10000,100000,1000000]   end-to-end time, memory and F1 by size vs bare Splink"
 
 check-java:
-	@v=$$(java -version 2>&1 | awk -F'"' '/version/ {print $$2; exit}'); \
+	@v=$$( { java -version 2>&1 || true; } | awk -F'"' '/version/ {print $$2; exit}'); \
 	major=$${v%%.*}; \
 	if [ -z "$$v" ] || [ "$$major" -lt 17 ] 2>/dev/null || [ -z "$$major" ]; then \
 	  echo "ERROR: Java 17 or newer is required for Spark (found: $${v:-none}). Install a JDK 17+ and put java on PATH." >&2; \
