@@ -14,8 +14,12 @@ def replace_durably(draft: Path, path: Path) -> Path:
     return path
 
 
-def write_whole(path: Path, text: str) -> Path:
-    """Write text (UTF-8) to path through a hidden draft beside it (replace_durably)."""
+def write_whole(path: Path, text: str, private: bool = False) -> Path:
+    """Write text (UTF-8) to path through a hidden draft beside it (replace_durably); private: readable by its
+    owner only, from the draft's first byte."""
     draft = path.with_name(f".{path.name}.draft")
-    draft.write_text(text, encoding="utf-8")
+    draft.unlink(missing_ok=True)  # a killed writer's: created anew, so it takes the mode asked for
+    descriptor = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if private else 0o666)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as written:
+        written.write(text)
     return replace_durably(draft, path)

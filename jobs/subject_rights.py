@@ -47,6 +47,7 @@ from jobs import delta_io, publication, quality_gate, resolve, unify
 from jobs.canonical import SUBJECT, subject_hash
 from jobs.config import PipelineConfig, TablePaths
 from jobs.errors import IdresError
+from jobs.files import write_whole
 from jobs.ingest import QUARANTINE_KEYS, json_id_fields, named_by_source
 from jobs.runner import INCIDENTS_DIR, job_arg_parser, run_job
 
@@ -526,6 +527,9 @@ def erase_subject(
     job = {"run_id": run_id, "job": JOB}
     evidence = distinguishing_values(spark, cfg, subject, run_id)
     if not evidence and (erased_by := _erased_before(spark, t, subject, run_id)):
+        # Its earlier access exports are found by record id, with no value to hand: removed before giving up.
+        if removed := _remove_exports_of(exports, [r["record_id"] for r in subject.records.collect()], ()):
+            log.info("erasure %s: removed %d access export(s) of the subject erased before", run_id, removed)
         unfinished = [r for r in erased_by if certificate_of_run(cfg, r) is None]
         if run_id in unfinished:  # this run's own earlier attempt, whose history a later erasure purged
             advice = (
@@ -548,7 +552,7 @@ def erase_subject(
     )
     claim = _request_claim(cfg, run_id)  # before the first change: another request under this run id is refused
     claim.parent.mkdir(exist_ok=True)
-    claim.write_text(request, encoding="utf-8")
+    write_whole(claim, request)
     delta_io.merge_delta(register, t.erasure_register, keys=("subject_hash",), **job)
 
     erased_from = [*RECORD_TABLES, "pairwise_matches"]
@@ -629,7 +633,7 @@ def erase_subject(
     }
     pending = _pending_erasure(cfg, run_id)
     pending.parent.mkdir(exist_ok=True)
-    pending.write_text(json.dumps(certificate, sort_keys=True), encoding="utf-8")
+    write_whole(pending, json.dumps(certificate, sort_keys=True))
     return purge_erased_history(cfg, certificate, evidence)
 
 
@@ -695,8 +699,9 @@ def finish_pending_erasures(cfg: PipelineConfig) -> dict[str, Path]:
 
 
 def write_report(cfg: PipelineConfig, kind: str, reference: str, content: dict[str, Any]) -> Path:
-    """Write content as <reports>/subject_requests/<kind>-<subject ref>-<UTC time>.json; a certificate is sealed
-    with the SHA-256 of its own content."""
+    """Write content as <reports>/subject_requests/<kind>-<subject ref>-<UTC time>.json, whole (jobs.files); a
+    certificate is sealed with the SHA-256 of its own content, and an access export, a dossier of personal data,
+    is readable by its owner only."""
     folder = cfg.reports / REQUESTS_DIR
     folder.mkdir(parents=True, exist_ok=True)
     body = json.dumps(content, default=str, ensure_ascii=False, indent=2, sort_keys=True)
@@ -705,8 +710,7 @@ def write_report(cfg: PipelineConfig, kind: str, reference: str, content: dict[s
         body = json.dumps(content, default=str, ensure_ascii=False, indent=2, sort_keys=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     path = folder / f"{kind}-{reference[:16]}-{stamp}.json"
-    path.write_text(body + "\n", encoding="utf-8")
-    return path
+    return write_whole(path, body + "\n", private=kind == "export")
 
 
 def run(

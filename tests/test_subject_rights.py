@@ -438,15 +438,19 @@ def test_a_retry_whose_history_a_later_erasure_purged_says_what_is_left_to_check
     spark, pristine, tmp_path, monkeypatch
 ):
     cfg = copy_lakehouse(pristine, tmp_path)
+    export = subject_rights.run(spark, cfg, run_id="sr-x", action="export", record=["ua_crm:UA-9"])
+    assert export.stat().st_mode & 0o777 == 0o600  # a dossier of personal data: its owner's alone
 
     with monkeypatch.context() as patched:
         patched.setattr(subject_rights.resolve, "run", dies_after_the_deletions)
         with pytest.raises(RuntimeError, match="injected"):
             subject_rights.run(spark, cfg, run_id="sr-a", action="erase", record=["ua_crm:UA-9"])
     subject_rights.run(spark, cfg, run_id="sr-b", action="erase", record=["ua_crm:UA-1"])  # purges every history
+    assert export.exists()  # sr-b looked for its own subject's values only
 
     with pytest.raises(IdresError, match=r"erased by run sr-a\).*check the files this run's failed attempt named"):
         subject_rights.run(spark, cfg, run_id="sr-a", action="erase", record=["ua_crm:UA-9"])
+    assert not export.exists()  # found by its record id, with no value left to look for
 
 
 def test_an_erasure_killed_while_purging_history_is_finished_by_its_retry(spark, pristine, tmp_path, monkeypatch):
