@@ -44,32 +44,64 @@ def applied_cutoff(consent_runs: DataFrame) -> DataFrame:
     return latest_run(consent_runs, "landed_at").agg(F.max(applied).alias("_cutoff"))
 
 
+def deciding_events(events: DataFrame, keys: Sequence[str]) -> tuple[DataFrame, DataFrame]:
+    """Of events (ledger rows with `_cutoff`, the cutoff the last consent run applied), per keys: those at or
+    before the cutoff, with `_live` (not a lapsed grant) and `_latest` (the time of the latest live event, of the
+    latest lapsed grant when all lapsed), and the events that may decide: at `_latest`, of the strongest status (a
+    withdrawal before a denial before a grant), then the latest recorded (one with no recorded_at last), as
+    effective consent orders them."""
+    by_key = Window.partitionBy(*keys)
+    timed = (
+        events.where(F.col("event_time") <= F.col("_cutoff"))
+        .withColumn("_live", ~lapsed_grant(F.col("_cutoff")))
+        .withColumn("_may_decide", F.col("_live") | ~F.max("_live").over(by_key))
+        .withColumn("_latest", F.max(F.when(F.col("_may_decide"), F.col("event_time"))).over(by_key))
+    )
+    recorded_late_first = F.coalesce(-F.unix_micros("recorded_at"), F.lit(2**62))
+    precedence = F.struct(lookup(STATUS_PRECEDENCE)[F.col("status")].alias("status"), recorded_late_first.alias("r"))
+    deciding = (
+        timed.where(F.col("_may_decide") & (F.col("event_time") == F.col("_latest")))
+        .withColumn("_precedence", precedence)
+        .withColumn("_first", F.min("_precedence").over(by_key))
+        .where(F.col("_precedence") == F.col("_first"))
+    )
+    return timed, deciding
+
+
 def with_unification_in_force(
     admitted: DataFrame, ledger: DataFrame, consent_runs: DataFrame, policy: PurposePolicy
 ) -> DataFrame:
-    """Admitted records' keys plus `unification_in_force`: the ledger holds the record's unification event (source
-    system + event id), for this subject and the unification purpose, granted on a basis the policy accepts for
-    it, and not expired (`expires_at` null or after the cutoff the last consent run applied)."""
-    events = ledger.where(F.col("purpose") == policy.unification_purpose).select(
-        "source_system",
-        F.col("event_id").alias("unification_event_id"),
-        F.col("source_record_id").alias("_event_subject"),
-        "status",
-        "lawful_basis",
-        "expires_at",
+    """Admitted records' keys plus `unification_in_force`: the record's unification event (source system + event
+    id) is one the ledger holds for this subject and the unification purpose that may decide it at the cutoff the
+    last consent run applied (see deciding_events: no later event, such as a withdrawal, overrides it), and it is
+    granted on a basis the policy accepts for the purpose and not expired (`expires_at` null or after the cutoff)."""
+    events = (
+        ledger.where(F.col("purpose") == policy.unification_purpose)
+        .select(*SUBJECT, "event_id", "status", "lawful_basis", "event_time", "recorded_at", "expires_at")
+        .crossJoin(F.broadcast(applied_cutoff(consent_runs)))
     )
+    _, deciding = deciding_events(events, SUBJECT)
     bases = list(policy.purpose_bases[policy.unification_purpose])
     in_force = (
-        (F.col("_event_subject") == F.col("source_record_id"))
-        & (F.col("status") == "granted")
+        (F.col("status") == "granted")
         & F.col("lawful_basis").isin(*bases)
         & F.col("_cutoff").isNotNull()
         & ~lapsed_grant(F.col("_cutoff"))
     )
     return (
         admitted.select(*SUBJECT, "unification_event_id")
-        .join(events, ["source_system", "unification_event_id"], "left")
-        .crossJoin(F.broadcast(applied_cutoff(consent_runs)))
+        .join(
+            deciding.select(
+                *SUBJECT,
+                F.col("event_id").alias("unification_event_id"),
+                "status",
+                "lawful_basis",
+                "expires_at",
+                "_cutoff",
+            ),
+            [*SUBJECT, "unification_event_id"],
+            "left",
+        )
         .select(*SUBJECT, holds(in_force).alias("unification_in_force"))
     )
 
@@ -86,7 +118,6 @@ def with_permission_checks(
       the strongest status: a withdrawal before a denial before a grant, then the latest recorded), and the
       row's status and basis are that event's (`expired` for a lapsed grant); with no event, the status is
       none_recorded and no event is named."""
-    by_purpose = Window.partitionBy("profile_id", "purpose")
     events = (
         sources.select("profile_id", *SUBJECT)
         .join(
@@ -96,29 +127,17 @@ def with_permission_checks(
             list(SUBJECT),
         )
         .crossJoin(F.broadcast(applied_cutoff(consent_runs)))
-        .where(F.col("event_time") <= F.col("_cutoff"))
-        .withColumn("_live", ~lapsed_grant(F.col("_cutoff")))
-        .withColumn("_may_decide", F.col("_live") | ~F.max("_live").over(by_purpose))
-        .withColumn("_latest", F.max(F.when(F.col("_may_decide"), F.col("event_time"))).over(by_purpose))
     )
-    latest = events.select("profile_id", "purpose", "_latest").distinct()
-    # Of the strongest status, then the latest recorded (one with no recorded_at last), as effective consent orders.
-    recorded_late_first = F.coalesce(-F.unix_micros("recorded_at"), F.lit(2**62))
-    precedence = F.struct(lookup(STATUS_PRECEDENCE)[F.col("status")].alias("status"), recorded_late_first.alias("r"))
-    deciding = (
-        events.where(F.col("_may_decide") & (F.col("event_time") == F.col("_latest")))
-        .withColumn("_precedence", precedence)
-        .withColumn("_first", F.min("_precedence").over(by_purpose))
-        .where(F.col("_precedence") == F.col("_first"))
-        .select(
-            "profile_id",
-            "purpose",
-            F.col("source_system").alias("deciding_source_system"),
-            F.col("source_record_id").alias("deciding_source_record_id"),
-            F.col("event_id").alias("deciding_event_id"),
-            F.when(~F.col("_live"), F.lit("expired")).otherwise(F.col("status")).alias("_event_status"),
-            F.col("lawful_basis").alias("_event_basis"),
-        )
+    timed, deciding = deciding_events(events, ("profile_id", "purpose"))
+    latest = timed.select("profile_id", "purpose", "_latest").distinct()
+    deciding = deciding.select(
+        "profile_id",
+        "purpose",
+        F.col("source_system").alias("deciding_source_system"),
+        F.col("source_record_id").alias("deciding_source_record_id"),
+        F.col("event_id").alias("deciding_event_id"),
+        F.when(~F.col("_live"), F.lit("expired")).otherwise(F.col("status")).alias("_event_status"),
+        F.col("lawful_basis").alias("_event_basis"),
     )
     granted = holds(
         (F.col("status") == "granted")
@@ -202,8 +221,8 @@ def checks(inputs: QualityInputs) -> list[TableCheck]:
             equal_columns(
                 "admitted_rows",
                 "admitted_in_force",
-                "every admitted record's unification grant is in the ledger, on an accepted basis, "
-                "and unexpired at the run's cutoff",
+                "every admitted record's unification grant is in the ledger, the event deciding it at the run's "
+                "cutoff, on an accepted basis, and unexpired",
             ),
         ],
     )

@@ -454,21 +454,47 @@ def timestamps(df, *columns: str):
 def test_every_admitted_record_needs_a_ledger_grant_in_force_at_the_runs_cutoff(spark, cfg):
     ledger = spark.createDataFrame(
         [
-            ("s", "e1", "r1", "profile_unification", "granted", "consent", None),  # open-ended
-            ("s", "e2", "r2", "profile_unification", "granted", "contract", "2026-12-01 00:00:00"),  # after the cutoff
-            ("s", "e3", "r3", "profile_unification", "granted", "consent", "2026-10-01 00:00:00"),  # expired
-            ("s", "e4", "r4", "profile_unification", "withdrawn", "consent", None),
-            ("s", "e5", "r5", "profile_unification", "granted", "legitimate_interest", None),  # not accepted
-            ("s", "e6", "r6", "marketing_email", "granted", "consent", None),  # another purpose
-            ("s", "e7", "rX", "profile_unification", "granted", "consent", None),  # another subject's
-            ("s", "e9", "r9", "profile_unification", "granted", "consent", "2026-11-01 00:00:00"),  # at the cutoff
+            ("s", "e1", "r1", "profile_unification", "granted", "consent", None, None),  # open-ended
+            (
+                "s",
+                "e2",
+                "r2",
+                "profile_unification",
+                "granted",
+                "contract",
+                "2026-12-01 00:00:00",
+                None,
+            ),  # after the cutoff
+            ("s", "e3", "r3", "profile_unification", "granted", "consent", "2026-10-01 00:00:00", None),  # expired
+            ("s", "e4", "r4", "profile_unification", "withdrawn", "consent", None, None),
+            ("s", "e5", "r5", "profile_unification", "granted", "legitimate_interest", None, None),  # not accepted
+            ("s", "e6", "r6", "marketing_email", "granted", "consent", None, None),  # another purpose
+            ("s", "e7", "rX", "profile_unification", "granted", "consent", None, None),  # another subject's
+            (
+                "s",
+                "e9",
+                "r9",
+                "profile_unification",
+                "granted",
+                "consent",
+                "2026-11-01 00:00:00",
+                None,
+            ),  # at the cutoff
+            # a grant a later withdrawal, or a later grant, overrides at the cutoff
+            ("s", "e10", "r10", "profile_unification", "granted", "consent", None, None),
+            ("s", "w10", "r10", "profile_unification", "withdrawn", None, None, "2026-06-01 00:00:00"),
+            ("s", "e11", "r11", "profile_unification", "granted", "consent", None, None),
+            ("s", "g11", "r11", "profile_unification", "granted", "consent", None, "2026-06-01 00:00:00"),
+            # a withdrawal after the cutoff does not
+            ("s", "e12", "r12", "profile_unification", "granted", "consent", None, None),
+            ("s", "w12", "r12", "profile_unification", "withdrawn", None, None, "2026-11-15 00:00:00"),
         ],
         "source_system string, event_id string, source_record_id string, purpose string, status string, "
-        "lawful_basis string, expires_at string",
+        "lawful_basis string, expires_at string, event_time string",
     ).withColumns(
         {
             "expires_at": F.to_timestamp("expires_at"),
-            "event_time": F.current_timestamp(),
+            "event_time": F.to_timestamp(F.coalesce("event_time", F.lit("2026-01-01 00:00:00"))),
             "recorded_at": F.lit(None).cast("timestamp"),
             "run_id": F.lit("r2"),
         }
@@ -482,7 +508,7 @@ def test_every_admitted_record_needs_a_ledger_grant_in_force_at_the_runs_cutoff(
         *[F.lit(0).alias(c) for c in ("events_read", "events_landed", "events_quarantined")],
         *[F.to_timestamp(c).alias(c) for c in ("landed_at", "cutoff")],
     )
-    subjects = {f"r{i}": f"e{i}" for i in range(1, 10)}  # e8 is in no ledger
+    subjects = {f"r{i}": f"e{i}" for i in range(1, 13)}  # e8 is in no ledger
     admitted = spark.createDataFrame(
         [("s", r, e) for r, e in subjects.items()],
         "source_system string, source_record_id string, unification_event_id string",
@@ -498,6 +524,9 @@ def test_every_admitted_record_needs_a_ledger_grant_in_force_at_the_runs_cutoff(
         "r7": False,
         "r8": False,
         "r9": False,
+        "r10": False,
+        "r11": False,
+        "r12": True,
     }
 
     def reconciliation(records: list[str]) -> TableCheck:
@@ -511,7 +540,8 @@ def test_every_admitted_record_needs_a_ledger_grant_in_force_at_the_runs_cutoff(
     assert validate([reconciliation(["r1", "r2"])], "r").success
     assert validate([reconciliation(["r1", "r3"])], "r").failed == [
         "consent_reconciliation: expect_column_pair_values_to_be_equal(admitted_rows=admitted_in_force): every "
-        "admitted record's unification grant is in the ledger, on an accepted basis, and unexpired at the run's cutoff"
+        "admitted record's unification grant is in the ledger, the event deciding it at the run's cutoff, on an "
+        "accepted basis, and unexpired"
     ]
 
 
