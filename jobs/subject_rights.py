@@ -202,6 +202,20 @@ def subjects_lines(lines: DataFrame, subject: Subject, id_fields: Mapping[str, s
     return named.join(F.broadcast(keys), held_or_named, "left_semi").drop("_named")
 
 
+def unnamed_lines_quoting(lines: DataFrame, values: Iterable[str]) -> DataFrame:
+    """The keys (QUARANTINE_KEYS) of the quarantined lines held under no record id (a row whose id was blank) whose
+    text quotes one of values as a whole value (scan_texts): values no other record holds, so the line is the
+    subject's, though it names no record of it."""
+    values = list(values)
+    keys = lines.select(*QUARANTINE_KEYS).limit(0)
+    if not values:
+        return keys
+    quoting = reduce(lambda a, b: a | b, [F.col("raw_record").contains(v) for v in values])
+    unnamed = lines.where(F.col("source_record_id").isNull() & quoting).select(*QUARANTINE_KEYS, "raw_record")
+    found = [tuple(r[k] for k in QUARANTINE_KEYS) for r in unnamed.collect() if scan_texts([r["raw_record"]], values)]
+    return keys.sparkSession.createDataFrame(found, keys.schema) if found else keys
+
+
 def _quarantined_rows(
     spark: SparkSession, path: Path, subject: Subject, id_fields: Mapping[str, str]
 ) -> list[dict[str, Any]]:
@@ -350,7 +364,11 @@ def distinguishing_values(spark: SparkSession, cfg: PipelineConfig, subject: Sub
             theirs = df.join(keys, list(SUBJECT), "left_anti")
             if path == t.quarantine:  # a line naming the subject beside another record goes too (subjects_lines)
                 subjects = subjects_lines(df, subject, quarantine_id_fields(cfg)["quarantine"])
-                others_lines = theirs = df.join(subjects, list(QUARANTINE_KEYS), "left_anti")
+                # A line with no record id is nobody's known record: it may be the subject's (unnamed_lines_quoting).
+                theirs = df.join(subjects, list(QUARANTINE_KEYS), "left_anti").where(
+                    F.col("source_record_id").isNotNull()
+                )
+                others_lines = theirs
                 mine |= values(parsed(df.join(keys, list(SUBJECT))))
                 others |= values(parsed(theirs))
             else:
@@ -561,8 +579,9 @@ def erase_subject(
         delta_io.delete_matching(keys, getattr(t, name), **job)
     for name, id_fields in quarantine_id_fields(cfg).items():  # the lines that name the subject beside another
         if delta_io.table_exists(path := getattr(t, name)):
-            lines = subjects_lines(as_first_found(spark, path, run_id), subject, id_fields)
-            delta_io.delete_matching(lines.select(*QUARANTINE_KEYS), path, **job)
+            found = as_first_found(spark, path, run_id)
+            lines = subjects_lines(found, subject, id_fields).select(*QUARANTINE_KEYS)
+            delta_io.delete_matching(lines.unionByName(unnamed_lines_quoting(found, evidence)), path, **job)
     ids = subject.records.select("record_id")
     for side in MATCH_SIDES:
         delta_io.delete_matching(ids.withColumnRenamed("record_id", side), t.pairwise_matches, **job)

@@ -577,6 +577,23 @@ def test_a_value_another_records_quarantined_csv_line_holds_is_not_the_subjects_
     assert [h for h in canary_hits(cfg.lakehouse) if "quarantine" not in h] == []
 
 
+def test_a_quarantined_line_without_an_id_that_quotes_the_subjects_values_goes_with_its_erasure(
+    spark, pristine, tmp_path
+):
+    """An extract once gave her row a blank id: quarantined as missing_source_id, the line named no record, so it
+    counted as another's, took her values out of the evidence and stayed, under a certificate of a clean scan."""
+    cfg = copy_lakehouse(pristine, tmp_path)
+    raw = f";Мельник;Ірина;{CANARY_BRIDGE['middle_name']};;;;;{CANARY_BRIDGE['street']};;;;;"
+    quarantine_one(spark, cfg, {"source_system": "ua_crm", "source_record_id": None}, "missing_source_id", raw)
+
+    certificate_path = subject_rights.run(spark, cfg, run_id="sr-n", action="erase", record=["ua_crm:UA-9"])
+    certificate = json.loads(certificate_path.read_text(encoding="utf-8"))
+    assert certificate["rows_deleted"]["quarantine"] == 1
+    assert certificate["scan"]["values_checked"] >= len(CANARIES) and certificate["scan"]["hits"] == 0
+    assert delta_io.read_delta(spark, cfg.tables.quarantine).count() == 0
+    assert canary_hits(cfg.lakehouse) == []
+
+
 QUARANTINED_ONLY = {"source_system": "ua_crm", "source_record_id": "UA-77", "middle_name": "Xqxquar"}
 
 
