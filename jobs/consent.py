@@ -467,11 +467,10 @@ def decision_audit(gated: DataFrame, policy: PurposePolicy, run_id: str, decided
 
 
 def land_consent_events(
-    spark: SparkSession, cfg: PipelineConfig, run_id: str, at: datetime, cutoff: datetime
-) -> tuple[int, dict]:
-    """Land every configured consent feed in the ledger; bad events go to the consent quarantine. Counts per
-    feed, with the cutoff the run applies, go to audit/consent_runs (read = landed + quarantined); returns the
-    events read and quarantined by reason."""
+    spark: SparkSession, cfg: PipelineConfig, run_id: str, at: datetime
+) -> tuple[list[str], list[Row]]:
+    """Land every configured consent feed in the ledger; bad events go to the consent quarantine. Returns the
+    feeds landed and their events counted by source system and reason, for record_consent_events."""
     sources = [s for s in cfg.sources if s.consent_feed is not None]
     frames = [
         read_feed(
@@ -488,8 +487,7 @@ def land_consent_events(
         for s in sources
     ]
     if not frames:
-        _record_consent_events(cfg, run_id, at, cutoff, [], [])
-        return 0, {}
+        return [], []
     ledger_path = cfg.tables.consent_ledger
     held = delta_io.read_delta(spark, ledger_path) if delta_io.table_exists(ledger_path) else None
     erased = erasure_register(spark, cfg)
@@ -521,18 +519,15 @@ def land_consent_events(
         )
     finally:
         checked.unpersist()
-    _record_consent_events(cfg, run_id, at, cutoff, [s.name for s in sources], counts)
-    quarantined: dict[str, int] = {}
-    for row in counts:
-        if row[REASON] is not None:
-            quarantined[row[REASON]] = quarantined.get(row[REASON], 0) + row["count"]
-    return sum(row["count"] for row in counts), quarantined
+    return [s.name for s in sources], counts
 
 
-def _record_consent_events(
+def record_consent_events(
     cfg: PipelineConfig, run_id: str, at: datetime, cutoff: datetime, sources: Sequence[str], counts: Sequence[Row]
 ) -> None:
-    """One row per consent feed in audit/consent_runs: events read, landed and quarantined in this run."""
+    """One row per consent feed in audit/consent_runs: events read, landed and quarantined in this run (read =
+    landed + quarantined), with the cutoff and policy it gated under. Written last, once the gate's outputs are:
+    training and later runs read the row as the proof that the gate ran under that policy and cutoff."""
     rows = []
     for name in sources:
         mine = [r for r in counts if r["source_system"] == name]
@@ -608,7 +603,7 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str, cutoff: str | Non
     policy = cfg.policy
     silver_rows = delta_io.row_count(cfg.tables.silver)
     size_stage_to_input(spark, cfg.spark, silver_rows)
-    events_read, events_quarantined = land_consent_events(spark, cfg, run_id, now, as_of)
+    feeds, event_counts = land_consent_events(spark, cfg, run_id, now)
 
     effective = effective_consent(delta_io.read_delta(spark, cfg.tables.consent_ledger), as_of)
     delta_io.merge_delta(
@@ -649,7 +644,13 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str, cutoff: str | Non
         tallies = audit.groupBy("decision", "reason", "attribute").count().collect()
     finally:
         gated.unpersist()
+    record_consent_events(cfg, run_id, now, as_of, feeds, event_counts)
 
+    events_read = sum(row["count"] for row in event_counts)
+    events_quarantined: dict[str, int] = {}
+    for row in event_counts:
+        if row[REASON] is not None:
+            events_quarantined[row[REASON]] = events_quarantined.get(row[REASON], 0) + row["count"]
     result = GateResult(
         run_id=run_id, policy_version=policy.version, events_read=events_read, events_quarantined=events_quarantined
     )

@@ -739,6 +739,37 @@ def test_a_retried_run_replaces_its_first_attempts_decisions_and_a_second_retry_
     assert {t: delta_io.table_version(p) for t, p in cfg.tables.all().items() if delta_io.table_exists(p)} == versions
 
 
+def test_a_run_that_dies_before_its_decisions_are_written_records_no_policy_or_cutoff(
+    spark, gate_world, tmp_path, monkeypatch
+):
+    """audit/consent_runs is the proof that the gate ran under a policy and cutoff (training checks the policy
+    by it): a run killed after landing its events recorded the new policy over records gated under the old."""
+    from tests.conftest import copy_lakehouse
+
+    cfg = copy_lakehouse(gate_world[0], tmp_path)
+    narrowed = dataclasses.replace(
+        cfg.policy,
+        version="narrowed",
+        purpose_bases={**cfg.policy.purpose_bases, cfg.policy.unification_purpose: ("consent",)},
+    )
+    cfg = dataclasses.replace(cfg, policy=narrowed)
+    assert consent.gating_policy(cfg) not in (None, narrowed.fingerprint)
+
+    def dies(*_args, **_kwargs):
+        raise RuntimeError("injected: the job dies before its decisions are written")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(consent, "decision_audit", dies)
+        with pytest.raises(RuntimeError, match="injected"):
+            consent.run(spark, cfg, run_id="r-narrowed", cutoff=CUTOFF)
+    runs = delta_io.read_delta(spark, cfg.tables.consent_runs)
+    assert runs.where("run_id = 'r-narrowed'").count() == 0
+    assert consent.gating_policy(cfg) != narrowed.fingerprint
+
+    consent.run(spark, cfg, run_id="r-narrowed", cutoff=CUTOFF)  # the retry
+    assert consent.gating_policy(cfg) == narrowed.fingerprint
+
+
 def test_a_landed_grant_delivered_again_beside_a_refusal_under_its_id_counts_as_landed(spark, gate_world, tmp_path):
     """An appending source delivers the grant it landed and, under the same id, its withdrawal: the withdrawal
     lands apart and the unchanged grant is the event the ledger holds. It was quarantined as conflicting."""
