@@ -250,4 +250,27 @@ def checks(inputs: QualityInputs) -> list[TableCheck]:
             ),
         ],
     )
-    return [ledger, landing, reconciliation, permissions]
+    declared = inputs.profiles.sparkSession.createDataFrame(
+        [(p,) for p in inputs.cfg.policy.purposes], "purpose string"
+    )
+    grid = inputs.profiles.select("profile_id").distinct().crossJoin(F.broadcast(declared))
+    coverage = TableCheck(
+        suite="profile_permissions_coverage",
+        table="gold/profile_permissions",
+        frame=grid.agg(F.count("*").alias("profile_purposes"))
+        .crossJoin(
+            grid.join(inputs.profile_permissions, ["profile_id", "purpose"], "left_semi").agg(
+                F.count("*").alias("profile_purposes_held")
+            )
+        )
+        .crossJoin(inputs.profile_permissions.agg(F.count("*").alias("permission_rows"))),
+        expectations=[
+            equal_columns(
+                "profile_purposes", "profile_purposes_held", "a permission for every profile and declared purpose"
+            ),
+            equal_columns(
+                "permission_rows", "profile_purposes", "no permission beyond the profiles' declared purposes"
+            ),
+        ],
+    )
+    return [ledger, landing, reconciliation, permissions, coverage]

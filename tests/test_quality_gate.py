@@ -95,6 +95,7 @@ def test_a_clean_run_passes_every_suite_and_publishes_with_data_docs_and_report(
         "consent_event_reconciliation",
         "consent_reconciliation",
         "profile_permissions",
+        "profile_permissions_coverage",
         "pairwise_matches",
         "record_profiles",
         "profile_registry",
@@ -428,7 +429,7 @@ def test_a_bronze_row_of_a_record_its_run_quarantined_as_a_duplicate_id_fails(sp
 # The columns the consent suites read, for the tables a test leaves empty.
 CONSENT_TABLES = {
     "consent_ledger": "source_system string, event_id string, source_record_id string, purpose string, status string, "
-    "lawful_basis string, event_time timestamp, expires_at timestamp, run_id string",
+    "lawful_basis string, event_time timestamp, recorded_at timestamp, expires_at timestamp, run_id string",
     "consent_runs": "run_id string, source_system string, events_read long, events_landed long, "
     "events_quarantined long, landed_at timestamp, cutoff timestamp",
     "consent_audit": "run_id string, source_system string, source_record_id string, attribute string, "
@@ -438,6 +439,7 @@ CONSENT_TABLES = {
     "profile_permissions": "profile_id string, purpose string, allowed boolean, lawful_basis string, status string, "
     "decided_at timestamp, deciding_source_system string, deciding_source_record_id string, deciding_event_id string",
     "profile_sources": "profile_id string, source_system string, source_record_id string",
+    "profiles": "profile_id string",
 }
 
 
@@ -543,6 +545,28 @@ def test_every_admitted_record_needs_a_ledger_grant_in_force_at_the_runs_cutoff(
         "admitted record's unification grant is in the ledger, the event deciding it at the run's cutoff, on an "
         "accepted basis, and unexpired"
     ]
+
+
+def test_every_profile_needs_one_permission_per_declared_purpose_and_no_other(spark, cfg):
+    purposes = cfg.policy.purposes
+    profiles = spark.createDataFrame([("p1",), ("p2",)], "profile_id string")
+    complete = [(p, purpose, False) for p in ("p1", "p2") for purpose in purposes]
+
+    def outcome(rows):
+        full = CONSENT_TABLES["profile_permissions"]
+        permissions = spark.createDataFrame([(*r, *[None] * (full.count(",") - 2)) for r in rows], full)
+        check = consent_check(
+            spark, cfg, "profile_permissions_coverage", profiles=profiles, profile_permissions=permissions
+        )
+        return validate([check], "r")
+
+    pair = "profile_permissions_coverage: expect_column_pair_values_to_be_equal"
+    missing = f"{pair}(profile_purposes=profile_purposes_held): a permission for every profile and declared purpose"
+    beyond = f"{pair}(permission_rows=profile_purposes): no permission beyond the profiles' declared purposes"
+    assert outcome(complete).success
+    assert outcome(complete[1:]).failed == [missing, beyond]  # p1 has no row for the first purpose
+    assert outcome([*complete, ("p3", purposes[0], False)]).failed == [beyond]  # a profile the table lacks
+    assert outcome([*complete[1:], ("p1", "retired_purpose", False)]).failed == [missing]  # as many rows, one wrong
 
 
 def test_silver_must_hold_one_row_per_source_record_of_bronze(spark, cfg):
