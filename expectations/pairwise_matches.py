@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import great_expectations as gx
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
@@ -10,8 +9,9 @@ from expectations import QualityInputs, TableCheck, holds, must_hold, required_u
 
 
 def with_pair_checks(pairs: DataFrame, admitted: DataFrame) -> DataFrame:
-    """Pairs with `distinct_records`, `records_admitted` (both ends are records the gate admitted) and
-    `a_probability` (a match probability in [0, 1]: not null, not NaN, which a range expectation skips)."""
+    """Pairs with `distinct_records`, `records_admitted` (both ends are records the gate admitted),
+    `a_probability` (a match probability in [0, 1]: not null, not NaN, which a range expectation skips) and
+    `a_weight` (a match weight, not null or NaN: GX's pandas engine counts NaN as null, its Spark engine not)."""
     ids = admitted.select(F.concat_ws(":", "source_system", "source_record_id").alias("_id"), F.lit(True).alias("_in"))
     return (
         pairs.join(ids.withColumnRenamed("_in", "_l"), F.col("record_id_l") == F.col("_id"), "left")
@@ -20,6 +20,7 @@ def with_pair_checks(pairs: DataFrame, admitted: DataFrame) -> DataFrame:
         .withColumn("distinct_records", holds(F.col("record_id_l") != F.col("record_id_r")))
         .withColumn("records_admitted", holds(F.col("_l") & F.col("_r")))
         .withColumn("a_probability", holds(~F.isnan("match_probability") & F.col("match_probability").between(0, 1)))
+        .withColumn("a_weight", holds(F.col("match_weight").isNotNull() & ~F.isnan("match_weight")))
         .drop("_id", "_l", "_r")
     )
 
@@ -33,7 +34,7 @@ def checks(inputs: QualityInputs) -> list[TableCheck]:
             expectations=[
                 *required_unique("record_id_l", "record_id_r", description="each pair scored once"),
                 must_hold("a_probability", "a match probability, in [0, 1]"),
-                gx.expectations.ExpectColumnValuesToNotBeNull(column="match_weight", description="scored"),
+                must_hold("a_weight", "scored: a match weight, not NaN"),
                 must_hold("distinct_records", "no record is paired with itself"),
                 must_hold("records_admitted", "only records the consent gate admitted are compared"),
             ],

@@ -1113,6 +1113,11 @@ def test_a_missing_probability_or_status_fails_its_suite(spark, cfg):
     one_missing = pairs.where(F.col("record_id_l") == "s:1").union(pairs.where(F.col("match_probability").isNull()))
     outcome = validate(pairwise_suite.checks(inputs_with(cfg, pairwise_matches=one_missing, admitted=admitted)), "r")
     assert failed_checks(outcome) == ["pairwise_matches: expect_column_values_to_be_in_set(a_probability)"]
+    for pandas_max_rows in (0, 1000):  # Spark's engine, pandas'
+        unweighted = pairs.where(F.col("record_id_l") == "s:1").withColumn("match_weight", F.lit(float("nan")))
+        inputs = inputs_with(cfg, pairwise_matches=unweighted, admitted=admitted)
+        outcome = validate(pairwise_suite.checks(inputs), "r", pandas_max_rows=pandas_max_rows)
+        assert failed_checks(outcome) == ["pairwise_matches: expect_column_values_to_be_in_set(a_weight)"]
 
     ledger = spark.createDataFrame(
         [("s", "e1", "1", "profile_unification", None, "consent", None, "r")],
