@@ -66,7 +66,6 @@ with DAG(
         bash_command=f"'{sys.executable}' -m jobs.demo_data --people {{{{ params.demo_people }}}}"
         "{{ ' --corrupt' if params.demo_corrupt else '' }}",
         cwd=str(PROJECT),
-        retries=0,
     )
     ingest = spark_job(
         "ingest",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import random
 import sys
@@ -33,6 +34,7 @@ from faker import Faker
 
 from jobs.config import PipelineConfig, load_config
 from jobs.errors import IdresError
+from jobs.files import draft_of, replace_durably, write_whole
 from jobs.runner import lakehouse_lock
 
 KYIV = ZoneInfo("Europe/Kyiv")
@@ -472,23 +474,34 @@ def _consent_events(source: str, rid: str, rng: random.Random, counter: list[int
     return events
 
 
-def _write_csv(path: Path, rows: Sequence[dict[str, str]], delimiter: str) -> None:
-    with path.open("w", encoding="utf-8", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]), delimiter=delimiter)
-        writer.writeheader()
-        writer.writerows(rows)
+def _write_csv(path: Path, rows: Sequence[dict[str, str]], delimiter: str, raw_lines: Sequence[bytes] = ()) -> None:
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]), delimiter=delimiter)
+    writer.writeheader()
+    writer.writerows(rows)
+    _write_bytes(path, text.getvalue().encode("utf-8") + b"".join(line + b"\n" for line in raw_lines))
 
 
-def _write_jsonl(path: Path, rows: Sequence[dict]) -> None:
-    with path.open("w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
+def _write_jsonl(path: Path, rows: Sequence[dict], raw_lines: Sequence[bytes] = ()) -> None:
+    text = "".join(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n" for row in rows)
+    _write_bytes(path, text.encode("utf-8") + b"".join(line + b"\n" for line in raw_lines))
 
 
 def _write_parquet(path: Path, rows: Sequence[dict]) -> None:
     columns = list(rows[0])
     table = pa.table({c: pa.array([r.get(c) for r in rows], pa.string()) for c in columns})
-    pq.write_table(table, path)
+    pq.write_table(table, draft_of(path))
+    replace_durably(draft_of(path), path)
+
+
+def _write_bytes(path: Path, content: bytes) -> None:
+    """content as path's, through its draft (jobs.files): an extract is never found half written."""
+    draft_of(path).write_bytes(content)
+    replace_durably(draft_of(path), path)
+
+
+# The rows of a source _corrupt copies its bad rows from (its first n).
+CORRUPT_TEMPLATE_ROWS = {"ua_crm": 1, "ro_shop": 2, "eu_loyalty": 4}
 
 
 def _corrupt(source: str, rows: list[dict]) -> tuple[list[dict], list[str], list[bytes]]:
@@ -530,8 +543,10 @@ def generate(cfg: PipelineConfig, people: int, seed: int = 42, corrupt: bool = F
                 )
                 per_source[source].append((a, p.person_id))
 
+    # Everything is drawn before a file is written: a population too small fails with the landing as it was.
     truth: list[tuple[str, str, str]] = []
     summary = DemoSummary(people=people, records={}, consent_events={}, corrupt_rows={})
+    planned = []
     for source, appearances in per_source.items():
         layout = SOURCE_LAYOUTS[source]
         src_cfg = cfg.source(source)
@@ -542,38 +557,43 @@ def generate(cfg: PipelineConfig, people: int, seed: int = 42, corrupt: bool = F
             rows.append(layout["row"](rid, a, rng))
             events.extend(_consent_events(source, rid, rng, counter))
             truth.append((source, rid, person_id))
+        needed = CORRUPT_TEMPLATE_ROWS[source] if corrupt else 1
+        if len(rows) < needed or (corrupt and src_cfg.consent_feed is not None and not events):
+            raise IdresError(
+                f"demo data: --people {people} gives source {source} {len(rows)} record(s) and {len(events)} consent "
+                f"event(s); it needs at least {needed} record(s){' and an event' if corrupt else ''}: ask for more "
+                "people (nothing was written)"
+            )
         kinds: list[str] = []
         raw_lines: list[bytes] = []
         if corrupt:
             rows, kinds, raw_lines = _corrupt(source, rows)
-        src_cfg.path.parent.mkdir(parents=True, exist_ok=True)
-        if src_cfg.format == "csv":
-            _write_csv(src_cfg.path, rows, src_cfg.delimiter)
-        elif src_cfg.format == "jsonl":
-            _write_jsonl(src_cfg.path, rows)
-        else:
-            _write_parquet(src_cfg.path, rows)
-        if raw_lines:
-            with src_cfg.path.open("ab") as fh:
-                for line in raw_lines:
-                    fh.write(line + b"\n")
-        if src_cfg.consent_feed is not None:
-            if corrupt:  # a purpose the policy does not know, and an event time without a zone
+            if src_cfg.consent_feed is not None:  # a purpose the policy does not know, an event time without a zone
                 events += [
                     {**events[0], "event_id": f"{source}-bad-1", "purpose": "newsletter"},
                     {**events[0], "event_id": f"{source}-bad-2", "event_time": "2024-05-01T10:00:00"},
                 ]
-            src_cfg.consent_feed.path.parent.mkdir(parents=True, exist_ok=True)
-            _write_jsonl(src_cfg.consent_feed.path, events)
+        planned.append((src_cfg, rows, raw_lines, events))
         summary.records[source] = len(appearances)
         summary.consent_events[source] = len(events)
         summary.corrupt_rows[source] = len(kinds)
 
+    for src_cfg, rows, raw_lines, events in planned:
+        src_cfg.path.parent.mkdir(parents=True, exist_ok=True)
+        if src_cfg.format == "csv":
+            _write_csv(src_cfg.path, rows, src_cfg.delimiter, raw_lines)
+        elif src_cfg.format == "jsonl":
+            _write_jsonl(src_cfg.path, rows, raw_lines)
+        else:  # _corrupt gives a Parquet source bad rows, no raw lines
+            _write_parquet(src_cfg.path, rows)
+        if src_cfg.consent_feed is not None:
+            src_cfg.consent_feed.path.parent.mkdir(parents=True, exist_ok=True)
+            _write_jsonl(src_cfg.consent_feed.path, events)
+
     cfg.ground_truth.mkdir(parents=True, exist_ok=True)
-    with (cfg.ground_truth / "records.csv").open("w", encoding="utf-8", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["source_system", "source_record_id", "person_id"])
-        writer.writerows(sorted(truth))
+    truth_csv = io.StringIO()
+    csv.writer(truth_csv).writerows([("source_system", "source_record_id", "person_id"), *sorted(truth)])
+    write_whole(cfg.ground_truth / "records.csv", truth_csv.getvalue())
     return summary
 
 

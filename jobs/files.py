@@ -14,10 +14,15 @@ def replace_durably(draft: Path, path: Path) -> Path:
     return path
 
 
+def draft_of(path: Path) -> Path:
+    """The hidden file beside path that is written whole before it takes path's name (replace_durably)."""
+    return path.with_name(f".{path.name}.draft")
+
+
 def write_whole(path: Path, text: str, private: bool = False) -> Path:
-    """Write text (UTF-8) to path through a hidden draft beside it (replace_durably); private: readable by its
-    owner only, from the draft's first byte."""
-    draft = path.with_name(f".{path.name}.draft")
+    """Write text (UTF-8) to path through its draft (draft_of, replace_durably); private: readable by its owner
+    only, from the draft's first byte."""
+    draft = draft_of(path)
     draft.unlink(missing_ok=True)  # a killed writer's: created anew, so it takes the mode asked for
     descriptor = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if private else 0o666)
     with os.fdopen(descriptor, "w", encoding="utf-8") as written:

@@ -9,6 +9,7 @@ import pytest
 
 from jobs import demo_data
 from jobs.config import load_config
+from jobs.errors import IdresError
 from jobs.runner import lakehouse_lock
 from tests.conftest import config_in, edited_conf
 
@@ -28,6 +29,18 @@ def test_the_same_seed_gives_byte_identical_files_and_another_seed_does_not(tmp_
     demo_data.generate(c, people=80, seed=2)
     assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
     assert _digest(tmp_path / "a") != _digest(tmp_path / "c")
+
+
+@pytest.mark.parametrize(("people", "corrupt"), [(1, False), (3, True)])
+def test_too_few_people_for_a_source_fails_naming_it_and_leaves_the_landing_as_it_was(tmp_path, people, corrupt):
+    """With no row to take its header from, or too few to copy its bad rows from, a source crashed its write
+    after the sources before it were rewritten: the next ingest read a landing of two generations."""
+    cfg = config_in(tmp_path)
+    demo_data.generate(cfg, people=80, seed=1, corrupt=True)
+    before = _digest(tmp_path)
+    with pytest.raises(IdresError, match=rf"--people {people} gives source \w+ .*ask for more people"):
+        demo_data.generate(cfg, people=people, seed=42, corrupt=corrupt)
+    assert _digest(tmp_path) == before
 
 
 def test_people_recur_across_regions_scripts_and_within_one_source(tmp_path):
