@@ -614,7 +614,8 @@ def erase_subject(
     incidents_removed = _remove_files_quoting(cfg.lakehouse / INCIDENTS_DIR, evidence)
     record_ids = [r["record_id"] for r in subject.records.collect()]
     exports_removed = _remove_exports_of(exports, record_ids, evidence)
-    splink_tables_removed = _remove_splink_tables_quoting(checkpoints, evidence) if checkpoints else 0
+    # A Splink table names the records it holds by their unique ids (source:id), which find it without a value.
+    splink_tables_removed = _remove_splink_tables_quoting(checkpoints, [*evidence, *record_ids]) if checkpoints else 0
     log.info(
         "erasure %s: removed %d incident file(s), %d access export(s), %d Splink table(s)",
         run_id,
