@@ -191,14 +191,14 @@ def assign_consent_reasons(events: DataFrame, policy: PurposePolicy) -> DataFram
     not need) is no reason to discard it either. A grant must be decodable throughout, its line included. A
     status is read in any letter case.
     """
-    df = events.withColumn("status", F.lower("status"))
+    df = events.withColumn("_raw_status", F.col("status")).withColumn("status", F.lower("status"))
     for c in TIMESTAMP_FIELDS:
         df = df.withColumn(f"_raw_{c}", F.col(c)).withColumn(c, parse_event_time(F.col(c)))
     revokes = F.coalesce(_in("status", REVOKING_STATUSES), F.lit(False))
     carried = [c for c in CONSENT_FEED_COLUMNS if c not in (*REFUSAL_DECIDING_TEXT, *TIMESTAMP_FIELDS)]
     text = F.concat_ws("\u0001", *REFUSAL_DECIDING_TEXT, *[F.when(~revokes, F.col(c)) for c in carried])
     decided_by = [F.col(c).isNotNull() for c in ("source_record_id", "purpose", "event_time")]
-    line_unsound = F.col(UNDECODABLE_LINE) & (~revokes | ~reduce(lambda a, b: a & b, decided_by))
+    line_unsound = F.col(UNDECODABLE_LINE).isNotNull() & (~revokes | ~reduce(lambda a, b: a & b, decided_by))
     valid_basis = F.coalesce(_in("lawful_basis", LAWFUL_BASES), F.lit(False))
     unreadable = {c: F.col(f"_raw_{c}").isNotNull() & F.col(c).isNull() for c in TIMESTAMP_FIELDS}
     unzoned = {c: F.col(f"_raw_{c}").isNotNull() & ~F.col(f"_raw_{c}").rlike(ZONED_DATE_TIME) for c in TIMESTAMP_FIELDS}
@@ -304,10 +304,11 @@ def one_copy_per_event(events: DataFrame) -> DataFrame:
 
 
 def raw_event_values() -> Column:
-    """A consent event as the feed wrote it, as JSON, for the quarantine record."""
-    return F.to_json(
-        F.struct(*[F.col(f"_raw_{c}").alias(c) if c in TIMESTAMP_FIELDS else F.col(c) for c in CONSENT_FEED_COLUMNS])
-    )
+    """A consent event as the feed wrote it, for the quarantine record: its JSONL line when a byte of it could not
+    be decoded, else its fields as JSON."""
+    as_written = {*TIMESTAMP_FIELDS, "status"}
+    fields = [F.col(f"_raw_{c}").alias(c) if c in as_written else F.col(c) for c in CONSENT_FEED_COLUMNS]
+    return F.coalesce(F.col(UNDECODABLE_LINE), F.to_json(F.struct(*fields)))
 
 
 def lapsed_grant(cutoff: Column) -> Column:

@@ -46,7 +46,7 @@ log = logging.getLogger("idres.ingest")
 
 CORRUPT = "_corrupt_record"
 SOURCE_FILE = "_source_file"
-UNDECODABLE_LINE = "_undecodable_line"  # a feed line held a byte its encoding could not decode (JSONL only)
+UNDECODABLE_LINE = "_undecodable_line"  # a JSONL line's text when it held a byte UTF-8 could not decode, else null
 REASON = "quarantine_reason"
 QUARANTINE_KEYS = ("source_system", "raw_hash", "reason")  # a quarantined line, in either quarantine table
 
@@ -132,7 +132,7 @@ def read_feed(
         header = spark.read.options(**options).csv(location).columns
         schema = T.StructType([T.StructField(c, T.StringType()) for c in header] + [corrupt])
         raw = spark.read.schema(schema).options(**options, mode="PERMISSIVE", columnNameOfCorruptRecord=CORRUPT)
-        raw = raw.csv(location).select("*", source_file, F.lit(False).alias(UNDECODABLE_LINE))
+        raw = raw.csv(location).select("*", source_file, F.lit(None).cast("string").alias(UNDECODABLE_LINE))
     elif fmt == "jsonl":
         schema = T.StructType([T.StructField(c, T.StringType()) for c in columns] + [corrupt])
         # JSON Lines ends a record at LF only: a CR is whitespace inside a record (and CRLF's is trailing).
@@ -140,7 +140,10 @@ def read_feed(
         raw = json_lines(lines.select("value", source_file), schema, id_column, undecodable_lines_whole)
     else:
         raw = spark.read.parquet(location).select(
-            "*", F.lit(None).cast("string").alias(CORRUPT), source_file, F.lit(False).alias(UNDECODABLE_LINE)
+            "*",
+            F.lit(None).cast("string").alias(CORRUPT),
+            source_file,
+            F.lit(None).cast("string").alias(UNDECODABLE_LINE),
         )
     missing = sorted(set(columns) - set(raw.columns))
     if missing:
@@ -162,7 +165,7 @@ def json_lines(
     Single-quoted pseudo-JSON (a Python dict's repr) is no JSON, so it is corrupt too, and so is an object that
     holds a key twice, or a line with a byte UTF-8 cannot decode (unless undecodable_whole is False: then such
     a line is parsed, for its reader to judge field by field). An escape of half a surrogate pair is read as
-    such a byte: U+FFFD takes its place. UNDECODABLE_LINE says which lines had such a byte.
+    such a byte: U+FFFD takes its place. UNDECODABLE_LINE holds the text of each line that had such a byte.
     """
     options = {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT, "allowSingleQuotes": "false"}
     text = F.col("_text")
@@ -171,14 +174,14 @@ def json_lines(
     # otherwise land as null, unseen (badly_encoded then quarantines it as bad_encoding).
     whole = single_json_value(text) & repeats_no_key(text)
     if undecodable_whole:
-        whole = whole & ~F.col(UNDECODABLE_LINE)
+        whole = whole & F.col(UNDECODABLE_LINE).isNull()
     record = F.when(whole, F.from_json(text, schema, options)).otherwise(corrupt)
     lone_halves_marked = F.regexp_replace(text, LONE_SURROGATE_ESCAPE, "$1\ufffd")
     parsed = (
         lines.where(F.col("value").rlike(r"\S"))
         .withColumn("_text", F.regexp_replace("value", "^\ufeff", ""))
         .withColumn("_text", F.when(text.rlike(SURROGATE_ESCAPE), lone_halves_marked).otherwise(text))
-        .withColumn(UNDECODABLE_LINE, text.contains("\ufffd"))
+        .withColumn(UNDECODABLE_LINE, F.when(text.contains("\ufffd"), text))
         .withColumn("_record", record)
     )
     if id_field is not None and re.fullmatch(r"\w+", id_field):  # a JSON path of one plain name

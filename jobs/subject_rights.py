@@ -40,7 +40,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 import pyarrow.parquet as pq
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from jobs import delta_io, publication, quality_gate, resolve, unify
@@ -202,16 +202,23 @@ def subjects_lines(lines: DataFrame, subject: Subject, id_fields: Mapping[str, s
     return named.join(F.broadcast(keys), held_or_named, "left_semi").drop("_named")
 
 
-def unnamed_lines_quoting(lines: DataFrame, values: Iterable[str]) -> DataFrame:
-    """The keys (QUARANTINE_KEYS) of the quarantined lines held under no record id (a row whose id was blank) whose
-    text quotes one of values as a whole value (scan_texts): values no other record holds, so the line is the
+def names_no_record(id_fields: Mapping[str, str]) -> Column:
+    """True for a quarantined line held under no record id (a row whose id was blank) whose text names no record
+    either (jobs.ingest.named_by_source: a truncated JSONL line may still name its record's id)."""
+    named = F.size(named_by_source(F.col("raw_record"), id_fields)) > 0
+    return F.col("source_record_id").isNull() & ~F.coalesce(named, F.lit(False))
+
+
+def unnamed_lines_quoting(lines: DataFrame, values: Iterable[str], id_fields: Mapping[str, str]) -> DataFrame:
+    """The keys (QUARANTINE_KEYS) of the quarantined lines that name no record (names_no_record) and whose text
+    quotes one of values as a whole value (scan_texts): values no other record holds, so the line is the
     subject's, though it names no record of it."""
     values = list(values)
     keys = lines.select(*QUARANTINE_KEYS).limit(0)
     if not values:
         return keys
     quoting = reduce(lambda a, b: a | b, [F.col("raw_record").contains(v) for v in values])
-    unnamed = lines.where(F.col("source_record_id").isNull() & quoting).select(*QUARANTINE_KEYS, "raw_record")
+    unnamed = lines.where(names_no_record(id_fields) & quoting).select(*QUARANTINE_KEYS, "raw_record")
     found = [tuple(r[k] for k in QUARANTINE_KEYS) for r in unnamed.collect() if scan_texts([r["raw_record"]], values)]
     return keys.sparkSession.createDataFrame(found, keys.schema) if found else keys
 
@@ -363,11 +370,10 @@ def distinguishing_values(spark: SparkSession, cfg: PipelineConfig, subject: Sub
             df = as_first_found(spark, path, run_id)
             theirs = df.join(keys, list(SUBJECT), "left_anti")
             if path == t.quarantine:  # a line naming the subject beside another record goes too (subjects_lines)
-                subjects = subjects_lines(df, subject, quarantine_id_fields(cfg)["quarantine"])
-                # A line with no record id is nobody's known record: it may be the subject's (unnamed_lines_quoting).
-                theirs = df.join(subjects, list(QUARANTINE_KEYS), "left_anti").where(
-                    F.col("source_record_id").isNotNull()
-                )
+                id_fields = quarantine_id_fields(cfg)["quarantine"]
+                subjects = subjects_lines(df, subject, id_fields)
+                # A line that names no record is nobody's known record: it may be the subject's (unnamed_lines_quoting).
+                theirs = df.join(subjects, list(QUARANTINE_KEYS), "left_anti").where(~names_no_record(id_fields))
                 others_lines = theirs
                 mine |= values(parsed(df.join(keys, list(SUBJECT))))
                 others |= values(parsed(theirs))
@@ -581,7 +587,8 @@ def erase_subject(
         if delta_io.table_exists(path := getattr(t, name)):
             found = as_first_found(spark, path, run_id)
             lines = subjects_lines(found, subject, id_fields).select(*QUARANTINE_KEYS)
-            delta_io.delete_matching(lines.unionByName(unnamed_lines_quoting(found, evidence)), path, **job)
+            unnamed = unnamed_lines_quoting(found, evidence, id_fields)
+            delta_io.delete_matching(lines.unionByName(unnamed), path, **job)
     ids = subject.records.select("record_id")
     for side in MATCH_SIDES:
         delta_io.delete_matching(ids.withColumnRenamed("record_id", side), t.pairwise_matches, **job)

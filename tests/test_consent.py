@@ -123,7 +123,7 @@ def test_one_event_id_with_two_contents_is_a_conflict_and_replays_are_one_event(
 
     def mapped(event_id, status, subject="UA-1"):
         feed = (subject, "profile_unification", "consent", status, "2025-01-01T10:00:00Z", None, "web", "v1", None)
-        return ("ua_crm", "UA", *feed, event_id, None, "feed.jsonl", False)
+        return ("ua_crm", "UA", *feed, event_id, None, "feed.jsonl", None)
 
     columns = ", ".join(f"{c} string" for c in ("source_system", "region", *CONSENT_FEED_COLUMNS))
     events = spark.createDataFrame(
@@ -138,7 +138,7 @@ def test_one_event_id_with_two_contents_is_a_conflict_and_replays_are_one_event(
             mapped(None, "granted", "UA-7"),  # a replay without an id
             mapped(None, "denied", "UA-7"),
         ],
-        f"{columns}, {ingest.CORRUPT} string, {ingest.SOURCE_FILE} string, {ingest.UNDECODABLE_LINE} boolean",
+        f"{columns}, {ingest.CORRUPT} string, {ingest.SOURCE_FILE} string, {ingest.UNDECODABLE_LINE} string",
     )
 
     reasons = consent.assign_consent_reasons(events, cfg.policy).select(
@@ -184,11 +184,11 @@ def mapped_events(spark, rows):
                 eid,
                 None,
                 "f",
-                False,
+                None,
             )
             for who, basis, status, at, recorded, expires, eid in rows
         ],
-        f"{columns}, {ingest.CORRUPT} string, {ingest.SOURCE_FILE} string, {ingest.UNDECODABLE_LINE} boolean",
+        f"{columns}, {ingest.CORRUPT} string, {ingest.SOURCE_FILE} string, {ingest.UNDECODABLE_LINE} string",
     )
 
 
@@ -332,6 +332,7 @@ def test_a_refusal_in_a_jsonl_feed_with_an_undecodable_byte_outside_what_decides
         line(None, "withdrawn", "w8", **{"subject_@id": "UA-8"}),  # the subject's key
         line("UA-9", "granted", "g9", **{"comm@nt": "x"}),
         line("UA-9", "granted", "g9b", notice_version="v^"),
+        line("UA-10", "Granted", "g10", purpose="newsletter"),  # quarantined with its status as written
     ]
     path = tmp_path / "consent_events.jsonl"
     path.write_bytes(b"\n".join(lines) + b"\n")
@@ -360,6 +361,13 @@ def test_a_refusal_in_a_jsonl_feed_with_an_undecodable_byte_outside_what_decides
     assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
     assert refusals.where("source_record_id = 'UA-4'").first()["event_id"].startswith("h:")
     assert [r[ingest.REASON] for r in events.where("source_record_id = 'UA-9'").collect()] == ["bad_encoding"] * 2
+    # The quarantine keeps what the feed wrote: the line a bad byte was in, a status as cased
+    raw = {
+        r["source_record_id"]: r["raw"]
+        for r in events.select("source_record_id", consent.raw_event_values().alias("raw")).collect()
+    }
+    assert raw[None] == lines[-4].decode("utf-8", errors="replace")
+    assert json.loads(raw["UA-10"])["status"] == "Granted"
 
     landed = events.where(F.col(ingest.REASON).isNull())
     decided = consent.effective_consent(landed, ts("2026-01-01")).select("source_record_id", "effective_status")
@@ -461,7 +469,7 @@ def test_instants_of_a_typed_feed_keep_their_zone(spark, cfg):
         "*",
         F.lit(None).cast("string").alias(ingest.CORRUPT),
         F.lit("f").alias(ingest.SOURCE_FILE),
-        F.lit(False).alias(ingest.UNDECODABLE_LINE),
+        F.lit(None).cast("string").alias(ingest.UNDECODABLE_LINE),
     )
     events = consent.assign_consent_reasons(consent.map_consent_events(raw, source), cfg.policy)
     actual = events.select("source_record_id", "event_time", "recorded_at", ingest.REASON)

@@ -599,6 +599,19 @@ def test_a_quarantined_line_without_an_id_that_quotes_the_subjects_values_goes_w
     assert canary_hits(cfg.lakehouse) == []
 
 
+def test_a_truncated_line_that_names_another_record_keeps_its_values_and_stays(spark, pristine, tmp_path):
+    """A JSONL line cut short lands under no id, yet its text names its record: that record's, not the subject's."""
+    cfg = copy_lakehouse(pristine, tmp_path)
+    raw = f'{{"id_client": "R-77", "strada": "{CANARY_BRIDGE["street"]}"'
+    quarantine_one(spark, cfg, {"source_system": "ro_shop", "source_record_id": None}, "malformed_record", raw)
+
+    certificate_path = subject_rights.run(spark, cfg, run_id="sr-t", action="erase", record=["ua_crm:UA-9"])
+    certificate = json.loads(certificate_path.read_text(encoding="utf-8"))
+    assert certificate["scan"]["hits"] == 0 and certificate["rows_deleted"]["quarantine"] == 0
+    kept = delta_io.read_delta(spark, cfg.tables.quarantine).select("source_record_id", "raw_record")
+    assert_df_equality(kept, spark.createDataFrame([(None, raw)], kept.schema), ignore_nullable=True)
+
+
 QUARANTINED_ONLY = {"source_system": "ua_crm", "source_record_id": "UA-77", "middle_name": "Xqxquar"}
 
 
