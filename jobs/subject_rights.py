@@ -95,6 +95,10 @@ class Subject:
     profile_ids: tuple[str, ...]
     reference: str  # SHA-256 over the sorted subject hashes: names the subject in files and logs
 
+    def record_ids(self) -> list[str]:
+        """The records' unique ids (`source:id`), as Splink, the pairs and the access exports name them."""
+        return [r["record_id"] for r in self.records.collect()]
+
 
 def as_first_found(spark: SparkSession, path: Path, run_id: str) -> DataFrame:
     """The table as this run first found it: before its first commit of this job when an earlier attempt of the
@@ -304,7 +308,7 @@ def export_subject(spark: SparkSession, cfg: PipelineConfig, subject: Subject) -
     """Everything held about the subject, each profile value with its source record, purpose and lawful basis;
     of its profiles, only what its own records supplied (own_profile_rows)."""
     t = cfg.tables
-    ids = [r["record_id"] for r in subject.records.collect()]
+    ids = subject.record_ids()
     id_fields = quarantine_id_fields(cfg)
     matches = []
     if delta_io.table_exists(t.pairwise_matches):
@@ -552,7 +556,7 @@ def erase_subject(
     evidence = distinguishing_values(spark, cfg, subject, run_id)
     if not evidence and (erased_by := _erased_before(spark, t, subject, run_id)):
         # Its earlier access exports are found by record id, with no value to hand: removed before giving up.
-        if removed := _remove_exports_of(exports, [r["record_id"] for r in subject.records.collect()], ()):
+        if removed := _remove_exports_of(exports, subject.record_ids(), ()):
             log.info("erasure %s: removed %d access export(s) of the subject erased before", run_id, removed)
         unfinished = [r for r in erased_by if certificate_of_run(cfg, r) is None]
         if run_id in unfinished:  # this run's own earlier attempt, whose history a later erasure purged
@@ -619,7 +623,7 @@ def erase_subject(
     # in a lasting checkpoint dir (the lakehouse lock this job holds keeps every other job of it away).
     checkpoints = lasting_checkpoint_dir(cfg)
     incidents_removed = _remove_files_quoting(cfg.lakehouse / INCIDENTS_DIR, evidence)
-    record_ids = [r["record_id"] for r in subject.records.collect()]
+    record_ids = subject.record_ids()
     exports_removed = _remove_exports_of(exports, record_ids, evidence)
     # A Splink table names the records it holds by their unique ids (source:id), which find it without a value.
     splink_tables_removed = _remove_splink_tables_quoting(checkpoints, [*evidence, *record_ids]) if checkpoints else 0
