@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
-from pyspark import inheritable_thread_target
+from pyspark import SparkContext, inheritable_thread_target
 from pyspark.sql import DataFrame, SparkSession
 
 from jobs import delta_io
@@ -83,12 +83,20 @@ def build_spark_session(
     # Python workers use the driver's interpreter (and so its packages) unless told otherwise;
     # SparkContext reads this from the environment, not from the conf.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    local_dir_env = {}
+    if not spark_local_dir_configured(conf):
+        if launched_by_spark_submit():
+            # The driver JVM runs already; the conf still reaches the SparkContext made below.
+            conf["spark.local.dir"] = temporary_scratch_dir("spark")
+        else:  # read by the JVM getOrCreate starts; the conf would also log that a cluster manager overrides it
+            local_dir_env["SPARK_LOCAL_DIRS"] = temporary_scratch_dir("spark")
     builder = SparkSession.builder.appName(app_name)
     if not launched_by_spark_submit():
         builder = builder.master(settings.master)
     for key, value in conf.items():
         builder = builder.config(key, value)
-    spark = builder.getOrCreate()
+    with environment(local_dir_env):
+        spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     silence_loggers_quoting_errors(spark)
     # Listed jars are not necessarily on the driver's class loader (spark-submit), so always add it;
@@ -96,7 +104,7 @@ def build_spark_session(
     spark.sql(f"ADD JAR '{jar}'")
     # A configured spark.checkpoint.dir (storage every node sees, on a multi-machine cluster) is already set.
     if checkpoint_dir or not spark.sparkContext.getCheckpointDir():
-        spark.sparkContext.setCheckpointDir(checkpoint_dir or temporary_checkpoint_dir())
+        spark.sparkContext.setCheckpointDir(checkpoint_dir or temporary_scratch_dir("checkpoints"))
     log.info(
         "Spark %s on %s; checkpoints in %s; %s",
         spark.version,
@@ -107,15 +115,41 @@ def build_spark_session(
     return spark
 
 
+def spark_local_dir_configured(conf: Mapping[str, str]) -> bool:
+    """Whether Spark's local dir (shuffle, spill and disk-cached blocks) is chosen already: by this session's conf,
+    by SPARK_LOCAL_DIRS, by spark-submit's conf, or by a running SparkContext this session would join."""
+    if "spark.local.dir" in conf or "SPARK_LOCAL_DIRS" in os.environ or SparkContext._active_spark_context:
+        return True
+    if not launched_by_spark_submit():
+        return False
+    SparkContext._ensure_initialized()  # joins spark-submit's JVM, whose system properties hold its conf
+    return SparkContext._jvm.java.lang.System.getProperty("spark.local.dir") is not None
+
+
 _TEMPORARY_DIRS: list[tempfile.TemporaryDirectory[str]] = []
 
 
-def temporary_checkpoint_dir() -> str:
-    """A fresh checkpoint dir that is removed when the process exits (or by the next job, if this one is killed),
-    so no job leaves its Splink checkpoints (tables of candidate pairs on a large run) behind in the temp dir."""
-    directory = ScratchDir("checkpoints")
+def temporary_scratch_dir(kind: str) -> str:
+    """A fresh scratch dir that is removed when the process exits (or by the next job, if this one is killed), so no
+    job leaves its Splink checkpoints or Spark's shuffle and spill files (copies of records) behind in the temp dir."""
+    directory = ScratchDir(kind)
     _TEMPORARY_DIRS.append(directory)  # held until exit, when its finalizer removes it
     return directory.name
+
+
+@contextmanager
+def environment(values: Mapping[str, str]) -> Iterator[None]:
+    """Set these environment variables inside the block only (for a child process started in it)."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def silence_loggers_quoting_errors(spark: SparkSession) -> None:

@@ -783,3 +783,35 @@ def test_the_scratch_folders_of_a_killed_job_are_removed_by_the_next_holder_of_t
     with lakehouse_lock(cfg, "ingest"):
         assert sorted(temp.iterdir()) == sorted([Path(running.name), just_made, not_a_pid, other])
     running.cleanup()
+
+
+JVM_KILLED_WITH_SHUFFLE_FILES = """
+import os, signal
+from pyspark import StorageLevel
+from jobs.config import load_config
+from jobs.spark_session import build_spark_session
+spark = build_spark_session(load_config().spark, "killed")
+rows = spark.createDataFrame([("Bohdanivna", i) for i in range(1000)], "name string, n int")
+rows.repartition(3, "n").persist(StorageLevel.DISK_ONLY).count()
+# the kernel's OOM killer takes the largest process, the JVM, which then runs no shutdown hook
+os.kill(spark.sparkContext._jvm.java.lang.ProcessHandle.current().pid(), signal.SIGKILL)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_sparks_shuffle_and_spill_files_of_a_killed_job_are_in_its_scratch_folder_and_removed_with_it(
+    cfg, tmp_path, monkeypatch
+):
+    """Spark writes shuffle, spill and disk-cached blocks (copies of records) under its local dir, which a killed
+    JVM leaves behind: the job's scratch folder holds them, so the next holder of the lock removes them."""
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    env = {**os.environ, "PYTHONPATH": str(PROJECT), "TMPDIR": str(temp)}
+    env.pop("SPARK_LOCAL_DIRS", None)
+    killed = subprocess.run([sys.executable, "-c", JVM_KILLED_WITH_SHUFFLE_FILES], env=env, check=False)
+    assert killed.returncode == -signal.SIGKILL
+    blocks = [path for path in temp.glob("idres-spark-*/blockmgr-*/**/*") if path.is_file()]
+    assert blocks, "the killed job's shuffle and cached blocks are in its scratch folder"
+    with lakehouse_lock(cfg, "ingest"):
+        assert list(temp.iterdir()) == []
