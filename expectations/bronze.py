@@ -15,8 +15,8 @@ from jobs.ingest import DUPLICATE_SOURCE_ID
 
 def with_bronze_rows(ingest_runs: DataFrame, bronze: DataFrame) -> DataFrame:
     """Ingest runs plus `bronze_within_landed`: the bronze rows a run wrote for a source (by their run id) are at
-    most the rows it counted as landed (a version landed before keeps its earlier run id; quarantined rows
-    never reach bronze)."""
+    most the rows it counted as landed (a version landed before keeps its earlier run id, or takes this run's when
+    it comes back as its record's current version; quarantined rows never reach bronze)."""
     written = bronze.groupBy("run_id", "source_system").agg(F.count("*").alias("_written"))
     return (
         ingest_runs.join(written, ["run_id", "source_system"], "left")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import date
 
-from pyspark.sql import Column
+from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -153,3 +153,20 @@ def trimmed(text: Column | str) -> Column:
 def lookup(mapping: Mapping[str, object]) -> Column:
     """A literal map column, for `lookup(m)[F.col(key)]`."""
     return F.create_map(*[F.lit(x) for kv in mapping.items() for x in kv])
+
+
+def ranked_versions(bronze: DataFrame) -> DataFrame:
+    """Bronze rows with `version_rank`, 1 for the current version of each source record: bronze keeps every version.
+
+    The version its source updated last (`updated_at`) is current, whenever it was ingested; a version without
+    an update time loses to a dated one. An update time after the version's ingestion cannot be real (a typo:
+    2205 for 2025): it is taken as the ingestion time (the rows come back with updated_at so), so it does not
+    outrank every later update for good. Among versions updated at the same time (or all undated), the one
+    ingested last wins, then the lowest record hash, so the choice never depends on the order of the rows.
+    """
+    newest = Window.partitionBy("source_system", "source_record_id").orderBy(
+        F.col("updated_at").desc_nulls_last(), F.col("ingested_at").desc(), F.col("record_hash")
+    )
+    return bronze.withColumn(
+        "updated_at", F.when(F.col("updated_at").isNotNull(), F.least("updated_at", "ingested_at"))
+    ).withColumn("version_rank", F.row_number().over(newest))

@@ -34,6 +34,7 @@ from jobs.canonical import (
     CANONICAL_FIELDS,
     EARLIEST_BIRTH_DATE,
     TYPED_COLUMNS,
+    ranked_versions,
     subject_hash,
     trimmed,
 )
@@ -49,6 +50,7 @@ SOURCE_FILE = "_source_file"
 UNDECODABLE_LINE = "_undecodable_line"  # a JSONL line's text when it held a byte UTF-8 could not decode, else null
 REASON = "quarantine_reason"
 QUARANTINE_KEYS = ("source_system", "raw_hash", "reason")  # a quarantined line, in either quarantine table
+BRONZE_KEYS = ("source_system", "source_record_id", "record_hash")  # a version of a source record
 
 # Reason codes, in the order they are checked: a row gets the first that applies. Undecodable bytes come
 # first, as they also break the parse of a JSON line.
@@ -679,6 +681,24 @@ def to_bronze(validated: DataFrame, run_id: str, ingested_at: datetime) -> DataF
     )
 
 
+def returning_versions(landed: DataFrame, bronze: DataFrame) -> DataFrame:
+    """The landed rows whose version bronze holds already, but not as its record's current version, though it is
+    as recent as that one (both undated, or updated at the same time): a record changed and then changed back, at a
+    source that gives no update time or never changes it. Landed again (this run's lineage columns), each is its
+    record's current version once more; a version an update time outranks stays outranked (a replayed extract)."""
+    versions = bronze.transform(ranked_versions)
+    current = versions.where("version_rank = 1").select(
+        "source_system", "source_record_id", F.col("updated_at").alias("_current_updated_at")
+    )
+    as_recent = (
+        versions.where("version_rank > 1")
+        .join(current, ["source_system", "source_record_id"])
+        .where(F.col("updated_at").eqNullSafe(F.col("_current_updated_at")))
+        .select(*BRONZE_KEYS)
+    )
+    return landed.join(as_recent, list(BRONZE_KEYS), "left_semi")
+
+
 def erasure_register(spark: SparkSession, cfg: PipelineConfig) -> DataFrame | None:
     """The erasure register (subject_hash of every erased source record), or None before the first erasure."""
     path = cfg.tables.erasure_register
@@ -824,13 +844,13 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str, mode: str = "full
         counts = _count(validated, cfg)
         size_stage_to_input(spark, cfg.spark, sum(c.read for c in counts))
         bronze = to_bronze(validated, run_id, ingested_at)
-        metrics = delta_io.merge_delta(
-            bronze,
-            cfg.tables.bronze,
-            keys=("source_system", "source_record_id", "record_hash"),
-            run_id=run_id,
-            job="ingest",
-        )
+        landed_before = delta_io.table_exists(cfg.tables.bronze)
+        metrics = delta_io.merge_delta(bronze, cfg.tables.bronze, keys=BRONZE_KEYS, run_id=run_id, job="ingest")
+        if landed_before:
+            returning = bronze.transform(returning_versions, delta_io.read_delta(spark, cfg.tables.bronze))
+            delta_io.merge_delta(
+                returning, cfg.tables.bronze, keys=BRONZE_KEYS, run_id=run_id, job="ingest", update_changed=True
+            )
         quarantine = to_quarantine(validated, raw_canonical_values(), run_id, ingested_at)
         delta_io.merge_delta(quarantine, cfg.tables.quarantine, keys=QUARANTINE_KEYS, run_id=run_id, job="ingest")
     finally:

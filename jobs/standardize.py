@@ -38,12 +38,12 @@ from babel import Locale, UnknownLocaleError
 from babel.core import get_global
 from babel.languages import get_official_languages
 from email_validator import EmailNotValidError, validate_email
-from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from jobs import delta_io
-from jobs.canonical import E164, PSEUDONYM_ATTRIBUTES, lookup, trimmed
+from jobs.canonical import E164, PSEUDONYM_ATTRIBUTES, lookup, ranked_versions, trimmed
 from jobs.config import PipelineConfig, PurposePolicy, SourceConfig
 from jobs.runner import run_job
 from jobs.spark_session import size_stage_to_input
@@ -337,23 +337,8 @@ def _latin_address_udf(texts: pd.Series) -> pd.Series:
 
 
 def latest_bronze_records(bronze: DataFrame) -> DataFrame:
-    """The current version of each source record: bronze keeps every version ever landed.
-
-    The version its source updated last (`updated_at`) is current, whenever it was ingested; a version without
-    an update time loses to a dated one. An update time after the version's ingestion cannot be real (a typo:
-    2205 for 2025): it is taken as the ingestion time, here and in silver (where unify's most_recent reads it), so
-    it does not outrank every later update for good. Among versions updated at the same time (or all undated),
-    the one ingested last wins, then the lowest record hash, so the choice never depends on the order of the rows.
-    """
-    newest = Window.partitionBy("source_system", "source_record_id").orderBy(
-        F.col("updated_at").desc_nulls_last(), F.col("ingested_at").desc(), F.col("record_hash")
-    )
-    return (
-        bronze.withColumn("updated_at", F.when(F.col("updated_at").isNotNull(), F.least("updated_at", "ingested_at")))
-        .withColumn("_rank", F.row_number().over(newest))
-        .where("_rank = 1")
-        .drop("_rank")
-    )
+    """The current version of each source record (canonical.ranked_versions), its updated_at as the choice read it."""
+    return bronze.transform(ranked_versions).where("version_rank = 1").drop("version_rank")
 
 
 def standardize_names(df: DataFrame) -> DataFrame:

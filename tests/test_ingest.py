@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from chispa import assert_df_equality
+from deltalake import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -645,6 +646,39 @@ def test_an_incremental_run_reads_a_changed_extract_whole_and_skips_the_unchange
         [("UA-1", "Шевченко", "r1"), ("UA-2", "Коваль", "r1"), ("UA-3", "Бондар", "r2")], bronze.schema
     )
     assert_df_equality(bronze, expected_bronze, ignore_row_order=True, ignore_nullable=True)
+
+
+def test_a_record_changed_back_at_a_source_giving_no_newer_update_time_is_current_again(spark, cfg):
+    """Bronze holds each version once: the version a record goes back to must still become current again, unless
+    an update time outranks it (a replayed old extract)."""
+    from jobs import demo_data, standardize
+    from tests.conftest import write_ua_crm
+
+    demo_data.generate(cfg, people=5, seed=8)
+
+    def extract(run_id: str, never_updated: str, undated: str, dated: str, updated_at: str) -> None:
+        undated_row = {k: v for k, v in ua_record("UA-2", undated).items() if k != "updated_at"}
+        dated_row = {**ua_record("UA-3", dated), "updated_at": updated_at}
+        write_ua_crm(cfg, [ua_record("UA-1", never_updated), undated_row, dated_row])
+        ingest.run(spark, cfg, run_id=run_id)
+
+    extract("r1", "Шевченко", "Коваль", "Бондар", "01.03.2025 10:15")
+    extract("r2", "Шевчук", "Ковальчук", "Бондаренко", "02.03.2025 10:15")
+    extract("r3", "Шевченко", "Коваль", "Бондар", "01.03.2025 10:15")  # the first extract again
+    version = DeltaTable(str(cfg.tables.bronze)).version()
+    ingest.run(spark, cfg, run_id="r3")  # a retry changes nothing
+    assert DeltaTable(str(cfg.tables.bronze)).version() == version
+
+    current = (
+        delta_io.read_delta(spark, cfg.tables.bronze)
+        .where("source_system = 'ua_crm'")
+        .transform(standardize.latest_bronze_records)
+        .select("source_record_id", "last_name", "run_id")
+    )
+    expected = spark.createDataFrame(
+        [("UA-1", "Шевченко", "r3"), ("UA-2", "Коваль", "r3"), ("UA-3", "Бондаренко", "r2")], current.schema
+    )
+    assert_df_equality(current, expected, ignore_row_order=True, ignore_nullable=True)
 
 
 def test_an_incremental_run_reads_an_unchanged_extract_again_once_its_source_settings_change(spark, cfg):
