@@ -799,6 +799,7 @@ os.kill(os.getpid(), signal.SIGKILL)
 """
 
 
+@pytest.mark.heavy  # a JVM of its own: about 20 s
 def test_sparks_shuffle_and_spill_files_of_a_killed_job_are_in_its_scratch_folder_and_removed_with_it(
     cfg, tmp_path, monkeypatch
 ):
