@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
+import tempfile
 from functools import partial
 from pathlib import Path
 
@@ -12,7 +14,7 @@ import pytest
 from pyspark.sql import functions as F
 from pyspark.sql.types import DoubleType, StringType
 
-from jobs import delta_io
+from jobs import delta_io, scratch
 from jobs.config import SparkConfig
 from jobs.python_daemon import SPARK_ARCHIVE, without_spark_archives
 from jobs.spark_session import mapped_class_archives, run_at_once, size_stage_to_input
@@ -94,6 +96,15 @@ def test_spark_archives_leave_the_path_only_when_pyspark_and_py4j_import_without
     assert without_spark_archives([*archives, "/opt/app", site_packages]) == ["/opt/app", site_packages]
     # An interpreter without pyspark installed imports it from the archives: they stay.
     assert without_spark_archives([*archives, "/opt/app"]) == [*archives, "/opt/app"]
+
+
+def test_sparks_local_dir_is_a_scratch_folder_of_this_process_unless_one_is_configured(spark):
+    """Shuffle, spill and disk-cached blocks (copies of records) go where a killed job's are removed by the next."""
+    block_manager = spark.sparkContext._jvm.org.apache.spark.SparkEnv.get().blockManager()
+    (local_dir,) = [Path(str(path)) for path in block_manager.diskBlockManager().localDirs()]
+    assert re.fullmatch(rf"{scratch.PREFIX}spark-{os.getpid()}-\w+", local_dir.parent.name)
+    assert local_dir.parent.parent == Path(tempfile.gettempdir())
+    assert "SPARK_LOCAL_DIRS" not in os.environ  # set for the JVM's launch only
 
 
 def test_the_driver_jvm_maps_the_class_archive_make_install_built(spark):
