@@ -444,8 +444,17 @@ def scan_for_values(root: Path, values: Iterable[str], files: Iterable[Path] | N
             text = f.read_bytes().decode("utf-8", errors="replace")
         found = {forms[m] for m in regex.findall(text)}
         if found:
-            hits[str(f.relative_to(root))] = len(found)
+            hits[_path_under(f, root)] = len(found)
     return hits
+
+
+def _path_under(file: Path, root: Path) -> str:
+    """file's path relative to root, also through a symlink or `..` in either (delta-rs names a table's files by
+    their canonical paths); the whole path when it is not under root."""
+    for f, r in ((file, root), (file.resolve(), root.resolve())):
+        if f.is_relative_to(r):
+            return str(f.relative_to(r))
+    return str(file)
 
 
 def files_kept_by_purge(root: Path, tables: Iterable[Path]) -> list[Path]:

@@ -542,6 +542,11 @@ def test_the_scan_finds_whole_values_only_and_as_json_escapes_them(tmp_path):
     assert subject_rights.scan_for_values(tmp_path, ["Іван", "Петро"], [tmp_path / "escaped.json"]) == {
         "escaped.json": 1
     }
+    # a lakehouse named through a symlink, whose tables' files delta-rs names by their canonical paths
+    (tmp_path / "linked").symlink_to(tmp_path)
+    assert subject_rights.scan_for_values(tmp_path / "linked", ["lin"], [tmp_path / "part-0.parquet"]) == {
+        "part-0.parquet": 1
+    }
 
 
 def test_a_record_no_table_holds_is_refused_and_nothing_is_erased(spark, pristine, tmp_path):
