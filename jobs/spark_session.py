@@ -83,19 +83,12 @@ def build_spark_session(
     # Python workers use the driver's interpreter (and so its packages) unless told otherwise;
     # SparkContext reads this from the environment, not from the conf.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    local_dir_env = {}
-    if not spark_local_dir_configured(conf):
-        if launched_by_spark_submit():
-            # The driver JVM runs already; the conf still reaches the SparkContext made below.
-            conf["spark.local.dir"] = temporary_scratch_dir("spark")
-        else:  # read by the JVM getOrCreate starts; the conf would also log that a cluster manager overrides it
-            local_dir_env["SPARK_LOCAL_DIRS"] = temporary_scratch_dir("spark")
     builder = SparkSession.builder.appName(app_name)
     if not launched_by_spark_submit():
         builder = builder.master(settings.master)
     for key, value in conf.items():
         builder = builder.config(key, value)
-    with environment(local_dir_env):
+    with driver_temp_dir_in_scratch():
         spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     silence_loggers_quoting_errors(spark)
@@ -115,15 +108,34 @@ def build_spark_session(
     return spark
 
 
-def spark_local_dir_configured(conf: Mapping[str, str]) -> bool:
-    """Whether Spark's local dir (shuffle, spill and disk-cached blocks) is chosen already: by this session's conf,
-    by SPARK_LOCAL_DIRS, by spark-submit's conf, or by a running SparkContext this session would join."""
-    if "spark.local.dir" in conf or "SPARK_LOCAL_DIRS" in os.environ or SparkContext._active_spark_context:
-        return True
-    if not launched_by_spark_submit():
-        return False
-    SparkContext._ensure_initialized()  # joins spark-submit's JVM, whose system properties hold its conf
-    return SparkContext._jvm.java.lang.System.getProperty("spark.local.dir") is not None
+TEMP_DIR_OPTION = "-Djava.io.tmpdir="
+
+
+@contextmanager
+def driver_temp_dir_in_scratch() -> Iterator[None]:
+    """Make the driver JVM's temp dir a scratch folder of this job, for the SparkContext the block makes.
+
+    Spark's local dir (shuffle, spill and disk-cached blocks: copies of records) is the JVM's temp dir unless
+    spark.local.dir or SPARK_LOCAL_DIRS names one, wherever they are set (spark-defaults.conf, --conf, the
+    session's conf), so those still win; a temp dir given to the JVM (-Djava.io.tmpdir) is kept too. The JVM that
+    PySpark starts in the block takes it through SPARK_SUBMIT_OPTS; spark-submit's JVM, running already, as a
+    system property read when the SparkContext is made. A running SparkContext keeps its own.
+    """
+    if SparkContext._active_spark_context:
+        yield
+    elif launched_by_spark_submit():
+        SparkContext._ensure_initialized()  # joins spark-submit's JVM
+        jvm = SparkContext._jvm
+        options = jvm.java.lang.management.ManagementFactory.getRuntimeMXBean().getInputArguments()
+        if not any(str(option).startswith(TEMP_DIR_OPTION) for option in options):
+            jvm.java.lang.System.setProperty("java.io.tmpdir", temporary_scratch_dir("spark"))
+        yield
+    elif TEMP_DIR_OPTION in os.environ.get("SPARK_SUBMIT_OPTS", ""):
+        yield
+    else:
+        option = f'"{TEMP_DIR_OPTION}{temporary_scratch_dir("spark")}"'  # quoted: the temp dir may hold a space
+        with environment({"SPARK_SUBMIT_OPTS": f"{os.environ.get('SPARK_SUBMIT_OPTS', '')} {option}".strip()}):
+            yield
 
 
 _TEMPORARY_DIRS: list[tempfile.TemporaryDirectory[str]] = []

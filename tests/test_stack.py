@@ -104,7 +104,9 @@ def test_sparks_local_dir_is_a_scratch_folder_of_this_process_unless_one_is_conf
     (local_dir,) = [Path(str(path)) for path in block_manager.diskBlockManager().localDirs()]
     assert re.fullmatch(rf"{scratch.PREFIX}spark-{os.getpid()}-\w+", local_dir.parent.name)
     assert local_dir.parent.parent == Path(tempfile.gettempdir())
-    assert "SPARK_LOCAL_DIRS" not in os.environ  # set for the JVM's launch only
+    # the JVM's temp dir, given to the JVM's launch only
+    assert spark.sparkContext._jvm.java.lang.System.getProperty("java.io.tmpdir") == str(local_dir.parent)
+    assert "java.io.tmpdir" not in os.environ.get("SPARK_SUBMIT_OPTS", "")
 
 
 def test_the_driver_jvm_maps_the_class_archive_make_install_built(spark):
