@@ -682,18 +682,23 @@ def to_bronze(validated: DataFrame, run_id: str, ingested_at: datetime) -> DataF
 
 
 def returning_versions(landed: DataFrame, bronze: DataFrame) -> DataFrame:
-    """The landed rows whose version bronze holds already, but not as its record's current version, though it is
-    as recent as that one (both undated, or updated at the same time): a record changed and then changed back, at a
-    source that gives no update time or never changes it. Landed again (this run's lineage columns), each is its
-    record's current version once more; a version an update time outranks stays outranked (a replayed extract)."""
-    versions = bronze.transform(ranked_versions)
+    """The landed rows whose version bronze holds already, but not as its record's current version, though its
+    source gave it the same update time as that one (none, or one it never changes): a record changed and then
+    changed back. Landed again (this run's lineage columns), each is its record's current version once more; a
+    version an update time outranks stays outranked (a replayed extract)."""
+    records = landed.select("source_system", "source_record_id").distinct()
+    versions = (
+        bronze.join(records, ["source_system", "source_record_id"], "left_semi")
+        .withColumn("_source_updated_at", F.col("updated_at"))  # ranked_versions caps a future one per version
+        .transform(ranked_versions)
+    )
     current = versions.where("version_rank = 1").select(
-        "source_system", "source_record_id", F.col("updated_at").alias("_current_updated_at")
+        "source_system", "source_record_id", F.col("_source_updated_at").alias("_current_updated_at")
     )
     as_recent = (
         versions.where("version_rank > 1")
         .join(current, ["source_system", "source_record_id"])
-        .where(F.col("updated_at").eqNullSafe(F.col("_current_updated_at")))
+        .where(F.col("_source_updated_at").eqNullSafe(F.col("_current_updated_at")))
         .select(*BRONZE_KEYS)
     )
     return landed.join(as_recent, list(BRONZE_KEYS), "left_semi")

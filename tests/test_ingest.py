@@ -659,7 +659,8 @@ def test_a_record_changed_back_at_a_source_giving_no_newer_update_time_is_curren
     def extract(run_id: str, never_updated: str, undated: str, dated: str, updated_at: str) -> None:
         undated_row = {k: v for k, v in ua_record("UA-2", undated).items() if k != "updated_at"}
         dated_row = {**ua_record("UA-3", dated), "updated_at": updated_at}
-        write_ua_crm(cfg, [ua_record("UA-1", never_updated), undated_row, dated_row])
+        typo_row = {**ua_record("UA-4", never_updated), "updated_at": "01.03.2205 10:15"}  # taken as its landing time
+        write_ua_crm(cfg, [ua_record("UA-1", never_updated), undated_row, dated_row, typo_row])
         ingest.run(spark, cfg, run_id=run_id)
 
     extract("r1", "Шевченко", "Коваль", "Бондар", "01.03.2025 10:15")
@@ -676,7 +677,13 @@ def test_a_record_changed_back_at_a_source_giving_no_newer_update_time_is_curren
         .select("source_record_id", "last_name", "run_id")
     )
     expected = spark.createDataFrame(
-        [("UA-1", "Шевченко", "r3"), ("UA-2", "Коваль", "r3"), ("UA-3", "Бондаренко", "r2")], current.schema
+        [
+            ("UA-1", "Шевченко", "r3"),
+            ("UA-2", "Коваль", "r3"),
+            ("UA-3", "Бондаренко", "r2"),
+            ("UA-4", "Шевченко", "r3"),
+        ],
+        current.schema,
     )
     assert_df_equality(current, expected, ignore_row_order=True, ignore_nullable=True)
 
