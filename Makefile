@@ -80,7 +80,8 @@ chromium:
 
 run: install
 	@$(BIN)/airflow db migrate >/dev/null
-	$(BIN)/airflow dags test identity_resolution \
+	@echo "Running the identity_resolution DAG on $(PEOPLE) demo people (a few minutes; log: $(AIRFLOW_HOME)/last_dag_run.log)"
+	@$(BIN)/airflow dags test identity_resolution \
 	  -c '{"demo_people": $(PEOPLE)}' >$(AIRFLOW_HOME)/last_dag_run.log 2>&1 \
 	  || { tail -n 60 $(AIRFLOW_HOME)/last_dag_run.log; echo "DAG run failed; full log: $(AIRFLOW_HOME)/last_dag_run.log" >&2; exit 1; }
 	@$(BIN)/python -m jobs.summary

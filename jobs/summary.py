@@ -12,7 +12,7 @@ from jobs import delta_io
 from jobs import run_queries as q
 from jobs.config import PipelineConfig, load_config
 from jobs.publication import complete_for_readers
-from jobs.report import latest_auditor_report
+from jobs.report import gate_verdict, latest_auditor_report, load_quality
 from jobs.run_queries import RunQuery
 
 
@@ -57,6 +57,8 @@ def summary_sections(cfg: PipelineConfig) -> list[str]:
             sections.append(_table(title, query.execute(t)))
     report = latest_auditor_report(cfg)
     if report is not None:
+        verdict, _ = gate_verdict(load_quality(report.parent))
+        sections.append(f"Quality gate of run {report.parent.name}: {verdict}")
         sections.append(f"Auditor report: {report.as_uri()}")
     return sections
 

@@ -243,6 +243,21 @@ def test_a_run_without_tables_or_quality_results_says_so(cfg):
     assert page.tables == {}
 
 
+def test_the_run_summary_ends_with_the_gate_verdict_and_the_report_of_the_latest_run(cfg):
+    from jobs.report import REPORT_FILE
+    from jobs.summary import summary_sections
+
+    run_dir = cfg.run_report_dir(RUN)
+    run_dir.mkdir(parents=True)
+    (run_dir / "quality.json").write_text(json.dumps({"success": True, "published": True}), encoding="utf-8")
+    (run_dir / REPORT_FILE).write_text("<html></html>", encoding="utf-8")
+
+    assert summary_sections(cfg)[-2:] == [
+        f"Quality gate of run {run_dir.name}: passed, published",
+        f"Auditor report: {(run_dir / REPORT_FILE).as_uri()}",
+    ]
+
+
 def test_a_run_report_folder_is_named_safely_from_the_run_id(cfg):
     folder = cfg.run_report_dir("manual__2026-11-22T08:21:18.831069+00:00")
     assert folder == cfg.reports / "runs" / "manual__2026-11-22T08_21_18.831069_00_00-e61a9326"
