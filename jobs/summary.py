@@ -58,7 +58,7 @@ def summary_sections(cfg: PipelineConfig) -> list[str]:
     report = latest_auditor_report(cfg)
     if report is not None:
         verdict, _ = gate_verdict(load_quality(report.parent))
-        sections.append(f"Quality gate of run {report.parent.name}: {verdict}")
+        sections.append(f"Quality gate of the last run: {verdict}")
         sections.append(f"Auditor report: {report.as_uri()}")
     return sections
 
