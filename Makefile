@@ -15,7 +15,8 @@ CLUSTER_MEMORY ?= 4g
 export AIRFLOW_HOME := $(CURDIR)/airflow_home
 export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
-export AIRFLOW__LOGGING__LOGGING_LEVEL := WARNING
+# INFO: a task's own output (a job's log, the reason it failed) reaches Airflow's log at INFO; jobs log no values.
+export AIRFLOW__LOGGING__LOGGING_LEVEL := INFO
 export AIRFLOW_CONN_SPARK_DEFAULT ?= {"conn_type": "spark", "host": "local[*]"}
 export PYSPARK_PYTHON := $(BIN)/python
 export PYSPARK_DRIVER_PYTHON := $(BIN)/python
