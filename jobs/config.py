@@ -11,6 +11,7 @@ import functools
 import hashlib
 import inspect
 import json
+import math
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -469,10 +470,19 @@ class PipelineConfig:
 
 
 def _rebase_source(s: SourceConfig, old: Path, new: Path) -> SourceConfig:
+    """The source with its extract and consent feed moved from landing zone old to new (unmoved when they match)."""
+    if new == old:
+        return s
+
+    def moved(path: Path) -> Path:
+        if not path.is_relative_to(old):
+            raise IdresError(f"source {s.name}: its path is outside the landing zone {old}, so it cannot move to {new}")
+        return new / path.relative_to(old)
+
     feed = s.consent_feed
     if feed is not None:
-        feed = replace(feed, path=new / feed.path.relative_to(old))
-    return replace(s, path=new / s.path.relative_to(old), consent_feed=feed)
+        feed = replace(feed, path=moved(feed.path))
+    return replace(s, path=moved(s.path), consent_feed=feed)
 
 
 class _Problems:
@@ -491,6 +501,9 @@ class _Problems:
             return None
         if not isinstance(value, kind):
             self.add(file, f"{key}.{name}" if key else name, f"must be a {kind.__name__}, got {type(value).__name__}")
+            return None
+        if isinstance(value, str) and not value.strip():
+            self.add(file, f"{key}.{name}" if key else name, "must not be empty")
             return None
         return value
 
@@ -857,7 +870,9 @@ def _check_splink_entry(file: str, key: str, entry: Any, module: Any, problems: 
     """A comparison (level): a function of module whose args fit it, and columns Splink is given."""
     if not isinstance(entry, dict) or not isinstance(entry.get("function"), str):
         problems.add(file, key, "must be a mapping with a 'function'")
-    elif entry["function"].startswith("_") or not hasattr(module, entry["function"]):
+        return
+    problems.unknown_keys(file, key, entry, ("function", "args", "configure"))
+    if entry["function"].startswith("_") or not hasattr(module, entry["function"]):
         problems.add(file, f"{key}.function", f"'{entry['function']}' is not in {module.__name__}")
     elif not isinstance(entry.get("args", {}), dict) or not isinstance(entry.get("configure", {}), dict):
         problems.add(file, key, "'args' and 'configure' must be mappings")
@@ -945,6 +960,7 @@ def _load_linkage(raw: dict[str, Any], problems: _Problems) -> LinkageConfig | N
     comparisons = problems.require(file, "", raw, "comparisons", list) or []
     for i, comp in enumerate(comparisons):
         if isinstance(comp, dict) and "levels" in comp:
+            problems.unknown_keys(file, f"comparisons[{i}]", comp, ("name", "levels"))
             if not isinstance(comp.get("name"), str):
                 problems.add(file, f"comparisons[{i}].name", "is required for a comparison given as levels")
             levels = comp["levels"] if isinstance(comp["levels"], list) else []
@@ -1144,7 +1160,7 @@ def _load_concurrency(raw: Any, problems: _Problems) -> ConcurrencyConfig:
         problems.add(file, "concurrency", "must be a mapping")
         return default
     timeout = raw.get("lock_timeout_seconds", default.lock_timeout_seconds)
-    if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout < 0:
+    if not isinstance(timeout, int | float) or isinstance(timeout, bool) or not 0 <= timeout < math.inf:
         problems.add(file, "concurrency.lock_timeout_seconds", "must be a non-negative number of seconds")
         timeout = default.lock_timeout_seconds
     problems.unknown_keys(file, "concurrency", raw, ("lock_timeout_seconds",))
@@ -1171,6 +1187,17 @@ def _spark_submit_conf(conf: Path, session_conf: Mapping[str, Any], problems: _P
     return launch
 
 
+def _section(raw: Mapping[str, Any], key: str, problems: _Problems, name: str | None = None) -> dict[str, Any]:
+    """pipeline.yaml's mapping under key ({} when absent or left empty); anything else is a problem."""
+    value = raw.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        problems.add("pipeline.yaml", name or key, f"must be a mapping, got {type(value).__name__}")
+        return {}
+    return value
+
+
 def load_config(conf_dir: Path | str | None = None) -> PipelineConfig:
     """Load and check conf/pipeline.yaml, spark-submit.json, sources.yaml, policy.yaml, splink.yaml and
     survivorship.yaml.
@@ -1186,25 +1213,24 @@ def load_config(conf_dir: Path | str | None = None) -> PipelineConfig:
 
     pipeline = _read_conf_file(conf / "pipeline.yaml", problems)
     problems.unknown_keys("pipeline.yaml", "", pipeline, ("paths", "spark", "quality", "resolve", "concurrency"))
-    paths = pipeline.get("paths") or {}
-    if not isinstance(paths, dict):
-        problems.add("pipeline.yaml", "paths", "must be a mapping")
-        paths = {}
+    paths = _section(pipeline, "paths", problems)
     problems.unknown_keys("pipeline.yaml", "paths", paths, DATA_ROOTS)
 
     def data_root(key: str, default: str) -> Path:
         """A data folder: IDRES_<KEY> if set, else pipeline.yaml paths.<key>, else the default."""
-        return _resolve(root, os.environ.get(f"IDRES_{key.upper()}") or str(paths.get(key, default)))
+        value = paths.get(key, default)
+        if not isinstance(value, str) or not value.strip():
+            problems.add("pipeline.yaml", f"paths.{key}", f"must be a folder path, got {value!r}")
+            value = default
+        return _resolve(root, os.environ.get(f"IDRES_{key.upper()}") or value)
 
     lakehouse = data_root("lakehouse", "lakehouse")
     landing = data_root("landing", "data/landing")
     ground_truth = data_root("ground_truth", "data/ground_truth")
 
-    spark_raw = pipeline.get("spark") or {}
+    spark_raw = _section(pipeline, "spark", problems)
     spark = SparkConfig()
-    if not isinstance(spark_raw, dict):
-        problems.add("pipeline.yaml", "spark", "must be a mapping")
-    else:
+    if spark_raw:
         problems.unknown_keys(
             "pipeline.yaml",
             "spark",
@@ -1219,12 +1245,18 @@ def load_config(conf_dir: Path | str | None = None) -> PipelineConfig:
                 ("small_input_rows", 0, "must be a non-negative integer"),
             )
         }
-        extra = spark_raw.get("conf") or {}
-        if not isinstance(extra, dict):
-            problems.add("pipeline.yaml", "spark.conf", "must be a mapping of Spark property -> value")
-            extra = {}
+        extra = _section(spark_raw, "conf", problems, "spark.conf")
+        for name, value in extra.items():
+            if not isinstance(name, str) or not name.startswith("spark."):
+                problems.add("pipeline.yaml", f"spark.conf.{name}", "is not a Spark property (spark.*)")
+            elif value is None or isinstance(value, dict | list):
+                problems.add("pipeline.yaml", f"spark.conf.{name}", f"must be a value, got {value!r}")
+        master = spark_raw.get("master", spark.master)
+        if not isinstance(master, str) or not master.strip():
+            problems.add("pipeline.yaml", "spark.master", f"must be a Spark master URL (local[*]), got {master!r}")
+            master = SparkConfig().master
         spark = SparkConfig(
-            master=os.environ.get("IDRES_SPARK_MASTER") or str(spark_raw.get("master", spark.master)),
+            master=os.environ.get("IDRES_SPARK_MASTER") or master,
             **sizes,
             conf={str(k): str(v) for k, v in extra.items()},
         )
@@ -1265,9 +1297,9 @@ def load_config(conf_dir: Path | str | None = None) -> PipelineConfig:
         _check_em_rules_against_policy(linkage, policy, problems)
     models = data_root("models", "models")
     reports = data_root("reports", "reports")
-    quality = _load_quality(pipeline.get("quality") or {}, problems)
-    resolve = _load_resolve(pipeline.get("resolve") or {}, problems)
-    concurrency = _load_concurrency(pipeline.get("concurrency") or {}, problems)
+    quality = _load_quality(_section(pipeline, "quality", problems), problems)
+    resolve = _load_resolve(_section(pipeline, "resolve", problems), problems)
+    concurrency = _load_concurrency(_section(pipeline, "concurrency", problems), problems)
 
     if problems.items:
         raise ConfigError(problems.items)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -9,7 +10,7 @@ import pytest
 import yaml
 
 from jobs.config import DEFAULT_CONF_DIR, ResolveConfig, load_config
-from jobs.errors import ConfigError
+from jobs.errors import ConfigError, IdresError
 from tests.conftest import edited_conf
 
 
@@ -507,3 +508,65 @@ def test_the_block_size_limit_ships_and_a_limit_that_pairs_nothing_is_named(tmp_
         ], value
     unlimited = edited_conf(tmp_path / "zero", "splink.yaml", (("thresholds", "max_block_records"), 0))
     assert load_config(unlimited).linkage.max_block_records == 0
+
+
+def test_values_a_job_would_misread_are_named_not_silently_replaced(tmp_path):
+    """An empty path or master, a conf value left empty, a feed without a path, a misspelt comparison key: each
+    loaded as something else (the project root as lakehouse, the master 'None', a source without consent)."""
+    conf = tmp_path / "conf"
+    shutil.copytree(DEFAULT_CONF_DIR, conf)
+    files = ("pipeline.yaml", "sources.yaml", "splink.yaml")
+    pipeline, sources, splink = (yaml.safe_load((conf / name).read_text(encoding="utf-8")) for name in files)
+    pipeline["paths"].update(lakehouse="", models=None)
+    pipeline["spark"]["master"] = None
+    pipeline["spark"]["conf"].update({"spark.sql.session.timeZone": None, "sql.ansi.enabled": "true"})
+    pipeline["quality"] = []
+    pipeline["concurrency"] = {"lock_timeout_seconds": float("nan")}
+    sources["sources"][0]["consent_feed"]["path"] = ""
+    sources["sources"][1]["name"] = " "
+    phone = next(c for c in splink["comparisons"] if c.get("args", {}).get("col_name") == "phone")
+    phone["configur"] = phone.pop("configure")
+    splink["comparisons"][0]["levels"][1]["term_frequency_adjustments"] = True
+    for name, data in zip(files, (pipeline, sources, splink), strict=True):
+        (conf / name).write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        load_config(conf)
+    phone_at = splink["comparisons"].index(phone)
+    assert sorted(err.value.problems) == sorted(
+        [
+            "pipeline.yaml: paths.lakehouse: must be a folder path, got ''",
+            "pipeline.yaml: paths.models: must be a folder path, got None",
+            "pipeline.yaml: spark.master: must be a Spark master URL (local[*]), got None",
+            "pipeline.yaml: spark.conf.spark.sql.session.timeZone: must be a value, got None",
+            "pipeline.yaml: spark.conf.sql.ansi.enabled: is not a Spark property (spark.*)",
+            "pipeline.yaml: quality: must be a mapping, got list",
+            "pipeline.yaml: concurrency.lock_timeout_seconds: must be a non-negative number of seconds",
+            "sources.yaml: sources[0] (ua_crm).consent_feed.path: must not be empty",
+            "sources.yaml: sources[1].name: must not be empty",
+            "survivorship.yaml: source_priority: 'ro_shop' is not a source in sources.yaml",  # its name was
+            f"splink.yaml: comparisons[{phone_at}].configur: is not a known key",
+            "splink.yaml: comparisons[0].levels[1].term_frequency_adjustments: is not a known key",
+        ]
+    )
+
+
+def test_a_section_left_empty_takes_its_defaults_and_one_that_is_not_a_mapping_is_named(tmp_path):
+    conf = tmp_path / "conf"
+    shutil.copytree(DEFAULT_CONF_DIR, conf)
+    (conf / "pipeline.yaml").write_text("paths:\nspark: ''\nquality:\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        load_config(conf)
+    assert err.value.problems == ["pipeline.yaml: spark: must be a mapping, got str"]
+    (conf / "pipeline.yaml").write_text("paths:\nquality:\n", encoding="utf-8")
+    assert load_config(conf).lakehouse == conf.parent / "lakehouse"
+
+
+def test_moving_the_landing_zone_moves_each_source_under_it_and_names_one_outside_it(tmp_path):
+    cfg = load_config()
+    assert cfg.with_paths(lakehouse=tmp_path).sources == cfg.sources
+    moved = cfg.with_paths(landing=tmp_path / "landing")
+    assert moved.source("ua_crm").path == tmp_path / "landing" / cfg.source("ua_crm").path.relative_to(cfg.landing)
+    outside = dataclasses.replace(cfg, sources=(dataclasses.replace(cfg.sources[0], path=Path("/srv/ua.csv")),))
+    assert outside.with_paths(lakehouse=tmp_path).sources == outside.sources  # the landing zone stays
+    with pytest.raises(IdresError, match="source ua_crm: its path is outside the landing zone"):
+        outside.with_paths(landing=tmp_path / "landing")
