@@ -543,7 +543,7 @@ def test_values_a_job_would_misread_are_named_not_silently_replaced(tmp_path):
             "pipeline.yaml: concurrency.lock_timeout_seconds: must be a non-negative number of seconds",
             "sources.yaml: sources[0] (ua_crm).consent_feed.path: must not be empty",
             "sources.yaml: sources[1].name: must not be empty",
-            "survivorship.yaml: source_priority: 'ro_shop' is not a source in sources.yaml",  # its name was
+            "survivorship.yaml: source_priority: 'ro_shop' is not a source in sources.yaml",  # its name is blank now
             f"splink.yaml: comparisons[{phone_at}].configur: is not a known key",
             "splink.yaml: comparisons[0].levels[1].term_frequency_adjustments: is not a known key",
         ]
