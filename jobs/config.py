@@ -766,7 +766,7 @@ def _ignored_columns(file: str, key: str, raw: Any, columns: Mapping[str, str], 
     return tuple(raw)
 
 
-def _load_policy(raw: dict[str, Any], problems: _Problems) -> PurposePolicy | None:
+def _load_policy(raw: dict[str, Any], problems: _Problems) -> PurposePolicy:
     file = "policy.yaml"
     problems.unknown_keys(
         file,
@@ -836,11 +836,10 @@ def _load_policy(raw: dict[str, Any], problems: _Problems) -> PurposePolicy | No
     for attr in silver_attributes(sensitive, pseudonymized):
         if attr not in attributes_raw:
             problems.add(file, f"attributes.{attr}", "is missing: every silver attribute needs its purposes")
-    if version is None or unification is None:
-        return None
+    # A missing version or unification purpose is a problem already; the rest still checks survivorship and EM rules.
     return PurposePolicy(
-        version=version,
-        unification_purpose=unification,
+        version=version or "",
+        unification_purpose=unification or "",
         purpose_bases=purpose_bases,
         attribute_purposes=attribute_purposes,
         sensitive=sensitive,

@@ -570,3 +570,21 @@ def test_moving_the_landing_zone_moves_each_source_under_it_and_names_one_outsid
     assert outside.with_paths(lakehouse=tmp_path).sources == outside.sources  # the landing zone stays
     with pytest.raises(IdresError, match="source ua_crm: its path is outside the landing zone"):
         outside.with_paths(landing=tmp_path / "landing")
+
+
+def test_a_policy_without_its_version_is_still_checked_against_survivorship_and_em_rules(tmp_path):
+    sensitive = yaml.safe_load((DEFAULT_CONF_DIR / "policy.yaml").read_text(encoding="utf-8"))["sensitive"]
+    conf = edited_conf(tmp_path, "policy.yaml", (("sensitive",), [*sensitive, "date_of_birth"]))
+    policy = yaml.safe_load((conf / "policy.yaml").read_text(encoding="utf-8"))
+    del policy["version"]
+    (conf / "policy.yaml").write_text(yaml.safe_dump(policy, allow_unicode=True), encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        load_config(conf)
+    assert err.value.problems == [
+        "policy.yaml: version: is required",
+        "survivorship.yaml: attributes.date_of_birth.columns: 'date_of_birth' is not held in silver under policy.yaml "
+        "(derived from a sensitive column, or a pseudonym that pseudonymized_for_matching does not enable)",
+        "splink.yaml: training.em_blocking_rules[1]: 'date_of_birth' is not held in silver under policy.yaml (a "
+        "sensitive column, or a pseudonym pseudonymized_for_matching does not enable): EM would find no pair to "
+        "train on",
+    ]
