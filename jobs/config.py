@@ -500,7 +500,10 @@ class _Problems:
             self.add(file, f"{key}.{name}" if key else name, "is required")
             return None
         if not isinstance(value, kind):
-            self.add(file, f"{key}.{name}" if key else name, f"must be a {kind.__name__}, got {type(value).__name__}")
+            # yes/no/on/off/true/false unquoted are YAML booleans: a country code NO, an answer "on"
+            quote = " (quote it: YAML reads yes, no, on, off, true and false unquoted as booleans)"
+            got = f"got {type(value).__name__}{quote if isinstance(value, bool) and kind is str else ''}"
+            self.add(file, f"{key}.{name}" if key else name, f"must be a {kind.__name__}, {got}")
             return None
         if isinstance(value, str) and not value.strip():
             self.add(file, f"{key}.{name}" if key else name, "must not be empty")
@@ -707,8 +710,10 @@ def _load_source(i: int, raw: Any, landing: Path, names: set[str], problems: _Pr
                 feed = ConsentFeedConfig(path=_resolve(landing, fpath), format=ffmt, columns=fcols)
     ignored = _ignored_columns(file, key, raw.get("ignored_columns", []), columns, problems)
     delimiter = raw.get("delimiter", ",")
-    if fmt == "csv" and (not isinstance(delimiter, str) or len(delimiter) != 1):
-        problems.add(file, f"{key}.delimiter", f"must be one character, got {delimiter!r}")
+    if fmt == "csv" and (not isinstance(delimiter, str) or len(delimiter) != 1 or delimiter in '"\r\n'):
+        problems.add(
+            file, f"{key}.delimiter", f"must be one character other than a quote or line break, got {delimiter!r}"
+        )
     drift = raw.get("schema_drift", "fail")
     if drift not in SCHEMA_DRIFT_MODES:
         problems.add(file, f"{key}.schema_drift", f"must be one of {', '.join(SCHEMA_DRIFT_MODES)}, got '{drift}'")
@@ -855,7 +860,7 @@ def _rules(file: str, key: str, raw: Any, problems: _Problems, minimum: int = 1)
     for i, rule in enumerate(raw):
         if isinstance(rule, str) and rule.strip():
             rules.append(rule)
-        elif isinstance(rule, list) and rule and all(isinstance(c, str) for c in rule):
+        elif isinstance(rule, list) and rule and all(isinstance(c, str) and c.strip() for c in rule):
             rules.append(tuple(rule))
             for c in rule:  # a column name, or a SQL expression (block_on takes both)
                 if c.isidentifier() and c not in LINKAGE_COLUMNS:

@@ -90,7 +90,7 @@ def test_a_misspelled_key_in_any_file_is_named_instead_of_ignored(tmp_path):
         "pipeline.yaml: spark.mastr: is not a known key",
         "policy.yaml: purposes.analytics.basis: is not a known key",
         "policy.yaml: sensitve: is not a known key",
-        "sources.yaml: sources[0] (ua_crm).delimiter: must be one character, got ';;'",
+        "sources.yaml: sources[0] (ua_crm).delimiter: must be one character other than a quote or line break, got ';;'",
         "sources.yaml: sources[0] (ua_crm).schema-drift: is not a known key",
         "sources.yaml: sources[1] (ro_shop).consent_feed.encodng: is not a known key",
         "splink.yaml: thresholds.match: is not a known key",
@@ -524,6 +524,9 @@ def test_values_a_job_would_misread_are_named_not_silently_replaced(tmp_path):
     pipeline["concurrency"] = {"lock_timeout_seconds": float("nan")}
     sources["sources"][0]["consent_feed"]["path"] = ""
     sources["sources"][1]["name"] = " "
+    sources["sources"][0]["delimiter"] = '"'
+    sources["sources"][2]["default_country"] = False  # NO (Norway) unquoted
+    splink["blocking_rules_to_generate_predictions"].append([""])
     phone = next(c for c in splink["comparisons"] if c.get("args", {}).get("col_name") == "phone")
     phone["configur"] = phone.pop("configure")
     splink["comparisons"][0]["levels"][1]["term_frequency_adjustments"] = True
@@ -532,6 +535,7 @@ def test_values_a_job_would_misread_are_named_not_silently_replaced(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_config(conf)
     phone_at = splink["comparisons"].index(phone)
+    empty_rule_at = len(splink["blocking_rules_to_generate_predictions"]) - 1
     assert sorted(err.value.problems) == sorted(
         [
             "pipeline.yaml: paths.lakehouse: must be a folder path, got ''",
@@ -545,6 +549,12 @@ def test_values_a_job_would_misread_are_named_not_silently_replaced(tmp_path):
             "sources.yaml: sources[1].name: must not be empty",
             "survivorship.yaml: source_priority: 'ro_shop' is not a source in sources.yaml",  # its name is blank now
             f"splink.yaml: comparisons[{phone_at}].configur: is not a known key",
+            "sources.yaml: sources[0] (ua_crm).delimiter: must be one character other than a quote or line break, "
+            "got '\"'",
+            "sources.yaml: sources[2] (eu_loyalty).default_country: must be a str, got bool (quote it: YAML reads "
+            "yes, no, on, off, true and false unquoted as booleans)",
+            f"splink.yaml: blocking_rules_to_generate_predictions[{empty_rule_at}]: must be a list of column names or "
+            "a SQL string",
             "splink.yaml: comparisons[0].levels[1].term_frequency_adjustments: is not a known key",
         ]
     )
