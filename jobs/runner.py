@@ -82,6 +82,14 @@ INCIDENTS_DIR = "_incidents"
 MAX_RUN_ID_IN_NAME = 100  # characters of the run id an incident file's name keeps
 
 
+def _incident_file(cfg: PipelineConfig, job: str, run_id: str, exc: BaseException) -> str:
+    """record_incident's file, or why there is none (never the error's text)."""
+    try:
+        return str(record_incident(cfg, job, run_id, exc))
+    except Exception as failure:  # whose chained traceback would print the text of exc
+        return f"no file: the incident could not be written ({type(failure).__name__})"
+
+
 def record_incident(cfg: PipelineConfig, job: str, run_id: str, exc: BaseException) -> Path:
     """Write exc's full traceback into the lakehouse, readable by its owner only; return the file.
 
@@ -142,21 +150,26 @@ def run_job(
     conf_dir = args.pop("conf")
     run_id = args.pop("run_id") or new_run_id()
     cfg: PipelineConfig | None = None
+    incident: str | None = None
     try:
         cfg = load_config(conf_dir)
         with lakehouse_lock(cfg, name):
-            spark: SparkSession = build_spark_session(cfg.spark, app_name=f"idres-{name}")
-            return run(spark, cfg, run_id=run_id, **args)
+            try:
+                spark: SparkSession = build_spark_session(cfg.spark, app_name=f"idres-{name}")
+                return run(spark, cfg, run_id=run_id, **args)
+            except IdresError:
+                raise
+            except Exception as exc:
+                # Written holding the lock: an erasure waiting for it then finds (and scans) the file.
+                incident = _incident_file(cfg, name, run_id, exc)
+                raise
     except IdresError as exc:
         log.error("%s failed: %s", name, exc)
         sys.exit(2)
     except Exception as exc:
         if cfg is None:
             raise
-        try:
-            incident = str(record_incident(cfg, name, run_id, exc))
-        except Exception as failure:  # whose chained traceback would print the text of exc
-            incident = f"no file: the incident could not be written ({type(failure).__name__})"
+        incident = incident or _incident_file(cfg, name, run_id, exc)
         log.error(
             "%s failed: %s. Its full text may quote personal data, so it is not logged; it is in %s",
             name,

@@ -29,7 +29,7 @@ from deltalake.exceptions import DeltaError
 from filelock import FileLock
 from pyspark.sql import SparkSession
 
-from jobs import delta_io, demo_data, ingest, pipeline, publication, quality_gate, query, resolve, unify
+from jobs import delta_io, demo_data, ingest, pipeline, publication, quality_gate, query, resolve, runner, unify
 from jobs.config import DEFAULT_CONF_DIR, GOLD_TABLES, PUBLISHED_TABLES, PipelineConfig, load_config
 from jobs.errors import ColumnTypeChangeError, IdresError
 from jobs.runner import describe_without_values, lakehouse_lock, lakehouse_lock_path
@@ -743,6 +743,35 @@ def test_what_killed_purges_and_writes_left_is_undone_by_the_purges_retry_or_the
     with lakehouse_lock(cfg, "ingest"):
         assert retention() == delta_io.DEFAULT_LOG_RETENTION
     assert sorted(p.name for p in path.parent.iterdir()) == ["profile_registry"]
+
+
+def test_an_unexpected_error_is_recorded_while_the_job_still_holds_the_lakehouse_lock(spark, tmp_path, monkeypatch):
+    """An erasure waiting for the lock scans the incident files: a failed job's must be whole by the time it gets it."""
+    monkeypatch.setenv("IDRES_LAKEHOUSE", str(tmp_path / "lakehouse"))
+    monkeypatch.setattr(runner, "build_spark_session", lambda *args, **kwargs: spark)
+    held_while_recording = []
+    recorded = runner.record_incident
+
+    def recording(cfg: PipelineConfig, job: str, run_id: str, exc: BaseException) -> Path:
+        with lakehouse_lock_path(cfg).open("a") as probe:
+            try:
+                fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                held_while_recording.append(True)
+            else:
+                held_while_recording.append(False)
+        return recorded(cfg, job, run_id, exc)
+
+    def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> None:
+        raise ValueError("cannot parse 'Bohdanivna'")
+
+    monkeypatch.setattr(runner, "record_incident", recording)
+    with pytest.raises(SystemExit) as exit_code:
+        runner.run_job("crashing", run, ["--run-id", "r-1"])
+    assert exit_code.value.code == 1
+    assert held_while_recording == [True]
+    (incident,) = (tmp_path / "lakehouse" / runner.INCIDENTS_DIR).iterdir()
+    assert "Bohdanivna" in incident.read_text(encoding="utf-8")
 
 
 KILLED_WITH_SCRATCH = """
