@@ -609,11 +609,11 @@ def main(argv: Sequence[str] | None = None) -> DemoSummary | None:
     if args.people == 0:
         print("demo data: skipped (--people 0); the landing zone is left as it is")
         return None
-    cfg = load_config(args.conf).with_paths(landing=args.landing, ground_truth=args.ground_truth)
     try:
+        cfg = load_config(args.conf).with_paths(landing=args.landing, ground_truth=args.ground_truth)
         with lakehouse_lock(cfg, "demo_data"):  # an ingest holding it never reads an extract half rewritten
             summary = generate(cfg, people=args.people, seed=args.seed, corrupt=args.corrupt)
-    except IdresError as error:  # the lock held past its timeout: exit 2 naming it, as every job does
+    except IdresError as error:  # a config problem, the lock held past its timeout: exit 2 naming it, as every job
         print(f"demo_data failed: {error}", file=sys.stderr)
         sys.exit(2)
     print(f"demo data: {summary.people} people -> " + ", ".join(f"{s}={n}" for s, n in summary.records.items()))

@@ -88,3 +88,12 @@ def test_the_demo_extracts_are_not_rewritten_while_a_job_holds_the_lakehouse(tmp
     assert exited.value.code == 2 and "_idres.lock" in capsys.readouterr().err
     assert not (tmp_path / "landing").exists()
     assert demo_data.main(args).people == 5
+
+
+def test_a_config_problem_ends_the_demo_task_with_exit_code_2_naming_it_like_every_job(tmp_path, capsys):
+    conf = edited_conf(tmp_path, "pipeline.yaml", (("spark", "shuffle_partitions"), 0))
+    with pytest.raises(SystemExit) as exited:
+        demo_data.main(["--conf", str(conf), "--people", "5", "--landing", str(tmp_path / "landing")])
+    assert exited.value.code == 2
+    assert "pipeline.yaml: spark.shuffle_partitions: must be a positive integer" in capsys.readouterr().err
+    assert not (tmp_path / "landing").exists()
