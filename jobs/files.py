@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 
 
@@ -20,11 +21,15 @@ def draft_of(path: Path) -> Path:
 
 
 def write_whole(path: Path, text: str, private: bool = False) -> Path:
-    """Write text (UTF-8) to path through its draft (draft_of, replace_durably); private: readable by its owner
-    only, from the draft's first byte."""
-    draft = draft_of(path)
-    draft.unlink(missing_ok=True)  # a killed writer's: created anew, so it takes the mode asked for
+    """Write text (UTF-8) to path through a draft of its own (replace_durably), so two writers of one path never
+    share a draft: a reader finds one's whole text or the other's. private: readable by its owner only, from the
+    draft's first byte."""
+    draft = path.with_name(f".{path.name}.{secrets.token_hex(6)}.draft")
     descriptor = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if private else 0o666)
-    with os.fdopen(descriptor, "w", encoding="utf-8") as written:
-        written.write(text)
-    return replace_durably(draft, path)
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as written:
+            written.write(text)
+        return replace_durably(draft, path)
+    except BaseException:
+        draft.unlink(missing_ok=True)
+        raise
