@@ -51,8 +51,9 @@ class LakehouseLockUnsupportedError(IdresError):
     def __init__(self, lock_path: str) -> None:
         self.lock_path = lock_path
         super().__init__(
-            f"lakehouse lock {lock_path}: the file system does not support flock (a FUSE or SMB mount?). Put the "
-            "lakehouse on a file system that does: a lock held by a marker file outlives a killed job."
+            f"lakehouse lock {lock_path}: the file system does not support flock (a FUSE or SMB mount, NFS without "
+            "its lock service?). Put the lakehouse on a file system that does: a lock held by a marker file outlives "
+            "a killed job."
         )
 
 

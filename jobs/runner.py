@@ -67,7 +67,7 @@ def lakehouse_lock(cfg: PipelineConfig, job: str) -> Iterator[None]:
         except Timeout:
             raise LakehouseBusyError(str(path), timeout) from None
     except OSError as err:
-        if err.errno != errno.ENOSYS:
+        if err.errno not in (errno.ENOSYS, errno.ENOLCK):  # no flock; NFS without its lock service
             raise
         raise LakehouseLockUnsupportedError(str(path)) from None
     try:

@@ -481,7 +481,8 @@ def test_an_em_training_rule_on_a_column_the_policy_keeps_out_of_silver_is_named
     ]
 
 
-def test_a_lakehouse_on_a_file_system_without_flock_fails_instead_of_taking_a_marker_lock(cfg, monkeypatch):
+@pytest.mark.parametrize("error", ["ENOSYS", "ENOLCK"])  # a FUSE or SMB mount; NFS without its lock service
+def test_a_lakehouse_on_a_file_system_without_flock_fails_instead_of_taking_a_marker_lock(cfg, monkeypatch, error):
     import errno
     import fcntl
 
@@ -489,9 +490,9 @@ def test_a_lakehouse_on_a_file_system_without_flock_fails_instead_of_taking_a_ma
     from jobs.runner import lakehouse_lock, lakehouse_lock_path
 
     def no_flock(fd: int, operation: int) -> None:
-        raise OSError(errno.ENOSYS, "Function not implemented")
+        raise OSError(getattr(errno, error), error)
 
-    monkeypatch.setattr(fcntl, "flock", no_flock)  # what a FUSE or SMB mount answers
+    monkeypatch.setattr(fcntl, "flock", no_flock)
     with pytest.raises(LakehouseLockUnsupportedError, match="does not support flock"), lakehouse_lock(cfg, "ingest"):
         pass
     marker_left = [p.name for p in lakehouse_lock_path(cfg).parent.iterdir() if p.name != "_idres.lock"]
