@@ -255,8 +255,8 @@ def persisting() -> Iterator[Callable[[DataFrame], DataFrame]]:
 
 
 def run_at_once(spark: SparkSession, calls: Sequence[Callable[[], T]], workers: int | None = None) -> list[T]:
-    """Each call's result, the calls run in up to `workers` threads at once (default: all); the first error
-    raised is re-raised once all have ended.
+    """Each call's result, the calls run in up to `workers` threads at once (default: all); the error of the first
+    call (in the order given) that failed is re-raised once all have ended.
 
     For independent steps that each wait on Spark or delta-rs (both leave the GIL), so one step's driver work
     overlaps another's tasks. Spark jobs started in the threads keep this thread's job group (the pipeline
