@@ -1234,36 +1234,35 @@ def load_config(conf_dir: Path | str | None = None) -> PipelineConfig:
 
     spark_raw = _section(pipeline, "spark", problems)
     spark = SparkConfig()
-    if spark_raw:
-        problems.unknown_keys(
-            "pipeline.yaml",
-            "spark",
-            spark_raw,
-            ("master", "shuffle_partitions", "rows_per_shuffle_partition", "small_input_rows", "conf"),
+    problems.unknown_keys(
+        "pipeline.yaml",
+        "spark",
+        spark_raw,
+        ("master", "shuffle_partitions", "rows_per_shuffle_partition", "small_input_rows", "conf"),
+    )
+    sizes = {
+        key: _integer("pipeline.yaml", "spark", spark_raw, key, getattr(spark, key), minimum, message, problems)
+        for key, minimum, message in (
+            ("shuffle_partitions", 1, "must be a positive integer"),
+            ("rows_per_shuffle_partition", 1, "must be a positive integer"),
+            ("small_input_rows", 0, "must be a non-negative integer"),
         )
-        sizes = {
-            key: _integer("pipeline.yaml", "spark", spark_raw, key, getattr(spark, key), minimum, message, problems)
-            for key, minimum, message in (
-                ("shuffle_partitions", 1, "must be a positive integer"),
-                ("rows_per_shuffle_partition", 1, "must be a positive integer"),
-                ("small_input_rows", 0, "must be a non-negative integer"),
-            )
-        }
-        extra = _section(spark_raw, "conf", problems, "spark.conf")
-        for name, value in extra.items():
-            if not isinstance(name, str) or not name.startswith("spark."):
-                problems.add("pipeline.yaml", f"spark.conf.{name}", "is not a Spark property (spark.*)")
-            elif value is None or isinstance(value, dict | list):
-                problems.add("pipeline.yaml", f"spark.conf.{name}", f"must be a value, got {value!r}")
-        master = spark_raw.get("master", spark.master)
-        if not isinstance(master, str) or not master.strip():
-            problems.add("pipeline.yaml", "spark.master", f"must be a Spark master URL (local[*]), got {master!r}")
-            master = SparkConfig().master
-        spark = SparkConfig(
-            master=os.environ.get("IDRES_SPARK_MASTER") or master,
-            **sizes,
-            conf={str(k): str(v) for k, v in extra.items()},
-        )
+    }
+    extra = _section(spark_raw, "conf", problems, "spark.conf")
+    for name, value in extra.items():
+        if not isinstance(name, str) or not name.startswith("spark."):
+            problems.add("pipeline.yaml", f"spark.conf.{name}", "is not a Spark property (spark.*)")
+        elif value is None or isinstance(value, dict | list):
+            problems.add("pipeline.yaml", f"spark.conf.{name}", f"must be a value, got {value!r}")
+    master = spark_raw.get("master", spark.master)
+    if not isinstance(master, str) or not master.strip():
+        problems.add("pipeline.yaml", "spark.master", f"must be a Spark master URL (local[*]), got {master!r}")
+        master = SparkConfig().master
+    spark = SparkConfig(
+        master=os.environ.get("IDRES_SPARK_MASTER") or master,
+        **sizes,
+        conf={str(k): str(v) for k, v in extra.items()},
+    )
     spark = replace(spark, conf={**spark.conf, **_spark_submit_conf(conf, spark.conf, problems)})
 
     sources_file = _read_conf_file(conf / "sources.yaml", problems)

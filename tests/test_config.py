@@ -599,3 +599,11 @@ def test_a_policy_without_its_version_is_still_checked_against_survivorship_and_
         "sensitive column, or a pseudonym pseudonymized_for_matching does not enable): EM would find no pair to "
         "train on",
     ]
+
+
+def test_the_spark_master_comes_from_idres_spark_master_also_when_pipeline_yaml_sets_no_spark(tmp_path, monkeypatch):
+    conf = tmp_path / "conf"
+    shutil.copytree(DEFAULT_CONF_DIR, conf)
+    (conf / "pipeline.yaml").write_text("paths:\n", encoding="utf-8")
+    monkeypatch.setenv("IDRES_SPARK_MASTER", "spark://127.0.0.1:7077")
+    assert load_config(conf).spark.master == "spark://127.0.0.1:7077"
