@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import io
 import json
+import os
 import random
 import sys
 import unicodedata
@@ -38,6 +40,10 @@ from jobs.files import draft_of, replace_durably, write_whole
 from jobs.runner import lakehouse_lock
 
 KYIV = ZoneInfo("Europe/Kyiv")
+
+# In the landing folder: each file the generator writes (path relative to the folder) and its SHA-256, null while
+# it is being written. A file it would overwrite must be one of these, unchanged.
+DEMO_FILES_MANIFEST = ".idres-demo-files.json"
 
 ORIGINS: dict[str, dict] = {
     # origin: faker locale, home country, share of the population, presence probability per source
@@ -522,8 +528,47 @@ def _corrupt(source: str, rows: list[dict]) -> tuple[list[dict], list[str], list
     return [*rows, bad_id, bad_type], ["missing_source_id", "invalid_type"], []
 
 
+def _sha256(path: Path) -> str:
+    with path.open("rb") as content:
+        return hashlib.file_digest(content, "sha256").hexdigest()
+
+
+def _manifest_key(manifest: Path, path: Path) -> str:
+    return os.path.relpath(path.absolute(), manifest.parent.absolute())
+
+
+def _write_manifest(manifest: Path, files: dict[str, str | None]) -> None:
+    manifest.parent.mkdir(parents=True, exist_ok=True)
+    write_whole(manifest, json.dumps(files, indent=1, sort_keys=True) + "\n")
+
+
+def claim_demo_targets(cfg: PipelineConfig, targets: Sequence[Path]) -> dict[str, str | None]:
+    """The demo files manifest with targets marked as being written, once every target that exists is a file the
+    generator wrote (or was writing) and that has not changed since. Otherwise an IdresError naming the file: a
+    source path configured at a real extract is never overwritten with demo data."""
+    manifest = cfg.landing / DEMO_FILES_MANIFEST
+    try:
+        files = json.loads(manifest.read_text(encoding="utf-8")) if manifest.is_file() else {}
+    except (OSError, ValueError):
+        files = None
+    if not isinstance(files, dict):
+        raise IdresError(f"demo data: {manifest} is not the generator's file list; remove it (nothing was written)")
+    for path in targets:
+        recorded = files.get(_manifest_key(manifest, path), "")  # None: being written when the generator died
+        if path.exists() and recorded is not None and recorded != _sha256(path):
+            raise IdresError(
+                f"demo data: {path} exists and is not a file the demo generator wrote (or it changed since), so it "
+                "may be a real extract: nothing was written. Generate the demo data elsewhere (--landing, "
+                "--ground-truth), or remove the file if it is demo data of an earlier version"
+            )
+    claimed = {**files, **{_manifest_key(manifest, path): None for path in targets}}
+    _write_manifest(manifest, claimed)
+    return claimed
+
+
 def generate(cfg: PipelineConfig, people: int, seed: int = 42, corrupt: bool = False) -> DemoSummary:
-    """Write the demo sources, consent feeds and ground truth where the config says they land."""
+    """Write the demo sources, consent feeds and ground truth where the config says they land, over no file the
+    generator did not write (claim_demo_targets)."""
     rng = random.Random(seed + 1)
     mailboxes = Mailboxes()
     population = make_people(people, seed, mailboxes)
@@ -578,6 +623,10 @@ def generate(cfg: PipelineConfig, people: int, seed: int = 42, corrupt: bool = F
         summary.consent_events[source] = len(events)
         summary.corrupt_rows[source] = len(kinds)
 
+    truth_file = cfg.ground_truth / "records.csv"
+    feeds = [s.consent_feed.path for s, *_ in planned if s.consent_feed is not None]
+    targets = [*(s.path for s, *_ in planned), *feeds, truth_file]
+    written = claim_demo_targets(cfg, targets)
     for src_cfg, rows, raw_lines, events in planned:
         src_cfg.path.parent.mkdir(parents=True, exist_ok=True)
         if src_cfg.format == "csv":
@@ -593,7 +642,9 @@ def generate(cfg: PipelineConfig, people: int, seed: int = 42, corrupt: bool = F
     cfg.ground_truth.mkdir(parents=True, exist_ok=True)
     truth_csv = io.StringIO()
     csv.writer(truth_csv).writerows([("source_system", "source_record_id", "person_id"), *sorted(truth)])
-    write_whole(cfg.ground_truth / "records.csv", truth_csv.getvalue())
+    write_whole(truth_file, truth_csv.getvalue())
+    manifest = cfg.landing / DEMO_FILES_MANIFEST
+    _write_manifest(manifest, {**written, **{_manifest_key(manifest, path): _sha256(path) for path in targets}})
     return summary
 
 

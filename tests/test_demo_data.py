@@ -97,3 +97,46 @@ def test_a_config_problem_ends_the_demo_task_with_exit_code_2_naming_it_like_eve
     assert exited.value.code == 2
     assert "pipeline.yaml: spark.shuffle_partitions: must be a positive integer" in capsys.readouterr().err
     assert not (tmp_path / "landing").exists()
+
+
+def test_a_real_extract_at_a_configured_source_path_is_never_overwritten(tmp_path):
+    """The generator wrote wherever the sources were configured: `make run` over a config pointed at a real landing
+    zone replaced its extracts with demo data."""
+    cfg = config_in(tmp_path)
+    extract = cfg.source("ro_shop").path
+    extract.parent.mkdir(parents=True)
+    extract.write_bytes(b'{"id_client": "1", "nume": "real"}\n')
+    before = _digest(tmp_path)
+    with pytest.raises(IdresError, match=rf"{extract} exists and is not a file the demo generator wrote"):
+        demo_data.generate(cfg, people=20, seed=1)
+    assert _digest(tmp_path) == before
+
+
+def test_the_generator_rewrites_its_own_files_but_not_one_changed_since(tmp_path):
+    cfg = config_in(tmp_path)
+    demo_data.generate(cfg, people=20, seed=1)
+    demo_data.generate(cfg, people=30, seed=2)  # its own files, as it wrote them
+    truth = cfg.ground_truth / "records.csv"
+    truth.write_text(truth.read_text(encoding="utf-8") + "eu_loyalty,LM1,someone\n", encoding="utf-8")
+    before = _digest(tmp_path)
+    with pytest.raises(IdresError, match=rf"{truth} exists and is not a file the demo generator wrote"):
+        demo_data.generate(cfg, people=20, seed=1)
+    assert _digest(tmp_path) == before
+
+
+def test_a_generation_that_died_midway_does_not_block_the_next(tmp_path, monkeypatch):
+    cfg = config_in(tmp_path)
+    demo_data.generate(cfg, people=20, seed=1)
+
+    def dies(path, rows, raw_lines=()):
+        path.write_bytes(b"half a file")
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patched:
+        patched.setattr(demo_data, "_write_jsonl", dies)
+        with pytest.raises(KeyboardInterrupt):
+            demo_data.generate(cfg, people=30, seed=2)
+    demo_data.generate(cfg, people=30, seed=2)
+    fresh = config_in(tmp_path / "fresh")
+    demo_data.generate(fresh, people=30, seed=2)
+    assert _digest(tmp_path / "fresh") == {k: v for k, v in _digest(tmp_path).items() if not k.startswith("fresh/")}
