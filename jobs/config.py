@@ -870,6 +870,23 @@ def _rules(file: str, key: str, raw: Any, problems: _Problems, minimum: int = 1)
     return tuple(rules)
 
 
+def _splink_creator(module: Any, entry: Mapping[str, Any]) -> Any:
+    made = getattr(module, entry["function"])(**entry.get("args", {}))
+    return made.configure(**entry["configure"]) if entry.get("configure") else made
+
+
+def splink_comparison(entry: Mapping[str, Any]) -> Any:
+    """The Splink comparison a conf/splink.yaml comparison entry describes: a comparison_library function, or a
+    named comparison of comparison_level_library levels."""
+    import splink.comparison_level_library as cll
+    import splink.comparison_library as cl
+
+    if "levels" in entry:
+        levels = [_splink_creator(cll, level) for level in entry["levels"]]
+        return cl.CustomComparison(levels, output_column_name=entry["name"])
+    return _splink_creator(cl, entry)
+
+
 def _check_splink_entry(file: str, key: str, entry: Any, module: Any, problems: _Problems) -> None:
     """A comparison (level): a function of module whose args fit it, and columns Splink is given."""
     if not isinstance(entry, dict) or not isinstance(entry.get("function"), str):
@@ -962,7 +979,9 @@ def _load_linkage(raw: dict[str, Any], problems: _Problems) -> LinkageConfig | N
             "expectations)",
         )
     comparisons = problems.require(file, "", raw, "comparisons", list) or []
+    output_columns: dict[str, int] = {}
     for i, comp in enumerate(comparisons):
+        found = len(problems.items)
         if isinstance(comp, dict) and "levels" in comp:
             problems.unknown_keys(file, f"comparisons[{i}]", comp, ("name", "levels"))
             if not isinstance(comp.get("name"), str):
@@ -974,6 +993,20 @@ def _load_linkage(raw: dict[str, Any], problems: _Problems) -> LinkageConfig | N
                 _check_splink_entry(file, f"comparisons[{i}].levels[{j}]", level, cll, problems)
         else:
             _check_splink_entry(file, f"comparisons[{i}]", comp, cl, problems)
+        if len(problems.items) > found:
+            continue
+        try:  # what the checks above cannot see: argument values Splink rejects, two comparisons of one name
+            name = splink_comparison(comp).get_comparison("duckdb").output_column_name
+        except Exception as err:  # any failure to make the comparison is a problem of the entry
+            problems.add(file, f"comparisons[{i}]", f"Splink cannot make it: {type(err).__name__}: {err}")
+            continue
+        if name in output_columns:
+            problems.add(
+                file,
+                f"comparisons[{i}]",
+                f"compares as '{name}', as comparisons[{output_columns[name]}] does; Splink needs distinct names",
+            )
+        output_columns.setdefault(name, i)
     blocking = _rules(
         file, "blocking_rules_to_generate_predictions", raw.get("blocking_rules_to_generate_predictions"), problems
     )

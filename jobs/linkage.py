@@ -22,15 +22,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import splink.comparison_level_library as cll
-import splink.comparison_library as cl
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 from splink import Linker, SettingsCreator, block_on
 
 from jobs import delta_io
 from jobs.canonical import CANONICAL_FIELDS, LINKAGE_COLUMNS, SILVER_ATTRIBUTES
-from jobs.config import LinkageConfig, PipelineConfig, PurposePolicy, ResolveConfig
+from jobs.config import LinkageConfig, PipelineConfig, PurposePolicy, ResolveConfig, splink_comparison
 from jobs.engines import ENGINES, SqlEngine
 from jobs.errors import ModelError
 from jobs.files import replace_durably
@@ -62,27 +60,16 @@ class EngineChoice:
     reason: str  # counts and settings only, never a data value
 
 
-def _creator(module: Any, entry: dict[str, Any]) -> Any:
-    made = getattr(module, entry["function"])(**entry.get("args", {}))
-    return made.configure(**entry["configure"]) if entry.get("configure") else made
-
-
 def _blocking_rule(rule: tuple[str, ...] | str) -> Any:
     return rule if isinstance(rule, str) else block_on(*rule)
 
 
 def splink_settings(linkage: LinkageConfig) -> SettingsCreator:
     """The Splink settings described by conf/splink.yaml."""
-    comparisons = [
-        cl.CustomComparison([_creator(cll, level) for level in c["levels"]], output_column_name=c["name"])
-        if "levels" in c
-        else _creator(cl, c)
-        for c in linkage.comparisons
-    ]
     return SettingsCreator(
         link_type=linkage.link_type,
         unique_id_column_name=linkage.unique_id_column,
-        comparisons=comparisons,
+        comparisons=[splink_comparison(c) for c in linkage.comparisons],
         blocking_rules_to_generate_predictions=[_blocking_rule(r) for r in linkage.blocking_rules],
         retain_matching_columns=True,  # needed for the gamma_* levels; resolve writes no *_l/*_r values
         retain_intermediate_calculation_columns=False,

@@ -339,6 +339,28 @@ def test_splink_comparisons_whose_args_do_not_fit_or_name_no_linkage_column_are_
     ]
 
 
+def test_splink_comparisons_splink_cannot_make_or_that_share_a_name_are_named(tmp_path):
+    """Both loaded, and Splink rejected them in train, after ingest, standardize and the consent gate had run."""
+    conf = tmp_path / "conf"
+    shutil.copytree(DEFAULT_CONF_DIR, conf)
+    splink = yaml.safe_load((conf / "splink.yaml").read_text(encoding="utf-8"))
+    first_name = next(i for i, c in enumerate(splink["comparisons"]) if c.get("name") == "first_name")
+    splink["comparisons"] += [
+        {"function": "JaroWinklerAtThresholds", "args": {"col_name": "city", "score_threshold_or_thresholds": "x"}},
+        {"function": "ExactMatch", "args": {"col_name": "first_name"}},
+    ]
+    (conf / "splink.yaml").write_text(yaml.safe_dump(splink, allow_unicode=True), encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        load_config(conf)
+    n = len(splink["comparisons"])
+    assert err.value.problems == [
+        f"splink.yaml: comparisons[{n - 2}]: Splink cannot make it: TypeError: 'distance_threshold' must be "
+        "numeric, but received type <class 'str'>",
+        f"splink.yaml: comparisons[{n - 1}]: compares as 'first_name', as comparisons[{first_name}] does; Splink "
+        "needs distinct names",
+    ]
+
+
 @pytest.mark.parametrize(
     ("file", "key_path", "value", "problem"),
     [
