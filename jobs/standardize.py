@@ -240,6 +240,22 @@ def standardize_email(raw: str | None) -> tuple[str | None, bool | None]:
         return None, False
 
 
+def _written_with_country_code(raw: str, country: str | None) -> phonenumbers.PhoneNumber | None:
+    """The number read as international when it is written with its country's calling code but no + or 00, and
+    that reading is valid: 49 151 23456789 in Germany. A number written without its trunk prefix (0) and opening
+    with the country code is one, yet libphonenumber reads it as a national number wherever that is valid too
+    (German numbers vary in length), making it +49 49 151..."""
+    first = re.search(r"[+\d]", raw)
+    code = phonenumbers.country_code_for_region(country) if country else 0
+    if not code or first is None or first.group() in "+0" or not re.sub(r"\D", "", raw).startswith(str(code)):
+        return None
+    try:
+        international = phonenumbers.parse("+" + raw[first.start() :], None)
+    except phonenumbers.NumberParseException:
+        return None
+    return international if phonenumbers.is_valid_number(international) else None
+
+
 @lru_cache(maxsize=200_000)
 def standardize_phone(raw: str | None, country: str | None) -> str | None:
     """E.164, or None when the number is not a valid number for its country or does not fit E.164's 7-15 digits
@@ -247,7 +263,7 @@ def standardize_phone(raw: str | None, country: str | None) -> str | None:
     if raw is None or not raw.strip():
         return None
     try:
-        parsed = phonenumbers.parse(raw, country)
+        parsed = _written_with_country_code(raw, country) or phonenumbers.parse(raw, country)
     except phonenumbers.NumberParseException:
         return None
     if not phonenumbers.is_valid_number(parsed):
