@@ -12,7 +12,8 @@ from idres_common import DEFAULT_ARGS, GOLD, PROJECT, spark_job, table_assets
 DOC = """
 ### identity_resolution
 1. **demo_data**: (re)generates the bundled demo extracts when param `demo_people` is above 0. The default, 0,
-   leaves the landing zone as it is, so a scheduled run reads the real extracts; `make run` passes 2000.
+   leaves the landing zone as it is, so a scheduled run reads the real extracts; `make run` passes 2000. It never
+   writes over a file it did not write itself (a real extract): it fails naming the file.
 2. **ingest**: maps every regional extract to one canonical schema into the bronze Delta table; malformed rows
    go to quarantine with a reason code.
 3. **standardize**: names (native, Latin, convention-tolerant key), emails, phones (E.164), dates, addresses
