@@ -100,6 +100,15 @@ LAWFUL_BASES: tuple[str, ...] = (
 CONSENT_STATUSES: tuple[str, ...] = ("granted", "withdrawn", "denied")
 SUBJECT: tuple[str, ...] = ("source_system", "source_record_id")  # a source record, as every table names it
 
+# Silver columns that only help matching (keys, a phonetic code, a syntax flag, a pseudonym): no profile value.
+MATCHING_AID_COLUMNS: tuple[str, ...] = (
+    "first_name_key",
+    "last_name_key",
+    "last_name_phonetic",
+    "email_valid",
+    "national_id_hash",
+)
+
 # Silver columns the comparisons and blocking rules read; nothing else is handed to Splink.
 LINKAGE_COLUMNS = (
     "source_system",

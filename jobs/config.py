@@ -26,6 +26,7 @@ from jobs.canonical import (
     CANONICAL_COLUMNS,
     LAWFUL_BASES,
     LINKAGE_COLUMNS,
+    MATCHING_AID_COLUMNS,
     PSEUDONYM_ATTRIBUTES,
     SILVER_ATTRIBUTES,
     SILVER_KEY_COLUMNS,
@@ -1086,7 +1087,7 @@ def _load_survivorship(
     raw: dict[str, Any], source_names: set[str], policy: PurposePolicy | None, problems: _Problems
 ) -> SurvivorshipConfig:
     file = "survivorship.yaml"
-    problems.unknown_keys(file, "", raw, ("source_priority", "attributes"))
+    problems.unknown_keys(file, "", raw, ("source_priority", "attributes", "left_out_of_gold"))
     known = {c for _, columns in SILVER_ATTRIBUTES.values() for c in columns}
     # Without a policy (policy.yaml has problems of its own), what silver holds is unknown.
     held = known if policy is None else {c for a in policy.silver_attributes for c in SILVER_ATTRIBUTES[a][1]}
@@ -1097,6 +1098,7 @@ def _load_survivorship(
     for name in sorted({n for n in priority if priority.count(n) > 1}):
         problems.add(file, "source_priority", f"'{name}' is listed more than once: the order would be ambiguous")
     attributes = problems.require(file, "", raw, "attributes", dict) or {}
+    found = len(problems.items)
     rules: list[SurvivorshipRule] = []
     seen: dict[str, str] = {}
     for attribute, spec in attributes.items():
@@ -1132,6 +1134,18 @@ def _load_survivorship(
             if s not in SURVIVORSHIP_STRATEGIES:
                 problems.add(file, f"{key}.{where}", f"'{s}' is not one of {', '.join(SURVIVORSHIP_STRATEGIES)}")
         rules.append(SurvivorshipRule(attribute, columns, str(strategy), tie_breakers))
+    attributes_whole = bool(attributes) and len(problems.items) == found
+    left_out = _string_list(file, "left_out_of_gold", raw.get("left_out_of_gold") or [], "columns", problems) or ()
+    for c in left_out:
+        if c not in held or c in MATCHING_AID_COLUMNS:
+            problems.add(file, "left_out_of_gold", f"'{c}' is not a silver column that could be a profile value")
+        elif c in seen:
+            problems.add(file, "left_out_of_gold", f"'{c}' is supplied by attribute '{seen[c]}'")
+    if attributes_whole and policy is not None:
+        # A profile column silver holds and survivorship forgets would be dropped from gold without a word.
+        for c in sorted(held - set(seen) - set(left_out) - set(MATCHING_AID_COLUMNS)):
+            message = f"silver column '{c}' is in no attribute: give it one, or list it in left_out_of_gold"
+            problems.add(file, "attributes", message)
     return SurvivorshipConfig(source_priority=priority, rules=tuple(rules))
 
 

@@ -486,6 +486,40 @@ def test_a_key_repeated_in_a_mapping_is_named_instead_of_the_last_one_silently_w
     ]
 
 
+def test_a_profile_column_survivorship_forgets_is_named_unless_it_is_left_out_of_gold_on_purpose(tmp_path):
+    """Forgotten, it was dropped from gold without a word."""
+    survivorship = yaml.safe_load((DEFAULT_CONF_DIR / "survivorship.yaml").read_text(encoding="utf-8"))
+    del survivorship["attributes"]["gender"]
+    survivorship["attributes"]["address"]["columns"].remove("postcode")
+    conf = edited_conf(tmp_path / "forgot", "survivorship.yaml", (("attributes",), survivorship["attributes"]))
+    with pytest.raises(ConfigError) as err:
+        load_config(conf)
+    assert err.value.problems == [
+        f"survivorship.yaml: attributes: silver column '{c}' is in no attribute: give it one, or list it in "
+        "left_out_of_gold"
+        for c in ("gender", "postcode")
+    ]
+    attributes = (("attributes",), survivorship["attributes"])
+    conf = edited_conf(
+        tmp_path / "on_purpose", "survivorship.yaml", attributes, (("left_out_of_gold",), ["gender", "postcode"])
+    )
+    assert not {"gender", "postcode"} & set(load_config(conf).survivorship.columns)
+    conf = edited_conf(
+        tmp_path / "wrong", "survivorship.yaml", attributes, (("left_out_of_gold",), ["city", "last_name_key"])
+    )
+    with pytest.raises(ConfigError) as err:
+        load_config(conf)
+    assert err.value.problems == [
+        "survivorship.yaml: left_out_of_gold: 'city' is supplied by attribute 'address'",
+        "survivorship.yaml: left_out_of_gold: 'last_name_key' is not a silver column that could be a profile value",
+        *(
+            f"survivorship.yaml: attributes: silver column '{c}' is in no attribute: give it one, or list it in "
+            "left_out_of_gold"
+            for c in ("gender", "postcode")
+        ),
+    ]
+
+
 def test_an_em_training_rule_on_a_column_the_policy_keeps_out_of_silver_is_named(tmp_path):
     policy = yaml.safe_load((DEFAULT_CONF_DIR / "policy.yaml").read_text(encoding="utf-8"))
     conf = edited_conf(tmp_path, "policy.yaml", (("sensitive",), [*policy["sensitive"], "date_of_birth"]))
