@@ -16,11 +16,10 @@ import csv
 import hashlib
 import io
 import json
-import os
 import random
 import sys
 import unicodedata
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
@@ -41,8 +40,7 @@ from jobs.runner import lakehouse_lock
 
 KYIV = ZoneInfo("Europe/Kyiv")
 
-# In the landing folder: each file the generator writes (path relative to the folder) and its SHA-256, null while
-# it is being written. A file it would overwrite must be one of these, unchanged.
+# In each folder the generator writes to: the name of each file it wrote there, and its SHA-256 (write_demo_files).
 DEMO_FILES_MANIFEST = ".idres-demo-files.json"
 
 ORIGINS: dict[str, dict] = {
@@ -480,28 +478,29 @@ def _consent_events(source: str, rid: str, rng: random.Random, counter: list[int
     return events
 
 
-def _write_csv(path: Path, rows: Sequence[dict[str, str]], delimiter: str, raw_lines: Sequence[bytes] = ()) -> None:
+def _csv_bytes(rows: Sequence[dict[str, str]], delimiter: str, raw_lines: Sequence[bytes] = ()) -> bytes:
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=list(rows[0]), delimiter=delimiter)
     writer.writeheader()
     writer.writerows(rows)
-    _write_bytes(path, text.getvalue().encode("utf-8") + b"".join(line + b"\n" for line in raw_lines))
+    return text.getvalue().encode("utf-8") + b"".join(line + b"\n" for line in raw_lines)
 
 
-def _write_jsonl(path: Path, rows: Sequence[dict], raw_lines: Sequence[bytes] = ()) -> None:
+def _jsonl_bytes(rows: Sequence[dict], raw_lines: Sequence[bytes] = ()) -> bytes:
     text = "".join(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n" for row in rows)
-    _write_bytes(path, text.encode("utf-8") + b"".join(line + b"\n" for line in raw_lines))
+    return text.encode("utf-8") + b"".join(line + b"\n" for line in raw_lines)
 
 
-def _write_parquet(path: Path, rows: Sequence[dict]) -> None:
+def _parquet_bytes(rows: Sequence[dict]) -> bytes:
     columns = list(rows[0])
-    table = pa.table({c: pa.array([r.get(c) for r in rows], pa.string()) for c in columns})
-    pq.write_table(table, draft_of(path))
-    replace_durably(draft_of(path), path)
+    content = io.BytesIO()
+    pq.write_table(pa.table({c: pa.array([r.get(c) for r in rows], pa.string()) for c in columns}), content)
+    return content.getvalue()
 
 
 def _write_bytes(path: Path, content: bytes) -> None:
     """content as path's, through its draft (jobs.files): an extract is never found half written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     draft_of(path).write_bytes(content)
     replace_durably(draft_of(path), path)
 
@@ -528,47 +527,68 @@ def _corrupt(source: str, rows: list[dict]) -> tuple[list[dict], list[str], list
     return [*rows, bad_id, bad_type], ["missing_source_id", "invalid_type"], []
 
 
-def _sha256(path: Path) -> str:
-    with path.open("rb") as content:
-        return hashlib.file_digest(content, "sha256").hexdigest()
+def _manifest_of(path: Path) -> Path:
+    return path.with_name(DEMO_FILES_MANIFEST)
 
 
-def _manifest_key(manifest: Path, path: Path) -> str:
-    return os.path.relpath(path.absolute(), manifest.parent.absolute())
-
-
-def _write_manifest(manifest: Path, files: dict[str, str | None]) -> None:
-    manifest.parent.mkdir(parents=True, exist_ok=True)
-    write_whole(manifest, json.dumps(files, indent=1, sort_keys=True) + "\n")
-
-
-def claim_demo_targets(cfg: PipelineConfig, targets: Sequence[Path]) -> dict[str, str | None]:
-    """The demo files manifest with targets marked as being written, once every target that exists is a file the
-    generator wrote (or was writing) and that has not changed since. Otherwise an IdresError naming the file: a
-    source path configured at a real extract is never overwritten with demo data."""
-    manifest = cfg.landing / DEMO_FILES_MANIFEST
+def _read_manifest(manifest: Path) -> dict[str, list[str]]:
     try:
         files = json.loads(manifest.read_text(encoding="utf-8")) if manifest.is_file() else {}
     except (OSError, ValueError):
         files = None
-    if not isinstance(files, dict):
+    if not isinstance(files, dict) or not all(isinstance(v, list) for v in files.values()):
         raise IdresError(f"demo data: {manifest} is not the generator's file list; remove it (nothing was written)")
-    for path in targets:
-        recorded = files.get(_manifest_key(manifest, path), "")  # None: being written when the generator died
-        if path.exists() and recorded is not None and recorded != _sha256(path):
+    return files
+
+
+def _write_manifests(digests: Mapping[Path, Sequence[str]]) -> None:
+    """Per folder, each file's SHA-256s the generator accepts there (the last it wrote, and the next)."""
+    folders: dict[Path, dict[str, list[str]]] = {}
+    for path, accepted in digests.items():
+        folders.setdefault(_manifest_of(path), {})[path.name] = list(dict.fromkeys(accepted))
+    for manifest, files in folders.items():
+        manifest.parent.mkdir(parents=True, exist_ok=True)
+        write_whole(manifest, json.dumps({**_read_manifest(manifest), **files}, indent=1, sort_keys=True) + "\n")
+
+
+def _current_digest(path: Path) -> str | None:
+    """The SHA-256 of the file at path, None when there is none; an IdresError when something else is there."""
+    if not path.exists() and not path.is_symlink():
+        return None
+    try:
+        with path.open("rb") as content:
+            return hashlib.file_digest(content, "sha256").hexdigest()
+    except OSError as err:
+        raise IdresError(f"demo data: {path} cannot be read ({err.strerror}); nothing was written") from None
+
+
+def write_demo_files(files: Mapping[Path, bytes]) -> None:
+    """Write each file, but only once every one that exists is a file the generator wrote and nobody changed
+    since: an IdresError naming the first other one, before anything is written. A source path configured at a
+    real extract is never overwritten with demo data.
+
+    Each folder's DEMO_FILES_MANIFEST holds the SHA-256 the generator accepts for each of its files. While the
+    files are written it accepts the old and the new content, so a generation that dies midway does not block
+    the next, and a file put there since (a real extract) is still refused."""
+    current: dict[Path, str | None] = {}
+    for path in files:
+        current[path] = _current_digest(path)
+        if current[path] is not None and current[path] not in _read_manifest(_manifest_of(path)).get(path.name, []):
             raise IdresError(
                 f"demo data: {path} exists and is not a file the demo generator wrote (or it changed since), so it "
                 "may be a real extract: nothing was written. Generate the demo data elsewhere (--landing, "
                 "--ground-truth), or remove the file if it is demo data of an earlier version"
             )
-    claimed = {**files, **{_manifest_key(manifest, path): None for path in targets}}
-    _write_manifest(manifest, claimed)
-    return claimed
+    new = {path: hashlib.sha256(content).hexdigest() for path, content in files.items()}
+    _write_manifests({path: [d for d in (current[path], new[path]) if d is not None] for path in files})
+    for path, content in files.items():
+        _write_bytes(path, content)
+    _write_manifests({path: [new[path]] for path in files})
 
 
 def generate(cfg: PipelineConfig, people: int, seed: int = 42, corrupt: bool = False) -> DemoSummary:
     """Write the demo sources, consent feeds and ground truth where the config says they land, over no file the
-    generator did not write (claim_demo_targets)."""
+    generator did not write (write_demo_files)."""
     rng = random.Random(seed + 1)
     mailboxes = Mailboxes()
     population = make_people(people, seed, mailboxes)
@@ -623,28 +643,21 @@ def generate(cfg: PipelineConfig, people: int, seed: int = 42, corrupt: bool = F
         summary.consent_events[source] = len(events)
         summary.corrupt_rows[source] = len(kinds)
 
-    truth_file = cfg.ground_truth / "records.csv"
-    feeds = [s.consent_feed.path for s, *_ in planned if s.consent_feed is not None]
-    targets = [*(s.path for s, *_ in planned), *feeds, truth_file]
-    written = claim_demo_targets(cfg, targets)
-    for src_cfg, rows, raw_lines, events in planned:
-        src_cfg.path.parent.mkdir(parents=True, exist_ok=True)
+    files: dict[Path, bytes] = {}
+    while planned:  # each source's rows are let go once its files are made
+        src_cfg, rows, raw_lines, events = planned.pop(0)
         if src_cfg.format == "csv":
-            _write_csv(src_cfg.path, rows, src_cfg.delimiter, raw_lines)
+            files[src_cfg.path] = _csv_bytes(rows, src_cfg.delimiter, raw_lines)
         elif src_cfg.format == "jsonl":
-            _write_jsonl(src_cfg.path, rows, raw_lines)
+            files[src_cfg.path] = _jsonl_bytes(rows, raw_lines)
         else:  # _corrupt gives a Parquet source bad rows, no raw lines
-            _write_parquet(src_cfg.path, rows)
+            files[src_cfg.path] = _parquet_bytes(rows)
         if src_cfg.consent_feed is not None:
-            src_cfg.consent_feed.path.parent.mkdir(parents=True, exist_ok=True)
-            _write_jsonl(src_cfg.consent_feed.path, events)
-
-    cfg.ground_truth.mkdir(parents=True, exist_ok=True)
+            files[src_cfg.consent_feed.path] = _jsonl_bytes(events)
     truth_csv = io.StringIO()
     csv.writer(truth_csv).writerows([("source_system", "source_record_id", "person_id"), *sorted(truth)])
-    write_whole(truth_file, truth_csv.getvalue())
-    manifest = cfg.landing / DEMO_FILES_MANIFEST
-    _write_manifest(manifest, {**written, **{_manifest_key(manifest, path): _sha256(path) for path in targets}})
+    files[cfg.ground_truth / "records.csv"] = truth_csv.getvalue().encode("utf-8")
+    write_demo_files(files)
     return summary
 
 

@@ -124,19 +124,36 @@ def test_the_generator_rewrites_its_own_files_but_not_one_changed_since(tmp_path
     assert _digest(tmp_path) == before
 
 
-def test_a_generation_that_died_midway_does_not_block_the_next(tmp_path, monkeypatch):
+def test_a_generation_that_died_midway_neither_blocks_the_next_nor_lets_a_real_extract_be_overwritten(
+    tmp_path, monkeypatch
+):
     cfg = config_in(tmp_path)
     demo_data.generate(cfg, people=20, seed=1)
+    written = []
 
-    def dies(path, rows, raw_lines=()):
-        path.write_bytes(b"half a file")
-        raise KeyboardInterrupt
+    def dies_at_the_second_file(path, content):
+        if written:
+            raise KeyboardInterrupt  # a file is renamed into place whole: the second is as it was
+        written.append(path)
+        path.write_bytes(content)
 
     with monkeypatch.context() as patched:
-        patched.setattr(demo_data, "_write_jsonl", dies)
+        patched.setattr(demo_data, "_write_bytes", dies_at_the_second_file)
         with pytest.raises(KeyboardInterrupt):
             demo_data.generate(cfg, people=30, seed=2)
+    real = cfg.source("eu_loyalty").path
+    real.write_bytes(b"a real extract")
+    with pytest.raises(IdresError, match=rf"{real} exists and is not a file the demo generator wrote"):
+        demo_data.generate(cfg, people=30, seed=2)
+    assert real.read_bytes() == b"a real extract"
+    real.unlink()
     demo_data.generate(cfg, people=30, seed=2)
     fresh = config_in(tmp_path / "fresh")
     demo_data.generate(fresh, people=30, seed=2)
     assert _digest(tmp_path / "fresh") == {k: v for k, v in _digest(tmp_path).items() if not k.startswith("fresh/")}
+
+
+def test_moving_the_landing_zone_does_not_disown_the_ground_truth(tmp_path):
+    cfg = config_in(tmp_path)
+    demo_data.generate(cfg, people=20, seed=1)
+    demo_data.generate(cfg.with_paths(landing=tmp_path / "landing2"), people=20, seed=1)
