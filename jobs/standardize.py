@@ -242,12 +242,16 @@ def standardize_email(raw: str | None) -> tuple[str | None, bool | None]:
 
 def _written_with_country_code(raw: str, country: str | None) -> phonenumbers.PhoneNumber | None:
     """The number read as international when it is written with its country's calling code but no + or 00, and
-    that reading is valid: 49 151 23456789 in Germany. A number written without its trunk prefix (0) and opening
-    with the country code is one, yet libphonenumber reads it as a national number wherever that is valid too
-    (German numbers vary in length), making it +49 49 151..."""
+    that reading is valid: 49 151 23456789 in Germany. Only in a country whose national numbers are written
+    after a trunk prefix (Germany's 0): there, digits opening with the calling code instead cannot be a whole
+    national number, yet libphonenumber reads them as one wherever that is valid too (German numbers vary in
+    length), making it +49 49 151... Italy and Poland write no trunk prefix, and 39 or 48 may open a number."""
+    metadata = phonenumbers.PhoneMetadata.metadata_for_region(country) if country else None
+    trunk = metadata.national_prefix if metadata is not None else None
     first = re.search(r"[+\d]", raw)
-    code = phonenumbers.country_code_for_region(country) if country else 0
-    if not code or first is None or first.group() in "+0" or not re.sub(r"\D", "", raw).startswith(str(code)):
+    digits = re.sub(r"\D", "", raw)
+    code = str(metadata.country_code) if metadata is not None else ""
+    if not trunk or first is None or first.group() == "+" or digits.startswith(trunk) or not digits.startswith(code):
         return None
     try:
         international = phonenumbers.parse("+" + raw[first.start() :], None)
