@@ -996,18 +996,22 @@ def _load_linkage(raw: dict[str, Any], problems: _Problems) -> LinkageConfig | N
             _check_splink_entry(file, f"comparisons[{i}]", comp, cl, problems)
         if len(problems.items) > found:
             continue
-        try:  # what the checks above cannot see: argument values Splink rejects, two comparisons of one name
-            name = splink_comparison(comp).get_comparison("duckdb").output_column_name
-        except Exception as err:  # any failure to make the comparison is a problem of the entry
-            problems.add(file, f"comparisons[{i}]", f"Splink cannot make it: {type(err).__name__}: {err}")
-            continue
-        if name in output_columns:
-            problems.add(
-                file,
-                f"comparisons[{i}]",
-                f"compares as '{name}', as comparisons[{output_columns[name]}] does; Splink needs distinct names",
-            )
-        output_columns.setdefault(name, i)
+        # What the checks above cannot see: argument values or SQL Splink rejects on either engine (resolve may run
+        # on both), and two comparisons whose columns (gamma_<name>, spaces as _, any case) would be one.
+        names = set()
+        for dialect in ("duckdb", "spark"):
+            try:
+                names.add(splink_comparison(comp).get_comparison(dialect).output_column_name)
+            except Exception as err:  # any failure to make the comparison is a problem of the entry
+                message = f"Splink cannot make it for {dialect}: {type(err).__name__}: {err}"
+                problems.add(file, f"comparisons[{i}]", message)
+                break
+        else:
+            column = names.pop().replace(" ", "_").casefold()
+            if column in output_columns:
+                message = f"compares as '{column}', as comparisons[{output_columns[column]}] does; names must differ"
+                problems.add(file, f"comparisons[{i}]", message)
+            output_columns.setdefault(column, i)
     blocking = _rules(
         file, "blocking_rules_to_generate_predictions", raw.get("blocking_rules_to_generate_predictions"), problems
     )

@@ -348,17 +348,23 @@ def test_splink_comparisons_splink_cannot_make_or_that_share_a_name_are_named(tm
     splink["comparisons"] += [
         {"function": "JaroWinklerAtThresholds", "args": {"col_name": "city", "score_threshold_or_thresholds": "x"}},
         {"function": "ExactMatch", "args": {"col_name": "first_name"}},
+        {"name": "First name", "levels": [{"function": "ExactMatchLevel", "args": {"col_name": "email"}}] * 2},
+        {"name": "halves", "levels": [{"function": "CustomLevel", "args": {"sql_condition": "city_l // 2 = 1"}}] * 2},
     ]
     (conf / "splink.yaml").write_text(yaml.safe_dump(splink, allow_unicode=True), encoding="utf-8")
     with pytest.raises(ConfigError) as err:
         load_config(conf)
     n = len(splink["comparisons"])
-    assert err.value.problems == [
-        f"splink.yaml: comparisons[{n - 2}]: Splink cannot make it: TypeError: 'distance_threshold' must be "
-        "numeric, but received type <class 'str'>",
-        f"splink.yaml: comparisons[{n - 1}]: compares as 'first_name', as comparisons[{first_name}] does; Splink "
-        "needs distinct names",
+    problems = err.value.problems
+    assert problems[:3] == [
+        f"splink.yaml: comparisons[{n - 4}]: Splink cannot make it for duckdb: TypeError: 'distance_threshold' must "
+        "be numeric, but received type <class 'str'>",
+        f"splink.yaml: comparisons[{n - 3}]: compares as 'first_name', as comparisons[{first_name}] does; names must "
+        "differ",
+        f"splink.yaml: comparisons[{n - 2}]: compares as 'first_name', as comparisons[{first_name}] does; names must "
+        "differ",
     ]
+    assert len(problems) == 4 and problems[3].startswith(f"splink.yaml: comparisons[{n - 1}]: Splink cannot make it ")
 
 
 @pytest.mark.parametrize(
