@@ -38,7 +38,12 @@ READING_STATEMENTS = frozenset({duckdb.StatementType.SELECT, duckdb.StatementTyp
 # How a statement that reads may begin (after comments and opening parentheses).
 READING_WORDS = frozenset(
     {"SELECT", "FROM", "WITH", "VALUES", "PIVOT", "PIVOT_WIDER", "PIVOT_LONGER", "UNPIVOT", "EXPLAIN", "DESCRIBE"}
-    | {"SUMMARIZE", "SHOW"}
+    | {"SUMMARIZE", "SHOW", "DESC"}
+)
+# Statements that write or change settings, refused outside parentheses in a statement DuckDB calls MULTI.
+WRITING_WORDS = frozenset(
+    {"INSERT", "UPDATE", "DELETE", "CREATE", "COPY", "ATTACH", "DETACH", "DROP", "ALTER", "INSTALL", "LOAD", "SET"}
+    | {"RESET", "PRAGMA", "EXPORT", "IMPORT", "CALL", "MERGE", "USE", "CHECKPOINT", "VACUUM", "TRUNCATE"}
 )
 # DuckDB errors about the statement itself, whose message quotes the SQL as typed or names tables and columns.
 # Others (a failed cast, a value out of range) may quote a value of the tables, so their message is not shown; nor
@@ -104,9 +109,25 @@ def reading_statement(sql: str) -> str:
     first = next((word for _, word in sql_words(sql) if word != "("), "")
     if kind not in READING_STATEMENTS or (kind == duckdb.StatementType.MULTI and first.upper() not in READING_WORDS):
         raise QueryError(f"a query reads the tables; this is a statement of type {kind.name}")
-    if kind == duckdb.StatementType.EXPLAIN:  # EXPLAIN ANALYZE runs what it explains, which must then read too
-        reading_statement(explained_statement(sql))
+    if kind == duckdb.StatementType.EXPLAIN or first.upper() == "EXPLAIN":
+        reading_statement(explained_statement(sql))  # EXPLAIN ANALYZE runs what it explains, which must read too
+    if kind == duckdb.StatementType.MULTI and (writing := WRITING_WORDS & set(top_level_words(sql))):
+        # A PIVOT makes any statement MULTI, a WITH list's writing one too: WITH p AS (PIVOT ...) INSERT INTO ...
+        raise QueryError(f"a query reads the tables; this one holds {', '.join(sorted(writing))}")
     return sql
+
+
+def top_level_words(sql: str) -> list[str]:
+    """The SQL's words outside parentheses, upper-cased (quoted names keep their quotes)."""
+    depth, words = 0, []
+    for _, word in sql_words(sql):
+        if word == "(":
+            depth += 1
+        elif word == ")":
+            depth -= 1
+        elif depth == 0:
+            words.append(word.upper())
+    return words
 
 
 def sql_words(sql: str) -> list[tuple[int, str]]:
@@ -209,7 +230,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         write_csv(result, sys.stdout, terminal=sys.stdout.isatty())
     else:
         rows = [[shown_cell(v) for v in row] for row in result_rows(result)]
-        print(tabulate(rows, headers=[shown_cell(c) for c in result.column_names], tablefmt="simple"))
+        headers = [shown_cell(c) for c in result.column_names]
+        print(tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True))  # text stays as it is
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from jobs.run_queries import RunQuery
 
 def _table(title: str, table: pa.Table) -> str:
     rows = table.to_pylist()
-    body = tabulate(rows, headers="keys", tablefmt="simple") if rows else "(none)"
+    body = tabulate(rows, headers="keys", tablefmt="simple", disable_numparse=True) if rows else "(none)"
     return title + "\n" + "\n".join("  " + line for line in body.splitlines())
 
 

@@ -219,6 +219,13 @@ def test_the_analysts_sql_is_one_reading_statement_and_has_no_temporary_director
     pivot = "PIVOT (SELECT 'kyiv' AS city) ON city USING count(*)"
     for reading in (f"-- per city\n{pivot}", f"/* a note */ SELECT * FROM ({pivot})", f"DESCRIBE ({pivot})"):
         assert query.query(cfg, reading).num_rows == 1, reading
+    assert query.query(cfg, f"DESC ({pivot})").num_rows == 1
+    assert query.query(cfg, f"WITH p AS ({pivot}) SELECT kyiv AS n FROM p").to_pylist() == [{"n": 1}]
+    # A PIVOT makes any statement MULTI: what it explains, or writes after a WITH list, is checked all the same
+    with pytest.raises(query.QueryError, match="of type MULTI"):
+        query.query(cfg, f"EXPLAIN ANALYZE CREATE TABLE t AS {pivot}")
+    with pytest.raises(query.QueryError, match=r"this one holds INSERT$"):
+        query.query(cfg, f"WITH p AS ({pivot}) INSERT INTO x SELECT 1")
 
 
 def test_the_query_command_shows_duckdbs_message_on_the_statement_but_none_that_may_quote_a_value(
@@ -251,6 +258,13 @@ def test_the_query_tables_shows_control_characters_as_escapes_never_to_the_termi
     monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
     query.main(["--format", "csv", "SELECT 'Київ' || chr(27) || ']0;x' || chr(7) AS city"])
     assert capsys.readouterr().out.splitlines() == ['"city"', '"Київ\\x1b]0;x\\x07"']
+
+
+def test_the_query_table_shows_text_and_decimals_as_they_are(cfg, monkeypatch, capsys):
+    """tabulate read text that looks like a number as one: 0123.50 came out as 123.5, 1_000 as 1000."""
+    monkeypatch.setenv("IDRES_LAKEHOUSE", str(cfg.lakehouse))
+    query.main(["SELECT '0123.50' AS code, '1_000' AS n, 'Nan' AS name, 12345678901234567.89::DECIMAL(38, 2) AS a"])
+    assert capsys.readouterr().out.splitlines()[2].split() == ["0123.50", "1_000", "Nan", "12345678901234567.89"]
 
 
 def canary_hits(root: Path) -> list[str]:
