@@ -140,6 +140,7 @@ def _bars(ax: Any, labels: Sequence[str], values: Sequence[int], colour: str) ->
     ax.spines[["top", "right"]].set_visible(False)
 
 
+@matplotlib.rc_context({"text.parse_math": False})  # a $ in a purpose's name is text, not a formula that fails
 def consent_chart(purposes: Sequence[str], allowed: dict[str, dict[str, int]], not_allowed: dict[str, int]) -> Markup:
     """Profiles per purpose: allowed, stacked by lawful basis, and not allowed."""
     bases = sorted({b for by_basis in allowed.values() for b in by_basis})
@@ -257,10 +258,10 @@ def copy_model_charts(cfg: PipelineConfig, version: str | None, run_dir: Path) -
     """Copy the model's Splink charts (self-contained HTML) beside the report, in place of any copied before;
     their relative paths. Of several versions (`v1, v2`), the newest's: versions begin with their UTC time."""
     target = run_dir / MODEL_FOLDER
-    shutil.rmtree(target, ignore_errors=True)
     source = cfg.reports / "models" / max(version.split(", ")) if version else None
-    if source is None or not source.is_dir():
-        return []
+    if source is None or not source.is_dir():  # those copied before stay: the model's own folder may be gone since
+        return sorted(f"{MODEL_FOLDER}/{chart.name}" for chart in target.glob("*.html"))
+    shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)
     copied = []
     for chart in sorted(source.glob("*.html")):
@@ -414,10 +415,11 @@ def write_auditor_report(cfg: PipelineConfig, run_id: str, run_dir: Path) -> Pat
 
 
 def latest_auditor_report(cfg: PipelineConfig) -> Path | None:
-    """The most recently written run report, or None."""
+    """The report of the run the quality gate validated last, or None. By its results (quality.json), which only
+    the gate writes: a report written again later for an earlier run (python -m jobs.report) is not the last."""
     runs = cfg.reports / "runs"
-    reports = list(runs.glob(f"*/{REPORT_FILE}")) if runs.is_dir() else []
-    return max(reports, key=lambda p: p.stat().st_mtime) if reports else None
+    results = [p for p in runs.glob(f"*/{QUALITY_FILE}") if (p.parent / REPORT_FILE).is_file()] if runs.is_dir() else []
+    return max(results, key=lambda p: p.stat().st_mtime).parent / REPORT_FILE if results else None
 
 
 def main(argv: Sequence[str] | None = None) -> Path:

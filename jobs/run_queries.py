@@ -83,8 +83,8 @@ SUPPRESSED_ATTRIBUTES = RunQuery(
 CONSENT_RECONCILIATION = RunQuery(
     {"s": "silver", "a": "consent_audit"},
     "SELECT (SELECT count(*) FROM s) AS silver_records, "
-    "sum(CASE WHEN decision = 'admitted' THEN 1 ELSE 0 END) AS admitted, "
-    "sum(CASE WHEN decision = 'excluded' THEN 1 ELSE 0 END) AS excluded FROM a WHERE attribute = '*' AND {run}",
+    "count(CASE WHEN decision = 'admitted' THEN 1 END) AS admitted, "  # 0, not null, for a run that decided none
+    "count(CASE WHEN decision = 'excluded' THEN 1 END) AS excluded FROM a WHERE attribute = '*' AND {run}",
     run=("a", "decided_at"),
 )
 CONSENT_EVENT_RECONCILIATION = RunQuery(

@@ -8,6 +8,7 @@ import subprocess
 from collections import Counter
 from html.parser import HTMLParser
 
+import pyarrow as pa
 import pytest
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
@@ -256,6 +257,56 @@ def test_the_run_summary_ends_with_the_gate_verdict_and_the_report_of_the_latest
         "Quality gate of the last run: passed, published",
         f"Auditor report: {(run_dir / REPORT_FILE).as_uri()}",
     ]
+
+
+def test_the_summarys_last_run_is_the_one_the_gate_validated_last_not_a_report_written_again(cfg):
+    """The summary took the newest index.html, so `python -m jobs.report` for an old run made it the last."""
+    import os
+
+    from jobs.report import REPORT_FILE, latest_auditor_report
+
+    old, last = cfg.run_report_dir("old"), cfg.run_report_dir("last")
+    for age, run_dir in ((200, old), (100, last)):
+        run_dir.mkdir(parents=True)
+        for name in ("quality.json", REPORT_FILE):
+            (run_dir / name).write_text("{}", encoding="utf-8")
+            os.utime(run_dir / name, (0, 10_000 - age))
+    (old / REPORT_FILE).write_text("<html>written again</html>", encoding="utf-8")  # now: the newest page
+    assert latest_auditor_report(cfg) == last / REPORT_FILE
+
+
+def test_the_summary_shows_text_as_it_is_and_a_run_that_decided_nothing_as_zeros(cfg):
+    from deltalake import write_deltalake
+
+    from jobs import run_queries as q
+    from jobs.summary import _table
+
+    assert "1.10" in _table("Policy:", pa.table({"version": ["1.10"]}))  # tabulate printed 1.1
+    write_deltalake(str(cfg.tables.silver), pa.table({"source_record_id": ["a", "b"]}))
+    audit = pa.schema(
+        [(c, pa.string()) for c in ("run_id", "decision", "attribute")] + [("decided_at", pa.timestamp("us"))]
+    )
+    write_deltalake(str(cfg.tables.consent_audit), audit.empty_table())
+    assert q.CONSENT_RECONCILIATION.execute(cfg.tables, run_id="r1").to_pylist() == [
+        {"silver_records": 2, "admitted": 0, "excluded": 0}
+    ]
+
+
+def test_a_report_written_again_keeps_the_model_charts_it_copied_once_the_models_folder_is_gone(cfg):
+    from jobs.report import copy_model_charts
+
+    run_dir = cfg.run_report_dir(RUN)
+    (run_dir / "model").mkdir(parents=True)
+    (run_dir / "model" / "weights.html").write_text("<html></html>", encoding="utf-8")
+    assert copy_model_charts(cfg, "20261201T000000Z-abc", run_dir) == ["model/weights.html"]
+    assert (run_dir / "model" / "weights.html").is_file()
+
+
+def test_a_dollar_sign_in_a_purposes_name_is_shown_as_text_not_read_as_a_formula():
+    from jobs.report import consent_chart
+
+    svg = consent_chart(["a$\\foo$b", "marketing"], {"marketing": {"consent": 3}}, {"a$\\foo$b": 1})
+    assert "a$\\foo$b" in svg
 
 
 def test_a_run_report_folder_is_named_safely_from_the_run_id(cfg):
