@@ -104,6 +104,7 @@ class QualityOutcome:
     published: bool = False
     data_docs: str | None = None
     inputs: str | None = None  # inputs_fingerprint of what was validated
+    thresholds: dict[str, float] | None = None  # the match and cluster probabilities the run resolved with
 
     @property
     def failed(self) -> list[str]:
@@ -454,6 +455,10 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> GateResult:
         cfg.quality.pandas_max_rows,
     )
     outcome.inputs = fingerprint
+    outcome.thresholds = {
+        "match_probability": cfg.linkage.match_probability,
+        "cluster_probability": cfg.linkage.cluster_probability,
+    }
     result = GateResult(run_id=run_id, outcome=outcome, report_dir=report_dir)
     if outcome.success:
         write_outcome(outcome, report_dir)  # what a retry that finds the publication interrupted reports

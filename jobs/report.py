@@ -309,9 +309,16 @@ def report_context(cfg: PipelineConfig, run_id: str, run_dir: Path) -> dict[str,
     policy_rows = fetch(q.POLICY_VERSIONS)
     model_version, model_origin = run_model_version(cfg, results)
 
-    purposes = list(cfg.policy.purposes)
     permissions = fetch(q.PERMISSIONS_PER_PURPOSE)
     by_basis = fetch(q.ALLOWED_BY_BASIS) or []
+    per_purpose = fetch(q.ADMITTED_PER_PURPOSE)
+    # The policy's purposes now, and those of the run's tables: one since retired still shows for its run.
+    held = {row["purpose"] for rows in (permissions, by_basis, per_purpose) for row in rows or []}
+    purposes = [*cfg.policy.purposes, *sorted(held - set(cfg.policy.purposes))]
+    thresholds = (quality or {}).get("thresholds") or {  # recorded by the run's gate; else as configured now
+        "match_probability": cfg.linkage.match_probability,
+        "cluster_probability": cfg.linkage.cluster_probability,
+    }
     allowed: dict[str, dict[str, int]] = {}
     for row in by_basis:
         allowed.setdefault(row["purpose"], {})[row["lawful_basis"] or "none"] = int(row["profiles"])
@@ -319,7 +326,7 @@ def report_context(cfg: PipelineConfig, run_id: str, run_dir: Path) -> dict[str,
     coverage = consent_coverage(
         purposes,
         int(admitted[0]["records"]) if admitted is not None else None,
-        _counts(fetch(q.ADMITTED_PER_PURPOSE), "purpose", "records"),
+        _counts(per_purpose, "purpose", "records"),
         permissions,
     )
     profiles_not_allowed = _counts(permissions, "purpose", "not_allowed")
@@ -387,8 +394,8 @@ def report_context(cfg: PipelineConfig, run_id: str, run_dir: Path) -> dict[str,
         "resolution": table("resolution-totals", "Pairwise matches, records and profiles", q.RESOLUTION_TOTALS),
         "match_chart": match_probability_chart(
             [r["match_probability"] for r in probabilities],
-            cfg.linkage.match_probability,
-            cfg.linkage.cluster_probability,
+            thresholds["match_probability"],
+            thresholds["cluster_probability"],
         )
         if probabilities
         else None,

@@ -113,6 +113,11 @@ def test_a_clean_run_passes_every_suite_and_publishes_with_data_docs_and_report(
     run_dir = cfg.run_report_dir("demo")
     quality = json.loads((run_dir / "quality.json").read_text())
     assert quality["success"] and quality["published"] and quality["failed"] == []
+    linkage = cfg.linkage  # the thresholds the run resolved with, which a report written again later draws
+    assert quality["thresholds"] == {
+        "match_probability": linkage.match_probability,
+        "cluster_probability": linkage.cluster_probability,
+    }
     assert (run_dir / "data_docs" / "index.html").is_file()
     assert (run_dir / "index.html").is_file()
     # No personal value in the results, the Data Docs or the report: GX returns counts only.

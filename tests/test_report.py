@@ -292,6 +292,36 @@ def test_the_summary_shows_text_as_it_is_and_a_run_that_decided_nothing_as_zeros
     ]
 
 
+def test_a_report_written_again_shows_its_runs_purposes_and_thresholds_not_todays(cfg):
+    """It listed the policy's purposes now, so a purpose retired since left the coverage table, and it drew the
+    thresholds configured now."""
+    from jobs.report import report_context
+
+    permissions = pa.table(
+        {
+            "profile_id": ["pr_1", "pr_2"],
+            "purpose": [cfg.policy.purposes[0], "retired_purpose"],
+            "allowed": [True, True],
+            "lawful_basis": ["consent", "contract"],
+        }
+    )
+    delta_io.overwrite_delta(permissions, cfg.tables.profile_permissions, run_id=RUN, job="quality_gate")
+    matches = pa.table({"match_probability": [0.999, 0.95], "model_version": ["v1", "v1"]})
+    delta_io.overwrite_delta(matches, cfg.tables.pairwise_matches, run_id=RUN, job="quality_gate")
+    published = {"run_id": [RUN], **{c: [0] for c in ("profiles", "inserted", "updated", "retired", "lineage_rows")}}
+    delta_io.merge_delta(
+        pa.table(published), cfg.tables.unify_runs, keys=["run_id"], run_id=RUN, job=publication.JOB, once_per_run=True
+    )
+    run_dir = cfg.run_report_dir(RUN)
+    run_dir.mkdir(parents=True)
+    thresholds = {"match_probability": 0.9, "cluster_probability": 0.9123}
+    (run_dir / "quality.json").write_text(json.dumps({"success": True, "thresholds": thresholds}), encoding="utf-8")
+
+    context = report_context(cfg, RUN, run_dir)
+    assert [row[0] for row in context["coverage"][0].rows] == [*cfg.policy.purposes, "retired_purpose"]
+    assert "cluster threshold 0.9123" in context["match_chart"]
+
+
 def test_a_report_written_again_keeps_the_model_charts_it_copied_once_the_models_folder_is_gone(cfg):
     from jobs.report import copy_model_charts
 
