@@ -1,4 +1,4 @@
-"""Great Expectations suites in code, one module per table.
+"""Great Expectations suites in code, one module per table or group of related tables.
 
 Each module turns the tables of a run into the DataFrame it validates (the table itself, or the table
 with derived check columns such as `consent_compliant`) plus the expectations on it. Derived checks are

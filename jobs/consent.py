@@ -7,10 +7,11 @@ suppressed) is written to an audit table that holds references, reason codes and
 version, never a personal value.
 
 Effective consent, per subject (source system + source record id) and purpose, is the latest
-event by event_time at or before the cutoff. Ties on event_time are broken so that withdrawal
-wins: withdrawn, then denied, then granted; then the later recorded_at, then event_id, then the
-event's other fields. A grant whose expires_at is at or before the cutoff counts as `expired`, not
-granted. Exact duplicate events count once, so the result does not depend on the order or
+live event by event_time at or before the cutoff: a grant whose expires_at is at or before the
+cutoff has lapsed and decides only when every event has, as `expired` (a withdrawal followed by a
+lapsed grant stays withdrawn). Ties on event_time are broken so that withdrawal wins: withdrawn,
+then denied, then granted; then the later recorded_at, then event_id, then the event's other
+fields. Exact duplicate events count once, so the result does not depend on the order or
 repetition of events.
 """
 

@@ -1,13 +1,13 @@
 """Quality gate: validate the staged gold candidates with Great Expectations, then publish them or refuse.
 
 Write-audit-publish. Resolve stages its pairs, record -> profile ids, registry and identity events, and unify
-the gold candidates, under `staging/`; this job validates them, together with the upstream tables of the
-run (expectations/, one suite per table), and only when every expectation holds merges them all into the
-published tables (jobs.publication: each commit made once per publication of the run, the publication
-journalled so one interrupted between tables is completed by the next job; a run cleared and run again
-publishes its new candidates). When an expectation fails, nothing is published: every published table
-stays at its previous Delta version, the candidates stay staged for inspection, the run's report is still
-written, and the job fails naming the failed expectations.
+the gold candidates, under `staging/`; this job validates them, together with the upstream tables of the run
+(expectations/: the suites of each table, or of a group of related tables), and only when every expectation
+holds merges them all into the published tables (jobs.publication: each commit made once per publication of
+the run, the publication journalled so one interrupted between tables is completed by the next job; a run
+cleared and run again publishes its new candidates). When an expectation fails, nothing is published: every
+published table stays at its previous Delta version, the candidates stay staged for inspection, the run's
+report is still written, and the job fails naming the failed expectations.
 
 Per run, under `reports/runs/<run id>/`: quality.json (the results: counts, never values), the GX Data
 Docs (data_docs/index.html) and the auditor report (index.html).
