@@ -778,6 +778,46 @@ def test_a_run_that_dies_before_its_decisions_are_written_records_no_policy_or_c
     assert consent.gating_policy(cfg) == narrowed.fingerprint
 
 
+def test_one_id_carrying_two_events_within_a_delivery_is_quarantined_or_a_refusal_lands_apart(
+    spark, gate_world, tmp_path
+):
+    """Within one delivery (no copy in the ledger): two grants under one id are both quarantined; a grant and a
+    withdrawal under one id both land, the withdrawal under an id of its own; an exact replay is one event."""
+    from tests.conftest import copy_lakehouse
+
+    cfg = copy_lakehouse(gate_world[0], tmp_path).with_paths(landing=tmp_path / "landing")
+    at = "2025-03-01T10:00:00+02:00"
+    two_grants = [
+        event("UA-4", "marketing_email", "consent", "granted", at, eid="dup-1"),
+        event("UA-4", "marketing_email", "legitimate_interest", "granted", at, eid="dup-1"),
+    ]
+    grant = event("UA-6", "marketing_sms", "consent", "granted", at, eid="dup-2")
+    refusal = event("UA-6", "marketing_sms", "consent", "withdrawn", "2025-04-01T10:00:00Z", eid="dup-2")
+    write_consent_feed(cfg, "ua_crm", [*GOOD_EVENTS, *two_grants, grant, refusal, grant])
+    ledger_before = delta_io.read_delta(spark, cfg.tables.consent_ledger)
+
+    result = consent.run(spark, cfg, run_id="r3", cutoff=CUTOFF)
+
+    assert result.events_quarantined == {"conflicting_event_id": 2}
+    quarantined = (
+        delta_io.read_delta(spark, cfg.tables.consent_quarantine)
+        .where("run_id = 'r3'")
+        .select("source_record_id", F.get_json_object("raw_record", "$.event_id").alias("event_id"), "reason")
+    )
+    expected = spark.createDataFrame(
+        [("UA-4", "dup-1", "conflicting_event_id"), ("UA-4", "dup-1", "conflicting_event_id")], quarantined.schema
+    )
+    assert_df_equality(quarantined, expected, ignore_nullable=True)
+    ledger = delta_io.read_delta(spark, cfg.tables.consent_ledger)
+    added = ledger.join(ledger_before, ["source_system", "event_id"], "left_anti").select(
+        "source_record_id", F.regexp_replace("event_id", "#[0-9a-f]{64}$", "#<sha256>").alias("event_id"), "status"
+    )
+    expected = spark.createDataFrame(
+        [("UA-6", "dup-2", "granted"), ("UA-6", "dup-2#<sha256>", "withdrawn")], added.schema
+    )
+    assert_df_equality(added, expected, ignore_nullable=True, ignore_row_order=True)
+
+
 def test_a_landed_grant_delivered_again_beside_a_refusal_under_its_id_counts_as_landed(spark, gate_world, tmp_path):
     """An appending source delivers the grant it landed and, under the same id, its withdrawal: the withdrawal
     lands apart and the unchanged grant is the event the ledger holds. It was quarantined as conflicting."""
