@@ -778,6 +778,20 @@ def test_a_run_that_dies_before_its_decisions_are_written_records_no_policy_or_c
     assert consent.gating_policy(cfg) == narrowed.fingerprint
 
 
+def quarantined_in_run(spark, cfg, run_id: str, *more):
+    """The consent quarantine's rows of the run: record id, `more` columns, reason."""
+    rows = delta_io.read_delta(spark, cfg.tables.consent_quarantine).where(F.col("run_id") == run_id)
+    return rows.select("source_record_id", *more, "reason")
+
+
+def ledger_events_added(spark, cfg, before):
+    """The ledger's events not in `before`: record id, event id (an own id's hash as <sha256>), status."""
+    ledger = delta_io.read_delta(spark, cfg.tables.consent_ledger)
+    return ledger.join(before, ["source_system", "event_id"], "left_anti").select(
+        "source_record_id", F.regexp_replace("event_id", "#[0-9a-f]{64}$", "#<sha256>").alias("event_id"), "status"
+    )
+
+
 def test_one_id_carrying_two_events_within_a_delivery_is_quarantined_or_a_refusal_lands_apart(
     spark, gate_world, tmp_path
 ):
@@ -799,19 +813,12 @@ def test_one_id_carrying_two_events_within_a_delivery_is_quarantined_or_a_refusa
     result = consent.run(spark, cfg, run_id="r3", cutoff=CUTOFF)
 
     assert result.events_quarantined == {"conflicting_event_id": 2}
-    quarantined = (
-        delta_io.read_delta(spark, cfg.tables.consent_quarantine)
-        .where("run_id = 'r3'")
-        .select("source_record_id", F.get_json_object("raw_record", "$.event_id").alias("event_id"), "reason")
-    )
+    quarantined = quarantined_in_run(spark, cfg, "r3", F.get_json_object("raw_record", "$.event_id").alias("event_id"))
     expected = spark.createDataFrame(
         [("UA-4", "dup-1", "conflicting_event_id"), ("UA-4", "dup-1", "conflicting_event_id")], quarantined.schema
     )
     assert_df_equality(quarantined, expected, ignore_nullable=True)
-    ledger = delta_io.read_delta(spark, cfg.tables.consent_ledger)
-    added = ledger.join(ledger_before, ["source_system", "event_id"], "left_anti").select(
-        "source_record_id", F.regexp_replace("event_id", "#[0-9a-f]{64}$", "#<sha256>").alias("event_id"), "status"
-    )
+    added = ledger_events_added(spark, cfg, ledger_before)
     expected = spark.createDataFrame(
         [("UA-6", "dup-2", "granted"), ("UA-6", "dup-2#<sha256>", "withdrawn")], added.schema
     )
@@ -865,19 +872,13 @@ def test_a_landed_grant_delivered_changed_is_quarantined_and_as_a_refusal_lands_
     result = consent.run(spark, cfg, run_id="r3", cutoff=CUTOFF)
 
     assert result.events_quarantined == {"conflicting_event_id": 1}
-    quarantined = (
-        delta_io.read_delta(spark, cfg.tables.consent_quarantine)
-        .where("run_id = 'r3'")
-        .select("source_record_id", "reason")
-    )
+    quarantined = quarantined_in_run(spark, cfg, "r3")
     expected = spark.createDataFrame([("UA-3", "conflicting_event_id")], quarantined.schema)
     assert_df_equality(quarantined, expected, ignore_nullable=True)
-    ledger = delta_io.read_delta(spark, cfg.tables.consent_ledger)
-    added = ledger.join(ledger_before, ["source_system", "event_id"], "left_anti").select(
-        "source_record_id", F.regexp_replace("event_id", "#[0-9a-f]{64}$", "#<sha256>").alias("event_id"), "status"
-    )
+    added = ledger_events_added(spark, cfg, ledger_before)
     expected = spark.createDataFrame([("UA-2", f"{landed_id}#<sha256>", "withdrawn")], added.schema)
     assert_df_equality(added, expected, ignore_nullable=True)
+    ledger = delta_io.read_delta(spark, cfg.tables.consent_ledger)
     assert ledger.where(F.col("event_id") == landed_id).select("status").collect()[0]["status"] == "granted"
     assert delta_io.read_delta(spark, cfg.tables.admitted).where("source_record_id = 'UA-2'").count() == 0
 
