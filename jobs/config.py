@@ -1101,7 +1101,8 @@ def _load_survivorship(
             problems.add(file, "source_priority", f"'{name}' is not a source in sources.yaml")
     for name in sorted({n for n in priority if priority.count(n) > 1}):
         problems.add(file, "source_priority", f"'{name}' is listed more than once: the order would be ambiguous")
-    attributes = problems.require(file, "", raw, "attributes", dict) or {}
+    given = problems.require(file, "", raw, "attributes", dict)
+    attributes = given or {}
     found = len(problems.items)
     rules: list[SurvivorshipRule] = []
     seen: dict[str, str] = {}
@@ -1138,7 +1139,7 @@ def _load_survivorship(
             if s not in SURVIVORSHIP_STRATEGIES:
                 problems.add(file, f"{key}.{where}", f"'{s}' is not one of {', '.join(SURVIVORSHIP_STRATEGIES)}")
         rules.append(SurvivorshipRule(attribute, columns, str(strategy), tie_breakers))
-    attributes_whole = bool(attributes) and len(problems.items) == found
+    attributes_whole = given is not None and len(problems.items) == found  # an empty mapping too
     left_out = _string_list(file, "left_out_of_gold", raw.get("left_out_of_gold") or [], "columns", problems) or ()
     for c in left_out:
         if c not in held or c in MATCHING_AID_COLUMNS:

@@ -526,6 +526,22 @@ def test_a_profile_column_survivorship_forgets_is_named_unless_it_is_left_out_of
     ]
 
 
+def test_survivorship_with_no_attributes_names_every_profile_column_silver_holds(tmp_path):
+    """`attributes: {}` loaded, and gold held no values at all."""
+    conf = edited_conf(tmp_path / "conf", "survivorship.yaml", (("attributes",), {}))
+    with pytest.raises(ConfigError) as err:
+        load_config(conf)
+    held_by_the_default_policy = (
+        "city country date_of_birth email first_name first_name_native gender last_name last_name_native "
+        "marketing_email marketing_phone middle_name middle_name_native phone postcode street"
+    )
+    assert err.value.problems == [
+        f"survivorship.yaml: attributes: silver column '{c}' is in no attribute: give it one, or list it in "
+        "left_out_of_gold"
+        for c in held_by_the_default_policy.split()
+    ]
+
+
 def test_an_em_training_rule_on_a_column_the_policy_keeps_out_of_silver_is_named(tmp_path):
     policy = yaml.safe_load((DEFAULT_CONF_DIR / "policy.yaml").read_text(encoding="utf-8"))
     conf = edited_conf(tmp_path, "policy.yaml", (("sensitive",), [*policy["sensitive"], "date_of_birth"]))
