@@ -287,20 +287,21 @@ def profile_sources(contributors: DataFrame, pairs: DataFrame) -> DataFrame:
         .withColumn(
             "_rank",
             F.row_number().over(
-                Window.partitionBy("record_id").orderBy(
+                Window.partitionBy("profile_id", "record_id").orderBy(
                     F.desc("match_probability"), F.desc("match_weight"), "best_match_record_id"
                 )
             ),
         )
         .where("_rank = 1")
         .select(
+            "profile_id",
             "record_id",
             "best_match_record_id",
             F.col("match_weight").alias("best_match_weight"),
             F.col("match_probability").alias("best_match_probability"),
         )
     )
-    return contributors.join(evidence, "record_id", "left").select(
+    return contributors.join(evidence, ["profile_id", "record_id"], "left").select(
         "profile_id",
         "record_id",
         *SUBJECT,

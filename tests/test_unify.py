@@ -397,6 +397,36 @@ def test_profile_sources_carry_the_match_evidence(spark, cfg):
     assert_df_equality(sources, expected, ignore_row_order=True, ignore_nullable=True)
 
 
+def test_a_records_best_match_is_one_of_its_own_profiles_records(spark):
+    """Taken across profiles, a record in two profiles named the other profile's record as its match in both."""
+    contributors = spark.createDataFrame(
+        [
+            ("PA", "ua_crm:1", "ua_crm", "1"),
+            ("PA", "ro_shop:2", "ro_shop", "2"),
+            ("PB", "ua_crm:1", "ua_crm", "1"),
+            ("PB", "eu_loyalty:3", "eu_loyalty", "3"),
+        ],
+        "profile_id string, record_id string, source_system string, source_record_id string",
+    ).select(
+        "*", *[F.lit(None).cast("string").alias(c) for c in ("region", "unification_basis", "unification_event_id")]
+    )
+    pairs = spark.createDataFrame(
+        [("ua_crm:1", "ro_shop:2", 5.0, 0.90), ("ua_crm:1", "eu_loyalty:3", 9.0, 0.99)],
+        "record_id_l string, record_id_r string, match_weight double, match_probability double",
+    )
+    sources = unify.profile_sources(contributors, pairs).select("profile_id", "record_id", "best_match_record_id")
+    expected = spark.createDataFrame(
+        [
+            ("PA", "ua_crm:1", "ro_shop:2"),
+            ("PA", "ro_shop:2", "ua_crm:1"),
+            ("PB", "ua_crm:1", "eu_loyalty:3"),
+            ("PB", "eu_loyalty:3", "ua_crm:1"),
+        ],
+        sources.schema,
+    )
+    assert_df_equality(sources, expected, ignore_row_order=True, ignore_nullable=True)
+
+
 def unlineaged_cells(spark, cfg) -> int:
     """Non-null profile cells that no lineage row explains."""
     profiles = delta_io.read_delta(spark, cfg.tables.profiles)
