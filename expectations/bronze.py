@@ -14,27 +14,38 @@ from jobs.ingest import DUPLICATE_SOURCE_ID
 
 
 def with_bronze_rows(ingest_runs: DataFrame, bronze: DataFrame) -> DataFrame:
-    """Ingest runs plus `bronze_within_landed`: the bronze rows a run wrote for a source (by their run id) are at
-    most the rows it counted as landed (a version landed before keeps its earlier run id, or takes this run's when
-    it comes back as its record's current version; quarantined rows never reach bronze)."""
-    written = bronze.groupBy("run_id", "source_system").agg(F.count("*").alias("_written"))
+    """Ingest runs plus `bronze_within_landed`: the bronze rows a run's counted attempt wrote for a source (by their
+    run id and load time) are at most the rows it counted as landed (a version landed before keeps its earlier run
+    id, or takes this run's when it comes back as its record's current version; quarantined rows never reach
+    bronze). A run's audit row takes the load time of the attempt whose counts it holds; the rows an earlier
+    attempt of the run wrote (from an extract fixed since) stay in bronze as that attempt's."""
+    keys = ["run_id", "source_system", "ingested_at"]
+    written = bronze.groupBy(*keys).agg(F.count("*").alias("_written"))
     return (
-        ingest_runs.join(written, ["run_id", "source_system"], "left")
+        ingest_runs.join(written, keys, "left")
         .withColumn("bronze_within_landed", holds(F.coalesce("_written", F.lit(0)) <= F.col("rows_landed")))
         .drop("_written")
     )
 
 
 def with_quarantine_checks(bronze: DataFrame, quarantine: DataFrame) -> DataFrame:
-    """Bronze plus `not_quarantined_as_duplicate`: the run that landed the row did not also quarantine its
-    source record as a duplicate id (an id the extract repeats lands in no version: every copy is quarantined)."""
+    """Bronze plus `not_quarantined_as_duplicate`: the run attempt that landed the row (its run id and load time)
+    did not also quarantine its source record as a duplicate id (an id the extract repeats lands in no version:
+    every copy is quarantined). An earlier attempt of the run, on an extract fixed since, may have."""
+    keys = ["run_id", "source_system", "source_record_id", "ingested_at"]
     duplicates = (
         quarantine.where(F.col("reason") == DUPLICATE_SOURCE_ID)
-        .select("run_id", "source_system", "source_record_id", F.lit(True).alias("_duplicate"))
-        .dropDuplicates(["run_id", "source_system", "source_record_id"])
+        .select(
+            "run_id",
+            "source_system",
+            "source_record_id",
+            F.col("quarantined_at").alias("ingested_at"),
+            F.lit(True).alias("_duplicate"),
+        )
+        .dropDuplicates(keys)
     )
     return (
-        bronze.join(F.broadcast(duplicates), ["run_id", "source_system", "source_record_id"], "left")
+        bronze.join(F.broadcast(duplicates), keys, "left")
         .withColumn("not_quarantined_as_duplicate", holds(F.col("_duplicate").isNull()))
         .drop("_duplicate")
     )

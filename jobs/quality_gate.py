@@ -146,7 +146,9 @@ def read_inputs(spark: SparkSession, cfg: PipelineConfig, upstream: Sequence[str
         spark, t.profile_sources, "profile_id string, source_system string, source_record_id string"
     )
     quarantine = delta_io.read_delta_or_empty(
-        spark, t.quarantine, "source_system string, source_record_id string, reason string, run_id string"
+        spark,
+        t.quarantine,
+        "source_system string, source_record_id string, reason string, run_id string, quarantined_at timestamp",
     )
     return QualityInputs(
         cfg=cfg,

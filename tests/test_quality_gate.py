@@ -407,26 +407,41 @@ def test_a_bronze_row_must_carry_its_own_sources_region_not_just_a_known_one(spa
     ]
 
 
-QUARANTINE = "source_system string, source_record_id string, reason string, run_id string"
+QUARANTINE = "source_system string, source_record_id string, reason string, run_id string, quarantined_at timestamp"
 
 
 def test_a_bronze_row_of_a_record_its_run_quarantined_as_a_duplicate_id_fails(spark, cfg):
+    first, retry = dt.datetime(2026, 11, 1, 10, tzinfo=dt.UTC), dt.datetime(2026, 11, 1, 12, tzinfo=dt.UTC)
     frame = spark.createDataFrame(
-        [("i2", "ua_crm", "UA-1"), ("i2", "ua_crm", "UA-2"), ("i2", "ua_crm", "UA-3")],
-        "run_id string, source_system string, source_record_id string",
+        [
+            ("i2", "ua_crm", "UA-1", retry),
+            ("i2", "ua_crm", "UA-2", retry),
+            ("i2", "ua_crm", "UA-3", retry),
+            ("i2", "ua_crm", "UA-4", retry),
+        ],
+        "run_id string, source_system string, source_record_id string, ingested_at timestamp",
     )
     quarantine = spark.createDataFrame(
         [
-            ("ua_crm", "UA-1", "duplicate_source_id", "i2"),  # landed by the run that quarantined it
-            ("ua_crm", "UA-2", "duplicate_source_id", "i1"),  # an earlier extract repeated it; i2's had it once
-            ("ua_crm", "UA-3", "unparseable_date", "i2"),  # another version of it was bad
+            ("ua_crm", "UA-1", "duplicate_source_id", "i2", retry),  # landed by the attempt that quarantined it
+            ("ua_crm", "UA-2", "duplicate_source_id", "i1", retry),  # an earlier extract repeated it; i2's had it once
+            ("ua_crm", "UA-3", "unparseable_date", "i2", retry),  # another version of it was bad
+            (
+                "ua_crm",
+                "UA-4",
+                "duplicate_source_id",
+                "i2",
+                first,
+            ),  # the run's first attempt, on an extract fixed since
         ],
         QUARANTINE,
     )
-    checked = bronze_suite.with_quarantine_checks(frame, quarantine)
+    checked = bronze_suite.with_quarantine_checks(frame, quarantine).select(
+        "run_id", "source_record_id", "not_quarantined_as_duplicate"
+    )
     expected = spark.createDataFrame(
-        [("i2", "ua_crm", "UA-1", False), ("i2", "ua_crm", "UA-2", True), ("i2", "ua_crm", "UA-3", True)],
-        "run_id string, source_system string, source_record_id string, not_quarantined_as_duplicate boolean",
+        [("i2", "UA-1", False), ("i2", "UA-2", True), ("i2", "UA-3", True), ("i2", "UA-4", True)],
+        "run_id string, source_record_id string, not_quarantined_as_duplicate boolean",
     )
     assert_df_equality(checked, expected, ignore_row_order=True, ignore_nullable=True)
 
@@ -857,23 +872,67 @@ def test_profile_permissions_follow_the_latest_live_consent_event_of_any_of_the_
     ]
 
 
+def test_a_run_ingested_again_under_its_id_after_its_extract_was_fixed_passes_the_bronze_suites(spark, tmp_path):
+    """README: a run cleared in Airflow after an extract was fixed runs again under its id. The first attempt's
+    quarantined duplicate id and the version it landed before the fix were counted against the second attempt,
+    which every retry then failed."""
+    from jobs import demo_data, ingest
+    from tests.conftest import config_in, write_ua_crm
+
+    cfg = config_in(tmp_path)
+    demo_data.generate(cfg, people=5, seed=8)
+    record = {"first_name": "Олександр", "date_of_birth": "24.08.1991", "updated_at": "01.03.2025 10:15"}
+    koval = {**record, "source_record_id": "UA-1", "last_name": "Коваль"}
+    bondar = {**record, "source_record_id": "UA-2", "last_name": "Бондар"}
+    write_ua_crm(cfg, [koval, bondar, {**bondar, "last_name": "Бондаренко"}])  # UA-2 twice: both quarantined
+    ingest.run(spark, cfg, run_id="r1")
+    write_ua_crm(cfg, [{**koval, "last_name": "Ковальчук"}, bondar])  # fixed: UA-1's name corrected, UA-2 once
+
+    ingest.run(spark, cfg, run_id="r1")
+
+    bronze = delta_io.read_delta(spark, cfg.tables.bronze)
+    tables = {"bronze": bronze, "ingest_runs": delta_io.read_delta(spark, cfg.tables.ingest_runs)}
+    checks = bronze_suite.checks(
+        inputs_with(cfg, **tables, quarantine=delta_io.read_delta(spark, cfg.tables.quarantine))
+    )
+    assert validate(checks, "r1").failed == []
+    ua = bronze.where("source_system = 'ua_crm'").select("source_record_id", "last_name", "run_id")
+    expected = spark.createDataFrame(
+        [("UA-1", "Коваль", "r1"), ("UA-1", "Ковальчук", "r1"), ("UA-2", "Бондар", "r1")], ua.schema
+    )
+    assert_df_equality(ua, expected, ignore_row_order=True, ignore_nullable=True)
+    # The checks match attempts by time, as each table stores it: else they would hold for want of a match.
+    at = {r.last_name: r.ingested_at for r in bronze.where("source_system = 'ua_crm'").collect()}
+    (counted,) = tables["ingest_runs"].where("run_id = 'r1' AND source_system = 'ua_crm'").collect()
+    assert counted.ingested_at == at["Ковальчук"] != at["Коваль"]
+    quarantined = delta_io.read_delta(spark, cfg.tables.quarantine).where("source_record_id = 'UA-2'")
+    assert {r.quarantined_at for r in quarantined.collect()} == {at["Коваль"]}
+
+
 def test_the_last_ingest_run_writes_no_more_bronze_rows_per_source_than_it_landed(spark, cfg):
     runs = spark.createDataFrame(
         [
             ("i1", "ua_crm", 5, 5, 0, "2026-10-01 00:00:00"),
-            ("i2", "ua_crm", 3, 2, 1, "2026-11-01 00:00:00"),
-            ("i2", "ro_shop", 2, 1, 1, "2026-11-01 00:00:00"),
-            ("i2", "eu_loyalty", 0, 0, 0, "2026-11-01 00:00:00"),
+            ("i2", "ua_crm", 3, 2, 1, "2026-11-01 12:00:00"),
+            ("i2", "ro_shop", 2, 1, 1, "2026-11-01 12:00:00"),
+            ("i2", "eu_loyalty", 0, 0, 0, "2026-11-01 12:00:00"),
         ],
         "run_id string, source_system string, rows_read long, rows_landed long, rows_quarantined long, "
         "ingested_at string",
     ).transform(timestamps, "ingested_at")
-    earlier = [("i1", "ua_crm", str(i)) for i in range(5)]  # an earlier run's rows do not count against i2
+    earlier = [("i1", "ua_crm", str(i), "2026-10-01 00:00:00") for i in range(5)]  # they do not count against i2
+    # i2's first attempt, on an ro_shop extract fixed since: its rows stay in bronze, and i2's counts are the retry's
+    first_attempt = [("i2", "ro_shop", "x", "2026-11-01 10:00:00"), ("i2", "ro_shop", "y", "2026-11-01 10:00:00")]
 
-    def reconciliation(written: list[tuple[str, str, str]]) -> TableCheck:
-        bronze = spark.createDataFrame(
-            [*earlier, *written], "run_id string, source_system string, source_record_id string"
-        ).withColumns({"record_hash": F.col("source_record_id"), "region": F.lit("UA"), "ingested_at": F.lit(None)})
+    def reconciliation(written: list[tuple[str, str, str, str]]) -> TableCheck:
+        bronze = (
+            spark.createDataFrame(
+                [*earlier, *first_attempt, *written],
+                "run_id string, source_system string, source_record_id string, ingested_at string",
+            )
+            .transform(timestamps, "ingested_at")
+            .withColumns({"record_hash": F.col("source_record_id"), "region": F.lit("UA")})
+        )
         return suite_named(
             bronze_suite.checks(
                 inputs_with(cfg, bronze=bronze, ingest_runs=runs, quarantine=spark.createDataFrame([], QUARANTINE))
@@ -881,9 +940,10 @@ def test_the_last_ingest_run_writes_no_more_bronze_rows_per_source_than_it_lande
             "ingest_reconciliation",
         )
 
-    landed = [("i2", "ua_crm", "a"), ("i2", "ua_crm", "b"), ("i2", "ro_shop", "c")]
+    at = "2026-11-01 12:00:00"
+    landed = [("i2", "ua_crm", "a", at), ("i2", "ua_crm", "b", at), ("i2", "ro_shop", "c", at)]
     assert validate([reconciliation(landed)], "r").success
-    duplicate_landed = ("i2", "ro_shop", "d")  # the quarantined row written to bronze as well
+    duplicate_landed = ("i2", "ro_shop", "d", at)  # the quarantined row written to bronze as well
     assert validate([reconciliation([*landed, duplicate_landed])], "r").failed == [
         "ingest_reconciliation: expect_column_values_to_be_in_set(bronze_within_landed): "
         "the last run wrote no more bronze rows per source than it landed"
