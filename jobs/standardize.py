@@ -62,13 +62,19 @@ TITLES = frozenset(
         "sir",
         "herr",
         "frau",
+        "hr",
+        "fr",
         "domnul",
         "doamna",
+        "domnișoara",
         "dl",
         "dna",
+        "d-l",
+        "d-na",
+        "d-ra",
+        "d-șoara",
         "пан",
         "пані",
-        "панi",
         "г-н",
         "г-жа",
         "д-р",
@@ -97,7 +103,7 @@ E164_PHONE = re.compile(E164)
 
 # Romanization systems disagree on a few letters: fold each group to one spelling. Consonant
 # clusters first (щ shch/schtsch/shh, ш sh/sch/š, ч ch/tsch/tch/č, ц ts/tz/c/z, ж zh/ž,
-# з z/s (German), х kh/ch/h, г h/g, w/v), then the semivowels y/j -> i (я ya/ia/ja, ю yu/iu/ju,
+# з z/s (German), х kh/h (German ch folds with ч), г h/g, w/v), then the semivowels y/j -> i (я ya/ia/ja, ю yu/iu/ju,
 # й/и/і), then ie/ye/je -> e, and finally doubled letters collapse (mariia ~ mariya ~ maria).
 CONSONANT_FOLDS: tuple[tuple[str, str], ...] = (
     ("schtsch", "s"),
@@ -195,9 +201,11 @@ def fold_key(latin: str | None) -> str | None:
 
 def is_title(word: str) -> bool:
     """Whether a word as written is an honorific of TITLES, in any case, with or without its full stop, whatever
-    its dash (г‑н with a non-breaking hyphen)."""
+    its dash (г‑н with a non-breaking hyphen), and read with its Latin/Cyrillic look-alikes in either script
+    (Пані typed with a Latin a; Мr. with a Cyrillic М, whose two letters leave no script the most used)."""
     folded = "".join("-" if unicodedata.category(ch) == "Pd" else ch for ch in unicodedata.normalize("NFKC", word))
-    return folded.casefold().strip(".") in TITLES
+    readings = (folded, folded.translate(TO_LATIN), folded.translate(TO_CYRILLIC))  # look-alikes keep their case
+    return any(r.translate(ROMANIAN_COMMA_BELOW).casefold().strip(".") in TITLES for r in readings)
 
 
 @lru_cache(maxsize=200_000)

@@ -93,6 +93,16 @@ def test_names_keep_the_native_form_and_lose_titles_and_punctuation():
         ("Mr.", "mr"),
         ("Herr-Schmidt", "herr schmidt"),  # a double-barrelled name keeps both parts
         ("Пан-Петренко", "пан петренко"),
+        ("П\u0061ні Олена", "олена"),  # a Latin a typed into Пані
+        ("\u041cr. Smith", "smith"),  # a Cyrillic М: one letter of each script
+        ("пан\u0069 Олена", "олена"),
+        ("D-na Ionescu", "ionescu"),  # Romanian: doamna, domnul, domnișoara (with ş or ș)
+        ("D-l Popescu", "popescu"),
+        ("D-ra Ana Pop", "ana pop"),
+        ("D-\u015foara Ana", "ana"),
+        ("Domni\u0219oara Ana", "ana"),
+        ("Fr. Müller", "müller"),  # German: Frau, Herr
+        ("Hr. Schmidt", "schmidt"),
     ],
 )
 def test_only_titles_that_precede_a_name_are_dropped(written, native):
