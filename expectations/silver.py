@@ -17,11 +17,15 @@ COUNTRY_CODES = [c.alpha_2 for c in pycountry.countries]
 
 
 def record_counts(bronze: DataFrame, silver: DataFrame) -> DataFrame:
-    """One row: `bronze_records` (distinct source records in bronze, which keeps every version) and
-    `silver_records` (silver's rows). Standardize keeps one row per bronze record and an erasure deletes a subject
-    from both, so they are equal."""
-    return bronze.agg(F.count_distinct(*SUBJECT).alias("bronze_records")).crossJoin(
-        silver.agg(F.count("*").alias("silver_records"))
+    """One row: `bronze_records` (distinct source records in bronze, which keeps every version), `silver_records`
+    (silver's rows) and `silver_records_in_bronze` (those that are a record in bronze). Standardize keeps one row
+    per bronze record and an erasure deletes a subject from both, so all three are equal: a record dropped and
+    another that bronze lacks would leave the first two equal."""
+    in_bronze = silver.join(bronze.select(*SUBJECT).distinct(), list(SUBJECT), "left_semi")
+    return (
+        bronze.agg(F.count_distinct(*SUBJECT).alias("bronze_records"))
+        .crossJoin(silver.agg(F.count("*").alias("silver_records")))
+        .crossJoin(in_bronze.agg(F.count("*").alias("silver_records_in_bronze")))
     )
 
 
@@ -66,7 +70,8 @@ def checks(inputs: QualityInputs) -> list[TableCheck]:
                     "bronze_records",
                     "silver_records",
                     "silver holds one row per source record in bronze (none dropped)",
-                )
+                ),
+                equal_columns("silver_records", "silver_records_in_bronze", "every silver row is a record in bronze"),
             ],
         ),
     ]

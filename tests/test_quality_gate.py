@@ -601,10 +601,16 @@ def test_silver_must_hold_one_row_per_source_record_of_bronze(spark, cfg):
         )
 
     assert outcome([("s", "1"), ("s", "2"), ("t", "1")]).success  # two versions of s/1, one record
-    assert outcome([("s", "1"), ("t", "1")]).failed == [
+    dropped = (
         "silver_reconciliation: expect_column_pair_values_to_be_equal(bronze_records=silver_records): "
         "silver holds one row per source record in bronze (none dropped)"
-    ]
+    )
+    assert outcome([("s", "1"), ("t", "1")]).failed == [dropped]
+    not_in_bronze = (
+        "silver_reconciliation: expect_column_pair_values_to_be_equal(silver_records=silver_records_in_bronze): "
+        "every silver row is a record in bronze"
+    )
+    assert outcome([("s", "1"), ("t", "1"), ("t", "9")]).failed == [not_in_bronze]  # s/2 dropped, t/9 made up
 
 
 def test_a_lineage_row_must_name_a_record_that_holds_the_profiles_value(spark, cfg):
