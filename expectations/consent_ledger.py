@@ -27,14 +27,17 @@ from jobs.consent import NONE_RECORDED, STATUS_PRECEDENCE, accepted_bases, lapse
 
 
 def with_purpose_checks(ledger: DataFrame, consent_runs: DataFrame, purposes: Sequence[str]) -> DataFrame:
-    """The ledger plus `purpose_declared`: an event the last consent run landed names a purpose the policy
-    declares. The ledger keeps every event for good, so one landed under an earlier policy may name a purpose
-    since retired (the gate ignores those): checking it again would refuse every run after the change."""
-    last_run = latest_run(consent_runs, "landed_at").select(F.col("run_id").alias("_last_run")).distinct()
+    """The ledger plus `purpose_declared`: an event the last consent run's counted attempt landed (its run id, source
+    and landing time) names a purpose the policy declares. The ledger keeps every event for good, so one landed
+    under an earlier policy may name a purpose since retired (the gate ignores those): checking it again would
+    refuse every run after the change, and so would checking what an earlier attempt of the run landed before the
+    policy changed."""
+    keys = ["run_id", "source_system", "landed_at"]
+    last_run = latest_run(consent_runs, "landed_at").select(*keys, F.lit(True).alias("_last_run")).distinct()
     return (
-        ledger.join(F.broadcast(last_run), F.col("run_id") == F.col("_last_run"), "left")
+        ledger.join(F.broadcast(last_run), keys, "left")
         .withColumn("purpose_declared", holds(F.col("_last_run").isNull() | F.col("purpose").isin(*purposes)))
-        .drop("_last_run")
+        .select(*ledger.columns, "purpose_declared")
     )
 
 

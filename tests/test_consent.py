@@ -823,6 +823,10 @@ def test_one_id_carrying_two_events_within_a_delivery_is_quarantined_or_a_refusa
         [("UA-6", "dup-2", "granted"), ("UA-6", "dup-2#<sha256>", "withdrawn")], added.schema
     )
     assert_df_equality(added, expected, ignore_nullable=True, ignore_row_order=True)
+    # The consent ledger suite finds the events a run's counted attempt landed by the time consent_runs records.
+    (counted,) = delta_io.read_delta(spark, cfg.tables.consent_runs).where("run_id = 'r3'").collect()
+    landed = delta_io.read_delta(spark, cfg.tables.consent_ledger).where("run_id = 'r3'").collect()
+    assert {r.landed_at for r in landed} == {counted.landed_at}
 
 
 def test_a_landed_grant_delivered_again_beside_a_refusal_under_its_id_counts_as_landed(spark, gate_world, tmp_path):
@@ -967,30 +971,46 @@ def test_a_pseudonym_is_an_attribute_the_gate_suppresses_without_its_purpose(spa
 
 
 def test_a_purpose_the_policy_retired_fails_only_events_the_last_run_landed(spark):
-    """The ledger keeps every event: those landed under an earlier policy must not refuse every later run."""
+    """The ledger keeps every event: those landed under an earlier policy must not refuse every later run, nor
+    those an earlier attempt of the last run landed before the policy changed."""
     from expectations import consent_ledger
 
+    jan, feb, mar = (dt.datetime(2026, m, 1, tzinfo=UTC) for m in (1, 2, 3))
     ledger = spark.createDataFrame(
-        [("r1", "profile_unification"), ("r1", "newsletter"), ("r2", "profile_unification"), ("r3", "marketing_sms")],
-        "run_id string, purpose string",
+        [
+            ("r1", "s", "profile_unification", jan),
+            ("r1", "s", "newsletter", jan),
+            ("r2", "s", "profile_unification", feb),
+            ("r2", "t", "newsletter", feb),
+            ("r3", "s", "marketing_sms", feb),
+        ],
+        "run_id string, source_system string, purpose string, landed_at timestamp",
     )
     runs = spark.createDataFrame(
-        [("r1", dt.datetime(2026, 1, 1)), ("r2", dt.datetime(2026, 2, 1))], "run_id string, landed_at timestamp"
+        [("r1", "s", jan), ("r2", "s", feb), ("r2", "t", feb)],
+        "run_id string, source_system string, landed_at timestamp",
     )
     purposes = ["profile_unification", "marketing_sms"]
-    checked = consent_ledger.with_purpose_checks(ledger, runs, purposes)
+
+    def declared(consent_runs):
+        return consent_ledger.with_purpose_checks(ledger, consent_runs, purposes).select(
+            "run_id", "source_system", "purpose", "purpose_declared"
+        )
+
     expected = spark.createDataFrame(
         [
-            ("r1", "profile_unification", True),
-            ("r1", "newsletter", True),  # landed by r1, under the policy of its day
-            ("r2", "profile_unification", True),
-            ("r3", "marketing_sms", True),  # not the last consent run's: checked when it landed
+            ("r1", "s", "profile_unification", True),
+            ("r1", "s", "newsletter", True),  # landed by r1, under the policy of its day
+            ("r2", "s", "profile_unification", True),
+            ("r2", "t", "newsletter", False),  # the last run landed it: its policy declares no such purpose
+            ("r3", "s", "marketing_sms", True),  # not the last consent run's: checked when it landed
         ],
-        "run_id string, purpose string, purpose_declared boolean",
+        "run_id string, source_system string, purpose string, purpose_declared boolean",
     )
-    assert_df_equality(checked, expected, ignore_row_order=True, ignore_nullable=True)
+    assert_df_equality(declared(runs), expected, ignore_row_order=True, ignore_nullable=True)
 
-    later = runs.union(spark.createDataFrame([("r1", dt.datetime(2026, 3, 1))], runs.schema))  # r1 retried last
-    retried = consent_ledger.with_purpose_checks(ledger, later, purposes).where("run_id = 'r1'")
-    expected = spark.createDataFrame([("r1", "profile_unification", True), ("r1", "newsletter", False)], checked.schema)
-    assert_df_equality(retried, expected, ignore_row_order=True, ignore_nullable=True)
+    # r2 run again in March, after newsletter was retired: t's row is rewritten with the retry's counts, and
+    # the events its first attempt landed in February are no longer what the run counts.
+    retried = runs.where("source_system = 's'").union(spark.createDataFrame([("r2", "t", mar)], runs.schema))
+    expected = expected.withColumn("purpose_declared", F.lit(True))
+    assert_df_equality(declared(retried), expected, ignore_row_order=True, ignore_nullable=True)
