@@ -449,7 +449,8 @@ def test_a_bronze_row_of_a_record_its_run_quarantined_as_a_duplicate_id_fails(sp
 # The columns the consent suites read, for the tables a test leaves empty.
 CONSENT_TABLES = {
     "consent_ledger": "source_system string, event_id string, source_record_id string, purpose string, status string, "
-    "lawful_basis string, event_time timestamp, recorded_at timestamp, expires_at timestamp, run_id string",
+    "lawful_basis string, event_time timestamp, recorded_at timestamp, expires_at timestamp, run_id string, "
+    "landed_at timestamp",
     "consent_runs": "run_id string, source_system string, events_read long, events_landed long, "
     "events_quarantined long, landed_at timestamp, cutoff timestamp",
     "consent_audit": "run_id string, source_system string, source_record_id string, attribute string, "
@@ -464,8 +465,12 @@ CONSENT_TABLES = {
 
 
 def consent_check(spark, cfg, suite: str, **tables) -> TableCheck:
-    """The named suite of expectations.consent_ledger on the given tables (the others empty)."""
+    """The named suite of expectations.consent_ledger on the given tables (the others empty; a ledger without
+    landing times landed none of them in the last consent run)."""
     empty = {name: spark.createDataFrame([], schema) for name, schema in CONSENT_TABLES.items() if name not in tables}
+    ledger = tables.get("consent_ledger")
+    if ledger is not None and "landed_at" not in ledger.columns:
+        tables["consent_ledger"] = ledger.withColumn("landed_at", F.lit(None).cast("timestamp"))
     return suite_named(consent_suite.checks(inputs_with(cfg, **tables, **empty)), suite)
 
 
