@@ -7,7 +7,8 @@ Standards and libraries:
 - emails: RFC 5322 / 6531 syntax via `email-validator` (no DNS look-ups), lowercased;
 - phones: E.164 via `phonenumbers` (libphonenumber), parsed with the record's or source's country;
 - dates: ISO 8601 (Spark DateType);
-- countries: ISO 3166-1 alpha-2 via `pycountry`;
+- countries: ISO 3166-1 alpha-2 via `pycountry`, CLDR names via `babel`, other English names via
+  `country_converter`;
 - postcodes: upper-case alphanumerics; streets and cities: NFKC, casefold, romanized, punctuation
   stripped. (libpostal would parse addresses better, but needs model data this build cannot fetch.)
 
@@ -28,6 +29,7 @@ import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import lru_cache
 
+import country_converter
 import jellyfish
 import pandas as pd
 import phonenumbers
@@ -49,6 +51,8 @@ from jobs.runner import run_job
 from jobs.spark_session import size_stage_to_input
 
 log = logging.getLogger("idres.standardize")
+# country_converter logs each name it does not find, and a country field may hold anything a customer typed.
+logging.getLogger("country_converter").setLevel(logging.ERROR)
 
 # Honorifics that precede names in the source systems' languages (matched after casefolding).
 TITLES = frozenset(
@@ -288,14 +292,34 @@ def standardize_phone(raw: str | None, country: str | None) -> str | None:
 def standardize_country(raw: str | None, languages: tuple[str, ...] = ("en",)) -> str | None:
     """ISO 3166-1 alpha-2 from a code or a name: the codes and English names `pycountry` knows, else a
     country's name in one of `languages` (Romanian ones with ş and ţ written as CLDR's ș and ț) or a code CLDR
-    keeps as an alias (country_names); None when unknown."""
+    keeps as an alias (country_names), else a name in common English use that `country_converter` reads
+    (Turkey, Great Britain, The Netherlands, Ivory Coast); None when unknown or when it reads two countries."""
     if raw is None or not raw.strip():
         return None
     try:
         return pycountry.countries.lookup(raw.strip()).alpha_2
     except LookupError:
-        name = unicodedata.normalize("NFKC", raw).translate(ROMANIAN_COMMA_BELOW).casefold()
-        return country_names(languages).get(" ".join(name.split()))
+        name = " ".join(unicodedata.normalize("NFKC", raw).translate(ROMANIAN_COMMA_BELOW).casefold().split())
+        return country_names(languages).get(name) or common_english_country(name)
+
+
+# "United Kingdom of Great Britain and Northern Ireland" with room to spare
+LONGEST_COUNTRY_NAME = 80
+
+
+@lru_cache(maxsize=1)
+def _country_converter() -> country_converter.CountryConverter:
+    return country_converter.CountryConverter()
+
+
+def common_english_country(name: str) -> str | None:
+    """ISO 3166-1 alpha-2 of a country name in common English use that neither ISO 3166 nor CLDR lists, through
+    `country_converter`'s regular expressions; None when they match no country or more than one."""
+    if len(name) > LONGEST_COUNTRY_NAME:  # each of its 250 patterns would search the whole text
+        return None
+    code = _country_converter().convert(name, src="regex", to="ISO2", not_found=None)
+    # not found gives the name back, more than one match a list
+    return code if isinstance(code, str) and code != name and pycountry.countries.get(alpha_2=code) else None
 
 
 @lru_cache(maxsize=16)

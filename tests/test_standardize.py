@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import logging
 
 import jellyfish
 import pytest
@@ -470,6 +471,39 @@ def test_romanian_country_names_with_the_legacy_cedilla_are_found():
         "CH",
         "NL",
     ]
+
+
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [
+        ("Turkey", "TR"),  # ISO 3166 and CLDR say Türkiye
+        ("Great Britain", "GB"),
+        ("England", "GB"),
+        ("The Netherlands", "NL"),
+        ("the  netherlands", "NL"),
+        ("Ivory Coast", "CI"),
+        ("Macedonia", "MK"),
+        ("Swaziland", "SZ"),
+        ("Burma", "MM"),
+        ("Niger", "NE"),
+        ("Nigeria", "NG"),
+        ("Dominica", "DM"),
+        ("Germany", "DE"),
+        ("Україна", "UA"),
+        ("n/a", None),
+        ("Kyiv", None),
+        ("Europe", None),
+        ("Turkey " + "x" * 100, None),  # longer than any country's name: not searched
+    ],
+)
+def test_a_country_name_in_common_english_use_is_read(raw, code):
+    assert standardize.standardize_country(raw, standardize.country_languages(["UA", "DE"])) == code
+
+
+def test_a_country_not_found_is_not_logged(caplog):
+    caplog.set_level(logging.DEBUG)
+    assert standardize.standardize_country("Canary Ivanenko-Country") is None
+    assert "canary" not in caplog.text.casefold()
 
 
 def test_national_ids_reach_silver_only_as_a_keyed_hash_and_only_when_the_policy_says_so(
