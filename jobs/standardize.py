@@ -260,10 +260,16 @@ def _written_with_country_code(raw: str, country: str | None) -> phonenumbers.Ph
     length), making it +49 49 151... Italy and Poland write no trunk prefix, and 39 or 48 may open a number."""
     metadata = phonenumbers.PhoneMetadata.metadata_for_region(country) if country else None
     trunk = metadata.national_prefix if metadata is not None else None
-    first = re.search(r"[+\d]", raw)
-    digits = re.sub(r"\D", "", raw)
+    first = re.search(r"[+\uff0b\d]", raw)  # full-width plus and digits of any script, as libphonenumber reads
+    digits = phonenumbers.normalize_digits_only(raw)
     code = str(metadata.country_code) if metadata is not None else ""
-    if not trunk or first is None or first.group() == "+" or digits.startswith(trunk) or not digits.startswith(code):
+    if (
+        not trunk
+        or first is None
+        or not first.group().isdigit()
+        or digits.startswith(trunk)
+        or not digits.startswith(code)
+    ):
         return None
     try:
         international = phonenumbers.parse("+" + raw[first.start() :], None)
