@@ -103,6 +103,10 @@ LETTER_RUN = re.compile(r"[^\W\d_]+")
 APOSTROPHES = "'\u2019\u02bc\u2018\u02bb`"
 # Typed for one too: the acute accent (NFKC makes it a space and a combining mark), the primes ′ and ʹ.
 APOSTROPHE_STAND_INS = str.maketrans(dict.fromkeys("\u00b4\u2032\u02b9", "'"))
+# Vulgar fractions (½, ⅓) apart from the digits before them: NFKC makes 12½ "121⁄2", another number than 12 1/2.
+FRACTIONS_APART = str.maketrans(
+    {ch: " " + ch for ch in map(chr, range(0x3000)) if unicodedata.decomposition(ch).startswith("<fraction>")}
+)
 E164_PHONE = re.compile(E164)
 
 # Romanization systems disagree on a few letters: fold each group to one spelling. Consonant
@@ -142,12 +146,13 @@ GENDERS = {
 
 
 def clean_text(raw: str | None) -> str | None:
-    """NFKC, look-alike letters in their word's script, casefold, legacy letters fixed, apostrophes, invisible
-    format characters and leftover combining marks (a stress mark) dropped, punctuation and symbols to spaces,
-    whitespace collapsed."""
+    """NFKC (vulgar fractions kept apart from the number before them), look-alike letters in their word's script,
+    casefold, legacy letters fixed, apostrophes, invisible format characters and leftover combining marks (a stress
+    mark) dropped, punctuation and symbols to spaces, whitespace collapsed."""
     if raw is None:
         return None
-    text = LETTER_RUN.sub(_one_script, unicodedata.normalize("NFKC", raw.translate(APOSTROPHE_STAND_INS)))
+    text = raw.translate(APOSTROPHE_STAND_INS).translate(FRACTIONS_APART)
+    text = LETTER_RUN.sub(_one_script, unicodedata.normalize("NFKC", text))
     text = text.translate(ROMANIAN_COMMA_BELOW).casefold()
     text = "".join(map(_in_clean_text, text))
     text = " ".join(text.split())

@@ -298,6 +298,8 @@ def test_addresses_and_gender_are_normalized(spark):
             ("a", "b", "2", "Feminin"),
             ("a", "b", "3", "männlich"),
             ("a", "b", "4", "n/a"),
+            ("Main Street 12½", "c", "5", None),  # a vulgar fraction stays apart from the number before it
+            ("вул. Шевченка 3¼", "c", "6", None),
         ],
         "street string, city string, postcode string, gender string",
     )
@@ -310,6 +312,8 @@ def test_addresses_and_gender_are_normalized(spark):
             ("a", "b", "2", "F"),
             ("a", "b", "3", "M"),
             ("a", "b", "4", None),
+            ("main street 12 1 2", "c", "5", None),  # as 12 1/2 (was 121 2)
+            ("vul shevchenka 3 1 4", "c", "6", None),
         ],
         "street string, city string, postcode string, gender string",
     )
