@@ -11,7 +11,10 @@ from expectations import QualityInputs, TableCheck, holds, must_hold, required_u
 def with_pair_checks(pairs: DataFrame, admitted: DataFrame) -> DataFrame:
     """Pairs with `distinct_records`, `records_admitted` (both ends are records the gate admitted),
     `a_probability` (a match probability in [0, 1]: not null, not NaN, which a range expectation skips) and
-    `a_weight` (a match weight, not null or NaN: GX's pandas engine counts NaN as null, its Spark engine not)."""
+    `a_weight` (a match weight, not null or NaN: GX's pandas engine counts NaN as null, its Spark engine not), and
+    the pair's records in order, `record_id_lesser` and `record_id_greater`, on which (a, b) and (b, a) are one
+    pair (null unless both are there)."""
+    both = F.col("record_id_l").isNotNull() & F.col("record_id_r").isNotNull()
     ids = admitted.select(F.concat_ws(":", "source_system", "source_record_id").alias("_id"), F.lit(True).alias("_in"))
     return (
         pairs.join(ids.withColumnRenamed("_in", "_l"), F.col("record_id_l") == F.col("_id"), "left")
@@ -21,6 +24,8 @@ def with_pair_checks(pairs: DataFrame, admitted: DataFrame) -> DataFrame:
         .withColumn("records_admitted", holds(F.col("_l") & F.col("_r")))
         .withColumn("a_probability", holds(~F.isnan("match_probability") & F.col("match_probability").between(0, 1)))
         .withColumn("a_weight", holds(F.col("match_weight").isNotNull() & ~F.isnan("match_weight")))
+        .withColumn("record_id_lesser", F.when(both, F.least("record_id_l", "record_id_r")))
+        .withColumn("record_id_greater", F.when(both, F.greatest("record_id_l", "record_id_r")))
         .drop("_id", "_l", "_r")
     )
 
@@ -32,7 +37,7 @@ def checks(inputs: QualityInputs) -> list[TableCheck]:
             table="gold/pairwise_matches",
             frame=with_pair_checks(inputs.pairwise_matches, inputs.admitted),
             expectations=[
-                *required_unique("record_id_l", "record_id_r", description="each pair scored once"),
+                *required_unique("record_id_lesser", "record_id_greater", description="each pair scored once"),
                 must_hold("a_probability", "a match probability, in [0, 1]"),
                 must_hold("a_weight", "scored: a match weight, not NaN"),
                 must_hold("distinct_records", "no record is paired with itself"),

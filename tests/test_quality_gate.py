@@ -1170,14 +1170,16 @@ def test_a_gate_after_unify_alone_validates_the_published_resolution_and_no_iden
 
 def test_a_missing_probability_or_status_fails_its_suite(spark, cfg):
     """A range or set expectation skips nulls (and GX's pandas engine NaN too): each of these needs its own check."""
-    admitted = spark.createDataFrame([("s", "1"), ("s", "2")], "source_system string, source_record_id string")
+    admitted = spark.createDataFrame(
+        [("s", "1"), ("s", "2"), ("s", "3")], "source_system string, source_record_id string"
+    )
     pairs = spark.createDataFrame(
-        [("s:1", "s:2", 0.9, 3.0), ("s:2", "s:1", None, 3.0), ("s:2", "s:2", float("nan"), 3.0)],
+        [("s:1", "s:2", 0.9, 3.0), ("s:3", "s:1", None, 3.0), ("s:2", "s:2", float("nan"), 3.0)],
         "record_id_l string, record_id_r string, match_probability double, match_weight double",
     )
     checked = pairwise_suite.with_pair_checks(pairs, admitted).select("record_id_l", "record_id_r", "a_probability")
     expected = spark.createDataFrame(
-        [("s:1", "s:2", True), ("s:2", "s:1", False), ("s:2", "s:2", False)],
+        [("s:1", "s:2", True), ("s:3", "s:1", False), ("s:2", "s:2", False)],
         "record_id_l string, record_id_r string, a_probability boolean",
     )
     assert_df_equality(checked, expected, ignore_row_order=True, ignore_nullable=True)
@@ -1197,6 +1199,23 @@ def test_a_missing_probability_or_status_fails_its_suite(spark, cfg):
     ).withColumns({"event_time": F.current_timestamp(), "recorded_at": F.lit(None).cast("timestamp")})
     check = consent_check(spark, cfg, "consent_ledger", consent_ledger=ledger)
     assert "consent_ledger: expect_column_values_to_not_be_null(status)" in failed_checks(validate([check], "r"))
+
+
+def test_a_pair_scored_in_both_orders_fails_the_pairs_suite(spark, cfg):
+    admitted = spark.createDataFrame(
+        [("s", "1"), ("s", "2"), ("s", "3")], "source_system string, source_record_id string"
+    )
+    schema = "record_id_l string, record_id_r string, match_probability double, match_weight double"
+    once = spark.createDataFrame([("s:1", "s:2", 0.9, 3.0), ("s:1", "s:3", 0.2, -1.0)], schema)
+    twice = once.union(spark.createDataFrame([("s:2", "s:1", 0.9, 3.0)], schema))
+
+    passed = validate(pairwise_suite.checks(inputs_with(cfg, pairwise_matches=once, admitted=admitted)), "r")
+    failed = validate(pairwise_suite.checks(inputs_with(cfg, pairwise_matches=twice, admitted=admitted)), "r")
+
+    assert failed_checks(passed) == []
+    assert failed_checks(failed) == [
+        "pairwise_matches: expect_compound_columns_to_be_unique(record_id_lesser,record_id_greater)"
+    ]
 
 
 @pytest.mark.parametrize("pandas_max_rows", [0, 1000], ids=["spark", "pandas"])
