@@ -52,6 +52,9 @@ ADDED_ROWS = "num_added_rows"  # delta-rs' operation metric of an append, and _c
 # file's smallest and largest values (names, emails, dates of birth), copies of personal data outside the data
 # files that outlive them in the log. Row counts stay; data skipping is lost, which tables of this size do not need.
 TABLE_PROPERTIES = {"delta.dataSkippingNumIndexedCols": "0"}
+# The job of the commit that gives an existing table TABLE_PROPERTIES (apart from the writing job's own commits, which
+# version_before_run, committed_in_run and run_commit_metrics read).
+TABLE_PROPERTIES_JOB = "table_properties"
 # Type changes a merge carries without loss: delta-rs casts the source's values to the table's wider type.
 LOSSLESS_CASTS = {
     ("byte", "short"),
@@ -373,35 +376,60 @@ def _commit_files(path: Path | str, folder: Path, schema: Schema, mode: str, com
     return rows
 
 
+def with_table_properties(path: Path | str, run_id: str) -> None:
+    """Give an existing table that lacks them TABLE_PROPERTIES, before a write: one created before they were set, or
+    by another writer, would log each new file's smallest and largest values (names, ids). Its earlier commits keep
+    theirs until an erasure purges the history (purge_history)."""
+    if not table_exists(path):
+        return
+    table = DeltaTable(str(path))
+    configuration = table.metadata().configuration
+    missing = {k: v for k, v in TABLE_PROPERTIES.items() if configuration.get(k) != v}
+    if missing:
+        table.alter.set_table_properties(missing, commit_properties=_commit_properties(run_id, TABLE_PROPERTIES_JOB))
+
+
 def _new_folder(path: Path | str) -> Path:
     return Path(path) / f"part-{uuid.uuid4().hex}"
+
+
+@contextmanager
+def _uncommitted_removed(folder: Path) -> Iterator[Path]:
+    """The folder of a write's new files, removed if the write fails before its commit: no version refers to them,
+    and only a vacuum would find them otherwise."""
+    try:
+        yield folder
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
 
 
 def _commit_spark_files(df: DataFrame, path: Path | str, mode: str, commit: CommitProperties) -> int:
     """Spark's executors write df as Parquet into the table, and _commit_files commits the files as they are:
     for a table that receives the rows whole, with no second copy through delta-rs."""
-    folder = _new_folder(path)
-    df.write.parquet(str(folder))
-    for leftover in [*folder.glob(".*"), *folder.glob("_*")]:  # Spark's _SUCCESS and checksum files
-        leftover.unlink()
-    return _commit_files(
-        path, folder, Schema.from_arrow(_nullable(to_arrow_schema(df.schema, timezone="UTC"))), mode, commit
-    )
+    with _uncommitted_removed(_new_folder(path)) as folder:
+        df.write.parquet(str(folder))
+        for leftover in [*folder.glob(".*"), *folder.glob("_*")]:  # Spark's _SUCCESS and checksum files
+            leftover.unlink()
+        return _commit_files(
+            path, folder, Schema.from_arrow(_nullable(to_arrow_schema(df.schema, timezone="UTC"))), mode, commit
+        )
 
 
 def _commit_copied_files(source: DeltaSource, path: Path | str, commit: CommitProperties, mode: str = "append") -> int:
     """The source table's current files, copied byte for byte (no decoding) into a new table (`append`) or
     replacing an existing table's files and schema (`overwrite`)."""
     table = DeltaTable(str(source.path))
-    folder = _new_folder(path)
-    folder.mkdir(parents=True)
-    for number, file in enumerate(data_files(table)):
-        shutil.copyfile(file, folder / f"{number:05d}-{Path(file).name}")
-    return _commit_files(path, folder, table.schema(), mode, commit)
+    with _uncommitted_removed(_new_folder(path)) as folder:
+        folder.mkdir(parents=True)
+        for number, file in enumerate(data_files(table)):
+            shutil.copyfile(file, folder / f"{number:05d}-{Path(file).name}")
+        return _commit_files(path, folder, table.schema(), mode, commit)
 
 
 def overwrite_delta(df: DataFrame | pa.Table, path: Path | str, *, run_id: str, job: str) -> None:
     """Replace the table's contents in one commit (creating the table if needed)."""
+    with_table_properties(path, run_id)
     _write_rows(df, path, _commit_properties(run_id, job))
 
 
@@ -460,6 +488,7 @@ def merge_delta(
     """
     if once_per_run and (run_transaction_version(path, job, run_id) or 0) >= transaction_version:
         return None
+    with_table_properties(path, run_id)
     commit = _commit_properties(run_id, job, once_per_run, transaction_version)
     if isinstance(source, DeltaSource) and not table_exists(path):
         return _inserted(_commit_copied_files(source, path, commit))
@@ -591,6 +620,8 @@ def delete_matching(keys_df: DataFrame, path: Path | str, *, run_id: str, job: s
     with _arrow_stream(keys_df.distinct(), path) as (source, rows):
         if rows == 0:
             return 0
+        with_table_properties(path, run_id)
+        target = DeltaTable(str(path))
         metrics = (
             target.merge(
                 source,

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import shutil
+
 import pyarrow as pa
 import pytest
 from chispa import assert_df_equality
@@ -151,6 +153,68 @@ def test_tables_delta_rs_writes_and_merges_log_row_counts_but_no_column_values(s
     logs = {t: "".join(p.read_text() for p in (tmp_path / t / "_delta_log").glob("*.json")) for t in written}
     assert {t: "canary" in log for t, log in logs.items()} == dict.fromkeys(written, False)
     assert all("numRecords" in log for log in logs.values())
+
+
+def _log_of_version(path, version: int) -> str:
+    return (path / "_delta_log" / f"{version:020d}.json").read_text()
+
+
+def test_a_table_created_without_the_table_properties_gets_them_before_the_next_write_logs_a_value(spark, tmp_path):
+    """A table from before TABLE_PROPERTIES, or another writer's, logged each new file's smallest and largest
+    values with every write of ours."""
+    tables = {name: tmp_path / name for name in ("merged", "overwritten", "deleted_from")}
+    for path in tables.values():
+        write_deltalake(str(path), pa.table({"key": ["old-a", "old-b"], "value": [1, 2]}, schema=SCHEMA))
+    assert "old-a" in _log_of_version(tables["merged"], 0)  # the older tables' way: values in the statistics
+    canary = pa.table({"key": ["canary-a"], "value": [3]}, schema=SCHEMA)
+
+    delta_io.merge_delta(canary, tables["merged"], keys=("key",), run_id="r", job="t")
+    delta_io.overwrite_delta(canary, tables["overwritten"], run_id="r", job="t")
+    delta_io.delete_matching(
+        spark.createDataFrame([("old-a",)], "key string"), tables["deleted_from"], run_id="r", job="t"
+    )
+    delta_io.merge_delta(canary, tables["merged"], keys=("key",), run_id="r2", job="t")  # changes nothing
+
+    for path in tables.values():
+        assert DeltaTable(str(path)).metadata().configuration == delta_io.TABLE_PROPERTIES
+        assert [c.get("job") for c in delta_io.history(path)] == ["t", delta_io.TABLE_PROPERTIES_JOB, None]
+        assert "old-b" not in _log_of_version(path, 2) and "canary" not in _log_of_version(path, 2)
+        assert delta_io.version_before_run(path, "t", "r") == 1  # the properties alone, no row of the run
+    assert _rows(tables["merged"])[-1] == {"key": "old-b", "value": 2}
+    assert delta_io.query_delta("SELECT key FROM t", t=tables["deleted_from"]).column("key").to_pylist() == ["old-b"]
+
+
+def test_a_write_that_fails_before_its_commit_leaves_no_files_in_the_table(spark, tmp_path, monkeypatch):
+    staged, copied, spilled = tmp_path / "staged", tmp_path / "copied", tmp_path / "spilled"
+    write_deltalake(str(staged), pa.table({"key": ["a"], "value": [1]}, schema=SCHEMA))
+    write_deltalake(str(staged), pa.table({"key": ["b"], "value": [2]}, schema=SCHEMA), mode="append")
+    frame = spark.createDataFrame([("a", 1), ("b", 2)], "key string, value long")
+    copies = []
+
+    def disk_full_at_the_second_file(src, dst):
+        copies.append(dst)
+        if len(copies) == 2:
+            raise OSError(28, "injected: no space left on device")
+        return shutil.copyfile(src, dst)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(delta_io.shutil, "copyfile", disk_full_at_the_second_file)
+        with pytest.raises(OSError, match="no space"):
+            delta_io.merge_delta(delta_io.DeltaSource(staged), copied, keys=("key",), run_id="r", job="t")
+    with monkeypatch.context() as patched:
+        patched.setattr(delta_io, "_commit_files", lambda *a, **k: (_ for _ in ()).throw(OSError("injected")))
+        spark.conf.set(delta_io.COLLECT_WRITES_CONF, "false")
+        try:
+            with pytest.raises(OSError, match="injected"):
+                delta_io.merge_delta(frame, spilled, keys=("key",), run_id="r", job="t")
+        finally:
+            spark.conf.unset(delta_io.COLLECT_WRITES_CONF)
+
+    assert len(copies) == 2
+    assert [list(p.iterdir()) if p.exists() else [] for p in (copied, spilled)] == [[], []]
+    delta_io.merge_delta(delta_io.DeltaSource(staged), copied, keys=("key",), run_id="r", job="t")  # the retry
+    assert _rows(copied) == [{"key": "a", "value": 1}, {"key": "b", "value": 2}]
+    assert len(list(copied.glob("part-*"))) == 1
 
 
 @pytest.mark.parametrize("as_frame", [False, True])
