@@ -131,6 +131,7 @@ def publish(cfg: PipelineConfig, run_id: str, number: int | None = None) -> Publ
     _check_column_types(cfg, staged)
     _journal_publication(cfg, run_id, number)
     for name in staged:  # a resolved table not staged: unify ran on the published resolution (a rerun)
+        log.info("publication %d of run %s: %s", number, run_id, name)  # a failure's log names no table
         published = getattr(t, name)
         m = publish_table(cfg, name, run_id, number)
         if m is None or (not _changed(m) and delta_io.committed_in_run(published, JOB, run_id)):

@@ -7,6 +7,7 @@ import dataclasses
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -147,14 +148,19 @@ def publish_dying_at_the_last_table(cfg: PipelineConfig, run_id: str, aside: Pat
         aside.rename(last / "_delta_log")
 
 
-def test_a_publication_that_died_between_tables_is_completed_before_the_next_run_resolves(spark, staged_demo, tmp_path):
+def test_a_publication_that_died_between_tables_is_completed_before_the_next_run_resolves(
+    spark, staged_demo, tmp_path, caplog
+):
     uninterrupted = copy_lakehouse(staged_demo, tmp_path / "uninterrupted")
     publication.publish(uninterrupted, run_id=RUN)
 
     cfg = copy_lakehouse(staged_demo, tmp_path / "interrupted")
+    caplog.set_level(logging.INFO, logger="idres.publication")
     publish_dying_at_the_last_table(cfg, RUN, tmp_path / "hidden_log")
     published = {n: delta_io.committed_in_run(getattr(cfg.tables, n), "publish", RUN) for n in PUBLISHED_TABLES}
     assert published == {name: name != PUBLISHED_TABLES[-1] for name in PUBLISHED_TABLES}
+    # the log's last table is the one the publication died at (the error itself names none)
+    assert caplog.messages[-1] == f"publication 1 of run {RUN}: {PUBLISHED_TABLES[-1]}"
 
     # The next run (not a retry of this one) completes that publication before it reads the published ids.
     resolve.run(spark, cfg, run_id="next")
