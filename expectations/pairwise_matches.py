@@ -6,6 +6,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from expectations import QualityInputs, TableCheck, holds, must_hold, required_unique
+from jobs.canonical import RECORD_ID_SEPARATOR, SUBJECT
 
 
 def with_pair_checks(pairs: DataFrame, admitted: DataFrame) -> DataFrame:
@@ -15,7 +16,7 @@ def with_pair_checks(pairs: DataFrame, admitted: DataFrame) -> DataFrame:
     the pair's records in order, `record_id_lesser` and `record_id_greater`, on which (a, b) and (b, a) are one
     pair (null unless both are there)."""
     both = F.col("record_id_l").isNotNull() & F.col("record_id_r").isNotNull()
-    ids = admitted.select(F.concat_ws(":", "source_system", "source_record_id").alias("_id"), F.lit(True).alias("_in"))
+    ids = admitted.select(F.concat_ws(RECORD_ID_SEPARATOR, *SUBJECT).alias("_id"), F.lit(True).alias("_in"))
     return (
         pairs.join(ids.withColumnRenamed("_in", "_l"), F.col("record_id_l") == F.col("_id"), "left")
         .drop("_id")

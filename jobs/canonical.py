@@ -99,6 +99,9 @@ LAWFUL_BASES: tuple[str, ...] = (
 )
 CONSENT_STATUSES: tuple[str, ...] = ("granted", "withdrawn", "denied")
 SUBJECT: tuple[str, ...] = ("source_system", "source_record_id")  # a source record, as every table names it
+# A record's id across sources (Splink's unique id, `--record` references): its source's name, this, its id in the
+# source. Source names may not contain it (jobs.config), so the first one ends the name.
+RECORD_ID_SEPARATOR = ":"
 
 # Silver columns that only help matching (keys, a phonetic code, a syntax flag, a pseudonym): no profile value.
 MATCHING_AID_COLUMNS: tuple[str, ...] = (

@@ -28,6 +28,7 @@ from jobs.canonical import (
     LINKAGE_COLUMNS,
     MATCHING_AID_COLUMNS,
     PSEUDONYM_ATTRIBUTES,
+    RECORD_ID_SEPARATOR,
     SILVER_ATTRIBUTES,
     SILVER_KEY_COLUMNS,
 )
@@ -658,6 +659,10 @@ def _load_source(i: int, raw: Any, landing: Path, names: set[str], problems: _Pr
         key = f"sources[{i}] ({name})"
         if name in names:
             problems.add(file, f"{key}.name", "is used by another source")
+        if RECORD_ID_SEPARATOR in name:  # source a's record b:1 and source a:b's record 1 would both be a:b:1
+            problems.add(
+                file, f"{key}.name", f"must not contain '{RECORD_ID_SEPARATOR}': it ends the name in record ids"
+            )
         names.add(name)
     problems.unknown_keys(file, key, raw, SOURCE_KEYS)
     region = problems.require(file, key, raw, "region", str)

@@ -27,7 +27,7 @@ from pyspark.sql import types as T
 from splink import Linker, SettingsCreator, block_on
 
 from jobs import delta_io
-from jobs.canonical import CANONICAL_FIELDS, LINKAGE_COLUMNS, SILVER_ATTRIBUTES
+from jobs.canonical import CANONICAL_FIELDS, LINKAGE_COLUMNS, RECORD_ID_SEPARATOR, SILVER_ATTRIBUTES
 from jobs.config import LinkageConfig, PipelineConfig, PurposePolicy, ResolveConfig, splink_comparison
 from jobs.engines import ENGINES, SqlEngine
 from jobs.errors import ModelError
@@ -85,7 +85,7 @@ def linkage_columns(available: Sequence[str], linkage: LinkageConfig) -> list[st
     keeps out) is a null of the column's type, so its comparison's SQL still binds on both engines (DuckDB has
     no epoch of a string), says nothing, and its blocking rule pairs nothing.
     """
-    record_id = f"concat_ws(':', source_system, source_record_id) AS {linkage.unique_id_column}"
+    record_id = f"concat_ws('{RECORD_ID_SEPARATOR}', source_system, source_record_id) AS {linkage.unique_id_column}"
     return [record_id, *(c if c in available else f"CAST(NULL AS {_sql_type(c)}) AS {c}" for c in LINKAGE_COLUMNS)]
 
 

@@ -44,7 +44,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from jobs import delta_io, publication, quality_gate, resolve, unify
-from jobs.canonical import SUBJECT, subject_hash
+from jobs.canonical import RECORD_ID_SEPARATOR, SUBJECT, subject_hash
 from jobs.config import PipelineConfig, TablePaths
 from jobs.errors import IdresError
 from jobs.files import write_whole
@@ -117,7 +117,7 @@ def find_subject(
     t = cfg.tables
     wanted = []
     for ref in records:
-        source, sep, record_id = ref.partition(":")
+        source, sep, record_id = ref.partition(RECORD_ID_SEPARATOR)
         if not sep or not source or not record_id:
             raise IdresError("--record must be <source_system>:<source_record_id>")
         wanted.append((source, record_id))

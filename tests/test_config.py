@@ -412,6 +412,20 @@ def test_a_list_item_that_is_itself_a_list_or_mapping_is_named_instead_of_crashi
     assert err.value.problems == [f"{file}: {problem}"]
 
 
+def test_a_source_name_holding_the_record_id_separator_is_named(tmp_path):
+    """Source a's record b:1 and source a:b's record 1 would share the record id a:b:1."""
+    conf = tmp_path / "conf"
+    shutil.copytree(DEFAULT_CONF_DIR, conf)
+    sources = yaml.safe_load((conf / "sources.yaml").read_text(encoding="utf-8"))
+    sources["sources"][2]["name"] = "eu:loyalty"
+    (conf / "sources.yaml").write_text(yaml.safe_dump(sources, allow_unicode=True), encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        load_config(conf)
+    assert "sources.yaml: sources[2] (eu:loyalty).name: must not contain ':': it ends the name in record ids" in (
+        err.value.problems
+    )
+
+
 def test_a_source_listed_twice_in_source_priority_is_named(tmp_path):
     """The later position would win silently, against the order the file shows first."""
     priority = ["eu_loyalty", "ro_shop", "eu_loyalty", "ua_crm"]
