@@ -1,9 +1,10 @@
 """Resolve: admitted records -> pairwise matches -> clusters -> stable profile ids.
 
 Uses the latest Splink model trained with the current conf/splink.yaml, and trains one only when
-none exists (with nothing admitted, it trains none and stages empty tables). The whole stage runs on one
-engine (conf/pipeline.yaml `resolve`, jobs.linkage.choose_engine): Spark, or DuckDB inside the driver, which
-reads the admitted records from Delta and hands its results to delta-rs as Arrow, with no Spark job.
+none exists (with nothing admitted, it trains none, and stages no pairs and no records, so every published
+profile is retired). The whole stage runs on one engine (conf/pipeline.yaml `resolve`,
+jobs.linkage.choose_engine): Spark, or DuckDB inside the driver, which reads the admitted records from Delta
+and hands its results to delta-rs as Arrow, with no Spark job.
 Only admitted records (see jobs.consent) are resolved.
 Stages, under staging/ beside unify's gold candidates, what the quality gate publishes with them (all or
 none, so a failed gate leaves these tables as they were too):
