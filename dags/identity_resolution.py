@@ -7,7 +7,7 @@ from datetime import datetime
 
 from airflow.providers.standard.operators.bash import BashOperator
 from airflow.sdk import DAG, Param
-from idres_common import DEFAULT_ARGS, GOLD, PROJECT, spark_job, table_assets
+from idres_common import CONF, DEFAULT_ARGS, GOLD, PROJECT, RUN_TYPES, spark_job, table_assets
 
 DOC = """
 ### identity_resolution
@@ -43,8 +43,9 @@ last ingest read under the same source settings and ingest code (zero counts rec
 declares the tables it writes as Airflow Assets; resolve and unify only stage theirs, so quality_gate declares
 them.
 
-Each Spark stage is submitted through the `spark_default` connection (`local[*]` by default): point that
-connection at a cluster and the same jobs run there.
+Each Spark stage is submitted through the `spark_default` connection (`make run` sets it to `local[*]`; Airflow's
+own default is YARN): point that connection at a cluster and the same jobs run there. Backfills are not allowed:
+every run reads the extracts and consent feeds as they are now.
 """
 
 with DAG(
@@ -54,6 +55,7 @@ with DAG(
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
+    allowed_run_types=RUN_TYPES,
     tags=["idres", "identity-resolution", "gdpr"],
     default_args=DEFAULT_ARGS,
     params={
@@ -64,7 +66,7 @@ with DAG(
 ) as dag:
     demo_data = BashOperator(
         task_id="demo_data",
-        bash_command=f"'{sys.executable}' -m jobs.demo_data --people {{{{ params.demo_people }}}}"
+        bash_command=f"'{sys.executable}' -m jobs.demo_data --conf '{CONF}' --people {{{{ params.demo_people }}}}"
         "{{ ' --corrupt' if params.demo_corrupt else '' }}",
         cwd=str(PROJECT),
     )

@@ -13,14 +13,17 @@ from airflow.sdk import Asset
 PROJECT = Path(os.environ.get("IDRES_HOME", Path(__file__).resolve().parents[1]))
 CONF = Path(os.environ.get("IDRES_CONF", PROJECT / "conf"))
 JOBS = PROJECT / "jobs"
-# A relative IDRES_LAKEHOUSE is relative to the project, as the jobs take it (asset URIs must be absolute).
-LAKEHOUSE = PROJECT / os.environ.get("IDRES_LAKEHOUSE", "lakehouse")
 DEFAULT_ARGS = {"retries": 2, "retry_delay": timedelta(seconds=30), "owner": "data-engineering"}
+# Every run is of the extracts and consent as they are now: a backfill would run them again under old dates, several
+# runs at once (a backfill has its own max_active_runs).
+RUN_TYPES = ("scheduled", "manual", "operator_triggered", "asset_triggered", "asset_materialization")
 
 
 def table_assets(*tables: str) -> list[Asset]:
-    """Airflow Assets for Delta tables named by their lakehouse path (e.g. 'gold/profiles')."""
-    return [Asset(name=f"idres.{t.replace('/', '.')}", uri=(LAKEHOUSE / t).as_uri(), group="delta") for t in tables]
+    """Airflow Assets for Delta tables named by their lakehouse path (e.g. 'gold/profiles'). The URI names the table
+    within the lakehouse, not the folder: the jobs find that in the config (paths.lakehouse, IDRES_LAKEHOUSE), which a
+    DAG file does not read, and Airflow stops a task whose asset's URI changed under its name."""
+    return [Asset(name=f"idres.{t.replace('/', '.')}", uri=f"idres://lakehouse/{t}", group="delta") for t in tables]
 
 
 # What a stage's driver JVM takes at launch (memory, garbage collector); the job cannot set it once running.
@@ -30,13 +33,14 @@ GOLD = table_assets("gold/profiles", "gold/profile_sources", "gold/profile_linea
 
 
 def spark_job(task_id: str, module: str, *args: str, outlets: list[Asset] | None = None) -> SparkSubmitOperator:
-    """A stage of the pipeline, submitted through the spark_default connection with Airflow's run id."""
+    """A stage of the pipeline, submitted through the spark_default connection with Airflow's run id and the config
+    folder this file read spark-submit.json from (a job installed as a package would look beside it)."""
     return SparkSubmitOperator(
         task_id=task_id,
         application=str(JOBS / f"{module}.py"),
         name=f"idres-{task_id.replace('_', '-')}",
         conn_id="spark_default",
         conf=SPARK_SUBMIT_CONF,
-        application_args=["--run-id", "{{ run_id }}", *args],
+        application_args=["--run-id", "{{ run_id }}", "--conf", str(CONF), *args],
         outlets=outlets or [],
     )

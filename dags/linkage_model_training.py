@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from airflow.sdk import DAG
-from idres_common import DEFAULT_ARGS, spark_job
+from idres_common import DEFAULT_ARGS, RUN_TYPES, spark_job
 
 DOC = """
 ### linkage_model_training
@@ -24,6 +24,7 @@ with DAG(
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
+    allowed_run_types=RUN_TYPES,
     tags=["idres", "splink", "training"],
     default_args=DEFAULT_ARGS,
 ) as dag:

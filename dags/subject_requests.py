@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from airflow.sdk import DAG, Param
-from idres_common import DEFAULT_ARGS, GOLD, spark_job, table_assets
+from idres_common import DEFAULT_ARGS, GOLD, RUN_TYPES, spark_job, table_assets
 
 DOC = """
 ### subject_requests
@@ -27,6 +27,7 @@ with DAG(
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
+    allowed_run_types=RUN_TYPES,
     tags=["idres", "gdpr", "subject-rights"],
     # Safe to retry: an erasure's retry reads what its first attempt found (time travel), or, once that attempt
     # had scanned, finishes the history purge from its values-free pending certificate.
