@@ -1311,6 +1311,10 @@ def load_config(conf_dir: Path | str | None = None) -> PipelineConfig:
             problems.add("pipeline.yaml", f"spark.conf.{name}", "is not a Spark property (spark.*)")
         elif value is None or isinstance(value, dict | list):
             problems.add("pipeline.yaml", f"spark.conf.{name}", f"must be a value, got {value!r}")
+        elif name == "spark.sql.session.timeZone" and value != "UTC":
+            # the consent gate hashes times formatted in it into event ids: the same feed would land again
+            message = f"must be UTC (event ids hash times in it), got {value!r}"
+            problems.add("pipeline.yaml", f"spark.conf.{name}", message)
     master = spark_raw.get("master", spark.master)
     if not isinstance(master, str) or not master.strip():
         problems.add("pipeline.yaml", "spark.master", f"must be a Spark master URL (local[*]), got {master!r}")

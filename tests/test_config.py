@@ -426,6 +426,21 @@ def test_a_source_name_holding_the_record_id_separator_is_named(tmp_path):
     )
 
 
+def test_a_session_time_zone_other_than_utc_is_named(tmp_path):
+    """Event ids made from an event's content hash its times as the session formats them."""
+    conf = tmp_path / "conf"
+    shutil.copytree(DEFAULT_CONF_DIR, conf)
+    pipeline = yaml.safe_load((conf / "pipeline.yaml").read_text(encoding="utf-8"))
+    pipeline["spark"]["conf"]["spark.sql.session.timeZone"] = "Europe/Kyiv"
+    (conf / "pipeline.yaml").write_text(yaml.safe_dump(pipeline, allow_unicode=True), encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        load_config(conf)
+    assert err.value.problems == [
+        "pipeline.yaml: spark.conf.spark.sql.session.timeZone: must be UTC (event ids hash times in it), "
+        "got 'Europe/Kyiv'"
+    ]
+
+
 def test_a_source_listed_twice_in_source_priority_is_named(tmp_path):
     """The later position would win silently, against the order the file shows first."""
     priority = ["eu_loyalty", "ro_shop", "eu_loyalty", "ua_crm"]
