@@ -414,11 +414,7 @@ def test_a_list_item_that_is_itself_a_list_or_mapping_is_named_instead_of_crashi
 
 def test_a_source_name_holding_the_record_id_separator_is_named(tmp_path):
     """Source a's record b:1 and source a:b's record 1 would share the record id a:b:1."""
-    conf = tmp_path / "conf"
-    shutil.copytree(DEFAULT_CONF_DIR, conf)
-    sources = yaml.safe_load((conf / "sources.yaml").read_text(encoding="utf-8"))
-    sources["sources"][2]["name"] = "eu:loyalty"
-    (conf / "sources.yaml").write_text(yaml.safe_dump(sources, allow_unicode=True), encoding="utf-8")
+    conf = edited_conf(tmp_path, "sources.yaml", (("sources", 2, "name"), "eu:loyalty"))
     with pytest.raises(ConfigError) as err:
         load_config(conf)
     assert "sources.yaml: sources[2] (eu:loyalty).name: must not contain ':': it ends the name in record ids" in (
@@ -428,11 +424,7 @@ def test_a_source_name_holding_the_record_id_separator_is_named(tmp_path):
 
 def test_a_session_time_zone_other_than_utc_is_named(tmp_path):
     """Event ids made from an event's content hash its times as the session formats them."""
-    conf = tmp_path / "conf"
-    shutil.copytree(DEFAULT_CONF_DIR, conf)
-    pipeline = yaml.safe_load((conf / "pipeline.yaml").read_text(encoding="utf-8"))
-    pipeline["spark"]["conf"]["spark.sql.session.timeZone"] = "Europe/Kyiv"
-    (conf / "pipeline.yaml").write_text(yaml.safe_dump(pipeline, allow_unicode=True), encoding="utf-8")
+    conf = edited_conf(tmp_path, "pipeline.yaml", (("spark", "conf", "spark.sql.session.timeZone"), "Europe/Kyiv"))
     with pytest.raises(ConfigError) as err:
         load_config(conf)
     assert err.value.problems == [
