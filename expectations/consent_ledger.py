@@ -23,7 +23,7 @@ from expectations import (
 )
 from jobs.canonical import CONSENT_STATUSES, LAWFUL_BASES, SUBJECT, lookup
 from jobs.config import PurposePolicy
-from jobs.consent import NONE_RECORDED, STATUS_PRECEDENCE, accepted_bases, lapsed_grant
+from jobs.consent import NONE_RECORDED, STATUS_PRECEDENCE, accepted_bases, lapsed_grant, refusals_in_force_when_received
 
 
 def with_purpose_checks(ledger: DataFrame, consent_runs: DataFrame, purposes: Sequence[str]) -> DataFrame:
@@ -80,6 +80,7 @@ def with_unification_in_force(
     granted on a basis the policy accepts for the purpose and not expired (`expires_at` null or after the cutoff)."""
     events = (
         ledger.where(F.col("purpose") == policy.unification_purpose)
+        .transform(refusals_in_force_when_received)
         .select(*SUBJECT, "event_id", "status", "lawful_basis", "event_time", "recorded_at", "expires_at")
         .crossJoin(F.broadcast(applied_cutoff(consent_runs)))
     )
@@ -124,7 +125,7 @@ def with_permission_checks(
     events = (
         sources.select("profile_id", *SUBJECT)
         .join(
-            ledger.select(
+            ledger.transform(refusals_in_force_when_received).select(
                 *SUBJECT, "purpose", "event_id", "status", "lawful_basis", "event_time", "recorded_at", "expires_at"
             ),
             list(SUBJECT),

@@ -510,6 +510,9 @@ def test_every_admitted_record_needs_a_ledger_grant_in_force_at_the_runs_cutoff(
             # a withdrawal after the cutoff does not
             ("s", "e12", "r12", "profile_unification", "granted", "consent", None, None),
             ("s", "w12", "r12", "profile_unification", "withdrawn", None, None, "2026-11-15 00:00:00"),
+            # unless it was recorded before the cutoff (a year typed wrong): it had happened by then
+            ("s", "e13", "r13", "profile_unification", "granted", "consent", None, None),
+            ("s", "w13", "r13", "profile_unification", "withdrawn", None, None, "2205-11-15 00:00:00"),
         ],
         "source_system string, event_id string, source_record_id string, purpose string, status string, "
         "lawful_basis string, expires_at string, event_time string",
@@ -517,7 +520,7 @@ def test_every_admitted_record_needs_a_ledger_grant_in_force_at_the_runs_cutoff(
         {
             "expires_at": F.to_timestamp("expires_at"),
             "event_time": F.to_timestamp(F.coalesce("event_time", F.lit("2026-01-01 00:00:00"))),
-            "recorded_at": F.lit(None).cast("timestamp"),
+            "recorded_at": F.when(F.col("event_id") == "w13", F.to_timestamp(F.lit("2026-10-15 00:00:00"))),
             "run_id": F.lit("r2"),
         }
     )
@@ -530,7 +533,7 @@ def test_every_admitted_record_needs_a_ledger_grant_in_force_at_the_runs_cutoff(
         *[F.lit(0).alias(c) for c in ("events_read", "events_landed", "events_quarantined")],
         *[F.to_timestamp(c).alias(c) for c in ("landed_at", "cutoff")],
     )
-    subjects = {f"r{i}": f"e{i}" for i in range(1, 13)}  # e8 is in no ledger
+    subjects = {f"r{i}": f"e{i}" for i in range(1, 14)}  # e8 is in no ledger
     admitted = spark.createDataFrame(
         [("s", r, e) for r, e in subjects.items()],
         "source_system string, source_record_id string, unification_event_id string",
@@ -549,6 +552,7 @@ def test_every_admitted_record_needs_a_ledger_grant_in_force_at_the_runs_cutoff(
         "r10": False,
         "r11": False,
         "r12": True,
+        "r13": False,
     }
 
     def reconciliation(records: list[str]) -> TableCheck:
