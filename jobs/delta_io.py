@@ -394,20 +394,23 @@ def _new_folder(path: Path | str) -> Path:
 
 
 @contextmanager
-def _uncommitted_removed(folder: Path) -> Iterator[Path]:
-    """The folder of a write's new files, removed if the write fails before its commit: no version refers to them,
-    and only a vacuum would find them otherwise."""
+def _uncommitted_removed(path: Path | str, folder: Path) -> Iterator[Path]:
+    """The folder of a write's new files into the table at path, removed if the write fails before its commit: no
+    version refers to them, and only a vacuum would find them otherwise. Kept if the table's version moved (the
+    commit went through before the error), and on a kill or an interrupt, as a killed write's draft is."""
+    before = table_version(path)
     try:
         yield folder
-    except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)
+    except Exception:
+        if table_version(path) == before:
+            shutil.rmtree(folder, ignore_errors=True)
         raise
 
 
 def _commit_spark_files(df: DataFrame, path: Path | str, mode: str, commit: CommitProperties) -> int:
     """Spark's executors write df as Parquet into the table, and _commit_files commits the files as they are:
     for a table that receives the rows whole, with no second copy through delta-rs."""
-    with _uncommitted_removed(_new_folder(path)) as folder:
+    with _uncommitted_removed(path, _new_folder(path)) as folder:
         df.write.parquet(str(folder))
         for leftover in [*folder.glob(".*"), *folder.glob("_*")]:  # Spark's _SUCCESS and checksum files
             leftover.unlink()
@@ -420,7 +423,7 @@ def _commit_copied_files(source: DeltaSource, path: Path | str, commit: CommitPr
     """The source table's current files, copied byte for byte (no decoding) into a new table (`append`) or
     replacing an existing table's files and schema (`overwrite`)."""
     table = DeltaTable(str(source.path))
-    with _uncommitted_removed(_new_folder(path)) as folder:
+    with _uncommitted_removed(path, _new_folder(path)) as folder:
         folder.mkdir(parents=True)
         for number, file in enumerate(data_files(table)):
             shutil.copyfile(file, folder / f"{number:05d}-{Path(file).name}")
@@ -488,13 +491,13 @@ def merge_delta(
     """
     if once_per_run and (run_transaction_version(path, job, run_id) or 0) >= transaction_version:
         return None
-    with_table_properties(path, run_id)
     commit = _commit_properties(run_id, job, once_per_run, transaction_version)
     if isinstance(source, DeltaSource) and not table_exists(path):
         return _inserted(_commit_copied_files(source, path, commit))
     retyped = retyped_columns(source, path)
     if retyped and not schema_follows_source:
         raise ColumnTypeChangeError(str(path), retyped)
+    with_table_properties(path, run_id)
     dropped = schema_follows_source and table_exists(path) and set(column_names(path)) - set(_column_names_of(source))
     if (retyped or dropped) and not isinstance(source, DeltaSource):
         return _replace_with_rows(source, path, keys, commit)

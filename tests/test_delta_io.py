@@ -301,7 +301,8 @@ def test_a_table_replaced_whole_takes_the_type_its_source_gives_a_column(spark, 
     """Silver, the admitted records and the published profiles follow their source's types (a mapping or policy
     change), with the merge's metrics, one commit per run, and nothing left beside the table."""
     target = tmp_path / "target"
-    write_deltalake(str(target), pa.table({"key": ["a", "b"], "value": [1, 2]}, schema=SCHEMA))
+    rows_before = pa.table({"key": ["a", "b"], "value": [1, 2]}, schema=SCHEMA)
+    write_deltalake(str(target), rows_before, configuration=delta_io.TABLE_PROPERTIES)
     rows = pa.table({"key": ["b", "c"], "value": [2.5, 3.0]})
     source = {
         "staged": lambda: delta_io.DeltaSource(tmp_path / "staged"),
