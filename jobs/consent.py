@@ -81,7 +81,7 @@ NAMED_ZONE = DATE_TIME + r"\s?[A-Za-z]"  # a date and time followed by a zone na
 # The form nearly every feed writes (RFC 3339 with seconds, an upper-case T, and Z or an offset), which Spark reads
 # as it is: parse_event_time skips its normalizations for it (about 8 s of the consent gate at 2.4M events).
 RFC_3339_DATE_TIME = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$"
-# A refusal needs no basis, and its optional times decide nothing, but that it took effect by its recorded_at.
+# A refusal needs no basis, and its optional times decide nothing but that it took effect by its recorded_at.
 REVOKING_STATUSES = ("withdrawn", "denied")
 REFUSAL_OPTIONAL = ("lawful_basis", "recorded_at", "expires_at")  # what a refusal may carry and never decides by
 # What a refusal is decided by, besides its time: the rest of its text is dropped when a byte of it is undecodable.

@@ -329,8 +329,8 @@ def common_english_country(name: str) -> str | None:
     if len(name) > LONGEST_COUNTRY_NAME:  # each of its 250 patterns would search the whole text
         return None
     code = _country_converter().convert(name, src="regex", to="ISO2", not_found=None)
-    # not found gives the name back, more than one match a list
-    return code if isinstance(code, str) and code != name and pycountry.countries.get(alpha_2=code) else None
+    # not found gives the name back (no code: a code was found by pycountry), more than one match a list
+    return code if isinstance(code, str) and pycountry.countries.get(alpha_2=code) else None
 
 
 @lru_cache(maxsize=16)
