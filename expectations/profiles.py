@@ -25,33 +25,34 @@ from jobs.unify import COLUMN_ATTRIBUTE, PROFILE_SUMMARY_COLUMNS
 CONSENT_COMPLIANCE = "every profile value has a lawful basis the policy accepts for a purpose the profile is permitted"
 
 
-def cell_compliance(
+def with_consent_compliance(
     profiles: DataFrame, lineage: DataFrame, permissions: DataFrame, columns: Sequence[str], policy: PurposePolicy
 ) -> DataFrame:
-    """Per non-null profile cell (profile_id, column): `compliant` when its lineage row names a purpose that
-    covers the column's attribute, a lawful basis the policy accepts for that purpose, and the profile's
-    permission for that purpose is allowed. A value without lineage is not compliant."""
-    cells = profiles.select(
-        "profile_id",
-        F.explode(
-            F.array(*[F.struct(F.lit(c).alias("column"), F.col(c).isNotNull().alias("has_value")) for c in columns])
-        ).alias("cell"),
-    ).select("profile_id", "cell.column", "cell.has_value")
+    """Profiles plus `consent_compliant`: each of the profile's non-null values of columns has a lineage row that
+    names a purpose covering the column's attribute, on a lawful basis the policy accepts for that purpose, and the
+    profile's permission for that purpose is allowed. A value without lineage is not compliant; a profile without
+    values is.
+
+    Lineage rows are gathered per profile and purpose before they meet the permissions, so the millions of lineage
+    rows are aggregated where they are read instead of shuffled whole through two joins."""
     covering = lookup({c: list(policy.attribute_purposes[COLUMN_ATTRIBUTE[c]]) for c in columns})
-    allowed = permissions.where(F.col("allowed")).select("profile_id", "purpose", F.lit(True).alias("_permitted"))
-    return (
-        cells.where("has_value")
-        .join(lineage.select("profile_id", "column", "purpose", "lawful_basis"), ["profile_id", "column"], "left")
-        .join(allowed, ["profile_id", "purpose"], "left")
-        .withColumn(
-            "compliant",
-            holds(
-                F.col("_permitted")
-                & F.array_contains(covering[F.col("column")], F.col("purpose"))
-                & F.array_contains(accepted_bases(policy)[F.col("purpose")], F.col("lawful_basis"))
-            ),
+    keys = ["profile_id", "purpose"]
+    covered = (
+        lineage.where(
+            F.array_contains(covering[F.col("column")], F.col("purpose"))
+            & F.array_contains(accepted_bases(policy)[F.col("purpose")], F.col("lawful_basis"))
         )
-        .select("profile_id", "column", "compliant")
+        .groupBy(*keys)
+        .agg(F.collect_set("column").alias("_columns"))
+        .join(permissions.where(F.col("allowed")).select(*keys), keys, "left_semi")
+        .groupBy("profile_id")
+        .agg(F.flatten(F.collect_list("_columns")).alias("_covered"))
+    )
+    held = F.filter(F.array(*[F.when(F.col(c).isNotNull(), F.lit(c)) for c in columns]), lambda c: c.isNotNull())
+    return (
+        profiles.join(covered, "profile_id", "left")
+        .withColumn("consent_compliant", F.forall(held, lambda c: holds(F.array_contains("_covered", c))))
+        .drop("_covered")
     )
 
 
@@ -63,24 +64,14 @@ def profile_columns(survivorship_columns: Sequence[str]) -> tuple[str, ...]:
 def with_profile_checks(inputs: QualityInputs) -> DataFrame:
     """Profiles with `consent_compliant` (every value compliant) and `cluster_size` (source records)."""
     cfg = inputs.cfg
-    compliance = (
-        cell_compliance(
-            inputs.profiles,
-            inputs.profile_lineage,
-            inputs.profile_permissions,
-            cfg.survivorship.columns,
-            cfg.policy,
-        )
-        .groupBy("profile_id")
-        .agg(F.bool_and("compliant").alias("_compliant"))
-    )
     sizes = inputs.profile_sources.groupBy("profile_id").agg(F.count("*").alias("cluster_size"))
-    return (
-        inputs.profiles.join(compliance, "profile_id", "left")
-        .join(sizes, "profile_id", "left")
-        .withColumn("consent_compliant", F.coalesce("_compliant", F.lit(True)))  # a profile with no values
-        .drop("_compliant")
-    )
+    return inputs.profiles.transform(
+        with_consent_compliance,
+        inputs.profile_lineage,
+        inputs.profile_permissions,
+        cfg.survivorship.columns,
+        cfg.policy,
+    ).join(sizes, "profile_id", "left")
 
 
 def checks(inputs: QualityInputs) -> list[TableCheck]:

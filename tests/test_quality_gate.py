@@ -25,7 +25,7 @@ from expectations import record_profiles as record_profiles_suite
 from expectations import silver as silver_suite
 from expectations.profile_lineage import supplied_columns
 from expectations.profile_sources import with_source_checks
-from expectations.profiles import cell_compliance
+from expectations.profiles import with_consent_compliance
 from jobs import delta_io, quality_gate, resolve, unify
 from jobs.canonical import E164, SUBJECT
 from jobs.config import PUBLISHED_TABLES
@@ -227,9 +227,17 @@ def test_a_quality_json_cut_short_reads_as_none_and_a_whole_one_as_written(tmp_p
     assert read_outcome(tmp_path / "no-run") is None
 
 
-def test_cell_compliance_needs_lineage_an_accepted_basis_and_a_permitted_purpose(spark, cfg):
+def test_consent_compliance_needs_lineage_an_accepted_basis_and_a_permitted_purpose_for_every_value(spark, cfg):
     profiles = spark.createDataFrame(
-        [("p1", "a@x.org", "a@x.org"), ("p2", "b@x.org", "b@x.org"), ("p3", "c@x.org", None), ("p4", None, None)],
+        [
+            ("p1", "a@x.org", "a@x.org"),
+            ("p2", "b@x.org", "b@x.org"),
+            ("p3", "c@x.org", None),
+            ("p4", None, None),
+            ("p5", "e@x.org", "e@x.org"),
+            ("p6", "f@x.org", None),
+            ("p7", "g@x.org", "g@x.org"),
+        ],
         "profile_id string, email string, marketing_email string",
     )
     lineage = spark.createDataFrame(
@@ -239,6 +247,11 @@ def test_cell_compliance_needs_lineage_an_accepted_basis_and_a_permitted_purpose
             ("p2", "email", "profile_unification", "consent"),
             ("p2", "marketing_email", "marketing_email", "legitimate_interest"),  # consent is the only basis
             ("p3", "email", "analytics", "consent"),  # analytics does not cover email
+            ("p5", "email", "profile_unification", "consent"),  # marketing_email's value has no lineage
+            ("p6", "email", "profile_unification", "consent"),
+            ("p6", "marketing_email", "marketing_email", "consent"),  # lineage of no value
+            ("p7", "email", "profile_unification", "consent"),
+            ("p7", "marketing_email", "marketing_email", "consent"),  # not permitted to p7
         ],
         "profile_id string, column string, purpose string, lawful_basis string",
     )
@@ -249,19 +262,26 @@ def test_cell_compliance_needs_lineage_an_accepted_basis_and_a_permitted_purpose
             ("p2", "profile_unification", False),  # withdrawn for the profile
             ("p2", "marketing_email", True),
             ("p3", "analytics", True),
+            ("p5", "profile_unification", True),
+            ("p5", "marketing_email", True),
+            ("p6", "profile_unification", True),
+            ("p7", "profile_unification", True),
+            ("p7", "marketing_email", False),
         ],
         "profile_id string, purpose string, allowed boolean",
     )
-    actual = cell_compliance(profiles, lineage, permissions, ["email", "marketing_email"], cfg.policy)
+    actual = with_consent_compliance(profiles, lineage, permissions, ["email", "marketing_email"], cfg.policy)
     expected = spark.createDataFrame(
         [
-            ("p1", "email", True),
-            ("p1", "marketing_email", True),
-            ("p2", "email", False),
-            ("p2", "marketing_email", False),
-            ("p3", "email", False),
+            ("p1", "a@x.org", "a@x.org", True),
+            ("p2", "b@x.org", "b@x.org", False),
+            ("p3", "c@x.org", None, False),
+            ("p4", None, None, True),
+            ("p5", "e@x.org", "e@x.org", False),
+            ("p6", "f@x.org", None, True),
+            ("p7", "g@x.org", "g@x.org", False),
         ],
-        "profile_id string, column string, compliant boolean",
+        "profile_id string, email string, marketing_email string, consent_compliant boolean",
     )
     assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
 
