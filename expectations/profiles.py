@@ -33,8 +33,8 @@ def with_consent_compliance(
     profile's permission for that purpose is allowed. A value without lineage is not compliant; a profile without
     values is.
 
-    Lineage rows are gathered per profile and purpose before they meet the permissions, so the millions of lineage
-    rows are aggregated where they are read instead of shuffled whole through two joins."""
+    Lineage rows are gathered per profile and purpose before any join, so the permissions meet one row per profile
+    and purpose, not one per value."""
     covering = lookup({c: list(policy.attribute_purposes[COLUMN_ATTRIBUTE[c]]) for c in columns})
     keys = ["profile_id", "purpose"]
     covered = (
