@@ -375,6 +375,11 @@ def report_context(cfg: PipelineConfig, run_id: str, run_dir: Path) -> dict[str,
                 q.CONSENT_EVENT_RECONCILIATION,
             ),
             table("consent-quarantine", "Consent events held in quarantine, by reason", q.CONSENT_QUARANTINE),
+            table(
+                "consent-records-not-held",
+                "Consent events for records no source has delivered (they decide nothing until it does), per feed",
+                q.CONSENT_FOR_RECORDS_NOT_HELD,
+            ),
         ],
         "coverage": [
             coverage,

@@ -97,6 +97,14 @@ CONSENT_QUARANTINE = RunQuery(
     {"q": "consent_quarantine"},
     "SELECT source_system, reason, count(*) AS events FROM q GROUP BY 1, 2 ORDER BY 1, 2",
 )
+# Consent events land whether or not a source has delivered their record (it may come in a later batch): these are
+# the ledger's events for records silver does not hold, which decide nothing until their record arrives.
+CONSENT_FOR_RECORDS_NOT_HELD = RunQuery(
+    {"c": "consent_ledger", "s": "silver"},
+    "SELECT c.source_system, count(*) AS events, count(DISTINCT c.source_record_id) AS records FROM c "
+    "WHERE NOT EXISTS (SELECT 1 FROM s WHERE s.source_system = c.source_system "
+    "AND s.source_record_id = c.source_record_id) GROUP BY 1 ORDER BY 1",
+)
 RESOLUTION_TOTALS = RunQuery(
     {"m": "pairwise_matches", "r": "record_profiles"},
     "SELECT (SELECT count(*) FROM m) AS pairs, count(*) AS records, count(DISTINCT profile_id) AS profiles FROM r",

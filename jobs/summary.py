@@ -32,6 +32,7 @@ SECTIONS: tuple[tuple[str, RunQuery], ...] = (
     ("Consent gate reconciliation (silver records = admitted + excluded):", q.CONSENT_RECONCILIATION),
     ("Last consent gate, consent events per feed (read = landed + quarantined):", q.CONSENT_EVENT_RECONCILIATION),
     ("Consent events quarantined by reason:", q.CONSENT_QUARANTINE),
+    ("Consent events for records no source has delivered, per feed:", q.CONSENT_FOR_RECORDS_NOT_HELD),
     ("Identity resolution: pairwise matches (p >= match threshold), records and profiles:", q.RESOLUTION_TOTALS),
     ("Identity events of the latest run that changed profiles:", q.IDENTITY_EVENTS),
     ("Golden profiles, last unify run (inserted, updated, retired):", q.UNIFY_RUN),

@@ -10,10 +10,12 @@ from html.parser import HTMLParser
 
 import pyarrow as pa
 import pytest
+from chispa import assert_df_equality
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from jobs import delta_io, publication
+from jobs import run_queries as q
 from jobs.errors import IdresError
 from jobs.report import write_auditor_report
 from tests.conftest import copy_lakehouse
@@ -210,6 +212,7 @@ def independent_counts(spark, cfg) -> dict[str, DataFrame]:
         "consent-reconciliation": decisions.agg(
             F.lit(delta_io.read_delta(spark, t.silver).count()).alias("silver_records"), admitted, excluded
         ),
+        "consent-records-not-held": consent_events_not_held(spark, cfg),
         "suppressed-attributes": audit.where("decision = 'suppressed'")
         .groupBy("attribute", "purpose")
         .agg(F.count("*").alias("records")),
@@ -226,6 +229,16 @@ def independent_counts(spark, cfg) -> dict[str, DataFrame]:
             F.countDistinct("profile_id").alias("profiles"),
         ),
     }
+
+
+def consent_events_not_held(spark, cfg) -> DataFrame:
+    """Per feed, the ledger's events whose record silver lacks, and those records: counted by Spark."""
+    return (
+        delta_io.read_delta(spark, cfg.tables.consent_ledger)
+        .join(delta_io.read_delta(spark, cfg.tables.silver), ["source_system", "source_record_id"], "left_anti")
+        .groupBy("source_system")
+        .agg(F.count("*").alias("events"), F.countDistinct("source_record_id").alias("records"))
+    )
 
 
 def as_cells(df: DataFrame) -> list[list[str]]:
@@ -382,6 +395,42 @@ def test_a_report_regenerated_after_later_runs_shows_the_tables_as_its_run_left_
         if delta_io.table_exists(path):
             delta_io.purge_history(path, run_id="erasure-1", job="erase")
     assert bronze_rows(RUN) is None  # its versions are gone: not available, never the current ones
+
+
+def test_consent_events_for_records_no_source_delivered_are_counted_per_feed(spark, published, tmp_path):
+    cfg = copy_lakehouse(published, tmp_path)
+    t = cfg.tables
+    before = {r["source_system"]: (r["events"], r["records"]) for r in consent_events_not_held(spark, cfg).collect()}
+    template = delta_io.read_delta(spark, t.consent_ledger).where("source_system = 'ua_crm'").limit(1)
+    arrivals = spark.createDataFrame(
+        [("not-held-1", "r-not-yet-delivered"), ("not-held-2", "r-not-yet-delivered"), ("not-held-3", "r-other")],
+        "new_event_id string, new_record_id string",
+    )
+    early = template.crossJoin(arrivals).withColumns(
+        {"event_id": F.col("new_event_id"), "source_record_id": F.col("new_record_id")}
+    )
+    delta_io.merge_delta(
+        early.drop("new_event_id", "new_record_id"),
+        t.consent_ledger,
+        keys=("source_system", "event_id"),
+        run_id="later",
+        job="consent_gate",
+    )
+
+    counted = spark.createDataFrame(
+        q.CONSENT_FOR_RECORDS_NOT_HELD.execute(t).to_pylist(), "source_system string, events long, records long"
+    )
+    assert_df_equality(counted, consent_events_not_held(spark, cfg), ignore_row_order=True, ignore_nullable=True)
+    events, records = before.get("ua_crm", (0, 0))
+    assert {r["source_system"]: (r["events"], r["records"]) for r in counted.collect()}["ua_crm"] == (
+        events + 3,
+        records + 2,
+    )
+    page = RenderedPage(write_auditor_report(cfg, "later", cfg.run_report_dir("later")).read_text(encoding="utf-8"))
+    header, *cells = page.tables["consent-records-not-held"]
+    assert header == ["source_system", "events", "records"]
+    assert sorted(cells) == sorted(as_cells(counted))
+    assert "r-not-yet-delivered" not in " ".join(page.text)  # counts only, no record ids
 
 
 def test_a_run_left_each_table_at_its_own_last_commit_or_at_its_end(tmp_path):
