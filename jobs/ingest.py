@@ -17,7 +17,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import reduce
 from pathlib import Path
 
@@ -828,13 +828,28 @@ def unchanged_sources(cfg: PipelineConfig, fingerprints: Mapping[str, tuple[str 
     return {name for name, read in last.items() if None not in read and read == fingerprints.get(name)}
 
 
+def load_time(cfg: PipelineConfig, now: datetime) -> datetime:
+    """This attempt's load time: now, to the second, unless bronze or the ingest audit holds a load time as late;
+    then one second after the latest. The versions that two attempts land are ranked by their load times (and
+    an impossible update time is capped at its own), so the times must be ordered as the attempts were, even
+    when the attempts ran within a second or after the clock was set back."""
+    recorded = [
+        delta_io.query_delta("SELECT max(ingested_at) AS latest FROM t", t=path).column("latest")[0].as_py()
+        for path in (cfg.tables.bronze, cfg.tables.ingest_runs)
+        if delta_io.table_exists(path)
+    ]
+    latest = max((t.replace(tzinfo=t.tzinfo or UTC) for t in recorded if t is not None), default=None)
+    at = now.replace(microsecond=0)
+    return at if latest is None or at > latest else latest + timedelta(seconds=1)
+
+
 def run(spark: SparkSession, cfg: PipelineConfig, run_id: str, mode: str = "full") -> IngestResult:
     """Land the sources in bronze and their bad rows in quarantine; record the counts.
 
     mode `full` reads every extract; `incremental` skips an extract byte-identical to the one the source's
     last ingest read (its rows are in bronze already), recording zero counts for it.
     """
-    ingested_at = datetime.now(UTC).replace(microsecond=0)
+    ingested_at = load_time(cfg, datetime.now(UTC))
     fingerprints = {s.name: (source_fingerprint(s), read_settings_fingerprint(s)) for s in cfg.sources}
     skipped = unchanged_sources(cfg, fingerprints, run_id) if mode == "incremental" else set()
     for name in sorted(skipped):

@@ -688,6 +688,28 @@ def test_a_record_changed_back_at_a_source_giving_no_newer_update_time_is_curren
     assert_df_equality(current, expected, ignore_row_order=True, ignore_nullable=True)
 
 
+def test_an_ingest_in_the_same_second_as_the_last_or_after_the_clock_was_set_back_loads_after_it(spark, cfg):
+    """Versions are ranked by load time. When two ingests fell within one second, they shared it, and a record's
+    older version could stay current (a CI run of the test above)."""
+    from jobs import demo_data
+    from tests.conftest import write_ua_crm
+
+    noon = dt.datetime(2026, 1, 1, 12, 0, 0, 700000, tzinfo=dt.UTC)
+    assert ingest.load_time(cfg, noon) == dt.datetime(2026, 1, 1, 12, 0, 0, tzinfo=dt.UTC)  # nothing loaded yet
+    demo_data.generate(cfg, people=5, seed=8)
+    write_ua_crm(cfg, [ua_record("UA-1", "Шевченко")])
+    ingest.run(spark, cfg, run_id="r1")
+    (loaded,) = set(
+        DeltaTable(str(cfg.tables.bronze)).to_pyarrow_table(columns=["ingested_at"])["ingested_at"].to_pylist()
+    )
+    second = dt.timedelta(seconds=1)
+
+    assert ingest.load_time(cfg, loaded) == loaded + second
+    assert ingest.load_time(cfg, loaded + dt.timedelta(milliseconds=500)) == loaded + second
+    assert ingest.load_time(cfg, loaded - dt.timedelta(days=1)) == loaded + second  # the clock set back
+    assert ingest.load_time(cfg, loaded + dt.timedelta(seconds=3.7)) == loaded + 3 * second
+
+
 def test_an_incremental_run_reads_an_unchanged_extract_again_once_its_source_settings_change(spark, cfg):
     from jobs import demo_data
     from tests.conftest import write_ua_crm
