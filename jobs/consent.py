@@ -612,6 +612,8 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str, cutoff: str | Non
             f"--cutoff {as_of.isoformat()} is in the future (now {now.isoformat()}): consent can be taken only as "
             "of a time that has passed, and every later run would have to apply it too (audit/consent_runs)"
         )
+    recorded = [("consent_runs", "landed_at"), ("consent_ledger", "landed_at"), ("consent_audit", "decided_at")]
+    run_at = delta_io.run_time(now, [(getattr(cfg.tables, name), at) for name, at in recorded])
     applied = latest_applied_cutoff(cfg, run_id)
     if applied is not None and as_of < applied:
         log.warning("cutoff %s is before %s, which a run applied: consent is taken as of the later", as_of, applied)
@@ -619,7 +621,7 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str, cutoff: str | Non
     policy = cfg.policy
     silver_rows = delta_io.row_count(cfg.tables.silver)
     size_stage_to_input(spark, cfg.spark, silver_rows)
-    feeds, event_counts = land_consent_events(spark, cfg, run_id, now)
+    feeds, event_counts = land_consent_events(spark, cfg, run_id, run_at)
 
     effective = effective_consent(delta_io.read_delta(spark, cfg.tables.consent_ledger), as_of)
     delta_io.merge_delta(
@@ -646,7 +648,7 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str, cutoff: str | Non
             delete_missing=True,
             schema_follows_source=True,
         )
-        audit = decision_audit(gated, policy, run_id, now)
+        audit = decision_audit(gated, policy, run_id, run_at)
         delta_io.merge_delta(
             audit,
             cfg.tables.consent_audit,
@@ -660,7 +662,7 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str, cutoff: str | Non
         tallies = audit.groupBy("decision", "reason", "attribute").count().collect()
     finally:
         gated.unpersist()
-    record_consent_events(cfg, run_id, now, as_of, feeds, event_counts)
+    record_consent_events(cfg, run_id, run_at, as_of, feeds, event_counts)
 
     events_read = sum(row["count"] for row in event_counts)
     events_quarantined: dict[str, int] = {}

@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
@@ -336,6 +337,21 @@ def versions_as_run_left(paths: Iterable[Path | str], run_id: str) -> dict[Path,
 def row_count(path: Path | str) -> int:
     """The number of rows in the table's current version."""
     return int(query_delta("SELECT count(*) AS n FROM t", t=path)["n"][0].as_py())
+
+
+def run_time(now: datetime, recorded: Iterable[tuple[Path | str, str]]) -> datetime:
+    """A run's time: now, to the second, unless a (table, timestamp column) of `recorded` holds a time as late;
+    then one second after the latest. Audit tables find a stage's latest run by its time and bronze ranks
+    versions by theirs, so the times must be ordered as the runs were: also when two ran within a second, the
+    clock was set back, or the host of an earlier run had a clock ahead."""
+    held = [
+        query_delta(f'SELECT max("{column}") AS latest FROM t', t=path).column("latest")[0].as_py()
+        for path, column in recorded
+        if table_exists(path)
+    ]
+    latest = max((t.replace(tzinfo=t.tzinfo or UTC) for t in held if t is not None), default=None)
+    at = now.replace(microsecond=0)
+    return at if latest is None or at > latest else latest + timedelta(seconds=1)
 
 
 def _collects(df: DataFrame) -> bool:

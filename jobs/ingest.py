@@ -17,7 +17,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from functools import reduce
 from pathlib import Path
 
@@ -829,18 +829,10 @@ def unchanged_sources(cfg: PipelineConfig, fingerprints: Mapping[str, tuple[str 
 
 
 def load_time(cfg: PipelineConfig, now: datetime) -> datetime:
-    """This attempt's load time: now, to the second, unless bronze or the ingest audit holds a load time as late;
-    then one second after the latest. The versions that two attempts land are ranked by their load times (and
-    an impossible update time is capped at its own), so the times must be ordered as the attempts were, even
-    when the attempts ran within a second or after the clock was set back."""
-    recorded = [
-        delta_io.query_delta("SELECT max(ingested_at) AS latest FROM t", t=path).column("latest")[0].as_py()
-        for path in (cfg.tables.bronze, cfg.tables.ingest_runs)
-        if delta_io.table_exists(path)
-    ]
-    latest = max((t.replace(tzinfo=t.tzinfo or UTC) for t in recorded if t is not None), default=None)
-    at = now.replace(microsecond=0)
-    return at if latest is None or at > latest else latest + timedelta(seconds=1)
+    """This attempt's load time, after every one bronze and the ingest audit hold (delta_io.run_time): versions
+    are ranked by it, and an impossible update time is capped at it."""
+    t = cfg.tables
+    return delta_io.run_time(now, [(t.bronze, "ingested_at"), (t.ingest_runs, "ingested_at")])
 
 
 def run(spark: SparkSession, cfg: PipelineConfig, run_id: str, mode: str = "full") -> IngestResult:

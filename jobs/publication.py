@@ -146,7 +146,7 @@ def publish(cfg: PipelineConfig, run_id: str, number: int | None = None) -> Publ
     result.updated = int(profiles.get("num_target_rows_updated", 0))
     result.retired = int(profiles.get("num_target_rows_deleted", 0))
     result.lineage_rows = delta_io.row_count(t.profile_lineage)
-    at = datetime.now(UTC).replace(microsecond=0)
+    at = delta_io.run_time(datetime.now(UTC), [(t.unify_runs, "unified_at")])
     audit = pa.Table.from_pylist(
         [
             {

@@ -7,6 +7,7 @@ import random
 
 import pytest
 from chispa import assert_df_equality
+from deltalake import DeltaTable
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pyspark.sql import functions as F
@@ -755,6 +756,24 @@ def test_a_consent_event_arriving_in_a_later_run_admits_the_record(spark, gate_w
     assert second.admitted == 3 and "no_lawful_basis_recorded" not in second.excluded
     admitted = delta_io.read_delta(spark, cfg.tables.admitted)
     assert admitted.where("source_record_id = 'UA-4'").select("unification_basis").first()[0] == "consent"
+
+
+def test_a_run_after_one_whose_host_clock_ran_ahead_is_still_the_latest_run(spark, gate_world, tmp_path):
+    """The report, the summary and the gate's suites find the latest run by its recorded time: a run on a host
+    whose clock ran an hour ahead (or a run within the same second) must not outrank the runs after it."""
+    from tests.conftest import copy_lakehouse
+
+    cfg = copy_lakehouse(gate_world[0], tmp_path).with_paths(landing=tmp_path / "landing")
+    recorded = {"consent_runs": "landed_at", "consent_ledger": "landed_at", "consent_audit": "decided_at"}
+    for name, column in recorded.items():
+        DeltaTable(str(getattr(cfg.tables, name))).update({column: f"{column} + INTERVAL '1 hour'"})
+    write_consent_feed(cfg, "ua_crm", [*GOOD_EVENTS, *BAD_EVENTS, LATE_EVENT])  # r2 lands one event
+
+    consent.run(spark, cfg, run_id="r2", cutoff=CUTOFF)
+
+    for name, column in recorded.items():
+        sql = f"SELECT run_id FROM t ORDER BY {column} DESC LIMIT 1"
+        assert delta_io.query_delta(sql, t=getattr(cfg.tables, name)).column("run_id").to_pylist() == ["r2"], name
 
 
 def test_a_retried_run_replaces_its_first_attempts_decisions_and_a_second_retry_changes_nothing(

@@ -30,7 +30,19 @@ from deltalake.exceptions import DeltaError
 from filelock import FileLock
 from pyspark.sql import SparkSession
 
-from jobs import delta_io, demo_data, ingest, pipeline, publication, quality_gate, query, resolve, runner, unify
+from jobs import (
+    delta_io,
+    demo_data,
+    ingest,
+    pipeline,
+    publication,
+    quality_gate,
+    query,
+    resolve,
+    run_queries,
+    runner,
+    unify,
+)
 from jobs.config import DEFAULT_CONF_DIR, GOLD_TABLES, PUBLISHED_TABLES, PipelineConfig, load_config
 from jobs.errors import ColumnTypeChangeError, IdresError
 from jobs.runner import describe_without_values, lakehouse_lock, lakehouse_lock_path
@@ -271,6 +283,21 @@ def test_a_column_the_candidates_no_longer_have_leaves_the_published_table_also_
         "lineage_rows": 2,
     }
     assert not cfg.tables.staging.exists()
+
+
+def test_a_publication_after_one_whose_host_clock_ran_ahead_is_still_the_latest_run(tmp_path):
+    """The summary and the report read the latest publication's counts by its recorded time."""
+    cfg = config_in(tmp_path)
+    stage_candidates(cfg, "r1", {"profile_id": ["pr_1", "pr_2"], "first_name": ["bob", "ann"]})
+    publication.publish(cfg, run_id="r1")
+    DeltaTable(str(cfg.tables.unify_runs)).update({"unified_at": "unified_at + INTERVAL '1 hour'"})
+    stage_candidates(cfg, "r2", {"profile_id": ["pr_2"], "first_name": ["ann"]})
+
+    publication.publish(cfg, run_id="r2")
+
+    assert run_queries.UNIFY_RUN.execute(cfg.tables).select(["run_id", "profiles"]).to_pylist() == [
+        {"run_id": "r2", "profiles": 1}
+    ]
 
 
 def r1_published_and_r2_staged(tmp_path: Path) -> PipelineConfig:

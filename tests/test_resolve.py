@@ -11,8 +11,11 @@ import datetime as dt
 import itertools
 from csv import DictReader
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from deltalake import DeltaTable
 from pyspark.sql import functions as F
 
 from jobs import delta_io, demo_data, pipeline, publication, resolve, standardize, train
@@ -335,6 +338,25 @@ def test_one_record_without_a_model_is_its_own_profile_and_records_no_rule_pairs
     with pytest.raises(NothingToTrainError, match=r"cannot train a model on 2 admitted records \(ValueError"):
         resolve.run(spark, cfg, run_id="pair")
     assert latest_model(cfg.models, cfg.linkage, cfg.policy) is None
+
+
+def test_a_resolution_after_one_whose_host_clock_ran_ahead_records_its_events_after_that_ones(spark, tmp_path):
+    """The report reads the latest run's identity events by their time, and on equal overlap the profile created
+    first keeps its id: a resolution's time follows every published one."""
+    cfg = config_in(tmp_path)
+    delta_io.overwrite_delta(silver_rows(spark, cfg, PEOPLE[:1]), cfg.tables.admitted, run_id="one", job="test")
+    resolve.run(spark, cfg, run_id="one")
+    events = DeltaTable(str(cfg.tables.staged("identity_events"))).to_pyarrow_table()
+    ahead = pc.add(events["event_at"], pa.scalar(dt.timedelta(hours=1), pa.duration("us")))
+    published = events.set_column(events.schema.get_field_index("event_at"), "event_at", ahead)
+    delta_io.overwrite_delta(published, cfg.tables.identity_events, run_id="one", job="test")  # an hour ahead
+    delta_io.overwrite_delta(silver_rows(spark, cfg, PEOPLE[1:2]), cfg.tables.admitted, run_id="two", job="test")
+
+    resolve.run(spark, cfg, run_id="two")
+
+    staged = DeltaTable(str(cfg.tables.staged("identity_events"))).to_pyarrow_table()
+    assert set(staged["run_id"].to_pylist()) == {"two"}
+    assert pc.min(staged["event_at"]).as_py() > pc.max(ahead).as_py()
 
 
 def unrelated_person(record_id: str, first_name: str, last_name: str, born: dt.date, phone: str) -> dict:
