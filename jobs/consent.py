@@ -600,13 +600,13 @@ def gating_policy(cfg: PipelineConfig) -> str | None:
 
 def run(spark: SparkSession, cfg: PipelineConfig, run_id: str, cutoff: str | None = None) -> GateResult:
     """Land consent events, compute effective consent as of cutoff, and gate silver into admitted records."""
+    now = datetime.now(UTC).replace(microsecond=0)
     try:
-        as_of = datetime.fromisoformat(cutoff) if cutoff else datetime.now(UTC)
+        as_of = datetime.fromisoformat(cutoff) if cutoff else now
     except ValueError:
         as_of = None
     if as_of is None or as_of.tzinfo is None:
         raise IdresError("--cutoff must be an ISO 8601 time with a time zone, e.g. 2026-11-22T00:00:00+00:00")
-    now = datetime.now(UTC).replace(microsecond=0)
     if as_of > now + CUTOFF_CLOCK_SKEW:
         raise IdresError(
             f"--cutoff {as_of.isoformat()} is in the future (now {now.isoformat()}): consent can be taken only as "
@@ -614,6 +614,8 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str, cutoff: str | Non
         )
     recorded = [("consent_runs", "landed_at"), ("consent_ledger", "landed_at"), ("consent_audit", "decided_at")]
     run_at = delta_io.run_time(now, [(getattr(cfg.tables, name), at) for name, at in recorded])
+    if not cutoff:  # as of the time the run lands its events at: a refusal dated ahead is in force by then
+        as_of = run_at
     applied = latest_applied_cutoff(cfg, run_id)
     if applied is not None and as_of < applied:
         log.warning("cutoff %s is before %s, which a run applied: consent is taken as of the later", as_of, applied)

@@ -56,6 +56,7 @@ TABLE_PROPERTIES = {"delta.dataSkippingNumIndexedCols": "0"}
 # The job of the commit that gives an existing table TABLE_PROPERTIES (apart from the writing job's own commits, which
 # version_before_run, committed_in_run and run_commit_metrics read).
 TABLE_PROPERTIES_JOB = "table_properties"
+CLOCK_BEHIND_WARNING = timedelta(minutes=1)  # run_time: recorded times this far ahead of the clock are logged
 # Type changes a merge carries without loss: delta-rs casts the source's values to the table's wider type.
 LOSSLESS_CASTS = {
     ("byte", "short"),
@@ -351,7 +352,13 @@ def run_time(now: datetime, recorded: Iterable[tuple[Path | str, str]]) -> datet
     ]
     latest = max((t.replace(tzinfo=t.tzinfo or UTC) for t in held if t is not None), default=None)
     at = now.replace(microsecond=0)
-    return at if latest is None or at > latest else latest + timedelta(seconds=1)
+    if latest is None or at > latest:
+        return at
+    if latest - at > CLOCK_BEHIND_WARNING:
+        log.warning(
+            "recorded run times reach %s, ahead of this host's clock (%s): this run records a second later", latest, at
+        )
+    return latest + timedelta(seconds=1)
 
 
 def _collects(df: DataFrame) -> bool:

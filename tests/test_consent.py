@@ -776,6 +776,28 @@ def test_a_run_after_one_whose_host_clock_ran_ahead_is_still_the_latest_run(spar
         assert delta_io.query_delta(sql, t=getattr(cfg.tables, name)).column("run_id").to_pylist() == ["r2"], name
 
 
+def test_a_refusal_dated_ahead_is_in_force_in_a_run_without_cutoff_after_one_recorded_ahead(
+    spark, gate_world, tmp_path
+):
+    """A refusal dated ahead takes effect when received, its run's time. Without --cutoff, consent is taken as of
+    that time: as of the clock, a run recorded after a first run an hour ahead would leave the grant in force."""
+    from tests.conftest import copy_lakehouse
+
+    cfg = copy_lakehouse(gate_world[0], tmp_path).with_paths(landing=tmp_path / "landing")
+    recorded = {"consent_runs": "landed_at", "consent_ledger": "landed_at", "consent_audit": "decided_at"}
+    for name, column in recorded.items():
+        DeltaTable(str(getattr(cfg.tables, name))).update({column: f"{column} + INTERVAL '1 hour'"})
+    withdrawal = event("UA-2", "profile_unification", "contract", "withdrawn", "2205-03-01T10:00:00+02:00")
+    write_consent_feed(cfg, "ua_crm", [*GOOD_EVENTS, *BAD_EVENTS, withdrawal])
+
+    consent.run(spark, cfg, run_id="r2")
+
+    decided = delta_io.read_delta(spark, cfg.tables.consent_audit).where(
+        "run_id = 'r2' AND source_record_id = 'UA-2' AND attribute = '*'"
+    )
+    assert [tuple(r) for r in decided.select("decision", "reason").collect()] == [("excluded", "consent_withdrawn")]
+
+
 def test_a_retried_run_replaces_its_first_attempts_decisions_and_a_second_retry_changes_nothing(
     spark, gate_world, tmp_path
 ):
