@@ -829,10 +829,11 @@ def unchanged_sources(cfg: PipelineConfig, fingerprints: Mapping[str, tuple[str 
 
 
 def load_time(cfg: PipelineConfig, now: datetime) -> datetime:
-    """This attempt's load time, after every one bronze and the ingest audit hold (delta_io.run_time): versions
-    are ranked by it, and an impossible update time is capped at it."""
+    """This attempt's load time, after every one bronze, its quarantine and the ingest audit hold
+    (delta_io.run_time): versions are ranked by it, and an impossible update time is capped at it."""
     t = cfg.tables
-    return delta_io.run_time(now, [(t.bronze, "ingested_at"), (t.ingest_runs, "ingested_at")])
+    recorded = [(t.bronze, "ingested_at"), (t.quarantine, "quarantined_at"), (t.ingest_runs, "ingested_at")]
+    return delta_io.run_time(now, recorded)
 
 
 def run(spark: SparkSession, cfg: PipelineConfig, run_id: str, mode: str = "full") -> IngestResult:
