@@ -758,20 +758,27 @@ def test_a_consent_event_arriving_in_a_later_run_admits_the_record(spark, gate_w
     assert admitted.where("source_record_id = 'UA-4'").select("unification_basis").first()[0] == "consent"
 
 
+RUN_TIMES = {"consent_runs": "landed_at", "consent_ledger": "landed_at", "consent_audit": "decided_at"}
+
+
+def recorded_an_hour_ahead(cfg) -> None:
+    """Move the times the gate's runs recorded an hour ahead, as a run on a host whose clock ran ahead would."""
+    for name, column in RUN_TIMES.items():
+        DeltaTable(str(getattr(cfg.tables, name))).update({column: f"{column} + INTERVAL '1 hour'"})
+
+
 def test_a_run_after_one_whose_host_clock_ran_ahead_is_still_the_latest_run(spark, gate_world, tmp_path):
     """The report, the summary and the gate's suites find the latest run by its recorded time: a run on a host
     whose clock ran an hour ahead (or a run within the same second) must not outrank the runs after it."""
     from tests.conftest import copy_lakehouse
 
     cfg = copy_lakehouse(gate_world[0], tmp_path).with_paths(landing=tmp_path / "landing")
-    recorded = {"consent_runs": "landed_at", "consent_ledger": "landed_at", "consent_audit": "decided_at"}
-    for name, column in recorded.items():
-        DeltaTable(str(getattr(cfg.tables, name))).update({column: f"{column} + INTERVAL '1 hour'"})
+    recorded_an_hour_ahead(cfg)
     write_consent_feed(cfg, "ua_crm", [*GOOD_EVENTS, *BAD_EVENTS, LATE_EVENT])  # r2 lands one event
 
     consent.run(spark, cfg, run_id="r2", cutoff=CUTOFF)
 
-    for name, column in recorded.items():
+    for name, column in RUN_TIMES.items():
         sql = f"SELECT run_id FROM t ORDER BY {column} DESC LIMIT 1"
         assert delta_io.query_delta(sql, t=getattr(cfg.tables, name)).column("run_id").to_pylist() == ["r2"], name
 
@@ -784,9 +791,7 @@ def test_a_refusal_dated_ahead_is_in_force_in_a_run_without_cutoff_after_one_rec
     from tests.conftest import copy_lakehouse
 
     cfg = copy_lakehouse(gate_world[0], tmp_path).with_paths(landing=tmp_path / "landing")
-    recorded = {"consent_runs": "landed_at", "consent_ledger": "landed_at", "consent_audit": "decided_at"}
-    for name, column in recorded.items():
-        DeltaTable(str(getattr(cfg.tables, name))).update({column: f"{column} + INTERVAL '1 hour'"})
+    recorded_an_hour_ahead(cfg)
     withdrawal = event("UA-2", "profile_unification", "contract", "withdrawn", "2205-03-01T10:00:00+02:00")
     write_consent_feed(cfg, "ua_crm", [*GOOD_EVENTS, *BAD_EVENTS, withdrawal])
 
