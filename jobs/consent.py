@@ -612,8 +612,10 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str, cutoff: str | Non
             f"--cutoff {as_of.isoformat()} is in the future (now {now.isoformat()}): consent can be taken only as "
             "of a time that has passed, and every later run would have to apply it too (audit/consent_runs)"
         )
-    recorded = [("consent_runs", "landed_at"), ("consent_ledger", "landed_at"), ("consent_audit", "decided_at")]
-    run_at = delta_io.run_time(now, [(getattr(cfg.tables, name), at) for name, at in recorded])
+    t = cfg.tables
+    run_at = delta_io.run_time(
+        now, [(t.consent_runs, "landed_at"), (t.consent_ledger, "landed_at"), (t.consent_audit, "decided_at")]
+    )
     if not cutoff:  # as of the time the run lands its events at: a refusal dated ahead is in force by then
         as_of = run_at
     applied = latest_applied_cutoff(cfg, run_id)
