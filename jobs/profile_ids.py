@@ -3,8 +3,9 @@
 A persistent mapping record -> profile_id is carried from run to run. Each run's clusters inherit
 the previous ids by overlap:
 
-1. every previous profile follows the new cluster holding most of its records (ties: the
-   cluster with the smaller key);
+1. every previous profile follows the new cluster holding most of its records (ties: one where it
+   would keep its id, as no profile there holds more of its records or as many and is older; then the
+   cluster with the smaller key), so a record that leaves it does not take its id away from the rest;
 2. a cluster followed by several previous profiles keeps the id of the one with the largest
    overlap, and on a tie the oldest (created first, then the smaller id); the others are
    `merged` into it;
@@ -93,18 +94,23 @@ def assign_stable_profile_ids(
             GROUP BY c.cluster_key, p.profile_id
         ) o LEFT JOIN {active} a ON o.profile_id = a.profile_id""",
     )
-    # Each previous profile follows the cluster holding most of its records; each cluster keeps the id of
-    # the follower with the largest overlap, then the oldest, then the smallest id.
+    # Each previous profile follows the cluster holding most of its records, on a tie one where it would keep its
+    # id (no profile there has more of its records, or as many and is older); each cluster keeps the id of the
+    # follower with the largest overlap, then the oldest, then the smallest id.
+    keeps_id_first = "overlap DESC, created_at ASC NULLS LAST, profile_id ASC"
     ranked = db.create(
         "ids_ranked",
         f"""SELECT cluster_key, profile_id, overlap, row_number() OVER (
-            PARTITION BY cluster_key ORDER BY overlap DESC, created_at ASC NULLS LAST, profile_id ASC
+            PARTITION BY cluster_key ORDER BY {keeps_id_first}
         ) AS cluster_rank
         FROM (
             SELECT *, row_number() OVER (
-                PARTITION BY profile_id ORDER BY overlap DESC, cluster_key ASC
+                PARTITION BY profile_id ORDER BY overlap DESC, would_keep_id DESC, cluster_key ASC
             ) AS profile_rank
-            FROM {overlap}
+            FROM (
+                SELECT *, row_number() OVER (PARTITION BY cluster_key ORDER BY {keeps_id_first}) = 1 AS would_keep_id
+                FROM {overlap}
+            ) candidates
         ) followed WHERE profile_rank = 1""",
     )
     survivors = f"(SELECT cluster_key, profile_id FROM {ranked} WHERE cluster_rank = 1)"

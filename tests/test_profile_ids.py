@@ -196,6 +196,25 @@ def test_records_that_change_between_two_kept_profiles_are_moved_events(spark, d
     )
 
 
+@pytest.mark.parametrize("bridge", ["p1", "p9"])  # the bridging record's id sorts before, or after, p2
+def test_a_profile_split_evenly_keeps_its_id_with_the_records_no_other_profile_keeps(spark, db, bridge):
+    """P = {bridge, p2} was a wrong merge: the bridge is Q's person. When the next run puts it with Q's records
+    and leaves p2 alone, P keeps its id on p2 and the bridge moves to Q, however the record ids sort."""
+    registry = arrow(
+        [("pr_p", "active", T0, "run0", None, None, None), ("pr_q", "active", T0, "run0", None, None, None)],
+        REGISTRY_SCHEMA,
+    )
+    previous = [(bridge, "pr_p"), ("p2", "pr_p"), ("q1", "pr_q"), ("q2", "pr_q"), ("q3", "pr_q")]
+    # Splink's cluster key: the cluster's smallest record id.
+    clusters = [(bridge, min(bridge, "q1")), ("q1", min(bridge, "q1")), ("q2", min(bridge, "q1"))]
+    clusters += [("q3", min(bridge, "q1")), ("p2", "p2")]
+    out = assign(db, clusters, previous, registry, "run2", T1)
+    assert ids(out) == {bridge: "pr_q", "p2": "pr_p", "q1": "pr_q", "q2": "pr_q", "q3": "pr_q"}
+    expected = arrow([("run2", "moved", "pr_q", "pr_p", 1, T1.replace(tzinfo=dt.UTC))], EVENTS_SCHEMA)
+    assert_same_rows(spark, out.events, expected)
+    assert_same_rows(spark, out.registry, registry)
+
+
 def test_a_profile_with_no_records_left_is_retired(spark, db, first_run):
     before = ids(first_run)
     out = assign(db, [("a1", "k1"), ("a2", "k1")], first_run.assignments, first_run.registry, "run2", T1)
