@@ -163,14 +163,15 @@ def query(cfg: PipelineConfig, sql: str) -> pa.Table:
 
 def safe_cell(value: object) -> object:
     """A cell that a spreadsheet will not run as a formula: one that starts with a formula character, also
-    after leading whitespace or invisible format characters (a BOM, a zero-width space) or written full-width
-    (＝, ＋, ＠: NFKC folds them), is prefixed with a quote."""
+    after leading whitespace, control characters (NUL, ESC) or invisible format characters (a BOM, a zero-width
+    space) or written full-width (＝, ＋, ＠: NFKC folds them), is prefixed with a quote. A plain number, also a
+    negative one, stays as it is, unless a tab or line break opens it."""
     if not isinstance(value, str):
         return value
     folded = unicodedata.normalize("NFKC", value)
-    shown = "".join(itertools.dropwhile(lambda ch: ch.isspace() or unicodedata.category(ch) == "Cf", folded))
+    shown = "".join(itertools.dropwhile(lambda ch: ch.isspace() or unicodedata.category(ch) in ("Cf", "Cc"), folded))
     formula = any(text.startswith(FORMULA_PREFIXES) for text in (folded, shown))
-    return "'" + value if formula and not PLAIN_NUMBER.fullmatch(folded.strip()) else value
+    return "'" + value if formula and not PLAIN_NUMBER.fullmatch(folded.strip(" ")) else value
 
 
 # C0 and C1 controls (an escape sequence can retitle a terminal, write its clipboard or hide text) and the bidi
