@@ -91,7 +91,7 @@ TITLES = frozenset(
 ROMANIAN_COMMA_BELOW = str.maketrans({"ş": "ș", "ţ": "ț", "Ş": "Ș", "Ţ": "Ț"})
 CYRILLIC = re.compile(r"[\u0400-\u04ff]")
 # Latin letters and the Cyrillic letters that look the same (in the same case), typed into a word of the other
-# script by keyboard-layout slips or OCR. A word's look-alikes are read in the script most of its letters use.
+# script by keyboard-layout slips or OCR. A word's look-alikes are read in its script (_one_script).
 LATIN_CYRILLIC_LOOKALIKES = {
     **dict(zip("ABCEHIKMOPTXY", "АВСЕНІКМОРТХУ", strict=True)),
     **dict(zip("aceiopxy", "асеіорху", strict=True)),
@@ -160,13 +160,20 @@ def clean_text(raw: str | None) -> str | None:
 
 
 def _one_script(word: re.Match[str]) -> str:
-    """A word (a run of letters) with its Latin/Cyrillic look-alikes in the script most of its letters use
-    (Bасиль with a Latin B is Василь; Niсolae with a Cyrillic с is Nicolae); a tie leaves it as written."""
+    """A word (a run of letters) with its Latin/Cyrillic look-alikes in its script: the one whose own letters (those
+    with no look-alike) it holds, when it holds one script's only (Cepгiй with a Latin C, e, p and i is Сергій),
+    else the script most of its letters use (Bасиль with a Latin B is Василь; Niсolae with a Cyrillic с is
+    Nicolae); a tie leaves it as written."""
     text = word.group()
     cyrillic = len(CYRILLIC.findall(text))
     if cyrillic in (0, len(text)):  # one script (or none of the two): nothing to read otherwise
         return text
-    latin = sum(unicodedata.name(ch, "").startswith("LATIN") for ch in text)
+    is_latin = [unicodedata.name(ch, "").startswith("LATIN") for ch in text]
+    own_cyrillic = any(CYRILLIC.match(ch) and ord(ch) not in TO_LATIN for ch in text)
+    own_latin = any(latin and ord(ch) not in TO_CYRILLIC for ch, latin in zip(text, is_latin, strict=True))
+    if own_cyrillic != own_latin:
+        return text.translate(TO_CYRILLIC if own_cyrillic else TO_LATIN)
+    latin = sum(is_latin)
     if latin and cyrillic != latin:
         return text.translate(TO_CYRILLIC if cyrillic > latin else TO_LATIN)
     return text

@@ -162,6 +162,19 @@ def test_look_alike_letters_of_the_other_script_are_read_in_the_script_of_their_
     assert standardize_name(written) == expected
 
 
+@pytest.mark.parametrize(
+    ("written", "in_one_script"),
+    [
+        ("Cep\u0433i\u0439", "Сергій"),  # Latin C, e, p and i beside Cyrillic г and й: most letters Latin
+        ("\u0413op\u0434e\u0439", "Гордей"),  # Latin o, p and e: as many Latin letters as Cyrillic
+        ("\u0410\u0441h\u0456m", "Achim"),  # Cyrillic А, с and і beside Latin h and m: most letters Cyrillic
+    ],
+)
+def test_a_word_holding_letters_only_one_script_has_is_read_in_that_script(written, in_one_script):
+    """Look-alikes are read in the script of the letters that have none, whichever script most letters use."""
+    assert standardize_name(written) == standardize_name(in_one_script)
+
+
 def test_standardize_names_adds_native_latin_key_and_phonetic_columns(spark):
     df = spark.createDataFrame(
         [("1", "Олександр", "Петрович", "Шевченко"), ("2", "Dr. Ana-Maria", None, "Pușcașu")],
