@@ -290,12 +290,18 @@ def _written_with_country_code(raw: str, country: str | None) -> phonenumbers.Ph
     return international if phonenumbers.is_valid_number(international) else None
 
 
+# Ukraine's former long-distance prefix, 8, still written before a number's 0: 8 067 123 45 67.
+OLD_UA_LONG_DISTANCE = re.compile(r"80\d{9}")
+
+
 @lru_cache(maxsize=200_000)
 def standardize_phone(raw: str | None, country: str | None) -> str | None:
     """E.164, or None when the number is not a valid number for its country or does not fit E.164's 7-15 digits
     (canonical.E164, which the silver suite checks)."""
     if raw is None or not raw.strip():
         return None
+    if country == "UA" and "+" not in raw and OLD_UA_LONG_DISTANCE.fullmatch(phonenumbers.normalize_digits_only(raw)):
+        raw = raw[re.search(r"\d", raw).end() :]  # the 8 dropped: 8 (067) 123-45-67 is 067 123 45 67
     try:
         parsed = _written_with_country_code(raw, country) or phonenumbers.parse(raw, country)
     except phonenumbers.NumberParseException:
@@ -310,17 +316,20 @@ def standardize_phone(raw: str | None, country: str | None) -> str | None:
 def standardize_country(raw: str | None, languages: tuple[str, ...] = ("en",)) -> str | None:
     """ISO 3166-1 alpha-2 from a code or a name: the codes and English names `pycountry` knows, else a
     country's name in one of `languages` (Romanian ones with ş and ţ written as CLDR's ș and ț) or a code CLDR
-    keeps as an alias (country_names), else a name in common English use that `country_converter` reads
-    (Turkey, Great Britain, The Netherlands, Ivory Coast); None when unknown or when it reads two countries."""
+    keeps as an alias (country_names) or the EU's own code (EL), else a name in common English use that
+    `country_converter` reads (Turkey, Great Britain, The Netherlands, Ivory Coast); None when unknown or when it
+    reads two countries."""
     if raw is None or not raw.strip():
         return None
     try:
         return pycountry.countries.lookup(raw.strip()).alpha_2
     except LookupError:
         name = " ".join(unicodedata.normalize("NFKC", raw).translate(ROMANIAN_COMMA_BELOW).casefold().split())
-        return country_names(languages).get(name) or common_english_country(name)
+        return EU_COUNTRY_CODES.get(name) or country_names(languages).get(name) or common_english_country(name)
 
 
+# The codes the EU's institutions write where ISO 3166 differs (Interinstitutional Style Guide; UK is CLDR's alias).
+EU_COUNTRY_CODES = {"el": "GR"}
 # "United Kingdom of Great Britain and Northern Ireland" with room to spare
 LONGEST_COUNTRY_NAME = 80
 

@@ -238,6 +238,9 @@ def test_a_phone_is_parsed_with_the_records_country_or_else_its_sources_default_
             ("ua_crm", "UK", "067 123 45 67"),  # not valid in GB, and not guessed elsewhere
             ("ua_crm", "Narnia", "067 123 45 67"),
             ("ro_shop", None, "0722 123 456"),
+            ("eu_loyalty", "EL", "691 234 5678"),  # the EU's code for Greece: not +49 691 2345678
+            ("ua_crm", "UA", "8 (067) 123-45-67"),  # Ukraine's former long-distance 8 before the 0
+            ("ua_crm", None, "80441234567"),
         ],
         "source_system string, country string, phone string",
     ).withColumn("email", F.lit(None).cast("string"))
@@ -255,6 +258,9 @@ def test_a_phone_is_parsed_with_the_records_country_or_else_its_sources_default_
             ("ua_crm", "GB", None),
             ("ua_crm", None, "+380671234567"),
             ("ro_shop", "RO", "+40722123456"),
+            ("eu_loyalty", "GR", "+306912345678"),
+            ("ua_crm", "UA", "+380671234567"),
+            ("ua_crm", "UA", "+380441234567"),
         ],
         actual.schema,
     )
