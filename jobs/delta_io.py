@@ -340,17 +340,20 @@ def row_count(path: Path | str) -> int:
     return int(query_delta("SELECT count(*) AS n FROM t", t=path)["n"][0].as_py())
 
 
+def latest_time(path: Path | str, column: str) -> datetime | None:
+    """The latest time (UTC) a table holds in a timestamp column; None when it holds none or does not exist."""
+    if not table_exists(path):
+        return None
+    latest = query_delta(f'SELECT max("{column}") AS latest FROM t', t=path).column("latest")[0].as_py()
+    return latest.replace(tzinfo=latest.tzinfo or UTC) if latest is not None else None
+
+
 def run_time(now: datetime, recorded: Iterable[tuple[Path | str, str]]) -> datetime:
     """A run's time: now, to the second, unless a (table, timestamp column) of `recorded` holds a time as late;
     then one second after the latest. Audit tables find a stage's latest run by its time and bronze ranks
     versions by theirs, so the times must be ordered as the runs were: also when two ran within a second, the
     clock was set back, or the host of an earlier run had a clock ahead."""
-    held = [
-        query_delta(f'SELECT max("{column}") AS latest FROM t', t=path).column("latest")[0].as_py()
-        for path, column in recorded
-        if table_exists(path)
-    ]
-    latest = max((t.replace(tzinfo=t.tzinfo or UTC) for t in held if t is not None), default=None)
+    latest = max((t for path, column in recorded if (t := latest_time(path, column)) is not None), default=None)
     at = now.replace(microsecond=0)
     if latest is None or at > latest:
         return at

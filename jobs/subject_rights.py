@@ -522,36 +522,51 @@ def _erased_before(spark: SparkSession, t: TablePaths, subject: Subject, run_id:
     return sorted({r["run_id"] for r in registered}) if len(registered) == hashes.count() else []
 
 
+def admitted_records_published(cfg: PipelineConfig) -> bool:
+    """Whether a publication came after the consent gate's last run, so that the admitted records are those of a
+    run the quality gate passed (less erased subjects), not those of one it refused or that stopped before it."""
+    t = cfg.tables
+    published = delta_io.latest_time(t.unify_runs, "unified_at")
+    landed = delta_io.latest_time(t.consent_runs, "landed_at")
+    return published is not None and (landed is None or published > landed)
+
+
 def republish_without_subject(spark: SparkSession, cfg: PipelineConfig, subject: Subject, run_id: str) -> str:
     """Re-cluster what the subject's records bridged and publish it when the gold suites pass it; returns what
     happened, for the certificate.
 
-    The admitted records are resolved as they are now: after a run that passed the gate, the published run's
-    less the subject. After a refused run they are that run's, and the suites refuse them again; then nothing
-    of the re-resolution is published, and the subject's profiles are withdrawn from gold whole (their other
-    records' assignments, sources and lineage), so no published row refers to a deleted profile. The next
-    run that passes the gate gives those records profiles again.
+    The admitted records are resolved as they are now, when they are the published run's (less the subject): the
+    gold suites do not check what the bronze, silver and consent suites do, and the erasure, which deletes rows
+    from those tables, could not pass them. When the consent gate ran after the last publication (a run the
+    quality gate refused, or one that stopped before it), or the gold suites refuse the re-resolution, nothing of
+    it is published, and the subject's profiles are withdrawn from gold whole (their other records' assignments,
+    sources and lineage), so no published row refers to a deleted profile. The next run that passes the gate
+    gives those records profiles again.
     """
     t = cfg.tables
-    resolve.run(spark, cfg, run_id=run_id)
-    unify.run(spark, cfg, run_id=run_id)
-    outcome = quality_gate.validate(
-        quality_gate.gold_checks(spark, cfg), run_id, pandas_max_rows=cfg.quality.pandas_max_rows
-    )
-    if outcome.success:
-        publication.publish(cfg, run_id=run_id)
-        return "published: the gold suites passed it"
+    if admitted_records_published(cfg):
+        resolve.run(spark, cfg, run_id=run_id)
+        unify.run(spark, cfg, run_id=run_id)
+        outcome = quality_gate.validate(
+            quality_gate.gold_checks(spark, cfg), run_id, pandas_max_rows=cfg.quality.pandas_max_rows
+        )
+        if outcome.success:
+            publication.publish(cfg, run_id=run_id)
+            return "published: the gold suites passed it"
+        log.warning("erasure %s: re-resolution not published; %d expectation(s) failed", run_id, len(outcome.failed))
+        refusal = f"{len(outcome.failed)} expectation(s) of the gold suites failed (" + "; ".join(outcome.failed) + ")"
+    else:
+        log.warning("erasure %s: not re-resolved: the consent gate's last run was not published", run_id)
+        refusal = (
+            "not re-resolved, as the consent gate's last run was not published (the quality gate refused it, or it "
+            "stopped before the gate)"
+        )
     job = {"run_id": run_id, "job": JOB}
     if subject.profile_ids:
         profiles = spark.createDataFrame([(p,) for p in subject.profile_ids], "profile_id string")
         for name in ("record_profiles", "profile_sources", "profile_lineage"):
             delta_io.delete_matching(profiles, getattr(t, name), **job)
-    log.warning("erasure %s: re-resolution not published; %d expectation(s) failed", run_id, len(outcome.failed))
-    return (
-        f"not published: {len(outcome.failed)} expectation(s) of the gold suites failed ("
-        + "; ".join(outcome.failed)
-        + "); the subject's profiles are withdrawn until a run passes the quality gate"
-    )
+    return f"not published: {refusal}; the subject's profiles are withdrawn until a run passes the quality gate"
 
 
 def erase_subject(

@@ -1305,3 +1305,44 @@ def test_an_expectation_of_a_column_the_table_lacks_is_a_failed_check_not_an_err
     expected = ["held: expect_column_values_to_not_be_null(date_of_birth)"]
     expected += ["held: expect_table_columns_to_match_set(table)"] if checks_column_set else []
     assert sorted(failed_checks(validate([check], "r", pandas_max_rows=pandas_max_rows))) == expected
+
+
+def test_an_erasure_after_a_run_the_gate_refused_publishes_nothing_of_that_run(spark, gated, tmp_path):
+    """A run refused in its silver suite leaves its admitted records behind, which the gold suites an erasure
+    runs do not check: an erasure of another person then re-resolves none of them, and withdraws only its own
+    profile from what the last passed run published."""
+    from jobs import consent, subject_rights
+    from tests.conftest import DEMO_CUTOFF
+
+    cfg = copy_lakehouse(gated[0], tmp_path)
+    broken = "no-address-here"
+    silver = delta_io.read_delta(spark, cfg.tables.silver)
+    victim, subject = silver.where("email IS NOT NULL").orderBy(*SUBJECT).select(*SUBJECT).take(2)
+    is_victim = (F.col("source_system") == victim[0]) & (F.col("source_record_id") == victim[1])
+    delta_io.merge_delta(
+        silver.where(is_victim).withColumn("email", F.lit(broken)).localCheckpoint(),
+        cfg.tables.silver,
+        keys=SUBJECT,
+        run_id="run-2",
+        job="test",
+        update_changed=True,
+    )
+    consent.run(spark, cfg, run_id="run-2", cutoff=DEMO_CUTOFF)
+    resolve.run(spark, cfg, run_id="run-2")
+    unify.run(spark, cfg, run_id="run-2")
+    with pytest.raises(QualityGateError, match="silver: expect_column_values_to_match_regex"):
+        run(spark, cfg, run_id="run-2")
+    assert delta_io.read_delta(spark, cfg.tables.admitted).where(F.col("email") == broken).count() == 1
+    record = f"{subject[0]}:{subject[1]}"
+    erased_profile = (
+        delta_io.read_delta(spark, cfg.tables.record_profiles).where(F.col("record_id") == record).first()["profile_id"]
+    )
+    published = delta_io.read_delta(spark, cfg.tables.profiles).localCheckpoint()
+
+    certificate = subject_rights.run(spark, cfg, run_id="erase-1", action="erase", record=[record])
+
+    assert json.loads(certificate.read_text())["re_resolution"].startswith("not published: not re-resolved")
+    expected = published.where(F.col("profile_id") != erased_profile)
+    assert_df_equality(
+        delta_io.read_delta(spark, cfg.tables.profiles), expected, ignore_row_order=True, ignore_nullable=True
+    )
