@@ -350,8 +350,9 @@ def export_subject(spark: SparkSession, cfg: PipelineConfig, subject: Subject) -
 
 
 def distinguishing_values(spark: SparkSession, cfg: PipelineConfig, subject: Subject, run_id: str) -> set[str]:
-    """The subject's identifying values that no other record holds: what must not survive erasure (read as the
-    run first found bronze, quarantine and silver, so a retry checks for the values its first attempt deleted)."""
+    """The subject's identifying values that no other record holds, whole or as a word of a longer value: what
+    must not survive erasure (read as the run first found bronze, quarantine and silver, so a retry checks for the
+    values its first attempt deleted)."""
 
     def values(df: DataFrame) -> set[str]:
         columns = [c for c in IDENTIFYING if c in df.columns]
@@ -385,6 +386,9 @@ def distinguishing_values(spark: SparkSession, cfg: PipelineConfig, subject: Sub
                 mine |= values(df.join(keys, list(SUBJECT)))
                 others |= values(theirs)
     candidates = mine - others
+    # A value held as a word of another record's (a first name in someone's street, a surname in a double-barrelled
+    # one) is in data the erasure keeps, where the scan would find it and fail every attempt.
+    candidates -= scan_texts(others, candidates)
     if candidates and others_lines is not None:
         # Another record's quarantined text that is no JSON (a CSV line) names no field, but holds its values too.
         quoting = reduce(lambda a, b: a | b, [F.col("raw_record").contains(v) for v in candidates])

@@ -24,7 +24,7 @@ from jobs import delta_io, ingest, query, subject_rights, unify
 from jobs.errors import IdresError
 from jobs.runner import INCIDENTS_DIR, record_incident
 from tests.conftest import copy_lakehouse
-from tests.test_resolve import BRIDGE, IRYNA, PEOPLE, bronze_rows
+from tests.test_resolve import BRIDGE, IRYNA, PEOPLE, bronze_rows, silver_rows
 from tests.test_unify import GRANTS, publish
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -607,6 +607,24 @@ def test_a_value_another_records_quarantined_csv_line_holds_is_not_the_subjects_
     kept = delta_io.read_delta(spark, cfg.tables.quarantine).select("source_record_id", "raw_record")
     assert_df_equality(kept, spark.createDataFrame([("UA-78", raw)], kept.schema), ignore_nullable=True)
     assert [h for h in canary_hits(cfg.lakehouse) if "quarantine" not in h] == []
+
+
+def test_a_value_held_as_a_word_of_another_records_value_is_not_the_subjects_to_scan_for(spark, pristine, tmp_path):
+    """Her rare middle name is also the name of a neighbour's street: the neighbour's row keeps it, so the erasure
+    does not demand it gone (which failed every attempt), and finishes."""
+    cfg = copy_lakehouse(pristine, tmp_path)
+    neighbour = {"source_system": "ro_shop", "source_record_id": "R-77", "first_name": "Ana", "last_name": "Pop"}
+    neighbour["street"] = f"Strada {CANARY_BRIDGE['middle_name']} 7"
+    keys = ("source_system", "source_record_id")
+    delta_io.merge_delta(bronze_rows(spark, [neighbour]), cfg.tables.bronze, keys=keys, run_id="run-2", job="test")
+    delta_io.merge_delta(silver_rows(spark, cfg, [neighbour]), cfg.tables.silver, keys=keys, run_id="run-2", job="t")
+
+    certificate_path = subject_rights.run(spark, cfg, run_id="sr-w", action="erase", record=["ua_crm:UA-9"])
+
+    certificate = json.loads(certificate_path.read_text(encoding="utf-8"))
+    assert certificate["scan"]["hits"] == 0 and certificate["rows_deleted"]["bronze"] == 1
+    kept = delta_io.read_delta(spark, cfg.tables.bronze).where(F.col("street").contains("Zzyzxqa"))
+    assert [(r["source_record_id"], r["street"]) for r in kept.collect()] == [("R-77", "Strada Zzyzxqa 7")]
 
 
 def test_a_quarantined_line_without_an_id_that_quotes_the_subjects_values_goes_with_its_erasure(
