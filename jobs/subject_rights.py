@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -433,7 +434,8 @@ def scan_for_values(root: Path, values: Iterable[str], files: Iterable[Path] | N
     """Files under root (or the given ones) holding any of values as a whole value: Parquet cell by cell (nested
     ones by their leaves, a JSON text cell as JSON escapes it), other files as text.
 
-    Returns {path relative to root: number of values found}; an empty dict proves absence.
+    Returns {path relative to root: number of values found}; an empty dict proves absence. A Parquet file that
+    cannot be read (cut short by a killed writer) is listed with 0: nothing proves it holds none.
     """
     pattern = value_pattern(values)
     hits: dict[str, int] = {}
@@ -442,8 +444,12 @@ def scan_for_values(root: Path, values: Iterable[str], files: Iterable[Path] | N
     regex, forms = pattern
     for f in sorted(files if files is not None else (p for p in root.rglob("*") if p.is_file())):
         if f.suffix == ".parquet":
-            cells = (t for column in pq.read_table(f).columns for t in _cell_texts(column.to_pylist()))
-            text = "\n".join(cells)
+            try:
+                columns = pq.read_table(f).columns
+            except (pa.ArrowException, OSError):
+                hits[_path_under(f, root)] = 0
+                continue
+            text = "\n".join(t for column in columns for t in _cell_texts(column.to_pylist()))
         else:
             text = f.read_bytes().decode("utf-8", errors="replace")
         found = {forms[m] for m in regex.findall(text)}
@@ -506,8 +512,9 @@ def _remove_exports_of(folder: Path, record_ids: Iterable[str], values: Iterable
 
 def _remove_splink_tables_quoting(checkpoints: Path, values: Iterable[str]) -> int:
     """Delete, whole, the Splink tables that a killed Spark job left in the checkpoint dir (`__splink__*`
-    folders in it or in an application's folder in it) and that hold any of values; returns how many. Nothing
-    else there is touched: the folder may be shared with other applications."""
+    folders in it or in an application's folder in it) and that hold any of values, or a file that cannot be read
+    (cut short by the kill); returns how many. Nothing else there is touched: the folder may be shared with other
+    applications."""
     values = list(values)
     tables = [t for t in (*checkpoints.glob("__splink__*"), *checkpoints.glob("*/__splink__*")) if t.is_dir()]
     quoting = [t for t in tables if scan_for_values(t, values)]

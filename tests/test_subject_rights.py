@@ -336,6 +336,11 @@ def test_export_holds_every_source_record_then_erasure_leaves_no_trace(spark, pu
     pairs_left = checkpoints / "app-1" / "__splink__df_predict_2" / "part-0.parquet"
     pairs_left.parent.mkdir(parents=True)
     pq.write_table(pa.table({"unique_id_l": ["ua_crm:UA-9"], "unique_id_r": ["ua_crm:UA-1"]}), pairs_left)
+    # and one the kill cut short: its file has no footer, so nothing proves it does not quote her
+    cut_short = checkpoints / "__splink__df_blocked_3" / "part-0.parquet"
+    cut_short.parent.mkdir(parents=True)
+    pq.write_table(pa.table({"middle_name": [CANARY_BRIDGE["middle_name"]]}), cut_short)
+    cut_short.write_bytes(cut_short.read_bytes()[:-12])
     # and another application shares the checkpoint dir: its files are not the erasure's to delete
     other_app = checkpoints / "app-2" / "extract.csv"
     other_app.parent.mkdir()
@@ -348,10 +353,10 @@ def test_export_holds_every_source_record_then_erasure_leaves_no_trace(spark, pu
     certificate_path = subject_rights.run(spark, cfg, run_id="sr-2", action="erase", record=["ua_crm:UA-9"])
     assert canary_hits(cfg.lakehouse) == [] and canary_hits(cfg.reports) == []
     assert canary_hits(checkpoints) == ["app-2/extract.csv"] and not left.parent.exists()
-    assert not pairs_left.parent.exists()
+    assert not pairs_left.parent.exists() and not cut_short.parent.exists()
     assert not quoting.exists() and unrelated.exists() and not export_path.exists()
     certificate = json.loads(certificate_path.read_text(encoding="utf-8"))
-    assert certificate["checkpoint_splink_tables_removed"] == 2
+    assert certificate["checkpoint_splink_tables_removed"] == 3
     assert certificate["scan"]["hits"] == 0 and certificate["scan"]["values_checked"] >= len(CANARIES)
     assert certificate["source_records_erased"] == 1 and len(certificate["certificate_sha256"]) == 64
     assert certificate["re_resolution"] == "published: the gold suites passed it"
