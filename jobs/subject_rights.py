@@ -229,20 +229,20 @@ def unnamed_lines_quoting(lines: DataFrame, values: Iterable[str], id_fields: Ma
 
 
 def _quarantined_rows(
-    spark: SparkSession, path: Path, subject: Subject, id_fields: Mapping[str, str]
+    spark: SparkSession, path: Path, subject: Subject, id_fields: Mapping[str, str], values: Iterable[str]
 ) -> list[dict[str, Any]]:
-    """The subject's quarantined lines (subjects_lines), each with `raw_record_withheld`: a line that names
-    several records keeps its reason, file and hash but not its text, which holds another person's values
-    (GDPR Art. 15(4))."""
+    """The subject's quarantined lines (subjects_lines) and those that name no record but quote one of the
+    subject's distinguishing values (unnamed_lines_quoting, as its erasure deletes them), each with
+    `raw_record_withheld`: a line that names several records, or none, keeps its reason, file and hash but not its
+    text, which may hold another person's values (GDPR Art. 15(4))."""
     if not delta_io.table_exists(path):
         return []
+    quarantine = delta_io.read_delta(spark, path)
     several = F.coalesce(F.size(named_by_source(F.col("raw_record"), id_fields)) > 1, F.lit(False))
-    lines = subjects_lines(delta_io.read_delta(spark, path), subject, id_fields)
-    return _rows(
-        lines.withColumn("raw_record_withheld", several).withColumn(
-            "raw_record", F.when(~F.col("raw_record_withheld"), F.col("raw_record"))
-        )
-    )
+    named = subjects_lines(quarantine, subject, id_fields).withColumn("raw_record_withheld", several)
+    unnamed = quarantine.join(unnamed_lines_quoting(quarantine, values, id_fields), list(QUARANTINE_KEYS), "left_semi")
+    lines = named.unionByName(unnamed.withColumn("raw_record_withheld", F.lit(True)))
+    return _rows(lines.withColumn("raw_record", F.when(~F.col("raw_record_withheld"), F.col("raw_record"))))
 
 
 def own_profile_rows(
@@ -305,12 +305,13 @@ def own_profile_rows(
     }
 
 
-def export_subject(spark: SparkSession, cfg: PipelineConfig, subject: Subject) -> dict[str, Any]:
+def export_subject(spark: SparkSession, cfg: PipelineConfig, subject: Subject, run_id: str) -> dict[str, Any]:
     """Everything held about the subject, each profile value with its source record, purpose and lawful basis;
     of its profiles, only what its own records supplied (own_profile_rows)."""
     t = cfg.tables
     ids = subject.record_ids()
     id_fields = quarantine_id_fields(cfg)
+    evidence = distinguishing_values(spark, cfg, subject, run_id)
     matches = []
     if delta_io.table_exists(t.pairwise_matches):
         pairs = delta_io.read_delta(spark, t.pairwise_matches)
@@ -338,12 +339,14 @@ def export_subject(spark: SparkSession, cfg: PipelineConfig, subject: Subject) -
         "match_evidence": matches,
         "record_profiles": _table_rows(spark, t.record_profiles, subject, "record"),
         "source_records_as_landed": _table_rows(spark, t.bronze, subject, "record"),
-        "source_records_quarantined": _quarantined_rows(spark, t.quarantine, subject, id_fields["quarantine"]),
+        "source_records_quarantined": _quarantined_rows(
+            spark, t.quarantine, subject, id_fields["quarantine"], evidence
+        ),
         "source_records_standardized": _table_rows(spark, t.silver, subject, "record"),
         "source_records_admitted": _table_rows(spark, t.admitted, subject, "record"),
         "consent_events": _table_rows(spark, t.consent_ledger, subject, "record"),
         "consent_events_quarantined": _quarantined_rows(
-            spark, t.consent_quarantine, subject, id_fields["consent_quarantine"]
+            spark, t.consent_quarantine, subject, id_fields["consent_quarantine"], evidence
         ),
         "effective_consent": _table_rows(spark, t.effective_consent, subject, "record"),
         "consent_gate_decisions": _table_rows(spark, t.consent_audit, subject, "record"),
@@ -814,7 +817,7 @@ def run(
             )
     subject = find_subject(spark, cfg, records, profile_id or None, run_id)
     if action == "export":
-        path = write_report(cfg, "export", subject.reference, export_subject(spark, cfg, subject))
+        path = write_report(cfg, "export", subject.reference, export_subject(spark, cfg, subject, run_id))
     elif action == "erase":
         certificate = erase_subject(spark, cfg, subject, run_id, request)
         path = write_report(cfg, "erasure", subject.reference, certificate)

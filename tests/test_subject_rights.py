@@ -640,10 +640,17 @@ def test_a_quarantined_line_without_an_id_that_quotes_the_subjects_values_goes_w
     cfg = copy_lakehouse(pristine, tmp_path)
     raw = f";Мельник;Ірина;{CANARY_BRIDGE['middle_name']};;;;;{CANARY_BRIDGE['street']};;;;;"
     quarantine_one(spark, cfg, {"source_system": "ua_crm", "source_record_id": None}, "missing_source_id", raw)
+    # Her access export lists the line too, as held, without its text: nothing names whose values it holds.
+    export_path = subject_rights.run(spark, cfg, run_id="sr-n0", action="export", record=["ua_crm:UA-9"])
+    listed = json.loads(export_path.read_text(encoding="utf-8"))["source_records_quarantined"]
+    raw_hash = delta_io.read_delta(spark, cfg.tables.quarantine).first()["raw_hash"]
+    assert [(r["reason"], r["raw_hash"], r["raw_record"], r["raw_record_withheld"]) for r in listed] == [
+        ("missing_source_id", raw_hash, None, True)
+    ]
 
     certificate_path = subject_rights.run(spark, cfg, run_id="sr-n", action="erase", record=["ua_crm:UA-9"])
     certificate = json.loads(certificate_path.read_text(encoding="utf-8"))
-    assert certificate["rows_deleted"]["quarantine"] == 1
+    assert certificate["rows_deleted"]["quarantine"] == 1 and certificate["export_files_removed"] == 1
     assert certificate["scan"]["values_checked"] >= len(CANARIES) and certificate["scan"]["hits"] == 0
     assert delta_io.read_delta(spark, cfg.tables.quarantine).count() == 0
     assert canary_hits(cfg.lakehouse) == []
