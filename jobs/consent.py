@@ -191,9 +191,12 @@ def assign_consent_reasons(events: DataFrame, policy: PurposePolicy) -> DataFram
     So is any other text it carries with an undecodable byte (its id, basis, collection method or notice
     version; the id is then made from its content), and a byte elsewhere in its JSONL line (in a key it does
     not need) is no reason to discard it either. A grant must be decodable throughout, its line included. A
-    status is read in any letter case.
+    status and a purpose are read in any letter case (a purpose as the policy spells it).
     """
+    purposes = lookup({p.lower(): p for p in policy.purposes})
     df = events.withColumn("_raw_status", F.col("status")).withColumn("status", F.lower("status"))
+    df = df.withColumn("_raw_purpose", F.col("purpose"))
+    df = df.withColumn("purpose", F.coalesce(purposes[F.lower("purpose")], F.col("purpose")))
     for c in TIMESTAMP_FIELDS:
         df = df.withColumn(f"_raw_{c}", F.col(c)).withColumn(c, parse_event_time(F.col(c)))
     revokes = F.coalesce(_in("status", REVOKING_STATUSES), F.lit(False))
@@ -308,7 +311,7 @@ def one_copy_per_event(events: DataFrame) -> DataFrame:
 def raw_event_values() -> Column:
     """A consent event as the feed wrote it, for the quarantine record: its JSONL line when a byte of it could not
     be decoded, else its fields as JSON."""
-    as_written = {*TIMESTAMP_FIELDS, "status"}
+    as_written = {*TIMESTAMP_FIELDS, "status", "purpose"}
     fields = [F.col(f"_raw_{c}").alias(c) if c in as_written else F.col(c) for c in CONSENT_FEED_COLUMNS]
     return F.coalesce(F.col(UNDECODABLE_LINE), F.to_json(F.struct(*fields)))
 

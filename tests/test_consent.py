@@ -367,7 +367,8 @@ def test_a_refusal_in_a_jsonl_feed_with_an_undecodable_byte_outside_what_decides
         text = json.dumps({k: v for k, v in (fields | changes).items() if v is not None}, ensure_ascii=False)
         return text.encode().replace(b"@", b"\xe9").replace(b"^", b"\\ud83d")  # a Latin-1 byte; half an emoji
 
-    grants = [line(f"UA-{n}", "granted", f"g{n}", event_time="2025-01-01T10:00:00Z") for n in range(1, 9)]
+    granted = (*range(1, 9), 11)
+    grants = [line(f"UA-{n}", "granted", f"g{n}", event_time="2025-01-01T10:00:00Z") for n in granted]
     lines = [
         *grants,
         line("UA-1", "withdrawn", "w1", lawful_basis="cons@nt"),
@@ -377,6 +378,7 @@ def test_a_refusal_in_a_jsonl_feed_with_an_undecodable_byte_outside_what_decides
         line("UA-5", "withdrawn", "w5", purpose="profile_unific@tion"),
         line("UA-6", "withdrawn", "w6", notice_version="v^"),
         line("UA-7", "Withdrawn", "w7"),  # a status in another letter case
+        line("UA-11", "withdrawn", "w11", purpose="Profile_Unification"),  # and a purpose
         line(None, "withdrawn", "w8", **{"subject_@id": "UA-8"}),  # the subject's key
         line("UA-9", "granted", "g9", **{"comm@nt": "x"}),
         line("UA-9", "granted", "g9b", notice_version="v^"),
@@ -402,11 +404,13 @@ def test_a_refusal_in_a_jsonl_feed_with_an_undecodable_byte_outside_what_decides
             ("UA-5", "withdrawn", "consent", "v1", "bad_encoding"),
             ("UA-6", "withdrawn", "consent", None, None),
             ("UA-7", "withdrawn", "consent", "v1", None),
+            ("UA-11", "withdrawn", "consent", "v1", None),
             (None, "withdrawn", "consent", "v1", "bad_encoding"),
         ],
         actual.schema,
     )
     assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
+    assert refusals.where("source_record_id = 'UA-11'").first()["purpose"] == "profile_unification"
     assert refusals.where("source_record_id = 'UA-4'").first()["event_id"].startswith("h:")
     assert [r[ingest.REASON] for r in events.where("source_record_id = 'UA-9'").collect()] == ["bad_encoding"] * 2
     # The quarantine keeps what the feed wrote: the line a bad byte was in, a status as cased
@@ -420,7 +424,7 @@ def test_a_refusal_in_a_jsonl_feed_with_an_undecodable_byte_outside_what_decides
     landed = events.where(F.col(ingest.REASON).isNull())
     decided = consent.effective_consent(landed, ts("2026-01-01")).select("source_record_id", "effective_status")
     expected = spark.createDataFrame(
-        [(f"UA-{n}", "granted" if n in (5, 8) else "withdrawn") for n in range(1, 9)], decided.schema
+        [(f"UA-{n}", "granted" if n in (5, 8) else "withdrawn") for n in granted], decided.schema
     )
     assert_df_equality(decided, expected, ignore_row_order=True, ignore_nullable=True)
 
