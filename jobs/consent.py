@@ -185,7 +185,8 @@ def parse_event_time(raw: Column) -> Column:
 def assign_consent_reasons(events: DataFrame, policy: PurposePolicy) -> DataFrame:
     """Parse timestamps (time-zone aware, to UTC) and give each unusable event a quarantine reason.
 
-    A withdrawal or denial must take effect whenever its subject, purpose and time are sound: its lawful basis
+    A withdrawal or denial must take effect whenever its subject, purpose and time are sound (its event time, or
+    its recorded_at when the event time is missing or cannot be read): its lawful basis
     is not required (an invalid one is dropped), and an optional time it carries that cannot be read
     (recorded_at, expires_at) is dropped instead of discarding the refusal and leaving an earlier grant in force.
     So is any other text it carries with an undecodable byte (its id, basis, collection method or notice
@@ -208,7 +209,12 @@ def assign_consent_reasons(events: DataFrame, policy: PurposePolicy) -> DataFram
     unreadable = {c: F.col(f"_raw_{c}").isNotNull() & F.col(c).isNull() for c in TIMESTAMP_FIELDS}
     unzoned = {c: F.col(f"_raw_{c}").isNotNull() & ~F.col(f"_raw_{c}").rlike(ZONED_DATE_TIME) for c in TIMESTAMP_FIELDS}
     optional = [c for c in TIMESTAMP_FIELDS if c != "event_time"]
-    checked = {c: F.lit(True) if c == "event_time" else ~revokes for c in TIMESTAMP_FIELDS}
+    # A refusal whose event time is missing or cannot be read had happened by the time its source recorded it: it
+    # takes that time (its copies and reruns alike) rather than leave an earlier grant in force.
+    event_time_unusable = F.col("_raw_event_time").isNull() | unreadable["event_time"] | unzoned["event_time"]
+    recorded = F.col("recorded_at").isNotNull() & ~unzoned["recorded_at"]
+    timed_when_recorded = revokes & recorded & event_time_unusable
+    checked = {c: ~timed_when_recorded if c == "event_time" else ~revokes for c in TIMESTAMP_FIELDS}
     bad_time = reduce(lambda a, b: a | b, [checked[c] & unreadable[c] for c in TIMESTAMP_FIELDS])
     no_zone = reduce(lambda a, b: a | b, [checked[c] & unzoned[c] for c in TIMESTAMP_FIELDS])
     reason = (
@@ -218,11 +224,14 @@ def assign_consent_reasons(events: DataFrame, policy: PurposePolicy) -> DataFram
         .when(~F.coalesce(_in("purpose", policy.purposes), F.lit(False)), F.lit(UNKNOWN_PURPOSE))
         .when(~F.coalesce(_in("status", CONSENT_STATUSES), F.lit(False)), F.lit(INVALID_STATUS))
         .when(~revokes & ~valid_basis, F.lit(INVALID_LAWFUL_BASIS))
-        .when(F.col("_raw_event_time").isNull() | bad_time, F.lit(UNPARSEABLE_TIMESTAMP))
+        .when((F.col("_raw_event_time").isNull() & ~timed_when_recorded) | bad_time, F.lit(UNPARSEABLE_TIMESTAMP))
         .when(no_zone, F.lit(TIMESTAMP_WITHOUT_ZONE))
     )
     df = df.withColumn(REASON, reason)
     kept = F.col(REASON).isNull() & revokes  # a refusal that lands without what it cannot carry
+    df = df.withColumn(
+        "event_time", F.when(kept & timed_when_recorded, F.col("recorded_at")).otherwise(F.col("event_time"))
+    )
     dropped = {c: kept & undecodable(F.col(c)) for c in carried}
     dropped["lawful_basis"] = kept & ~valid_basis
     content = F.struct(*[F.col(c) for c in (*SUBJECT, *EVENT_CONTENT)])

@@ -429,6 +429,49 @@ def test_a_refusal_in_a_jsonl_feed_with_an_undecodable_byte_outside_what_decides
     assert_df_equality(decided, expected, ignore_row_order=True, ignore_nullable=True)
 
 
+def test_a_refusal_whose_event_time_cannot_be_read_takes_effect_when_it_was_recorded(spark, cfg):
+    """A withdrawal quarantined for its event time (no zone, a date alone, none) left the grant before it in force;
+    it had happened by the time its source recorded it. A grant, or a refusal with no time to go by, still cannot
+    be placed in time."""
+    grant = ("consent", "granted", "2025-01-01T10:00:00Z", None, None)
+    rows = [
+        ("UA-1", *grant, "g1"),
+        ("UA-1", None, "withdrawn", "2025-06-01 10:00:00", "2025-06-01T10:00:05Z", None, "w1"),  # no zone
+        ("UA-2", *grant, "g2"),
+        ("UA-2", None, "withdrawn", "2025-06-01", "2025-06-02T08:00:00+03:00", None, "w2"),  # a date alone
+        ("UA-3", *grant, "g3"),
+        ("UA-3", None, "denied", None, "2025-06-03T10:00:00Z", None, None),  # no time, no id
+        ("UA-4", *grant, "g4"),
+        ("UA-4", None, "withdrawn", "2025-06-01 10:00:00", "2025-06-01 10:00:05", None, "w4"),  # neither zoned
+        ("UA-5", "consent", "granted", "2025-01-01 10:00:00", "2025-01-01T10:00:05Z", None, "g5"),  # a grant
+    ]
+    events = consent.assign_consent_reasons(mapped_events(spark, rows), cfg.policy)
+    landed_time = F.when(F.col(ingest.REASON).isNull(), F.col("event_time")).alias("event_time")
+    actual = events.where("status <> 'granted' OR source_record_id = 'UA-5'").select(
+        "source_record_id", "status", landed_time, ingest.REASON
+    )
+    expected = spark.createDataFrame(
+        [
+            ("UA-1", "withdrawn", dt.datetime(2025, 6, 1, 10, 0, 5, tzinfo=UTC), None),
+            ("UA-2", "withdrawn", dt.datetime(2025, 6, 2, 5, tzinfo=UTC), None),
+            ("UA-3", "denied", dt.datetime(2025, 6, 3, 10, tzinfo=UTC), None),
+            ("UA-4", "withdrawn", None, "timestamp_without_time_zone"),
+            ("UA-5", "granted", None, "timestamp_without_time_zone"),
+        ],
+        actual.schema,
+    )
+    assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
+    landed = events.where(F.col(ingest.REASON).isNull())
+    decided = consent.effective_consent(landed, ts("2026-01-01")).select("source_record_id", "effective_status")
+    expected = spark.createDataFrame(
+        [("UA-1", "withdrawn"), ("UA-2", "withdrawn"), ("UA-3", "denied"), ("UA-4", "granted")], decided.schema
+    )
+    assert_df_equality(decided, expected, ignore_row_order=True, ignore_nullable=True)
+    # The same rows again give the same events, ids included (the id of UA-3's denial is made from its content).
+    again = consent.assign_consent_reasons(mapped_events(spark, rows), cfg.policy)
+    assert_df_equality(again.select(*events.columns), events, ignore_row_order=True, ignore_nullable=True)
+
+
 def test_copies_of_a_refusal_differing_only_in_what_it_never_decides_by_are_one_event_also_on_a_rerun(spark, cfg):
     """Compared as they land: a copy's invalid basis or unzoned recorded_at is dropped from a refusal, so copies
     differing only there were quarantined as conflicting (the withdrawal lost) or landed one arbitrary copy that
