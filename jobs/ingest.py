@@ -324,6 +324,26 @@ def csv_max_fields(path: Path, encoding: str, delimiter: str, line_sep: str) -> 
     return max(CSV_DEFAULT_MAX_COLUMNS, most + 1)
 
 
+def written_in_utf8_for_a_single_byte_encoding(path: Path, encoding: str, chunk: int = 1 << 23) -> bool:
+    """Whether a file read in a single-byte encoding (windows-1251, ISO 8859-2), which decodes any bytes without an
+    error, is UTF-8 text with letters outside ASCII: an export that switched to UTF-8. Text in such an encoding is
+    not valid UTF-8 beyond a few letters (a lower-case Cyrillic letter in windows-1251 opens a three-byte sequence
+    that the next letter does not continue), so the whole file is checked; the first invalid byte ends it."""
+    if len(b"\xd0\x9f".decode(encoding, errors="replace")) != 2:  # П in UTF-8: one character in a multi-byte one
+        return False
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="strict")
+    beyond_ascii = False
+    with path.open("rb") as fh:
+        try:
+            while block := fh.read(chunk):
+                beyond_ascii |= not block.isascii()
+                decoder.decode(block)
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            return False
+    return beyond_ascii
+
+
 def require_file(name: str, path: Path) -> None:
     """Fail (naming the source) when its extract is not there."""
     if not path.exists():
@@ -549,6 +569,12 @@ def check_source_schema(source: SourceConfig) -> None:
     (read as text); a missing mapped column always fails, as the mapping has to change.
     """
     require_file(source.name, source.path)
+    if source.format == "csv" and written_in_utf8_for_a_single_byte_encoding(source.path, source.encoding):
+        raise SourceSchemaError(
+            source.name,
+            f"the extract is UTF-8 text, but its encoding is set to {source.encoding}, which would read every letter "
+            "outside ASCII as two or three others: set the source's encoding to UTF-8",
+        )
     drift = schema_drift(source, extract_columns(source))
     tolerated = {"fail": (), "allow_added": ("added", "sporadic"), "allow": ("added", "sporadic", "retyped")}[
         source.schema_drift

@@ -476,6 +476,30 @@ def test_an_encoding_spark_cannot_read_csv_in_is_a_config_problem(tmp_path):
     ]
 
 
+@pytest.mark.parametrize(
+    ("encoding", "row"),
+    [("cp1251", ua_row("UA-1", "вул. Хрещатик, 1")), ("iso8859-2", "UA-1;Ştefănescu;Ion;;24.08.1991;m;;;;;;;")],
+)
+def test_a_utf8_extract_of_a_source_set_to_a_single_byte_encoding_fails_before_it_lands_garbled(
+    cfg, tmp_path, encoding, row
+):
+    """windows-1251 reads any bytes, so a UTF-8 export read in it gave Шевченко as РЁРµРІС‡РµРЅРєРѕ, landed, with no
+    reason: the extract fails as drift does, naming both encodings and no value. Its own encoding still reads."""
+    path = tmp_path / "ua.csv"
+    text = CSV_HEADER + "\n" + row + "\n"
+    source = dataclasses.replace(cfg.source("ua_crm"), path=path, encoding=encoding)
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(SourceSchemaError) as raised:
+        ingest.check_source_schema(source)
+    assert str(raised.value) == (
+        f"source 'ua_crm': the extract is UTF-8 text, but its encoding is set to {encoding}, which would read every "
+        "letter outside ASCII as two or three others: set the source's encoding to UTF-8"
+    )
+    ingest.check_source_schema(dataclasses.replace(source, encoding="UTF-8"))
+    path.write_text(text, encoding=encoding)
+    ingest.check_source_schema(source)
+
+
 @pytest.mark.parametrize("drift", ["fail", "allow_added"])
 def test_a_header_quote_left_open_fails_without_the_records_it_would_swallow(cfg, tmp_path, drift):
     path = tmp_path / "ua.csv"
