@@ -1228,6 +1228,28 @@ def _load_concurrency(raw: Any, problems: _Problems) -> ConcurrencyConfig:
     return ConcurrencyConfig(lock_timeout_seconds=float(timeout))
 
 
+# Session settings the jobs rely on (spark_session sets them), which a config may repeat but not change: the consent
+# gate hashes times formatted in the session's zone into event ids, and ingest reads unzoned source times as UTC.
+FIXED_SPARK_PROPERTIES = {
+    "spark.sql.session.timeZone": ("UTC", "event ids hash times formatted in it, and unzoned source times are UTC"),
+    "spark.sql.variable.substitute": ("false", "SQL quotes ids and run ids, in which ${...} is text"),
+    "spark.sql.legacy.javaCharsets": ("true", "sources' encodings are Java's charsets"),
+    "spark.sql.parquet.outputTimestampType": ("TIMESTAMP_MICROS", "delta-rs reads the Parquet Spark writes"),
+}
+# Where a job runs is spark.master (or IDRES_SPARK_MASTER), and under Airflow spark-submit's --master.
+MASTER_PROPERTIES = ("spark.master", "spark.submit.deployMode")
+
+
+def fixed_spark_property(name: str, value: Any) -> str | None:
+    """The problem with a Spark property a config sets that idres fixes itself, or None."""
+    if name in MASTER_PROPERTIES:
+        return "is not set here: the master is pipeline.yaml's spark.master (IDRES_SPARK_MASTER), or Airflow's --master"
+    required, reason = FIXED_SPARK_PROPERTIES.get(name, (None, ""))
+    if required is not None and str(value).casefold() != required.casefold():
+        return f"must be {required} ({reason}), got {value!r}"
+    return None
+
+
 def _spark_submit_conf(conf: Path, session_conf: Mapping[str, Any], problems: _Problems) -> dict[str, str]:
     """conf/spark-submit.json: Spark properties a driver JVM takes at launch (memory, JVM options).
 
@@ -1243,6 +1265,8 @@ def _spark_submit_conf(conf: Path, session_conf: Mapping[str, Any], problems: _P
             problems.add(SPARK_SUBMIT_CONF_FILE, key, f"must be a string, got {type(value).__name__}")
         elif key in session_conf:
             problems.add(SPARK_SUBMIT_CONF_FILE, key, "is set in pipeline.yaml spark.conf too; set it in one place")
+        elif message := fixed_spark_property(key, value):
+            problems.add(SPARK_SUBMIT_CONF_FILE, key, message)
         else:
             launch[key] = value
     return launch
@@ -1311,9 +1335,7 @@ def load_config(conf_dir: Path | str | None = None) -> PipelineConfig:
             problems.add("pipeline.yaml", f"spark.conf.{name}", "is not a Spark property (spark.*)")
         elif value is None or isinstance(value, dict | list):
             problems.add("pipeline.yaml", f"spark.conf.{name}", f"must be a value, got {value!r}")
-        elif name == "spark.sql.session.timeZone" and value != "UTC":
-            # the consent gate hashes times formatted in it into event ids: the same feed would land again
-            message = f"must be UTC (event ids hash times in it), got {value!r}"
+        elif message := fixed_spark_property(name, value):
             problems.add("pipeline.yaml", f"spark.conf.{name}", message)
     master = spark_raw.get("master", spark.master)
     if not isinstance(master, str) or not master.strip():

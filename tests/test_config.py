@@ -422,15 +422,45 @@ def test_a_source_name_holding_the_record_id_separator_is_named(tmp_path):
     )
 
 
-def test_a_session_time_zone_other_than_utc_is_named(tmp_path):
-    """Event ids made from an event's content hash its times as the session formats them."""
-    conf = edited_conf(tmp_path, "pipeline.yaml", (("spark", "conf", "spark.sql.session.timeZone"), "Europe/Kyiv"))
+@pytest.mark.parametrize(
+    ("name", "value", "problem"),
+    [
+        (
+            "spark.sql.session.timeZone",
+            "Europe/Kyiv",
+            "must be UTC (event ids hash times formatted in it, and unzoned source times are UTC), got 'Europe/Kyiv'",
+        ),
+        (
+            "spark.sql.variable.substitute",
+            "true",
+            "must be false (SQL quotes ids and run ids, in which ${...} is text), got 'true'",
+        ),
+        (
+            "spark.master",
+            "local[1]",
+            "is not set here: the master is pipeline.yaml's spark.master (IDRES_SPARK_MASTER), or Airflow's --master",
+        ),
+    ],
+)
+@pytest.mark.parametrize("where", ["pipeline.yaml", "spark-submit.json"])
+def test_a_spark_property_idres_fixes_is_named_in_either_file(tmp_path, where, name, value, problem):
+    """Set in spark-submit.json, a session time zone other than UTC reached every job (ingest read unzoned source
+    times in it, the consent gate hashed times formatted in it into event ids), and a master replaced Airflow's."""
+    if where == "pipeline.yaml":
+        conf = edited_conf(tmp_path, "pipeline.yaml", (("spark", "conf", name), value))
+        key = f"pipeline.yaml: spark.conf.{name}"
+    else:
+        conf = edited_conf(tmp_path, "pipeline.yaml")
+        launch = json.loads((conf / "spark-submit.json").read_text(encoding="utf-8"))
+        (conf / "spark-submit.json").write_text(json.dumps({**launch, name: value}), encoding="utf-8")
+        key = f"spark-submit.json: {name}"
+    if name == "spark.sql.session.timeZone" and where == "spark-submit.json":  # pipeline.yaml sets UTC: drop it there
+        pipeline = yaml.safe_load((conf / "pipeline.yaml").read_text(encoding="utf-8"))
+        del pipeline["spark"]["conf"][name]
+        (conf / "pipeline.yaml").write_text(yaml.safe_dump(pipeline), encoding="utf-8")
     with pytest.raises(ConfigError) as err:
         load_config(conf)
-    assert err.value.problems == [
-        "pipeline.yaml: spark.conf.spark.sql.session.timeZone: must be UTC (event ids hash times in it), "
-        "got 'Europe/Kyiv'"
-    ]
+    assert err.value.problems == [f"{key}: {problem}"]
 
 
 def test_a_source_listed_twice_in_source_priority_is_named(tmp_path):
