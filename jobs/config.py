@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import available_timezones
 
+import pycountry
 import yaml
 
 from jobs.canonical import (
@@ -36,6 +37,8 @@ from jobs.errors import ConfigError, IdresError
 
 SourceFormat = Literal["csv", "jsonl", "parquet"]
 SOURCE_FORMATS: tuple[str, ...] = ("csv", "jsonl", "parquet")
+# A source name, as record ids (`name:id`) and the subject_requests DAG's record param spell it.
+SOURCE_NAME = re.compile(r"[A-Za-z0-9_-]+")
 # A CSV extract's encoding as Python's codecs name it (codecs.lookup(...).name) -> the name Java's charsets, and so
 # Spark's CSV reader, know it by, where they differ (Spark drops a UTF-8 byte-order mark itself).
 JAVA_CHARSET_NAMES = {
@@ -593,8 +596,13 @@ def _read_conf_file(path: Path, problems: _Problems) -> dict[str, Any]:
     return data
 
 
-def _resolve(base: Path, value: str) -> Path:
-    p = Path(os.path.expandvars(value)).expanduser()
+def _resolve(base: Path, value: str, problems: _Problems, file: str, key: str) -> Path:
+    """A configured path, with environment variables and ~ expanded, relative to base. A variable that is not set
+    is a problem: the path would name a folder `$VAR` and the job read and write there."""
+    expanded = os.path.expandvars(value)
+    if unset := re.findall(r"\$\{?(\w+)", expanded):
+        problems.add(file, key, f"names environment variable(s) that are not set: {', '.join(unset)}")
+    p = Path(expanded).expanduser()
     return p if p.is_absolute() else (base / p)
 
 
@@ -663,6 +671,8 @@ def _load_source(i: int, raw: Any, landing: Path, names: set[str], problems: _Pr
             problems.add(
                 file, f"{key}.name", f"must not contain '{RECORD_ID_SEPARATOR}': it ends the name in record ids"
             )
+        elif not SOURCE_NAME.fullmatch(name):  # what the subject_requests DAG accepts before the ':' of a record
+            problems.add(file, f"{key}.name", "must be letters, digits, '_' or '-' (record ids name it)")
         names.add(name)
     problems.unknown_keys(file, key, raw, SOURCE_KEYS)
     region = problems.require(file, key, raw, "region", str)
@@ -674,7 +684,7 @@ def _load_source(i: int, raw: Any, landing: Path, names: set[str], problems: _Pr
     date_format = problems.require(file, key, raw, "date_format", str)
     timestamp_format = problems.require(file, key, raw, "timestamp_format", str)
     country = problems.require(file, key, raw, "default_country", str)
-    if country is not None and (len(country) != 2 or not country.isalpha() or not country.isupper()):
+    if country is not None and (not re.fullmatch("[A-Z]{2}", country) or not pycountry.countries.get(alpha_2=country)):
         problems.add(file, f"{key}.default_country", f"must be an ISO 3166-1 alpha-2 code, got '{country}'")
     encoding = str(raw.get("encoding", "UTF-8"))
     try:
@@ -713,7 +723,9 @@ def _load_source(i: int, raw: Any, landing: Path, names: set[str], problems: _Pr
                 problems,
             )
             if fpath and ffmt:
-                feed = ConsentFeedConfig(path=_resolve(landing, fpath), format=ffmt, columns=fcols)
+                feed = ConsentFeedConfig(
+                    path=_resolve(landing, fpath, problems, file, f"{fkey}.path"), format=ffmt, columns=fcols
+                )
     ignored = _ignored_columns(file, key, raw.get("ignored_columns", []), columns, problems)
     delimiter = raw.get("delimiter", ",")
     if fmt == "csv" and (not isinstance(delimiter, str) or len(delimiter) != 1 or delimiter in '"\r\n'):
@@ -731,7 +743,7 @@ def _load_source(i: int, raw: Any, landing: Path, names: set[str], problems: _Pr
         region=region,
         system=system,
         format=fmt,
-        path=_resolve(landing, path),
+        path=_resolve(landing, path, problems, file, f"{key}.path"),
         columns=columns,
         date_format=date_format,
         timestamp_format=timestamp_format,
@@ -1307,7 +1319,9 @@ def load_config(conf_dir: Path | str | None = None) -> PipelineConfig:
         if not isinstance(value, str) or not value.strip():
             problems.add("pipeline.yaml", f"paths.{key}", f"must be a folder path, got {value!r}")
             value = default
-        return _resolve(root, os.environ.get(f"IDRES_{key.upper()}") or value)
+        variable = f"IDRES_{key.upper()}"
+        where = f"paths.{key} ({variable})" if os.environ.get(variable) else f"paths.{key}"
+        return _resolve(root, os.environ.get(variable) or value, problems, "pipeline.yaml", where)
 
     lakehouse = data_root("lakehouse", "lakehouse")
     landing = data_root("landing", "data/landing")

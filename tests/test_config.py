@@ -463,6 +463,37 @@ def test_a_spark_property_idres_fixes_is_named_in_either_file(tmp_path, where, n
     assert err.value.problems == [f"{key}: {problem}"]
 
 
+def test_a_country_no_iso_list_holds_a_source_name_record_ids_cannot_carry_and_an_unset_variable_are_named(
+    tmp_path, monkeypatch
+):
+    """UK passed as a code (GB's), and every national phone went null; ro.shop loaded, though the subject_requests
+    DAG cannot name its records; ${VAR} unset became a folder named so, which the job read and wrote."""
+    monkeypatch.delenv("IDRES_TEST_UNSET", raising=False)
+    conf = edited_conf(
+        tmp_path,
+        "sources.yaml",
+        (("sources", 0, "default_country"), "UK"),
+        (("sources", 1, "name"), "ro.shop"),
+        (("sources", 2, "path"), "${IDRES_TEST_UNSET}/eu/members.jsonl"),
+    )
+    pipeline = yaml.safe_load((conf / "pipeline.yaml").read_text(encoding="utf-8"))
+    pipeline["paths"]["lakehouse"] = "$IDRES_TEST_UNSET/lakehouse"
+    (conf / "pipeline.yaml").write_text(yaml.safe_dump(pipeline), encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        load_config(conf)
+    for problem in (
+        "sources.yaml: sources[0] (ua_crm).default_country: must be an ISO 3166-1 alpha-2 code, got 'UK'",
+        "sources.yaml: sources[1] (ro.shop).name: must be letters, digits, '_' or '-' (record ids name it)",
+        "sources.yaml: sources[2] (eu_loyalty).path: names environment variable(s) that are not set: IDRES_TEST_UNSET",
+        "pipeline.yaml: paths.lakehouse: names environment variable(s) that are not set: IDRES_TEST_UNSET",
+    ):
+        assert problem in err.value.problems
+    monkeypatch.setenv("IDRES_TEST_UNSET", str(tmp_path))
+    with pytest.raises(ConfigError) as err:
+        load_config(conf)
+    assert not [p for p in err.value.problems if "environment" in p]
+
+
 def test_a_source_listed_twice_in_source_priority_is_named(tmp_path):
     """The later position would win silently, against the order the file shows first."""
     priority = ["eu_loyalty", "ro_shop", "eu_loyalty", "ua_crm"]
