@@ -304,6 +304,8 @@ def csv_record_options(path: Path, encoding: str = "UTF-8", delimiter: str = ","
 # The CSV parser's default limit on the fields of one record (univocity's maxColumns): a record with more fails
 # the whole read, not only its row.
 CSV_DEFAULT_MAX_COLUMNS = 20_480
+# Python's csv reader (csv_max_fields) refuses a field over 128 KiB unless told otherwise; an extract may hold any.
+csv.field_size_limit(2**31 - 1)
 
 
 def csv_max_fields(path: Path, encoding: str, delimiter: str, line_sep: str) -> int:
@@ -312,7 +314,10 @@ def csv_max_fields(path: Path, encoding: str, delimiter: str, line_sep: str) -> 
 
     One pass over the lines, counting delimiters and quotes: a line with an odd number of quotes opens (or
     closes) a quoted field, so the delimiters of the lines until it closes again count towards one record. A
-    delimiter inside quotes, or a stray quote inside an unquoted field, makes the bound higher, never lower.
+    delimiter inside quotes makes the bound higher, never lower. A stray quote inside an unquoted field (O"Brien),
+    which the parser reads as a letter, turns that count's quoting the wrong way for the lines after it, so the
+    fields of each record as Python's csv reader parses it (a quote opens a field only at its start, as Spark's
+    parser has it) bound them too.
     """
     most = in_record = 0
     open_quote = False
@@ -321,7 +326,12 @@ def csv_max_fields(path: Path, encoding: str, delimiter: str, line_sep: str) -> 
             in_record = (in_record if open_quote else 0) + line.count(delimiter)
             open_quote ^= line.count('"') % 2 == 1
             most = max(most, in_record)
-    return max(CSV_DEFAULT_MAX_COLUMNS, most + 1)
+    with path.open(encoding=encoding, errors="replace", newline="") as fh:
+        try:
+            parsed = max(map(len, csv.reader(fh, delimiter=delimiter, escapechar="\\")), default=0)
+        except csv.Error:  # the lines' count stands alone
+            parsed = 0
+    return max(CSV_DEFAULT_MAX_COLUMNS, most + 1, parsed)
 
 
 def written_in_utf8_for_a_single_byte_encoding(path: Path, encoding: str, chunk: int = 1 << 23) -> bool:

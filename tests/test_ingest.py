@@ -282,13 +282,24 @@ def test_a_csv_record_with_more_fields_than_the_parser_default_is_quarantined_an
         ua_row("UA-2", "вул. Франка 3", ";" * 25_000),  # 25,013 fields on one line
         "UA-3" + ";" * 12_000 + '"вул. Бандери 7\nкв. 5"' + ";" * 12_000,  # 24,001 fields on two lines
         ua_row("UA-4", "вул. Шевченка 2"),
+        'UA-5;O"Brien;Ірина;;24.08.1991;ж;;;вул 2;Київ;;;01.03.2025 10:15',  # a quote inside a field is a letter,
+        "UA-6" + ";" * 15_000 + '"вул. Бандери 7',  # so this quote opens a field over two lines: 30,001 fields
+        'кв. 5"' + ";" * 15_000,
     ]
     path = tmp_path / "wide.csv"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     source = dataclasses.replace(cfg.source("ua_crm"), path=path)
     actual = validated_rows(spark, source).select("source_record_id", ingest.REASON)
     expected = spark.createDataFrame(
-        [("UA-1", None), ("UA-2", "wrong_field_count"), ("UA-3", "wrong_field_count"), ("UA-4", None)], actual.schema
+        [
+            ("UA-1", None),
+            ("UA-2", "wrong_field_count"),
+            ("UA-3", "wrong_field_count"),
+            ("UA-4", None),
+            ("UA-5", None),
+            ("UA-6", "wrong_field_count"),
+        ],
+        actual.schema,
     )
     assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
 
