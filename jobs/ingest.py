@@ -853,7 +853,8 @@ def read_settings_fingerprint(source: SourceConfig) -> str:
 def unchanged_sources(cfg: PipelineConfig, fingerprints: Mapping[str, tuple[str | None, str]], run_id: str) -> set[str]:
     """Sources whose extract is byte-identical to the one their last ingest before this run read, under the same
     settings and code (fingerprints: extract and settings digests; a rerun of the run compares with the same
-    earlier run as its first attempt did, so it records the same counts)."""
+    earlier run as its first attempt did, so it records the same counts), and none of whose rows bronze or the
+    quarantine hold from a later load (an attempt that died before recording its counts)."""
     runs = cfg.tables.ingest_runs
     if not delta_io.table_exists(runs) or "read_settings_sha256" not in delta_io.column_names(runs):
         return set()
@@ -861,7 +862,18 @@ def unchanged_sources(cfg: PipelineConfig, fingerprints: Mapping[str, tuple[str 
     rows = delta_io.query_delta(sql, r=runs).to_pylist()
     earlier = sorted((r for r in rows if r["run_id"] != run_id), key=lambda r: r["ingested_at"])
     last = {r["source_system"]: (r["source_sha256"], r["read_settings_sha256"]) for r in earlier}
-    return {name for name, read in last.items() if None not in read and read == fingerprints.get(name)}
+    recorded_at = {r["source_system"]: r["ingested_at"] for r in earlier}
+    # An attempt that died after landing rows but before its audit row may have landed another extract since.
+    landed_after = set()
+    for path, column in ((cfg.tables.bronze, "ingested_at"), (cfg.tables.quarantine, "quarantined_at")):
+        if delta_io.table_exists(path):
+            sql = f"SELECT source_system, max({column}) AS latest FROM t GROUP BY source_system"
+            for r in delta_io.query_delta(sql, t=path).to_pylist():
+                at = recorded_at.get(r["source_system"])
+                if at is not None and r["latest"] is not None and r["latest"] > at:
+                    landed_after.add(r["source_system"])
+    unchanged = {name for name, read in last.items() if None not in read and read == fingerprints.get(name)}
+    return unchanged - landed_after
 
 
 def load_time(cfg: PipelineConfig, now: datetime) -> datetime:

@@ -723,6 +723,44 @@ def test_a_record_changed_back_at_a_source_giving_no_newer_update_time_is_curren
     assert_df_equality(current, expected, ignore_row_order=True, ignore_nullable=True)
 
 
+def test_an_incremental_run_reads_an_extract_again_after_an_attempt_died_before_recording_the_one_it_landed(
+    spark, cfg, monkeypatch
+):
+    """r2 landed a changed record in bronze and died before its counts; the source then sent r1's extract back.
+    Compared with r1's recorded digest alone, incremental skipped it and r2's version stayed current."""
+    from jobs import demo_data, standardize
+    from tests.conftest import write_ua_crm
+
+    demo_data.generate(cfg, people=5, seed=8)
+    write_ua_crm(cfg, [ua_record("UA-1", "Шевченко")])
+    ingest.run(spark, cfg, run_id="r1", mode="incremental")
+    write_ua_crm(cfg, [ua_record("UA-1", "Шевчук")])
+    merge = delta_io.merge_delta
+
+    def dies_at_the_quarantine(df, path, **kwargs):
+        if Path(path) == cfg.tables.quarantine:
+            raise RuntimeError("killed after bronze")
+        return merge(df, path, **kwargs)
+
+    monkeypatch.setattr(delta_io, "merge_delta", dies_at_the_quarantine)
+    with pytest.raises(RuntimeError, match="killed after bronze"):
+        ingest.run(spark, cfg, run_id="r2", mode="incremental")
+    monkeypatch.setattr(delta_io, "merge_delta", merge)
+    write_ua_crm(cfg, [ua_record("UA-1", "Шевченко")])  # r1's extract, byte for byte
+
+    ingest.run(spark, cfg, run_id="r3", mode="incremental")
+
+    current = (
+        delta_io.read_delta(spark, cfg.tables.bronze)
+        .where("source_system = 'ua_crm'")
+        .transform(standardize.latest_bronze_records)
+        .select("source_record_id", "last_name", "run_id")
+    )
+    assert_df_equality(
+        current, spark.createDataFrame([("UA-1", "Шевченко", "r3")], current.schema), ignore_nullable=True
+    )
+
+
 def test_an_ingest_in_the_same_second_as_the_last_or_after_the_clock_was_set_back_loads_after_it(spark, cfg):
     """Versions are ranked by load time. When two ingests fell within one second, they shared it, and a record's
     older version could stay current (a CI run of the test above)."""
