@@ -40,6 +40,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -141,13 +142,36 @@ def find_subject(
         "source_system string, source_record_id string, record_id string",
     )
     if not rows:
-        raise IdresError("the subject has no source records (unknown profile id?)")
+        raise IdresError("the subject has no source records" + _ended_profile(cfg, profile_id))
     profile_ids: set[str] = {profile_id} if profile_id else set()
     if delta_io.table_exists(t.record_profiles):
         found = as_first_found(spark, t.record_profiles, run_id).join(subject, list(SUBJECT))
         profile_ids |= {r["profile_id"] for r in found.select("profile_id").distinct().collect()}
     reference = hashlib.sha256("\n".join(sorted(r["h"] for r in rows)).encode()).hexdigest()
     return Subject(records=subject, profile_ids=tuple(sorted(profile_ids)), reference=reference)
+
+
+def _ended_profile(cfg: PipelineConfig, profile_id: str | None) -> str:
+    """Why a profile id names no records, as the registry tells: merged into a successor, retired, or unknown."""
+    path = cfg.tables.profile_registry
+    if not profile_id or not delta_io.table_exists(path):
+        return " (unknown profile id?)" if profile_id else ""
+    columns = ["status", "successor_profile_id", "ended_run_id"]
+    found = delta_io.arrow_dataset(path).to_table(columns, filter=pc.field("profile_id") == profile_id).to_pylist()
+    if not found:
+        return f": profile {profile_id} was never issued"
+    (row,) = found
+    if row["status"] == "merged":
+        return (
+            f": profile {profile_id} was merged into {row['successor_profile_id']} by run {row['ended_run_id']}; "
+            "name that profile (which may hold another person's records too) or the subject's records"
+        )
+    if row["status"] == "retired":
+        return (
+            f": profile {profile_id} was retired by run {row['ended_run_id']} (its records withdrawn or erased); "
+            "name the subject's records"
+        )
+    return " (unknown profile id?)"
 
 
 def held_records(spark: SparkSession, cfg: PipelineConfig, records: DataFrame, run_id: str) -> int:

@@ -10,7 +10,7 @@ import json
 import re
 import subprocess
 import sys
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
@@ -574,6 +574,35 @@ def test_the_scan_finds_whole_values_only_and_as_json_escapes_them(tmp_path):
     assert subject_rights.scan_for_values(tmp_path / "linked", ["lin"], [tmp_path / "part-0.parquet"]) == {
         "part-0.parquet": 1
     }
+
+
+def test_a_request_for_a_profile_id_that_was_merged_or_retired_says_so_and_changes_nothing(spark, pristine, tmp_path):
+    """An id from an earlier export may have been merged into another person's profile since: the request names the
+    successor for the requester to decide on, rather than "unknown profile id", and takes no one's records."""
+    from jobs.profile_ids import REGISTRY_SCHEMA
+
+    cfg = copy_lakehouse(pristine, tmp_path)
+    iryna = profile_of(spark, cfg, "ua_crm:UA-9")
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    ended = [
+        ("pr_" + "a" * 20, "merged", at, "run-0", at, "run-1", iryna),
+        ("pr_" + "b" * 20, "retired", at, "run-0", at, "run-1", None),
+    ]
+    write_deltalake(
+        str(cfg.tables.profile_registry),
+        pa.Table.from_pylist([dict(zip(REGISTRY_SCHEMA.names, row, strict=True)) for row in ended], REGISTRY_SCHEMA),
+        mode="append",
+    )
+    versions = {name: delta_io.table_version(path) for name, path in cfg.tables.all().items()}
+    expected = {
+        "a": f"profile pr_{'a' * 20} was merged into {iryna} by run run-1; name that profile",
+        "b": f"profile pr_{'b' * 20} was retired by run run-1 (its records withdrawn or erased)",
+        "c": f"profile pr_{'c' * 20} was never issued",
+    }
+    for letter, message in expected.items():
+        with pytest.raises(IdresError, match=re.escape(message)):
+            subject_rights.run(spark, cfg, run_id=f"sr-{letter}", action="erase", profile_id="pr_" + letter * 20)
+    assert {name: delta_io.table_version(path) for name, path in cfg.tables.all().items()} == versions
 
 
 def test_a_record_no_table_holds_is_refused_and_nothing_is_erased(spark, pristine, tmp_path):
