@@ -878,6 +878,8 @@ def _rules(file: str, key: str, raw: Any, problems: _Problems, minimum: int = 1)
     for i, rule in enumerate(raw):
         if isinstance(rule, str) and rule.strip():
             rules.append(rule)
+            for c in unknown_sql_columns(rule, LINKAGE_COLUMNS):
+                problems.add(file, f"{key}[{i}]", f"'{c}' is not a linkage column")
         elif isinstance(rule, list) and rule and all(isinstance(c, str) and c.strip() for c in rule):
             rules.append(tuple(rule))
             for c in rule:  # a column name, or a SQL expression (block_on takes both)
@@ -886,6 +888,22 @@ def _rules(file: str, key: str, raw: Any, problems: _Problems, minimum: int = 1)
         else:
             problems.add(file, f"{key}[{i}]", "must be a list of column names or a SQL string")
     return tuple(rules)
+
+
+@functools.lru_cache(maxsize=256)
+def unknown_sql_columns(sql: str, columns: tuple[str, ...], suffixed: bool = False) -> tuple[str, ...]:
+    """The columns a Splink SQL blocking rule (`l.x = r.x`) or, suffixed, a comparison level's condition
+    (`x_l = x_r`) names that are not among columns, as sqlglot (Splink's SQL parser) reads it; SQL it cannot
+    parse is left to Splink to report."""
+    import sqlglot
+    from sqlglot import exp
+
+    try:
+        tree = sqlglot.parse_one(sql, read="duckdb")
+    except sqlglot.errors.ParseError:
+        return ()
+    known = {f"{c}_{side}" for c in columns for side in "lr"} if suffixed else set(columns)
+    return tuple(dict.fromkeys(c.name for c in tree.find_all(exp.Column) if c.name not in known))
 
 
 def _splink_creator(module: Any, entry: Mapping[str, Any]) -> Any:
@@ -926,6 +944,10 @@ def _check_splink_entry(file: str, key: str, entry: Any, module: Any, problems: 
         for name, value in args.items():
             if isinstance(name, str) and name.startswith("col_name") and value not in LINKAGE_COLUMNS:
                 problems.add(file, f"{key}.args.{name}", f"'{value}' is not a linkage column")
+            elif name == "sql_condition" and isinstance(value, str):
+                unknown = unknown_sql_columns(value, LINKAGE_COLUMNS, suffixed=True)
+                for c in dict.fromkeys(re.sub(r"_[lr]$", "", c) for c in unknown):
+                    problems.add(file, f"{key}.args.{name}", f"'{c}' is not a linkage column")
 
 
 def _check_keywords(
@@ -1093,8 +1115,10 @@ def _check_em_rules_against_policy(linkage: LinkageConfig, policy: PurposePolicy
     """An EM training rule on a column silver does not hold under the policy blocks no pair, and Splink's EM fails
     on it: every resolve would fail once a model must be trained. (A deterministic rule on one only finds no
     match, and a prediction rule no candidate.)"""
+    held = tuple(c for c in LINKAGE_COLUMNS if c in policy.silver_columns)
     for i, rule in enumerate(linkage.em_blocking_rules):
-        for c in rule if isinstance(rule, tuple) else ():
+        named = rule if isinstance(rule, tuple) else unknown_sql_columns(rule, held)
+        for c in named:
             if c in LINKAGE_COLUMNS and c not in policy.silver_columns:
                 problems.add(
                     "splink.yaml",

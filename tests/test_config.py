@@ -743,6 +743,30 @@ def test_moving_the_landing_zone_moves_each_source_under_it_and_names_one_outsid
         outside.with_paths(landing=tmp_path / "landing")
 
 
+def test_columns_named_in_splink_sql_rules_and_level_conditions_are_checked_like_column_lists(tmp_path):
+    """Written as SQL, a rule or level on a column Splink is not given (middle_name), or an EM rule on one the
+    policy keeps out of silver (the national id's pseudonym, not enabled), loaded cleanly and failed every train."""
+    conf = tmp_path / "conf"
+    shutil.copytree(DEFAULT_CONF_DIR, conf)
+    splink = yaml.safe_load((conf / "splink.yaml").read_text(encoding="utf-8"))
+    middle = {"function": "CustomLevel", "args": {"sql_condition": "middle_name_l = middle_name_r"}}
+    splink["comparisons"].append({"name": "middle", "levels": [middle, {"function": "ElseLevel"}]})
+    splink["blocking_rules_to_generate_predictions"].append("l.middle_name = r.middle_name AND l.city = r.city")
+    splink["training"]["em_blocking_rules"].append("l.national_id_hash = r.national_id_hash")
+    (conf / "splink.yaml").write_text(yaml.safe_dump(splink, allow_unicode=True), encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        load_config(conf)
+    n, rules = len(splink["comparisons"]), len(splink["blocking_rules_to_generate_predictions"])
+    em = len(splink["training"]["em_blocking_rules"])
+    assert sorted(err.value.problems) == [
+        f"splink.yaml: blocking_rules_to_generate_predictions[{rules - 1}]: 'middle_name' is not a linkage column",
+        f"splink.yaml: comparisons[{n - 1}].levels[0].args.sql_condition: 'middle_name' is not a linkage column",
+        f"splink.yaml: training.em_blocking_rules[{em - 1}]: 'national_id_hash' is not held in silver under "
+        "policy.yaml (a sensitive column, or a pseudonym pseudonymized_for_matching does not enable): EM would find "
+        "no pair to train on",
+    ]
+
+
 def test_a_policy_without_its_version_is_still_checked_against_survivorship_and_em_rules(tmp_path):
     sensitive = yaml.safe_load((DEFAULT_CONF_DIR / "policy.yaml").read_text(encoding="utf-8"))["sensitive"]
     conf = edited_conf(tmp_path, "policy.yaml", (("sensitive",), [*sensitive, "date_of_birth"]))
