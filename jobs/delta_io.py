@@ -340,12 +340,17 @@ def row_count(path: Path | str) -> int:
     return int(query_delta("SELECT count(*) AS n FROM t", t=path)["n"][0].as_py())
 
 
+def as_utc(at: datetime) -> datetime:
+    """A time a table holds, zone-aware: one read back without a zone is UTC, as every job writes times."""
+    return at.replace(tzinfo=at.tzinfo or UTC)
+
+
 def latest_time(path: Path | str, column: str) -> datetime | None:
     """The latest time (UTC) a table holds in a timestamp column; None when it holds none or does not exist."""
     if not table_exists(path):
         return None
     latest = query_delta(f'SELECT max("{column}") AS latest FROM t', t=path).column("latest")[0].as_py()
-    return latest.replace(tzinfo=latest.tzinfo or UTC) if latest is not None else None
+    return as_utc(latest) if latest is not None else None
 
 
 def run_time(now: datetime, recorded: Iterable[tuple[Path | str, str]]) -> datetime:

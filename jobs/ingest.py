@@ -862,7 +862,7 @@ def unchanged_sources(cfg: PipelineConfig, fingerprints: Mapping[str, tuple[str 
     rows = delta_io.query_delta(sql, r=runs).to_pylist()
     earlier = sorted((r for r in rows if r["run_id"] != run_id), key=lambda r: r["ingested_at"])
     last = {r["source_system"]: (r["source_sha256"], r["read_settings_sha256"]) for r in earlier}
-    recorded_at = {r["source_system"]: r["ingested_at"] for r in earlier}
+    recorded_at = {r["source_system"]: delta_io.as_utc(r["ingested_at"]) for r in earlier}
     # An attempt that died after landing rows but before its audit row may have landed another extract since.
     landed_after = set()
     for path, column in ((cfg.tables.bronze, "ingested_at"), (cfg.tables.quarantine, "quarantined_at")):
@@ -870,7 +870,7 @@ def unchanged_sources(cfg: PipelineConfig, fingerprints: Mapping[str, tuple[str 
             sql = f"SELECT source_system, max({column}) AS latest FROM t GROUP BY source_system"
             for r in delta_io.query_delta(sql, t=path).to_pylist():
                 at = recorded_at.get(r["source_system"])
-                if at is not None and r["latest"] is not None and r["latest"] > at:
+                if at is not None and r["latest"] is not None and delta_io.as_utc(r["latest"]) > at:
                     landed_after.add(r["source_system"])
     unchanged = {name for name, read in last.items() if None not in read and read == fingerprints.get(name)}
     return unchanged - landed_after
