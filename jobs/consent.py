@@ -331,12 +331,15 @@ def lapsed_grant(cutoff: Column) -> Column:
 
 
 def refusals_in_force_when_received(ledger: DataFrame) -> DataFrame:
-    """Ledger rows with a refusal's event_time no later than its recorded_at and the ledger's landed_at: it had
-    happened by the time its source recorded it and this gate received it, so a time typed years ahead (2205 for
-    2025) cannot leave an earlier grant in force. A grant keeps its time: dated ahead, it only starts later."""
-    bounds = [F.col(c) for c in ("event_time", "recorded_at", "landed_at") if c in ledger.columns]
+    """Ledger rows with a refusal's event_time no later than the ledger's landed_at: it had happened by the time
+    this gate received it, so a time typed years ahead (2205 for 2025) cannot leave an earlier grant in force. Its
+    recorded_at is no bound: typed years back (2015 for 2025), it would move the refusal before a grant it came
+    after, which would then decide. A grant keeps its time: dated ahead, it only starts later."""
+    if "landed_at" not in ledger.columns:  # events not landed yet
+        return ledger
     refusal = F.coalesce(F.col("status").isin(*REVOKING_STATUSES), F.lit(False))
-    return ledger.withColumn("event_time", F.when(refusal, F.least(*bounds)).otherwise(F.col("event_time")))
+    in_force = F.least("event_time", "landed_at")
+    return ledger.withColumn("event_time", F.when(refusal, in_force).otherwise(F.col("event_time")))
 
 
 def effective_consent(ledger: DataFrame, cutoff: datetime) -> DataFrame:
@@ -345,7 +348,7 @@ def effective_consent(ledger: DataFrame, cutoff: datetime) -> DataFrame:
     The deciding event is the latest one still in force: a grant whose expiry has passed decides nothing, so the
     latest event before it does (a withdrawal stays withdrawn, an open-ended grant stays granted). Only when every
     event is a lapsed grant does the latest of them decide, as `expired`. A refusal takes effect when it happened
-    or, at the latest, when it was recorded or received (refusals_in_force_when_received).
+    or, at the latest, when it was received (refusals_in_force_when_received).
     """
     precedence = lookup(STATUS_PRECEDENCE)
     events = (

@@ -77,8 +77,9 @@ def test_effective_consent_takes_the_latest_event_and_withdrawal_wins_ties(spark
     assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
 
 
-def test_a_refusal_dated_after_it_was_recorded_or_received_takes_effect_by_then(spark):
-    """A withdrawal typed 2205 for 2025 never took effect, and nothing flagged it; a grant dated ahead starts later."""
+def test_a_refusal_dated_after_it_was_received_takes_effect_by_then(spark):
+    """A withdrawal typed 2205 for 2025 never took effect, and nothing flagged it; a grant dated ahead starts later.
+    A recorded_at typed years back (2015) moved a withdrawal before the grant it came after, which then decided."""
     cutoff = dt.datetime.fromisoformat(CUTOFF)
     typo = ts("2205-06-01")
 
@@ -98,13 +99,14 @@ def test_a_refusal_dated_after_it_was_recorded_or_received_takes_effect_by_then(
             landed,
         )
 
-    rows = [row(s, f"g{s}", "granted", ts("2025-01-01"), ts("2025-01-01"), ts("2025-01-02")) for s in "1235"]
+    rows = [row(s, f"g{s}", "granted", ts("2025-01-01"), ts("2025-01-01"), ts("2025-01-02")) for s in "12356"]
     rows += [
         row("1", "w1", "withdrawn", typo, recorded=ts("2025-06-01"), landed=ts("2025-06-02")),
         row("2", "w2", "withdrawn", typo, landed=ts("2025-07-01")),  # no recorded_at: received then
         row("3", "w3", "withdrawn", typo, landed=ts("2026-07-01")),  # received after the cutoff
         row("4", "g4", "granted", typo, recorded=ts("2025-01-01"), landed=ts("2025-01-02")),
         row("5", "w5", "withdrawn", ts("2025-02-01"), recorded=ts("2025-03-01"), landed=ts("2025-03-02")),
+        row("6", "w6", "withdrawn", ts("2025-06-01"), recorded=ts("2015-06-01"), landed=ts("2025-06-02")),
     ]
     ledger = spark.createDataFrame(rows, f"{LEDGER_SCHEMA}, landed_at timestamp")
 
@@ -114,10 +116,11 @@ def test_a_refusal_dated_after_it_was_recorded_or_received_takes_effect_by_then(
 
     expected = spark.createDataFrame(
         [
-            ("1", "withdrawn", "w1", ts("2025-06-01")),
+            ("1", "withdrawn", "w1", ts("2025-06-02")),  # received then
             ("2", "withdrawn", "w2", ts("2025-07-01")),
             ("3", "granted", "g3", ts("2025-01-01")),
             ("5", "withdrawn", "w5", ts("2025-02-01")),  # recorded later: in force from when it happened
+            ("6", "withdrawn", "w6", ts("2025-06-01")),  # recorded "before": in force from when it happened
         ],
         actual.schema,
     )
