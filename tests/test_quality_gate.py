@@ -494,65 +494,58 @@ def timestamps(df, *columns: str):
 
 
 def test_every_admitted_record_needs_a_ledger_grant_in_force_at_the_runs_cutoff(spark, cfg):
-    ledger = (
-        spark.createDataFrame(
-            [
-                ("s", "e1", "r1", "profile_unification", "granted", "consent", None, None),  # open-ended
-                (
-                    "s",
-                    "e2",
-                    "r2",
-                    "profile_unification",
-                    "granted",
-                    "contract",
-                    "2026-12-01 00:00:00",
-                    None,
-                ),  # after the cutoff
-                ("s", "e3", "r3", "profile_unification", "granted", "consent", "2026-10-01 00:00:00", None),  # expired
-                ("s", "e4", "r4", "profile_unification", "withdrawn", "consent", None, None),
-                ("s", "e5", "r5", "profile_unification", "granted", "legitimate_interest", None, None),  # not accepted
-                ("s", "e6", "r6", "marketing_email", "granted", "consent", None, None),  # another purpose
-                ("s", "e7", "rX", "profile_unification", "granted", "consent", None, None),  # another subject's
-                (
-                    "s",
-                    "e9",
-                    "r9",
-                    "profile_unification",
-                    "granted",
-                    "consent",
-                    "2026-11-01 00:00:00",
-                    None,
-                ),  # at the cutoff
-                # a grant a later withdrawal, or a later grant, overrides at the cutoff
-                ("s", "e10", "r10", "profile_unification", "granted", "consent", None, None),
-                ("s", "w10", "r10", "profile_unification", "withdrawn", None, None, "2026-06-01 00:00:00"),
-                ("s", "e11", "r11", "profile_unification", "granted", "consent", None, None),
-                ("s", "g11", "r11", "profile_unification", "granted", "consent", None, "2026-06-01 00:00:00"),
-                # a withdrawal after the cutoff does not
-                ("s", "e12", "r12", "profile_unification", "granted", "consent", None, None),
-                ("s", "w12", "r12", "profile_unification", "withdrawn", None, None, "2026-11-15 00:00:00"),
-                # unless it was received before the cutoff (a year typed wrong): it had happened by then
-                ("s", "e13", "r13", "profile_unification", "granted", "consent", None, None),
-                ("s", "w13", "r13", "profile_unification", "withdrawn", None, None, "2205-11-15 00:00:00"),
-            ],
-            "source_system string, event_id string, source_record_id string, purpose string, status string, "
-            "lawful_basis string, expires_at string, event_time string",
-        )
-        .withColumns(
-            {
-                "expires_at": F.to_timestamp("expires_at"),
-                "event_time": F.to_timestamp(F.coalesce("event_time", F.lit("2026-01-01 00:00:00"))),
-                "recorded_at": F.when(F.col("event_id") == "w13", F.to_timestamp(F.lit("2026-10-15 00:00:00"))),
-                "run_id": F.lit("r2"),
-            }
-        )
-        .withColumns(
-            {
-                "landed_at": F.when(F.col("event_id") == "w13", F.to_timestamp(F.lit("2026-10-16 00:00:00"))).otherwise(
-                    F.col("event_time")
-                )
-            }
-        )
+    event_time = F.to_timestamp(F.coalesce("event_time", F.lit("2026-01-01 00:00:00")))
+    ledger = spark.createDataFrame(
+        [
+            ("s", "e1", "r1", "profile_unification", "granted", "consent", None, None),  # open-ended
+            (
+                "s",
+                "e2",
+                "r2",
+                "profile_unification",
+                "granted",
+                "contract",
+                "2026-12-01 00:00:00",
+                None,
+            ),  # after the cutoff
+            ("s", "e3", "r3", "profile_unification", "granted", "consent", "2026-10-01 00:00:00", None),  # expired
+            ("s", "e4", "r4", "profile_unification", "withdrawn", "consent", None, None),
+            ("s", "e5", "r5", "profile_unification", "granted", "legitimate_interest", None, None),  # not accepted
+            ("s", "e6", "r6", "marketing_email", "granted", "consent", None, None),  # another purpose
+            ("s", "e7", "rX", "profile_unification", "granted", "consent", None, None),  # another subject's
+            (
+                "s",
+                "e9",
+                "r9",
+                "profile_unification",
+                "granted",
+                "consent",
+                "2026-11-01 00:00:00",
+                None,
+            ),  # at the cutoff
+            # a grant a later withdrawal, or a later grant, overrides at the cutoff
+            ("s", "e10", "r10", "profile_unification", "granted", "consent", None, None),
+            ("s", "w10", "r10", "profile_unification", "withdrawn", None, None, "2026-06-01 00:00:00"),
+            ("s", "e11", "r11", "profile_unification", "granted", "consent", None, None),
+            ("s", "g11", "r11", "profile_unification", "granted", "consent", None, "2026-06-01 00:00:00"),
+            # a withdrawal after the cutoff does not
+            ("s", "e12", "r12", "profile_unification", "granted", "consent", None, None),
+            ("s", "w12", "r12", "profile_unification", "withdrawn", None, None, "2026-11-15 00:00:00"),
+            # unless it was received before the cutoff (a year typed wrong): it had happened by then
+            ("s", "e13", "r13", "profile_unification", "granted", "consent", None, None),
+            ("s", "w13", "r13", "profile_unification", "withdrawn", None, None, "2205-11-15 00:00:00"),
+        ],
+        "source_system string, event_id string, source_record_id string, purpose string, status string, "
+        "lawful_basis string, expires_at string, event_time string",
+    ).withColumns(
+        {
+            "expires_at": F.to_timestamp("expires_at"),
+            "event_time": event_time,
+            "recorded_at": F.when(F.col("event_id") == "w13", F.to_timestamp(F.lit("2026-10-15 00:00:00"))),
+            # received when it happened, but w13
+            "landed_at": F.when(F.col("event_id") == "w13", F.to_timestamp(F.lit("2026-10-16"))).otherwise(event_time),
+            "run_id": F.lit("r2"),
+        }
     )
     runs = spark.createDataFrame(
         [("r1", "2026-10-01 00:00:00", "2026-12-15 00:00:00"), ("r2", "2026-11-02 00:00:00", "2026-11-01 00:00:00")],
