@@ -190,6 +190,26 @@ def assign_stable_profile_ids(
     return ProfileIdAssignment(assignments=assignments, registry=updated, events=events)
 
 
+def retire_withdrawn(db: SqlEngine, registry: str, withdrawn: str, run_id: str, now: datetime) -> tuple[str, str]:
+    """The registry rows of the active profiles named in `withdrawn` (profile_id), retired by this run, and their
+    `retired` events (EVENTS_SCHEMA): for profiles whose records left gold outside a resolve (an erasure whose
+    re-resolution was not published), so that their ids stay issued, as the next resolve would have left them."""
+    run, at = sql_string(run_id), sql_timestamp(now)
+    ended = db.create(
+        "withdrawn_registry",
+        f"""SELECT profile_id, '{RETIRED}' AS status, created_at, created_run_id, {at} AS ended_at,
+            {run} AS ended_run_id, CAST(NULL AS VARCHAR) AS successor_profile_id
+        FROM {registry} WHERE status = '{ACTIVE}' AND profile_id IN (SELECT profile_id FROM {withdrawn})""",
+    )
+    events = db.create(
+        "withdrawn_events",
+        f"""SELECT {run} AS run_id, '{RETIRED}' AS event_type, profile_id, CAST(NULL AS VARCHAR) AS related_profile_id,
+            CAST(0 AS BIGINT) AS records, {at} AS event_at
+        FROM {ended}""",
+    )
+    return ended, events
+
+
 def with_event_ids(db: SqlEngine, events: str, staged_at: datetime) -> str:
     """This run's identity events (EVENTS_SCHEMA), each with its event_id: a hash of the run, the instant resolve
     staged it, the event type and its profiles. The instant, because a run published again under its run id

@@ -48,9 +48,11 @@ from pyspark.sql import functions as F
 from jobs import delta_io, publication, quality_gate, resolve, unify
 from jobs.canonical import RECORD_ID_SEPARATOR, SUBJECT, subject_hash
 from jobs.config import PipelineConfig, TablePaths
+from jobs.engines import open_engine
 from jobs.errors import IdresError
 from jobs.files import write_whole
 from jobs.ingest import QUARANTINE_KEYS, json_id_fields, named_by_source
+from jobs.profile_ids import retire_withdrawn, with_event_ids
 from jobs.runner import INCIDENTS_DIR, job_arg_parser, run_job
 
 log = logging.getLogger("idres.subject_rights")
@@ -569,7 +571,40 @@ def admitted_records_published(cfg: PipelineConfig) -> bool:
     return published is not None and (landed is None or published > landed)
 
 
-def republish_without_subject(spark: SparkSession, cfg: PipelineConfig, subject: Subject, run_id: str) -> str:
+def profiles_shared_with_others(spark: SparkSession, cfg: PipelineConfig, subject: Subject, run_id: str) -> list[str]:
+    """The subject's profiles that held other records too (as the run first found them): their ids and history
+    are the other records' people's as well, so the erasure keeps them in the registry and identity events."""
+    path = cfg.tables.record_profiles
+    if not subject.profile_ids or not delta_io.table_exists(path):
+        return []
+    members = as_first_found(spark, path, run_id).where(F.col("profile_id").isin(*subject.profile_ids))
+    others = members.join(subject.records, list(SUBJECT), "left_anti").select("profile_id").distinct()
+    return sorted(r["profile_id"] for r in others.collect())
+
+
+def retire_withdrawn_profiles(
+    spark: SparkSession, cfg: PipelineConfig, profile_ids: Sequence[str], run_id: str
+) -> None:
+    """Retire the withdrawn profiles in the registry, each with its identity event, as a resolve retires a profile
+    no record holds: their ids stay issued and say what became of them (the next run gives the records new ids)."""
+    t = cfg.tables
+    if not profile_ids or not delta_io.table_exists(t.profile_registry):
+        return
+    now = delta_io.run_time(datetime.now(UTC), [(t.identity_events, "event_at"), (t.profile_registry, "created_at")])
+    job = {"run_id": run_id, "job": JOB}
+    with open_engine(spark, "duckdb") as db:
+        withdrawn = db.register("withdrawn", pa.table({"profile_id": pa.array(profile_ids, pa.string())}))
+        registry, events = retire_withdrawn(db, db.read_delta("registry", t.profile_registry), withdrawn, run_id, now)
+        events = with_event_ids(db, events, now)
+        delta_io.merge_delta(
+            db.write_source(registry), t.profile_registry, keys=("profile_id",), update_changed=True, **job
+        )
+        delta_io.merge_delta(db.write_source(events), t.identity_events, keys=("event_id",), **job)
+
+
+def republish_without_subject(
+    spark: SparkSession, cfg: PipelineConfig, subject: Subject, run_id: str, shared: Sequence[str] = ()
+) -> str:
     """Re-cluster what the subject's records bridged and publish it when the gold suites pass it; returns what
     happened, for the certificate.
 
@@ -578,8 +613,8 @@ def republish_without_subject(spark: SparkSession, cfg: PipelineConfig, subject:
     from those tables, could not pass them. When the consent gate ran after the last publication (a run the
     quality gate refused, or one that stopped before it), or the gold suites refuse the re-resolution, nothing of
     it is published, and the subject's profiles are withdrawn from gold whole (their other records' assignments,
-    sources and lineage), so no published row refers to a deleted profile. The next run that passes the gate
-    gives those records profiles again.
+    sources and lineage), so no published row refers to a deleted profile; those `shared` with other records are
+    retired. The next run that passes the gate gives those records profiles again.
     """
     t = cfg.tables
     if admitted_records_published(cfg):
@@ -604,6 +639,7 @@ def republish_without_subject(spark: SparkSession, cfg: PipelineConfig, subject:
         profiles = spark.createDataFrame([(p,) for p in subject.profile_ids], "profile_id string")
         for name in ("record_profiles", "profile_sources", "profile_lineage"):
             delta_io.delete_matching(profiles, getattr(t, name), **job)
+        retire_withdrawn_profiles(spark, cfg, shared, run_id)
     return f"not published: {refusal}; the subject's profiles are withdrawn until a run passes the quality gate"
 
 
@@ -616,6 +652,7 @@ def erase_subject(
     exports = cfg.reports / REQUESTS_DIR
     job = {"run_id": run_id, "job": JOB}
     evidence = distinguishing_values(spark, cfg, subject, run_id)
+    shared = profiles_shared_with_others(spark, cfg, subject, run_id)
     if not evidence and (erased_by := _erased_before(spark, t, subject, run_id)):
         # Its earlier access exports are found by record id, with no value to hand: removed before giving up.
         if removed := _remove_exports_of(exports, subject.record_ids(), ()):
@@ -666,11 +703,12 @@ def erase_subject(
 
     re_resolution = "nothing resolved yet"
     if delta_io.table_exists(t.admitted) and delta_io.table_exists(t.record_profiles):
-        re_resolution = republish_without_subject(spark, cfg, subject, run_id)
+        re_resolution = republish_without_subject(spark, cfg, subject, run_id, shared)
     publication.drop_staging(cfg)  # candidates of an earlier, failed gate hold the subject too
-    if subject.profile_ids and delta_io.table_exists(t.record_profiles):
+    own = sorted(set(subject.profile_ids) - set(shared))  # profiles of the subject's records alone
+    if own and delta_io.table_exists(t.record_profiles):
         remaining = delta_io.read_delta(spark, t.record_profiles).select("profile_id").distinct()
-        gone = spark.createDataFrame([(p,) for p in subject.profile_ids], "profile_id string").join(
+        gone = spark.createDataFrame([(p,) for p in own], "profile_id string").join(
             remaining, "profile_id", "left_anti"
         )
         for name in ("profile_registry", "identity_events"):

@@ -424,6 +424,16 @@ def test_an_erasure_whose_re_resolution_the_gold_suites_refuse_publishes_none_of
     for name in ("profile_sources", "profile_lineage", "profile_permissions"):
         rows = delta_io.read_delta(spark, getattr(cfg.tables, name)).where(F.col("profile_id") == iryna)
         assert rows.count() == 0, name
+    # The withdrawn profile held two other people's records too: its id stays issued, retired by the erasure.
+    registry = delta_io.read_delta(spark, cfg.tables.profile_registry).where(F.col("profile_id") == iryna)
+    assert [(r["status"], r["ended_run_id"], r["successor_profile_id"]) for r in registry.collect()] == [
+        ("retired", "sr-refused", None)
+    ]
+    events = delta_io.read_delta(spark, cfg.tables.identity_events).where(F.col("profile_id") == iryna)
+    assert sorted((e["run_id"], e["event_type"], e["records"]) for e in events.collect()) == [
+        ("run-1", "created", 3),
+        ("sr-refused", "retired", 0),
+    ]
     assert canary_hits(cfg.lakehouse) == [] and canary_hits(cfg.reports) == []
 
 
