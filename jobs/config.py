@@ -98,6 +98,8 @@ class ConsentFeedConfig:
     path: Path
     format: SourceFormat
     columns: Mapping[str, str]
+    encoding: str = "UTF-8"  # of a csv feed, as the source's
+    delimiter: str = ","
 
 
 @dataclass(frozen=True)
@@ -657,6 +659,32 @@ CONSENT_FEED_COLUMNS: tuple[str, ...] = (
 )
 
 
+def _text_options(file: str, key: str, raw: Mapping[str, Any], fmt: str | None, problems: _Problems) -> tuple[str, str]:
+    """A feed's `encoding` (as Java names it; UTF-8 by default, and always for jsonl) and csv `delimiter` (`,` by
+    default), each problem reported under `key`."""
+    encoding = str(raw.get("encoding", "UTF-8"))
+    try:
+        codec = codecs.lookup(encoding).name
+    except LookupError:
+        problems.add(file, f"{key}.encoding", f"is not a known text encoding, got '{encoding}'")
+    else:
+        codec = JAVA_CHARSET_NAMES.get(codec, codec)
+        if fmt == "jsonl" and codec != "utf-8":
+            problems.add(file, f"{key}.encoding", f"must be UTF-8 for jsonl (RFC 8259), got '{encoding}'")
+        elif codec not in SPARK_CSV_CHARSETS:
+            problems.add(
+                file, f"{key}.encoding", f"is not an encoding Spark's CSV reader (Java) knows, got '{encoding}'"
+            )
+        else:
+            encoding = codec
+    delimiter = raw.get("delimiter", ",")
+    if fmt == "csv" and (not isinstance(delimiter, str) or len(delimiter) != 1 or delimiter in '"\r\n'):
+        problems.add(
+            file, f"{key}.delimiter", f"must be one character other than a quote or line break, got {delimiter!r}"
+        )
+    return encoding, str(delimiter)
+
+
 def _load_source(i: int, raw: Any, landing: Path, names: set[str], problems: _Problems) -> SourceConfig | None:
     file, key = "sources.yaml", f"sources[{i}]"
     if not isinstance(raw, dict):
@@ -686,21 +714,7 @@ def _load_source(i: int, raw: Any, landing: Path, names: set[str], problems: _Pr
     country = problems.require(file, key, raw, "default_country", str)
     if country is not None and (not re.fullmatch("[A-Z]{2}", country) or not pycountry.countries.get(alpha_2=country)):
         problems.add(file, f"{key}.default_country", f"must be an ISO 3166-1 alpha-2 code, got '{country}'")
-    encoding = str(raw.get("encoding", "UTF-8"))
-    try:
-        codec = codecs.lookup(encoding).name
-    except LookupError:
-        problems.add(file, f"{key}.encoding", f"is not a known text encoding, got '{encoding}'")
-    else:
-        codec = JAVA_CHARSET_NAMES.get(codec, codec)
-        if fmt == "jsonl" and codec != "utf-8":
-            problems.add(file, f"{key}.encoding", f"must be UTF-8 for jsonl (RFC 8259), got '{encoding}'")
-        elif codec not in SPARK_CSV_CHARSETS:
-            problems.add(
-                file, f"{key}.encoding", f"is not an encoding Spark's CSV reader (Java) knows, got '{encoding}'"
-            )
-        else:
-            encoding = codec
+    encoding, delimiter = _text_options(file, key, raw, fmt, problems)
     columns = _columns(file, f"{key}.columns", raw.get("columns"), CANONICAL_COLUMNS, ("source_record_id",), problems)
     feed = None
     raw_feed = raw.get("consent_feed")
@@ -709,11 +723,12 @@ def _load_source(i: int, raw: Any, landing: Path, names: set[str], problems: _Pr
         if not isinstance(raw_feed, dict):
             problems.add(file, fkey, "must be a mapping")
         else:
-            problems.unknown_keys(file, fkey, raw_feed, ("path", "format", "columns"))
+            problems.unknown_keys(file, fkey, raw_feed, ("path", "format", "encoding", "delimiter", "columns"))
             fpath = problems.require(file, fkey, raw_feed, "path", str)
             ffmt = problems.require(file, fkey, raw_feed, "format", str)
             if ffmt is not None and ffmt not in SOURCE_FORMATS:
                 problems.add(file, f"{fkey}.format", f"must be one of {', '.join(SOURCE_FORMATS)}")
+            fencoding, fdelimiter = _text_options(file, fkey, raw_feed, ffmt, problems)
             fcols = _columns(
                 file,
                 f"{fkey}.columns",
@@ -724,14 +739,13 @@ def _load_source(i: int, raw: Any, landing: Path, names: set[str], problems: _Pr
             )
             if fpath and ffmt:
                 feed = ConsentFeedConfig(
-                    path=_resolve(landing, fpath, problems, file, f"{fkey}.path"), format=ffmt, columns=fcols
+                    path=_resolve(landing, fpath, problems, file, f"{fkey}.path"),
+                    format=ffmt,
+                    columns=fcols,
+                    encoding=fencoding,
+                    delimiter=fdelimiter,
                 )
     ignored = _ignored_columns(file, key, raw.get("ignored_columns", []), columns, problems)
-    delimiter = raw.get("delimiter", ",")
-    if fmt == "csv" and (not isinstance(delimiter, str) or len(delimiter) != 1 or delimiter in '"\r\n'):
-        problems.add(
-            file, f"{key}.delimiter", f"must be one character other than a quote or line break, got {delimiter!r}"
-        )
     drift = raw.get("schema_drift", "fail")
     if drift not in SCHEMA_DRIFT_MODES:
         problems.add(file, f"{key}.schema_drift", f"must be one of {', '.join(SCHEMA_DRIFT_MODES)}, got '{drift}'")
@@ -749,7 +763,7 @@ def _load_source(i: int, raw: Any, landing: Path, names: set[str], problems: _Pr
         timestamp_format=timestamp_format,
         default_country=country,
         encoding=encoding,
-        delimiter=str(delimiter),
+        delimiter=delimiter,
         consent_feed=feed,
         ignored_columns=ignored,
         schema_drift=drift if drift in SCHEMA_DRIFT_MODES else "fail",

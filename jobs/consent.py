@@ -45,6 +45,7 @@ from jobs.ingest import (
     SOURCE_FILE,
     UNDECODABLE_LINE,
     badly_encoded,
+    check_text_encoding,
     erasure_register,
     json_id_fields,
     mapped_strings,
@@ -502,21 +503,25 @@ def land_consent_events(
 ) -> tuple[list[str], list[Row]]:
     """Land every configured consent feed in the ledger; bad events go to the consent quarantine. Returns the
     feeds landed and their events counted by source system and reason, for record_consent_events."""
-    sources = [s for s in cfg.sources if s.consent_feed is not None]
+    feeds = {f"{s.name} consent feed": s for s in cfg.sources if s.consent_feed is not None}
     frames = [
         read_feed(
             spark,
-            f"{s.name} consent feed",
+            name,
             s.consent_feed.path,
             s.consent_feed.format,
             s.consent_feed.columns.values(),
+            encoding=s.consent_feed.encoding,
+            delimiter=s.consent_feed.delimiter,
             id_column=s.consent_feed.columns.get("source_record_id"),
             undecodable_lines_whole=False,
         )
         .transform(map_consent_events, s)
         .transform(assign_consent_reasons, cfg.policy)
-        for s in sources
+        for name, s in feeds.items()
     ]
+    for name, s in feeds.items():  # read_feed checked each file is there
+        check_text_encoding(name, s.consent_feed.path, s.consent_feed.format, s.consent_feed.encoding)
     if not frames:
         return [], []
     ledger_path = cfg.tables.consent_ledger
@@ -550,7 +555,7 @@ def land_consent_events(
         )
     finally:
         checked.unpersist()
-    return [s.name for s in sources], counts
+    return [s.name for s in feeds.values()], counts
 
 
 def record_consent_events(

@@ -354,6 +354,17 @@ def written_in_utf8_for_a_single_byte_encoding(path: Path, encoding: str, chunk:
     return beyond_ascii
 
 
+def check_text_encoding(name: str, path: Path, fmt: str, encoding: str) -> None:
+    """Fail (naming the feed) when a csv feed set to a single-byte encoding is UTF-8 text, which it would land
+    garbled with no reason to quarantine it for."""
+    if fmt == "csv" and written_in_utf8_for_a_single_byte_encoding(path, encoding):
+        raise SourceSchemaError(
+            name,
+            f"the extract is UTF-8 text, but its encoding is set to {encoding}, which would read every letter "
+            "outside ASCII as two or three others: set its encoding to UTF-8",
+        )
+
+
 def require_file(name: str, path: Path) -> None:
     """Fail (naming the source) when its extract is not there."""
     if not path.exists():
@@ -579,12 +590,7 @@ def check_source_schema(source: SourceConfig) -> None:
     (read as text); a missing mapped column always fails, as the mapping has to change.
     """
     require_file(source.name, source.path)
-    if source.format == "csv" and written_in_utf8_for_a_single_byte_encoding(source.path, source.encoding):
-        raise SourceSchemaError(
-            source.name,
-            f"the extract is UTF-8 text, but its encoding is set to {source.encoding}, which would read every letter "
-            "outside ASCII as two or three others: set the source's encoding to UTF-8",
-        )
+    check_text_encoding(source.name, source.path, source.format, source.encoding)
     drift = schema_drift(source, extract_columns(source))
     tolerated = {"fail": (), "allow_added": ("added", "sporadic"), "allow": ("added", "sporadic", "retyped")}[
         source.schema_drift

@@ -75,6 +75,8 @@ def test_a_misspelled_key_in_any_file_is_named_instead_of_ignored(tmp_path):
     pipeline["spark"]["mastr"] = "local[2]"
     sources["sources"][0].update({"schema-drift": "allow", "delimiter": ";;"})
     sources["sources"][1]["consent_feed"]["encodng"] = "UTF-8"
+    sources["sources"][0]["consent_feed"].update({"format": "csv", "encoding": "cp1251", "delimiter": "||"})
+    sources["sources"][2]["consent_feed"]["encoding"] = "latin2"  # a jsonl feed
     policy["sensitve"] = ["national_id"]
     policy["purposes"]["analytics"]["basis"] = []
     splink["training"].update(em_max_pair=5, seed="x")
@@ -90,9 +92,12 @@ def test_a_misspelled_key_in_any_file_is_named_instead_of_ignored(tmp_path):
         "pipeline.yaml: spark.mastr: is not a known key",
         "policy.yaml: purposes.analytics.basis: is not a known key",
         "policy.yaml: sensitve: is not a known key",
+        "sources.yaml: sources[0] (ua_crm).consent_feed.delimiter: must be one character other than a quote or line "
+        "break, got '||'",
         "sources.yaml: sources[0] (ua_crm).delimiter: must be one character other than a quote or line break, got ';;'",
         "sources.yaml: sources[0] (ua_crm).schema-drift: is not a known key",
         "sources.yaml: sources[1] (ro_shop).consent_feed.encodng: is not a known key",
+        "sources.yaml: sources[2] (eu_loyalty).consent_feed.encoding: must be UTF-8 for jsonl (RFC 8259), got 'latin2'",
         "splink.yaml: thresholds.match: is not a known key",
         "splink.yaml: training.em_max_pair: is not a known key",
         "splink.yaml: training.seed: must be a non-negative integer",

@@ -1166,3 +1166,44 @@ def test_a_purpose_the_policy_retired_fails_only_events_the_last_run_landed(spar
         expected.schema,
     )
     assert_df_equality(declared(retried), expected, ignore_row_order=True, ignore_nullable=True)
+
+
+def test_a_consent_feed_in_csv_lands_with_its_own_delimiter_and_encoding(spark, tmp_path):
+    from tests.conftest import config_in
+
+    cfg = config_in(tmp_path)
+    path = tmp_path / "consent_events.csv"
+    source = cfg.source("ua_crm")
+    feed = dataclasses.replace(source.consent_feed, path=path, format="csv", encoding="windows-1251", delimiter=";")
+    cfg = dataclasses.replace(cfg, sources=(dataclasses.replace(source, consent_feed=feed),))
+    header = "event_id;subject_id;purpose;lawful_basis;status;event_time;recorded_at;method;notice_version;expires_at"
+    lines = [
+        header,
+        "e1;UA-1;profile_unification;consent;granted;2025-01-01T10:00:00+02:00;2025-01-01T10:00:00+02:00;дзвінок;v4;",
+        'e2;UA-2;marketing_email;consent;denied;2025-01-01T10:01:00+02:00;;"анкета; паперова";v4;',
+        "e3;UA-3;profile_unification;because;granted;2025-01-01T10:00:00+02:00;;web_form;v4;",
+    ]
+    path.write_bytes("\r\n".join(lines).encode("windows-1251") + b"\r\n")
+
+    feeds, _ = consent.land_consent_events(spark, cfg, "r1", dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
+
+    assert feeds == ["ua_crm"]
+    landed = delta_io.read_delta(spark, cfg.tables.consent_ledger)
+    actual = landed.select("event_id", "source_record_id", "purpose", "status", "collection_method")
+    expected = spark.createDataFrame(
+        [
+            ("e1", "UA-1", "profile_unification", "granted", "дзвінок"),
+            ("e2", "UA-2", "marketing_email", "denied", "анкета; паперова"),
+        ],
+        actual.schema,
+    )
+    assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
+    quarantined = delta_io.read_delta(spark, cfg.tables.consent_quarantine)
+    assert [(r["source_record_id"], r["reason"]) for r in quarantined.collect()] == [("UA-3", "invalid_lawful_basis")]
+
+    # The same feed written as UTF-8 would land garbled: it fails, naming the feed, before anything is written.
+    path.write_bytes("\r\n".join(lines).encode("utf-8") + b"\r\n")
+    versions = {name: delta_io.table_version(p) for name, p in cfg.tables.all().items()}
+    with pytest.raises(IdresError, match=r"ua_crm consent feed.*set its encoding to UTF-8"):
+        consent.land_consent_events(spark, cfg, "r2", dt.datetime(2026, 1, 2, tzinfo=dt.UTC))
+    assert {name: delta_io.table_version(p) for name, p in cfg.tables.all().items()} == versions
