@@ -52,7 +52,14 @@ from jobs.config import GOLD_TABLES, PUBLISHED_TABLES, PipelineConfig
 from jobs.errors import ExpectationNotComputedError, IdresError
 from jobs.files import write_whole
 from jobs.profile_ids import IDENTITY_EVENTS_SCHEMA, REGISTRY_SCHEMA
-from jobs.publication import JOB, PublishResult, finish_interrupted_publication, publish, require_whole_resolution
+from jobs.publication import (
+    JOB,
+    PublishResult,
+    finish_interrupted_publication,
+    next_publication,
+    publish,
+    require_whole_resolution,
+)
 from jobs.report import REPORT_FILE, write_auditor_report
 from jobs.runner import run_job
 from jobs.spark_session import run_at_once, size_stage_to_input
@@ -105,6 +112,7 @@ class QualityOutcome:
     data_docs: str | None = None
     inputs: str | None = None  # inputs_fingerprint of what was validated
     thresholds: dict[str, float] | None = None  # the match and cluster probabilities the run resolved with
+    publication: int | None = None  # the run's publication number its passed candidates were to be published as
 
     @property
     def failed(self) -> list[str]:
@@ -416,6 +424,15 @@ def _published_result(cfg: PipelineConfig, run_id: str, report_dir: Path) -> Gat
             f"{report_dir}"
         )
     by_this_retry = not outcome.published
+    done = delta_io.run_transaction_version(cfg.tables.unify_runs, JOB, run_id) or 0
+    if by_this_retry and outcome.publication is not None and done < outcome.publication:
+        # The attempt died before its publication began, and the candidates left the staging since (an erasure
+        # dropped it, or another run staged over it): the publication on record is an earlier one of the run.
+        raise QualityGateError(
+            f"quality gate: run {run_id}'s last candidates passed, but they are no longer staged and were not "
+            f"published (the run's publication {outcome.publication} never began); rerun resolve and unify for this "
+            f"run. Report: {report_dir}"
+        )
     if by_this_retry:
         outcome.published = True
         write_outcome(outcome, report_dir)
@@ -465,8 +482,9 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> GateResult:
     }
     result = GateResult(run_id=run_id, outcome=outcome, report_dir=report_dir)
     if outcome.success:
+        outcome.publication = next_publication(cfg, run_id)
         write_outcome(outcome, report_dir)  # what a retry that finds the publication interrupted reports
-        result.publish = publish(cfg, run_id)
+        result.publish = publish(cfg, run_id, outcome.publication)
         outcome.published = True
     write_outcome(outcome, report_dir)
     log.info("auditor report: %s", write_auditor_report(cfg, run_id, report_dir))

@@ -481,6 +481,48 @@ def test_a_gate_retried_after_it_published_and_another_run_staged_reports_its_pu
         quality_gate.run(None, cfg, run_id="r1")
 
 
+def test_a_gate_retried_after_its_passed_candidates_left_the_staging_unpublished_fails_and_reports_no_publication(
+    tmp_path, monkeypatch
+):
+    """Run r1 published, was run again, and its gate passed the new candidates, recorded that, and died before
+    its publication began; an erasure then dropped the staging. The retry must not report them published."""
+    cfg = config_in(tmp_path)
+    stage_candidates(cfg, "r1", {"profile_id": ["pr_1", "pr_2"], "first_name": ["bob", "ann"]})
+    publication.publish(cfg, run_id="r1")
+    stage_candidates(cfg, "r1", {"profile_id": ["pr_1", "pr_2"], "first_name": ["bob", "anna"]})
+    passed = quality_gate.QualityOutcome("r1", True, [], publication=publication.next_publication(cfg, "r1"))
+    quality_gate.write_outcome(passed, cfg.run_report_dir("r1"))  # as the gate records it before publishing
+    publication.drop_staging(cfg)
+    monkeypatch.setattr(quality_gate, "write_auditor_report", lambda *_args: "report")
+
+    with pytest.raises(quality_gate.QualityGateError, match="passed, but they are no longer staged and were not"):
+        quality_gate.run(None, cfg, run_id="r1")
+
+    recorded = json.loads((cfg.run_report_dir("r1") / "quality.json").read_text(encoding="utf-8"))
+    assert (recorded["success"], recorded["published"], recorded["publication"]) == (True, False, 2)
+    assert published_profiles(cfg) == [
+        {"profile_id": "pr_1", "first_name": "bob"},
+        {"profile_id": "pr_2", "first_name": "ann"},
+    ]
+
+    # Had the publication begun and died between its tables, the retry completes it and reports it published.
+    stage_candidates(cfg, "r1", {"profile_id": ["pr_1", "pr_2"], "first_name": ["bob", "anna"]})
+    with monkeypatch.context() as patched:
+        patched.setattr(publication, "drop_staging", dies_dropping_the_staging)
+        with pytest.raises(RuntimeError, match="injected"):
+            publication.publish(cfg, run_id="r1", number=passed.publication)
+    result = quality_gate.run(None, cfg, run_id="r1")
+    assert (result.outcome.success, result.outcome.published) == (True, True)
+    assert published_profiles(cfg) == [
+        {"profile_id": "pr_1", "first_name": "bob"},
+        {"profile_id": "pr_2", "first_name": "anna"},
+    ]
+
+
+def dies_dropping_the_staging(*_args, **_kwargs):
+    raise RuntimeError("injected: the publication dies before it drops the staging")
+
+
 def test_a_gate_retried_after_its_refused_candidates_left_the_staging_fails_and_reports_nothing_published(
     tmp_path, monkeypatch
 ):
