@@ -13,20 +13,24 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import re
 import sys
+import tempfile
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 from defusedcsv import csv
 from tabulate import tabulate
 
 from jobs import delta_io, publication
-from jobs.config import PUBLISHED_TABLES, PipelineConfig, TablePaths, load_config
+from jobs.config import DATA_ROOTS, PUBLISHED_TABLES, PipelineConfig, TablePaths, load_config
 from jobs.errors import IdresError
 
 # defusedcsv escapes cells starting with = + - @ | %; OWASP adds tab and carriage return.
@@ -51,6 +55,8 @@ WRITING_WORDS = frozenset(
 STATEMENT_ERRORS = (duckdb.ParserException, duckdb.BinderException, duckdb.CatalogException)
 PIVOTING = re.compile(r"\b(?:UN)?PIVOT", re.IGNORECASE)
 OPEN_ATTEMPTS = 3
+BATCH_ROWS = 65_536  # rows DuckDB hands over at a time
+TABLE_MAX_ROWS = 1_000  # rows the table format shows unless told otherwise
 # No file or network access: with external access off, DuckDB still allows its temporary directory (.tmp in
 # the working directory), where an EXPORT DATABASE or COPY would leave table copies that no erasure finds. So no
 # temporary directory either (a query that outgrows memory fails instead of spilling), no extension loaded or
@@ -157,8 +163,14 @@ def explained_statement(sql: str) -> str:
 
 def query(cfg: PipelineConfig, sql: str) -> pa.Table:
     """The result of sql, one statement that reads, over the lakehouse, as Arrow."""
+    return query_batches(cfg, sql).read_all()
+
+
+def query_batches(cfg: PipelineConfig, sql: str) -> pa.RecordBatchReader:
+    """The result of sql, one statement that reads, over the lakehouse, as Arrow batches computed as they are read
+    (DuckDB's errors too): an export of millions of rows never holds them all at once."""
     statement = reading_statement(sql)  # before connect(), which may wait for the lock
-    return connect(cfg).sql(statement).to_arrow_table()
+    return connect(cfg).sql(statement).to_arrow_reader(BATCH_ROWS)
 
 
 def safe_cell(value: object) -> object:
@@ -186,23 +198,100 @@ def shown_cell(value: object) -> object:
     return TERMINAL_CONTROLS.sub(lambda m: m[0].encode("unicode_escape").decode("ascii"), value)
 
 
-def result_rows(result: pa.Table) -> list[tuple[object, ...]]:
+def python_values(column: pa.Array | pa.ChunkedArray) -> list[object]:
+    """A column's values as Python objects; dates and times past Python's year 9999 (which a landed `9999-12-31`
+    with a zone west of UTC becomes) as Arrow writes them as text, not an OverflowError."""
+    try:
+        return column.to_pylist()
+    except (OverflowError, ValueError):
+        return pc.cast(column, pa.string()).to_pylist()
+
+
+def result_rows(result: pa.Table | pa.RecordBatch) -> list[tuple[object, ...]]:
     """The rows by column position: a join's columns of one name (`p.*, m.*`) each keep their own value."""
-    return list(zip(*(column.to_pylist() for column in result.columns), strict=True))
+    return list(zip(*(python_values(column) for column in result.columns), strict=True))
 
 
-def write_csv(result: pa.Table, out: TextIO, terminal: bool = False) -> None:
-    """The result as CSV with a header row, every cell safe to open in a spreadsheet (OWASP CSV injection). Every
-    cell is quoted: a spreadsheet whose list separator is `;` (uk, ro and de locales) would split an unquoted
-    `Kyiv;=1+1` into a second cell that starts a formula. To a terminal, control characters show as escapes
-    (shown_cell)."""
+def _batches(result: pa.Table | pa.RecordBatchReader) -> Iterator[pa.RecordBatch]:
+    """The result's batches; DuckDB's error in computing one (which Arrow hands over as an OSError quoting DuckDB's
+    message, which may quote a value) as a QueryError that names none."""
+    if isinstance(result, pa.Table):
+        yield from result.to_batches()
+        return
+    while True:
+        try:
+            batch = result.read_next_batch()
+        except StopIteration:
+            return
+        except OSError:
+            raise QueryError(
+                "DuckDB failed computing the result (its message may quote a value, so it is not shown)"
+            ) from None
+        yield batch
+
+
+def write_csv(result: pa.Table | pa.RecordBatchReader, out: TextIO, terminal: bool = False) -> int:
+    """The result as CSV with a header row, every cell safe to open in a spreadsheet (OWASP CSV injection), written
+    batch by batch; returns the rows written. Every cell is quoted: a spreadsheet whose list separator is `;` (uk,
+    ro and de locales) would split an unquoted `Kyiv;=1+1` into a second cell that starts a formula. To a
+    terminal, control characters show as escapes (shown_cell)."""
 
     def cell(value: object) -> object:
         return shown_cell(safe_cell(value)) if terminal else safe_cell(value)
 
     writer = csv.writer(out, quoting=csv.QUOTE_ALL)
-    writer.writerow([cell(name) for name in result.column_names])  # a PIVOT names columns by values
-    writer.writerows([cell(v) for v in row] for row in result_rows(result))
+    writer.writerow([cell(name) for name in result.schema.names])  # a PIVOT names columns by values
+    rows = 0
+    for batch in _batches(result):
+        writer.writerows([cell(v) for v in row] for row in result_rows(batch))
+        rows += batch.num_rows
+    return rows
+
+
+def print_table(result: pa.RecordBatchReader, out: TextIO, max_rows: int) -> None:
+    """The result's first max_rows rows (0: all) as a table, control characters as escapes (shown_cell), and a
+    line saying when rows were left out: a table of millions of rows is no answer to read."""
+    rows: list[list[object]] = []
+    more = False
+    for batch in _batches(result):
+        rows.extend([shown_cell(v) for v in row] for row in result_rows(batch))
+        if max_rows and len(rows) > max_rows:
+            more = True
+            del rows[max_rows:]
+            break
+    headers = [shown_cell(c) for c in result.schema.names]
+    print(tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True), file=out)  # text as it is
+    if more:
+        print(f"(the first {max_rows} rows; more not shown: --max-rows 0 shows all, --csv OUT writes all)", file=out)
+
+
+def export_target(cfg: PipelineConfig, out: Path) -> Path:
+    """out, resolved, when it is a file outside the configured data folders: an export over a table's files (its
+    Delta log) would break the table, and one into the reports or landing folders would put values where no
+    erasure expects them. A QueryError otherwise."""
+    target = out.expanduser().resolve()
+    roots = {name: Path(getattr(cfg, name)).resolve() for name in DATA_ROOTS}
+    inside = [name for name, root in roots.items() if target == root or root in target.parents]
+    if inside:
+        raise QueryError(f"--csv {out} is inside the {inside[0]} folder; write the export elsewhere")
+    if target.is_dir():
+        raise QueryError(f"--csv {out} is a folder; name a file")
+    return target
+
+
+@contextmanager
+def replaced_on_success(target: Path) -> Iterator[TextIO]:
+    """A text file beside target that replaces it when the block ends without an error (else it is removed): a
+    failed or interrupted export leaves target as it was. Opened first, so a folder that is missing or not
+    writable fails before the query runs."""
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    part = Path(name)
+    try:
+        with open(fd, "w", encoding="utf-8", newline="") as fh:
+            yield fh
+        part.replace(target)
+    finally:
+        part.unlink(missing_ok=True)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -211,11 +300,25 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--conf", help="config directory")
     parser.add_argument("--format", choices=("table", "csv"), default="table", help="how stdout shows the result")
     parser.add_argument("--csv", type=Path, metavar="OUT", help="write the result to this CSV file instead")
+    parser.add_argument(
+        "--max-rows", type=int, default=TABLE_MAX_ROWS, help="rows the table format shows at most (0: all)"
+    )
     args = parser.parse_args(argv)
+    try:
+        args.sql.encode("utf-8")
+    except UnicodeEncodeError:  # a byte the shell passed that is no UTF-8 (Python holds it as a lone surrogate)
+        parser.exit(2, "query: the SQL is not UTF-8 text\n")
     cfg = load_config(args.conf)
     try:
-        result = query(cfg, args.sql)
-    except IdresError as err:  # a refused statement, a lakehouse busy past the lock's timeout
+        if args.csv is not None:
+            with replaced_on_success(export_target(cfg, args.csv)) as fh:
+                rows = write_csv(query_batches(cfg, args.sql), fh)
+            print(f"{rows} row(s) written to {args.csv}")
+        elif args.format == "csv":
+            write_csv(query_batches(cfg, args.sql), sys.stdout, terminal=sys.stdout.isatty())
+        else:
+            print_table(query_batches(cfg, args.sql), sys.stdout, args.max_rows)
+    except IdresError as err:  # a refused statement or export file, a lakehouse busy past the lock's timeout
         parser.exit(2, f"query: {err}\n")
     except STATEMENT_ERRORS as err:  # a mistyped statement
         if not (isinstance(err, duckdb.BinderException) and PIVOTING.search(args.sql)):
@@ -223,16 +326,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.exit(2, f"query: DuckDB {type(err).__name__} (a PIVOT names columns by values, so it is not shown)\n")
     except duckdb.Error as err:
         parser.exit(2, f"query: DuckDB {type(err).__name__} (its message may quote a value, so it is not shown)\n")
-    if args.csv is not None:
-        with args.csv.open("w", encoding="utf-8", newline="") as fh:
-            write_csv(result, fh)
-        print(f"{result.num_rows} row(s) written to {args.csv}")
-    elif args.format == "csv":
-        write_csv(result, sys.stdout, terminal=sys.stdout.isatty())
-    else:
-        rows = [[shown_cell(v) for v in row] for row in result_rows(result)]
-        headers = [shown_cell(c) for c in result.column_names]
-        print(tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True))  # text stays as it is
+    except BrokenPipeError:  # the reader stopped early (`| head`): nothing more to write, and nowhere to say so
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
+    except OSError as err:  # the export file's folder is missing or not writable
+        parser.exit(2, f"query: cannot write {args.csv}: {err.strerror}\n")
 
 
 if __name__ == "__main__":

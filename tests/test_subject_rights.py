@@ -275,6 +275,45 @@ def test_the_query_table_shows_text_and_decimals_as_they_are(cfg, monkeypatch, c
     assert capsys.readouterr().out.splitlines()[2].split() == ["0123.50", "1_000", "Nan", "12345678901234567.89"]
 
 
+def test_the_query_command_streams_its_result_and_fails_cleanly_on_what_it_cannot_write_or_show(
+    cfg, monkeypatch, capsys, tmp_path
+):
+    monkeypatch.setenv("IDRES_LAKEHOUSE", str(cfg.lakehouse))
+    # A time past Python's year 9999 (a landed 9999-12-31 west of UTC) is shown as text, not an OverflowError.
+    query.main(["SELECT TIMESTAMPTZ '9999-12-31 23:59:59-05' AS t, DATE '12000-01-01' AS d"])
+    assert capsys.readouterr().out.splitlines()[2].split() == ["10000-01-01", "04:59:59.000000+0000", "12000-01-01"]
+    query.main(["--max-rows", "3", "SELECT range AS n FROM range(10)"])
+    assert capsys.readouterr().out.splitlines()[2:] == [
+        "0",
+        "1",
+        "2",
+        "(the first 3 rows; more not shown: --max-rows 0 shows all, --csv OUT writes all)",
+    ]
+
+    out = tmp_path / "n.csv"
+    query.main(["--csv", str(out), "SELECT range AS n FROM range(200000)"])  # several batches
+    assert capsys.readouterr().out == f"200000 row(s) written to {out}\n"
+    lines = out.read_text(encoding="utf-8").splitlines()
+    assert (len(lines), lines[0], lines[-1]) == (200_001, '"n"', '"199999"')
+    before = out.read_bytes()
+    failing = "SELECT CAST(CASE WHEN range = 150000 THEN 'x' ELSE range::VARCHAR END AS INTEGER) FROM range(200000)"
+    log = cfg.lakehouse / "gold" / "some_table" / "_delta_log.json"  # stands for a table's files
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("{}\n", encoding="utf-8")
+    for argv, message in (
+        (["--csv", str(out), failing], "query: DuckDB failed computing the result (its message"),  # in batch 3
+        (["--csv", str(log), "SELECT 1 AS x"], "is inside the lakehouse folder"),
+        (["--csv", str(tmp_path / "no" / "n.csv"), "SELECT 1 AS x"], "query: cannot write"),
+        (["SELECT '\udcff' AS x"], "query: the SQL is not UTF-8 text"),  # a byte no UTF-8, as Python passes it
+    ):
+        with pytest.raises(SystemExit) as exited:
+            query.main(argv)
+        printed = capsys.readouterr()
+        assert (exited.value.code, message in printed.err, printed.out) == (2, True, ""), argv
+    assert out.read_bytes() == before and log.read_text(encoding="utf-8") == "{}\n"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["n.csv"]  # no part-written export left
+
+
 def canary_hits(root: Path) -> list[str]:
     """Every file under root whose content (Parquet decoded cell by cell) holds a canary value."""
     hits = []
