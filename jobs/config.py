@@ -1182,6 +1182,12 @@ def _load_survivorship(
                     f"'{c}' is not held in silver under policy.yaml (derived from a sensitive column, or a "
                     "pseudonym that pseudonymized_for_matching does not enable)",
                 )
+            elif c in MATCHING_AID_COLUMNS:  # a keyed hash of a national id is for matching, not for analysts
+                problems.add(
+                    file,
+                    f"{key}.columns",
+                    f"'{c}' only helps matching (a key, code, flag or pseudonym): no profile value",
+                )
             elif c in seen:
                 problems.add(file, f"{key}.columns", f"'{c}' is already supplied by attribute '{seen[c]}'")
             else:
