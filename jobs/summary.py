@@ -11,6 +11,7 @@ from tabulate import tabulate
 from jobs import delta_io
 from jobs import run_queries as q
 from jobs.config import PipelineConfig, load_config
+from jobs.errors import IdresError
 from jobs.publication import complete_for_readers
 from jobs.report import gate_verdict, latest_auditor_report, load_quality
 from jobs.run_queries import RunQuery
@@ -58,7 +59,10 @@ def summary_sections(cfg: PipelineConfig) -> list[str]:
             sections.append(_table(title, query.execute(t)))
     report = latest_auditor_report(cfg)
     if report is not None:
-        verdict, _ = gate_verdict(load_quality(report.parent))
+        try:
+            verdict, _ = gate_verdict(load_quality(report.parent))
+        except IdresError as err:  # the other sections still hold
+            verdict = f"unknown ({err})"
         sections.append(f"Quality gate of the last run: {verdict}")
         sections.append(f"Auditor report: {report.as_uri()}")
     return sections

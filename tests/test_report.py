@@ -270,6 +270,20 @@ def test_the_run_summary_ends_with_the_gate_verdict_and_the_report_of_the_latest
         "Quality gate of the last run: passed, published",
         f"Auditor report: {(run_dir / REPORT_FILE).as_uri()}",
     ]
+    # A quality.json cut short (a disk filled) leaves the other sections to show, and says so.
+    (run_dir / "quality.json").write_text('{"success": tr', encoding="utf-8")
+    assert summary_sections(cfg)[-2] == (
+        f"Quality gate of the last run: unknown ({run_dir / 'quality.json'}: not valid JSON (line 1))"
+    )
+
+
+def test_the_report_command_refuses_a_run_id_that_names_no_folder_without_a_traceback(cfg, monkeypatch, capsys):
+    from jobs import report
+
+    monkeypatch.setenv("IDRES_LAKEHOUSE", str(cfg.lakehouse))
+    with pytest.raises(SystemExit) as exited:
+        report.main(["--run-id", ".."])
+    assert (exited.value.code, capsys.readouterr().err) == (2, "report: run id '..' cannot name a report folder\n")
 
 
 def test_the_summarys_last_run_is_the_one_the_gate_validated_last_not_a_report_written_again(cfg):
