@@ -5,7 +5,9 @@ the previous ids by overlap:
 
 1. every previous profile follows the new cluster holding most of its records (ties: one where it
    would keep its id, as no profile there holds more of its records or as many and is older; then the
-   cluster with the smaller key), so a record that leaves it does not take its id away from the rest;
+   cluster with the smaller key), so a record that leaves it does not take its id away from the rest; one
+   that would merge into another there follows instead a cluster holding as many of its records that no
+   profile follows, so two profiles that trade records evenly both keep their ids;
 2. a cluster followed by several previous profiles keeps the id of the one with the largest
    overlap, and on a tie the oldest (created first, then the smaller id); the others are
    `merged` into it;
@@ -98,9 +100,9 @@ def assign_stable_profile_ids(
     # id (no profile there has more of its records, or as many and is older); each cluster keeps the id of the
     # follower with the largest overlap, then the oldest, then the smallest id.
     keeps_id_first = "overlap DESC, created_at ASC NULLS LAST, profile_id ASC"
-    ranked = db.create(
-        "ids_ranked",
-        f"""SELECT cluster_key, profile_id, overlap, row_number() OVER (
+    followed = db.create(
+        "ids_followed",
+        f"""SELECT cluster_key, profile_id, overlap, created_at, row_number() OVER (
             PARTITION BY cluster_key ORDER BY {keeps_id_first}
         ) AS cluster_rank
         FROM (
@@ -112,6 +114,29 @@ def assign_stable_profile_ids(
                 FROM {overlap}
             ) candidates
         ) followed WHERE profile_rank = 1""",
+    )
+    # A profile that would merge into another, and holds as many of its records in a cluster no profile follows,
+    # follows that one instead and keeps its id there (two profiles that trade records evenly both keep theirs):
+    # each such cluster takes the first of those profiles in keep-id order, on a tie the cluster with the smaller key.
+    rehomed = db.create(
+        "ids_rehomed",
+        f"""SELECT cluster_key, profile_id, overlap FROM (
+            SELECT *, row_number() OVER (PARTITION BY cluster_key ORDER BY {keeps_id_first}) AS taken
+            FROM (
+                SELECT o.cluster_key, o.profile_id, o.overlap, o.created_at, row_number() OVER (
+                    PARTITION BY o.profile_id ORDER BY o.cluster_key
+                ) AS choice
+                FROM {overlap} o JOIN {followed} f ON o.profile_id = f.profile_id AND o.overlap = f.overlap
+                WHERE f.cluster_rank > 1 AND o.cluster_key NOT IN (SELECT cluster_key FROM {followed})
+            ) free WHERE choice = 1
+        ) contenders WHERE taken = 1""",
+    )
+    ranked = db.create(
+        "ids_ranked",
+        f"""SELECT cluster_key, profile_id, overlap, cluster_rank FROM {followed}
+        WHERE profile_id NOT IN (SELECT profile_id FROM {rehomed})
+        UNION ALL
+        SELECT cluster_key, profile_id, overlap, 1 FROM {rehomed}""",
     )
     survivors = f"(SELECT cluster_key, profile_id FROM {ranked} WHERE cluster_rank = 1)"
     merged = db.create(

@@ -215,6 +215,32 @@ def test_a_profile_split_evenly_keeps_its_id_with_the_records_no_other_profile_k
     assert_same_rows(spark, out.registry, registry)
 
 
+def test_two_profiles_that_trade_records_evenly_both_keep_their_ids(spark, db):
+    """P = {p1, p2} and Q = {q1, q2} swap a record each: the next run clusters {p1, q1} and {p2, q2}. P would keep
+    its id in either (it is older); Q, which would merge into P in the first, keeps its own in the second."""
+    registry = arrow(
+        [("pr_p", "active", T0, "run0", None, None, None), ("pr_q", "active", T1, "run1", None, None, None)],
+        REGISTRY_SCHEMA,
+    )
+    previous = [("p1", "pr_p"), ("p2", "pr_p"), ("q1", "pr_q"), ("q2", "pr_q")]
+    clusters = [("p1", "p1"), ("q1", "p1"), ("p2", "p2"), ("q2", "p2")]
+    out = assign(db, clusters, previous, registry, "run2", T1)
+    assert ids(out) == {"p1": "pr_p", "q1": "pr_p", "p2": "pr_q", "q2": "pr_q"}
+    at = T1.replace(tzinfo=dt.UTC)
+    expected = arrow(
+        [("run2", "moved", "pr_p", "pr_q", 1, at), ("run2", "moved", "pr_q", "pr_p", 1, at)], EVENTS_SCHEMA
+    )
+    assert_same_rows(spark, out.events, expected)
+    assert_same_rows(spark, out.registry, registry)
+    # Three profiles trading around a ring: each keeps its id (the merged ones take the clusters no one follows).
+    registry = arrow([(f"pr_{x}", "active", T0, "run0", None, None, None) for x in "abc"], REGISTRY_SCHEMA)
+    previous = [(f"{x}{i}", f"pr_{x}") for x in "abc" for i in (1, 2)]
+    clusters = [("a1", "k1"), ("b1", "k1"), ("b2", "k2"), ("c1", "k2"), ("c2", "k3"), ("a2", "k3")]
+    out = assign(db, clusters, previous, registry, "run2", T1)
+    assert sorted(set(ids(out).values())) == ["pr_a", "pr_b", "pr_c"]
+    assert {e[0] for e in events(out)} == {"moved"}
+
+
 def test_a_profile_with_no_records_left_is_retired(spark, db, first_run):
     before = ids(first_run)
     out = assign(db, [("a1", "k1"), ("a2", "k1")], first_run.assignments, first_run.registry, "run2", T1)
