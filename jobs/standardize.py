@@ -415,6 +415,26 @@ def _latin_address_udf(texts: pd.Series) -> pd.Series:
     return pd.Series([to_latin(clean_text(t), keep_digits=True) for t in texts], dtype=object)
 
 
+# Words for a locality's kind that open a city as the sources write it (м. Київ, смт Ворзель, Mun. București,
+# Orașul Voluntari, Stadt Köln), romanized and folded as to_latin gives them: the city compares by its name.
+LOCALITY_DESIGNATORS = frozenset(
+    {"m", "misto", "s", "selo", "smt", "selyshche", "sel", "g", "gorod", "pgt", "mun", "municipiul", "municipiu"}
+    | {"oras", "orasul", "com", "comuna", "sat", "satul", "stadt", "gemeinde", "markt"}
+)
+
+
+def city_name(text: str | None) -> str | None:
+    """A city romanized and folded (as a street is), without a locality designator before its name."""
+    latin = to_latin(clean_text(text), keep_digits=True)
+    first, _, name = (latin or "").partition(" ")
+    return name if name and first in LOCALITY_DESIGNATORS else latin
+
+
+@F.pandas_udf(T.StringType())
+def _city_udf(texts: pd.Series) -> pd.Series:
+    return pd.Series([city_name(t) for t in texts], dtype=object)
+
+
 def latest_bronze_records(bronze: DataFrame) -> DataFrame:
     """The current version of each source record (canonical.ranked_versions), its updated_at as the choice read it."""
     return bronze.transform(ranked_versions).where("version_rank = 1").drop("version_rank")
@@ -477,10 +497,11 @@ def standardize_contacts(df: DataFrame, default_countries: Mapping[str, str]) ->
 
 
 def standardize_address(df: DataFrame) -> DataFrame:
-    """Romanized, folded street and city; postcode as upper-case alphanumerics."""
+    """Romanized, folded street and city (without a designator such as м. or Mun.); postcode as upper-case
+    alphanumerics."""
     return (
         df.withColumn("street", _latin_address_udf(F.col("street")))
-        .withColumn("city", _latin_address_udf(F.col("city")))
+        .withColumn("city", _city_udf(F.col("city")))
         .withColumn("postcode", F.nullif(F.regexp_replace(F.upper(F.col("postcode")), r"[^0-9A-Z]", ""), F.lit("")))
     )
 

@@ -317,6 +317,10 @@ def test_addresses_and_gender_are_normalized(spark):
             ("a", "b", "2", "Feminin"),
             ("a", "b", "3", "männlich"),
             ("a", "b", "4", "n/a"),
+            ("a", "смт Ворзель", "7", None),  # the locality's kind before its name goes
+            ("a", "Mun. București", "8", None),
+            ("a", "Stadt", "9", None),  # but a designator alone stays
+            ("a", "Satu Mare", "10", None),
             ("Main Street 12½", "c", "5", None),  # a vulgar fraction stays apart from the number before it
             ("вул. Шевченка 3¼", "c", "6", None),
         ],
@@ -325,12 +329,16 @@ def test_addresses_and_gender_are_normalized(spark):
     actual = df.transform(standardize.standardize_address).transform(standardize.standardize_gender)
     expected = spark.createDataFrame(
         [
-            ("vul khreshchatyk 1", "m kyiv", "01001", "F"),
+            ("vul khreshchatyk 1", "kyiv", "01001", "F"),
             ("strada dochioiu nr 134", "brasov", "SW1A1AA", "M"),
             ("a", "b", "1", "F"),
             ("a", "b", "2", "F"),
             ("a", "b", "3", "M"),
             ("a", "b", "4", None),
+            ("a", "vorzel", "7", None),
+            ("a", "bucuresti", "8", None),
+            ("a", "stadt", "9", None),
+            ("a", "satu mare", "10", None),
             ("main street 12 1 2", "c", "5", None),  # as 12 1/2 (was 121 2)
             ("vul shevchenka 3 1 4", "c", "6", None),
         ],
