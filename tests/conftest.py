@@ -72,9 +72,11 @@ def run_or_cancel(spark: SparkSession, action: Callable[[], T], seconds: float) 
 
 
 def edited_conf(tmp_path: Path, file: str, *changes: tuple[tuple[str | int, ...], Any]) -> Path:
-    """A copy of the project's conf whose YAML file has each (key path, value) change set."""
+    """A copy of the project's conf (or the copy already there, edited before) whose YAML file has each (key path,
+    value) change set."""
     conf = tmp_path / "conf"
-    shutil.copytree(DEFAULT_CONF_DIR, conf)
+    if not conf.is_dir():
+        shutil.copytree(DEFAULT_CONF_DIR, conf)
     data = yaml.safe_load((conf / file).read_text(encoding="utf-8"))
     for (*parents, last), value in changes:
         node = data

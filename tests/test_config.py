@@ -219,12 +219,10 @@ def test_pseudonymizing_a_national_id_is_off_by_default_and_checked_when_on(tmp_
     on = load_config(_policy_conf(tmp_path / "on", pseudonymized_for_matching=["national_id"], attributes=attributes))
     assert on.policy.pseudonymized == ("national_id",) and "national_id_hash" in on.policy.silver_attributes
     # Held in silver for matching, the pseudonym is still no profile value for analysts to query.
-    conf = _policy_conf(tmp_path / "gold", pseudonymized_for_matching=["national_id"], attributes=attributes)
-    survivorship = yaml.safe_load((conf / "survivorship.yaml").read_text(encoding="utf-8"))
-    survivorship["attributes"]["national_id_hash"] = {"strategy": "most_frequent"}
-    (conf / "survivorship.yaml").write_text(yaml.safe_dump(survivorship, allow_unicode=True), encoding="utf-8")
+    _policy_conf(tmp_path / "gold", pseudonymized_for_matching=["national_id"], attributes=attributes)
+    survivorship = (("attributes", "national_id_hash"), {"strategy": "most_frequent"})
     with pytest.raises(ConfigError) as err:
-        load_config(conf)
+        load_config(edited_conf(tmp_path / "gold", "survivorship.yaml", survivorship))
     assert err.value.problems == [
         "survivorship.yaml: attributes.national_id_hash.columns: 'national_id_hash' only helps matching (a key, code, "
         "flag or pseudonym): no profile value"
