@@ -38,6 +38,7 @@ from expectations import (
     TableCheck,
     bronze,
     consent_ledger,
+    gold_columns,
     identity_events,
     pairwise_matches,
     profile_lineage,
@@ -75,6 +76,7 @@ GOLD_SUITE_MODULES = (
     profiles,
     profile_sources,
     profile_lineage,
+    gold_columns,
 )
 SUITE_MODULES = (bronze, silver, consent_ledger, *GOLD_SUITE_MODULES)
 SUITES_AT_ONCE = 3  # suites validated at once (see validate)

@@ -29,6 +29,7 @@ import pyarrow as pa
 from pyspark.sql import SparkSession
 
 from jobs import delta_io
+from jobs.canonical import SUBJECT
 from jobs.config import PipelineConfig
 from jobs.engines import SqlEngine, open_engine, sql_string
 from jobs.linkage import ModelVersion, latest_model, linkage_records, pick_engine, prediction_linker
@@ -40,6 +41,7 @@ from jobs.train import train_and_save
 
 log = logging.getLogger("idres.resolve")
 
+RECORD_PROFILES_COLUMNS = ("record_id", "profile_id", *SUBJECT)  # as resolve writes gold/record_profiles
 PAIRS_SCHEMA = pa.schema(
     [
         ("record_id_l", pa.string()),

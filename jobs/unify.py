@@ -38,6 +38,44 @@ from jobs.spark_session import persisting, size_stage_to_input
 log = logging.getLogger("idres.unify")
 
 JOB = "unify"
+# The columns of the tables unify writes besides gold/profiles (whose follow the survivorship), as the quality gate
+# checks them: a column beyond these would reach gold with no lineage or consent check.
+PROFILE_PERMISSIONS_COLUMNS = (
+    "profile_id",
+    "purpose",
+    "allowed",
+    "lawful_basis",
+    "status",
+    "deciding_source_system",
+    "deciding_source_record_id",
+    "deciding_event_id",
+    "decided_at",
+    "expires_at",
+    "policy_version",
+)
+PROFILE_LINEAGE_COLUMNS = (
+    "profile_id",
+    "column",
+    "attribute",
+    "record_id",
+    *SUBJECT,
+    "rule",
+    "purpose",
+    "lawful_basis",
+    "consent_event_id",
+    "policy_version",
+)
+PROFILE_SOURCES_COLUMNS = (
+    "profile_id",
+    "record_id",
+    *SUBJECT,
+    "region",
+    "unification_basis",
+    "unification_event_id",
+    "best_match_record_id",
+    "best_match_weight",
+    "best_match_probability",
+)
 
 # Silver column -> the policy attribute it belongs to (whose purposes justify holding it).
 COLUMN_ATTRIBUTE: dict[str, str] = {c: a for a, (_, columns) in SILVER_ATTRIBUTES.items() for c in columns}
@@ -228,17 +266,10 @@ def profile_lineage(cells: DataFrame, effective: DataFrame, policy: PurposePolic
     consent = effective.where("is_granted").select(
         *SUBJECT, "purpose", "lawful_basis", F.col("deciding_event_id").alias("consent_event_id")
     )
-    return cells.join(consent, [*SUBJECT, "purpose"], "left").select(
-        "profile_id",
-        "column",
-        "attribute",
-        "record_id",
-        *SUBJECT,
-        "rule",
-        "purpose",
-        "lawful_basis",
-        "consent_event_id",
-        F.lit(policy.version).alias("policy_version"),
+    return (
+        cells.join(consent, [*SUBJECT, "purpose"], "left")
+        .withColumn("policy_version", F.lit(policy.version))
+        .select(*PROFILE_LINEAGE_COLUMNS)
     )
 
 
@@ -301,17 +332,7 @@ def profile_sources(contributors: DataFrame, pairs: DataFrame) -> DataFrame:
             F.col("match_probability").alias("best_match_probability"),
         )
     )
-    return contributors.join(evidence, ["profile_id", "record_id"], "left").select(
-        "profile_id",
-        "record_id",
-        *SUBJECT,
-        "region",
-        "unification_basis",
-        "unification_event_id",
-        "best_match_record_id",
-        "best_match_weight",
-        "best_match_probability",
-    )
+    return contributors.join(evidence, ["profile_id", "record_id"], "left").select(*PROFILE_SOURCES_COLUMNS)
 
 
 @dataclass

@@ -13,7 +13,7 @@ import pytest
 from chispa import assert_df_equality
 from pyspark.sql import functions as F
 
-from expectations import PROFILE_ID_REGEX, QualityInputs, TableCheck, must_hold, required_unique
+from expectations import PROFILE_ID_REGEX, QualityInputs, TableCheck, gold_columns, must_hold, required_unique
 from expectations import bronze as bronze_suite
 from expectations import consent_ledger as consent_suite
 from expectations import identity_events as events_suite
@@ -104,6 +104,7 @@ def test_a_clean_run_passes_every_suite_and_publishes_with_data_docs_and_report(
         "profiles",
         "profile_sources",
         "profile_lineage",
+        "gold_columns",
     }
     staged = delta_io.read_delta(spark, staged_demo.tables.staged("profiles"))
     assert_df_equality(
@@ -379,6 +380,25 @@ def test_gold_profiles_must_hold_only_the_survivorships_attributes_and_the_recor
     column_set = [e for e in check.expectations if e.expectation_type == "expect_table_columns_to_match_set"]
     assert len(column_set) == 1
     assert validate([TableCheck("profiles", "gold/profiles", check.frame, column_set)], "r").success is (extra is None)
+
+
+def test_a_column_beyond_what_resolve_and_unify_write_fails_the_gold_columns_suite(spark, gated):
+    """Only gold/profiles had its columns checked: an email carried into profile_sources, or a health note into
+    lineage, was published."""
+    cfg, _ = gated
+    tables = {name: delta_io.read_delta(spark, getattr(cfg.tables, name)) for name in gold_columns.WRITTEN_COLUMNS}
+    tables["profiles"] = delta_io.read_delta(spark, cfg.tables.profiles)
+    (check,) = gold_columns.checks(inputs_with(cfg, **tables))
+    assert validate([check], "r").success  # the tables as the pipeline wrote them
+    tables["profile_sources"] = tables["profile_sources"].withColumn("email", F.lit(None).cast("string"))
+    tables["profile_lineage"] = tables["profile_lineage"].drop("policy_version").withColumn("health_note", F.lit(""))
+    (check,) = gold_columns.checks(inputs_with(cfg, **tables))
+    assert validate([check], "r").failed == [
+        "gold_columns: expect_column_values_to_be_in_set(profile_sources_columns_as_written): profile_sources holds "
+        "the columns its job writes and no other",
+        "gold_columns: expect_column_values_to_be_in_set(profile_lineage_columns_as_written): profile_lineage holds "
+        "the columns its job writes and no other",
+    ]
 
 
 def test_a_profile_without_source_records_fails_the_profiles_suite(spark, cfg):
