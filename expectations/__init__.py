@@ -19,7 +19,7 @@ from great_expectations.expectations import Expectation
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from jobs.canonical import END_OF_TEXT
+from jobs.canonical import END_OF_TEXT, RECORD_ID_SEPARATOR, SUBJECT
 from jobs.config import PipelineConfig
 
 # Counts and percentages only: no unexpected values, rows or indexes in results or Data Docs.
@@ -73,6 +73,11 @@ class TableCheck:
 def holds(condition: Column) -> Column:
     """A check column: true only where the condition is true (a null comparison does not hold)."""
     return F.coalesce(condition, F.lit(False))
+
+
+def record_id_of_source() -> Column:
+    """A check column: the row's record_id is `<source_system>:<source_record_id>`, the record it names by both."""
+    return holds(F.col("record_id") == F.concat_ws(RECORD_ID_SEPARATOR, *SUBJECT))
 
 
 def must_hold(column: str, description: str, mostly: float | None = None) -> Expectation:

@@ -8,7 +8,7 @@ import great_expectations as gx
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from expectations import QualityInputs, TableCheck, holds, in_set, must_hold, required_unique
+from expectations import QualityInputs, TableCheck, holds, in_set, must_hold, record_id_of_source, required_unique
 from jobs.canonical import LAWFUL_BASES, SUBJECT
 from jobs.config import PurposePolicy
 from jobs.consent import accepted_bases
@@ -61,8 +61,9 @@ def with_lineage_checks(
     lineage: DataFrame, members: DataFrame, permissions: DataFrame, policy: PurposePolicy
 ) -> DataFrame:
     """Lineage with `record_in_profile` (the source record is one of the profile's `members`, as supplied_columns
-    gives them), `value_from_record` (that record holds the profile's value of the column), `basis_accepted` (the
-    policy accepts the lawful basis for the purpose), `purpose_permitted` (the profile may use it) and
+    gives them), `record_id_of_source` (record_id names the same record), `value_from_record` (that record holds
+    the profile's value of the column), `basis_accepted` (the policy accepts the lawful basis for the purpose),
+    `purpose_permitted` (the profile may use it) and
     `consent_event_recorded` (the record's `grants`, as granted_decisions gives them, hold the named consent event
     for that purpose and basis: the reason a value is held is its subject's decision in force).
 
@@ -74,6 +75,7 @@ def with_lineage_checks(
         lineage.join(members.withColumn("_member", F.lit(True)), ["profile_id", *SUBJECT], "left")
         .join(allowed, ["profile_id", "purpose"], "left")
         .withColumn("record_in_profile", holds(F.col("_member")))
+        .withColumn("record_id_of_source", record_id_of_source())
         .withColumn("value_from_record", holds(F.array_contains("supplied", F.col("column"))))
         .withColumn("purpose_permitted", holds(F.col("_allowed")))
         .withColumn(
@@ -110,6 +112,7 @@ def checks(inputs: QualityInputs) -> list[TableCheck]:
                 ),
                 gx.expectations.ExpectColumnValuesToNotBeNull(column="rule", description="every value names its rule"),
                 must_hold("record_in_profile", "the value comes from one of the profile's source records"),
+                must_hold("record_id_of_source", "record_id is <source_system>:<source_record_id>"),
                 must_hold("value_from_record", "the named record holds the profile's value of the column"),
                 must_hold("basis_accepted", "the policy accepts the lawful basis for the purpose"),
                 must_hold("purpose_permitted", "the profile is permitted the purpose the value is held for"),

@@ -12,10 +12,11 @@ from expectations import (
     holds,
     in_set,
     must_hold,
+    record_id_of_source,
     required_unique,
     well_formed_profile_ids,
 )
-from jobs.canonical import RECORD_ID_SEPARATOR, SUBJECT
+from jobs.canonical import SUBJECT
 from jobs.profile_ids import ACTIVE
 
 
@@ -28,7 +29,7 @@ def with_assignment_checks(record_profiles: DataFrame, sources: DataFrame, regis
     return (
         record_profiles.join(unified, list(SUBJECT), "left")
         .join(active, "profile_id", "left")
-        .withColumn("record_id_of_source", holds(F.col("record_id") == F.concat_ws(RECORD_ID_SEPARATOR, *SUBJECT)))
+        .withColumn("record_id_of_source", record_id_of_source())
         .withColumn("sources_agree", holds(F.col("_unified") == F.col("profile_id")))
         .withColumn("profile_active", holds(F.col("_active")))
         .drop("_unified", "_active")

@@ -20,6 +20,7 @@ from expectations import identity_events as events_suite
 from expectations import pairwise_matches as pairwise_suite
 from expectations import profile_lineage as lineage_suite
 from expectations import profile_registry as registry_suite
+from expectations import profile_sources as sources_suite
 from expectations import profiles as profiles_suite
 from expectations import record_profiles as record_profiles_suite
 from expectations import silver as silver_suite
@@ -302,6 +303,9 @@ def test_profile_id_churn_over_the_bound_fails_and_new_records_do_not_count(spar
     # "new" stands in for an admitted record the profiles lack: same count, another record
     admitted = sources.select(
         "source_system", F.regexp_replace("source_record_id", "new", "lost").alias("source_record_id")
+    ).withColumns({"unification_basis": F.lit("consent"), "unification_event_id": F.lit("e")})
+    sources = sources.withColumns(
+        {"record_id": record_id_of_row(), "unification_basis": F.lit("consent"), "unification_event_id": F.lit("e")}
     )
     checked = with_source_checks(sources, profiles, previous, admitted)
     kept = {r["source_record_id"]: r["profile_id_kept"] for r in checked.collect()}
@@ -660,6 +664,49 @@ def test_silver_must_hold_one_row_per_source_record_of_bronze(spark, cfg):
     assert outcome([("s", "1"), ("t", "1"), ("t", "9")]).failed == [not_in_bronze]  # s/2 dropped, t/9 made up
 
 
+def test_a_source_row_must_name_its_record_by_both_ids_and_the_grant_it_was_admitted_on(spark, cfg):
+    """The publication merges profile_sources on record_id: a row naming another record's dropped an admitted
+    record from gold; and the basis it names for the unification must be the one the consent gate admitted on."""
+    admitted = spark.createDataFrame(
+        [("s", "1", "consent", "e1"), ("s", "2", "contract", "e2"), ("s", "3", "consent", "e3")],
+        "source_system string, source_record_id string, unification_basis string, unification_event_id string",
+    )
+    rows = [
+        ("p1", "s:1", "s", "1", "consent", "e1"),
+        ("p1", "s:1", "s", "2", "contract", "e2"),  # s/2 under s/1's record id
+        ("p2", "s:3", "s", "3", "legitimate_interest", "e9"),  # a basis and an event it was not admitted on
+    ]
+    sources = spark.createDataFrame(
+        rows,
+        "profile_id string, record_id string, source_system string, source_record_id string, "
+        "unification_basis string, unification_event_id string",
+    )
+    tables = {
+        "admitted": admitted,
+        "profiles": spark.createDataFrame([("p1",), ("p2",)], "profile_id string"),
+        "previous_profile_sources": spark.createDataFrame(
+            [], "profile_id string, source_system string, source_record_id string"
+        ),
+        "profile_sources": sources,
+    }
+    (check,) = sources_suite.checks(inputs_with(cfg, **tables))
+    checked = check.frame.select("source_record_id", "record_id_of_source", "unification_as_admitted")
+    expected = spark.createDataFrame([("1", True, True), ("2", False, True), ("3", True, False)], checked.schema)
+    assert_df_equality(checked, expected, ignore_row_order=True, ignore_nullable=True)
+    assert validate([check], "r").failed == [
+        "profile_sources: expect_column_values_to_be_unique(record_id): each source record belongs to one profile",
+        "profile_sources: expect_column_values_to_be_in_set(record_id_of_source): record_id is "
+        "<source_system>:<source_record_id>",
+        "profile_sources: expect_column_values_to_be_in_set(unification_as_admitted): the unification basis and "
+        "event are those the consent gate admitted the record on",
+    ]
+
+
+def record_id_of_row():
+    """The record id a row's source_system and source_record_id make, as resolve and unify write it."""
+    return F.concat_ws(":", "source_system", "source_record_id")
+
+
 def test_a_lineage_row_must_name_a_record_that_holds_the_profiles_value(spark, cfg):
     admitted = spark.createDataFrame(
         [
@@ -700,6 +747,7 @@ def test_a_lineage_row_must_name_a_record_that_holds_the_profiles_value(spark, c
                 "lawful_basis": F.lit("consent"),
                 "consent_event_id": F.lit("e1"),
                 "rule": F.lit("r"),
+                "record_id": record_id_of_row(),
             }
         )
         permissions = spark.createDataFrame([], "profile_id string, purpose string, allowed boolean")
@@ -748,7 +796,14 @@ def test_a_lineage_row_must_name_its_records_grant_in_force_of_its_purpose_and_b
     lineage = spark.createDataFrame(
         [("p1", column, "s", "1", event) for column, event in cells],
         "profile_id string, column string, source_system string, source_record_id string, consent_event_id string",
-    ).withColumns({"purpose": F.lit("profile_unification"), "lawful_basis": F.lit("consent"), "rule": F.lit("r")})
+    ).withColumns(
+        {
+            "purpose": F.lit("profile_unification"),
+            "lawful_basis": F.lit("consent"),
+            "rule": F.lit("r"),
+            "record_id": record_id_of_row(),
+        }
+    )
     admitted = spark.createDataFrame(
         [("s", "1", "Ann")], "source_system string, source_record_id string, first_name string"
     )
@@ -799,6 +854,7 @@ def test_a_lineage_row_must_name_a_member_record_a_permitted_purpose_and_an_acce
     lineage = spark.createDataFrame(
         rows, "profile_id string, column string, source_record_id string, purpose string, lawful_basis string"
     ).withColumns({"source_system": F.lit("s"), "consent_event_id": F.lit("e"), "rule": F.lit("r")})
+    lineage = lineage.withColumn("record_id", record_id_of_row())
     members = [("p1", "1"), ("p2", "2"), ("p3", "3")]
     tables = {
         "admitted": spark.createDataFrame(
