@@ -87,6 +87,7 @@ DATA_ROOTS: tuple[str, ...] = ("lakehouse", "landing", "ground_truth", "models",
 UNIQUE_ID_COLUMN = "record_id"
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+MAX_FILE_NAME = 255  # bytes of a file name (ext4, xfs, APFS)
 DEFAULT_CONF_DIR = PROJECT_ROOT / "conf"
 SPARK_SUBMIT_CONF_FILE = "spark-submit.json"  # read by the DAGs too (dags/idres_common.py)
 
@@ -439,7 +440,8 @@ class PipelineConfig:
         runs = self.reports / "runs"
         if safe == run_id:
             return runs / safe
-        hashed = runs / f"{safe}-{hashlib.sha256(run_id.encode('utf-8')).hexdigest()[:8]}"
+        # Airflow allows run ids of 250 characters, and a file name holds 255 bytes: a long one is cut before its hash.
+        hashed = runs / f"{safe[: MAX_FILE_NAME - 9]}-{hashlib.sha256(run_id.encode('utf-8')).hexdigest()[:8]}"
         return runs / safe if not hashed.exists() and _names_run(runs / safe / "quality.json", run_id) else hashed
 
     def with_paths(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -378,6 +379,14 @@ def test_a_run_report_folder_is_named_safely_from_the_run_id(cfg):
     assert (cfg.run_report_dir("test 2"), cfg.run_report_dir("test:2")) == (legacy, legacy.with_name("test_2-8be23e91"))
     with pytest.raises(IdresError, match="run id"):
         cfg.run_report_dir("..")
+    # Airflow allows run ids of 250 characters: with its hash, the folder's name still fits in 255 bytes.
+    longest = "manual__" + "2026-12-06T05:00:00+00:00" * 9 + "x" * 17
+    assert len(longest) == 250
+    folder = cfg.run_report_dir(longest)
+    folder.mkdir(parents=True)
+    digest = hashlib.sha256(longest.encode()).hexdigest()[:8]
+    assert (len(folder.name), folder.name.endswith(f"-{digest}")) == (255, True)
+    assert cfg.run_report_dir(longest[:-1] + "y") != folder
 
 
 def test_a_report_regenerated_after_later_runs_shows_the_tables_as_its_run_left_them(spark, published, tmp_path):
