@@ -308,8 +308,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.sql.encode("utf-8")
     except UnicodeEncodeError:  # a byte the shell passed that is no UTF-8 (Python holds it as a lone surrogate)
         parser.exit(2, "query: the SQL is not UTF-8 text\n")
-    cfg = load_config(args.conf)
     try:
+        cfg = load_config(args.conf)
         if args.csv is not None:
             with replaced_on_success(export_target(cfg, args.csv)) as fh:
                 rows = write_csv(query_batches(cfg, args.sql), fh)
@@ -318,7 +318,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             write_csv(query_batches(cfg, args.sql), sys.stdout, terminal=sys.stdout.isatty())
         else:
             print_table(query_batches(cfg, args.sql), sys.stdout, args.max_rows)
-    except IdresError as err:  # a refused statement or export file, a lakehouse busy past the lock's timeout
+    except IdresError as err:  # a config with problems, a refused statement or export file, a lakehouse busy
         parser.exit(2, f"query: {err}\n")
     except STATEMENT_ERRORS as err:  # a mistyped statement
         if not (isinstance(err, duckdb.BinderException) and PIVOTING.search(args.sql)):

@@ -439,11 +439,11 @@ def main(argv: Sequence[str] | None = None) -> Path:
     args = parser.parse_args(argv)
     if not args.run_id:
         parser.error("--run-id is required")
-    cfg = load_config(args.conf)
     try:
+        cfg = load_config(args.conf)
         complete_for_readers(cfg, "report")
         path = write_auditor_report(cfg, args.run_id, cfg.run_report_dir(args.run_id))
-    except IdresError as err:  # a run id that names no folder, an unreadable quality.json, a lakehouse busy
+    except IdresError as err:  # a config with problems, a run id that names no folder, an unreadable quality.json
         parser.exit(2, f"report: {err}\n")
     print(f"Auditor report: {path.as_uri()}")
     return path

@@ -72,8 +72,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Print where the tables are and what the last run did.")
     parser.add_argument("--conf", help="config directory")
     args = parser.parse_args(argv)
-    cfg = load_config(args.conf)
-    complete_for_readers(cfg, "summary")
+    try:
+        cfg = load_config(args.conf)
+        complete_for_readers(cfg, "summary")
+    except IdresError as err:  # a config with problems, a lakehouse busy past the lock's timeout
+        parser.exit(2, f"summary: {err}\n")
     print("\n\n".join(summary_sections(cfg)))
 
 

@@ -287,6 +287,18 @@ def test_the_report_command_refuses_a_run_id_that_names_no_folder_without_a_trac
     assert (exited.value.code, capsys.readouterr().err) == (2, "report: run id '..' cannot name a report folder\n")
 
 
+@pytest.mark.parametrize("command", ["report", "summary", "query"])
+def test_the_commands_run_by_hand_name_a_config_folder_that_is_not_there_without_a_traceback(command, tmp_path, capsys):
+    import importlib
+
+    main = importlib.import_module(f"jobs.{command}").main
+    args = {"report": ["--run-id", "r"], "summary": [], "query": ["SELECT 1"]}[command]
+    with pytest.raises(SystemExit) as exited:
+        main(["--conf", str(tmp_path / "no-conf"), *args])
+    printed = capsys.readouterr().err
+    assert (exited.value.code, printed.startswith(f"{command}: "), "no-conf" in printed) == (2, True, True)
+
+
 def test_the_summarys_last_run_is_the_one_the_gate_validated_last_not_a_report_written_again(cfg):
     """The summary took the newest index.html, so `python -m jobs.report` for an old run made it the last."""
     import os
