@@ -643,6 +643,7 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str, cutoff: str | Non
         log.warning("cutoff %s is before %s, which a run applied: consent is taken as of the later", as_of, applied)
         as_of = applied
     policy = cfg.policy
+    delta_io.require_table(cfg.tables.silver, "standardize")
     silver_rows = delta_io.row_count(cfg.tables.silver)
     size_stage_to_input(spark, cfg.spark, silver_rows)
     feeds, event_counts = land_consent_events(spark, cfg, run_id, run_at)

@@ -35,7 +35,7 @@ from deltalake.transaction import AddAction, create_table_with_add_actions
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.pandas.types import to_arrow_schema
 
-from jobs.errors import ColumnTypeChangeError
+from jobs.errors import ColumnTypeChangeError, IdresError
 from jobs.files import write_whole
 
 if TYPE_CHECKING:
@@ -86,6 +86,12 @@ def staged_or_published(tables: TablePaths, table: str) -> Path:
     its run was published reads what that run published)."""
     staged = tables.staged(table)
     return staged if table_exists(staged) else getattr(tables, table)
+
+
+def require_table(path: Path | str, stage: str) -> None:
+    """Fail, naming the table and the stage that writes it, when a job's input table is not there (yet)."""
+    if not table_exists(path):
+        raise IdresError(f"table {Path(path).parent.name}/{Path(path).name} is missing: run the {stage} stage first")
 
 
 def table_version(path: Path | str) -> int | None:

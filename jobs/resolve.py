@@ -106,6 +106,7 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> ResolveResult:
     """Resolve the admitted records into profiles with stable ids."""
     finish_interrupted_publication(cfg)  # ids follow the published tables, whole
     t = cfg.tables
+    delta_io.require_table(t.admitted, "consent_gate")
     now = delta_io.run_time(datetime.now(UTC), [(t.identity_events, "event_at"), (t.profile_registry, "created_at")])
     count = delta_io.row_count(t.admitted)
     size_stage_to_input(spark, cfg.spark, count)

@@ -545,6 +545,7 @@ def standardize(bronze: DataFrame, sources: Sequence[SourceConfig], policy: Purp
 
 def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> dict[str, int]:
     """Rebuild silver from bronze; unchanged records are not rewritten and a rerun commits nothing."""
+    delta_io.require_table(cfg.tables.bronze, "ingest")
     size_stage_to_input(spark, cfg.spark, delta_io.row_count(cfg.tables.bronze))
     silver = standardize(delta_io.read_delta(spark, cfg.tables.bronze), cfg.sources, cfg.policy)
     metrics = delta_io.merge_delta(

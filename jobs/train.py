@@ -92,6 +92,7 @@ def training_needed(cfg: PipelineConfig) -> bool:
 
 def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> ModelVersion:
     """Train a new model version on the currently admitted records."""
+    delta_io.require_table(cfg.tables.admitted, "consent_gate")
     count = delta_io.row_count(cfg.tables.admitted)
     if count < 2:
         raise NothingToTrainError(

@@ -371,11 +371,6 @@ def build_gold(
     )
 
 
-def _require(path, stage: str) -> None:
-    if not delta_io.table_exists(path):
-        raise IdresError(f"table {path.name} is missing: run the {stage} stage first")
-
-
 def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> dict[str, Path]:
     """Build the golden-profile tables and stage them for the quality gate, which publishes them (WAP)."""
     finish_interrupted_publication(cfg)  # before staging over the candidates it would publish
@@ -387,7 +382,7 @@ def run(spark: SparkSession, cfg: PipelineConfig, run_id: str) -> dict[str, Path
         (delta_io.staged_or_published(t, "record_profiles"), "resolve"),
         (delta_io.staged_or_published(t, "pairwise_matches"), "resolve"),
     ):
-        _require(path, stage)
+        delta_io.require_table(path, stage)
     size_stage_to_input(spark, cfg.spark, delta_io.row_count(t.admitted))
     with persisting() as keep:
         gold = build_gold(

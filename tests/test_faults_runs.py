@@ -920,3 +920,28 @@ def test_sparks_shuffle_and_spill_files_of_a_killed_job_are_in_its_scratch_folde
     assert blocks, "the killed job's shuffle and cached blocks are in its scratch folder"
     with lakehouse_lock(cfg, "ingest"):
         assert list(temp.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("job", "missing"),
+    [
+        ("standardize", "table bronze/customers is missing: run the ingest stage first"),
+        ("consent", "table silver/customers is missing: run the standardize stage first"),
+        ("train", "table silver/admitted_customers is missing: run the consent_gate stage first"),
+        ("resolve", "table silver/admitted_customers is missing: run the consent_gate stage first"),
+    ],
+)
+def test_a_stage_run_before_the_stage_it_reads_from_names_the_missing_table(
+    job, missing, spark, tmp_path, monkeypatch, caplog
+):
+    """A task tested alone, or a worker whose IDRES_LAKEHOUSE names an empty folder, failed with a DeltaError whose
+    table only its incident file named."""
+    import importlib
+
+    monkeypatch.setenv("IDRES_LAKEHOUSE", str(tmp_path / "lakehouse"))
+    monkeypatch.setattr(runner, "build_spark_session", lambda *args, **kwargs: spark)
+    with caplog.at_level(logging.ERROR, logger="idres"), pytest.raises(SystemExit) as exit_code:
+        importlib.import_module(f"jobs.{job}").main(["--run-id", "r-1"])
+    assert exit_code.value.code == 2
+    assert any(missing in record.getMessage() for record in caplog.records)
+    assert not (tmp_path / "lakehouse" / runner.INCIDENTS_DIR).exists()
