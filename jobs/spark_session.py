@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shlex
 import sys
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -105,7 +106,28 @@ def build_spark_session(
         spark.sparkContext.getCheckpointDir(),
         driver_jvm_summary(spark),
     )
+    jvm = spark.sparkContext._jvm
+    launched_with = list(jvm.java.lang.management.ManagementFactory.getRuntimeMXBean().getInputArguments())
+    if missed := launch_settings_missed(conf, launched_with):
+        log.warning(
+            "the driver JVM was launched without %s as configured (conf/spark-submit.json): a JVM takes them at "
+            "launch, so pass them to spark-submit (--driver-memory, --conf), as the DAGs do",
+            ", ".join(missed),
+        )
     return spark
+
+
+def launch_settings_missed(conf: Mapping[str, str], jvm_arguments: Sequence[str]) -> list[str]:
+    """The driver's launch properties in conf (its memory and JVM options) that its JVM's arguments do not show: a
+    job spark-submitted by hand without them runs with Spark's 1g heap and G1."""
+    missed = []
+    memory = conf.get("spark.driver.memory")
+    if memory and f"-Xmx{memory}" not in jvm_arguments:
+        missed.append("spark.driver.memory")
+    options = shlex.split(conf.get("spark.driver.extraJavaOptions", ""))
+    if not set(options) <= set(jvm_arguments):
+        missed.append("spark.driver.extraJavaOptions")
+    return missed
 
 
 TEMP_DIR_OPTION = "-Djava.io.tmpdir="

@@ -17,7 +17,7 @@ from pyspark.sql.types import DoubleType, StringType
 from jobs import delta_io, scratch
 from jobs.config import SparkConfig
 from jobs.python_daemon import SPARK_ARCHIVE, without_spark_archives
-from jobs.spark_session import mapped_class_archives, run_at_once, size_stage_to_input
+from jobs.spark_session import launch_settings_missed, mapped_class_archives, run_at_once, size_stage_to_input
 from tests.conftest import DRIVER_CLASS_ARCHIVE
 
 
@@ -114,6 +114,16 @@ def test_the_driver_jvm_maps_the_class_archive_make_install_built(spark):
     assert DRIVER_CLASS_ARCHIVE.is_file()
     # SPARK_SUBMIT_OPTS (exported by the Makefile) reaches the JVM that PySpark starts through spark-submit
     assert mapped_class_archives(spark) == [str(DRIVER_CLASS_ARCHIVE)]
+
+
+def test_a_driver_launched_without_spark_submit_jsons_settings_is_named():
+    """spark-submit by hand without --driver-memory and the JVM options runs on Spark's 1g heap and G1, unsaid."""
+    conf = {"spark.driver.memory": "4g", "spark.driver.extraJavaOptions": "-XX:+UseParallelGC -Dx=1"}
+    as_pyspark_launches = ["-Djava.io.tmpdir=/tmp/t", "-Xmx4g", "-XX:+UseParallelGC", "-Dx=1", "--add-modules=m"]
+    assert launch_settings_missed(conf, as_pyspark_launches) == []
+    by_hand = ["-Xmx1g", "--add-modules=m"]
+    assert launch_settings_missed(conf, by_hand) == ["spark.driver.memory", "spark.driver.extraJavaOptions"]
+    assert launch_settings_missed({}, by_hand) == []
 
 
 def test_steps_run_at_once_in_the_callers_job_group_and_an_error_waits_for_the_others(spark):
