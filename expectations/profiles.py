@@ -58,20 +58,42 @@ def with_consent_compliance(
 
 def profile_columns(survivorship_columns: Sequence[str]) -> tuple[str, ...]:
     """The columns of with_profile_checks' frame on good profiles: gold/profiles' and the two checks'."""
-    return ("profile_id", *survivorship_columns, *PROFILE_SUMMARY_COLUMNS, "consent_compliant", "cluster_size")
+    return (
+        "profile_id",
+        *survivorship_columns,
+        *PROFILE_SUMMARY_COLUMNS,
+        "consent_compliant",
+        "cluster_size",
+        "summary_as_sources",
+    )
 
 
 def with_profile_checks(inputs: QualityInputs) -> DataFrame:
-    """Profiles with `consent_compliant` (every value compliant) and `cluster_size` (source records)."""
+    """Profiles with `consent_compliant` (every value compliant), `cluster_size` (source records) and
+    `summary_as_sources` (the regions, their count and the source systems are those of its source records)."""
     cfg = inputs.cfg
-    sizes = inputs.profile_sources.groupBy("profile_id").agg(F.count("*").alias("cluster_size"))
-    return inputs.profiles.transform(
-        with_consent_compliance,
-        inputs.profile_lineage,
-        inputs.profile_permissions,
-        cfg.survivorship.columns,
-        cfg.policy,
-    ).join(sizes, "profile_id", "left")
+    sizes = inputs.profile_sources.groupBy("profile_id").agg(
+        F.count("*").alias("cluster_size"),
+        F.array_sort(F.collect_set("region")).alias("_regions"),
+        F.array_sort(F.collect_set("source_system")).alias("_source_systems"),
+    )
+    as_sources = (
+        (F.col("regions") == F.col("_regions"))
+        & (F.col("region_count") == F.size("_regions"))
+        & (F.col("source_systems") == F.col("_source_systems"))
+    )
+    return (
+        inputs.profiles.transform(
+            with_consent_compliance,
+            inputs.profile_lineage,
+            inputs.profile_permissions,
+            cfg.survivorship.columns,
+            cfg.policy,
+        )
+        .join(sizes, "profile_id", "left")
+        .withColumn("summary_as_sources", holds(as_sources))
+        .drop("_regions", "_source_systems")
+    )
 
 
 def checks(inputs: QualityInputs) -> list[TableCheck]:
@@ -95,6 +117,7 @@ def checks(inputs: QualityInputs) -> list[TableCheck]:
                     description="source records per profile within quality.max_cluster_size",
                 ),
                 equal_columns("record_count", "cluster_size", "record_count = source records"),
+                must_hold("summary_as_sources", "regions, region_count and source_systems are its source records'"),
                 # No column beyond the survivorship's reaches gold, where no lineage or consent check covers it.
                 expect.ExpectTableColumnsToMatchSet(
                     column_set=list(profile_columns(inputs.cfg.survivorship.columns)),

@@ -357,19 +357,20 @@ def test_silver_must_hold_exactly_the_columns_its_policy_allows(spark, cfg, extr
 
 
 PROFILE_SUMMARY = ("regions", "region_count", "source_systems", "record_count", "last_updated_at")
+SUMMARY_TYPES = {"regions": "array<string>", "region_count": "int", "source_systems": "array<string>"}
 
 
 def profiles_check(spark, cfg, columns: list[str], rows: list[tuple], sources: list[tuple]) -> TableCheck:
     """The profiles suite on profiles of the given (string) columns and rows, with the given profile sources and
     no lineage or permission."""
     tables = {
-        "profiles": spark.createDataFrame(rows, ", ".join(f"`{c}` string" for c in columns)),
+        "profiles": spark.createDataFrame(rows, ", ".join(f"`{c}` {SUMMARY_TYPES.get(c, 'string')}" for c in columns)),
         "profile_lineage": spark.createDataFrame(
             [], "profile_id string, column string, purpose string, lawful_basis string"
         ),
         "profile_permissions": spark.createDataFrame([], "profile_id string, purpose string, allowed boolean"),
         "profile_sources": spark.createDataFrame(
-            sources, "profile_id string, source_system string, source_record_id string"
+            sources, "profile_id string, source_system string, source_record_id string, region string"
         ),
     }
     (check,) = profiles_suite.checks(inputs_with(cfg, **tables))
@@ -411,8 +412,43 @@ def test_a_profile_without_source_records_fails_the_profiles_suite(spark, cfg):
     check = profiles_check(spark, cfg, columns, [empty_profile], [])
     assert validate([check], "r").failed == [
         "profiles: expect_column_values_to_not_be_null(cluster_size): every profile has source records in "
-        "gold/profile_sources"
+        "gold/profile_sources",
+        "profiles: expect_column_values_to_be_in_set(summary_as_sources): regions, region_count and source_systems "
+        "are its source records'",
     ]
+
+
+def test_a_profiles_regions_and_source_systems_must_be_its_source_records(spark, cfg):
+    """The README's queries (customers in two or more regions, profiles per region) read these columns."""
+    profiles = spark.createDataFrame(
+        [
+            ("pr_" + "1" * 20, ["RO", "UA"], 2, ["ro_shop", "ua_crm"]),
+            ("pr_" + "2" * 20, ["UA"], 2, ["ua_crm"]),  # one region counted twice
+            ("pr_" + "3" * 20, ["UA"], 1, ["ua_crm"]),  # its records are Romanian
+        ],
+        "profile_id string, regions array<string>, region_count int, source_systems array<string>",
+    ).withColumns({c: F.lit(None).cast("string") for c in cfg.survivorship.columns})  # no value: none to check
+    sources = spark.createDataFrame(
+        [
+            ("pr_" + "1" * 20, "ua_crm", "UA-1", "UA"),
+            ("pr_" + "1" * 20, "ro_shop", "R-1", "RO"),
+            ("pr_" + "2" * 20, "ua_crm", "UA-2", "UA"),
+            ("pr_" + "3" * 20, "ro_shop", "R-3", "RO"),
+        ],
+        "profile_id string, source_system string, source_record_id string, region string",
+    )
+    lineage = spark.createDataFrame([], "profile_id string, column string, purpose string, lawful_basis string")
+    tables = {
+        "profiles": profiles,
+        "profile_sources": sources,
+        "profile_lineage": lineage,
+        "profile_permissions": spark.createDataFrame([], "profile_id string, purpose string, allowed boolean"),
+    }
+    checked = profiles_suite.with_profile_checks(inputs_with(cfg, **tables)).select("profile_id", "summary_as_sources")
+    expected = spark.createDataFrame(
+        [("pr_" + "1" * 20, True), ("pr_" + "2" * 20, False), ("pr_" + "3" * 20, False)], checked.schema
+    )
+    assert_df_equality(checked, expected, ignore_row_order=True, ignore_nullable=True)
 
 
 def test_a_key_field_the_policy_keeps_out_of_silver_is_not_checked_for_its_format(spark, cfg):
@@ -672,15 +708,16 @@ def test_a_source_row_must_name_its_record_by_both_ids_and_the_grant_it_was_admi
         "source_system string, source_record_id string, unification_basis string, unification_event_id string",
     )
     rows = [
-        ("p1", "s:1", "s", "1", "consent", "e1"),
-        ("p1", "s:1", "s", "2", "contract", "e2"),  # s/2 under s/1's record id
-        ("p2", "s:3", "s", "3", "legitimate_interest", "e9"),  # a basis and an event it was not admitted on
+        ("p1", "s:1", "s", "1", "consent", "e1", "UA"),
+        ("p1", "s:1", "s", "2", "contract", "e2", "UA"),  # s/2 under s/1's record id
+        ("p2", "s:3", "s", "3", "legitimate_interest", "e9", "RO"),  # a basis, event and region not its own
     ]
     sources = spark.createDataFrame(
         rows,
         "profile_id string, record_id string, source_system string, source_record_id string, "
-        "unification_basis string, unification_event_id string",
+        "unification_basis string, unification_event_id string, region string",
     )
+    cfg = dataclasses.replace(cfg, sources=(dataclasses.replace(cfg.sources[0], name="s", region="UA"),))
     tables = {
         "admitted": admitted,
         "profiles": spark.createDataFrame([("p1",), ("p2",)], "profile_id string"),
@@ -697,6 +734,8 @@ def test_a_source_row_must_name_its_record_by_both_ids_and_the_grant_it_was_admi
         "profile_sources: expect_column_values_to_be_unique(record_id): each source record belongs to one profile",
         "profile_sources: expect_column_values_to_be_in_set(record_id_of_source): record_id is "
         "<source_system>:<source_record_id>",
+        "profile_sources: expect_column_values_to_be_in_set(region_of_source): every record carries its source's "
+        "region",
         "profile_sources: expect_column_values_to_be_in_set(unification_as_admitted): the unification basis and "
         "event are those the consent gate admitted the record on",
     ]
