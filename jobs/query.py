@@ -163,7 +163,8 @@ def explained_statement(sql: str) -> str:
 
 def query(cfg: PipelineConfig, sql: str) -> pa.Table:
     """The result of sql, one statement that reads, over the lakehouse, as Arrow."""
-    return query_batches(cfg, sql).read_all()
+    batches = query_batches(cfg, sql)
+    return pa.Table.from_batches(list(_batches(batches)), batches.schema)
 
 
 def query_batches(cfg: PipelineConfig, sql: str) -> pa.RecordBatchReader:
@@ -284,12 +285,17 @@ def replaced_on_success(target: Path) -> Iterator[TextIO]:
     """A text file beside target that replaces it when the block ends without an error (else it is removed): a
     failed or interrupted export leaves target as it was. Opened first, so a folder that is missing or not
     writable fails before the query runs."""
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    except OSError as err:  # the folder is missing or not writable
+        raise QueryError(f"cannot write {target}: {err.strerror}") from None
     part = Path(name)
     try:
         with open(fd, "w", encoding="utf-8", newline="") as fh:
             yield fh
         part.replace(target)
+    except OSError as err:  # the disk filled
+        raise QueryError(f"cannot write {target}: {err.strerror}") from None
     finally:
         part.unlink(missing_ok=True)
 
@@ -329,8 +335,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     except BrokenPipeError:  # the reader stopped early (`| head`): nothing more to write, and nowhere to say so
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)
-    except OSError as err:  # the export file's folder is missing or not writable
-        parser.exit(2, f"query: cannot write {args.csv}: {err.strerror}\n")
 
 
 if __name__ == "__main__":
