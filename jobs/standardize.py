@@ -416,10 +416,15 @@ def _latin_address_udf(texts: pd.Series) -> pd.Series:
 
 
 # Words for a locality's kind that open a city as the sources write it (м. Київ, смт Ворзель, Mun. București,
-# Orașul Voluntari, Stadt Köln), romanized and folded as to_latin gives them: the city compares by its name.
-LOCALITY_DESIGNATORS = frozenset(
-    {"m", "misto", "s", "selo", "smt", "selyshche", "sel", "g", "gorod", "pgt", "mun", "municipiul", "municipiu"}
-    | {"oras", "orasul", "com", "comuna", "sat", "satul", "stadt", "gemeinde", "markt"}
+# Orașul Voluntari, Stadt Köln), as keys (fold_key), so that any romanization of them is one: selyshche,
+# selischtsche and selišče alike. Dropped, the city compares by its name. Not Sat or Markt, which open the names
+# of places too (Sat Nou, Markt Schwaben).
+LOCALITY_DESIGNATOR_KEYS = frozenset(
+    fold_key(word)
+    for word in (
+        *("m", "misto", "s", "selo", "smt", "selyshche", "sel", "g", "gorod", "pgt", "poselok"),
+        *("mun", "municipiul", "municipiu", "oras", "orasul", "com", "comuna", "stadt", "gemeinde"),
+    )
 )
 
 
@@ -427,7 +432,7 @@ def city_name(text: str | None) -> str | None:
     """A city romanized and folded (as a street is), without a locality designator before its name."""
     latin = to_latin(clean_text(text), keep_digits=True)
     first, _, name = (latin or "").partition(" ")
-    return name if name and first in LOCALITY_DESIGNATORS else latin
+    return name if name and fold_key(first) in LOCALITY_DESIGNATOR_KEYS else latin
 
 
 @F.pandas_udf(T.StringType())

@@ -318,6 +318,7 @@ def test_addresses_and_gender_are_normalized(spark):
             ("a", "b", "3", "männlich"),
             ("a", "b", "4", "n/a"),
             ("a", "смт Ворзель", "7", None),  # the locality's kind before its name goes
+            ("a", "selischtsche Worsel", "11", None),  # in any romanization
             ("a", "Mun. București", "8", None),
             ("a", "Stadt", "9", None),  # but a designator alone stays
             ("a", "Satu Mare", "10", None),
@@ -336,6 +337,7 @@ def test_addresses_and_gender_are_normalized(spark):
             ("a", "b", "3", "M"),
             ("a", "b", "4", None),
             ("a", "vorzel", "7", None),
+            ("a", "worsel", "11", None),
             ("a", "bucuresti", "8", None),
             ("a", "stadt", "9", None),
             ("a", "satu mare", "10", None),
