@@ -12,6 +12,7 @@ candidates had passed the quality gate), so no job ever works on a half-publishe
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -19,6 +20,7 @@ import shutil
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -33,6 +35,9 @@ log = logging.getLogger("idres.publication")
 
 JOB = "publish"
 JOURNAL = "_publishing.json"
+# Under the lakehouse: each run's last completed publication number. The audit row records it only when the row
+# changes, and a publication again of the same candidates changes nothing; this outlives the staging.
+PUBLICATIONS_DIR = "_publications"
 
 
 @dataclass(frozen=True)
@@ -109,10 +114,26 @@ def _changed(metrics: dict[str, int]) -> bool:
 
 def next_publication(cfg: PipelineConfig, run_id: str) -> int:
     """The number of run_id's next publication: one more than the highest its commits to the published tables
-    and the publish audit record (1 for a run that never published)."""
+    and the publish audit record, or its last completed publication, give (1 for a run that never published)."""
     t = cfg.tables
     paths = [getattr(t, name) for name in PUBLISHED_TABLES] + [t.unify_runs]
-    return 1 + max((delta_io.run_transaction_version(p, JOB, run_id) or 0 for p in paths), default=0)
+    committed = max((delta_io.run_transaction_version(p, JOB, run_id) or 0 for p in paths), default=0)
+    return 1 + max(committed, completed_publication(cfg, run_id))
+
+
+def _publication_record(cfg: PipelineConfig, run_id: str) -> Path:
+    return cfg.lakehouse / PUBLICATIONS_DIR / f"{hashlib.sha256(run_id.encode('utf-8')).hexdigest()[:20]}.json"
+
+
+def completed_publication(cfg: PipelineConfig, run_id: str) -> int:
+    """The number of run_id's last publication that completed (0: none): by the publish audit record's commits, or
+    by the record publish() leaves when it ends, which a publication that changed nothing leaves too."""
+    audited = delta_io.run_transaction_version(cfg.tables.unify_runs, JOB, run_id) or 0
+    try:
+        recorded = int(json.loads(_publication_record(cfg, run_id).read_text(encoding="utf-8"))["publication"])
+    except (OSError, ValueError, KeyError, TypeError):
+        recorded = 0
+    return max(audited, recorded)
 
 
 def publish(cfg: PipelineConfig, run_id: str, number: int | None = None) -> PublishResult:
@@ -172,6 +193,9 @@ def publish(cfg: PipelineConfig, run_id: str, number: int | None = None) -> Publ
         once_per_run=True,
         transaction_version=number,
     )
+    record = _publication_record(cfg, run_id)
+    record.parent.mkdir(exist_ok=True)
+    write_whole(record, json.dumps({"run_id": run_id, "publication": number}) + "\n")
     drop_staging(cfg)
     log.info(
         "published: %d profiles (inserted %d, updated %d, retired %d), %d lineage rows%s",

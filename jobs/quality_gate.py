@@ -56,6 +56,7 @@ from jobs.profile_ids import IDENTITY_EVENTS_SCHEMA, REGISTRY_SCHEMA
 from jobs.publication import (
     JOB,
     PublishResult,
+    completed_publication,
     finish_interrupted_publication,
     next_publication,
     publish,
@@ -426,7 +427,7 @@ def _published_result(cfg: PipelineConfig, run_id: str, report_dir: Path) -> Gat
             f"{report_dir}"
         )
     by_this_retry = not outcome.published
-    done = delta_io.run_transaction_version(cfg.tables.unify_runs, JOB, run_id) or 0
+    done = completed_publication(cfg, run_id)
     if by_this_retry and outcome.publication is not None and done < outcome.publication:
         # The attempt died before its publication began, and the candidates left the staging since (an erasure
         # dropped it, or another run staged over it): the publication on record is an earlier one of the run.

@@ -505,6 +505,17 @@ def test_a_gate_retried_after_its_passed_candidates_left_the_staging_unpublished
         {"profile_id": "pr_2", "first_name": "ann"},
     ]
 
+    # The same candidates published again change no table, and so no audit row: the publication that completed
+    # so is still on record, and a retry of a gate that died after it reports it published.
+    stage_candidates(cfg, "r1", {"profile_id": ["pr_1", "pr_2"], "first_name": ["bob", "ann"]})
+    again = quality_gate.QualityOutcome("r1", True, [], publication=publication.next_publication(cfg, "r1"))
+    quality_gate.write_outcome(again, cfg.run_report_dir("r1"))
+    publication.publish(cfg, run_id="r1", number=again.publication)
+    result = quality_gate.run(None, cfg, run_id="r1")
+    assert (again.publication, result.outcome.success, result.outcome.published) == (2, True, True)
+    passed.publication = publication.next_publication(cfg, "r1")
+    quality_gate.write_outcome(passed, cfg.run_report_dir("r1"))
+
     # Had the publication begun and died between its tables, the retry completes it and reports it published.
     stage_candidates(cfg, "r1", {"profile_id": ["pr_1", "pr_2"], "first_name": ["bob", "anna"]})
     with monkeypatch.context() as patched:
