@@ -199,13 +199,27 @@ def shown_cell(value: object) -> object:
     return TERMINAL_CONTROLS.sub(lambda m: m[0].encode("unicode_escape").decode("ascii"), value)
 
 
+def _temporal_as_text(data_type: pa.DataType) -> pa.DataType:
+    """data_type with every date and time in it (in lists, structs and maps too) as text."""
+    if pa.types.is_temporal(data_type):
+        return pa.string()
+    if pa.types.is_list(data_type) or pa.types.is_large_list(data_type):
+        return pa.list_(_temporal_as_text(data_type.value_type))
+    if pa.types.is_struct(data_type):
+        return pa.struct([pa.field(f.name, _temporal_as_text(f.type)) for f in data_type])
+    if pa.types.is_map(data_type):
+        return pa.map_(_temporal_as_text(data_type.key_type), _temporal_as_text(data_type.item_type))
+    return data_type
+
+
 def python_values(column: pa.Array | pa.ChunkedArray) -> list[object]:
     """A column's values as Python objects; dates and times past Python's year 9999 (which a landed `9999-12-31`
-    with a zone west of UTC becomes) as Arrow writes them as text, not an OverflowError."""
+    with a zone west of UTC becomes), also inside lists and structs, as Arrow writes them as text, not an
+    OverflowError."""
     try:
         return column.to_pylist()
     except (OverflowError, ValueError):
-        return pc.cast(column, pa.string()).to_pylist()
+        return pc.cast(column, _temporal_as_text(column.type)).to_pylist()
 
 
 def result_rows(result: pa.Table | pa.RecordBatch) -> list[tuple[object, ...]]:
@@ -283,21 +297,28 @@ def export_target(cfg: PipelineConfig, out: Path) -> Path:
 @contextmanager
 def replaced_on_success(target: Path) -> Iterator[TextIO]:
     """A text file beside target that replaces it when the block ends without an error (else it is removed): a
-    failed or interrupted export leaves target as it was. Opened first, so a folder that is missing or not
-    writable fails before the query runs."""
+    failed or interrupted export leaves target as it was. The block's OSErrors are the file's (its folder missing
+    or not writable, a disk full): open what it reads before."""
     try:
         fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    except OSError as err:  # the folder is missing or not writable
-        raise QueryError(f"cannot write {target}: {err.strerror}") from None
+    except OSError as err:
+        raise QueryError(f"cannot write {target}: {err.strerror or type(err).__name__}") from None
     part = Path(name)
     try:
         with open(fd, "w", encoding="utf-8", newline="") as fh:
             yield fh
         part.replace(target)
-    except OSError as err:  # the disk filled
-        raise QueryError(f"cannot write {target}: {err.strerror}") from None
+    except OSError as err:
+        raise QueryError(f"cannot write {target}: {err.strerror or type(err).__name__}") from None
     finally:
         part.unlink(missing_ok=True)
+
+
+def _row_count(text: str) -> int:
+    rows = int(text)
+    if rows < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {rows}")
+    return rows
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -307,7 +328,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--format", choices=("table", "csv"), default="table", help="how stdout shows the result")
     parser.add_argument("--csv", type=Path, metavar="OUT", help="write the result to this CSV file instead")
     parser.add_argument(
-        "--max-rows", type=int, default=TABLE_MAX_ROWS, help="rows the table format shows at most (0: all)"
+        "--max-rows", type=_row_count, default=TABLE_MAX_ROWS, help="rows the table format shows at most (0: all)"
     )
     args = parser.parse_args(argv)
     try:
@@ -317,8 +338,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         cfg = load_config(args.conf)
         if args.csv is not None:
-            with replaced_on_success(export_target(cfg, args.csv)) as fh:
-                rows = write_csv(query_batches(cfg, args.sql), fh)
+            target = export_target(cfg, args.csv)
+            batches = query_batches(cfg, args.sql)
+            with replaced_on_success(target) as fh:
+                rows = write_csv(batches, fh)
             print(f"{rows} row(s) written to {args.csv}")
         elif args.format == "csv":
             write_csv(query_batches(cfg, args.sql), sys.stdout, terminal=sys.stdout.isatty())

@@ -282,6 +282,8 @@ def test_the_query_command_streams_its_result_and_fails_cleanly_on_what_it_canno
     # A time past Python's year 9999 (a landed 9999-12-31 west of UTC) is shown as text, not an OverflowError.
     query.main(["SELECT TIMESTAMPTZ '9999-12-31 23:59:59-05' AS t, DATE '12000-01-01' AS d"])
     assert capsys.readouterr().out.splitlines()[2].split() == ["10000-01-01", "04:59:59.000000+0000", "12000-01-01"]
+    query.main(["--format", "csv", "SELECT [DATE '12000-01-01'] AS l, {'d': DATE '12000-01-02', 'n': 1} AS s"])
+    assert capsys.readouterr().out.splitlines() == ['"l","s"', "\"['12000-01-01']\",\"{'d': '12000-01-02', 'n': 1}\""]
     query.main(["--max-rows", "3", "SELECT range AS n FROM range(10)"])
     assert capsys.readouterr().out.splitlines()[2:] == [
         "0",
@@ -305,6 +307,7 @@ def test_the_query_command_streams_its_result_and_fails_cleanly_on_what_it_canno
         (["--csv", str(log), "SELECT 1 AS x"], "is inside the lakehouse folder"),
         (["--csv", str(tmp_path / "no" / "n.csv"), "SELECT 1 AS x"], "query: cannot write"),
         (["SELECT '\udcff' AS x"], "query: the SQL is not UTF-8 text"),  # a byte no UTF-8, as Python passes it
+        (["--max-rows", "-1", "SELECT 1 AS x"], "must be 0 or more, got -1"),
     ):
         with pytest.raises(SystemExit) as exited:
             query.main(argv)
