@@ -438,7 +438,7 @@ class PipelineConfig:
         if not safe.strip("."):
             raise IdresError(f"run id {run_id!r} cannot name a report folder")
         runs = self.reports / "runs"
-        if safe == run_id:
+        if safe == run_id and len(safe) <= MAX_FILE_NAME:
             return runs / safe
         # Airflow allows run ids of 250 characters, and a file name holds 255 bytes: a long one is cut before its hash.
         hashed = runs / f"{safe[: MAX_FILE_NAME - 9]}-{hashlib.sha256(run_id.encode('utf-8')).hexdigest()[:8]}"

@@ -220,6 +220,8 @@ def load_quality(run_dir: Path) -> dict[str, Any] | None:
         quality = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise IdresError(f"{path}: not valid JSON (line {exc.lineno})") from exc
+    except (OSError, UnicodeDecodeError) as exc:  # unreadable, or not UTF-8 text
+        raise IdresError(f"{path}: cannot be read ({type(exc).__name__})") from exc
     if not isinstance(quality, dict):
         raise IdresError(f"{path}: expected a JSON object")
     return quality

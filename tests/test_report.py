@@ -271,7 +271,11 @@ def test_the_run_summary_ends_with_the_gate_verdict_and_the_report_of_the_latest
         "Quality gate of the last run: passed, published",
         f"Auditor report: {(run_dir / REPORT_FILE).as_uri()}",
     ]
-    # A quality.json cut short (a disk filled) leaves the other sections to show, and says so.
+    # A quality.json that is not UTF-8 text, or cut short (a disk filled), leaves the other sections to show.
+    (run_dir / "quality.json").write_bytes(b'{"success": "\xff"}')
+    assert summary_sections(cfg)[-2] == (
+        f"Quality gate of the last run: unknown ({run_dir / 'quality.json'}: cannot be read (UnicodeDecodeError))"
+    )
     (run_dir / "quality.json").write_text('{"success": tr', encoding="utf-8")
     assert summary_sections(cfg)[-2] == (
         f"Quality gate of the last run: unknown ({run_dir / 'quality.json'}: not valid JSON (line 1))"
@@ -399,6 +403,8 @@ def test_a_run_report_folder_is_named_safely_from_the_run_id(cfg):
     digest = hashlib.sha256(longest.encode()).hexdigest()[:8]
     assert (len(folder.name), folder.name.endswith(f"-{digest}")) == (255, True)
     assert cfg.run_report_dir(longest[:-1] + "y") != folder
+    safe_but_long = "r" * 300  # a run id given by hand: no character replaced, and still cut
+    assert len(cfg.run_report_dir(safe_but_long).name) == 255
 
 
 def test_a_report_regenerated_after_later_runs_shows_the_tables_as_its_run_left_them(spark, published, tmp_path):
