@@ -7,7 +7,8 @@ the previous ids by overlap:
    would keep its id, as no profile there holds more of its records or as many and is older; then the
    cluster with the smaller key), so a record that leaves it does not take its id away from the rest; one
    that would merge into another there follows instead a cluster holding as many of its records that no
-   profile follows, so two profiles that trade records evenly both keep their ids;
+   profile follows, so two profiles that trade records evenly both keep their ids (in one round: one whose
+   first such cluster an older profile takes merges);
 2. a cluster followed by several previous profiles keeps the id of the one with the largest
    overlap, and on a tie the oldest (created first, then the smaller id); the others are
    `merged` into it;

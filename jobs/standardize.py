@@ -418,11 +418,11 @@ def _latin_address_udf(texts: pd.Series) -> pd.Series:
 # Words for a locality's kind that open a city as the sources write it (м. Київ, смт Ворзель, Mun. București,
 # Orașul Voluntari, Stadt Köln), as keys (fold_key), so that any romanization of them is one: selyshche,
 # selischtsche and selišče alike. Dropped, the city compares by its name. Not Sat or Markt, which open the names
-# of places too (Sat Nou, Markt Schwaben).
+# of places too (Sat Nou, Markt Schwaben), nor сел., whose key is Zell's (Zell am See).
 LOCALITY_DESIGNATOR_KEYS = frozenset(
     fold_key(word)
     for word in (
-        *("m", "misto", "s", "selo", "smt", "selyshche", "sel", "g", "gorod", "pgt", "poselok"),
+        *("m", "misto", "s", "selo", "smt", "selyshche", "g", "gorod", "pgt", "poselok"),
         *("mun", "municipiul", "municipiu", "oras", "orasul", "com", "comuna", "stadt", "gemeinde"),
     )
 )

@@ -319,6 +319,7 @@ def test_addresses_and_gender_are_normalized(spark):
             ("a", "b", "4", "n/a"),
             ("a", "смт Ворзель", "7", None),  # the locality's kind before its name goes
             ("a", "selischtsche Worsel", "11", None),  # in any romanization
+            ("a", "Zell am See", "12", None),  # whose name key is no designator's
             ("a", "Mun. București", "8", None),
             ("a", "Stadt", "9", None),  # but a designator alone stays
             ("a", "Satu Mare", "10", None),
@@ -338,6 +339,7 @@ def test_addresses_and_gender_are_normalized(spark):
             ("a", "b", "4", None),
             ("a", "vorzel", "7", None),
             ("a", "worsel", "11", None),
+            ("a", "zell am see", "12", None),
             ("a", "bucuresti", "8", None),
             ("a", "stadt", "9", None),
             ("a", "satu mare", "10", None),
