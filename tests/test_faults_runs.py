@@ -421,7 +421,7 @@ def test_a_run_published_again_publishes_its_new_candidates_and_commits_nothing_
     stage_candidates(cfg, "r1", {"profile_id": ["pr_1", "pr_3"], "first_name": ["bob", "ion"]})
     publish_dying_at_the_last_table(cfg, "r1", tmp_path / "hidden_log")
     journal = json.loads((cfg.tables.staging / publication.JOURNAL).read_text(encoding="utf-8"))
-    assert journal == {"run_id": "r1", "publication": 3}  # the second committed; the third, nothing
+    assert journal == {"run_id": "r1", "publication": 4}  # the third committed nothing, but completed
     resumed = publication.finish_interrupted_publication(cfg)
 
     assert published_profiles(cfg) == [

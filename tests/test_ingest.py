@@ -504,7 +504,7 @@ def test_a_utf8_extract_of_a_source_set_to_a_single_byte_encoding_fails_before_i
         ingest.check_source_schema(source)
     assert str(raised.value) == (
         f"source 'ua_crm': the extract is UTF-8 text, but its encoding is set to {encoding}, which would read every "
-        "letter outside ASCII as two or three others: set the source's encoding to UTF-8"
+        "letter outside ASCII as two or three others: set its encoding to UTF-8"
     )
     ingest.check_source_schema(dataclasses.replace(source, encoding="UTF-8"))
     path.write_text(text, encoding=encoding)
