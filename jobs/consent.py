@@ -50,6 +50,7 @@ from jobs.ingest import (
     json_id_fields,
     mapped_strings,
     read_feed,
+    require_file,
     suppress_erased_named_records,
     suppress_erased_subjects,
     to_quarantine,
@@ -504,6 +505,9 @@ def land_consent_events(
     """Land every configured consent feed in the ledger; bad events go to the consent quarantine. Returns the
     feeds landed and their events counted by source system and reason, for record_consent_events."""
     feeds = {f"{s.name} consent feed": s for s in cfg.sources if s.consent_feed is not None}
+    for name, s in feeds.items():  # before its header is read in that encoding
+        require_file(name, s.consent_feed.path)
+        check_text_encoding(name, s.consent_feed.path, s.consent_feed.format, s.consent_feed.encoding)
     frames = [
         read_feed(
             spark,
@@ -520,8 +524,6 @@ def land_consent_events(
         .transform(assign_consent_reasons, cfg.policy)
         for name, s in feeds.items()
     ]
-    for name, s in feeds.items():  # read_feed checked each file is there
-        check_text_encoding(name, s.consent_feed.path, s.consent_feed.format, s.consent_feed.encoding)
     if not frames:
         return [], []
     ledger_path = cfg.tables.consent_ledger
