@@ -19,7 +19,7 @@ from great_expectations.expectations import Expectation
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from jobs.canonical import END_OF_TEXT, RECORD_ID_SEPARATOR, SUBJECT
+from jobs.canonical import END_OF_TEXT, RECORD_ID_SEPARATOR, SUBJECT, lookup
 from jobs.config import PipelineConfig
 
 # Counts and percentages only: no unexpected values, rows or indexes in results or Data Docs.
@@ -78,6 +78,11 @@ def holds(condition: Column) -> Column:
 def record_id_of_source() -> Column:
     """A check column: the row's record_id is `<source_system>:<source_record_id>`, the record it names by both."""
     return holds(F.col("record_id") == F.concat_ws(RECORD_ID_SEPARATOR, *SUBJECT))
+
+
+def region_of_source(cfg: PipelineConfig) -> Column:
+    """A check column: the row's region is its source system's, as sources.yaml configures it."""
+    return holds(F.col("region") == lookup({s.name: s.region for s in cfg.sources})[F.col("source_system")])
 
 
 def must_hold(column: str, description: str, mostly: float | None = None) -> Expectation:

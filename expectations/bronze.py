@@ -8,8 +8,16 @@ import great_expectations as gx
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from expectations import QualityInputs, TableCheck, holds, in_set, must_hold, required_unique, run_reconciliation
-from jobs.canonical import lookup
+from expectations import (
+    QualityInputs,
+    TableCheck,
+    holds,
+    in_set,
+    must_hold,
+    region_of_source,
+    required_unique,
+    run_reconciliation,
+)
 from jobs.ingest import DUPLICATE_SOURCE_ID
 
 
@@ -53,12 +61,11 @@ def with_quarantine_checks(bronze: DataFrame, quarantine: DataFrame) -> DataFram
 
 def checks(inputs: QualityInputs) -> list[TableCheck]:
     sources = [s.name for s in inputs.cfg.sources]
-    source_region = lookup({s.name: s.region for s in inputs.cfg.sources})[F.col("source_system")]
     bronze = TableCheck(
         suite="bronze",
         table="bronze/customers",
         frame=with_quarantine_checks(inputs.bronze, inputs.quarantine).withColumn(
-            "region_of_source", holds(F.col("region") == source_region)
+            "region_of_source", region_of_source(inputs.cfg)
         ),
         expectations=[
             *required_unique(

@@ -6,8 +6,16 @@ import great_expectations as gx
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from expectations import QualityInputs, TableCheck, holds, must_hold, record_id_of_source, required_unique
-from jobs.canonical import SUBJECT, lookup
+from expectations import (
+    QualityInputs,
+    TableCheck,
+    holds,
+    must_hold,
+    record_id_of_source,
+    region_of_source,
+    required_unique,
+)
+from jobs.canonical import SUBJECT
 
 UNIFICATION = ("unification_basis", "unification_event_id")  # the admitted record's grant to be unified
 
@@ -37,14 +45,13 @@ def with_source_checks(sources: DataFrame, profiles: DataFrame, previous: DataFr
 
 def checks(inputs: QualityInputs) -> list[TableCheck]:
     churn = inputs.cfg.quality.max_profile_id_churn
-    source_region = lookup({s.name: s.region for s in inputs.cfg.sources})[F.col("source_system")]
     return [
         TableCheck(
             suite="profile_sources",
             table="gold/profile_sources",
             frame=with_source_checks(
                 inputs.profile_sources, inputs.profiles, inputs.previous_profile_sources, inputs.admitted
-            ).withColumn("region_of_source", holds(F.col("region") == source_region)),
+            ).withColumn("region_of_source", region_of_source(inputs.cfg)),
             expectations=[
                 *required_unique(*SUBJECT, description="each source record belongs to one profile"),
                 *required_unique("record_id", description="each source record belongs to one profile"),
