@@ -11,6 +11,7 @@ import great_expectations as gx
 import pyarrow as pa
 import pytest
 from chispa import assert_df_equality
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from expectations import PROFILE_ID_REGEX, QualityInputs, TableCheck, gold_columns, must_hold, required_unique
@@ -69,6 +70,11 @@ def inputs_with(cfg, **tables) -> QualityInputs:
     """QualityInputs holding only the named tables (the others None)."""
     others = {f.name: None for f in dataclasses.fields(QualityInputs) if f.name not in ("cfg", *tables)}
     return QualityInputs(cfg=cfg, **tables, **others)
+
+
+def one_profile(spark, *record_ids: str) -> DataFrame:
+    """record_profiles with every one of the records under profile P1."""
+    return spark.createDataFrame([(r, "P1") for r in record_ids], "record_id string, profile_id string")
 
 
 def suite_named(checks: list[TableCheck], suite: str) -> TableCheck:
@@ -1319,18 +1325,22 @@ def test_a_missing_probability_or_status_fails_its_suite(spark, cfg):
         [("s:1", "s:2", 0.9, 3.0), ("s:3", "s:1", None, 3.0), ("s:2", "s:2", float("nan"), 3.0)],
         "record_id_l string, record_id_r string, match_probability double, match_weight double",
     )
-    checked = pairwise_suite.with_pair_checks(pairs, admitted).select("record_id_l", "record_id_r", "a_probability")
+    record_profiles = one_profile(spark, "s:1", "s:2", "s:3")
+    checked = pairwise_suite.with_pair_checks(pairs, admitted, record_profiles, 0.9).select(
+        "record_id_l", "record_id_r", "a_probability"
+    )
     expected = spark.createDataFrame(
         [("s:1", "s:2", True), ("s:3", "s:1", False), ("s:2", "s:2", False)],
         "record_id_l string, record_id_r string, a_probability boolean",
     )
     assert_df_equality(checked, expected, ignore_row_order=True, ignore_nullable=True)
     one_missing = pairs.where(F.col("record_id_l") == "s:1").union(pairs.where(F.col("match_probability").isNull()))
-    outcome = validate(pairwise_suite.checks(inputs_with(cfg, pairwise_matches=one_missing, admitted=admitted)), "r")
+    inputs = inputs_with(cfg, pairwise_matches=one_missing, admitted=admitted, record_profiles=record_profiles)
+    outcome = validate(pairwise_suite.checks(inputs), "r")
     assert failed_checks(outcome) == ["pairwise_matches: expect_column_values_to_be_in_set(a_probability)"]
     for pandas_max_rows in (0, 1000):  # Spark's engine, pandas'
         unweighted = pairs.where(F.col("record_id_l") == "s:1").withColumn("match_weight", F.lit(float("nan")))
-        inputs = inputs_with(cfg, pairwise_matches=unweighted, admitted=admitted)
+        inputs = inputs_with(cfg, pairwise_matches=unweighted, admitted=admitted, record_profiles=record_profiles)
         outcome = validate(pairwise_suite.checks(inputs), "r", pandas_max_rows=pandas_max_rows)
         assert failed_checks(outcome) == ["pairwise_matches: expect_column_values_to_be_in_set(a_weight)"]
 
@@ -1351,13 +1361,56 @@ def test_a_pair_scored_in_both_orders_fails_the_pairs_suite(spark, cfg):
     once = spark.createDataFrame([("s:1", "s:2", 0.9, 3.0), ("s:1", "s:3", 0.2, -1.0)], schema)
     twice = once.union(spark.createDataFrame([("s:2", "s:1", 0.9, 3.0)], schema))
 
-    passed = validate(pairwise_suite.checks(inputs_with(cfg, pairwise_matches=once, admitted=admitted)), "r")
-    failed = validate(pairwise_suite.checks(inputs_with(cfg, pairwise_matches=twice, admitted=admitted)), "r")
+    profiled = one_profile(spark, "s:1", "s:2", "s:3")
+
+    passed = validate(
+        pairwise_suite.checks(inputs_with(cfg, pairwise_matches=once, admitted=admitted, record_profiles=profiled)), "r"
+    )
+    failed = validate(
+        pairwise_suite.checks(inputs_with(cfg, pairwise_matches=twice, admitted=admitted, record_profiles=profiled)),
+        "r",
+    )
 
     assert failed_checks(passed) == []
     assert failed_checks(failed) == [
         "pairwise_matches: expect_compound_columns_to_be_unique(record_id_lesser,record_id_greater)"
     ]
+
+
+def test_a_pair_at_the_cluster_probability_across_two_profiles_fails_the_pairs_suite(spark, cfg):
+    """Splink clusters every pair at or above the cluster probability into one cluster, so its records share a
+    profile; a pair below it may join two."""
+    assert cfg.linkage.cluster_probability == 0.9
+    admitted = spark.createDataFrame(
+        [("s", "1"), ("s", "2"), ("s", "3"), ("s", "4")], "source_system string, source_record_id string"
+    )
+    schema = "record_id_l string, record_id_r string, match_probability double, match_weight double"
+    pairs = spark.createDataFrame(
+        [("s:1", "s:2", 0.9, 3.2), ("s:3", "s:4", 0.95, 4.2), ("s:2", "s:3", 0.89, 3.0)], schema
+    )
+    together = spark.createDataFrame(
+        [("s:1", "P1"), ("s:2", "P1"), ("s:3", "P2"), ("s:4", "P2")], "record_id string, profile_id string"
+    )
+    split = together.withColumn("profile_id", F.when(F.col("record_id") == "s:2", "P3").otherwise(F.col("profile_id")))
+
+    checked = pairwise_suite.with_pair_checks(pairs, admitted, split, 0.9).select(
+        "record_id_l", "record_id_r", "clustered_together"
+    )
+    passed = validate(
+        pairwise_suite.checks(inputs_with(cfg, pairwise_matches=pairs, admitted=admitted, record_profiles=together)),
+        "r",
+    )
+    failed = validate(
+        pairwise_suite.checks(inputs_with(cfg, pairwise_matches=pairs, admitted=admitted, record_profiles=split)), "r"
+    )
+
+    expected = spark.createDataFrame(
+        [("s:1", "s:2", False), ("s:3", "s:4", True), ("s:2", "s:3", True)],
+        "record_id_l string, record_id_r string, clustered_together boolean",
+    )
+    assert_df_equality(checked, expected, ignore_row_order=True, ignore_nullable=True)
+    assert failed_checks(passed) == []
+    assert failed_checks(failed) == ["pairwise_matches: expect_column_values_to_be_in_set(clustered_together)"]
 
 
 @pytest.mark.parametrize("pandas_max_rows", [0, 1000], ids=["spark", "pandas"])
