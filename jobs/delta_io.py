@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from deltalake import CommitProperties, DeltaTable, QueryBuilder, Schema, Transaction, write_deltalake
@@ -262,6 +263,19 @@ def arrow_dataset(path: Path | str, string_views: bool = False) -> ds.Dataset:
     if files := data_files(table):
         return ds.dataset(files, schema=schema, format="parquet")
     return ds.dataset(schema.empty_table())
+
+
+def rows_where(path: Path | str, column: str, value: str, columns: Sequence[str] | None = None) -> list[dict]:
+    """The rows of a Delta table's current version whose text column equals value, as dicts (of columns, or
+    all). The filter runs on each batch read, not in the scan: delta-rs merges write string_view Parquet beside
+    plain string files, and Arrow has no scan filter that compares both ("no kernel matching input types")."""
+    dataset = arrow_dataset(path)
+    wanted = list(columns or dataset.schema.names)
+    found = []
+    for batch in dataset.scanner(columns=list(dict.fromkeys([*wanted, column]))).to_batches():
+        matching = batch.filter(pc.equal(batch.column(column).cast(pa.string()), value))
+        found.extend(matching.select(wanted).to_pylist())
+    return found
 
 
 def _table_stream(path: Path | str) -> tuple[pa.RecordBatchReader, int]:

@@ -23,7 +23,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from jobs import delta_io
 from jobs.config import PUBLISHED_TABLES, RESOLVED_TABLES, PipelineConfig
@@ -213,7 +212,7 @@ def _audited_counts(cfg: PipelineConfig, run_id: str) -> dict[str, int]:
     """The profile counts (as merge metrics) of run_id's row in the publish audit (unify_runs); {} for none."""
     if not delta_io.table_exists(cfg.tables.unify_runs):
         return {}
-    rows = delta_io.arrow_dataset(cfg.tables.unify_runs).to_table(filter=pc.field("run_id") == run_id).to_pylist()
+    rows = delta_io.rows_where(cfg.tables.unify_runs, "run_id", run_id)
     if not rows:
         return {}
     (row,) = rows

@@ -40,7 +40,6 @@ from typing import Any
 from urllib.parse import urlparse
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -159,7 +158,7 @@ def _ended_profile(cfg: PipelineConfig, profile_id: str | None) -> str:
     if not profile_id or not delta_io.table_exists(path):
         return " (unknown profile id?)" if profile_id else ""
     columns = ["status", "successor_profile_id", "ended_run_id"]
-    found = delta_io.arrow_dataset(path).to_table(columns, filter=pc.field("profile_id") == profile_id).to_pylist()
+    found = delta_io.rows_where(path, "profile_id", profile_id, columns)
     if not found:
         return f": profile {profile_id} was never issued"
     (row,) = found

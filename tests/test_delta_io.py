@@ -3,6 +3,7 @@ from __future__ import annotations
 import shutil
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from chispa import assert_df_equality
 from deltalake import DeltaTable, write_deltalake
@@ -366,3 +367,19 @@ def test_a_history_purge_keeps_the_tables_log_retention_also_when_it_fails(tmp_p
     with pytest.raises(OSError, match="injected"):
         delta_io.purge_history(path, run_id="e2", job="subject_rights")
     assert retention() == "interval 90 days"
+
+
+def test_rows_are_found_by_a_text_value_in_files_delta_rs_wrote_as_string_and_as_string_view(tmp_path):
+    """A merge writes string_view Parquet beside the first write's string files; Arrow cannot push a filter down
+    over both (an erasure request naming a merged profile failed on a lakehouse past its second run)."""
+    target = tmp_path / "target"
+    write_deltalake(str(target), pa.table({"key": ["a", "b"], "value": [1, 2]}, schema=SCHEMA))
+    delta_io.merge_delta(
+        pa.table({"key": ["c"], "value": [3]}, schema=SCHEMA), target, keys=("key",), run_id="r", job="t"
+    )
+    kinds = {pq.read_schema(f).field("key").type for f in delta_io.data_files(DeltaTable(str(target)))}
+    assert kinds == {pa.string(), pa.string_view()}
+
+    assert delta_io.rows_where(target, "key", "a") == [{"key": "a", "value": 1}]
+    assert delta_io.rows_where(target, "key", "c", ["value"]) == [{"value": 3}]
+    assert delta_io.rows_where(target, "key", "z") == []
