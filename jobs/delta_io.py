@@ -306,6 +306,23 @@ def read_delta(spark: SparkSession, path: Path | str, version: int | None = None
     return spark.read.schema(spark_schema).parquet(*files)
 
 
+def read_every_version(spark: SparkSession, path: Path | str) -> DataFrame:
+    """A Spark DataFrame of every row that any retained version of the table holds (duplicates included): the
+    data files of each version whose log is still there, as far as vacuum left them, in the current schema."""
+    current = DeltaTable(str(path))
+    files: set[str] = set()
+    for commit in current.history():
+        try:
+            files.update(data_files(DeltaTable(str(path), version=commit["version"])))
+        except DeltaError:  # a version whose log a purge removed
+            continue
+    spark_schema = spark.createDataFrame(pa.schema(current.schema().to_arrow()).empty_table()).schema
+    kept = sorted(f for f in files if Path(f).exists())
+    if not kept:
+        return spark.createDataFrame([], spark_schema)
+    return spark.read.schema(spark_schema).parquet(*kept)
+
+
 def read_delta_or_empty(spark: SparkSession, path: Path | str, schema: str | pa.Schema) -> DataFrame:
     """The table at its current version, or an empty DataFrame of schema (DDL or Arrow) when there is no table yet."""
     if table_exists(path):

@@ -97,6 +97,12 @@ class Subject:
     records: DataFrame  # source_system, source_record_id, record_id
     profile_ids: tuple[str, ...]
     reference: str  # SHA-256 over the sorted subject hashes: names the subject in files and logs
+    # Profiles the records held in an earlier version of gold/record_profiles and hold no more (merged, retired)
+    former_profile_ids: tuple[str, ...] = ()
+
+    def every_profile_id(self) -> tuple[str, ...]:
+        """The profiles the records hold and those they held before."""
+        return (*self.profile_ids, *self.former_profile_ids)
 
     def record_ids(self) -> list[str]:
         """The records' unique ids (`source:id`), as Splink, the pairs and the access exports name them."""
@@ -145,11 +151,19 @@ def find_subject(
     if not rows:
         raise IdresError("the subject has no source records" + _ended_profile(cfg, profile_id))
     profile_ids: set[str] = {profile_id} if profile_id else set()
+    held_before: set[str] = set()
     if delta_io.table_exists(t.record_profiles):
         found = as_first_found(spark, t.record_profiles, run_id).join(subject, list(SUBJECT))
         profile_ids |= {r["profile_id"] for r in found.select("profile_id").distinct().collect()}
+        history = delta_io.read_every_version(spark, t.record_profiles).join(subject, list(SUBJECT))
+        held_before = {r["profile_id"] for r in history.select("profile_id").distinct().collect()}
     reference = hashlib.sha256("\n".join(sorted(r["h"] for r in rows)).encode()).hexdigest()
-    return Subject(records=subject, profile_ids=tuple(sorted(profile_ids)), reference=reference)
+    return Subject(
+        records=subject,
+        profile_ids=tuple(sorted(profile_ids)),
+        reference=reference,
+        former_profile_ids=tuple(sorted(held_before - profile_ids)),
+    )
 
 
 def _ended_profile(cfg: PipelineConfig, profile_id: str | None) -> str:
@@ -208,7 +222,7 @@ def _table_rows(spark: SparkSession, path: Path, subject: Subject, by: str) -> l
     if by == "record" and set(SUBJECT) <= set(df.columns):
         return _rows(df.join(subject.records.select(*SUBJECT), list(SUBJECT)))
     if by == "profile" and "profile_id" in df.columns:
-        return _rows(df.where(F.col("profile_id").isin(*subject.profile_ids)))
+        return _rows(df.where(F.col("profile_id").isin(*subject.every_profile_id())))
     return []
 
 
@@ -271,11 +285,15 @@ def _quarantined_rows(
 
 
 def own_profile_rows(
-    sections: dict[str, list[dict[str, Any]]], ids: set[str], profile_columns: Sequence[str]
+    sections: dict[str, list[dict[str, Any]]],
+    ids: set[str],
+    profile_columns: Sequence[str],
+    former_own: Iterable[str] = (),
 ) -> dict[str, list[dict[str, Any]]]:
     """The profile sections cut to what the subject's own records supplied or decided: a profile may hold records
     the request does not name (another person's, in an over-merge), whose values, ids and consent events are
-    that person's. A profile value is kept when its lineage names one of the subject's records."""
+    that person's. A profile value is kept when its lineage names one of the subject's records; the identity
+    events whole of a profile the subject's records alone held, now or before (`former_own`)."""
     lineage = [r for r in sections["profile_values_lineage"] if r["record_id"] in ids]
     supplied = {(r["profile_id"], r["column"]) for r in lineage}
     sources = [r for r in sections["profile_sources"] if r["record_id"] in ids]
@@ -297,6 +315,7 @@ def own_profile_rows(
     # Whole: the subject holds every record of the profile. Else the profile's latest update, and its identity
     # events (counts of all its records, the profiles they came from or went to), may be another person's.
     whole = {p["profile_id"] for p in sections["profiles"] if len(own_sources(p["profile_id"])) == p["record_count"]}
+    whole |= set(former_own)
 
     def own_profile(profile: dict[str, Any]) -> dict[str, Any]:
         mine = own_sources(profile["profile_id"])
@@ -343,10 +362,12 @@ def export_subject(spark: SparkSession, cfg: PipelineConfig, subject: Subject, r
         # Only pairs of the subject's own records: a pair with another person's record (one scored between the
         # match and the cluster threshold) would disclose that person's id and which of their values agree.
         matches = _rows(pairs.where(F.col("record_id_l").isin(*ids) & F.col("record_id_r").isin(*ids)))
+    former_own = set(subject.former_profile_ids) - set(profiles_shared_with_others(spark, cfg, subject))
     return {
         "subject_reference": subject.reference,
         "source_record_ids": sorted(ids),
         "profile_ids": list(subject.profile_ids),
+        "former_profile_ids": list(subject.former_profile_ids),
         **own_profile_rows(
             {
                 name: _table_rows(spark, getattr(t, table), subject, "profile")
@@ -360,6 +381,7 @@ def export_subject(spark: SparkSession, cfg: PipelineConfig, subject: Subject, r
             },
             set(ids),
             cfg.survivorship.columns,
+            former_own,
         ),
         "match_evidence": matches,
         "record_profiles": _table_rows(spark, t.record_profiles, subject, "record"),
@@ -570,13 +592,14 @@ def admitted_records_published(cfg: PipelineConfig) -> bool:
     return published is not None and (landed is None or published > landed)
 
 
-def profiles_shared_with_others(spark: SparkSession, cfg: PipelineConfig, subject: Subject, run_id: str) -> list[str]:
-    """The subject's profiles that held other records too (as the run first found them): their ids and history
-    are the other records' people's as well, so the erasure keeps them in the registry and identity events."""
+def profiles_shared_with_others(spark: SparkSession, cfg: PipelineConfig, subject: Subject) -> list[str]:
+    """The subject's profiles, present and former, that held other records too in some retained version of
+    gold/record_profiles: their ids and history are the other records' people's as well, so the erasure keeps
+    them in the registry and identity events."""
     path = cfg.tables.record_profiles
-    if not subject.profile_ids or not delta_io.table_exists(path):
+    if not subject.every_profile_id() or not delta_io.table_exists(path):
         return []
-    members = as_first_found(spark, path, run_id).where(F.col("profile_id").isin(*subject.profile_ids))
+    members = delta_io.read_every_version(spark, path).where(F.col("profile_id").isin(*subject.every_profile_id()))
     others = members.join(subject.records, list(SUBJECT), "left_anti").select("profile_id").distinct()
     return sorted(r["profile_id"] for r in others.collect())
 
@@ -638,7 +661,7 @@ def republish_without_subject(
         profiles = spark.createDataFrame([(p,) for p in subject.profile_ids], "profile_id string")
         for name in ("record_profiles", "profile_sources", "profile_lineage"):
             delta_io.delete_matching(profiles, getattr(t, name), **job)
-        retire_withdrawn_profiles(spark, cfg, shared, run_id)
+        retire_withdrawn_profiles(spark, cfg, [p for p in shared if p in subject.profile_ids], run_id)
     return f"not published: {refusal}; the subject's profiles are withdrawn until a run passes the quality gate"
 
 
@@ -651,7 +674,7 @@ def erase_subject(
     exports = cfg.reports / REQUESTS_DIR
     job = {"run_id": run_id, "job": JOB}
     evidence = distinguishing_values(spark, cfg, subject, run_id)
-    shared = profiles_shared_with_others(spark, cfg, subject, run_id)
+    shared = profiles_shared_with_others(spark, cfg, subject)
     if not evidence and (erased_by := _erased_before(spark, t, subject, run_id)):
         # Its earlier access exports are found by record id, with no value to hand: removed before giving up.
         if removed := _remove_exports_of(exports, subject.record_ids(), ()):
@@ -704,7 +727,7 @@ def erase_subject(
     if delta_io.table_exists(t.admitted) and delta_io.table_exists(t.record_profiles):
         re_resolution = republish_without_subject(spark, cfg, subject, run_id, shared)
     publication.drop_staging(cfg)  # candidates of an earlier, failed gate hold the subject too
-    own = sorted(set(subject.profile_ids) - set(shared))  # profiles of the subject's records alone
+    own = sorted(set(subject.every_profile_id()) - set(shared))  # profiles of the subject's records alone
     if own and delta_io.table_exists(t.record_profiles):
         remaining = delta_io.read_delta(spark, t.record_profiles).select("profile_id").distinct()
         gone = spark.createDataFrame([(p,) for p in own], "profile_id string").join(
@@ -750,6 +773,7 @@ def erase_subject(
         "subject_reference": subject.reference,
         "source_records_erased": subject.records.count(),
         "profile_ids": list(subject.profile_ids),
+        "former_profile_ids": list(subject.former_profile_ids),
         "rows_deleted": deleted,
         "re_resolution": re_resolution,
         "history": "vacuumed with 0 h retention; Delta log before the erasure checkpoint removed",

@@ -934,3 +934,82 @@ def test_an_export_by_record_holds_of_its_profile_only_what_the_named_record_sup
     # The profile's other records (the bridge's canary values and ids among them) are not the named subject's.
     text = export_path.read_text(encoding="utf-8")
     assert canary_hits(cfg.reports) == [] and "UA-9" not in text and "LM-9" not in text
+
+
+def test_profiles_a_record_held_before_are_exported_and_those_it_held_alone_are_erased(spark, pristine, tmp_path):
+    """A record's profile of an earlier run, merged since into today's, is still in the registry and the identity
+    events under an id the record and run ids give: the export lists it, and the erasure deletes its rows unless
+    another record held it too (then its history is that record's person's as well)."""
+    from jobs.profile_ids import IDENTITY_EVENTS_SCHEMA, REGISTRY_SCHEMA
+
+    cfg = copy_lakehouse(pristine, tmp_path)
+    t = cfg.tables
+    iryna = profile_of(spark, cfg, "ua_crm:UA-9")
+    alone, shared = "pr_" + "a" * 20, "pr_" + "b" * 20
+    current = delta_io.read_delta(spark, t.record_profiles).toPandas()
+
+    def assign(profiles: dict[str, str], run_id: str) -> None:
+        rows = current[current["record_id"].isin(list(profiles))].assign(
+            profile_id=lambda df: df["record_id"].map(profiles)
+        )
+        delta_io.merge_delta(
+            pa.Table.from_pandas(rows, preserve_index=False),
+            t.record_profiles,
+            keys=("record_id",),
+            update_changed=True,
+            run_id=run_id,
+            job="resolve",
+        )
+
+    # UA-9 alone under `alone`, then with R-1 (not named by the request) under `shared`, then as today
+    assign({"ua_crm:UA-9": alone}, "run-a")
+    assign({"ua_crm:UA-9": shared, "ro_shop:R-1": shared}, "run-b")
+    assign({"ua_crm:UA-9": iryna, "ro_shop:R-1": iryna}, "run-c")
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    registry = [
+        (alone, "merged", at, "run-a", at, "run-b", shared),
+        (shared, "merged", at, "run-b", at, "run-c", iryna),
+    ]
+    delta_io.merge_delta(
+        pa.Table.from_pylist([dict(zip(REGISTRY_SCHEMA.names, r, strict=True)) for r in registry], REGISTRY_SCHEMA),
+        t.profile_registry,
+        keys=("profile_id",),
+        run_id="run-c",
+        job="resolve",
+    )
+    events = [
+        ("run-a", "created", alone, None, 1, at, "e-a"),
+        ("run-b", "merged", alone, shared, 1, at, "e-ab"),
+        ("run-b", "created", shared, None, 2, at, "e-b"),
+        ("run-c", "merged", shared, iryna, 2, at, "e-bc"),
+    ]
+    delta_io.merge_delta(
+        pa.Table.from_pylist(
+            [dict(zip(IDENTITY_EVENTS_SCHEMA.names, e, strict=True)) for e in events], IDENTITY_EVENTS_SCHEMA
+        ),
+        t.identity_events,
+        keys=("event_id",),
+        run_id="run-c",
+        job="resolve",
+    )
+
+    exported = json.loads(
+        subject_rights.run(spark, cfg, run_id="sr-x", action="export", record=["ua_crm:UA-9"]).read_text("utf-8")
+    )
+    assert (exported["profile_ids"], exported["former_profile_ids"]) == ([iryna], sorted([alone, shared]))
+    former_events = {
+        e["event_id"]: (e["related_profile_id"], e["records"])
+        for e in exported["identity_events"]
+        if e["profile_id"] in (alone, shared)
+    }
+    # whole for the profile of UA-9 alone; of the one it shared with R-1, what another record's person made withheld
+    assert former_events == {"e-a": (None, 1), "e-ab": (shared, 1), "e-b": (None, None), "e-bc": (None, None)}
+
+    certificate = json.loads(
+        subject_rights.run(spark, cfg, run_id="sr-e", action="erase", record=["ua_crm:UA-9"]).read_text("utf-8")
+    )
+    assert certificate["former_profile_ids"] == sorted([alone, shared])
+    kept_registry = {r["profile_id"] for r in delta_io.read_delta(spark, t.profile_registry).collect()}
+    kept_events = {r["event_id"] for r in delta_io.read_delta(spark, t.identity_events).collect()}
+    assert alone not in kept_registry and {shared, iryna} <= kept_registry
+    assert not {"e-a", "e-ab"} & kept_events and {"e-b", "e-bc"} <= kept_events
