@@ -80,9 +80,9 @@ def with_unification_in_force(
     granted on a basis the policy accepts for the purpose and not expired (`expires_at` null or after the cutoff)."""
     events = (
         ledger.where(F.col("purpose") == policy.unification_purpose)
-        .transform(refusals_in_force_when_received)
-        .select(*SUBJECT, "event_id", "status", "lawful_basis", "event_time", "recorded_at", "expires_at")
         .crossJoin(F.broadcast(applied_cutoff(consent_runs)))
+        .transform(refusals_in_force_when_received, F.col("_cutoff"))
+        .select(*SUBJECT, "event_id", "status", "lawful_basis", "event_time", "recorded_at", "expires_at", "_cutoff")
     )
     _, deciding = deciding_events(events, SUBJECT)
     bases = list(policy.purpose_bases[policy.unification_purpose])
@@ -122,15 +122,21 @@ def with_permission_checks(
       the strongest status: a withdrawal before a denial before a grant, then the latest recorded), and the
       row's status and basis are that event's (`expired` for a lapsed grant); with no event, the status is
       none_recorded and no event is named."""
-    events = (
-        sources.select("profile_id", *SUBJECT)
-        .join(
-            ledger.transform(refusals_in_force_when_received).select(
-                *SUBJECT, "purpose", "event_id", "status", "lawful_basis", "event_time", "recorded_at", "expires_at"
-            ),
-            list(SUBJECT),
-        )
-        .crossJoin(F.broadcast(applied_cutoff(consent_runs)))
+    events = sources.select("profile_id", *SUBJECT).join(
+        ledger.crossJoin(F.broadcast(applied_cutoff(consent_runs)))
+        .transform(refusals_in_force_when_received, F.col("_cutoff"))
+        .select(
+            *SUBJECT,
+            "purpose",
+            "event_id",
+            "status",
+            "lawful_basis",
+            "event_time",
+            "recorded_at",
+            "expires_at",
+            "_cutoff",
+        ),
+        list(SUBJECT),
     )
     timed, deciding = deciding_events(events, ("profile_id", "purpose"))
     latest = timed.select("profile_id", "purpose", "_latest").distinct()

@@ -332,16 +332,18 @@ def lapsed_grant(cutoff: Column) -> Column:
     return (F.col("status") == "granted") & F.col("expires_at").isNotNull() & (F.col("expires_at") <= cutoff)
 
 
-def refusals_in_force_when_received(ledger: DataFrame) -> DataFrame:
+def refusals_in_force_when_received(ledger: DataFrame, cutoff: Column) -> DataFrame:
     """Ledger rows with a refusal's event_time no later than the ledger's landed_at: it had happened by the time
-    this gate received it, so a time typed years ahead (2205 for 2025) cannot leave an earlier grant in force. Its
-    recorded_at is no bound: typed years back (2015 for 2025), it would move the refusal before a grant it came
-    after, which would then decide. A grant keeps its time: dated ahead, it only starts later."""
+    this gate received it, so a time typed years ahead (2205 for 2025) cannot leave an earlier grant in force.
+    Such a refusal, whose real time is unknown, is placed at the cutoff when that is earlier: a run's cutoff comes
+    before the time it lands its events, and the run that receives a withdrawal applies it. Its recorded_at is no
+    bound: typed years back (2015 for 2025), it would move the refusal before a grant it came after, which would
+    then decide. A grant keeps its time: dated ahead, it only starts later."""
     if "landed_at" not in ledger.columns:  # events not landed yet
         return ledger
     refusal = F.coalesce(F.col("status").isin(*REVOKING_STATUSES), F.lit(False))
-    in_force = F.least("event_time", "landed_at")
-    return ledger.withColumn("event_time", F.when(refusal, in_force).otherwise(F.col("event_time")))
+    ahead = refusal & (F.col("event_time") > F.col("landed_at"))
+    return ledger.withColumn("event_time", F.when(ahead, F.least("landed_at", cutoff)).otherwise(F.col("event_time")))
 
 
 def effective_consent(ledger: DataFrame, cutoff: datetime) -> DataFrame:
@@ -354,7 +356,7 @@ def effective_consent(ledger: DataFrame, cutoff: datetime) -> DataFrame:
     """
     precedence = lookup(STATUS_PRECEDENCE)
     events = (
-        ledger.transform(refusals_in_force_when_received)
+        refusals_in_force_when_received(ledger, F.lit(cutoff))
         .where(F.col("event_time") <= F.lit(cutoff))
         .select(*SUBJECT, "event_id", *EVENT_CONTENT)
         .dropDuplicates()

@@ -79,7 +79,8 @@ def test_effective_consent_takes_the_latest_event_and_withdrawal_wins_ties(spark
 
 def test_a_refusal_dated_after_it_was_received_takes_effect_by_then(spark):
     """A withdrawal typed 2205 for 2025 never took effect, and nothing flagged it; a grant dated ahead starts later.
-    A recorded_at typed years back (2015) moved a withdrawal before the grant it came after, which then decided."""
+    A recorded_at typed years back (2015) moved a withdrawal before the grant it came after, which then decided.
+    One received after the cutoff (a DAG run's cutoff comes before it lands its events) is in force as of it."""
     cutoff = dt.datetime.fromisoformat(CUTOFF)
     typo = ts("2205-06-01")
 
@@ -104,6 +105,7 @@ def test_a_refusal_dated_after_it_was_received_takes_effect_by_then(spark):
         row("1", "w1", "withdrawn", typo, recorded=ts("2025-06-01"), landed=ts("2025-06-02")),
         row("2", "w2", "withdrawn", typo, landed=ts("2025-07-01")),  # no recorded_at: received then
         row("3", "w3", "withdrawn", typo, landed=ts("2026-07-01")),  # received after the cutoff
+        row("3", "w3b", "withdrawn", ts("2026-06-15"), landed=ts("2026-07-01")),  # happened after the cutoff
         row("4", "g4", "granted", typo, recorded=ts("2025-01-01"), landed=ts("2025-01-02")),
         row("5", "w5", "withdrawn", ts("2025-02-01"), recorded=ts("2025-03-01"), landed=ts("2025-03-02")),
         row("6", "w6", "withdrawn", ts("2025-06-01"), recorded=ts("2015-06-01"), landed=ts("2025-06-02")),
@@ -118,7 +120,7 @@ def test_a_refusal_dated_after_it_was_received_takes_effect_by_then(spark):
         [
             ("1", "withdrawn", "w1", ts("2025-06-02")),  # received then
             ("2", "withdrawn", "w2", ts("2025-07-01")),
-            ("3", "granted", "g3", ts("2025-01-01")),
+            ("3", "withdrawn", "w3", cutoff),
             ("5", "withdrawn", "w5", ts("2025-02-01")),  # recorded later: in force from when it happened
             ("6", "withdrawn", "w6", ts("2025-06-01")),  # recorded "before": in force from when it happened
         ],
@@ -846,6 +848,24 @@ def test_a_refusal_dated_ahead_is_in_force_in_a_run_without_cutoff_after_one_rec
     write_consent_feed(cfg, "ua_crm", [*GOOD_EVENTS, *BAD_EVENTS, withdrawal])
 
     consent.run(spark, cfg, run_id="r2")
+
+    decided = delta_io.read_delta(spark, cfg.tables.consent_audit).where(
+        "run_id = 'r2' AND source_record_id = 'UA-2' AND attribute = '*'"
+    )
+    assert [tuple(r) for r in decided.select("decision", "reason").collect()] == [("excluded", "consent_withdrawn")]
+
+
+def test_a_refusal_dated_ahead_is_in_force_in_the_dag_run_that_lands_it(spark, gate_world, tmp_path):
+    """A DAG run's cutoff (its run_after) comes before the time it lands its events, where a refusal dated ahead
+    was placed: the record it withdrew was admitted and published for one more run."""
+    from tests.conftest import copy_lakehouse
+
+    cfg = copy_lakehouse(gate_world[0], tmp_path).with_paths(landing=tmp_path / "landing")
+    withdrawal = event("UA-2", "profile_unification", "contract", "withdrawn", "2205-03-01T10:00:00+02:00")
+    write_consent_feed(cfg, "ua_crm", [*GOOD_EVENTS, *BAD_EVENTS, withdrawal])
+    run_after = (dt.datetime.now(UTC) - dt.timedelta(seconds=30)).isoformat()
+
+    consent.run(spark, cfg, run_id="r2", cutoff=run_after)
 
     decided = delta_io.read_delta(spark, cfg.tables.consent_audit).where(
         "run_id = 'r2' AND source_record_id = 'UA-2' AND attribute = '*'"

@@ -600,6 +600,9 @@ def test_every_admitted_record_needs_a_ledger_grant_in_force_at_the_runs_cutoff(
             # unless it was received before the cutoff (a year typed wrong): it had happened by then
             ("s", "e13", "r13", "profile_unification", "granted", "consent", None, None),
             ("s", "w13", "r13", "profile_unification", "withdrawn", None, None, "2205-11-15 00:00:00"),
+            # or by the run that applied the cutoff, which lands its events after it
+            ("s", "e14", "r14", "profile_unification", "granted", "consent", None, None),
+            ("s", "w14", "r14", "profile_unification", "withdrawn", None, None, "2205-11-15 00:00:00"),
         ],
         "source_system string, event_id string, source_record_id string, purpose string, status string, "
         "lawful_basis string, expires_at string, event_time string",
@@ -609,7 +612,9 @@ def test_every_admitted_record_needs_a_ledger_grant_in_force_at_the_runs_cutoff(
             "event_time": event_time,
             "recorded_at": F.when(F.col("event_id") == "w13", F.to_timestamp(F.lit("2026-10-15 00:00:00"))),
             # received when it happened, but w13
-            "landed_at": F.when(F.col("event_id") == "w13", F.to_timestamp(F.lit("2026-10-16"))).otherwise(event_time),
+            "landed_at": F.when(F.col("event_id") == "w13", F.to_timestamp(F.lit("2026-10-16")))
+            .when(F.col("event_id") == "w14", F.to_timestamp(F.lit("2026-11-02")))
+            .otherwise(event_time),
             "run_id": F.lit("r2"),
         }
     )
@@ -622,7 +627,7 @@ def test_every_admitted_record_needs_a_ledger_grant_in_force_at_the_runs_cutoff(
         *[F.lit(0).alias(c) for c in ("events_read", "events_landed", "events_quarantined")],
         *[F.to_timestamp(c).alias(c) for c in ("landed_at", "cutoff")],
     )
-    subjects = {f"r{i}": f"e{i}" for i in range(1, 14)}  # e8 is in no ledger
+    subjects = {f"r{i}": f"e{i}" for i in range(1, 15)}  # e8 is in no ledger
     admitted = spark.createDataFrame(
         [("s", r, e) for r, e in subjects.items()],
         "source_system string, source_record_id string, unification_event_id string",
@@ -642,6 +647,7 @@ def test_every_admitted_record_needs_a_ledger_grant_in_force_at_the_runs_cutoff(
         "r11": False,
         "r12": True,
         "r13": False,
+        "r14": False,
     }
 
     def reconciliation(records: list[str]) -> TableCheck:
