@@ -172,13 +172,20 @@ def ranked_versions(bronze: DataFrame) -> DataFrame:
 
     The version its source updated last (`updated_at`) is current, whenever it was ingested; a version without
     an update time loses to a dated one. An update time after the version's ingestion cannot be real (a typo:
-    2205 for 2025): it is taken as the ingestion time (the rows come back with updated_at so), so it does not
-    outrank every later update for good. Among versions updated at the same time (or all undated), the one
-    ingested last wins, then the lowest record hash, so the choice never depends on the order of the rows.
+    2205 for 2025): the rows come back with it as the ingestion time (its latest possible value), but the version
+    ranks as updated at the latest real update time ingested with or before it. So a real update that reaches
+    bronze after it wins, and so does a correction of the typo (ranked at its ingestion time, the typo outranked
+    both until an update was stamped after that). Among versions updated at the same time (or all undated), the
+    one ingested last wins, then the lowest record hash, so the choice never depends on the order of the rows.
     """
-    newest = Window.partitionBy("source_system", "source_record_id").orderBy(
-        F.col("updated_at").desc_nulls_last(), F.col("ingested_at").desc(), F.col("record_hash")
+    record = Window.partitionBy("source_system", "source_record_id")
+    typo = F.coalesce(F.col("updated_at") > F.col("ingested_at"), F.lit(False))
+    real_so_far = record.orderBy("ingested_at").rangeBetween(Window.unboundedPreceding, Window.currentRow)
+    ranked_at = F.when(typo, F.max(F.when(~typo, F.col("updated_at"))).over(real_so_far)).otherwise(F.col("updated_at"))
+    newest = record.orderBy(F.col("_ranked_at").desc_nulls_last(), F.col("ingested_at").desc(), F.col("record_hash"))
+    return (
+        bronze.withColumn("_ranked_at", ranked_at)
+        .withColumn("updated_at", F.when(typo, F.col("ingested_at")).otherwise(F.col("updated_at")))
+        .withColumn("version_rank", F.row_number().over(newest))
+        .drop("_ranked_at")
     )
-    return bronze.withColumn(
-        "updated_at", F.when(F.col("updated_at").isNotNull(), F.least("updated_at", "ingested_at"))
-    ).withColumn("version_rank", F.row_number().over(newest))

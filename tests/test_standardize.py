@@ -388,11 +388,22 @@ def test_the_version_updated_last_in_its_source_wins_whenever_it_was_ingested(sp
             # Versions updated at the same time: the one ingested last wins.
             ("s", "2", dt.datetime(2025, 3, 1), dt.datetime(2025, 3, 2), "h3", "ingested first"),
             ("s", "2", dt.datetime(2025, 3, 1), dt.datetime(2025, 4, 1), "h4", "ingested last"),
-            # An update time after the ingestion (2205 for 2025) counts as the ingestion: a later update wins.
+            # An update time after the ingestion (2205 for 2025) is held as the ingestion: a later update wins.
             ("s", "3", dt.datetime(2205, 3, 1), dt.datetime(2025, 3, 2), "h5", "typo"),
             ("s", "3", dt.datetime(2025, 4, 1), dt.datetime(2025, 4, 2), "h6", "updated later"),
             ("s", "4", dt.datetime(2205, 3, 1), dt.datetime(2025, 3, 2), "h7", "typo, newest"),
             ("s", "4", dt.datetime(2025, 1, 1), dt.datetime(2025, 1, 2), "h8", "older"),
+            # Ingested after the typo, an update made before its ingestion wins, as does the typo's correction,
+            # but not a replayed version older than the last real update before the typo.
+            ("s", "5", dt.datetime(2025, 1, 1), dt.datetime(2025, 1, 2), "h9", "older"),
+            ("s", "5", dt.datetime(2205, 3, 1), dt.datetime(2025, 3, 2), "h10", "typo"),
+            ("s", "5", dt.datetime(2025, 3, 1), dt.datetime(2025, 3, 3), "h11", "updated before the typo landed"),
+            ("s", "6", dt.datetime(2025, 1, 1), dt.datetime(2025, 1, 2), "h12", "older"),
+            ("s", "6", dt.datetime(2205, 3, 1), dt.datetime(2025, 3, 2), "h13", "typo"),
+            ("s", "6", dt.datetime(2025, 3, 1), dt.datetime(2025, 4, 1), "h14", "typo corrected"),
+            ("s", "7", dt.datetime(2025, 2, 1), dt.datetime(2025, 2, 2), "h15", "older"),
+            ("s", "7", dt.datetime(2205, 3, 1), dt.datetime(2025, 3, 2), "h16", "typo, newest"),
+            ("s", "7", dt.datetime(2025, 1, 1), dt.datetime(2025, 4, 1), "h17", "replayed"),
         ],
         VERSIONS_SCHEMA,
     )
@@ -403,6 +414,9 @@ def test_the_version_updated_last_in_its_source_wins_whenever_it_was_ingested(sp
             ("2", "ingested last", dt.datetime(2025, 3, 1)),
             ("3", "updated later", dt.datetime(2025, 4, 1)),
             ("4", "typo, newest", dt.datetime(2025, 3, 2)),  # held as its ingestion time
+            ("5", "updated before the typo landed", dt.datetime(2025, 3, 1)),
+            ("6", "typo corrected", dt.datetime(2025, 3, 1)),
+            ("7", "typo, newest", dt.datetime(2025, 3, 2)),
         ],
         actual.schema,
     )
