@@ -92,8 +92,18 @@ def _spark_class() -> str:
 
 
 def _daemon_env() -> dict[str, str]:
+    """The master's and worker's environment. Spark's scripts look for SPARK_HOME through the `python3` first on
+    PATH, which need not be this one (no .venv on PATH): they get this interpreter's pip-installed Spark."""
+    import pyspark
+
     python_path = os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    return {**os.environ, **LOOPBACK_ENV, "PYTHONPATH": python_path, "SPARK_CONF_DIR": str(SPARK_CONF_DIR)}
+    return {
+        "SPARK_HOME": str(Path(pyspark.__file__).parent),
+        **os.environ,
+        **LOOPBACK_ENV,
+        "PYTHONPATH": python_path,
+        "SPARK_CONF_DIR": str(SPARK_CONF_DIR),
+    }
 
 
 def _launch(spark_class: str, args: list[str], log_file: Path) -> int:

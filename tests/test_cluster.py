@@ -3,6 +3,8 @@ cluster log holds a value a failed task quoted."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -90,6 +92,31 @@ def test_stopping_a_daemon_still_in_spark_class_stops_the_launcher_it_started(tm
     assert counts[-2:] == [4, 4]  # two stand-ins, each with its child
     stop_cluster(LocalCluster("spark://127.0.0.1:1", "http://127.0.0.1:1", str(tmp_path), *pids), timeout=10)
     assert processes_mentioning(str(tmp_path)) == []
+
+
+def test_a_cluster_started_by_hand_comes_up_whatever_python3_is_first_on_path(tmp_path):
+    """Spark's scripts find SPARK_HOME through the python3 first on PATH: without the project's .venv there (the
+    README's start by hand, outside make), the master died for want of Spark's jars."""
+    python = Path(sys.executable)
+    bare = {"HOME": str(Path.home()), "PATH": "/usr/bin:/bin"}
+    assert subprocess.run(["python3", "-c", "import pyspark"], env=bare, capture_output=True).returncode != 0
+    cluster = tmp_path / "cluster"
+    started = subprocess.run(
+        [str(python), "-m", "jobs.local_cluster", "start", "--dir", str(cluster), "--cores", "1", "--memory", "512m"],
+        env=bare,
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+    )
+    stopped = subprocess.run(
+        [str(python), "-m", "jobs.local_cluster", "stop", "--dir", str(cluster)],
+        env=bare,
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+    )
+    assert started.returncode == 0, started.stderr[-2000:]
+    assert started.stdout.startswith("export AIRFLOW_CONN_SPARK_DEFAULT=")
+    assert stopped.returncode == 0 and processes_mentioning(str(cluster)) == []
 
 
 @pytest.fixture(scope="module")
