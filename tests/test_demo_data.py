@@ -5,7 +5,9 @@ import hashlib
 import json
 from collections import Counter
 
+import pyarrow as pa
 import pytest
+from deltalake import write_deltalake
 
 from jobs import demo_data
 from jobs.config import load_config
@@ -157,3 +159,23 @@ def test_moving_the_landing_zone_does_not_disown_the_ground_truth(tmp_path):
     cfg = config_in(tmp_path)
     demo_data.generate(cfg, people=20, seed=1)
     demo_data.generate(cfg.with_paths(landing=tmp_path / "landing2"), people=20, seed=1)
+
+
+def test_another_generation_over_demo_data_the_lakehouse_ingested_is_refused(tmp_path):
+    """Generations number their records from the same ids: `make run PEOPLE=500` after `make run` gave the ingested
+    ids to other people, mixing both in bronze and the consent ledger, and every later gate refused the churn."""
+    cfg = config_in(tmp_path)
+    demo_data.generate(cfg, people=20, seed=1)
+    demo_data.generate(cfg, people=30, seed=1)  # nothing ingested yet: any generation
+    write_deltalake(str(cfg.tables.bronze), pa.table({"source_record_id": ["UA-1000000"]}))
+    before = _digest(tmp_path)
+
+    for people, seed in ((20, 1), (30, 2)):
+        with pytest.raises(
+            IdresError, match=rf"ingested the demo data of --people 30 --seed 1, and --people {people} "
+        ):
+            demo_data.generate(cfg, people=people, seed=seed)
+    assert _digest(tmp_path) == before
+
+    demo_data.generate(cfg, people=30, seed=1)  # the same again
+    assert _digest(tmp_path) == before
