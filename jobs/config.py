@@ -389,7 +389,7 @@ class TablePaths:
         return {n: getattr(self, n) for n in names}
 
 
-def _names_run(quality: Path, run_id: str) -> bool:
+def names_run(quality: Path, run_id: str) -> bool:
     """Whether the quality results file is run_id's."""
     try:
         return json.loads(quality.read_text(encoding="utf-8")).get("run_id") == run_id
@@ -442,7 +442,7 @@ class PipelineConfig:
             return runs / safe
         # Airflow allows run ids of 250 characters, and a file name holds 255 bytes: a long one is cut before its hash.
         hashed = runs / f"{safe[: MAX_FILE_NAME - 9]}-{hashlib.sha256(run_id.encode('utf-8')).hexdigest()[:8]}"
-        return runs / safe if not hashed.exists() and _names_run(runs / safe / "quality.json", run_id) else hashed
+        return runs / safe if not hashed.exists() and names_run(runs / safe / "quality.json", run_id) else hashed
 
     def with_paths(
         self,

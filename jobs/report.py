@@ -33,7 +33,7 @@ from matplotlib.ticker import StrMethodFormatter
 
 from jobs import delta_io
 from jobs import run_queries as q
-from jobs.config import PUBLISHED_TABLES, PipelineConfig, TablePaths, load_config
+from jobs.config import PUBLISHED_TABLES, PipelineConfig, TablePaths, load_config, names_run
 from jobs.errors import IdresError
 from jobs.files import write_whole
 from jobs.linkage import latest_model
@@ -436,6 +436,17 @@ def latest_auditor_report(cfg: PipelineConfig) -> Path | None:
     return max(results, key=lambda p: p.stat().st_mtime).parent / REPORT_FILE if results else None
 
 
+def recorded_run(cfg: PipelineConfig, run_id: str, run_dir: Path) -> bool:
+    """Whether some table's log holds a commit of run_id, or its report folder holds its quality results."""
+    logged = any(
+        c.get("run_id") == run_id
+        for path in cfg.tables.all().values()
+        if delta_io.table_exists(path)
+        for c in delta_io.history(path)
+    )
+    return logged or names_run(run_dir / QUALITY_FILE, run_id)
+
+
 def main(argv: Sequence[str] | None = None) -> Path:
     parser = job_arg_parser("Write a run's auditor report (HTML) from the lakehouse; no Spark needed.")
     args = parser.parse_args(argv)
@@ -444,7 +455,14 @@ def main(argv: Sequence[str] | None = None) -> Path:
     try:
         cfg = load_config(args.conf)
         complete_for_readers(cfg, "report")
-        path = write_auditor_report(cfg, args.run_id, cfg.run_report_dir(args.run_id))
+        run_dir = cfg.run_report_dir(args.run_id)
+        if not recorded_run(cfg, args.run_id, run_dir):
+            raise IdresError(
+                f"no table's log and no quality results record run {args.run_id!r}: give a run id as the tables "
+                "record it (make query SQL='SELECT DISTINCT run_id, ingested_at FROM ingest_runs'), not a report "
+                "folder's name"
+            )
+        path = write_auditor_report(cfg, args.run_id, run_dir)
     except IdresError as err:  # a config with problems, a run id that names no folder, an unreadable quality.json
         parser.exit(2, f"report: {err}\n")
     print(f"Auditor report: {path.as_uri()}")

@@ -500,3 +500,31 @@ def test_a_run_left_each_table_at_its_own_last_commit_or_at_its_end(tmp_path):
     assert delta_io.versions_as_run_left(tables, "D") == {bronze: 2, gold: 2, later: 0}
     # committed nothing, or a mistyped run id: its versions are not known, the current ones are not its own
     assert delta_io.versions_as_run_left(tables, "C") == {bronze: None, gold: None, later: None}
+
+
+def test_the_report_command_refuses_a_run_no_table_or_quality_result_records_and_keeps_the_folder_it_names(
+    published, tmp_path, monkeypatch, capsys
+):
+    """A mistyped run id wrote an empty report, and a run's report folder name given as its id rewrote that run's
+    report with nothing but its quality results."""
+    from jobs import report
+
+    cfg = copy_lakehouse(published, tmp_path)
+    monkeypatch.setenv("IDRES_LAKEHOUSE", str(cfg.lakehouse))
+    monkeypatch.setenv("IDRES_REPORTS", str(cfg.reports))
+    airflow_run = "manual__2026-12-06T09:44:03+00:00"
+    folder = cfg.run_report_dir(airflow_run)
+    folder.mkdir(parents=True)
+    (folder / "quality.json").write_text(json.dumps({**QUALITY, "run_id": airflow_run}), encoding="utf-8")
+    (folder / report.REPORT_FILE).write_text("the run's report", encoding="utf-8")
+
+    for run_id in ("typo-run", folder.name):
+        with pytest.raises(SystemExit) as exited:
+            report.main(["--run-id", run_id])
+        assert exited.value.code == 2
+        assert f"no table's log and no quality results record run '{run_id}'" in capsys.readouterr().err
+    assert sorted(p.name for p in (cfg.reports / "runs").iterdir()) == [folder.name]
+    assert (folder / report.REPORT_FILE).read_text(encoding="utf-8") == "the run's report"
+
+    assert report.main(["--run-id", RUN]) == cfg.run_report_dir(RUN) / report.REPORT_FILE  # the tables' logs hold it
+    assert report.main(["--run-id", airflow_run]) == folder / report.REPORT_FILE  # its quality results name it
