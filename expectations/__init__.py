@@ -21,6 +21,7 @@ from pyspark.sql import functions as F
 
 from jobs.canonical import END_OF_TEXT, RECORD_ID_SEPARATOR, SUBJECT, lookup
 from jobs.config import PipelineConfig
+from jobs.profile_ids import PROFILE_ID_PATTERN
 
 # Counts and percentages only: no unexpected values, rows or indexes in results or Data Docs.
 SAFE_RESULT_FORMAT: dict[str, object] = {
@@ -31,7 +32,7 @@ SAFE_RESULT_FORMAT: dict[str, object] = {
     "return_unexpected_index_query": False,
 }
 
-PROFILE_ID_REGEX = r"^pr_[0-9a-f]{20}" + END_OF_TEXT  # read alike by Python and Java
+PROFILE_ID_REGEX = f"^{PROFILE_ID_PATTERN}{END_OF_TEXT}"  # read alike by Python and Java
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,7 @@ EVENTS_SCHEMA = pa.schema(
 IDENTITY_EVENTS_SCHEMA = EVENTS_SCHEMA.append(pa.field("event_id", pa.string()))  # as resolve stages them
 ASSIGNMENTS_SCHEMA = pa.schema([("record_id", pa.string()), ("profile_id", pa.string())])
 CLUSTERS_SCHEMA = pa.schema([("record_id", pa.string()), ("cluster_key", pa.string())])  # this run's clusters
+PROFILE_ID_PATTERN = "pr_[0-9a-f]{20}"  # new_profile_id's: 20 hex digits of a SHA-256
 ACTIVE = "active"
 MERGED = "merged"
 RETIRED = "retired"

@@ -51,7 +51,7 @@ from jobs.engines import open_engine
 from jobs.errors import IdresError
 from jobs.files import write_whole
 from jobs.ingest import QUARANTINE_KEYS, json_id_fields, named_by_source
-from jobs.profile_ids import retire_withdrawn, with_event_ids
+from jobs.profile_ids import PROFILE_ID_PATTERN, retire_withdrawn, with_event_ids
 from jobs.runner import INCIDENTS_DIR, job_arg_parser, run_job
 
 log = logging.getLogger("idres.subject_rights")
@@ -880,6 +880,8 @@ def run(
     records = [r for r in (record or []) if r]
     if not records and not profile_id:
         raise IdresError("name the subject with --record <source:id> (repeatable) or --profile-id")
+    if profile_id and not re.fullmatch(PROFILE_ID_PATTERN, profile_id):  # a space or CR copied with it, a name
+        raise IdresError("--profile-id is not a profile id: pr_ and 20 hexadecimal digits, with nothing around them")
     pending = _pending_erasure(cfg, run_id)
     claim = _request_claim(cfg, run_id)
     request = request_sha256(records, profile_id)

@@ -657,6 +657,11 @@ def test_a_request_for_a_profile_id_that_was_merged_or_retired_says_so_and_chang
     for letter, message in expected.items():
         with pytest.raises(IdresError, match=re.escape(message)):
             subject_rights.run(spark, cfg, run_id=f"sr-{letter}", action="erase", profile_id="pr_" + letter * 20)
+    # copied with a CSV line's CR or a space: not "never issued", next to an id that looks the same
+    for typed in (f"{iryna}\r", f" {iryna}", iryna.upper(), "Iryna"):
+        with pytest.raises(IdresError, match=r"--profile-id is not a profile id: pr_ and 20 hexadecimal digits") as e:
+            subject_rights.run(spark, cfg, run_id="sr-typed", action="export", profile_id=typed)
+        assert "Iryna" not in str(e.value)
     assert {name: delta_io.table_version(path) for name, path in cfg.tables.all().items()} == versions
 
 
