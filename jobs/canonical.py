@@ -175,13 +175,16 @@ def ranked_versions(bronze: DataFrame) -> DataFrame:
     2205 for 2025): the rows come back with it as the ingestion time (its latest possible value), but the version
     ranks as updated at the latest real update time ingested with or before it. So a real update that reaches
     bronze after it wins, and so does a correction of the typo (ranked at its ingestion time, the typo outranked
-    both until an update was stamped after that). Among versions updated at the same time (or all undated), the
-    one ingested last wins, then the lowest record hash, so the choice never depends on the order of the rows.
+    both until an update was stamped after that). A typo in a record's first version ranks at its ingestion
+    time: with nothing before it, a version dated earlier and ingested later may be a backfill of older history.
+    Among versions updated at the same time (or all undated), the one ingested last wins, then the lowest record
+    hash, so the choice never depends on the order of the rows.
     """
     record = Window.partitionBy("source_system", "source_record_id")
     typo = F.coalesce(F.col("updated_at") > F.col("ingested_at"), F.lit(False))
     real_so_far = record.orderBy("ingested_at").rangeBetween(Window.unboundedPreceding, Window.currentRow)
-    ranked_at = F.when(typo, F.max(F.when(~typo, F.col("updated_at"))).over(real_so_far)).otherwise(F.col("updated_at"))
+    real_before = F.max(F.when(~typo, F.col("updated_at"))).over(real_so_far)
+    ranked_at = F.when(typo, F.coalesce(real_before, F.col("ingested_at"))).otherwise(F.col("updated_at"))
     newest = record.orderBy(F.col("_ranked_at").desc_nulls_last(), F.col("ingested_at").desc(), F.col("record_hash"))
     return (
         bronze.withColumn("_ranked_at", ranked_at)

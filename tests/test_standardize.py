@@ -404,6 +404,10 @@ def test_the_version_updated_last_in_its_source_wins_whenever_it_was_ingested(sp
             ("s", "7", dt.datetime(2025, 2, 1), dt.datetime(2025, 2, 2), "h15", "older"),
             ("s", "7", dt.datetime(2205, 3, 1), dt.datetime(2025, 3, 2), "h16", "typo, newest"),
             ("s", "7", dt.datetime(2025, 1, 1), dt.datetime(2025, 4, 1), "h17", "replayed"),
+            # The typo first: a version dated before its ingestion (older history backfilled) loses to it.
+            ("s", "8", dt.datetime(2205, 3, 1), dt.datetime(2025, 3, 2), "h18", "typo, first"),
+            ("s", "8", dt.datetime(2020, 1, 1), dt.datetime(2025, 4, 1), "h19", "backfilled"),
+            ("s", "8", None, dt.datetime(2025, 5, 1), "h20", "undated"),
         ],
         VERSIONS_SCHEMA,
     )
@@ -417,6 +421,7 @@ def test_the_version_updated_last_in_its_source_wins_whenever_it_was_ingested(sp
             ("5", "updated before the typo landed", dt.datetime(2025, 3, 1)),
             ("6", "typo corrected", dt.datetime(2025, 3, 1)),
             ("7", "typo, newest", dt.datetime(2025, 3, 2)),
+            ("8", "typo, first", dt.datetime(2025, 3, 2)),
         ],
         actual.schema,
     )
