@@ -437,10 +437,16 @@ def latest_auditor_report(cfg: PipelineConfig) -> Path | None:
 
 
 def recorded_run(cfg: PipelineConfig, run_id: str, run_dir: Path) -> bool:
-    """Whether some table's log holds a commit of run_id, or its report folder holds its quality results."""
-    logged = any(
+    """Whether the run's audit rows (which an erasure's purge of the tables' logs keeps), some table's log or its
+    report folder's quality results record run_id."""
+    t = cfg.tables
+    audited = any(
+        delta_io.table_exists(path) and delta_io.rows_where(path, "run_id", run_id, ["run_id"])
+        for path in (t.ingest_runs, t.consent_runs, t.unify_runs)
+    )
+    logged = audited or any(
         c.get("run_id") == run_id
-        for path in cfg.tables.all().values()
+        for path in t.all().values()
         if delta_io.table_exists(path)
         for c in delta_io.history(path)
     )

@@ -12,6 +12,7 @@ from html.parser import HTMLParser
 import pyarrow as pa
 import pytest
 from chispa import assert_df_equality
+from deltalake import write_deltalake
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
@@ -320,7 +321,6 @@ def test_the_summarys_last_run_is_the_one_the_gate_validated_last_not_a_report_w
 
 
 def test_the_summary_shows_text_as_it_is_and_a_run_that_decided_nothing_as_zeros(cfg):
-    from deltalake import write_deltalake
 
     from jobs import run_queries as q
     from jobs.summary import _table
@@ -528,3 +528,9 @@ def test_the_report_command_refuses_a_run_no_table_or_quality_result_records_and
 
     assert report.main(["--run-id", RUN]) == cfg.run_report_dir(RUN) / report.REPORT_FILE  # the tables' logs hold it
     assert report.main(["--run-id", airflow_run]) == folder / report.REPORT_FILE  # its quality results name it
+    # a run that stopped after its ingest, whose commits an erasure's purge took from the logs: its audit row stays
+    counted = delta_io.arrow_dataset(cfg.tables.ingest_runs).to_table().slice(0, 1)
+    stopped = counted.set_column(counted.schema.get_field_index("run_id"), "run_id", pa.array(["stopped-run"]))
+    write_deltalake(str(cfg.tables.ingest_runs), stopped, mode="append")
+    assert "stopped-run" not in {c.get("run_id") for c in delta_io.history(cfg.tables.ingest_runs)}
+    assert report.main(["--run-id", "stopped-run"]) == cfg.run_report_dir("stopped-run") / report.REPORT_FILE
