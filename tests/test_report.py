@@ -321,7 +321,6 @@ def test_the_summarys_last_run_is_the_one_the_gate_validated_last_not_a_report_w
 
 
 def test_the_summary_shows_text_as_it_is_and_a_run_that_decided_nothing_as_zeros(cfg):
-
     from jobs import run_queries as q
     from jobs.summary import _table
 
