@@ -43,7 +43,7 @@ KYIV = ZoneInfo("Europe/Kyiv")
 
 # In each folder the generator writes to: the name of each file it wrote there, and its SHA-256 (write_demo_files).
 DEMO_FILES_MANIFEST = ".idres-demo-files.json"
-GENERATION_FILE = "generation.json"  # in the ground-truth folder: the people and seed of the files written last
+TRUTH_FILE = "records.csv"  # in the ground-truth folder: source_system, source_record_id, person_id
 
 ORIGINS: dict[str, dict] = {
     # origin: faker locale, home country, share of the population, presence probability per source
@@ -588,35 +588,25 @@ def write_demo_files(files: Mapping[Path, bytes]) -> None:
     _write_manifests({path: [new[path]] for path in files})
 
 
-def check_same_generation(cfg: PipelineConfig, generation: Mapping[str, int]) -> None:
-    """An IdresError when the lakehouse has ingested demo data of other people or another seed: a generation
-    numbers its records from the same ids, so another one gives those ids to other people, whose records and
-    consent events would then mix in bronze, the ledger and the profiles with the earlier people's."""
-    stamp = cfg.ground_truth / GENERATION_FILE
-    try:
-        before = json.loads(stamp.read_text(encoding="utf-8")) if stamp.is_file() else dict(generation)
-    except (OSError, ValueError):
-        before = None
-    if before != dict(generation) and delta_io.table_exists(cfg.tables.bronze):
-        was = (
-            f"--people {before.get('people')} --seed {before.get('seed')}"
-            if isinstance(before, dict)
-            else "another set"
-        )
+def check_same_generation(cfg: PipelineConfig, truth: bytes, people: int, seed: int) -> None:
+    """An IdresError when the lakehouse has ingested demo data of other people (its ground truth differs from
+    this generation's): a generation numbers its records from the same ids, so another one gives those ids to
+    other people, whose records and consent events would then mix in bronze, the ledger and the profiles with
+    the earlier people's."""
+    written = cfg.ground_truth / TRUTH_FILE
+    if written.is_file() and delta_io.table_exists(cfg.tables.bronze) and written.read_bytes() != truth:
         raise IdresError(
-            f"demo data: the lakehouse has ingested the demo data of {was}, and --people {generation['people']} "
-            f"--seed {generation['seed']} would give their record ids to other people; run `make clean` first (it "
-            "removes the lakehouse, landing and reports), or generate elsewhere (--landing, --ground-truth) for "
-            "another lakehouse. Nothing was written"
+            f"demo data: the lakehouse has ingested demo data of other people than --people {people} --seed {seed} "
+            "make (their ground truth differs), and this generation would give their record ids to other people; "
+            "run `make clean` first (it removes the lakehouse, landing and reports), or generate elsewhere "
+            "(--landing, --ground-truth) for another lakehouse. Nothing was written"
         )
 
 
 def generate(cfg: PipelineConfig, people: int, seed: int = 42, corrupt: bool = False) -> DemoSummary:
     """Write the demo sources, consent feeds and ground truth where the config says they land, over no file the
-    generator did not write (write_demo_files), and only the people and seed that the lakehouse ingested, if any
+    generator did not write (write_demo_files), and only the people the lakehouse ingested, if any
     (check_same_generation)."""
-    generation = {"people": people, "seed": seed}
-    check_same_generation(cfg, generation)
     rng = random.Random(seed + 1)
     mailboxes = Mailboxes()
     population = make_people(people, seed, mailboxes)
@@ -684,8 +674,8 @@ def generate(cfg: PipelineConfig, people: int, seed: int = 42, corrupt: bool = F
             files[src_cfg.consent_feed.path] = _jsonl_bytes(events)
     truth_csv = io.StringIO()
     csv.writer(truth_csv).writerows([("source_system", "source_record_id", "person_id"), *sorted(truth)])
-    files[cfg.ground_truth / "records.csv"] = truth_csv.getvalue().encode("utf-8")
-    files[cfg.ground_truth / GENERATION_FILE] = (json.dumps(generation, sort_keys=True) + "\n").encode("utf-8")
+    files[cfg.ground_truth / TRUTH_FILE] = truth_csv.getvalue().encode("utf-8")
+    check_same_generation(cfg, files[cfg.ground_truth / TRUTH_FILE], people, seed)
     write_demo_files(files)
     return summary
 
