@@ -596,10 +596,10 @@ def check_same_generation(cfg: PipelineConfig, truth: bytes, people: int, seed: 
     written = cfg.ground_truth / TRUTH_FILE
     if written.is_file() and delta_io.table_exists(cfg.tables.bronze) and written.read_bytes() != truth:
         raise IdresError(
-            f"demo data: the lakehouse has ingested demo data of other people than --people {people} --seed {seed} "
-            "make (their ground truth differs), and this generation would give their record ids to other people; "
-            "run `make clean` first (it removes the lakehouse, landing and reports), or generate elsewhere "
-            "(--landing, --ground-truth) for another lakehouse. Nothing was written"
+            f"demo data: --people {people} --seed {seed} makes other people than the demo data the lakehouse has "
+            "ingested (the ground truth differs), under the same record ids; run `make clean` first (it removes the "
+            "lakehouse, landing and reports), or generate elsewhere (--landing, --ground-truth) for another "
+            "lakehouse. Nothing was written"
         )
 
 

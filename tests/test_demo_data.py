@@ -172,7 +172,8 @@ def test_another_generation_over_demo_data_the_lakehouse_ingested_is_refused(tmp
 
     for people, seed in ((20, 1), (30, 2)):
         with pytest.raises(
-            IdresError, match=rf"ingested demo data of other people than --people {people} --seed {seed} make"
+            IdresError,
+            match=rf"--people {people} --seed {seed} makes other people than the demo data the lakehouse has ingested",
         ):
             demo_data.generate(cfg, people=people, seed=seed)
     assert _digest(tmp_path) == before
