@@ -1351,6 +1351,8 @@ def load_config(conf_dir: Path | str | None = None) -> PipelineConfig:
     IDRES_SPARK_MASTER the Spark master of jobs run directly (under spark-submit, its --master applies).
     """
     conf = Path(conf_dir or os.environ.get("IDRES_CONF") or DEFAULT_CONF_DIR).resolve()
+    if not conf.is_dir():  # one problem, not one per file and key it would hold
+        raise ConfigError([f"{conf}: no such config folder (--conf, IDRES_CONF)"])
     root = conf.parent
     problems = _Problems()
 

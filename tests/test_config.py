@@ -805,3 +805,10 @@ def test_the_spark_master_comes_from_idres_spark_master_also_when_pipeline_yaml_
     (conf / "pipeline.yaml").write_text("paths:\n", encoding="utf-8")
     monkeypatch.setenv("IDRES_SPARK_MASTER", "spark://127.0.0.1:7077")
     assert load_config(conf).spark.master == "spark://127.0.0.1:7077"
+
+
+def test_a_config_folder_that_is_not_there_is_one_problem_naming_it(tmp_path):
+    """It was 35 problems, one per file and key the folder would hold, the folder itself named in none."""
+    with pytest.raises(ConfigError) as raised:
+        load_config(tmp_path / "no-conf")
+    assert raised.value.problems == [f"{tmp_path / 'no-conf'}: no such config folder (--conf, IDRES_CONF)"]
