@@ -350,6 +350,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     except IdresError as err:  # a config with problems, a refused statement or export file, a lakehouse busy
         parser.exit(2, f"query: {err}\n")
     except STATEMENT_ERRORS as err:  # a mistyped statement
+        if isinstance(err, duckdb.CatalogException) and not any(map(delta_io.table_exists, cfg.tables.all().values())):
+            parser.exit(2, f"query: the lakehouse {cfg.lakehouse} holds no table yet; make run first\n")
         if not (isinstance(err, duckdb.BinderException) and PIVOTING.search(args.sql)):
             parser.exit(2, f"query: {err}\n")
         parser.exit(2, f"query: DuckDB {type(err).__name__} (a PIVOT names columns by values, so it is not shown)\n")

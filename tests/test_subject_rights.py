@@ -1018,3 +1018,14 @@ def test_profiles_a_record_held_before_are_exported_and_those_it_held_alone_are_
     kept_events = {r["event_id"] for r in delta_io.read_delta(spark, t.identity_events).collect()}
     assert alone not in kept_registry and {shared, iryna} <= kept_registry
     assert not {"e-a", "e-ab"} & kept_events and {"e-b", "e-bc"} <= kept_events
+
+
+def test_a_query_before_any_run_says_the_lakehouse_holds_no_table(tmp_path, monkeypatch, capsys):
+    """DuckDB answered `Table with name profiles does not exist! Did you mean "pg_views"?`."""
+    monkeypatch.setenv("IDRES_LAKEHOUSE", str(tmp_path / "lakehouse"))
+    with pytest.raises(SystemExit) as exited:
+        query.main(["SELECT count(*) FROM profiles"])
+    assert exited.value.code == 2
+    assert (
+        capsys.readouterr().err == f"query: the lakehouse {tmp_path / 'lakehouse'} holds no table yet; make run first\n"
+    )
