@@ -36,7 +36,7 @@ help:
 	@echo "make run-cluster   the same on a Spark standalone master + worker started on 127.0.0.1 (stopped after)"
 	@echo "make test   run the test suite (all but the heavy tests)"
 	@echo "make test-faults   the fault-injection tests and the other heavy ones (the standalone cluster)"
-	@echo "make clean   remove the lakehouse, landing, reports and Airflow home (before make run with another PEOPLE)"
+	@echo "make clean   remove the lakehouse, landing, models, reports and Airflow home (before make run with another PEOPLE)"
 	@echo "make lint   ruff"
 	@echo "make query SQL='SELECT ...' [CSV=out.csv]   SQL (DuckDB) over the Delta tables, shown or written as CSV"
 	@echo "make bench-accuracy   FEBRL3/4 and demo accuracy, project vs bare Splink-DuckDB"
@@ -127,4 +127,4 @@ lint: install
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf lakehouse data airflow_home reports spark-warehouse
+	rm -rf lakehouse data airflow_home models reports spark-warehouse

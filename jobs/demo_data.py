@@ -598,7 +598,7 @@ def check_same_generation(cfg: PipelineConfig, truth: bytes, people: int, seed: 
         raise IdresError(
             f"demo data: --people {people} --seed {seed} makes other people than the demo data the lakehouse has "
             "ingested (the ground truth differs), under the same record ids; run `make clean` first (it removes the "
-            "lakehouse, landing and reports), or generate elsewhere (--landing, --ground-truth) for another "
+            "lakehouse, landing, models and reports), or generate elsewhere (--landing, --ground-truth) for another "
             "lakehouse. Nothing was written"
         )
 
