@@ -108,6 +108,8 @@ def _register_tables(con: duckdb.DuckDBPyConnection, cfg: PipelineConfig) -> Non
 def reading_statement(sql: str) -> str:
     """sql, when it is one statement that reads (READING_STATEMENTS); a QueryError naming what it is otherwise."""
     statements = duckdb.extract_statements(sql)
+    if not statements:
+        raise QueryError("no SQL given: make query SQL='SELECT ...' (or python -m jobs.query 'SELECT ...')")
     if len(statements) != 1:
         raise QueryError(f"a query is one SQL statement; this is {len(statements)}")
     kind = statements[0].type

@@ -210,6 +210,9 @@ def test_the_analysts_sql_is_one_reading_statement_and_has_no_temporary_director
         query.query(cfg, "COPY (PIVOT (SELECT 'kyiv' AS city) ON city USING count(*)) TO '.tmp/p.csv'")
     with pytest.raises(query.QueryError, match="one SQL statement; this is 2"):
         query.query(cfg, "SELECT 1 AS a; SELECT 2 AS b")
+    for nothing in ("", "  ", "-- a comment"):  # make query without SQL=
+        with pytest.raises(query.QueryError, match=r"no SQL given: make query SQL='SELECT \.\.\.'"):
+            query.query(cfg, nothing)
     # EXPLAIN ANALYZE runs what it explains
     for explained, kind in (
         ("ANALYZE CREATE TABLE t AS SELECT 1", "CREATE"),
