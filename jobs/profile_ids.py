@@ -24,6 +24,7 @@ The rules are one SQL text, run on the engine that resolved the clusters (jobs.e
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -80,6 +81,11 @@ def new_profile_id(run_id: str, *parts: str, reissued: bool = False) -> str:
     it another cluster's first choice."""
     first = 21 if reissued else 1
     return f"'pr_' || substring(sha256(concat_ws(':', {sql_string(run_id)}, {', '.join(parts)})), {first}, 20)"
+
+
+def first_profile_id(run_id: str, first_record_id: str) -> str:
+    """The id new_profile_id gives (not reissued) to a cluster of this run whose smallest record id is given."""
+    return "pr_" + hashlib.sha256(f"{run_id}:{first_record_id}".encode()).hexdigest()[:20]
 
 
 def assign_stable_profile_ids(

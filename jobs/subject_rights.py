@@ -51,7 +51,7 @@ from jobs.engines import open_engine
 from jobs.errors import IdresError
 from jobs.files import write_whole
 from jobs.ingest import QUARANTINE_KEYS, json_id_fields, named_by_source
-from jobs.profile_ids import PROFILE_ID_PATTERN, retire_withdrawn, with_event_ids
+from jobs.profile_ids import ACTIVE, MERGED, PROFILE_ID_PATTERN, first_profile_id, retire_withdrawn, with_event_ids
 from jobs.runner import INCIDENTS_DIR, job_arg_parser, run_job
 
 log = logging.getLogger("idres.subject_rights")
@@ -157,6 +157,7 @@ def find_subject(
         profile_ids |= {r["profile_id"] for r in found.select("profile_id").distinct().collect()}
         history = delta_io.read_every_version(spark, t.record_profiles).join(subject, list(SUBJECT))
         held_before = {r["profile_id"] for r in history.select("profile_id").distinct().collect()}
+        held_before |= profiles_made_for(spark, cfg, [r["record_id"] for r in subject.select("record_id").collect()])
     reference = hashlib.sha256("\n".join(sorted(r["h"] for r in rows)).encode()).hexdigest()
     return Subject(
         records=subject,
@@ -164,6 +165,34 @@ def find_subject(
         reference=reference,
         former_profile_ids=tuple(sorted(held_before - profile_ids)),
     )
+
+
+def profiles_made_for(spark: SparkSession, cfg: PipelineConfig, record_ids: Sequence[str]) -> set[str]:
+    """Ended profiles that the registry and identity events show were one of these records alone: created (or
+    split off) with one record, under the id a new profile takes from its run and first record
+    (profile_ids.new_profile_id), and given no records since (no `moved` into it, no profile `merged` into it).
+    They outlive the purge of the tables' history that every erasure makes, where a subject's former profiles
+    are otherwise found."""
+    t = cfg.tables
+    if not record_ids or not delta_io.table_exists(t.profile_registry) or not delta_io.table_exists(t.identity_events):
+        return set()
+    registry = delta_io.read_delta(spark, t.profile_registry).where(F.col("status") != ACTIVE)
+    runs = [r["created_run_id"] for r in registry.select("created_run_id").distinct().collect()]
+    candidates = [first_profile_id(run, record_id) for run in runs for record_id in record_ids]
+    ended = [r["profile_id"] for r in registry.where(F.col("profile_id").isin(*candidates)).collect()] if runs else []
+    if not ended:
+        return set()
+    events = delta_io.read_delta(spark, t.identity_events)
+    made = events.where(F.col("profile_id").isin(*ended) & F.col("event_type").isin("created", "split"))
+    alone = {
+        r["profile_id"] for r in made.groupBy("profile_id").agg(F.sum("records").alias("n")).collect() if r["n"] == 1
+    }
+    inflow = events.where(
+        ((F.col("event_type") == "moved") & F.col("profile_id").isin(*ended))
+        | ((F.col("event_type") == MERGED) & F.col("related_profile_id").isin(*ended))
+    )
+    fed = {r["profile_id"] if r["event_type"] == "moved" else r["related_profile_id"] for r in inflow.collect()}
+    return alone - fed
 
 
 def _ended_profile(cfg: PipelineConfig, profile_id: str | None) -> str:

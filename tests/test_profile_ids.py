@@ -17,6 +17,7 @@ from jobs.profile_ids import (
     EVENTS_SCHEMA,
     REGISTRY_SCHEMA,
     assign_stable_profile_ids,
+    first_profile_id,
     with_event_ids,
 )
 
@@ -81,6 +82,7 @@ def test_new_clusters_get_new_ids_and_created_events(first_run):
     assert a["a1"] == a["a2"] != a["b1"]
     # A new id is derived from the run id and the cluster's smallest record id (computed here independently).
     assert a["a1"] == "pr_" + hashlib.sha256(b"run1:a1").hexdigest()[:20]
+    assert first_profile_id("run1", "b1") == a["b1"]  # as the erasure finds a profile made for one record
     assert events(first_run) == {("created", a["a1"], None, 2), ("created", a["b1"], None, 1)}
     assert {r["status"] for r in first_run.registry.to_pylist()} == {"active"}
     assert {r["created_at"] for r in first_run.registry.to_pylist()} == {T0.replace(tzinfo=dt.UTC)}

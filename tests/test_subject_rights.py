@@ -1032,3 +1032,49 @@ def test_a_query_before_any_run_says_the_lakehouse_holds_no_table(tmp_path, monk
     assert (
         capsys.readouterr().err == f"query: the lakehouse {tmp_path / 'lakehouse'} holds no table yet; make run first\n"
     )
+
+
+def test_a_profile_made_for_one_record_is_found_after_a_purge_took_the_history_that_held_it(spark, pristine, tmp_path):
+    """Every erasure purges the tables' history, where a subject's former profiles are found: one created for a
+    record alone, and given no records since, is still told by its id (run and record) and its identity events."""
+    from jobs.profile_ids import IDENTITY_EVENTS_SCHEMA, REGISTRY_SCHEMA, first_profile_id
+
+    cfg = copy_lakehouse(pristine, tmp_path)
+    t = cfg.tables
+    iryna = profile_of(spark, cfg, "ua_crm:UA-9")
+    alone, fed, bigger = (first_profile_id(run, "ua_crm:UA-9") for run in ("run-a", "run-b", "run-c"))
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    registry = [
+        (p, "merged", at, run, at, "run-1", iryna) for p, run in ((alone, "run-a"), (fed, "run-b"), (bigger, "run-c"))
+    ]
+    events = [
+        ("run-a", "created", alone, None, 1, at, "e-a"),
+        ("run-b", "created", fed, None, 1, at, "e-b"),
+        ("run-b2", "moved", fed, "pr_" + "d" * 20, 1, at, "e-b2"),  # another record moved into it
+        ("run-c", "created", bigger, None, 2, at, "e-c"),  # made with another record
+        *[("run-1", "merged", p, iryna, 1, at, f"e-m{i}") for i, p in enumerate((alone, fed, bigger))],
+    ]
+    for table, rows, schema, key in (
+        (t.profile_registry, registry, REGISTRY_SCHEMA, "profile_id"),
+        (t.identity_events, events, IDENTITY_EVENTS_SCHEMA, "event_id"),
+    ):
+        delta_io.merge_delta(
+            pa.Table.from_pylist([dict(zip(schema.names, r, strict=True)) for r in rows], schema),
+            table,
+            keys=(key,),
+            run_id="run-1",
+            job="resolve",
+        )
+
+    exported = json.loads(
+        subject_rights.run(spark, cfg, run_id="sr-x", action="export", record=["ua_crm:UA-9"]).read_text("utf-8")
+    )
+    assert exported["former_profile_ids"] == [alone]
+    certificate = json.loads(
+        subject_rights.run(spark, cfg, run_id="sr-e", action="erase", record=["ua_crm:UA-9"]).read_text("utf-8")
+    )
+    assert certificate["former_profile_ids"] == [alone]
+    kept = {r["profile_id"] for r in delta_io.read_delta(spark, t.profile_registry).collect()}
+    kept_events = {r["event_id"] for r in delta_io.read_delta(spark, t.identity_events).collect()}
+    assert alone not in kept and {fed, bigger} <= kept
+    assert not {"e-a", "e-m0"} & kept_events and {"e-b", "e-b2", "e-c", "e-m1", "e-m2"} <= kept_events
