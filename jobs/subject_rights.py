@@ -99,6 +99,8 @@ class Subject:
     reference: str  # SHA-256 over the sorted subject hashes: names the subject in files and logs
     # Profiles the records held in an earlier version of gold/record_profiles and hold no more (merged, retired)
     former_profile_ids: tuple[str, ...] = ()
+    # Of those and profile_ids, the ones other records held too (profiles_shared_with_others)
+    shared_profile_ids: tuple[str, ...] = ()
 
     def every_profile_id(self) -> tuple[str, ...]:
         """The profiles the records hold and those they held before."""
@@ -152,18 +154,22 @@ def find_subject(
         raise IdresError("the subject has no source records" + _ended_profile(cfg, profile_id))
     profile_ids: set[str] = {profile_id} if profile_id else set()
     held_before: set[str] = set()
+    shared: list[str] = []
     if delta_io.table_exists(t.record_profiles):
         found = as_first_found(spark, t.record_profiles, run_id).join(subject, list(SUBJECT))
         profile_ids |= {r["profile_id"] for r in found.select("profile_id").distinct().collect()}
-        history = delta_io.read_every_version(spark, t.record_profiles).join(subject, list(SUBJECT))
-        held_before = {r["profile_id"] for r in history.select("profile_id").distinct().collect()}
+        history = delta_io.read_every_version(spark, t.record_profiles).select("profile_id", *SUBJECT)
+        held = history.join(subject, list(SUBJECT))
+        held_before = {r["profile_id"] for r in held.select("profile_id").distinct().collect()}
         held_before |= profiles_made_for(spark, cfg, [r["record_id"] for r in subject.select("record_id").collect()])
+        shared = profiles_shared_with_others(history, subject, profile_ids | held_before)
     reference = hashlib.sha256("\n".join(sorted(r["h"] for r in rows)).encode()).hexdigest()
     return Subject(
         records=subject,
         profile_ids=tuple(sorted(profile_ids)),
         reference=reference,
         former_profile_ids=tuple(sorted(held_before - profile_ids)),
+        shared_profile_ids=tuple(shared),
     )
 
 
@@ -391,7 +397,7 @@ def export_subject(spark: SparkSession, cfg: PipelineConfig, subject: Subject, r
         # Only pairs of the subject's own records: a pair with another person's record (one scored between the
         # match and the cluster threshold) would disclose that person's id and which of their values agree.
         matches = _rows(pairs.where(F.col("record_id_l").isin(*ids) & F.col("record_id_r").isin(*ids)))
-    former_own = set(subject.former_profile_ids) - set(profiles_shared_with_others(spark, cfg, subject))
+    former_own = set(subject.former_profile_ids) - set(subject.shared_profile_ids)
     return {
         "subject_reference": subject.reference,
         "source_record_ids": sorted(ids),
@@ -621,15 +627,15 @@ def admitted_records_published(cfg: PipelineConfig) -> bool:
     return published is not None and (landed is None or published > landed)
 
 
-def profiles_shared_with_others(spark: SparkSession, cfg: PipelineConfig, subject: Subject) -> list[str]:
-    """The subject's profiles, present and former, that held other records too in some retained version of
-    gold/record_profiles: their ids and history are the other records' people's as well, so the erasure keeps
-    them in the registry and identity events."""
-    path = cfg.tables.record_profiles
-    if not subject.every_profile_id() or not delta_io.table_exists(path):
+def profiles_shared_with_others(history: DataFrame, records: DataFrame, profile_ids: Iterable[str]) -> list[str]:
+    """Of the subject's profiles, present and former, those that held other records too in some retained version
+    of gold/record_profiles (history: its rows of every version): their ids and history are the other records'
+    people's as well, so the erasure keeps them in the registry and identity events."""
+    wanted = sorted(profile_ids)
+    if not wanted:
         return []
-    members = delta_io.read_every_version(spark, path).where(F.col("profile_id").isin(*subject.every_profile_id()))
-    others = members.join(subject.records, list(SUBJECT), "left_anti").select("profile_id").distinct()
+    members = history.where(F.col("profile_id").isin(*wanted))
+    others = members.join(records, list(SUBJECT), "left_anti").select("profile_id").distinct()
     return sorted(r["profile_id"] for r in others.collect())
 
 
@@ -703,7 +709,7 @@ def erase_subject(
     exports = cfg.reports / REQUESTS_DIR
     job = {"run_id": run_id, "job": JOB}
     evidence = distinguishing_values(spark, cfg, subject, run_id)
-    shared = profiles_shared_with_others(spark, cfg, subject)
+    shared = subject.shared_profile_ids
     if not evidence and (erased_by := _erased_before(spark, t, subject, run_id)):
         # Its earlier access exports are found by record id, with no value to hand: removed before giving up.
         if removed := _remove_exports_of(exports, subject.record_ids(), ()):
