@@ -152,6 +152,8 @@ def test_the_dag_on_a_standalone_cluster_publishes_what_a_local_run_does(
         )
 
 
+# The standalone cluster is started for it alone in make test (about 18 s): make test-faults runs it.
+@pytest.mark.heavy
 @pytest.mark.slow
 @pytest.mark.fault
 def test_a_task_failing_on_a_value_on_the_cluster_leaves_the_value_in_no_cluster_log(standalone_cluster, tmp_path):

@@ -200,6 +200,7 @@ def test_staging_is_dropped_whole_and_a_folder_a_killed_drop_left_aside_goes_wit
     assert sorted(p.name for p in cfg.tables.staging.parent.iterdir() if "staging" in p.name) == []
 
 
+@pytest.mark.heavy  # a gate killed and retried on the demo: about 18 s
 def test_a_gate_retried_after_dying_in_its_publication_completes_it_without_validating_again(
     spark, staged_demo, tmp_path, monkeypatch
 ):
@@ -591,6 +592,7 @@ def test_unify_and_the_gate_refuse_the_staging_of_a_resolve_that_died_between_it
     assert after == before
 
 
+@pytest.mark.heavy  # the whole pipeline twice on the demo: about 40 s
 def test_the_pipeline_run_again_on_the_same_extracts_commits_to_no_data_table(spark, staged_demo, tmp_path):
     cfg = copy_lakehouse(staged_demo, tmp_path)
     quality_gate.run(spark, cfg, run_id=RUN)
@@ -621,6 +623,7 @@ def ingested(spark, tmp_path) -> PipelineConfig:
     return cfg
 
 
+@pytest.mark.heavy  # two jobs in child processes: about 16 s
 def test_a_job_that_finds_the_lakehouse_locked_fails_clearly_or_waits_for_it(ingested, tmp_path):
     cfg = ingested
     versions = {name: delta_io.table_version(path) for name, path in cfg.tables.all().items()}
@@ -695,11 +698,13 @@ LONG_RUN_ID = "manual__" + "й" * 242
     ("action", "run_id", "incident_name"),
     [
         ("collect", "manual__crash", "-crashing-manual__crash.txt"),
-        ("persist", "manual__crash", "-crashing-manual__crash.txt"),
-        (
+        # a job in a child process each (about 9 s): make test runs the first, make test-faults all three
+        pytest.param("persist", "manual__crash", "-crashing-manual__crash.txt", marks=pytest.mark.heavy),
+        pytest.param(
             "write",
             LONG_RUN_ID,
             f"-crashing-manual__{'_' * 79}-{hashlib.sha256(LONG_RUN_ID.encode()).hexdigest()[:12]}.txt",
+            marks=pytest.mark.heavy,
         ),
     ],
 )
