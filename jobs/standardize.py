@@ -112,7 +112,8 @@ E164_PHONE = re.compile(E164)
 # Romanization systems disagree on a few letters: fold each group to one spelling. Consonant
 # clusters first (щ shch/schtsch/shh, ш sh/sch/š, ч ch/tsch/tch/č, ц ts/tz/c/z, ж zh/ž,
 # з z/s (German), х kh/h (German ch folds with ч), г h/g, w/v), then the semivowels y/j -> i (я ya/ia/ja, ю yu/iu/ju,
-# й/и/і), then ie/ye/je -> e, and finally doubled letters collapse (mariia ~ mariya ~ maria).
+# й/и/і), then ie/ye/je -> e, the German spellings of umlauts without them (ue/ü, oe/ö, ae/ä: Mueller ~ Müller
+# ~ Muller), and finally doubled letters collapse (mariia ~ mariya ~ maria).
 CONSONANT_FOLDS: tuple[tuple[str, str], ...] = (
     ("schtsch", "s"),
     ("shch", "s"),
@@ -134,7 +135,15 @@ CONSONANT_FOLDS: tuple[tuple[str, str], ...] = (
     ("q", "k"),
     ("z", "s"),
 )
-VOWEL_FOLDS: tuple[tuple[str, str], ...] = (("y", "i"), ("j", "i"), ("ie", "e"), ("ou", "u"))
+VOWEL_FOLDS: tuple[tuple[str, str], ...] = (
+    ("y", "i"),
+    ("j", "i"),
+    ("ie", "e"),
+    ("ou", "u"),
+    ("ue", "u"),
+    ("oe", "o"),
+    ("ae", "a"),
+)
 # Development key for pseudonyms; set IDRES_PSEUDONYM_KEY (a secret) anywhere real data is processed.
 # Changing the key changes every pseudonym: retrain and re-resolve afterwards.
 DEV_PSEUDONYM_KEY = "idres-development-pseudonym-key"
