@@ -129,6 +129,10 @@ LINKAGE_COLUMNS = (
     "street",
     "national_id_hash",  # present only when the policy pseudonymizes national ids; null otherwise
 )
+# The version of how standardize derives the LINKAGE_COLUMNS (name keys and phonetic codes, emails, phones, dates):
+# a model's parameters describe the values it was trained on, so a change to that derivation is a bump here, and
+# no model trained before it is reused (jobs.linkage.settings_hash). 2: name keys fold umlauts written out or dropped.
+LINKAGE_DERIVATION_VERSION = 2
 
 
 def subject_hash(

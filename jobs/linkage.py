@@ -27,7 +27,13 @@ from pyspark.sql import types as T
 from splink import Linker, SettingsCreator, block_on
 
 from jobs import delta_io
-from jobs.canonical import CANONICAL_FIELDS, LINKAGE_COLUMNS, RECORD_ID_SEPARATOR, SILVER_ATTRIBUTES
+from jobs.canonical import (
+    CANONICAL_FIELDS,
+    LINKAGE_COLUMNS,
+    LINKAGE_DERIVATION_VERSION,
+    RECORD_ID_SEPARATOR,
+    SILVER_ATTRIBUTES,
+)
 from jobs.config import LinkageConfig, PipelineConfig, PurposePolicy, ResolveConfig, splink_comparison
 from jobs.engines import ENGINES, SqlEngine
 from jobs.errors import ModelError
@@ -183,8 +189,10 @@ def settings_hash(linkage: LinkageConfig, policy: PurposePolicy) -> str:
     and the compared columns the policy lets silver hold (the others are nulls a model learns nothing of, so a
     policy that starts holding one, a pseudonym or a date of birth, needs a new model), with the purposes that
     let an admitted record keep each (the gate nulls it for records without one: a model trained while emails
-    needed another purpose saw few of them)."""
+    needed another purpose saw few of them), and the version of the code that derives the compared columns
+    (LINKAGE_DERIVATION_VERSION)."""
     shaping = {k: v for k, v in dataclasses.asdict(linkage).items() if k not in NOT_MODEL_SETTINGS}
+    shaping["derivation_version"] = LINKAGE_DERIVATION_VERSION
     shaping["held_columns"] = [c for c in LINKAGE_COLUMNS if c in policy.silver_columns]
     shaping["held_purposes"] = {
         attribute: sorted(purposes)

@@ -17,6 +17,7 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from jobs import consent, delta_io, resolve, train
+from jobs.canonical import LINKAGE_DERIVATION_VERSION
 from jobs.config import LinkageConfig, PipelineConfig, ResolveConfig
 from jobs.engines import ENGINES, open_engine, sql_string
 from jobs.errors import IdresError, ModelError
@@ -218,6 +219,13 @@ def test_a_model_file_cut_short_is_passed_over_for_the_newest_whole_one(trained,
     assert latest_model(models, trained.linkage, trained.policy) == whole
     newer.write_bytes(whole.path.read_bytes())  # whole again: its content has the hash its name gives
     assert latest_model(models, trained.linkage, trained.policy).path == newer
+
+
+def test_a_model_trained_before_the_compared_columns_were_derived_another_way_is_not_reused(trained, monkeypatch):
+    current = latest_model(trained.models, trained.linkage, trained.policy)
+    monkeypatch.setattr("jobs.linkage.LINKAGE_DERIVATION_VERSION", LINKAGE_DERIVATION_VERSION + 1)
+    assert settings_hash(trained.linkage, trained.policy) != current.settings_hash
+    assert latest_model(trained.models, trained.linkage, trained.policy) is None
 
 
 def test_resolve_trains_a_new_model_when_none_has_the_current_settings(spark, trained, tmp_path):
