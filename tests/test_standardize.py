@@ -10,7 +10,8 @@ from chispa import assert_df_equality
 from pyspark.sql import functions as F
 
 from jobs import standardize
-from jobs.standardize import standardize_name
+from jobs.canonical import LINKAGE_DERIVATION_VERSION
+from jobs.standardize import standardize_email, standardize_name, standardize_phone
 from tests.conftest import run_or_cancel
 
 SOURCE_DEFAULT_COUNTRIES = {"ua_crm": "UA", "ro_shop": "RO", "eu_loyalty": "DE"}
@@ -77,6 +78,33 @@ def test_one_name_in_cyrillic_and_latin_conventions_gets_matching_keys(spellings
 def test_a_name_with_umlauts_written_out_or_dropped_gets_one_key(spellings):
     # Latin-only systems write ü, ö, ä as ue, oe, ae (German usage) or drop the dots.
     assert len({standardize_name(s)[2] for s in spellings}) == 1, {s: standardize_name(s)[2] for s in spellings}
+
+
+# What standardize makes of a few values, per LINKAGE_DERIVATION_VERSION: trained models are keyed to that version,
+# so a change to the derivation raises it (no model trained on the old values is then reused) and adds its values.
+DERIVED_AT_VERSION = {
+    2: {
+        "names": {
+            "Олександр Шевченко": ("олександр шевченко", "oleksandr shevchenko", "oleksandrsevcenko", "OLKSNTRSFSNK"),
+            "Schewtschenko": ("schewtschenko", "schewtschenko", "sevcenko", "SFSNK"),
+            "Mueller": ("mueller", "mueller", "muler", "MLR"),
+            "Ştefan": ("ștefan", "stefan", "stefan", "STFN"),
+            "Mr. John O'Neil": ("john oneil", "john oneil", "iohnoneil", "INNL"),
+        },
+        "emails": {" Ivan.Petrenko@UKR.net ": ("ivan.petrenko@ukr.net", True), "n/a": (None, False)},
+        "phones": {("8 (067) 123-45-67", "UA"): "+380671234567", ("0151 23456789", "DE"): "+4915123456789"},
+    }
+}
+
+
+def test_the_compared_columns_are_derived_as_their_version_says():
+    pinned = DERIVED_AT_VERSION[LINKAGE_DERIVATION_VERSION]
+    derived = {
+        "names": {name: standardize_name(name) for name in pinned["names"]},
+        "emails": {email: standardize_email(email) for email in pinned["emails"]},
+        "phones": {written: standardize_phone(*written) for written in pinned["phones"]},
+    }
+    assert derived == pinned, "derived another way: raise LINKAGE_DERIVATION_VERSION (jobs/canonical.py)"
 
 
 def test_unrelated_names_do_not_collide():
